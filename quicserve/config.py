@@ -1,0 +1,177 @@
+"""The one typed configuration object.
+
+Every command-line flag maps 1:1 to a field of :class:`Config`: the flag is the field name
+with ``_`` turned into ``-`` (``keep_alive_timeout`` -> ``--keep-alive-timeout``), and its
+help text is the field's ``help`` metadata. ``cli.py`` builds the parser from these fields,
+so a new setting is added here and nowhere else.
+
+Rules:
+
+* Every resource a peer can make us hold has a limit here, with a sane default
+  (DESIGN.md invariant 5).
+* Fields are plain values; parsing of bind strings lives in :func:`parse_bind`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+Backend = Literal["asyncio", "uvloop", "trio"]
+
+
+def _opt(help: str, **extra: Any) -> Any:
+    """Field metadata: the ``--help`` text and optional CLI hints (choices, metavar, ...)."""
+    return {"help": help, **extra}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Server settings. Construct directly, or from the command line via ``cli.py``."""
+
+    # -- what to serve ------------------------------------------------------------------
+    app: str = field(default="", metadata=_opt("the ASGI app as module:attribute", cli=False))
+    factory: bool = field(
+        default=False,
+        metadata=_opt("treat APP as a callable that takes no arguments and returns the app"),
+    )
+    app_dir: str = field(
+        default=".", metadata=_opt("directory put first on sys.path to import APP from")
+    )
+    root_path: str = field(
+        default="", metadata=_opt("ASGI root_path: the prefix this app is mounted under")
+    )
+    lifespan: Literal["auto", "on", "off"] = field(
+        default="auto",
+        metadata=_opt(
+            "run the ASGI lifespan protocol: 'auto' tolerates apps without it",
+            choices=["auto", "on", "off"],
+        ),
+    )
+
+    # -- where to listen ----------------------------------------------------------------
+    bind: tuple[str, ...] = field(
+        default=(),
+        metadata=_opt(
+            "TCP address HOST:PORT, TLS when a certificate is configured (repeatable; "
+            "':8443' = all interfaces, '[::1]:8443' for IPv6)",
+            metavar="HOST:PORT",
+        ),
+    )
+    insecure_bind: tuple[str, ...] = field(
+        default=(),
+        metadata=_opt(
+            "plain TCP address HOST:PORT, even when TLS is configured (repeatable)",
+            metavar="HOST:PORT",
+        ),
+    )
+
+    # -- TLS ----------------------------------------------------------------------------
+    certfile: str | None = field(
+        default=None, metadata=_opt("PEM certificate chain for TLS", metavar="PATH")
+    )
+    keyfile: str | None = field(
+        default=None,
+        metadata=_opt("PEM private key (optional when CERTFILE also holds it)", metavar="PATH"),
+    )
+    keyfile_password: str | None = field(
+        default=None, metadata=_opt("password of an encrypted KEYFILE", metavar="PASSWORD")
+    )
+    ca_certs: str | None = field(
+        default=None,
+        metadata=_opt("PEM CA bundle used to verify client certificates", metavar="PATH"),
+    )
+    verify_mode: Literal["none", "optional", "required"] = field(
+        default="none",
+        metadata=_opt(
+            "client certificate verification", choices=["none", "optional", "required"]
+        ),
+    )
+
+    # -- runtime ------------------------------------------------------------------------
+    backend: Backend = field(
+        default="asyncio",
+        metadata=_opt(
+            "event loop: asyncio, uvloop (pip install quicserve[uvloop]) or trio",
+            choices=["asyncio", "uvloop", "trio"],
+        ),
+    )
+    log_level: str = field(
+        default="info",
+        metadata=_opt(
+            "log level", choices=["critical", "error", "warning", "info", "debug", "trace"]
+        ),
+    )
+    access_log: bool = field(default=True, metadata=_opt("log one line per request"))
+
+    # -- timeouts (seconds) -------------------------------------------------------------
+    graceful_timeout: float = field(
+        default=10.0,
+        metadata=_opt("on SIGINT/SIGTERM, how long in-flight requests may take to finish"),
+    )
+    keep_alive_timeout: float = field(
+        default=5.0, metadata=_opt("close a connection that has been idle this long")
+    )
+    header_read_timeout: float = field(
+        default=10.0,
+        metadata=_opt("close a connection whose request head has not arrived in this time"),
+    )
+
+    # -- limits -------------------------------------------------------------------------
+    max_connections: int = field(
+        default=10_000, metadata=_opt("open connections at most; more wait to be accepted")
+    )
+    max_header_bytes: int = field(
+        default=64 * 1024, metadata=_opt("size of a request head at most (431 / protocol error)")
+    )
+    max_request_body_size: int = field(
+        default=0, metadata=_opt("bytes of request body per request at most (413); 0 = no limit")
+    )
+    h2_max_concurrent_streams: int = field(
+        default=100, metadata=_opt("HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS")
+    )
+    h2_stream_window_size: int = field(
+        default=256 * 1024,
+        metadata=_opt("HTTP/2 receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE)"),
+    )
+    h2_connection_window_size: int = field(
+        default=1024 * 1024, metadata=_opt("HTTP/2 receive window of the whole connection")
+    )
+    h2_max_frame_size: int = field(
+        default=16_384, metadata=_opt("HTTP/2 SETTINGS_MAX_FRAME_SIZE we accept")
+    )
+    write_buffer_size: int = field(
+        default=64 * 1024,
+        metadata=_opt("response bytes buffered per stream before the app's send() waits"),
+    )
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether ``--bind`` addresses speak TLS."""
+        return self.certfile is not None
+
+
+def config_fields() -> list[Any]:
+    """The dataclass fields of :class:`Config`, in declaration order."""
+    return list(fields(Config))
+
+
+def parse_bind(value: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
+    """Split ``HOST:PORT`` into its parts.
+
+    ``":8443"`` means all interfaces, ``"[::1]:8443"`` is IPv6. Raises ``ValueError``
+    with a message fit to show a person.
+    """
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"bad address {value!r}: expected [IPV6]:PORT")
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            raise ValueError(f"bad address {value!r}: expected HOST:PORT")
+        if ":" in host:
+            raise ValueError(f"bad address {value!r}: write IPv6 hosts in brackets, [::1]:PORT")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"bad port in {value!r}")
+    return (host or default_host, int(port))

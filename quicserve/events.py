@@ -1,0 +1,87 @@
+"""Neutral stream events: what every protocol module reports about its streams.
+
+The protocol modules (``quicserve/protocol/http1.py``, ``http2.py``, ``http3.py``) turn
+h11, h2 and aioquic.h3 events into these, so that the stream types in
+``quicserve/streams/`` never see a protocol library. Rules:
+
+* Events are frozen, slotted dataclasses named in the past tense, like aioquic's.
+* Headers are lists of ``(name, value)`` byte pairs, names lower-cased, exactly as ASGI
+  wants them; HTTP/2 and HTTP/3 pseudo-headers are already taken apart into fields.
+* ``stream_id`` is the protocol's own stream number (HTTP/1.1 counts requests from 1).
+* Nothing here carries an ``http_version`` string: behaviour that differs between
+  protocols is described by :class:`quicserve.connection_info.Capabilities`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """A request head arrived; the body (if any) follows as :class:`BodyReceived`.
+
+    ``raw_path`` is the request target as sent (path and query). ``authority`` is the
+    Host header or ``:authority``. ``early_data`` is true for a request that arrived in
+    QUIC 0-RTT (RFC 8470). ``protocol`` is the extended CONNECT ``:protocol`` value
+    (RFC 8441 / RFC 9220), or ``None``.
+    """
+
+    stream_id: int
+    method: bytes
+    raw_path: bytes
+    headers: Headers
+    scheme: str | None = None
+    authority: bytes | None = None
+    protocol: str | None = None
+    early_data: bool = False
+    #: HTTP/1.1 only: the request wants ``100 Continue`` before it sends its body.
+    expect_continue: bool = False
+    #: HTTP/1.1 only: the request asked to switch to WebSocket (RFC 6455 Upgrade).
+    websocket_upgrade: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BodyReceived:
+    """A chunk of request body. The stream must call ``ack_body`` once it is consumed."""
+
+    stream_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BodyEnded:
+    """The request body is complete; ``trailers`` holds request trailers, if any."""
+
+    stream_id: int
+    trailers: Headers = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReset:
+    """The peer abandoned the stream (RST_STREAM, STOP_SENDING, or a lost connection)."""
+
+    stream_id: int
+    error_code: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamWritable:
+    """Flow-control credit arrived: buffered response data may now drain further."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The connection is finished: the transport should flush what is left and close."""
+
+    error_code: int = 0
+    reason: str = ""
+
+
+StreamEvent = (
+    RequestReceived | BodyReceived | BodyEnded | StreamReset | StreamWritable | ConnectionClosed
+)
