@@ -83,9 +83,7 @@ class Config:
     )
     verify_mode: Literal["none", "optional", "required"] = field(
         default="none",
-        metadata=_opt(
-            "client certificate verification", choices=["none", "optional", "required"]
-        ),
+        metadata=_opt("client certificate verification", choices=["none", "optional", "required"]),
     )
 
     # -- runtime ------------------------------------------------------------------------

@@ -17,7 +17,7 @@ Response side rules, shared by HTTP/1.1 and HTTP/2 (and mirrored by HTTP/3):
 * ``ack_body(stream_id, n)`` tells the protocol the app consumed ``n`` request body bytes,
   so HTTP/2 can re-open its receive window; request bodies are thus read from the peer only
   as fast as the app receives them.
-* ``stream_done(stream_id)`` tells the protocol the stream type has finished with a stream
+* ``stream_done(stream_id, now)`` tells the protocol the stream type has finished with a stream
   (after a response end or a reset), so per-stream state can be dropped.
 * ``shutdown()`` starts a graceful close: HTTP/2 sends GOAWAY, HTTP/1.1 closes once idle.
 * ``receive_data(b"")`` means the peer closed its side.
@@ -78,8 +78,10 @@ class ServerProtocol(Protocol):
     def ack_body(self, stream_id: int, amount: int) -> None:
         """The app consumed ``amount`` bytes of request body on ``stream_id``."""
 
-    def stream_done(self, stream_id: int) -> None:
-        """The stream type has finished with ``stream_id``."""
+    def stream_done(self, stream_id: int, now: float) -> None:
+        """The stream type has finished with ``stream_id`` (its response is complete or it
+        was reset). HTTP/1.1 moves on to the next request here; the keep-alive clock starts
+        when the last open stream is done."""
 
     def shutdown(self) -> None:
         """Begin a graceful close (GOAWAY on HTTP/2; close when idle on HTTP/1.1)."""

@@ -1,0 +1,241 @@
+"""The command line: ``quicserve APP [options]`` and ``quicserve certs``.
+
+The parser is built from :class:`~quicserve.config.Config`'s fields, so each flag maps 1:1
+to a field (``--keep-alive-timeout`` -> ``keep_alive_timeout``) and its help is the
+field's. Errors a person can act on (bad flag value, missing certificate, port in use, app
+that cannot be imported, lifespan failure) print one line on stderr and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from . import __version__
+from .app import AppLoadError, LifespanFailure, load_app
+from .config import Config, config_fields
+from .server import Server
+from .streams.http import ASGIApp
+from .tls import TLSConfigError
+from .transport.tcp import BindError
+
+logger = logging.getLogger("quicserve.error")
+
+DEV_BIND = "127.0.0.1:8443"
+TRACE = 5
+
+
+class UsageError(Exception):
+    """A command-line problem; printed as one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``quicserve APP`` parser, one flag per :class:`Config` field."""
+    parser = argparse.ArgumentParser(
+        prog="quicserve",
+        description=(
+            "Serve an ASGI app over HTTP/3, HTTP/2 and HTTP/1.1. With no --bind and no "
+            f"--certfile, serves TLS on {DEV_BIND} with a development certificate made "
+            "on first use. 'quicserve certs' shows where that certificate is."
+        ),
+    )
+    parser.add_argument("app", metavar="APP", help="the ASGI app, as module:attribute")
+    parser.add_argument("--version", action="version", version=f"quicserve {__version__}")
+    for f in config_fields():
+        meta = f.metadata
+        if meta.get("cli", True) is False:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": f.name, "help": meta.get("help", "")}
+        type_name = str(f.type)
+        if type_name == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["default"] = f.default
+        elif type_name.startswith("tuple["):
+            kwargs["action"] = "append"
+            kwargs["default"] = None
+        else:
+            if type_name.startswith("int"):
+                kwargs["type"] = int
+            elif type_name.startswith("float"):
+                kwargs["type"] = float
+            kwargs["default"] = f.default
+        if "choices" in meta:
+            kwargs["choices"] = meta["choices"]
+        if "metavar" in meta:
+            kwargs["metavar"] = meta["metavar"]
+        if type_name != "bool" and f.default not in (None, (), "") and "default" in kwargs:
+            kwargs["help"] += " (default: %(default)s)"
+        parser.add_argument(flag, **kwargs)
+    return parser
+
+
+def config_from_args(argv: Sequence[str]) -> Config:
+    """Parse ``argv`` into a :class:`Config` (argparse exits on usage errors)."""
+    namespace = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    for f in config_fields():
+        value = getattr(namespace, f.name, None)
+        if str(f.type).startswith("tuple["):
+            value = tuple(value or ())
+        values[f.name] = value
+    config = Config(**values)
+    for name in ("graceful_timeout", "keep_alive_timeout", "header_read_timeout"):
+        if getattr(config, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive")
+    for name in ("max_connections", "max_header_bytes", "h2_max_concurrent_streams"):
+        if getattr(config, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    return config
+
+
+def apply_dev_defaults(config: Config) -> Config:
+    """No bind and no certificate: TLS on 127.0.0.1:8443 with a development certificate."""
+    if config.bind or config.insecure_bind:
+        return config
+    if config.certfile is not None:
+        return dataclasses.replace(config, bind=(DEV_BIND,))
+    from .certs import ensure_dev_certificate, trust_instructions
+
+    cert = ensure_dev_certificate()
+    if cert.created:
+        logger.info("Created a development CA and certificate.\n%s", trust_instructions(cert))
+    else:
+        logger.info(
+            "Using the development certificate %s (CA: %s; 'quicserve certs' for how to trust it)",
+            cert.certfile,
+            cert.ca_certfile,
+        )
+    return dataclasses.replace(
+        config, bind=(DEV_BIND,), certfile=str(cert.certfile), keyfile=str(cert.keyfile)
+    )
+
+
+def configure_logging(config: Config) -> None:
+    """Log to stderr at ``--log-level``; the access log can be switched off alone."""
+    logging.addLevelName(TRACE, "TRACE")
+    level = TRACE if config.log_level == "trace" else getattr(logging, config.log_level.upper())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
+    for name in ("quicserve.error", "quicserve.access"):
+        log = logging.getLogger(name)
+        log.handlers[:] = [handler]
+        log.setLevel(level)
+        log.propagate = False
+    if not config.access_log:
+        logging.getLogger("quicserve.access").setLevel(logging.WARNING)
+
+
+async def _run_server(server: Server) -> None:
+    async with anyio.create_task_group() as tg:
+
+        async def watch_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                count = 0
+                async for signum in signals:
+                    count += 1
+                    if count == 1:
+                        logger.info(
+                            "Received %s: shutting down gracefully (again to force)",
+                            signal.Signals(signum).name,
+                        )
+                        server.shutdown()
+                    else:
+                        logger.warning(
+                            "Received %s again: stopping now", signal.Signals(signum).name
+                        )
+                        tg.cancel_scope.cancel()
+                        return
+
+        tg.start_soon(watch_signals)
+        await server.serve()
+        tg.cancel_scope.cancel()
+
+
+def run(app: ASGIApp, config: Config) -> None:
+    """Serve ``app`` with ``config`` on the configured backend until SIGINT/SIGTERM."""
+    server = Server(app, config)
+    backend = "trio" if config.backend == "trio" else "asyncio"
+    options: dict[str, Any] = {}
+    if config.backend == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                "--backend uvloop needs uvloop: pip install 'quicserve[uvloop]'"
+            ) from None
+        options["use_uvloop"] = True
+    try:
+        anyio.run(_run_server, server, backend=backend, backend_options=options)
+    except BaseExceptionGroup as group:
+        # Task groups wrap the one error that stopped the server; show that one.
+        raise _single_cause(group) from None
+
+
+def _single_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaves: list[BaseException] = []
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for sub in exc.exceptions:
+                collect(sub)
+        else:
+            leaves.append(exc)
+
+    collect(group)
+    return leaves[0] if len(leaves) == 1 else group
+
+
+def certs_command(argv: Sequence[str]) -> int:
+    """``quicserve certs``: make (if needed) and show the development certificate."""
+    parser = argparse.ArgumentParser(
+        prog="quicserve certs",
+        description="Create (on first use) and show the development CA and localhost certificate.",
+    )
+    parser.add_argument("--data-dir", help="where to keep them (default: per-user data dir)")
+    args = parser.parse_args(argv)
+    from pathlib import Path
+
+    from .certs import ensure_dev_certificate, trust_instructions
+
+    cert = ensure_dev_certificate(Path(args.data_dir) if args.data_dir else None)
+    print(trust_instructions(cert))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``quicserve`` command."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] == "certs":
+            return certs_command(args[1:])
+        config = config_from_args(args)
+        configure_logging(config)
+        config = apply_dev_defaults(config)
+        app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
+        run(app, config)
+    except (UsageError, AppLoadError, TLSConfigError, BindError, LifespanFailure) as exc:
+        prefix = {LifespanFailure: "lifespan startup failed: "}.get(type(exc), "")
+        print(f"quicserve: error: {prefix}{exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:
+        from .certs import CertificateError
+
+        if isinstance(exc, CertificateError):
+            print(f"quicserve: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,424 @@
+"""HTTP/1.1 server protocol: h11 events in, neutral stream events out.
+
+Sans-IO: the driver feeds bytes with ``receive_data(data, now)`` and writes what
+``data_to_send()`` returns. It implements :class:`quicserve.protocol.base.ServerProtocol`.
+
+Rules this module keeps:
+
+* One request at a time (h11's model). Pipelined requests wait in h11's buffer and are
+  parsed only once the previous response is complete, so they are answered in order.
+  Stream ids count requests on the connection from 1.
+* Request bodies are read only as fast as the app consumes them: ``wants_read()`` turns
+  false while more than ``_READ_AHEAD`` bytes of body are unacknowledged (``ack_body``),
+  or while a request is in flight and that much pipelined data is already buffered.
+* Framing that allows request smuggling is refused with 400 and a closed connection:
+  both ``Content-Length`` and ``Transfer-Encoding`` (RFC 9112 §6.1), and everything h11
+  itself rejects (conflicting Content-Length values, unknown transfer codings).
+* A head larger than ``Config.max_header_bytes`` gets 431 (RFC 6585 §5).
+* Timers: a fresh connection or a half-received head must complete within
+  ``header_read_timeout``; an idle keep-alive connection closes after
+  ``keep_alive_timeout``. No timer runs while a request is in flight.
+* ``Upgrade: h2c`` on a cleartext connection (RFC 7540 §3.2; dropped from RFC 9113 but
+  still used by clients such as curl ``--http2``) is reported as :class:`H2CUpgrade`; the
+  driver answers ``101`` and hands the connection to the HTTP/2 protocol.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import h11
+
+from ..config import Config
+from ..events import (
+    BodyEnded,
+    BodyReceived,
+    ConnectionClosed,
+    Headers,
+    RequestReceived,
+    StreamEvent,
+    StreamReset,
+)
+
+# Unacknowledged request body (or pipelined bytes) we read ahead of the app.
+_READ_AHEAD = 64 * 1024
+
+_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+
+_ERROR_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class H2CUpgrade:
+    """A cleartext request asked to upgrade to HTTP/2 (``Upgrade: h2c``).
+
+    The driver must write ``101 Switching Protocols`` (``switching_response()``), then
+    continue with an HTTP/2 protocol that serves ``request`` as stream 1, fed first with
+    ``trailing_data``.
+    """
+
+    request: RequestReceived
+    settings: bytes
+    trailing_data: bytes
+
+
+def switching_response() -> bytes:
+    """The ``101`` answer to an h2c upgrade."""
+    return b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
+
+
+class H1Protocol:
+    """One HTTP/1.1 connection, server side."""
+
+    http_version = "1.1"
+
+    def __init__(self, config: Config, now: float, *, allow_h2c: bool = False) -> None:
+        self._config = config
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+        self._allow_h2c = allow_h2c
+        self._events: deque[StreamEvent | H2CUpgrade] = deque()
+        self._out: list[bytes] = []
+        self._stream_id = 0
+        # The request whose response we are producing, if any.
+        self._active: int | None = None
+        self._head_request = False
+        self._response_started = False
+        self._response_done = False
+        self._stream_finished = False
+        self._body_unacked = 0
+        self._pipelined = 0
+        self._closed = False
+        self._shutting_down = False
+        # Fresh connection: the first head must arrive within header_read_timeout.
+        self._deadline: float | None = now + config.header_read_timeout
+        self._head_deadline_armed = True
+
+    # -- reading ------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Feed bytes from the peer; ``b""`` means the peer closed its side."""
+        if self._closed:
+            return
+        if not data and self._active is not None and self._conn.their_state is h11.DONE:
+            # h11 reports nothing while paused between requests, but the peer is gone:
+            # the app must see http.disconnect.
+            self._abort_active()
+            self._close()
+            return
+        if self._active is not None and self._conn.their_state is h11.DONE:
+            self._pipelined += len(data)
+        self._conn.receive_data(data)
+        self._parse(now)
+
+    def _parse(self, now: float) -> None:
+        conn = self._conn
+        while not self._closed:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                if conn.their_state is h11.SEND_BODY or self._active is not None:
+                    self._abort_active()
+                    self._close()
+                else:
+                    self._send_error(status)
+                return
+            if event is h11.NEED_DATA:
+                if (
+                    self._active is None
+                    and not self._head_deadline_armed
+                    and conn.their_state is h11.IDLE
+                    and self._conn.trailing_data[0]
+                ):
+                    # Bytes of a new head arrived: it now has header_read_timeout to finish.
+                    self._deadline = now + self._config.header_read_timeout
+                    self._head_deadline_armed = True
+                return
+            if event is h11.PAUSED:
+                return
+            cls = type(event)
+            if cls is h11.Request:
+                self._on_request(event)
+            elif cls is h11.Data:
+                if self._active is not None:
+                    self._body_unacked += len(event.data)
+                    self._events.append(BodyReceived(self._stream_id, event.data))
+            elif cls is h11.EndOfMessage:
+                if self._active is not None:
+                    trailers = list(event.headers) if event.headers else []
+                    self._events.append(BodyEnded(self._stream_id, trailers))
+                self._maybe_next_cycle(now)
+            elif cls is h11.ConnectionClosed:
+                self._abort_active()
+                self._close()
+                return
+
+    def _on_request(self, event: h11.Request) -> None:
+        headers: Headers = list(event.headers)
+        has_cl = has_te = False
+        host: bytes | None = None
+        expect_continue = False
+        upgrade: bytes | None = None
+        connection_tokens = b""
+        settings: bytes | None = None
+        head_size = len(event.target)
+        for name, value in headers:
+            head_size += len(name) + len(value) + 4
+            if name == b"content-length":
+                has_cl = True
+            elif name == b"transfer-encoding":
+                has_te = True
+            elif name == b"host":
+                host = value
+            elif name == b"expect":
+                expect_continue = value.lower() == b"100-continue"
+            elif name == b"upgrade":
+                upgrade = value.lower()
+            elif name == b"connection":
+                connection_tokens += value.lower() + b","
+            elif name == b"http2-settings":
+                settings = value
+        # h11 bounds only heads that arrive in pieces; a head read in one go is checked
+        # here (RFC 6585 §5: 431).
+        if head_size > self._config.max_header_bytes:
+            self._send_error(431)
+            return
+        # RFC 9112 §6.1: a message with both is a smuggling attempt; refuse it.
+        if has_cl and has_te:
+            self._send_error(400)
+            return
+        self._stream_id += 1
+        self._active = self._stream_id
+        self._head_request = event.method == b"HEAD"
+        self._response_started = False
+        self._response_done = False
+        self._stream_finished = False
+        self._body_unacked = 0
+        self._pipelined = 0
+        self._deadline = None
+        websocket = upgrade == b"websocket" and b"upgrade" in connection_tokens
+        request = RequestReceived(
+            stream_id=self._stream_id,
+            method=event.method,
+            raw_path=event.target,
+            headers=headers,
+            scheme=None,
+            authority=host,
+            expect_continue=expect_continue,
+            websocket_upgrade=websocket,
+        )
+        if (
+            self._allow_h2c
+            and upgrade == b"h2c"
+            and settings is not None
+            and b"http2-settings" in connection_tokens
+            and not has_cl
+            and not has_te
+        ):
+            # RFC 7540 §3.2: only body-less requests are upgraded here; the rest are
+            # served over HTTP/1.1, which the RFC allows.
+            self._events.append(H2CUpgrade(request, settings, self._conn.trailing_data[0]))
+            self._closed = True
+            return
+        self._events.append(request)
+
+    def next_event(self) -> StreamEvent | H2CUpgrade | None:  # type: ignore[override]
+        """The next event, or ``None``."""
+        return self._events.popleft() if self._events else None
+
+    def wants_read(self) -> bool:
+        """False while we hold enough unconsumed body or pipelined data."""
+        if self._closed:
+            return False
+        return self._body_unacked < _READ_AHEAD and self._pipelined < _READ_AHEAD
+
+    def ack_body(self, stream_id: int, amount: int) -> None:
+        """The app consumed ``amount`` body bytes: reading may resume."""
+        if stream_id == self._active:
+            self._body_unacked = max(0, self._body_unacked - amount)
+
+    # -- writing ------------------------------------------------------------------------
+
+    def send_response(
+        self, stream_id: int, status: int, headers: Headers, end_stream: bool = False
+    ) -> None:
+        """Start the response (h11 adds framing headers when the app gave none)."""
+        if stream_id != self._active or self._response_started or self._closed:
+            return
+        self._response_started = True
+        if self._shutting_down:
+            headers = [*headers, (b"connection", b"close")]
+        try:
+            self._out.append(
+                self._conn.send(
+                    h11.Response(
+                        status_code=status, headers=headers, reason=_REASONS.get(status, b"")
+                    )
+                )
+                or b""
+            )
+        except h11.LocalProtocolError:
+            self._abort_active()
+            self._close()
+            raise
+        if end_stream:
+            self._end_response()
+
+    def send_informational(self, stream_id: int, status: int, headers: Headers) -> None:
+        """A 1xx response: 100 Continue, 103 Early Hints."""
+        if stream_id != self._active or self._response_started or self._closed:
+            return
+        self._out.append(
+            self._conn.send(h11.InformationalResponse(status_code=status, headers=headers)) or b""
+        )
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Body bytes. TCP is the only flow control, so nothing is buffered here."""
+        if stream_id != self._active or not self._response_started or self._response_done:
+            return
+        if data and not self._head_request:
+            try:
+                self._out.append(self._conn.send(h11.Data(data=data)) or b"")
+            except h11.LocalProtocolError:
+                # More than the declared Content-Length: an app bug we cannot frame.
+                self._abort_active()
+                self._close()
+                raise
+        if end_stream:
+            self._end_response()
+
+    def send_trailers(self, stream_id: int, headers: Headers) -> None:
+        """Trailers go in the last chunk; they end the response."""
+        if stream_id != self._active or not self._response_started or self._response_done:
+            return
+        self._end_response(headers)
+
+    def _end_response(self, trailers: Headers | None = None) -> None:
+        self._response_done = True
+        try:
+            self._out.append(self._conn.send(h11.EndOfMessage(headers=trailers or [])) or b"")
+        except h11.LocalProtocolError:
+            # Fewer bytes than the declared Content-Length: the peer cannot find the end
+            # of this response, so the connection must go.
+            self._abort_active()
+            self._close()
+            raise
+
+    def _maybe_next_cycle(self, now: float) -> None:
+        # The next request is parsed once our response is complete, the stream type is
+        # done with it (stream_done) and the peer's request is complete too.
+        conn = self._conn
+        if not self._stream_finished:
+            return
+        if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+            if conn.our_state is h11.DONE or conn.our_state is h11.MUST_CLOSE:
+                self._close()
+            return
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            if self._shutting_down:
+                self._close()
+                return
+            conn.start_next_cycle()
+            self._active = None
+            self._stream_finished = False
+            self._pipelined = 0
+            self._head_deadline_armed = False
+            self._deadline = now + self._config.keep_alive_timeout
+            self._parse(now)
+
+    def reset_stream(self, stream_id: int) -> None:
+        """HTTP/1.1 cannot reset one request: the connection is closed."""
+        if stream_id == self._active:
+            self._close()
+
+    def buffered_amount(self, stream_id: int) -> int:
+        """Nothing is ever buffered here: TCP's own buffer is the flow control."""
+        return 0
+
+    def stream_done(self, stream_id: int, now: float) -> None:
+        """The stream type finished: parse the next (pipelined) request, or close."""
+        if stream_id != self._active or self._closed:
+            return
+        if not self._response_done:
+            # The app ended without completing its response: the peer cannot know where
+            # it ends, so the connection must go.
+            self._close()
+            return
+        self._stream_finished = True
+        self._maybe_next_cycle(now)
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write, clearing the buffer."""
+        if not self._out:
+            return b""
+        out = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        return out
+
+    # -- timers and closing -------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """Header-read or keep-alive deadline; ``None`` while a request is in flight."""
+        if self._closed or self._active is not None:
+            return None
+        return self._deadline
+
+    def handle_timer(self, now: float) -> None:
+        """Close an idle connection, or answer 408 to a head that never completed."""
+        if self._closed or self._active is not None:
+            return
+        if self._deadline is None or now < self._deadline:
+            return
+        if self._conn.trailing_data[0]:
+            self._send_error(408)
+        else:
+            self._close()
+
+    def shutdown(self) -> None:
+        """Close now if idle; otherwise after the current response (``connection: close``)."""
+        self._shutting_down = True
+        if self._active is None:
+            self._close()
+
+    def _send_error(self, status: int) -> None:
+        reason = _ERROR_REASONS.get(status, b"Error")
+        body = reason + b"\n"
+        self._out.append(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, reason, len(body), body)
+        )
+        self._close()
+
+    def _abort_active(self) -> None:
+        if self._active is not None and not self._response_done:
+            self._events.append(StreamReset(self._active))
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._events.append(ConnectionClosed())
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection must be closed after flushing."""
+        return self._closed
+
+    @property
+    def open_streams(self) -> int:
+        """1 while a request is in flight, else 0."""
+        return 0 if self._active is None else 1
+
+    @property
+    def idle(self) -> bool:
+        """No request in flight."""
+        return self._active is None

@@ -1,0 +1,1025 @@
+"""HTTP/2 server protocol: h2 events in, neutral stream events out, and back.
+
+:class:`H2Protocol` implements :class:`quicserve.protocol.base.ServerProtocol` on top of the
+sans-IO ``h2`` package. The driver feeds bytes with ``receive_data(data, now)``, drains
+``next_event()``, writes ``data_to_send()`` and calls ``handle_timer(now)`` when
+``get_timer()`` has passed.
+
+Rules of this module:
+
+* Sans-IO and synchronous: no sockets, no ``await``, no clock. Time arrives as ``now``.
+* No exception caused by the peer escapes. A connection error queues a GOAWAY with the
+  right code, resets every open stream (:class:`StreamReset`) and ends with
+  :class:`ConnectionClosed`; the driver flushes ``data_to_send()`` and closes.
+* Malformed requests are *stream* errors (RFC 9113 §8.1.1): RST_STREAM PROTOCOL_ERROR on
+  that stream, the connection carries on. h2's own inbound header validation turns them
+  into connection errors, so it is switched off and :func:`_parse_request_headers` does
+  the same checks (RFC 9113 §8.2, §8.3) in one pass.
+* ``send_*`` never refuse: what flow control does not let out is kept per stream and sent,
+  round-robin between streams, as WINDOW_UPDATE and SETTINGS frames open the windows.
+* Request bodies re-open the receive windows only when the app acknowledges them with
+  ``ack_body``; bytes the app will never see (padding, reset streams) are credited back to
+  the connection window at once, so it never leaks.
+* Every method is a silent no-op on a stream the peer reset or the stream type finished.
+* The two overrides of private h2 methods live in :class:`_H2Connection`, so an h2
+  upgrade has one class to re-check.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections import deque
+from dataclasses import replace
+
+from h2.config import H2Configuration
+from h2.connection import ConnectionState, H2Connection
+from h2.errors import ErrorCodes
+from h2.events import ConnectionTerminated as H2ConnectionTerminated
+from h2.events import DataReceived as H2DataReceived
+from h2.events import Event as H2Event
+from h2.events import RemoteSettingsChanged as H2RemoteSettingsChanged
+from h2.events import RequestReceived as H2RequestReceived
+from h2.events import StreamEnded as H2StreamEnded
+from h2.events import StreamReset as H2StreamReset
+from h2.events import TrailersReceived as H2TrailersReceived
+from h2.events import WindowUpdated as H2WindowUpdated
+from h2.exceptions import H2Error, InvalidBodyLengthError, ProtocolError
+from h2.settings import SettingCodes, Settings
+from hpack.struct import Header as H2Header
+from hyperframe.exceptions import HyperframeError
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame
+
+from ..config import Config
+from ..events import (
+    BodyEnded,
+    BodyReceived,
+    ConnectionClosed,
+    Headers,
+    RequestReceived,
+    StreamEvent,
+    StreamReset,
+    StreamWritable,
+)
+
+__all__ = ["H2Protocol"]
+
+#: RFC 9113 §6.9.2: the initial window of the connection and of every stream.
+_DEFAULT_WINDOW = 65_535
+
+#: RFC 9113 §8.2.2: connection-specific fields, never sent or accepted in HTTP/2.
+_CONNECTION_SPECIFIC = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
+)
+#: Regular request fields that need a closer look in :func:`_parse_request_headers`.
+_SPECIAL_REQUEST_FIELDS = _CONNECTION_SPECIFIC | {b"te", b"host", b"cookie", b"content-length"}
+#: Response fields the stream layer might copy from an app but HTTP/2 forbids.
+_DROPPED_RESPONSE_FIELDS = _CONNECTION_SPECIFIC | {b"te"}
+
+#: RFC 9113 §8.2.1: bytes allowed in a field name (no controls, SP, upper case, DEL,
+#: non-ASCII; no colon outside pseudo-header names). ``translate`` deletes them, so any
+#: byte left over is a violation, found at C speed.
+_NAME_BYTES = bytes(c for c in range(0x21, 0x7F) if not 0x41 <= c <= 0x5A and c != 0x3A)
+#: RFC 9110 §5.6.2: token characters (a method is a token).
+_TOKEN_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+#: RFC 9113 §8.2.1: no NUL, CR or LF in a value, no leading or trailing SP / HTAB.
+_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+
+_SCHEMES = {b"http": "http", b"https": "https"}
+_STATUS_BYTES = {code: b"%d" % code for code in range(100, 600)}
+
+#: The smallest share of the connection window a stream gets per round-robin turn, so
+#: that a small WINDOW_UPDATE shared by many streams does not shatter into tiny frames.
+_MIN_QUANTUM = 1024
+
+#: A GOAWAY frame header: length 8, type 0x7, no flags, stream 0 (RFC 9113 §6.8).
+_GOAWAY_HEADER = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"
+_GOAWAY_BODY = struct.Struct(">II")
+
+
+class _Malformed(Exception):
+    """A header block breaks RFC 9113 §8.2/§8.3: reset the stream (§8.1.1)."""
+
+
+def _check_field(name: bytes, value: bytes) -> None:
+    """Raise :class:`_Malformed` unless ``name: value`` is a valid regular field."""
+    # RFC 9113 §8.2.1: field name and value character rules.
+    if not name or name.translate(None, _NAME_BYTES):
+        raise _Malformed(f"invalid field name {name!r}")
+    if value and _BAD_VALUE.search(value) is not None:
+        raise _Malformed(f"invalid value for field {name!r}")
+
+
+def _parse_request_headers(
+    raw: list[H2Header],
+) -> tuple[bytes, bytes | None, bytes | None, bytes | None, bytes | None, Headers, int | None]:
+    """Split and validate a request header block in a single pass.
+
+    Returns ``(method, path, scheme, authority, protocol, headers, content_length)``;
+    ``authority`` falls back to the Host header. Raises :class:`_Malformed`.
+    """
+    method = path = scheme = authority = protocol = host = None
+    content_length: int | None = None
+    headers: Headers = []
+    cookies: list[bytes] | None = None
+    regular_seen = False
+    for field in raw:
+        name, value = field[0], field[1]
+        if name[:1] == b":":
+            # RFC 9113 §8.3: pseudo-header fields come first, once each, from a fixed set.
+            if regular_seen:
+                raise _Malformed(f"pseudo-header {name!r} after a regular field")
+            if _BAD_VALUE.search(value) is not None:
+                raise _Malformed(f"invalid value for {name!r}")
+            if name == b":method":
+                if method is not None:
+                    raise _Malformed("duplicate :method")
+                method = value
+            elif name == b":path":
+                if path is not None:
+                    raise _Malformed("duplicate :path")
+                path = value
+            elif name == b":scheme":
+                if scheme is not None:
+                    raise _Malformed("duplicate :scheme")
+                scheme = value
+            elif name == b":authority":
+                if authority is not None:
+                    raise _Malformed("duplicate :authority")
+                authority = value
+            elif name == b":protocol":
+                if protocol is not None:
+                    raise _Malformed("duplicate :protocol")
+                protocol = value
+            else:
+                # §8.3: unknown pseudo-headers, and :status in a request, are malformed.
+                raise _Malformed(f"pseudo-header {name!r} not allowed in a request")
+            continue
+        regular_seen = True
+        _check_field(name, value)
+        if name in _SPECIAL_REQUEST_FIELDS:
+            if name in _CONNECTION_SPECIFIC:
+                raise _Malformed(f"connection-specific field {name!r}")  # §8.2.2
+            if name == b"te":
+                if value.lower() != b"trailers":  # §8.2.2: TE may only say "trailers"
+                    raise _Malformed("TE other than 'trailers'")
+            elif name == b"host":
+                if host is not None:
+                    raise _Malformed("several Host fields")
+                host = value
+            elif name == b"cookie":
+                # §8.2.3: split cookies are joined back into one field.
+                if cookies is None:
+                    cookies = [value]
+                else:
+                    cookies.append(value)
+                continue
+            else:  # content-length; h2 has already checked it is all digits
+                content_length = int(value)
+        headers.append(field)
+    if cookies is not None:
+        headers.append((b"cookie", b"; ".join(cookies)))
+
+    # RFC 9113 §8.3.1 and §8.5 (CONNECT), RFC 8441 §4 (extended CONNECT).
+    if method is None:
+        raise _Malformed("missing :method")
+    if not method or method.translate(None, _TOKEN_BYTES):
+        raise _Malformed("invalid :method")  # RFC 9110 §9.1: method = token
+    if method == b"CONNECT":
+        if protocol is None:
+            if scheme is not None or path is not None or authority is None:
+                raise _Malformed("CONNECT needs :authority and no :scheme or :path")
+        elif scheme is None or not path:
+            raise _Malformed("extended CONNECT needs :scheme and :path")
+    else:
+        if protocol is not None:
+            raise _Malformed(":protocol outside CONNECT")
+        if scheme is None or path is None:
+            raise _Malformed("missing :scheme or :path")
+        # §8.3.1: origin-form, or asterisk-form for OPTIONS, for http(s) URIs.
+        if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
+            if scheme in _SCHEMES or not path:
+                raise _Malformed("invalid :path")
+    if authority is None:
+        authority = host
+    elif host is not None and host != authority:
+        # §8.3.1: a Host that differs from :authority SHOULD make the request malformed.
+        raise _Malformed("Host and :authority differ")
+    return method, path, scheme, authority, protocol, headers, content_length
+
+
+def _parse_trailers(raw: list[H2Header]) -> Headers:
+    """Validate request trailers (RFC 9113 §8.1: no pseudo-headers, §8.2.1 characters)."""
+    trailers: Headers = []
+    for field in raw:
+        name, value = field[0], field[1]
+        if name[:1] == b":":
+            raise _Malformed("pseudo-header in trailers")
+        _check_field(name, value)
+        trailers.append(field)
+    return trailers
+
+
+def _decode_token(value: bytes) -> str:
+    """``:scheme`` / ``:protocol`` as ``str``; non-ASCII makes the request malformed."""
+    known = _SCHEMES.get(value)
+    if known is not None:
+        return known
+    try:
+        return value.decode("ascii")
+    except UnicodeDecodeError:
+        raise _Malformed("non-ASCII token") from None
+
+
+class _H2Connection(H2Connection):
+    """h2's connection with two behaviours brought in line with RFC 9113.
+
+    Both override private h2 methods; they are kept here so that an h2 upgrade only has
+    this class to re-check.
+    """
+
+    def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Frame], list[H2Event]]:
+        try:
+            return super()._receive_data_frame(frame)
+        except InvalidBodyLengthError:
+            # RFC 9113 §8.1.1: DATA that disagrees with content-length makes the request
+            # malformed, a *stream* error; h2 would tear the connection down.
+            stream = self.streams[frame.stream_id]
+            frames: list[Frame] = stream.reset_stream(ErrorCodes.PROTOCOL_ERROR)
+            # The frame's bytes will never reach the app: credit the connection window
+            # (the stream is closed now, so only the connection level is updated).
+            self.acknowledge_received_data(frame.flow_controlled_length, frame.stream_id)
+            event = H2StreamReset(
+                stream_id=frame.stream_id,
+                error_code=ErrorCodes.PROTOCOL_ERROR,
+                remote_reset=False,
+            )
+            return frames, [event]
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[H2Event]]:
+        # h2 moves to CLOSED and drops queued output on any GOAWAY, which would forbid
+        # finishing the requests in flight. RFC 9113 §6.8 lets them complete, so only
+        # report the frame; H2Protocol decides what a GOAWAY means.
+        event = H2ConnectionTerminated()
+        event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
+class _Stream:
+    """Per-stream bookkeeping: the outgoing buffer and what each side has done."""
+
+    __slots__ = (
+        "authority",
+        "buffered",
+        "chunks",
+        "done",
+        "end_pending",
+        "local_ended",
+        "offset",
+        "remote_ended",
+        "request_trailers",
+        "reset",
+        "scheme",
+        "sent_end",
+        "stream_id",
+        "trailers",
+        "unacked",
+    )
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+        #: Response bytes not yet sent: ``chunks[0][offset:]`` then the other chunks.
+        self.chunks: deque[bytes] | None = None
+        self.offset = 0
+        self.buffered = 0
+        #: The response asked to end once the buffer drains (END_STREAM or trailers).
+        self.end_pending = False
+        self.trailers: Headers | None = None
+        #: No more ``send_*`` calls are accepted (END_STREAM asked for, or reset).
+        self.local_ended = False
+        #: END_STREAM (or trailers) is actually on its way to the peer.
+        self.sent_end = False
+        self.remote_ended = False
+        self.reset = False
+        #: ``stream_done`` was called; the entry lives on only to drain the buffer.
+        self.done = False
+        #: Request body bytes handed to the app and not yet acknowledged.
+        self.unacked = 0
+        self.request_trailers: Headers | None = None
+        self.scheme: bytes | None = None
+        self.authority: bytes | None = None
+
+
+class H2Protocol:
+    """An HTTP/2 server connection, sans-IO, implementing ``ServerProtocol``.
+
+    ``H2Protocol(config, now)`` queues the server preface (SETTINGS from ``config`` and a
+    connection WINDOW_UPDATE) at once; write ``data_to_send()`` before reading.
+    """
+
+    http_version = "2"
+
+    def __init__(self, config: Config, now: float) -> None:
+        self._setup(config, now)
+        self._conn.initiate_connection()
+        self._after_preface()
+
+    @classmethod
+    def from_h2c_upgrade(
+        cls, config: Config, now: float, settings_header: bytes, request: RequestReceived
+    ) -> H2Protocol:
+        """Continue an HTTP/1.1 connection upgraded with ``Upgrade: h2c`` (RFC 7540 §3.2).
+
+        ``settings_header`` is the ``HTTP2-Settings`` value, ``request`` the upgrading
+        request: it becomes stream 1 and is queued at once with its :class:`BodyEnded`.
+        The caller writes ``101 Switching Protocols`` and then ``data_to_send()`` (the
+        server preface). Raises ``ValueError`` for an invalid ``HTTP2-Settings`` value, so
+        the caller can answer over HTTP/1.1 instead.
+        """
+        proto = cls.__new__(cls)
+        proto._setup(config, now)
+        try:
+            proto._conn.initiate_upgrade_connection(settings_header)
+        except (ValueError, H2Error, HyperframeError) as exc:
+            raise ValueError(f"invalid HTTP2-Settings header: {exc}") from exc
+        proto._after_preface()
+        stream = _Stream(1)
+        stream.remote_ended = True
+        stream.scheme = request.scheme.encode("ascii") if request.scheme else b"http"
+        stream.authority = request.authority
+        proto._streams[1] = stream
+        proto._events.append(replace(request, stream_id=1))
+        proto._events.append(BodyEnded(1))
+        return proto
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def _setup(self, config: Config, now: float) -> None:
+        self._config = config
+        conn = _H2Connection(
+            H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                # We build response headers ourselves, lower-case and without
+                # connection-specific fields: skip h2's per-header generators.
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+                # Inbound validation is done by _parse_request_headers, as stream errors.
+                validate_inbound_headers=False,
+                normalize_inbound_headers=False,
+            )
+        )
+        # RFC 9113 §6.9.2: until the client acknowledges our SETTINGS it may use the
+        # default 65535-byte stream window, so a smaller window is applied only on ACK
+        # (see _after_preface); a larger one is safe at once.
+        self._small_stream_window = config.h2_stream_window_size < _DEFAULT_WINDOW
+        conn.local_settings = Settings(
+            client=False,
+            initial_values={
+                SettingCodes.MAX_CONCURRENT_STREAMS: config.h2_max_concurrent_streams,
+                SettingCodes.INITIAL_WINDOW_SIZE: max(
+                    config.h2_stream_window_size, _DEFAULT_WINDOW
+                ),
+                SettingCodes.MAX_FRAME_SIZE: config.h2_max_frame_size,
+                SettingCodes.MAX_HEADER_LIST_SIZE: config.max_header_bytes,
+                # RFC 8441 §3: extended CONNECT, for WebSockets over HTTP/2.
+                SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
+            },
+        )
+        # h2 copies these when the connection is created, before our settings exist.
+        conn.max_inbound_frame_size = config.h2_max_frame_size
+        conn.decoder.max_header_list_size = config.max_header_bytes
+        self._conn = conn
+        self._events: deque[StreamEvent] = deque()
+        self._streams: dict[int, _Stream] = {}
+        #: Streams with buffered response data, in round-robin order (dict = ordered set).
+        self._blocked: dict[int, _Stream] = {}
+        #: Frames of ours that must precede h2's next output (our graceful GOAWAY).
+        self._extra_out = b""
+        self._closed = False
+        #: No new streams: we sent GOAWAY or the peer did; close once streams finish.
+        self._draining = False
+        #: Streams above this id are refused after our GOAWAY (RFC 9113 §6.8).
+        self._last_stream_id: int | None = None
+        self._preface_received = False
+        self._preface_deadline = now + config.header_read_timeout
+        #: When the last stream went (or the connection started): the keep-alive clock.
+        self._idle_since = now
+        #: The latest time a caller told us about.
+        self._now = now
+
+    def _after_preface(self) -> None:
+        config = self._config
+        if self._small_stream_window:
+            # Takes effect when the client ACKs this second SETTINGS frame.
+            self._conn.update_settings(
+                {SettingCodes.INITIAL_WINDOW_SIZE: config.h2_stream_window_size}
+            )
+        # RFC 9113 §6.9.2: the connection window only grows by WINDOW_UPDATE on stream 0.
+        delta = config.h2_connection_window_size - _DEFAULT_WINDOW
+        if delta > 0:
+            self._conn.increment_flow_control_window(delta)
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Feed bytes read from the peer (``b""`` = the peer closed its side)."""
+        self._now = now
+        if self._closed:
+            return
+        if not data:
+            self._fail(ErrorCodes.NO_ERROR, "peer closed the connection", send_goaway=False)
+            return
+        try:
+            h2_events = self._conn.receive_data(data)
+        except ProtocolError as exc:
+            self._fail(exc.error_code, str(exc) or type(exc).__name__)
+            return
+        except Exception as exc:  # any h2 failure on peer input: never crash the driver
+            self._fail(ErrorCodes.INTERNAL_ERROR, f"h2 failed: {exc!r}")
+            return
+        self._handle_h2_events(h2_events)
+        if self._draining and not self._streams and not self._closed:
+            self._finish("drained")
+
+    def _handle_h2_events(self, h2_events: list[H2Event]) -> None:
+        streams = self._streams
+        events = self._events
+        flush_all = False
+        touched: list[int] | None = None
+        for ev in h2_events:
+            cls = type(ev)
+            if not self._preface_received:
+                # RFC 9113 §3.4: the client preface ends with a SETTINGS frame.
+                if cls is not H2RemoteSettingsChanged:
+                    self._fail(ErrorCodes.PROTOCOL_ERROR, "preface not followed by SETTINGS")
+                    return
+                self._preface_received = True
+            if cls is H2DataReceived:
+                assert isinstance(ev, H2DataReceived)
+                self._on_data(ev)
+            elif cls is H2RequestReceived:
+                assert isinstance(ev, H2RequestReceived)
+                self._on_request(ev)
+            elif cls is H2StreamEnded:
+                assert isinstance(ev, H2StreamEnded)
+                stream = streams.get(ev.stream_id)
+                if stream is not None and not stream.reset:
+                    stream.remote_ended = True
+                    trailers = stream.request_trailers
+                    stream.request_trailers = None
+                    if not stream.done:
+                        events.append(BodyEnded(stream.stream_id, trailers or []))
+            elif cls is H2WindowUpdated:
+                assert isinstance(ev, H2WindowUpdated)
+                if ev.stream_id == 0:
+                    flush_all = True
+                elif ev.stream_id in self._blocked:
+                    if touched is None:
+                        touched = [ev.stream_id]
+                    else:
+                        touched.append(ev.stream_id)
+            elif cls is H2TrailersReceived:
+                assert isinstance(ev, H2TrailersReceived)
+                stream = streams.get(ev.stream_id)
+                if stream is not None and not stream.reset:
+                    try:
+                        stream.request_trailers = _parse_trailers(ev.headers)
+                    except _Malformed:
+                        self._reset(stream, ErrorCodes.PROTOCOL_ERROR, notify=True)
+            elif cls is H2StreamReset:
+                assert isinstance(ev, H2StreamReset)
+                stream = streams.get(ev.stream_id)
+                if stream is not None and not stream.reset:
+                    self._reset(stream, None, notify=True, error_code=int(ev.error_code))
+            elif cls is H2RemoteSettingsChanged:
+                assert isinstance(ev, H2RemoteSettingsChanged)
+                if SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
+                    flush_all = True  # §6.9.2: every stream window moved by the delta
+            elif cls is H2ConnectionTerminated:
+                assert isinstance(ev, H2ConnectionTerminated)
+                self._on_goaway(ev)
+                if self._closed:
+                    return
+            # PING (h2 answers it), PRIORITY, SETTINGS ACK, unknown frames: nothing to do.
+        if flush_all:
+            self._flush_all()
+        elif touched is not None:
+            for stream_id in touched:
+                stream = self._blocked.get(stream_id)
+                if stream is not None:
+                    if self._send_buffered(stream, None):
+                        self._writable(stream)
+                    self._after_send(stream)
+
+    def _on_request(self, ev: H2RequestReceived) -> None:
+        stream_id = ev.stream_id
+        if self._draining:
+            # RFC 9113 §6.8: streams opened after our GOAWAY (or the peer's) are not
+            # processed; REFUSED_STREAM tells the client it may retry them elsewhere.
+            self._h2_reset(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        try:
+            method, path, scheme, authority, protocol, headers, length = _parse_request_headers(
+                ev.headers
+            )
+            if length and ev.stream_ended is not None:
+                # §8.1.1: content-length says a body follows, END_STREAM says none does.
+                raise _Malformed("content-length without DATA")
+            request = RequestReceived(
+                stream_id=stream_id,
+                method=method,
+                raw_path=path if path is not None else b"",
+                headers=headers,
+                scheme=_decode_token(scheme) if scheme is not None else None,
+                authority=authority,
+                protocol=_decode_token(protocol) if protocol is not None else None,
+            )
+        except _Malformed:
+            self._h2_reset(stream_id, ErrorCodes.PROTOCOL_ERROR)  # RFC 9113 §8.1.1
+            return
+        stream = _Stream(stream_id)
+        stream.scheme = scheme
+        stream.authority = authority
+        self._streams[stream_id] = stream
+        self._events.append(request)
+
+    def _on_data(self, ev: H2DataReceived) -> None:
+        stream = self._streams.get(ev.stream_id)
+        if stream is None or stream.reset or stream.done:
+            # Bytes for a stream we dropped never reach the app: credit them at once so
+            # the connection window cannot leak.
+            self._ack(ev.flow_controlled_length, ev.stream_id)
+            return
+        data = ev.data
+        size = len(data)
+        if ev.flow_controlled_length != size:
+            self._ack(ev.flow_controlled_length - size, ev.stream_id)  # padding (§6.1)
+        if size:
+            stream.unacked += size
+            self._events.append(BodyReceived(ev.stream_id, data))
+
+    def _on_goaway(self, ev: H2ConnectionTerminated) -> None:
+        code = int(ev.error_code or 0)
+        if code != ErrorCodes.NO_ERROR:
+            # The peer hit an error: nothing more will be processed on this connection.
+            self._fail(code, f"peer sent GOAWAY with error {code:#x}", send_goaway=False)
+            return
+        # RFC 9113 §6.8: graceful. Our pushed streams above last_stream_id will not be
+        # processed by the client; its own requests in flight complete as usual.
+        last = ev.last_stream_id or 0
+        for stream in list(self._streams.values()):
+            if stream.stream_id % 2 == 0 and stream.stream_id > last and not stream.reset:
+                self._reset(stream, None, notify=True, error_code=ErrorCodes.REFUSED_STREAM)
+        self._draining = True
+
+    # -- outgoing -------------------------------------------------------------------------
+
+    def next_event(self) -> StreamEvent | None:
+        """The next event the received bytes (or timers) produced, or ``None``."""
+        events = self._events
+        return events.popleft() if events else None
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write to the peer, clearing the outgoing buffer."""
+        if self._extra_out:
+            out = self._extra_out + self._conn.data_to_send()
+            self._extra_out = b""
+            return out
+        return self._conn.data_to_send()
+
+    def wants_read(self) -> bool:
+        """Always read while open: h2 flow control bounds what the peer may send."""
+        return not self._closed
+
+    def send_response(
+        self, stream_id: int, status: int, headers: Headers, end_stream: bool = False
+    ) -> None:
+        """Send the response head (``:status`` and ``headers``) on ``stream_id``.
+
+        ``headers`` names must be lower-case; connection-specific fields are dropped
+        (RFC 9113 §8.2.2).
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.local_ended or self._closed:
+            return
+        block: Headers = [(b":status", _STATUS_BYTES.get(status) or b"%d" % status)]
+        block += [f for f in headers if f[0] not in _DROPPED_RESPONSE_FIELDS]
+        if end_stream:
+            stream.local_ended = stream.sent_end = True
+        try:
+            self._conn.send_headers(stream_id, block, end_stream=end_stream)
+        except ProtocolError:
+            self._drop_output(stream)
+
+    def send_informational(self, stream_id: int, status: int, headers: Headers) -> None:
+        """Send a 1xx response (RFC 9113 §8.1: HEADERS without END_STREAM)."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.local_ended or self._closed or not 100 <= status < 200:
+            return
+        block: Headers = [(b":status", _STATUS_BYTES[status])]
+        block += [f for f in headers if f[0] not in _DROPPED_RESPONSE_FIELDS]
+        try:
+            self._conn.send_headers(stream_id, block)
+        except ProtocolError:
+            self._drop_output(stream)
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Queue response body bytes; never refuses (see ``buffered_amount``)."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.local_ended or self._closed:
+            return
+        if not data and not end_stream:
+            return
+        if end_stream:
+            stream.local_ended = True
+        if data:
+            if type(data) is not bytes:
+                data = bytes(data)  # keep no view of a buffer the caller may reuse
+            if stream.chunks is None:
+                stream.chunks = deque((data,))
+            else:
+                stream.chunks.append(data)
+            stream.buffered += len(data)
+        if end_stream:
+            stream.end_pending = True
+        if stream.stream_id in self._blocked:
+            return  # already waiting for window: keep the order, and keep it fair
+        self._send_buffered(stream, None)
+        self._after_send(stream)
+
+    def send_trailers(self, stream_id: int, headers: Headers) -> None:
+        """Send response trailers and end the stream, after any buffered data."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.local_ended or self._closed:
+            return
+        stream.local_ended = stream.end_pending = True
+        stream.trailers = [f for f in headers if f[0] not in _DROPPED_RESPONSE_FIELDS]
+        if stream.stream_id in self._blocked:
+            return
+        self._send_buffered(stream, None)
+        self._after_send(stream)
+
+    def reset_stream(self, stream_id: int) -> None:
+        """Abort ``stream_id`` with RST_STREAM INTERNAL_ERROR; buffered data is dropped."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.reset or self._closed:
+            return
+        self._reset(stream, ErrorCodes.INTERNAL_ERROR, notify=False)
+
+    def buffered_amount(self, stream_id: int) -> int:
+        """Response bytes queued on ``stream_id`` that flow control has not let out."""
+        stream = self._streams.get(stream_id)
+        return 0 if stream is None else stream.buffered
+
+    def ack_body(self, stream_id: int, amount: int) -> None:
+        """The app consumed ``amount`` request body bytes: re-open the receive windows.
+
+        h2 sends WINDOW_UPDATE frames once enough has been consumed (half a window), for
+        the connection and, while the stream is open, for the stream.
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None or amount <= 0:
+            return
+        # Never credit more than was handed out: a late or doubled ack must not grow the
+        # windows beyond what Config allows.
+        if amount > stream.unacked:
+            amount = stream.unacked
+            if not amount:
+                return
+        stream.unacked -= amount
+        self._ack(amount, stream_id)
+
+    def push_promise(self, stream_id: int, path: bytes, headers: Headers) -> int | None:
+        """Promise a pushed ``GET path`` on ``stream_id`` (RFC 9113 §8.4).
+
+        The promised request has the parent's ``:scheme`` and ``:authority`` plus
+        ``headers``. Returns the new (even) stream id, on which the driver then sends the
+        response, or ``None`` when the client disabled push (SETTINGS_ENABLE_PUSH = 0),
+        its concurrency limit is reached, or the parent stream can no longer carry a
+        PUSH_PROMISE. Emits no event.
+        """
+        parent = self._streams.get(stream_id)
+        conn = self._conn
+        if (
+            parent is None
+            or parent.sent_end  # §8.4: only before the parent's END_STREAM
+            or parent.reset
+            or parent.authority is None  # §8.4.1: the promise must name an authority
+            or stream_id % 2 == 0  # §8.4: never push on a pushed stream
+            or self._draining
+            or self._closed
+            or not conn.remote_settings.enable_push
+            or conn.open_outbound_streams >= conn.remote_settings.max_concurrent_streams
+        ):
+            return None
+        promised_id: int = conn.get_next_available_stream_id()
+        request: Headers = [
+            (b":method", b"GET"),
+            (b":path", path),
+            (b":scheme", parent.scheme or b"https"),
+            (b":authority", parent.authority),
+        ]
+        request += headers
+        try:
+            conn.push_stream(stream_id, promised_id, request)
+        except ProtocolError:
+            return None
+        stream = _Stream(promised_id)
+        stream.remote_ended = True  # a pushed "request" has no body
+        stream.scheme = parent.scheme
+        stream.authority = parent.authority
+        self._streams[promised_id] = stream
+        return promised_id
+
+    def stream_done(self, stream_id: int, now: float) -> None:
+        """The stream type has finished with ``stream_id``; drop it once drained.
+
+        When the last stream goes, the keep-alive clock starts at ``now``.
+        """
+        self._now = now
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.done:
+            return
+        stream.done = True
+        if not stream.local_ended and not stream.reset and not self._closed:
+            # The response was abandoned without an end: tell the peer.
+            self._reset(stream, ErrorCodes.CANCEL, notify=False)
+        self._maybe_remove(stream)
+
+    def shutdown(self) -> None:
+        """Begin a graceful close: GOAWAY(NO_ERROR, last processed stream), once.
+
+        Streams opened after it are refused with REFUSED_STREAM; ``closed`` turns true
+        (and :class:`ConnectionClosed` is queued) when the streams in flight are done.
+        """
+        if self._closed or self._last_stream_id is not None:
+            return
+        last = self._conn.highest_inbound_stream_id
+        self._last_stream_id = last
+        self._draining = True
+        # h2's close_connection() would also stop us sending on the streams in flight,
+        # so the frame is written here, behind what h2 has queued so far.
+        self._extra_out += (
+            self._conn.data_to_send()
+            + _GOAWAY_HEADER
+            + _GOAWAY_BODY.pack(last, ErrorCodes.NO_ERROR)
+        )
+        if not self._streams:
+            self._finish("shutdown")
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """The next deadline: the client preface, or the keep-alive while idle."""
+        if self._closed:
+            return None
+        deadline: float | None = None
+        if not self._preface_received:
+            deadline = self._preface_deadline
+        if not self._streams:
+            # Only the time since the last stream counts: bytes that open no stream
+            # (PING, SETTINGS, WINDOW_UPDATE) do not keep an idle connection alive.
+            at = self._idle_since + self._config.keep_alive_timeout
+            if deadline is None or at < deadline:
+                deadline = at
+        return deadline
+
+    def handle_timer(self, now: float) -> None:
+        """Close the connection if the preface or keep-alive deadline has passed."""
+        self._now = now
+        if self._closed:
+            return
+        if not self._preface_received and now >= self._preface_deadline:
+            # The client's SETTINGS never came: RFC 9113 §6.5.3 SETTINGS_TIMEOUT.
+            self._fail(ErrorCodes.SETTINGS_TIMEOUT, "no client preface in time")
+            return
+        if not self._streams and now >= self._idle_since + self._config.keep_alive_timeout:
+            self._goaway(ErrorCodes.NO_ERROR)
+            self._finish("keep-alive timeout")
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection must be closed after ``data_to_send`` is written."""
+        return self._closed
+
+    @property
+    def open_streams(self) -> int:
+        """Streams in flight, including finished ones whose response is still draining."""
+        return len(self._streams)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _ack(self, amount: int, stream_id: int) -> None:
+        if self._closed:
+            return
+        try:
+            self._conn.acknowledge_received_data(amount, stream_id)
+        except ProtocolError:
+            pass
+
+    def _h2_reset(self, stream_id: int, code: int) -> None:
+        try:
+            self._conn.reset_stream(stream_id, code)
+        except ProtocolError:
+            pass
+
+    def _send_buffered(self, stream: _Stream, limit: int | None) -> bool:
+        """Send what the windows allow, at most ``limit`` bytes (``None``: no limit).
+
+        Sends END_STREAM or the trailers once the buffer is empty. Returns whether any
+        data left the buffer.
+        """
+        conn = self._conn
+        stream_id = stream.stream_id
+        chunks = stream.chunks
+        sent = False
+        try:
+            while stream.buffered:
+                window = conn.local_flow_control_window(stream_id)
+                if window <= 0:
+                    return sent
+                size = min(window, conn.max_outbound_frame_size, stream.buffered)
+                if limit is not None:
+                    if limit <= 0:
+                        return sent
+                    if size > limit:
+                        size = limit
+                    limit -= size
+                assert chunks is not None
+                head = chunks[0]
+                offset = stream.offset
+                if len(head) - offset > size:
+                    piece = head[offset : offset + size]
+                    stream.offset = offset + size
+                else:
+                    # The frame takes the rest of the head chunk, maybe more chunks.
+                    chunks.popleft()
+                    stream.offset = 0
+                    piece = head[offset:] if offset else head
+                    if len(piece) < size:
+                        parts = [piece]
+                        need = size - len(piece)
+                        while need:
+                            head = chunks[0]
+                            if len(head) > need:
+                                parts.append(head[:need])
+                                stream.offset = need
+                                break
+                            chunks.popleft()
+                            parts.append(head)
+                            need -= len(head)
+                        piece = b"".join(parts)
+                stream.buffered -= size
+                last = not stream.buffered and stream.end_pending and stream.trailers is None
+                if last:
+                    stream.sent_end = True
+                conn.send_data(stream_id, piece, end_stream=last)
+                sent = True
+            if stream.end_pending and not stream.sent_end:
+                stream.sent_end = True
+                if stream.trailers is not None:
+                    conn.send_headers(stream_id, stream.trailers, end_stream=True)
+                else:
+                    conn.send_data(stream_id, b"", end_stream=True)
+        except ProtocolError:
+            # The stream closed under us (h2 refuses): nothing more can be sent on it.
+            self._drop_output(stream)
+        return sent
+
+    def _after_send(self, stream: _Stream) -> None:
+        """Track ``stream`` in the round-robin set while it has buffered data."""
+        if stream.buffered:
+            self._blocked.setdefault(stream.stream_id, stream)
+        else:
+            self._blocked.pop(stream.stream_id, None)
+            if stream.done:
+                self._maybe_remove(stream)
+
+    def _flush_all(self) -> None:
+        """Drain buffers round-robin while the windows allow.
+
+        Each turn gives every waiting stream an equal share of the connection window
+        (at least ``_MIN_QUANTUM`` bytes, at most one frame), so no stream starves
+        another when the connection window is the bottleneck.
+        """
+        blocked = self._blocked
+        conn = self._conn
+        progressed: dict[int, _Stream] = {}
+        while blocked and conn.outbound_flow_control_window > 0:
+            moved = False
+            quantum = min(
+                max(conn.outbound_flow_control_window // len(blocked), _MIN_QUANTUM),
+                conn.max_outbound_frame_size,
+            )
+            for stream in list(blocked.values()):
+                if self._send_buffered(stream, quantum):
+                    moved = True
+                    progressed[stream.stream_id] = stream
+                blocked.pop(stream.stream_id, None)
+                if stream.buffered and not stream.reset:
+                    blocked[stream.stream_id] = stream  # to the back of the queue
+                if conn.outbound_flow_control_window <= 0:
+                    break
+            if not moved:
+                break
+        for stream in progressed.values():
+            self._writable(stream)
+            if not stream.buffered and stream.done:
+                self._maybe_remove(stream)
+
+    def _writable(self, stream: _Stream) -> None:
+        if not stream.done and not stream.reset:
+            self._events.append(StreamWritable(stream.stream_id))
+
+    def _drop_output(self, stream: _Stream) -> None:
+        stream.local_ended = stream.sent_end = True
+        stream.chunks = None
+        stream.offset = stream.buffered = 0
+        stream.trailers = None
+        self._blocked.pop(stream.stream_id, None)
+
+    def _reset(
+        self,
+        stream: _Stream,
+        send_code: int | None,
+        *,
+        notify: bool,
+        error_code: int | None = None,
+    ) -> None:
+        """Abandon ``stream``: send RST_STREAM ``send_code`` (unless ``None``), drop its
+        output, credit its unread body to the connection window and, with ``notify``,
+        queue :class:`StreamReset` (with ``error_code``, default ``send_code``)."""
+        stream.reset = True
+        self._drop_output(stream)
+        if send_code is not None:
+            self._h2_reset(stream.stream_id, send_code)
+        if stream.unacked:
+            # The stream is closed in h2 now, so this credits the connection only.
+            self._ack(stream.unacked, stream.stream_id)
+            stream.unacked = 0
+        if stream.done:
+            self._remove(stream)
+        elif notify:
+            code = send_code if error_code is None else error_code
+            self._events.append(StreamReset(stream.stream_id, int(code or 0)))
+
+    def _maybe_remove(self, stream: _Stream) -> None:
+        """Forget a stream the stream type is done with, once its output is out."""
+        if not stream.done or stream.buffered:
+            return
+        if stream.reset:
+            self._remove(stream)
+        elif stream.sent_end and not stream.remote_ended:
+            # RFC 9113 §8.1: the response is complete but the request body is not;
+            # RST_STREAM NO_ERROR asks the client to stop sending it.
+            self._reset(stream, ErrorCodes.NO_ERROR, notify=False)
+        else:
+            if stream.unacked:
+                self._ack(stream.unacked, stream.stream_id)
+                stream.unacked = 0
+            self._remove(stream)
+
+    def _remove(self, stream: _Stream) -> None:
+        if self._streams.pop(stream.stream_id, None) is None:
+            return
+        self._blocked.pop(stream.stream_id, None)
+        if not self._streams and not self._closed:
+            if self._draining:
+                self._finish("drained")
+            else:
+                self._idle_since = self._now
+
+    def _goaway(self, code: int) -> None:
+        """Queue GOAWAY ``code`` unless h2 already has (it does on its own errors)."""
+        conn = self._conn
+        if conn.state_machine.state is not ConnectionState.CLOSED:
+            try:
+                # §6.8: a later GOAWAY must not raise the last stream id of an earlier one.
+                conn.close_connection(code, last_stream_id=self._last_stream_id)
+            except ProtocolError:
+                pass
+
+    def _finish(self, reason: str) -> None:
+        """A clean end: the connection closes after the current output."""
+        self._closed = True
+        self._events.append(ConnectionClosed(0, reason))
+
+    def _fail(self, code: int, reason: str, *, send_goaway: bool = True) -> None:
+        """A connection error (RFC 9113 §5.4.1): GOAWAY ``code`` if h2 has not queued one,
+        StreamReset for every stream in flight, then ConnectionClosed."""
+        if send_goaway:
+            self._goaway(code)
+        stream_code = int(code) or int(ErrorCodes.CANCEL)
+        for stream in self._streams.values():
+            stream.chunks = None
+            if not stream.reset and not stream.done:
+                self._events.append(StreamReset(stream.stream_id, stream_code))
+        self._streams.clear()
+        self._blocked.clear()
+        self._closed = True
+        self._events.append(ConnectionClosed(int(code), reason))

@@ -1,0 +1,171 @@
+"""serve(): one anyio task group running the endpoints, lifespan and graceful shutdown.
+
+Order of events:
+
+1. lifespan startup (a failure stops here, before anything listens);
+2. every endpoint is bound; ``task_status.started`` reports the bound addresses, so tests
+   and embedders can ``await tg.start(server.serve)`` and learn the ports;
+3. connections are served until :meth:`Server.shutdown` is called (the CLI calls it on
+   SIGINT/SIGTERM);
+4. shutdown: stop accepting, ask every registered connection to close gracefully (GOAWAY
+   on HTTP/2, close idle keep-alives), wait up to ``graceful_timeout`` for in-flight
+   requests, then cancel what is left; finally lifespan shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from .app import Lifespan
+from .config import Config
+from .registry import ConnectionRegistry
+from .streams.http import ASGIApp
+from .tls import TLSInfoBuilder, create_ssl_context, read_server_cert_pem
+from .transport.tcp import TCPEndpoint, accept_loop, open_tcp_endpoints
+
+logger = logging.getLogger("quicserve.error")
+
+
+@dataclass(slots=True)
+class ServerContext:
+    """What every connection of one server shares."""
+
+    config: Config
+    app: ASGIApp
+    registry: ConnectionRegistry
+    lifespan_state: dict[str, Any] | None = None
+    #: ``alt-svc`` value for TLS responses (set once a QUIC endpoint is bound).
+    alt_svc: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BoundAddress:
+    """One endpoint the server listens on."""
+
+    transport: str  # "tcp" or "udp"
+    scheme: str  # "http", "https"
+    host: str
+    port: int
+
+    def url(self) -> str:
+        """A URL for this endpoint, for logs."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@dataclass(slots=True)
+class Server:
+    """A quicserve server for one app and one :class:`Config`."""
+
+    app: ASGIApp
+    config: Config
+    registry: ConnectionRegistry = field(init=False)
+    addresses: list[BoundAddress] = field(default_factory=list, init=False)
+    _shutdown_requested: anyio.Event | None = field(default=None, init=False)
+    _shutdown_early: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self.registry = ConnectionRegistry(self.config.max_connections)
+
+    def shutdown(self) -> None:
+        """Begin a graceful shutdown (safe to call more than once, from any task)."""
+        if self._shutdown_requested is None:
+            self._shutdown_early = True
+        else:
+            self._shutdown_requested.set()
+
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[list[BoundAddress]] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until :meth:`shutdown`; see the module docstring for the order of events."""
+        config = self.config
+        self._shutdown_requested = anyio.Event()
+        if self._shutdown_early:
+            self._shutdown_requested.set()
+        context = ServerContext(config=config, app=self.app, registry=self.registry)
+        tcp_endpoints = await self._open_tcp_endpoints()
+        async with anyio.create_task_group() as root:
+            lifespan = Lifespan(self.app, config)
+            try:
+                await lifespan.startup(root)
+            except BaseException:
+                for endpoint in tcp_endpoints:
+                    await endpoint.listener.aclose()
+                root.cancel_scope.cancel()
+                raise
+            context.lifespan_state = lifespan.state if lifespan.supported else None
+            try:
+                await self._serve_endpoints(context, tcp_endpoints, task_status)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await lifespan.shutdown()
+                root.cancel_scope.cancel()
+
+    async def _open_tcp_endpoints(self) -> list[TCPEndpoint]:
+        config = self.config
+        endpoints: list[TCPEndpoint] = []
+        ssl_context = tls_info = None
+        if config.certfile is not None and config.bind:
+            ssl_context = create_ssl_context(config)
+            tls_info = TLSInfoBuilder(ssl_context, read_server_cert_pem(config))
+        try:
+            for bind in config.bind:
+                endpoints.extend(await open_tcp_endpoints(bind, ssl_context, tls_info))
+            for bind in config.insecure_bind:
+                endpoints.extend(await open_tcp_endpoints(bind, None, None))
+        except BaseException:
+            for endpoint in endpoints:
+                await endpoint.listener.aclose()
+            raise
+        self.addresses = [
+            BoundAddress("tcp", "https" if e.ssl_context else "http", *e.address) for e in endpoints
+        ]
+        return endpoints
+
+    async def _serve_endpoints(
+        self,
+        context: ServerContext,
+        tcp_endpoints: list[TCPEndpoint],
+        task_status: anyio.abc.TaskStatus[list[BoundAddress]],
+    ) -> None:
+        assert self._shutdown_requested is not None
+        async with anyio.create_task_group() as connections:
+            async with anyio.create_task_group() as acceptors:
+                for endpoint in tcp_endpoints:
+                    acceptors.start_soon(accept_loop, endpoint, context, connections)
+                for address in self.addresses:
+                    logger.info("Listening on %s (%s)", address.url(), address.transport.upper())
+                task_status.started(list(self.addresses))
+                await self._shutdown_requested.wait()
+                acceptors.cancel_scope.cancel()
+            for endpoint in tcp_endpoints:
+                with anyio.CancelScope(shield=True):
+                    await endpoint.listener.aclose()
+            open_count = len(self.registry)
+            if open_count:
+                logger.info("Shutting down: waiting for %d connection(s)", open_count)
+            self.registry.shutdown_all()
+            with anyio.move_on_after(self.config.graceful_timeout) as grace:
+                await self.registry.wait_empty()
+            if grace.cancelled_caught:
+                logger.warning(
+                    "Graceful timeout: cancelling %d connection(s) still open", len(self.registry)
+                )
+            connections.cancel_scope.cancel()
+        logger.info("Server stopped")
+
+
+async def serve(
+    app: ASGIApp,
+    config: Config,
+    *,
+    task_status: anyio.abc.TaskStatus[list[BoundAddress]] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` until cancelled. Reports the bound addresses through ``task_status``."""
+    server = Server(app, config)
+    await server.serve(task_status=task_status)

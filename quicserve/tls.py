@@ -1,0 +1,136 @@
+"""TLS settings for TCP (and, later, QUIC) in one place.
+
+Rules:
+
+* TCP TLS offers ALPN ``h2`` then ``http/1.1``; TLS 1.2 is the floor and, for HTTP/2's
+  sake, only AEAD ECDHE suites are enabled (RFC 9113 §9.2.2 forbids the rest on h2).
+* ``SSLKEYLOGFILE`` is honoured, for debugging with Wireshark.
+* A certificate problem becomes :class:`TLSConfigError` with a message a person can act
+  on; the CLI prints it as one line.
+* :func:`tls_info` builds the ASGI ``tls`` extension from a finished handshake.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from typing import Any
+
+from .config import Config
+
+_TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+_VERIFY_MODES = {
+    "none": ssl.CERT_NONE,
+    "optional": ssl.CERT_OPTIONAL,
+    "required": ssl.CERT_REQUIRED,
+}
+
+
+class TLSConfigError(Exception):
+    """The TLS configuration cannot be used (missing file, bad key, wrong password)."""
+
+
+def create_ssl_context(
+    config: Config, alpn: tuple[str, ...] = ("h2", "http/1.1")
+) -> ssl.SSLContext:
+    """A server-side ``SSLContext`` for the TCP endpoints."""
+    if config.certfile is None:
+        raise TLSConfigError("no certificate configured (--certfile)")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
+    load_certificate(context, config)
+    if config.ca_certs:
+        try:
+            context.load_verify_locations(cafile=config.ca_certs)
+        except (OSError, ssl.SSLError) as exc:
+            raise TLSConfigError(
+                f"cannot load CA certificates {config.ca_certs!r}: {_why(exc)}"
+            ) from None
+    context.verify_mode = _VERIFY_MODES[config.verify_mode]
+    if context.verify_mode != ssl.CERT_NONE and not config.ca_certs:
+        raise TLSConfigError("--verify-mode needs --ca-certs to verify client certificates against")
+    context.set_alpn_protocols(list(alpn))
+    keylog = os.environ.get("SSLKEYLOGFILE")
+    if keylog:
+        context.keylog_filename = keylog
+    return context
+
+
+def load_certificate(context: ssl.SSLContext, config: Config) -> None:
+    """Load ``certfile``/``keyfile`` into ``context``, with errors fit for a person."""
+    certfile = config.certfile
+    assert certfile is not None
+    for label, path in (("certificate", certfile), ("key", config.keyfile)):
+        if path is not None and not os.path.isfile(path):
+            raise TLSConfigError(f"{label} file not found: {path}")
+        if path is not None and not os.access(path, os.R_OK):
+            raise TLSConfigError(f"{label} file is not readable: {path}")
+    try:
+        context.load_cert_chain(certfile, config.keyfile, config.keyfile_password)
+    except ssl.SSLError as exc:
+        raise TLSConfigError(
+            f"cannot load certificate {certfile!r}"
+            + (f" with key {config.keyfile!r}" if config.keyfile else "")
+            + f": {_why(exc)}"
+        ) from None
+    except OSError as exc:
+        raise TLSConfigError(f"cannot read certificate {certfile!r}: {_why(exc)}") from None
+
+
+def _why(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+    return str(reason).replace("_", " ").lower()
+
+
+class TLSInfoBuilder:
+    """Builds the ASGI ``tls`` extension dict; cipher ids are looked up once."""
+
+    def __init__(self, context: ssl.SSLContext, server_cert_pem: str | None) -> None:
+        self._cipher_ids = {c["name"]: c["id"] & 0xFFFF for c in context.get_ciphers()}
+        self._server_cert = server_cert_pem
+
+    def build(self, ssl_object: ssl.SSLObject) -> dict[str, Any]:
+        """The ``tls`` extension for one handshake."""
+        cipher = ssl_object.cipher()
+        version = ssl_object.version()
+        chain: list[str] = []
+        name: str | None = None
+        der = ssl_object.getpeercert(binary_form=True)
+        if der:
+            chain.append(ssl.DER_cert_to_PEM_cert(der))
+            name = _subject_name(der)
+        return {
+            "server_cert": self._server_cert,
+            "client_cert_chain": chain,
+            "client_cert_name": name,
+            "client_cert_error": None,
+            "tls_version": _TLS_VERSIONS.get(version or "", None),
+            "cipher_suite": self._cipher_ids.get(cipher[0]) if cipher else None,
+        }
+
+
+def _subject_name(der: bytes) -> str | None:
+    from cryptography import x509
+
+    try:
+        return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    except ValueError:
+        return None
+
+
+def read_server_cert_pem(config: Config) -> str | None:
+    """The first certificate of ``certfile`` as PEM text (for the ``tls`` extension)."""
+    if config.certfile is None:
+        return None
+    try:
+        with open(config.certfile, encoding="ascii", errors="replace") as file:
+            text = file.read()
+    except OSError:
+        return None
+    begin = text.find("-----BEGIN CERTIFICATE-----")
+    end = text.find("-----END CERTIFICATE-----", begin)
+    if begin < 0 or end < 0:
+        return None
+    return text[begin : end + len("-----END CERTIFICATE-----")] + "\n"

@@ -1,0 +1,47 @@
+"""Shared test fixtures.
+
+* ``anyio_backend`` is parametrized over asyncio, asyncio+uvloop and trio, so every test
+  marked ``@pytest.mark.anyio`` that exercises the server runs on all of them.
+* ``tls_files`` makes a throwaway CA and localhost certificate at run time (nothing
+  secret is committed).
+* :func:`tests.helpers.running_server` starts a real server on loopback in-process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from quicserve.certs import DevCertificate, make_test_certificates
+
+_BACKENDS = [
+    pytest.param(("asyncio", {}), id="asyncio"),
+    pytest.param(
+        ("asyncio", {"use_uvloop": True}),
+        id="uvloop",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("uvloop") is None, reason="uvloop is not installed"
+        ),
+    ),
+    pytest.param(("trio", {}), id="trio"),
+]
+
+
+@pytest.fixture(params=_BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    """Every async test runs on asyncio, uvloop and trio."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> DevCertificate:
+    """A CA and a localhost certificate made for this test session."""
+    return make_test_certificates(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A per-test directory for files the test writes."""
+    return tmp_path
