@@ -1,0 +1,380 @@
+"""Servers under test: their command lines, and the lifecycle of one server process.
+
+Job: know, for each server variant (quicserve, hypercorn, uvicorn, uvicorn-httptools), which
+(protocol, backend) pairs it can serve and the exact command that serves ``bench.app:app``
+that way; start that command pinned to the server CPU, wait until its port accepts, read its
+CPU time, and stop it.
+
+Rules:
+
+* Same app, one worker, access log off, log level ``warning`` for every server, started from
+  the repository root with the interpreter running this harness.
+* A variant that cannot serve a pair (uvicorn: no HTTP/2, no trio) says so in `supports`; the
+  harness lists the pair as not applicable instead of running something not comparable.
+* Server CPU time is the whole process tree's (``utime+stime`` of the root and every live
+  descendant, plus the children they reaped), read from ``/proc``: Hypercorn serves from a
+  spawned worker process even with one worker.
+* Processes are stopped by PID only, never by name: SIGTERM to the root, up to 10 s grace, then
+  SIGKILL to the root and to every descendant seen while it ran (checked by start time, so a
+  reused PID is never hit).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+APP = "bench.app:app"
+STOP_GRACE_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    """Paths of a PEM certificate and its private key."""
+
+    certfile: Path
+    keyfile: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Where and how one server instance must listen."""
+
+    host: str
+    port: int
+    protocol: str  # "h1", "h2", ...
+    backend: str  # "asyncio", "trio", "uvloop"
+    tls: TLSFiles | None  # set for TLS protocols
+
+
+@dataclass(frozen=True, slots=True)
+class ServerVariant:
+    """One row label of the report: a server in one fixed configuration."""
+
+    name: str
+    family: str  # the --servers token that selects it
+    backends: frozenset[str]
+    protocols: frozenset[str]
+    build: Callable[[str, Listen], list[str]]  # (python executable, listen) -> argv
+    requires_module: str | None = None  # importable module needed (e.g. httptools)
+
+    def supports(self, protocol: str, backend: str) -> bool:
+        """Whether this variant can serve ``protocol`` on ``backend`` at all."""
+        return protocol in self.protocols and backend in self.backends
+
+    def installed(self) -> bool:
+        """Whether the optional module this variant needs is importable here."""
+        if self.requires_module is None:
+            return True
+        return importlib.util.find_spec(self.requires_module) is not None
+
+
+def _quicserve(python: str, listen: Listen) -> list[str]:
+    argv = [python, "-m", "quicserve", APP]
+    addr = f"{listen.host}:{listen.port}"
+    if listen.tls is None:
+        argv += ["--insecure-bind", addr]
+    else:
+        argv += [
+            "--bind",
+            addr,
+            "--certfile",
+            str(listen.tls.certfile),
+            "--keyfile",
+            str(listen.tls.keyfile),
+        ]
+    return [*argv, "--backend", listen.backend, "--no-access-log", "--log-level", "warning"]
+
+
+def _hypercorn(python: str, listen: Listen) -> list[str]:
+    # No access log unless --access-logfile is given; --workers 1 is the default, stated here.
+    argv = [
+        python,
+        "-m",
+        "hypercorn",
+        APP,
+        "--bind",
+        f"{listen.host}:{listen.port}",
+        "--worker-class",
+        listen.backend,
+        "--workers",
+        "1",
+        "--log-level",
+        "warning",
+    ]
+    if listen.tls is not None:
+        argv += ["--certfile", str(listen.tls.certfile), "--keyfile", str(listen.tls.keyfile)]
+    return argv
+
+
+def _uvicorn(http: str) -> Callable[[str, Listen], list[str]]:
+    def build(python: str, listen: Listen) -> list[str]:
+        loop = "uvloop" if listen.backend == "uvloop" else "asyncio"
+        argv = [
+            python,
+            "-m",
+            "uvicorn",
+            APP,
+            "--host",
+            listen.host,
+            "--port",
+            str(listen.port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--http",
+            http,
+            "--loop",
+            loop,
+        ]
+        if listen.tls is not None:
+            argv += [
+                "--ssl-certfile",
+                str(listen.tls.certfile),
+                "--ssl-keyfile",
+                str(listen.tls.keyfile),
+            ]
+        return argv
+
+    return build
+
+
+_ALL_BACKENDS = frozenset({"asyncio", "trio", "uvloop"})
+
+VARIANTS: tuple[ServerVariant, ...] = (
+    ServerVariant("quicserve", "quicserve", _ALL_BACKENDS, frozenset({"h1", "h2"}), _quicserve),
+    ServerVariant("hypercorn", "hypercorn", _ALL_BACKENDS, frozenset({"h1", "h2"}), _hypercorn),
+    # Uvicorn: asyncio.Protocol only (no trio) and no HTTP/2.
+    ServerVariant(
+        "uvicorn", "uvicorn", frozenset({"asyncio", "uvloop"}), frozenset({"h1"}), _uvicorn("h11")
+    ),
+    ServerVariant(
+        "uvicorn-httptools",
+        "uvicorn",
+        frozenset({"asyncio", "uvloop"}),
+        frozenset({"h1"}),
+        _uvicorn("httptools"),
+        requires_module="httptools",
+    ),
+)
+
+
+def free_port(host: str) -> int:
+    """A TCP port that was free a moment ago (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _read_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the ``comm`` field (index 0 is field 3, ``state``)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rfind(")") + 2 :].split()
+
+
+def _cpu_ticks(fields: list[str]) -> int:
+    """utime + stime + cutime + cstime (stat fields 14-17)."""
+    return sum(int(f) for f in fields[11:15])
+
+
+def _start_time(fields: list[str]) -> int:
+    """Process start time in ticks since boot (stat field 22)."""
+    return int(fields[19])
+
+
+def _children_map() -> dict[int, list[int]]:
+    """ppid -> [pid] for every process currently in /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fields = _read_stat(int(entry.name))
+        if fields is None:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    return children
+
+
+def parse_cpu_list(spec: str) -> set[int]:
+    """CPU numbers of a taskset-style list such as ``0``, ``0,2`` or ``0-3``."""
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def core_ticks(cpus: set[int]) -> tuple[int, int]:
+    """(busy, total) jiffies of the given CPUs since boot, from /proc/stat, for all processes.
+
+    Busy excludes idle and iowait. Comparing it with the server's own CPU time tells a server
+    that stalls (its core idle) from one that shares its core with other work (core busy).
+    """
+    busy = total = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+            continue
+        ticks = [int(v) for v in values[:8]]  # user nice system idle iowait irq softirq steal
+        total += sum(ticks)
+        busy += sum(ticks) - ticks[3] - ticks[4]
+    return busy, total
+
+
+class ServerProcess:
+    """One server subprocess pinned to a CPU, its output captured to a log file."""
+
+    def __init__(self, argv: list[str], cpu: str, cwd: Path, log_path: Path) -> None:
+        self.argv = argv
+        self.cpu = cpu
+        self.cwd = cwd
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._descendants: dict[int, int] = {}  # pid -> start time, as seen while running
+
+    @property
+    def pid(self) -> int:
+        """PID of the server (taskset execs the command, so it is the server's own)."""
+        if self._proc is None:
+            raise RuntimeError("not started")
+        return self._proc.pid
+
+    def start(self) -> None:
+        """Start the pinned server; its stdout and stderr go to ``log_path``."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(self.cwd), env.get("PYTHONPATH", "")) if p
+        )
+        env.pop("PYTHONDEVMODE", None)
+        self._log = self.log_path.open("wb")
+        self._proc = subprocess.Popen(
+            ["taskset", "-c", self.cpu, *self.argv],
+            cwd=self.cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            # Own session: a Ctrl-C meant for the harness does not reach the server first; the
+            # harness stops it itself, by PID.
+            start_new_session=True,
+        )
+
+    def exit_code(self) -> int | None:
+        """The exit status if the server has exited, else None."""
+        return None if self._proc is None else self._proc.poll()
+
+    def wait_ready(self, host: str, port: int, timeout_s: float) -> str | None:
+        """Poll-connect until the port accepts; return None, or why the server is not ready."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            code = self.exit_code()
+            if code is not None:
+                return f"exited with status {code} before accepting connections"
+            try:
+                with socket.create_connection((host, port), timeout=0.25):
+                    return None
+            except OSError:
+                time.sleep(0.05)
+        return f"port {port} did not accept connections within {timeout_s:.0f} s"
+
+    def _tree(self) -> list[int]:
+        """PIDs of the live server tree (root first); remembers descendants for `stop`."""
+        if self._proc is None:
+            return []
+        children = _children_map()
+        tree, todo = [], [self._proc.pid]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo.extend(children.get(pid, []))
+        for pid in tree[1:]:
+            fields = _read_stat(pid)
+            if fields is not None:
+                self._descendants.setdefault(pid, _start_time(fields))
+        return tree
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds used so far by the whole server tree (user + system, incl. children)."""
+        ticks = 0
+        for pid in self._tree():
+            fields = _read_stat(pid)
+            if fields is not None:
+                ticks += _cpu_ticks(fields)
+        return ticks / _CLK_TCK
+
+    def output_head(self, lines: int = 8) -> str:
+        """The first lines the server wrote to stdout/stderr."""
+        if self._log is not None:
+            self._log.flush()
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[:lines])
+
+    def _live_descendants(self) -> list[int]:
+        """Recorded descendants that still run (not zombies) and are still the same process."""
+        live = []
+        for pid, started in self._descendants.items():
+            fields = _read_stat(pid)
+            if fields is not None and _start_time(fields) == started and fields[0] != "Z":
+                live.append(pid)
+        return live
+
+    def stop(self) -> str | None:
+        """SIGTERM, wait up to 10 s, then SIGKILL; return a note if it had to be killed."""
+        if self._proc is None:
+            return None
+        note: str | None = None
+        self._tree()  # record descendants before the root goes away
+        deadline = time.monotonic() + STOP_GRACE_S
+        if self._proc.poll() is None:
+            try:
+                os.kill(self._proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self._proc.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                note = f"did not exit within {STOP_GRACE_S:.0f} s of SIGTERM; SIGKILLed"
+                try:
+                    os.kill(self._proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self._proc.wait()
+        # Workers may still be finishing their own shutdown after the root has gone (Hypercorn's
+        # parent does not always outlive its worker): give them what is left of the grace
+        # period (at least 2 s), then SIGKILL by PID, but only while the PID still names the
+        # same process (same start time).
+        leftovers = self._live_descendants()
+        wait_until = max(deadline, time.monotonic() + 2.0)
+        while leftovers and time.monotonic() < wait_until:
+            time.sleep(0.05)
+            leftovers = self._live_descendants()
+        for pid in leftovers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed = f"SIGKILLed child {pid} still running after the server exited"
+                note = f"{note}; {killed}" if note else killed
+            except ProcessLookupError:
+                pass
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return note
