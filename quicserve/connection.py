@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -46,7 +48,9 @@ logger = logging.getLogger("quicserve.error")
 
 _READ_SIZE = 65536
 
-_current_time = anyio.current_time
+# Protocol timers only need a monotonic clock, and every sleep is relative; calling
+# anyio.current_time() looks the backend up on each call (6% of an HTTP/1.1 request).
+_current_time = time.monotonic
 
 
 class ByteStreamConnection:
@@ -67,10 +71,18 @@ class ByteStreamConnection:
         self._info = info
         self._record = record
         self._streams: dict[int, HTTPStream] = {}
-        self._write_lock = anyio.Lock(fast_acquire=True)
+        self._writing = False
+        self._drained: anyio.Event | None = None
         self._writable: dict[int, anyio.Event] = {}
-        self._read_scope: anyio.CancelScope | None = None
+        self._reader_scope: anyio.CancelScope | None = None
         self._read_wakeup: anyio.Event | None = None
+        self._timer_wakeup: anyio.Event | None = None
+        self._timer_target = math.inf
+        self._closing = False
+        self._flush_requested = False
+        self._sequential: deque[HTTPStream] = deque()
+        self._worker_running = False
+        self._worker_wakeup: anyio.Event | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._upgrade: H2CUpgrade | None = None
         self._broken = False
@@ -82,11 +94,18 @@ class ByteStreamConnection:
         try:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
+                tg.start_soon(self._timer_loop)
                 await self._write_out()
                 if initial_data:
                     self._receive(initial_data)
                     await self._write_out()
-                await self._read_loop()
+                with anyio.CancelScope() as self._reader_scope:
+                    await self._read_loop()
+                # Streams still running finish (or see their reset) before we close.
+                self._closing = True
+                self._wake_timer()
+                if self._worker_wakeup is not None:
+                    self._worker_wakeup.set()
         finally:
             self._task_group = None
             await self._close_stream()
@@ -104,27 +123,57 @@ class ByteStreamConnection:
                 wakeup = self._read_wakeup = anyio.Event()
                 await wakeup.wait()
                 continue
-            deadline = protocol.get_timer()
-            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
-                self._read_scope = scope
-                try:
-                    data = await stream.receive(_READ_SIZE)
-                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    data = b""
-                except OSError:
-                    data = b""
-            self._read_scope = None
-            if scope.cancelled_caught:
-                # A deadline passed, or a stream asked us to re-check the protocol.
-                protocol.handle_timer(_current_time())
-                self._dispatch()
-                await self._write_out()
-                continue
+            try:
+                data = await stream.receive(_READ_SIZE)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                data = b""
+            except OSError:
+                data = b""
             record.bytes_in += len(data)
             self._receive(data)
             await self._write_out()
             if not data:
                 return
+
+    async def _timer_loop(self) -> None:
+        """Header-read and keep-alive deadlines, without a cancel scope per read.
+
+        The task sleeps until the protocol's deadline; while there is none it re-checks
+        every ``_TIMER_POLL`` seconds. A deadline that moves later needs no wake-up (the
+        task finds the new one when it wakes); only an earlier one wakes it early.
+        """
+        poll = min(self.config.keep_alive_timeout, self.config.header_read_timeout)
+        while not self._closing:
+            protocol = self.protocol
+            if self._flush_requested:
+                self._flush_requested = False
+                await self._write_out()
+            now = _current_time()
+            deadline = protocol.get_timer()
+            if deadline is not None and now >= deadline:
+                protocol.handle_timer(now)
+                self._dispatch()
+                await self._write_out()
+                if protocol.closed:
+                    self._reader_scope_cancel()
+                    return
+                continue
+            target = deadline if deadline is not None else now + poll
+            self._timer_target = target
+            wakeup = self._timer_wakeup = anyio.Event()
+            with anyio.move_on_after(target - now):
+                await wakeup.wait()
+
+    def _wake_timer(self) -> None:
+        if self._timer_wakeup is not None:
+            self._timer_wakeup.set()
+
+    def _reader_scope_cancel(self) -> None:
+        if self._reader_scope is not None:
+            self._reader_scope.cancel()
+        if self._read_wakeup is not None:
+            self._read_wakeup.set()
+            self._read_wakeup = None
 
     def _receive(self, data: bytes) -> None:
         self.protocol.receive_data(data, _current_time())
@@ -179,7 +228,31 @@ class ByteStreamConnection:
         )
         self._streams[request.stream_id] = stream
         self._record.requests += 1
-        self._task_group.start_soon(stream.run)
+        if self._info.capabilities.multiplexed:
+            self._task_group.start_soon(stream.run)
+            return
+        # HTTP/1.1 serves one request at a time, so one worker task per connection runs
+        # them in turn: cheaper than spawning a task per request (12% of the time).
+        self._sequential.append(stream)
+        if self._worker_wakeup is not None:
+            self._worker_wakeup.set()
+            self._worker_wakeup = None
+        elif not self._worker_running:
+            self._worker_running = True
+            self._task_group.start_soon(self._sequential_worker)
+
+    async def _sequential_worker(self) -> None:
+        queue = self._sequential
+        try:
+            while True:
+                while queue:
+                    await queue.popleft().run()
+                if self.protocol.closed or self._broken or self._closing:
+                    return
+                wakeup = self._worker_wakeup = anyio.Event()
+                await wakeup.wait()
+        finally:
+            self._worker_running = False
 
     async def _switch_to_h2c(self) -> None:
         # RFC 7540 §3.2: 101, then the server preface; the request becomes stream 1.
@@ -188,8 +261,8 @@ class ByteStreamConnection:
         upgrade = self._upgrade
         assert upgrade is not None
         self._upgrade = None
-        async with self._write_lock:
-            await self._send(switching_response())
+        await self._write_out()  # anything h11 still had, then the 101
+        await self._send(switching_response())
         request = upgrade.request
         self.protocol = H2Protocol.from_h2c_upgrade(
             self.config, _current_time(), upgrade.settings, request
@@ -258,40 +331,55 @@ class ByteStreamConnection:
     def shutdown(self) -> None:
         """Begin a graceful close: GOAWAY on HTTP/2, close-when-idle on HTTP/1.1."""
         self.protocol.shutdown()
-        if self._task_group is not None:
-            # GOAWAY (or nothing, on HTTP/1.1) goes out from a task of this connection.
-            self._task_group.start_soon(self._write_out)
+        # GOAWAY (HTTP/2) is written by the timer task, which belongs to this connection.
+        self._flush_requested = True
+        self._wake_timer()
         self._poke_reader()
 
     def _poke_reader(self) -> None:
         # The protocol's state changed outside the read loop (a response ended, a
-        # shutdown began): re-arm the read deadline, or stop reading if it closed.
+        # shutdown began): stop reading if it closed, resume if it wants data again, and
+        # wake the timer if its deadline moved earlier.
         protocol = self.protocol
-        scope = self._read_scope
         if protocol.closed:
-            if scope is not None:
-                scope.cancel()
-            if self._read_wakeup is not None:
-                self._read_wakeup.set()
-                self._read_wakeup = None
+            self._reader_scope_cancel()
+            self._wake_timer()
             return
-        if scope is not None:
-            deadline = protocol.get_timer()
-            scope.deadline = math.inf if deadline is None else deadline
-        elif self._read_wakeup is not None and protocol.wants_read():
+        if self._read_wakeup is not None and protocol.wants_read():
             self._read_wakeup.set()
             self._read_wakeup = None
+        deadline = protocol.get_timer()
+        if deadline is not None and deadline < self._timer_target:
+            self._wake_timer()
 
     # -- writing -----------------------------------------------------------------------
 
     async def _write_out(self) -> None:
-        # The data is taken inside the lock: whoever writes, writes everything produced
-        # so far, in order.
-        async with self._write_lock:
-            data = self.protocol.data_to_send()
-            if data:
+        # One writer at a time, without a lock: whoever finds no write in progress
+        # writes everything the protocol has produced, looping until it is empty, so
+        # bytes reach the socket in the order the protocol produced them. Others wait
+        # for that writer to finish (that wait is the TCP backpressure they get).
+        if self._writing:
+            drained = self._drained
+            if drained is None:
+                drained = self._drained = anyio.Event()
+            await drained.wait()
+            return
+        self._writing = True
+        protocol = self.protocol
+        try:
+            while True:
+                data = protocol.data_to_send()
+                if not data:
+                    break
                 await self._send(data)
-        if self.protocol.closed:
+        finally:
+            self._writing = False
+            drained = self._drained
+            if drained is not None:
+                self._drained = None
+                drained.set()
+        if protocol.closed:
             self._poke_reader()
 
     async def _send(self, data: bytes) -> None:
@@ -311,10 +399,8 @@ class ByteStreamConnection:
         for waiter in self._writable.values():
             waiter.set()
         self._writable.clear()
-        if self._read_scope is not None:
-            self._read_scope.cancel()
-        if self._read_wakeup is not None:
-            self._read_wakeup.set()
+        self._reader_scope_cancel()
+        self._wake_timer()
 
     async def _close_stream(self) -> None:
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):

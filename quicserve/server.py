@@ -115,9 +115,9 @@ class Server:
             tls_info = TLSInfoBuilder(ssl_context, read_server_cert_pem(config))
         try:
             for bind in config.bind:
-                endpoints.extend(await open_tcp_endpoints(bind, ssl_context, tls_info))
+                endpoints.extend(open_tcp_endpoints(bind, ssl_context, tls_info))
             for bind in config.insecure_bind:
-                endpoints.extend(await open_tcp_endpoints(bind, None, None))
+                endpoints.extend(open_tcp_endpoints(bind, None, None))
         except BaseException:
             for endpoint in endpoints:
                 await endpoint.listener.aclose()

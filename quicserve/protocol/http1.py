@@ -98,6 +98,7 @@ class H1Protocol:
         self._body_unacked = 0
         self._pipelined = 0
         self._closed = False
+        self._upgrading = False
         self._shutting_down = False
         # Fresh connection: the first head must arrive within header_read_timeout.
         self._deadline: float | None = now + config.header_read_timeout
@@ -122,7 +123,7 @@ class H1Protocol:
 
     def _parse(self, now: float) -> None:
         conn = self._conn
-        while not self._closed:
+        while not self._closed and not self._upgrading:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -228,7 +229,9 @@ class H1Protocol:
             # RFC 7540 §3.2: only body-less requests are upgraded here; the rest are
             # served over HTTP/1.1, which the RFC allows.
             self._events.append(H2CUpgrade(request, settings, self._conn.trailing_data[0]))
-            self._closed = True
+            # Not "closed": the connection lives on as HTTP/2. Stop parsing and reading
+            # until the driver has switched protocols.
+            self._upgrading = True
             return
         self._events.append(request)
 
@@ -238,7 +241,7 @@ class H1Protocol:
 
     def wants_read(self) -> bool:
         """False while we hold enough unconsumed body or pipelined data."""
-        if self._closed:
+        if self._closed or self._upgrading:
             return False
         return self._body_unacked < _READ_AHEAD and self._pipelined < _READ_AHEAD
 

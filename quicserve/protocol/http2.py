@@ -401,7 +401,7 @@ class H2Protocol:
         self._closed = False
         #: No new streams: we sent GOAWAY or the peer did; close once streams finish.
         self._draining = False
-        #: Streams above this id are refused after our GOAWAY (RFC 9113 §6.8).
+        #: The last stream id our GOAWAY announced (RFC 9113 §6.8); ``None`` before it.
         self._last_stream_id: int | None = None
         self._preface_received = False
         self._preface_deadline = now + config.header_read_timeout

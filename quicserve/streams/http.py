@@ -259,8 +259,7 @@ class HTTPStream:
                 await self._abort()
         finally:
             self._disconnected = True
-            with anyio.CancelScope(shield=True):
-                await host.stream_finished(self.stream_id)
+            await host.stream_finished(self.stream_id)
             if access_logger.isEnabledFor(logging.INFO):
                 self._log_access(time.perf_counter() - started)
 

@@ -15,11 +15,10 @@ Rules:
 
 from __future__ import annotations
 
-import errno
 import logging
-import socket
 import ssl
 from dataclasses import dataclass
+from time import monotonic
 from typing import TYPE_CHECKING
 
 import anyio
@@ -31,6 +30,9 @@ from ..connection import ByteStreamConnection
 from ..connection_info import HTTP1_CAPABILITIES, HTTP2_CAPABILITIES, ConnectionInfo
 from ..protocol.http1 import H1Protocol
 from ..tls import TLSInfoBuilder
+from .sockets import BindError, Listener, create_listening_socket
+
+__all__ = ["BindError", "TCPEndpoint", "accept_loop", "open_tcp_endpoints"]
 
 if TYPE_CHECKING:
     from ..server import ServerContext
@@ -41,56 +43,30 @@ logger = logging.getLogger("quicserve.error")
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
-class BindError(Exception):
-    """An address cannot be listened on (in use, not available, bad syntax)."""
-
-
 @dataclass(slots=True)
 class TCPEndpoint:
     """One listening TCP socket and how to treat its connections."""
 
-    listener: anyio.abc.SocketListener
+    listener: Listener
     ssl_context: ssl.SSLContext | None
     tls_info: TLSInfoBuilder | None
 
     @property
     def address(self) -> tuple[str, int]:
         """The bound (host, port)."""
-        sockname = self.listener.extra(anyio.abc.SocketAttribute.local_address)
-        return (str(sockname[0]), int(sockname[1]))  # type: ignore[index]
+        return self.listener.address
 
 
-async def open_tcp_endpoints(
+def open_tcp_endpoints(
     bind: str, ssl_context: ssl.SSLContext | None, tls_info: TLSInfoBuilder | None
 ) -> list[TCPEndpoint]:
-    """Listen on ``bind`` (``HOST:PORT``; a name may resolve to several addresses);
-    raises :class:`BindError` with a clear reason."""
+    """Listen on ``bind`` (``HOST:PORT``); raises :class:`BindError` with a clear reason."""
     try:
         host, port = parse_bind(bind)
     except ValueError as exc:
         raise BindError(str(exc)) from None
-    try:
-        listener = await anyio.create_tcp_listener(
-            local_host=host, local_port=port, reuse_port=False, backlog=1024
-        )
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        if exc.errno == errno.EADDRINUSE:
-            reason = "address already in use"
-        raise BindError(f"cannot listen on {bind}: {reason.lower()}") from None
-    except socket.gaierror as exc:  # pragma: no cover - subclass of OSError
-        raise BindError(f"cannot listen on {bind}: {exc}") from None
-    # anyio returns a MultiListener: one socket listener per resolved address.
-    return [TCPEndpoint(sub, ssl_context, tls_info) for sub in _socket_listeners(listener)]
-
-
-def _socket_listeners(listener: object) -> list[anyio.abc.SocketListener]:
-    if isinstance(listener, anyio.abc.SocketListener):
-        return [listener]
-    found: list[anyio.abc.SocketListener] = []
-    for sub in getattr(listener, "listeners", ()):
-        found.extend(_socket_listeners(sub))
-    return found
+    sock = create_listening_socket(host, port)
+    return [TCPEndpoint(Listener(sock), ssl_context, tls_info)]
 
 
 async def accept_loop(
@@ -154,7 +130,7 @@ async def serve_connection(
         if scope.cancelled_caught:
             await _aclose(byte_stream)
             return
-        now = anyio.current_time()
+        now = monotonic()
         base = ConnectionInfo(
             http_version="1.1",
             scheme="https" if tls is not None else "http",
