@@ -1,0 +1,130 @@
+"""HTTP/1.1 protocol in memory, with an explicit clock: no sockets, no event loop."""
+
+from __future__ import annotations
+
+from quicserve.config import Config
+from quicserve.events import BodyEnded, BodyReceived, ConnectionClosed, RequestReceived, StreamReset
+from quicserve.protocol.http1 import H1Protocol, H2CUpgrade
+
+
+def events(protocol: H1Protocol) -> list[object]:
+    out = []
+    while (event := protocol.next_event()) is not None:
+        out.append(event)
+    return out
+
+
+def test_request_fields_and_response_bytes() -> None:
+    p = H1Protocol(Config(), now=0.0)
+    p.receive_data(b"GET /a?b=1 HTTP/1.1\r\nHost: example\r\nX-One: 1\r\n\r\n", 1.0)
+    request, ended = events(p)
+    assert isinstance(request, RequestReceived)
+    assert (request.stream_id, request.method, request.raw_path) == (1, b"GET", b"/a?b=1")
+    assert request.authority == b"example"
+    assert (b"x-one", b"1") in request.headers
+    assert ended == BodyEnded(1, [])
+    p.send_response(1, 200, [(b"content-length", b"2")])
+    p.send_data(1, b"ok", end_stream=True)
+    assert p.data_to_send() == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    p.stream_done(1, 2.0)
+    assert p.get_timer() == 2.0 + Config().keep_alive_timeout
+    assert not p.closed
+
+
+def test_pipelined_request_waits_for_previous_response() -> None:
+    p = H1Protocol(Config(), now=0.0)
+    p.receive_data(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n", 1.0)
+    first = events(p)
+    assert [type(e) for e in first] == [RequestReceived, BodyEnded]
+    assert p.open_streams == 1
+    p.send_response(1, 204, [], end_stream=True)
+    assert events(p) == []  # /2 is not parsed before stream 1 is done
+    p.stream_done(1, 2.0)
+    second = events(p)
+    assert isinstance(second[0], RequestReceived) and second[0].raw_path == b"/2"
+    assert second[0].stream_id == 2
+
+
+def test_body_backpressure_through_ack() -> None:
+    p = H1Protocol(Config(), now=0.0)
+    p.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n", 0.0)
+    p.receive_data(b"a" * 100_000, 0.0)
+    received = [e for e in events(p) if isinstance(e, BodyReceived)]
+    assert sum(len(e.data) for e in received) == 100_000
+    assert not p.wants_read()  # more than 64 KiB unconsumed
+    p.ack_body(1, 100_000)
+    assert p.wants_read()
+
+
+def test_smuggling_shape_rejected() -> None:
+    p = H1Protocol(Config(), now=0.0)
+    p.receive_data(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        0.0,
+    )
+    assert p.data_to_send().startswith(b"HTTP/1.1 400 ")
+    assert p.closed
+    assert events(p) == [ConnectionClosed()]
+
+
+def test_header_timeout_sends_408_and_idle_close_is_silent() -> None:
+    config = Config(header_read_timeout=10.0, keep_alive_timeout=5.0)
+    p = H1Protocol(config, now=0.0)
+    assert p.get_timer() == 10.0
+    p.receive_data(b"GET / HTTP/1.1\r\nHo", 1.0)
+    p.handle_timer(9.0)
+    assert not p.closed
+    p.handle_timer(10.0)
+    assert p.data_to_send().startswith(b"HTTP/1.1 408 ")
+    assert p.closed
+
+    q = H1Protocol(config, now=0.0)
+    q.handle_timer(10.0)
+    assert q.closed and q.data_to_send() == b""
+
+
+def test_peer_eof_during_request_resets_stream() -> None:
+    p = H1Protocol(Config(), now=0.0)
+    p.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    events(p)
+    p.receive_data(b"", 1.0)
+    assert events(p) == [StreamReset(1), ConnectionClosed()]
+
+
+def test_h2c_upgrade_only_on_cleartext_and_without_body() -> None:
+    upgrade = (
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+    )
+    p = H1Protocol(Config(), now=0.0, allow_h2c=True)
+    p.receive_data(upgrade, 0.0)
+    (event,) = events(p)
+    assert isinstance(event, H2CUpgrade) and event.request.raw_path == b"/"
+    assert not p.wants_read()
+    tls = H1Protocol(Config(), now=0.0, allow_h2c=False)
+    tls.receive_data(upgrade, 0.0)
+    assert isinstance(events(tls)[0], RequestReceived)
+
+
+def test_shutdown_closes_idle_and_marks_busy_connection_close() -> None:
+    idle = H1Protocol(Config(), now=0.0)
+    idle.shutdown()
+    assert idle.closed
+    busy = H1Protocol(Config(), now=0.0)
+    busy.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    events(busy)
+    busy.shutdown()
+    assert not busy.closed
+    busy.send_response(1, 200, [(b"content-length", b"0")], end_stream=True)
+    assert b"connection: close" in busy.data_to_send().lower()
+    busy.stream_done(1, 1.0)
+    assert busy.closed
+
+
+def test_head_response_has_no_body() -> None:
+    p = H1Protocol(Config(), now=0.0)
+    p.receive_data(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    events(p)
+    p.send_response(1, 200, [(b"content-length", b"5")])
+    p.send_data(1, b"hello", end_stream=True)
+    assert p.data_to_send() == b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"
