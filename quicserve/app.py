@@ -158,7 +158,8 @@ class Lifespan:
                     )
                     self.supported = False
                 else:
-                    logger.exception("Exception in lifespan startup")
+                    # The CLI reports this as one line; the traceback is for --log-level debug.
+                    logger.debug("Exception in lifespan startup", exc_info=True)
                     self._startup_error = f"{type(exc).__name__}: {exc}"
                 self._startup_done.set()
             else:

@@ -53,7 +53,167 @@ _READ_SIZE = 65536
 _current_time = time.monotonic
 
 
-class ByteStreamConnection:
+class StreamDispatcher:
+    """What every connection driver shares, TCP or QUIC: it hands protocol events to
+    :class:`HTTPStream` objects and is the :class:`~quicserve.streams.http.StreamHost` they
+    answer through. Subclasses supply the I/O: ``_write_out`` (send what the protocol
+    produced), ``_poke_reader`` (the protocol's state changed outside the read path) and
+    ``_on_credit`` (the app consumed request body)."""
+
+    def __init__(
+        self, context: ServerContext, info: ConnectionInfo, protocol: Any, record: ConnectionRecord
+    ) -> None:
+        self.context = context
+        self.config = context.config
+        self.protocol = protocol
+        self._info = info
+        self._record = record
+        self._streams: dict[int, HTTPStream] = {}
+        self._writable: dict[int, anyio.Event] = {}
+        self._buffer_limit = context.config.write_buffer_size
+        self._broken = False
+        self._closing = False
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._sequential: deque[HTTPStream] = deque()
+        self._worker_running = False
+        self._worker_wakeup: anyio.Event | None = None
+
+    async def _write_out(self) -> None:
+        raise NotImplementedError
+
+    def _poke_reader(self) -> None:
+        raise NotImplementedError
+
+    def _on_credit(self) -> None:
+        """Request-body credit went back to the protocol (reading may resume)."""
+
+    def _on_other_event(self, event: object) -> None:
+        """A protocol-specific event the dispatcher does not know."""
+
+    def _dispatch(self) -> None:
+        """Hand every pending protocol event to its stream."""
+        protocol = self.protocol
+        streams = self._streams
+        while True:
+            event = protocol.next_event()
+            if event is None:
+                return
+            cls = type(event)
+            if cls is BodyReceived:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.body_received(event.data)
+                else:
+                    # A finished stream's late body: discard, but give the credit back.
+                    protocol.ack_body(event.stream_id, len(event.data))
+            elif cls is RequestReceived:
+                self._start_stream(event)
+            elif cls is BodyEnded:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.body_ended()
+            elif cls is StreamWritable:
+                waiter = self._writable.pop(event.stream_id, None)
+                if waiter is not None:
+                    waiter.set()
+            elif cls is StreamReset:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.reset()
+                waiter = self._writable.pop(event.stream_id, None)
+                if waiter is not None:
+                    waiter.set()
+            elif cls is ConnectionClosed:
+                for stream in streams.values():
+                    stream.reset()
+                for waiter in self._writable.values():
+                    waiter.set()
+                self._writable.clear()
+            else:
+                self._on_other_event(event)
+
+    def _start_stream(self, request: RequestReceived) -> None:
+        assert self._task_group is not None
+        stream = HTTPStream(
+            self.context.app, self, self._info, request, self.context.lifespan_state
+        )
+        self._streams[request.stream_id] = stream
+        self._record.requests += 1
+        if self._info.capabilities.multiplexed:
+            self._task_group.start_soon(stream.run)
+            return
+        # HTTP/1.1 serves one request at a time, so one worker task per connection runs
+        # them in turn: cheaper than spawning a task per request (12% of the time).
+        self._sequential.append(stream)
+        if self._worker_wakeup is not None:
+            self._worker_wakeup.set()
+            self._worker_wakeup = None
+        elif not self._worker_running:
+            self._worker_running = True
+            self._task_group.start_soon(self._sequential_worker)
+
+    async def _sequential_worker(self) -> None:
+        queue = self._sequential
+        try:
+            while True:
+                while queue:
+                    await queue.popleft().run()
+                if self.protocol.closed or self._broken or self._closing:
+                    return
+                wakeup = self._worker_wakeup = anyio.Event()
+                await wakeup.wait()
+        finally:
+            self._worker_running = False
+
+    async def flush(self, stream_id: int) -> None:
+        """Write what the protocol produced; wait while ``stream_id`` has too much queued."""
+        await self._write_out()
+        protocol = self.protocol
+        limit = self._buffer_limit
+        while protocol.buffered_amount(stream_id) > limit and not self._broken:
+            waiter = self._writable.get(stream_id)
+            if waiter is None:
+                waiter = self._writable[stream_id] = anyio.Event()
+            await waiter.wait()
+            await self._write_out()
+
+    def ack_body(self, stream_id: int, amount: int) -> None:
+        """Give flow-control credit back; resume reading if the protocol paused it."""
+        self.protocol.ack_body(stream_id, amount)
+        self._on_credit()
+
+    async def stream_finished(self, stream_id: int) -> None:
+        """A stream's app call is over: release it and let the protocol move on."""
+        self._streams.pop(stream_id, None)
+        self._writable.pop(stream_id, None)
+        protocol = self.protocol
+        protocol.stream_done(stream_id, _current_time())
+        self._dispatch()
+        await self._write_out()
+        self._poke_reader()
+
+    def push(self, parent: RequestReceived, path: bytes, headers: Headers) -> None:
+        """Promise and serve a pushed resource (only HTTP/2 offers push)."""
+        push_promise = getattr(self.protocol, "push_promise", None)
+        if push_promise is None:
+            return
+        stream_id = push_promise(parent.stream_id, path, headers)
+        if stream_id is None:
+            return
+        request = RequestReceived(
+            stream_id=stream_id,
+            method=b"GET",
+            raw_path=path,
+            headers=headers,
+            scheme=parent.scheme,
+            authority=parent.authority,
+        )
+        self._start_stream(request)
+        stream = self._streams[stream_id]
+        stream.body_ended()
+
+
+class ByteStreamConnection(StreamDispatcher):
     """Serves HTTP/1.1 or HTTP/2 on one connected byte stream until it closes."""
 
     def __init__(
@@ -64,28 +224,16 @@ class ByteStreamConnection:
         protocol: Any,
         record: ConnectionRecord,
     ) -> None:
-        self.context = context
-        self.config = context.config
-        self.protocol = protocol
+        super().__init__(context, info, protocol, record)
         self._stream = stream
-        self._info = info
-        self._record = record
-        self._streams: dict[int, HTTPStream] = {}
         self._writing = False
         self._drained: anyio.Event | None = None
-        self._writable: dict[int, anyio.Event] = {}
         self._reader_scope: anyio.CancelScope | None = None
         self._read_wakeup: anyio.Event | None = None
         self._timer_wakeup: anyio.Event | None = None
         self._timer_target = math.inf
-        self._closing = False
         self._flush_requested = False
-        self._sequential: deque[HTTPStream] = deque()
-        self._worker_running = False
-        self._worker_wakeup: anyio.Event | None = None
-        self._task_group: anyio.abc.TaskGroup | None = None
         self._upgrade: H2CUpgrade | None = None
-        self._broken = False
 
     # -- the read loop -----------------------------------------------------------------
 
@@ -101,6 +249,9 @@ class ByteStreamConnection:
                     await self._write_out()
                 with anyio.CancelScope() as self._reader_scope:
                     await self._read_loop()
+                # Whatever the protocol produced last (a GOAWAY, a final error) goes out
+                # before the connection closes.
+                await self._write_out()
                 # Streams still running finish (or see their reset) before we close.
                 self._closing = True
                 self._wake_timer()
@@ -160,6 +311,8 @@ class ByteStreamConnection:
                 continue
             target = deadline if deadline is not None else now + poll
             self._timer_target = target
+            if self._closing or self._flush_requested:
+                continue  # changed while we were writing: a wake-up would be lost
             wakeup = self._timer_wakeup = anyio.Event()
             with anyio.move_on_after(target - now):
                 await wakeup.wait()
@@ -179,80 +332,14 @@ class ByteStreamConnection:
         self.protocol.receive_data(data, _current_time())
         self._dispatch()
 
-    def _dispatch(self) -> None:
-        """Hand every pending protocol event to its stream."""
-        protocol = self.protocol
-        streams = self._streams
-        while True:
-            event = protocol.next_event()
-            if event is None:
-                return
-            cls = type(event)
-            if cls is BodyReceived:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.body_received(event.data)
-                else:
-                    # A finished stream's late body: discard, but give the credit back.
-                    protocol.ack_body(event.stream_id, len(event.data))
-            elif cls is RequestReceived:
-                self._start_stream(event)
-            elif cls is BodyEnded:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.body_ended()
-            elif cls is StreamWritable:
-                waiter = self._writable.pop(event.stream_id, None)
-                if waiter is not None:
-                    waiter.set()
-            elif cls is StreamReset:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.reset()
-                waiter = self._writable.pop(event.stream_id, None)
-                if waiter is not None:
-                    waiter.set()
-            elif cls is ConnectionClosed:
-                for stream in streams.values():
-                    stream.reset()
-                for waiter in self._writable.values():
-                    waiter.set()
-                self._writable.clear()
-            elif cls is H2CUpgrade:
-                self._upgrade = event
+    def _on_credit(self) -> None:
+        if self._read_wakeup is not None and self.protocol.wants_read():
+            self._read_wakeup.set()
+            self._read_wakeup = None
 
-    def _start_stream(self, request: RequestReceived) -> None:
-        assert self._task_group is not None
-        stream = HTTPStream(
-            self.context.app, self, self._info, request, self.context.lifespan_state
-        )
-        self._streams[request.stream_id] = stream
-        self._record.requests += 1
-        if self._info.capabilities.multiplexed:
-            self._task_group.start_soon(stream.run)
-            return
-        # HTTP/1.1 serves one request at a time, so one worker task per connection runs
-        # them in turn: cheaper than spawning a task per request (12% of the time).
-        self._sequential.append(stream)
-        if self._worker_wakeup is not None:
-            self._worker_wakeup.set()
-            self._worker_wakeup = None
-        elif not self._worker_running:
-            self._worker_running = True
-            self._task_group.start_soon(self._sequential_worker)
-
-    async def _sequential_worker(self) -> None:
-        queue = self._sequential
-        try:
-            while True:
-                while queue:
-                    await queue.popleft().run()
-                if self.protocol.closed or self._broken or self._closing:
-                    return
-                wakeup = self._worker_wakeup = anyio.Event()
-                await wakeup.wait()
-        finally:
-            self._worker_running = False
+    def _on_other_event(self, event: object) -> None:
+        if type(event) is H2CUpgrade:
+            self._upgrade = event
 
     async def _switch_to_h2c(self) -> None:
         # RFC 7540 §3.2: 101, then the server preface; the request becomes stream 1.
@@ -275,56 +362,6 @@ class ByteStreamConnection:
         await self._write_out()
 
     # -- the StreamHost interface used by HTTPStream ----------------------------------
-
-    async def flush(self, stream_id: int) -> None:
-        """Write what the protocol produced; wait while ``stream_id`` has too much queued."""
-        await self._write_out()
-        protocol = self.protocol
-        limit = self.config.write_buffer_size
-        while protocol.buffered_amount(stream_id) > limit and not self._broken:
-            waiter = self._writable.get(stream_id)
-            if waiter is None:
-                waiter = self._writable[stream_id] = anyio.Event()
-            await waiter.wait()
-            await self._write_out()
-
-    def ack_body(self, stream_id: int, amount: int) -> None:
-        """Give flow-control credit back; resume reading if the protocol paused it."""
-        protocol = self.protocol
-        protocol.ack_body(stream_id, amount)
-        if self._read_wakeup is not None and protocol.wants_read():
-            self._read_wakeup.set()
-            self._read_wakeup = None
-
-    async def stream_finished(self, stream_id: int) -> None:
-        """A stream's app call is over: release it and let the protocol move on."""
-        self._streams.pop(stream_id, None)
-        self._writable.pop(stream_id, None)
-        protocol = self.protocol
-        protocol.stream_done(stream_id, _current_time())
-        self._dispatch()
-        await self._write_out()
-        self._poke_reader()
-
-    def push(self, parent: RequestReceived, path: bytes, headers: Headers) -> None:
-        """Promise and serve a pushed resource (only HTTP/2 offers push)."""
-        push_promise = getattr(self.protocol, "push_promise", None)
-        if push_promise is None:
-            return
-        stream_id = push_promise(parent.stream_id, path, headers)
-        if stream_id is None:
-            return
-        request = RequestReceived(
-            stream_id=stream_id,
-            method=b"GET",
-            raw_path=path,
-            headers=headers,
-            scheme=parent.scheme,
-            authority=parent.authority,
-        )
-        self._start_stream(request)
-        stream = self._streams[stream_id]
-        stream.body_ended()
 
     # -- shutdown ----------------------------------------------------------------------
 

@@ -154,7 +154,12 @@ class Server:
                 await self.registry.wait_empty()
             if grace.cancelled_caught:
                 logger.warning(
-                    "Graceful timeout: cancelling %d connection(s) still open", len(self.registry)
+                    "Graceful timeout: cancelling %d connection(s) still open: %s",
+                    len(self.registry),
+                    ", ".join(
+                        f"{c['protocol']} from {c['client']} ({c['open_streams']} streams)"
+                        for c in self.registry.snapshot()
+                    ),
                 )
             connections.cancel_scope.cancel()
         logger.info("Server stopped")
