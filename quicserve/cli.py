@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="quicserve",
         description=(
             "Serve an ASGI app over HTTP/3, HTTP/2 and HTTP/1.1. With no --bind and no "
-            f"--certfile, serves TLS on {DEV_BIND} with a development certificate made "
-            "on first use. 'quicserve certs' shows where that certificate is."
+            f"--certfile, serves HTTP/3 (UDP) and TLS (TCP) on {DEV_BIND} with a development "
+            "certificate made on first use. 'quicserve certs' shows where it is."
         ),
     )
     parser.add_argument("app", metavar="APP", help="the ASGI app, as module:attribute")
@@ -97,11 +97,19 @@ def config_from_args(argv: Sequence[str]) -> Config:
 
 
 def apply_dev_defaults(config: Config) -> Config:
-    """No bind and no certificate: TLS on 127.0.0.1:8443 with a development certificate."""
+    """Fill in what a person left out.
+
+    * ``--quic-bind`` without ``--bind``: TLS on the same TCP ports, because browsers start
+      on TCP and learn about HTTP/3 from ``alt-svc``.
+    * No bind and no certificate at all: HTTP/3, HTTP/2 and HTTP/1.1 on 127.0.0.1:8443
+      with a development certificate made on first use.
+    """
+    if config.quic_bind and not config.bind:
+        config = dataclasses.replace(config, bind=config.quic_bind)
     if config.bind or config.insecure_bind:
         return config
     if config.certfile is not None:
-        return dataclasses.replace(config, bind=(DEV_BIND,))
+        return dataclasses.replace(config, bind=(DEV_BIND,), quic_bind=(DEV_BIND,))
     from .certs import ensure_dev_certificate, trust_instructions
 
     cert = ensure_dev_certificate()
@@ -114,7 +122,11 @@ def apply_dev_defaults(config: Config) -> Config:
             cert.ca_certfile,
         )
     return dataclasses.replace(
-        config, bind=(DEV_BIND,), certfile=str(cert.certfile), keyfile=str(cert.keyfile)
+        config,
+        bind=(DEV_BIND,),
+        quic_bind=(DEV_BIND,),
+        certfile=str(cert.certfile),
+        keyfile=str(cert.keyfile),
     )
 
 

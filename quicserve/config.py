@@ -66,6 +66,88 @@ class Config:
         ),
     )
 
+    quic_bind: tuple[str, ...] = field(
+        default=(),
+        metadata=_opt(
+            "UDP address HOST:PORT for QUIC / HTTP/3 (repeatable); also serves TLS on the "
+            "same TCP port unless --bind is given",
+            metavar="HOST:PORT",
+        ),
+    )
+    alt_svc: str | None = field(
+        default=None,
+        metadata=_opt(
+            "alt-svc value advertised on TLS responses (default: h3 on the first "
+            "--quic-bind port); 'off' to send none",
+            metavar="VALUE",
+        ),
+    )
+
+    # -- QUIC -----------------------------------------------------------------------------
+    quic_retry: Literal["never", "always", "auto"] = field(
+        default="auto",
+        metadata=_opt(
+            "QUIC address validation with Retry: 'auto' turns it on while many handshakes "
+            "are unvalidated",
+            choices=["never", "always", "auto"],
+        ),
+    )
+    quic_retry_threshold: int = field(
+        default=100,
+        metadata=_opt("with --quic-retry auto: unvalidated handshakes that switch Retry on"),
+    )
+    quic_0rtt: bool = field(
+        default=False,
+        metadata=_opt(
+            "accept 0-RTT early data on resumed QUIC connections (unsafe methods get 425 "
+            "unless the app opts in)"
+        ),
+    )
+    quic_0rtt_unsafe: bool = field(
+        default=False,
+        metadata=_opt(
+            "pass 0-RTT requests with unsafe methods (POST, ...) to the app instead of "
+            "answering 425: only if the app is safe against their replay (RFC 8470)"
+        ),
+    )
+    quic_qlog_dir: str | None = field(
+        default=None, metadata=_opt("write a qlog file per QUIC connection here", metavar="DIR")
+    )
+    ssl_keylog_file: str | None = field(
+        default=None,
+        metadata=_opt("append TLS secrets here for Wireshark (also SSLKEYLOGFILE)", metavar="PATH"),
+    )
+    quic_idle_timeout: float = field(
+        default=30.0, metadata=_opt("close a QUIC connection idle this long (seconds)")
+    )
+    quic_max_streams: int = field(
+        default=100, metadata=_opt("concurrent HTTP/3 request streams per connection")
+    )
+    quic_max_data: int = field(
+        default=4 * 1024 * 1024, metadata=_opt("QUIC receive window of a whole connection")
+    )
+    quic_stream_window_size: int = field(
+        default=1024 * 1024, metadata=_opt("QUIC receive window per stream")
+    )
+    quic_max_datagram_size: int = field(
+        default=1350, metadata=_opt("largest UDP payload we send (>= 1200)")
+    )
+    quic_congestion_control: Literal["reno", "cubic"] = field(
+        default="reno", metadata=_opt("QUIC congestion control", choices=["reno", "cubic"])
+    )
+    quic_max_connections: int = field(
+        default=10_000, metadata=_opt("QUIC connections at most per endpoint")
+    )
+    quic_session_tickets: int = field(
+        default=10_000, metadata=_opt("TLS session tickets kept in memory for resumption")
+    )
+    qpack_max_table_capacity: int = field(
+        default=4096, metadata=_opt("QPACK dynamic table size we allow the peer")
+    )
+    qpack_blocked_streams: int = field(
+        default=16, metadata=_opt("QPACK streams that may wait on the dynamic table")
+    )
+
     # -- TLS ----------------------------------------------------------------------------
     certfile: str | None = field(
         default=None, metadata=_opt("PEM certificate chain for TLS", metavar="PATH")

@@ -76,6 +76,14 @@ class ConnectionRegistry:
         """Wait until fewer than ``max_connections`` are open (call before accepting)."""
         await self._slots.acquire()
 
+    def try_acquire_slot(self) -> bool:
+        """Take a slot if one is free, without waiting (QUIC cannot make a peer wait)."""
+        try:
+            self._slots.acquire_nowait()
+        except anyio.WouldBlock:
+            return False
+        return True
+
     def release_slot(self) -> None:
         """Give back a slot taken by ``acquire_slot`` whose accept did not happen."""
         self._slots.release()

@@ -26,6 +26,7 @@ from .config import Config
 from .registry import ConnectionRegistry
 from .streams.http import ASGIApp
 from .tls import TLSInfoBuilder, create_ssl_context, read_server_cert_pem
+from .transport.quic import QuicEndpoint, build_quic_configuration, open_udp_socket
 from .transport.tcp import TCPEndpoint, accept_loop, open_tcp_endpoints
 
 logger = logging.getLogger("quicserve.error")
@@ -88,7 +89,18 @@ class Server:
         if self._shutdown_early:
             self._shutdown_requested.set()
         context = ServerContext(config=config, app=self.app, registry=self.registry)
+        if config.quic_bind:
+            build_quic_configuration(config)  # certificate problems surface before binding
         tcp_endpoints = await self._open_tcp_endpoints()
+        try:
+            udp_sockets = [open_udp_socket(bind) for bind in config.quic_bind]
+        except BaseException:
+            for endpoint in tcp_endpoints:
+                await endpoint.listener.aclose()
+            raise
+        quic_endpoints = [QuicEndpoint(sock, context) for sock in udp_sockets]
+        self.addresses += [BoundAddress("udp", "https", *e.address) for e in quic_endpoints]
+        context.alt_svc = alt_svc_value(config, quic_endpoints)
         async with anyio.create_task_group() as root:
             lifespan = Lifespan(self.app, config)
             try:
@@ -96,11 +108,13 @@ class Server:
             except BaseException:
                 for endpoint in tcp_endpoints:
                     await endpoint.listener.aclose()
+                for quic in quic_endpoints:
+                    quic.socket.close()
                 root.cancel_scope.cancel()
                 raise
             context.lifespan_state = lifespan.state if lifespan.supported else None
             try:
-                await self._serve_endpoints(context, tcp_endpoints, task_status)
+                await self._serve_endpoints(context, tcp_endpoints, quic_endpoints, task_status)
             finally:
                 with anyio.CancelScope(shield=True):
                     await lifespan.shutdown()
@@ -131,10 +145,15 @@ class Server:
         self,
         context: ServerContext,
         tcp_endpoints: list[TCPEndpoint],
+        quic_endpoints: list[QuicEndpoint],
         task_status: anyio.abc.TaskStatus[list[BoundAddress]],
     ) -> None:
         assert self._shutdown_requested is not None
         async with anyio.create_task_group() as connections:
+            # QUIC endpoints keep reading during the drain (in-flight HTTP/3 requests
+            # need their ACKs); they only stop accepting new connections.
+            for quic in quic_endpoints:
+                connections.start_soon(quic.serve, connections)
             async with anyio.create_task_group() as acceptors:
                 for endpoint in tcp_endpoints:
                     acceptors.start_soon(accept_loop, endpoint, context, connections)
@@ -146,6 +165,8 @@ class Server:
             for endpoint in tcp_endpoints:
                 with anyio.CancelScope(shield=True):
                     await endpoint.listener.aclose()
+            for quic in quic_endpoints:
+                quic.shutdown()
             open_count = len(self.registry)
             if open_count:
                 logger.info("Shutting down: waiting for %d connection(s)", open_count)
@@ -162,7 +183,19 @@ class Server:
                     ),
                 )
             connections.cancel_scope.cancel()
+        for quic in quic_endpoints:
+            quic.socket.close()
         logger.info("Server stopped")
+
+
+def alt_svc_value(config: Config, quic_endpoints: list[QuicEndpoint]) -> bytes | None:
+    """The ``alt-svc`` header for TLS responses (RFC 7838): the first QUIC port, unless
+    ``--alt-svc`` overrides it (a public port behind NAT) or turns it ``off``."""
+    if config.alt_svc is not None:
+        return None if config.alt_svc == "off" else config.alt_svc.encode("latin-1")
+    if not quic_endpoints:
+        return None
+    return b'h3=":%d"; ma=86400' % quic_endpoints[0].address[1]
 
 
 async def serve(

@@ -79,6 +79,24 @@ def load_certificate(context: ssl.SSLContext, config: Config) -> None:
         raise TLSConfigError(f"cannot read certificate {certfile!r}: {_why(exc)}") from None
 
 
+def load_quic_certificate(configuration: Any, config: Config) -> None:
+    """Load ``certfile``/``keyfile`` (and password) into a ``QuicConfiguration``."""
+    certfile = config.certfile
+    if certfile is None:
+        raise TLSConfigError("QUIC needs a certificate (--certfile)")
+    for label, path in (("certificate", certfile), ("key", config.keyfile)):
+        if path is not None and not os.path.isfile(path):
+            raise TLSConfigError(f"{label} file not found: {path}")
+    try:
+        configuration.load_cert_chain(certfile, config.keyfile, config.keyfile_password)
+    except (ValueError, TypeError) as exc:
+        raise TLSConfigError(
+            f"cannot load certificate {certfile!r} for QUIC: {_why(exc)}"
+        ) from None
+    except OSError as exc:
+        raise TLSConfigError(f"cannot read certificate {certfile!r}: {_why(exc)}") from None
+
+
 def _why(exc: BaseException) -> str:
     reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
     return str(reason).replace("_", " ").lower()

@@ -53,7 +53,13 @@ _CONNECTION_HEADERS = frozenset(
 
 _NOT_STARTED, _HEAD_PENDING, _STARTED, _COMPLETE = range(4)
 
-_ERROR_BODIES = {500: b"Internal Server Error\n", 413: b"Content Too Large\n"}
+_ERROR_BODIES = {
+    500: b"Internal Server Error\n",
+    413: b"Content Too Large\n",
+    425: b"Too Early\n",
+}
+# RFC 9110 §9.2.1: methods whose replay is harmless, served from 0-RTT (RFC 8470 §3).
+_SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
 
 class StreamHost(Protocol):
@@ -212,6 +218,10 @@ class HTTPStream:
             extensions["http.response.push"] = {}
         if info.tls is not None:
             extensions["tls"] = info.tls
+        headers = request.headers
+        if request.early_data:
+            # RFC 8470 §5.1: tell the app this request arrived in 0-RTT.
+            headers = [*headers, (b"early-data", b"1")]
         return {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -222,7 +232,7 @@ class HTTPStream:
             "raw_path": raw_path,
             "query_string": query,
             "root_path": root_path,
-            "headers": request.headers,
+            "headers": headers,
             "client": info.client,
             "server": info.server,
             "state": self._state.copy() if self._state is not None else {},
@@ -235,8 +245,17 @@ class HTTPStream:
         host = self._host
         try:
             limit = host.config.max_request_body_size
-            if limit and _declared_length(self.request.headers) > limit:
+            request = self.request
+            if limit and _declared_length(request.headers) > limit:
                 await self._send_error(413)
+            elif (
+                request.early_data
+                and request.method not in _SAFE_METHODS
+                and not host.config.quic_0rtt_unsafe
+            ):
+                # RFC 8470 §5.2: a request that could be replayed is refused until the
+                # handshake completes; the client retries it after 1-RTT.
+                await self._send_error(425)
             else:
                 await self._app(self.build_scope(), self.receive, self.send)
                 if self._too_large and not self._status:

@@ -1,0 +1,303 @@
+"""HTTP/3 server protocol: one QUIC connection's aioquic.h3 events in, neutral events out.
+
+Sans-IO like the other protocol modules, but fed datagrams instead of bytes: the QUIC
+driver calls ``receive_datagram(data, addr, now)``, drains ``next_event()``, sends
+``datagrams_to_send(now)`` and honours ``get_timer()``/``handle_timer(now)``. The response
+side is the same interface as HTTP/1.1 and HTTP/2 (``send_response``, ``send_data`` ...),
+so :class:`~quicserve.streams.http.HTTPStream` serves HTTP/3 unchanged.
+
+Rules:
+
+* Request headers are checked as RFC 9114 §4.3.1 says (pseudo-headers present, known and
+  first; no connection-specific fields, §4.2); a malformed request resets only its own
+  stream with H3_MESSAGE_ERROR (§4.1.2).
+* Request bodies are acknowledged into QUIC flow control only as the app consumes them
+  (``ack_body`` -> ``ServerQuicConnection.consume``); response bytes held by QUIC for a
+  stream are reported by ``buffered_amount`` for the app's ``send()`` to wait on.
+* A request whose STREAM frames arrived in 0-RTT is flagged ``early_data`` (RFC 8470).
+* Graceful shutdown sends an HTTP/3 GOAWAY (§5.2), lets open requests finish, then closes
+  the connection with H3_NO_ERROR.
+* CID changes are reported through ``issued_cids``/``retired_cids`` for the endpoint's
+  routing table.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from aioquic.buffer import encode_uint_var
+from aioquic.h3.connection import ErrorCode, FrameType, H3Connection, encode_frame
+from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.quic.events import (
+    ConnectionIdIssued,
+    ConnectionIdRetired,
+    ConnectionTerminated,
+    HandshakeCompleted,
+    StopSendingReceived,
+    StreamDataReceived,
+)
+from aioquic.quic.events import StreamReset as QuicStreamReset
+
+from ..config import Config
+from ..events import (
+    BodyEnded,
+    BodyReceived,
+    ConnectionClosed,
+    Headers,
+    RequestReceived,
+    StreamEvent,
+    StreamReset,
+)
+from ..quic.compat import ServerQuicConnection, configure_h3_limits
+
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+_REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
+_STATUS = {status: str(status).encode() for status in range(100, 600)}
+
+
+class _Malformed(Exception):
+    pass
+
+
+class H3Protocol:
+    """HTTP/3 on one :class:`ServerQuicConnection`."""
+
+    http_version = "3"
+
+    def __init__(self, quic: ServerQuicConnection, config: Config) -> None:
+        self.quic = quic
+        self._config = config
+        self._h3 = H3Connection(quic)
+        configure_h3_limits(self._h3, config)
+        self._events: deque[StreamEvent] = deque()
+        # stream id -> True once the request body has ended.
+        self._requests: dict[int, bool] = {}
+        self._highest_request = -4
+        self._goaway_sent = False
+        self._terminated = False
+        self.handshake_complete = False
+        self.issued_cids: list[bytes] = []
+        self.retired_cids: list[bytes] = []
+
+    # -- the QUIC side ------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        """Feed one UDP datagram from ``addr``."""
+        self.quic.receive_datagram(data, addr, now)
+        self._process_quic_events()
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        """Datagrams QUIC wants sent now, with their destination."""
+        return self.quic.datagrams_to_send(now)
+
+    def get_timer(self) -> float | None:
+        """QUIC's next deadline (loss detection, ACK delay, idle)."""
+        return self.quic.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        """A deadline passed."""
+        self.quic.handle_timer(now)
+        self._process_quic_events()
+
+    def _process_quic_events(self) -> None:
+        quic = self.quic
+        h3 = self._h3
+        while (event := quic.next_event()) is not None:
+            cls = type(event)
+            if cls is StreamDataReceived:
+                for h3_event in h3.handle_event(event):
+                    self._on_h3_event(h3_event)
+            elif cls is ConnectionIdIssued:
+                self.issued_cids.append(event.connection_id)
+            elif cls is ConnectionIdRetired:
+                self.retired_cids.append(event.connection_id)
+            elif cls is HandshakeCompleted:
+                self.handshake_complete = True
+            elif cls is QuicStreamReset or cls is StopSendingReceived:
+                h3.handle_event(event)
+                if event.stream_id in self._requests:
+                    self._events.append(StreamReset(event.stream_id, event.error_code))
+            elif cls is ConnectionTerminated:
+                self._terminated = True
+                for stream_id in self._requests:
+                    self._events.append(StreamReset(stream_id, event.error_code))
+                self._events.append(ConnectionClosed(event.error_code, event.reason_phrase))
+            else:
+                h3.handle_event(event)
+
+    def _on_h3_event(self, event: Any) -> None:
+        cls = type(event)
+        stream_id = event.stream_id
+        if cls is DataReceived:
+            if stream_id not in self._requests:
+                return
+            if event.data:
+                self._events.append(BodyReceived(stream_id, event.data))
+            if event.stream_ended:
+                self._requests[stream_id] = True
+                self._events.append(BodyEnded(stream_id))
+        elif cls is HeadersReceived:
+            if stream_id in self._requests:
+                # A second HEADERS frame carries trailers and must end the stream.
+                self._requests[stream_id] = True
+                trailers = [(n, v) for n, v in event.headers if not n.startswith(b":")]
+                self._events.append(BodyEnded(stream_id, trailers))
+                return
+            if self._goaway_sent:
+                # RFC 9114 §5.2: requests after our GOAWAY are refused.
+                self.quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_REJECTED)
+                self.quic.stop_stream(stream_id, ErrorCode.H3_REQUEST_REJECTED)
+                return
+            try:
+                request = self._parse_request(stream_id, event.headers)
+            except _Malformed:
+                self.quic.reset_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
+                self.quic.stop_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
+                return
+            self._requests[stream_id] = bool(event.stream_ended)
+            self._highest_request = max(self._highest_request, stream_id)
+            self._events.append(request)
+            if event.stream_ended:
+                self._events.append(BodyEnded(stream_id))
+
+    def _parse_request(self, stream_id: int, raw: Headers) -> RequestReceived:
+        method = path = scheme = authority = protocol = None
+        headers: Headers = []
+        host = None
+        for name, value in raw:
+            if name[:1] == b":":
+                # RFC 9114 §4.3: pseudo-headers come first, once each, and are known.
+                if headers or name not in _REQUEST_PSEUDO:
+                    raise _Malformed
+                if name == b":method":
+                    if method is not None:
+                        raise _Malformed
+                    method = value
+                elif name == b":path":
+                    if path is not None:
+                        raise _Malformed
+                    path = value
+                elif name == b":scheme":
+                    if scheme is not None:
+                        raise _Malformed
+                    scheme = value
+                elif name == b":authority":
+                    if authority is not None:
+                        raise _Malformed
+                    authority = value
+                else:
+                    protocol = value
+                continue
+            if name in _CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
+                raise _Malformed  # RFC 9114 §4.2
+            if name == b"host":
+                host = value
+            headers.append((name, value))
+        if method is None:
+            raise _Malformed
+        if method == b"CONNECT" and protocol is None:
+            # Plain CONNECT: only :method and :authority (RFC 9114 §4.4).
+            if scheme is not None or path is not None or authority is None:
+                raise _Malformed
+        elif scheme is None or not path:
+            raise _Malformed
+        return RequestReceived(
+            stream_id=stream_id,
+            method=method,
+            raw_path=path or b"",
+            headers=headers,
+            scheme=scheme.decode("ascii", "replace") if scheme else None,
+            authority=authority or host,
+            protocol=protocol.decode("ascii", "replace") if protocol else None,
+            early_data=stream_id in self.quic.early_streams,
+        )
+
+    def next_event(self) -> StreamEvent | None:
+        """The next neutral event, or ``None``."""
+        return self._events.popleft() if self._events else None
+
+    # -- the response side (the same as HTTP/1.1 and HTTP/2) ---------------------------
+
+    def send_response(
+        self, stream_id: int, status: int, headers: Headers, end_stream: bool = False
+    ) -> None:
+        """Response HEADERS (``:status`` first)."""
+        if stream_id in self._requests and not self._terminated:
+            self._h3.send_headers(stream_id, [(b":status", _STATUS[status]), *headers], end_stream)
+
+    def send_informational(self, stream_id: int, status: int, headers: Headers) -> None:
+        """An interim response (100, 103), RFC 9114 §4.1."""
+        if stream_id in self._requests and not self._terminated:
+            self._h3.send_headers(stream_id, [(b":status", _STATUS[status]), *headers])
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """DATA; QUIC holds what flow control does not let out yet."""
+        if stream_id in self._requests and not self._terminated:
+            self._h3.send_data(stream_id, data, end_stream)
+
+    def send_trailers(self, stream_id: int, headers: Headers) -> None:
+        """Trailing HEADERS, ending the stream."""
+        if stream_id in self._requests and not self._terminated:
+            self._h3.send_headers(stream_id, headers, end_stream=True)
+
+    def reset_stream(self, stream_id: int) -> None:
+        """Abort the response (the app failed after starting it)."""
+        if stream_id in self._requests and not self._terminated:
+            self.quic.reset_stream(stream_id, ErrorCode.H3_INTERNAL_ERROR)
+
+    def buffered_amount(self, stream_id: int) -> int:
+        """Response bytes QUIC still holds for the stream."""
+        return self.quic.buffered(stream_id)
+
+    def ack_body(self, stream_id: int, amount: int) -> None:
+        """The app consumed request body bytes: grant the peer that much credit."""
+        self.quic.consume(stream_id, amount)
+
+    def stream_done(self, stream_id: int, now: float) -> None:
+        """The stream type is finished; stop reading a body nobody will read."""
+        body_ended = self._requests.pop(stream_id, None)
+        if body_ended is False and not self._terminated:
+            # RFC 9114 §4.1.1: the response is complete; the rest of the request body
+            # is not wanted.
+            self.quic.stop_stream(stream_id, ErrorCode.H3_NO_ERROR)
+        self.quic.forget_stream(stream_id)
+        if self._goaway_sent and not self._requests:
+            self._close()
+
+    def shutdown(self) -> None:
+        """GOAWAY, then close once the requests in flight are done."""
+        if self._goaway_sent or self._terminated:
+            return
+        self._goaway_sent = True
+        control = self._h3._local_control_stream_id
+        if control is not None:
+            # The first request id we will not process (RFC 9114 §5.2).
+            frame = encode_frame(FrameType.GOAWAY, encode_uint_var(self._highest_request + 4))
+            self.quic.send_stream_data(control, frame)
+        if not self._requests:
+            self._close()
+
+    def _close(self) -> None:
+        if not self._terminated:
+            self.quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="shutting down")
+
+    def wants_read(self) -> bool:
+        """Datagrams are always processed (flow control is QUIC's own)."""
+        return not self._terminated
+
+    def data_to_send(self) -> bytes:
+        """Not used: HTTP/3 sends datagrams (see ``datagrams_to_send``)."""
+        return b""
+
+    @property
+    def closed(self) -> bool:
+        """True once the QUIC connection has terminated."""
+        return self._terminated
+
+    @property
+    def open_streams(self) -> int:
+        """Requests in flight."""
+        return len(self._requests)

@@ -1,0 +1,1 @@
+"""Sans-IO QUIC endpoint pieces: datagram classification, CIDs, Retry and reset tokens."""

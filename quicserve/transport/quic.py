@@ -1,0 +1,462 @@
+"""The QUIC endpoint: one UDP socket, many QUIC connections, HTTP/3 on each.
+
+I/O only: deciding what a datagram is (route, accept, Version Negotiation, Retry,
+stateless reset) is :class:`~quicserve.quic.endpoint.EndpointCore`'s job, QUIC itself is
+aioquic's (through :mod:`quicserve.quic.compat`), HTTP/3 is
+:class:`~quicserve.protocol.http3.H3Protocol`'s, and the requests are
+:class:`~quicserve.streams.http.HTTPStream`'s, the same as on TCP.
+
+Rules:
+
+* Datagrams are read in batches: wait until the socket is readable, then ``recvfrom``
+  until it would block (at most ``_BATCH`` at a time, so one busy socket cannot starve
+  the loop). Sends are plain non-blocking ``sendto`` calls, which cannot interleave; if
+  the kernel buffer is full the datagram waits for writability (serialized by a lock).
+* One timer wheel per endpoint drives every connection's single deadline
+  (``get_timer``). A connection re-arms it only when its deadline moves; no task is
+  spawned per send or per timer.
+* Routing is by connection ID only, so a client that changes address keeps its
+  connection; the ASGI ``client`` of later requests follows aioquic's validated path.
+* Any exception from one connection closes that connection only and is logged; a bad
+  datagram never stops the endpoint.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import os
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.logger import QuicFileLogger
+from aioquic.tls import SessionTicket
+
+from ..config import Config, parse_bind
+from ..connection import StreamDispatcher
+from ..connection_info import HTTP3_CAPABILITIES, ConnectionInfo
+from ..protocol.http3 import H3Protocol
+from ..quic.compat import ServerQuicConnection, quic_configuration
+from ..quic.endpoint import Accept, EndpointCore, Reply, Route
+from ..tls import TLSConfigError, load_quic_certificate
+from .sockets import BindError
+
+if TYPE_CHECKING:
+    from ..registry import ConnectionRecord
+    from ..server import ServerContext
+
+logger = logging.getLogger("quicserve.error")
+
+_BATCH = 64
+_now = time.monotonic
+
+
+class SessionTicketStore:
+    """TLS session tickets for resumption, in memory and bounded.
+
+    A ticket is handed out once (``pop``): that makes 0-RTT data single-use, the
+    anti-replay measure RFC 9001 §9.2 asks servers to consider.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._tickets: OrderedDict[bytes, SessionTicket] = OrderedDict()
+        self._capacity = capacity
+
+    def add(self, ticket: SessionTicket) -> None:
+        """Keep a ticket we issued (the oldest goes when full)."""
+        self._tickets[ticket.ticket] = ticket
+        while len(self._tickets) > self._capacity:
+            self._tickets.popitem(last=False)
+
+    def pop(self, label: bytes) -> SessionTicket | None:
+        """The ticket a client presents, removed so it cannot be used twice."""
+        return self._tickets.pop(label, None)
+
+    def __len__(self) -> int:
+        return len(self._tickets)
+
+
+class QuicEndpoint:
+    """One ``--quic-bind`` address: the UDP socket and the connections behind it."""
+
+    def __init__(self, sock: socket.socket, context: ServerContext) -> None:
+        config = context.config
+        self.socket = sock
+        self.context = context
+        self.config = config
+        self.core = EndpointCore(
+            supported_versions=list(_configuration_versions(config)),
+            retry=config.quic_retry,
+            retry_threshold=config.quic_retry_threshold,
+            max_connections=config.quic_max_connections,
+        )
+        self.configuration = build_quic_configuration(config)
+        self.tickets = SessionTicketStore(config.quic_session_tickets)
+        self.handlers: dict[int, QuicConnectionHandler] = {}
+        self._ids = itertools.count(1)
+        self._heap: list[tuple[float, int, QuicConnectionHandler]] = []
+        self._heap_seq = itertools.count()
+        self._wheel_target = math.inf
+        self._wheel_wakeup: anyio.Event | None = None
+        self._send_lock = anyio.Lock()
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._closing = False
+        self.stats = {"datagrams_in": 0, "datagrams_out": 0, "send_blocked": 0}
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port)."""
+        name = self.socket.getsockname()
+        return (str(name[0]), int(name[1]))
+
+    # -- receiving ----------------------------------------------------------------------
+
+    async def serve(self, task_group: anyio.abc.TaskGroup) -> None:
+        """Read datagrams until cancelled; connections run in ``task_group``."""
+        self._task_group = task_group
+        task_group.start_soon(self._timer_wheel)
+        sock = self.socket
+        while True:
+            await anyio.wait_readable(sock)
+            for _ in range(_BATCH):
+                try:
+                    data, addr = sock.recvfrom(65536)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    # ICMP errors surface here on Linux (e.g. port unreachable): ignore.
+                    continue
+                self.stats["datagrams_in"] += 1
+                try:
+                    self._datagram_received(data, addr)
+                except Exception:
+                    logger.exception("Unexpected error handling a datagram from %s", addr)
+
+    def _datagram_received(self, data: bytes, addr: Any) -> None:
+        now = _now()
+        decision = self.core.classify(data, addr, now)
+        cls = type(decision)
+        if cls is Route:
+            handler = self.handlers.get(decision.key)  # type: ignore[union-attr]
+            if handler is not None:
+                handler.datagram_received(data, addr, now)
+        elif cls is Accept:
+            self._accept(decision, data, addr, now)  # type: ignore[arg-type]
+        elif cls is Reply:
+            self.sendto(decision.datagram, addr)  # type: ignore[union-attr]
+
+    def _accept(self, decision: Accept, data: bytes, addr: Any, now: float) -> None:
+        if self._closing or self._task_group is None:
+            return
+        registry = self.context.registry
+        if not registry.try_acquire_slot():
+            return  # full: the client will retry its Initial
+        key = next(self._ids)
+        quic = ServerQuicConnection(
+            configuration=self.configuration,
+            original_destination_connection_id=decision.original_dcid,
+            retry_source_connection_id=decision.retry_scid,
+            session_ticket_fetcher=self.tickets.pop,
+            session_ticket_handler=self.tickets.add,
+            cid_factory=self.core.new_connection_id,
+            stream_window=self.config.quic_stream_window_size,
+            max_streams=self.config.quic_max_streams,
+        )
+        record = registry.add("udp", "h3", _address(addr), self.address)
+        handler = QuicConnectionHandler(self, key, quic, record)
+        registry.attach(record, handler)
+        self.handlers[key] = handler
+        core = self.core
+        core.register_cid(decision.dcid, key)
+        for cid in quic.host_connection_ids():
+            core.register_cid(cid, key)
+        core.handshake_started(key)
+        self._task_group.start_soon(handler.run)
+        handler.datagram_received(data, addr, now)
+
+    def connection_finished(self, handler: QuicConnectionHandler) -> None:
+        """A connection is gone: forget its CIDs, timers and slot."""
+        self.handlers.pop(handler.key, None)
+        self.core.forget(handler.key)
+        self.context.registry.remove(handler.record)
+
+    # -- sending ------------------------------------------------------------------------
+
+    def sendto(self, data: bytes, addr: Any) -> None:
+        """Send one datagram now; if the kernel buffer is full, send it when writable."""
+        try:
+            self.socket.sendto(data, addr)
+            self.stats["datagrams_out"] += 1
+        except BlockingIOError:
+            self.stats["send_blocked"] += 1
+            if self._task_group is not None:
+                self._task_group.start_soon(self._send_when_writable, data, addr)
+        except OSError as exc:
+            logger.debug("sendto %s failed: %s", addr, exc)
+
+    async def _send_when_writable(self, data: bytes, addr: Any) -> None:
+        # anyio sockets allow one waiting sender at a time: serialize.
+        async with self._send_lock:
+            for _ in range(100):
+                await anyio.wait_writable(self.socket)
+                try:
+                    self.socket.sendto(data, addr)
+                    self.stats["datagrams_out"] += 1
+                    return
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    return
+
+    # -- timers -------------------------------------------------------------------------
+
+    def arm(self, handler: QuicConnectionHandler, deadline: float) -> None:
+        """Make the wheel call ``handler.on_timer`` at ``deadline``."""
+        heapq.heappush(self._heap, (deadline, next(self._heap_seq), handler))
+        if deadline < self._wheel_target and self._wheel_wakeup is not None:
+            self._wheel_wakeup.set()
+
+    async def _timer_wheel(self) -> None:
+        heap = self._heap
+        while True:
+            now = _now()
+            while heap and heap[0][0] <= now:
+                deadline, _, handler = heapq.heappop(heap)
+                if handler.deadline == deadline:
+                    handler.on_timer(now)
+            self._wheel_target = heap[0][0] if heap else math.inf
+            wakeup = self._wheel_wakeup = anyio.Event()
+            delay = self._wheel_target - now if heap else 3600.0
+            with anyio.move_on_after(max(delay, 0.0)):
+                await wakeup.wait()
+
+    def shutdown(self) -> None:
+        """Stop accepting connections (existing ones drain through the registry)."""
+        self._closing = True
+
+
+class QuicConnectionHandler(StreamDispatcher):
+    """Drives one QUIC connection: datagrams in, HTTP/3 streams, datagrams out."""
+
+    def __init__(
+        self,
+        endpoint: QuicEndpoint,
+        key: int,
+        quic: ServerQuicConnection,
+        record: ConnectionRecord,
+    ) -> None:
+        context = endpoint.context
+        protocol = H3Protocol(quic, context.config)
+        info = ConnectionInfo(
+            http_version="3",
+            scheme="https",
+            client=record.client,
+            server=record.server,
+            capabilities=HTTP3_CAPABILITIES,
+            tls={
+                "server_cert": None,
+                "client_cert_chain": [],
+                "client_cert_name": None,
+                "client_cert_error": None,
+                "tls_version": 0x0304,
+                "cipher_suite": None,
+            },
+        )
+        super().__init__(context, info, protocol, record)
+        self.endpoint = endpoint
+        self.key = key
+        self.record = record
+        self.quic = quic
+        self.deadline: float | None = None
+        # QUIC holds in-flight data for the app's sends; a larger budget than TCP's keeps
+        # a bulk transfer from stalling on the ACK clock.
+        self._buffer_limit = max(self.config.write_buffer_size, 1024 * 1024)
+        self._finished = anyio.Event()
+        self._handshake_reported = False
+        self._peer = record.client
+
+    async def run(self) -> None:
+        """Own this connection's streams until QUIC terminates."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg
+                await self._finished.wait()
+                self._closing = True
+                if self._worker_wakeup is not None:
+                    self._worker_wakeup.set()
+        finally:
+            self._task_group = None
+            self.endpoint.connection_finished(self)
+
+    # -- from the endpoint --------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Any, now: float) -> None:
+        """One datagram for this connection."""
+        try:
+            self.protocol.receive_datagram(data, addr, now)
+            self.record.bytes_in += len(data)
+            self._after_input(now)
+        except Exception:
+            self._fail("handling a datagram")
+
+    def on_timer(self, now: float) -> None:
+        """The wheel says our deadline passed."""
+        self.deadline = None
+        try:
+            self.protocol.handle_timer(now)
+            self._after_input(now)
+        except Exception:
+            self._fail("handling a timer")
+
+    def _after_input(self, now: float) -> None:
+        protocol = self.protocol
+        core = self.endpoint.core
+        if protocol.issued_cids:
+            for cid in protocol.issued_cids:
+                core.register_cid(cid, self.key)
+            protocol.issued_cids.clear()
+        if protocol.retired_cids:
+            for cid in protocol.retired_cids:
+                core.unregister_cid(cid)
+            protocol.retired_cids.clear()
+        if protocol.handshake_complete and not self._handshake_reported:
+            self._handshake_reported = True
+            core.handshake_done(self.key)
+        self._dispatch()
+        self._wake_writers()
+        self._transmit(now)
+        if protocol.closed:
+            self._finished.set()
+
+    def _wake_writers(self) -> None:
+        # ACKs may have freed buffered response data: wake the sends waiting on it.
+        if not self._writable:
+            return
+        protocol = self.protocol
+        limit = self._buffer_limit
+        for stream_id in [s for s in self._writable if protocol.buffered_amount(s) <= limit]:
+            self._writable.pop(stream_id).set()
+
+    def _transmit(self, now: float) -> None:
+        endpoint = self.endpoint
+        sent = 0
+        for data, addr in self.protocol.datagrams_to_send(now):
+            endpoint.sendto(data, addr)
+            sent += len(data)
+        self.record.bytes_out += sent
+        deadline = self.protocol.get_timer()
+        if deadline != self.deadline:
+            self.deadline = deadline
+            if deadline is not None:
+                endpoint.arm(self, deadline)
+
+    def _fail(self, what: str) -> None:
+        # One broken connection must not affect the others: log it, close it.
+        logger.exception("Unexpected error %s on QUIC connection from %s", what, self._peer)
+        try:
+            self.quic.close(error_code=0x1, reason_phrase="internal error")
+            self._transmit(_now())
+        except Exception:
+            pass
+        for stream in list(self._streams.values()):
+            stream.reset()
+        self._broken = True
+        self._finished.set()
+
+    # -- StreamDispatcher hooks ---------------------------------------------------------
+
+    def _start_stream(self, request: Any) -> None:
+        # Migration: new requests report the path the connection is on now.
+        peer = _address(self.quic.peer_address)
+        if peer is not None and peer != self._info.client:
+            self._info = replace(self._info, client=peer)
+        super()._start_stream(request)
+
+    async def _write_out(self) -> None:
+        self._transmit(_now())
+
+    def _poke_reader(self) -> None:
+        if self.protocol.closed:
+            self._finished.set()
+
+    def _on_credit(self) -> None:
+        # MAX_STREAM_DATA goes out with the next packet; send one now if nothing else
+        # would, so a sender blocked on credit resumes.
+        self._transmit(_now())
+
+    def shutdown(self) -> None:
+        """GOAWAY now; close once the requests in flight are done."""
+        self.protocol.shutdown()
+        self._transmit(_now())
+
+
+def build_quic_configuration(config: Config) -> QuicConfiguration:
+    """The server's QUIC configuration with certificate, qlog and key log."""
+    configuration = quic_configuration(config)
+    load_quic_certificate(configuration, config)
+    if config.quic_qlog_dir:
+        os.makedirs(config.quic_qlog_dir, exist_ok=True)
+        configuration.quic_logger = QuicFileLogger(config.quic_qlog_dir)
+    keylog = config.ssl_keylog_file or os.environ.get("SSLKEYLOGFILE")
+    if keylog:
+        configuration.secrets_log_file = open(keylog, "a")
+    return configuration
+
+
+def _configuration_versions(config: Config) -> list[int]:
+    return list(quic_configuration(config).supported_versions)
+
+
+def open_udp_socket(bind: str) -> socket.socket:
+    """A bound non-blocking UDP socket for ``bind``; :class:`BindError` if impossible."""
+    try:
+        host, port = parse_bind(bind)
+    except ValueError as exc:
+        raise BindError(str(exc)) from None
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise BindError(f"cannot listen on {bind} (UDP): {exc.strerror}") from None
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
+            except OSError:
+                pass
+        sock.bind(sockaddr)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise BindError(
+            f"cannot listen on {bind} (UDP): {(exc.strerror or str(exc)).lower()}"
+        ) from None
+    return sock
+
+
+def _address(value: Any) -> tuple[str, int] | None:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return (str(value[0]), int(value[1]))
+    return None
+
+
+__all__ = [
+    "QuicConnectionHandler",
+    "QuicEndpoint",
+    "SessionTicketStore",
+    "TLSConfigError",
+    "build_quic_configuration",
+    "open_udp_socket",
+]
