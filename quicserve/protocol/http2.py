@@ -44,11 +44,19 @@ from h2.events import StreamEnded as H2StreamEnded
 from h2.events import StreamReset as H2StreamReset
 from h2.events import TrailersReceived as H2TrailersReceived
 from h2.events import WindowUpdated as H2WindowUpdated
-from h2.exceptions import H2Error, InvalidBodyLengthError, ProtocolError
+from h2.exceptions import (
+    DenialOfServiceError,
+    FrameDataMissingError,
+    H2Error,
+    InvalidBodyLengthError,
+    ProtocolError,
+)
+from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
+from hpack.exceptions import HPACKError
 from hpack.struct import Header as H2Header
 from hyperframe.exceptions import HyperframeError
-from hyperframe.frame import DataFrame, Frame, GoAwayFrame
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 
 from ..config import Config
 from ..events import (
@@ -231,12 +239,49 @@ def _decode_token(value: bytes) -> str:
         raise _Malformed("non-ASCII token") from None
 
 
-class _H2Connection(H2Connection):
-    """h2's connection with two behaviours brought in line with RFC 9113.
+class _CompressionError(ProtocolError):
+    """A header block that does not decode: RFC 9113 §4.3 wants COMPRESSION_ERROR."""
 
-    Both override private h2 methods; they are kept here so that an h2 upgrade only has
-    this class to re-check.
+    error_code = ErrorCodes.COMPRESSION_ERROR
+
+
+class _FrameBuffer(FrameBuffer):
+    """h2's frame reader, with the one frame-size rule it reports as PROTOCOL_ERROR."""
+
+    def __next__(self) -> Frame:
+        data = self._data
+        # RFC 9113 §6.5: a SETTINGS frame with ACK set and a payload is a connection
+        # error of type FRAME_SIZE_ERROR (h2 would say PROTOCOL_ERROR).
+        if len(data) >= 9 and data[3] == 0x4 and data[4] & 0x1 and data[0:3] != b"\0\0\0":
+            raise FrameDataMissingError("SETTINGS with ACK must have no payload")
+        return super().__next__()
+
+
+class _H2Connection(H2Connection):
+    """h2's connection with three behaviours brought in line with RFC 9113.
+
+    They override private h2 methods; they are kept here so that an h2 upgrade only has
+    this class (and _FrameBuffer) to re-check.
     """
+
+    def __init__(self, config: H2Configuration) -> None:
+        super().__init__(config)
+        buffer = _FrameBuffer(server=True)
+        buffer.max_frame_size = self.incoming_buffer.max_frame_size
+        self.incoming_buffer = buffer
+
+    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[H2Event]]:
+        try:
+            return super()._receive_headers_frame(frame)
+        except ProtocolError as exc:
+            # h2 reports an undecodable header block as PROTOCOL_ERROR; RFC 9113 §4.3
+            # says COMPRESSION_ERROR. (An oversized list stays a DoS error.)
+            cause = exc.__cause__
+            if not isinstance(exc, DenialOfServiceError) and isinstance(
+                cause, HPACKError | IndexError | TypeError | UnicodeDecodeError
+            ):
+                raise _CompressionError(str(exc)) from exc
+            raise
 
     def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Frame], list[H2Event]]:
         try:
