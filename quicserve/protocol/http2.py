@@ -47,6 +47,7 @@ from h2.events import WindowUpdated as H2WindowUpdated
 from h2.exceptions import (
     DenialOfServiceError,
     FrameDataMissingError,
+    FrameTooLargeError,
     H2Error,
     InvalidBodyLengthError,
     ProtocolError,
@@ -250,10 +251,15 @@ class _FrameBuffer(FrameBuffer):
 
     def __next__(self) -> Frame:
         data = self._data
-        # RFC 9113 §6.5: a SETTINGS frame with ACK set and a payload is a connection
-        # error of type FRAME_SIZE_ERROR (h2 would say PROTOCOL_ERROR).
-        if len(data) >= 9 and data[3] == 0x4 and data[4] & 0x1 and data[0:3] != b"\0\0\0":
-            raise FrameDataMissingError("SETTINGS with ACK must have no payload")
+        if len(data) >= 9:
+            # RFC 9113 §4.2: refuse an oversized frame at its header, before buffering
+            # up to 16 MiB of body that h2 would only then check.
+            if int.from_bytes(data[0:3], "big") > self.max_frame_size:
+                raise FrameTooLargeError("frame larger than SETTINGS_MAX_FRAME_SIZE")
+            # RFC 9113 §6.5: a SETTINGS frame with ACK set and a payload is a connection
+            # error of type FRAME_SIZE_ERROR (h2 would say PROTOCOL_ERROR).
+            if data[3] == 0x4 and data[4] & 0x1 and data[0:3] != b"\0\0\0":
+                raise FrameDataMissingError("SETTINGS with ACK must have no payload")
         return super().__next__()
 
 

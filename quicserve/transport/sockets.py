@@ -173,7 +173,10 @@ class _AsyncioSocketStream(anyio.abc.SocketStream):
 
     @property
     def _raw_socket(self) -> Any:
-        return self._transport.get_extra_info("socket")
+        sock = self._transport.get_extra_info("socket")
+        if sock is None:  # uvloop drops it once the connection is lost
+            raise anyio.BrokenResourceError
+        return sock
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         protocol = self._protocol

@@ -98,8 +98,14 @@ async def serve_connection(
 ) -> None:
     """Handshake, choose HTTP/1.1 or HTTP/2, and serve the connection to its end."""
     config = context.config
-    client = _address(stream.extra(anyio.abc.SocketAttribute.remote_address))
-    server = _address(stream.extra(anyio.abc.SocketAttribute.local_address))
+    try:
+        client = _address(stream.extra(anyio.abc.SocketAttribute.remote_address))
+        server = _address(stream.extra(anyio.abc.SocketAttribute.local_address))
+    except Exception:
+        # The peer already hung up (reset, or closed before we looked): nothing to serve.
+        context.registry.release_slot()
+        await _aclose(stream)
+        return
     record = context.registry.add("tcp", "tls" if endpoint.ssl_context else "tcp", client, server)
     try:
         byte_stream: anyio.abc.ByteStream = stream
