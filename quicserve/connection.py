@@ -133,12 +133,16 @@ class StreamDispatcher:
                 self._on_other_event(event)
 
     def _start_stream(self, request: RequestReceived) -> None:
-        assert self._task_group is not None
         stream = HTTPStream(
             self.context.app, self, self._info, request, self.context.lifespan_state
         )
         self._streams[request.stream_id] = stream
         self._record.requests += 1
+        self._launch(stream)
+
+    def _launch(self, stream: HTTPStream) -> None:
+        """Run a registered stream's app call."""
+        assert self._task_group is not None
         if self._info.capabilities.multiplexed:
             self._task_group.start_soon(stream.run)
             return

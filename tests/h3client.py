@@ -29,6 +29,7 @@ class H3Response:
     status: int = 0
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     body: bytes = b""
+    chunks: list[bytes] = field(default_factory=list, repr=False)
     trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
     informational: list[int] = field(default_factory=list)
     reset: int | None = None
@@ -84,11 +85,15 @@ class _Client(QuicConnectionProtocol):
             else:
                 response.trailers = list(event.headers)
         elif isinstance(event, DataReceived):
-            response.body += event.data
+            response.chunks.append(event.data)  # joined once at the end: += is quadratic
         if getattr(event, "stream_ended", False):
             self._done(event.stream_id)
 
     def _done(self, stream_id: int) -> None:
+        response = self.responses.get(stream_id)
+        if response is not None and response.chunks:
+            response.body += b"".join(response.chunks)
+            response.chunks.clear()
         waiter = self.waiters.get(stream_id)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -282,18 +282,18 @@ class QuicConnectionHandler(StreamDispatcher):
         self._finished = anyio.Event()
         self._handshake_reported = False
         self._peer = record.client
-        self._early_requests: list[Any] = []
+        self._early_streams: list[Any] = []
 
     async def run(self) -> None:
         """Own this connection's streams until QUIC terminates."""
         try:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
-                # Requests that came in the same batch of datagrams as the handshake,
-                # before this task started.
-                for request in self._early_requests:
-                    super()._start_stream(request)
-                self._early_requests.clear()
+                # Streams whose requests came in the same batch of datagrams as the
+                # handshake, before this task started.
+                for stream in self._early_streams:
+                    super()._launch(stream)
+                self._early_streams.clear()
                 await self._finished.wait()
                 self._closing = True
                 if self._worker_wakeup is not None:
@@ -384,10 +384,15 @@ class QuicConnectionHandler(StreamDispatcher):
         peer = _address(self.quic.peer_address)
         if peer is not None and peer != self._info.client:
             self._info = replace(self._info, client=peer)
-        if self._task_group is None:
-            self._early_requests.append(request)
-            return
         super()._start_stream(request)
+
+    def _launch(self, stream: Any) -> None:
+        # The stream is registered (its body events are not lost); its task starts
+        # once run() has a task group.
+        if self._task_group is None:
+            self._early_streams.append(stream)
+        else:
+            super()._launch(stream)
 
     async def _write_out(self) -> None:
         self._transmit(_now())

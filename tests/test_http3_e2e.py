@@ -1,0 +1,362 @@
+"""HTTP/3 over real UDP sockets, with clients we did not write.
+
+aioquic's client (resumption, 0-RTT, Retry, QUIC v2, NAT rebinding), curl_cffi
+(libcurl + ngtcp2 + nghttp3, ``CurlHttpVersion.V3ONLY``) and ``gtlsclient`` (ngtcp2's
+GnuTLS example client) against a server running in-process on asyncio, uvloop or trio.
+The aioquic and curl_cffi clients run in a worker thread with their own event loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import httpx
+import pytest
+from aioquic.quic.packet import QuicProtocolVersion, encode_quic_version_negotiation
+
+from quicserve.certs import DevCertificate
+
+from .apps import echo_app, respond
+from .h3client import H3Request, H3Result, h3_fetch
+from .helpers import client_ssl_context, running_server
+
+pytestmark = pytest.mark.anyio
+
+
+def udp_port(srv: Any) -> int:
+    return next(a.port for a in srv.addresses if a.transport == "udp")
+
+
+async def fetch(
+    port: int, requests: list[H3Request], tls: DevCertificate, **kwargs: Any
+) -> H3Result:
+    call = functools.partial(h3_fetch, port, requests, cafile=str(tls.ca_certfile), **kwargs)
+    return await anyio.to_thread.run_sync(call)
+
+
+def quic_server(app: Any, tls: DevCertificate, **options: Any) -> Any:
+    return running_server(app, tls=tls, quic_bind=("127.0.0.1:0",), **options)
+
+
+async def test_requests_scope_and_multiplexing(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    async with quic_server(echo_app, tls_files) as srv:
+        port = udp_port(srv)
+        result = await fetch(
+            port, [H3Request("/scope"), H3Request("/echo", "POST", b"p" * 300_000)], tls_files
+        )
+        scope, echo = result.responses
+        assert scope.status == 200
+        data = __import__("json").loads(scope.body)
+        assert data["http_version"] == "3"
+        assert data["scheme"] == "https"
+        assert data["client"][0] == "127.0.0.1"
+        assert "http.response.push" not in data["extensions"]
+        assert echo.body == b"p" * 300_000
+        many = await fetch(
+            port,
+            [H3Request("/echo", "POST", b"%d" % i) for i in range(50)],
+            tls_files,
+            concurrent=True,
+        )
+        assert sorted(r.body for r in many.responses) == sorted(b"%d" % i for i in range(50))
+        stats = srv.server.registry.stats()
+        assert stats["accepted"] == 2
+
+
+async def test_trailers_early_hints_and_errors(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/error":
+            raise RuntimeError("on purpose")
+        await send({"type": "http.response.early_hint", "links": [b"</a.css>; rel=preload"]})
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.body", "body": b"body"})
+        await send({"type": "http.response.trailers", "headers": [(b"x-sum", b"7")]})
+
+    async with quic_server(app, tls_files) as srv:
+        result = await fetch(
+            udp_port(srv),
+            [H3Request("/", headers=[(b"te", b"trailers")]), H3Request("/error"), H3Request("/")],
+            tls_files,
+        )
+        ok, error, again = result.responses
+        assert ok.informational == [103]
+        assert (ok.status, ok.body, ok.trailers) == (200, b"body", [(b"x-sum", b"7")])
+        assert error.status == 500
+        assert again.status == 200
+
+
+async def test_alt_svc_on_tls_only(anyio_backend: object, tls_files: DevCertificate) -> None:
+    async with quic_server(echo_app, tls_files) as srv:
+        port = udp_port(srv)
+        async with httpx.AsyncClient(http2=True, verify=client_ssl_context(tls_files)) as client:
+            response = await client.get(srv.url("/", scheme="https"))
+            assert response.headers["alt-svc"] == f'h3=":{port}"; ma=86400'
+        async with httpx.AsyncClient() as client:
+            response = await client.get(srv.url("/", scheme="http"))
+            assert "alt-svc" not in response.headers
+        result = await fetch(port, [H3Request("/")], tls_files)
+        assert b"alt-svc" not in dict(result.responses[0].headers)
+    async with quic_server(echo_app, tls_files, alt_svc='h3=":443"; ma=60') as srv:
+        async with httpx.AsyncClient(verify=client_ssl_context(tls_files)) as client:
+            response = await client.get(srv.url("/", scheme="https"))
+            assert response.headers["alt-svc"] == 'h3=":443"; ma=60'
+
+
+async def test_resumption_and_0rtt(anyio_backend: object, tls_files: DevCertificate) -> None:
+    async with quic_server(echo_app, tls_files, quic_0rtt=True) as srv:
+        port = udp_port(srv)
+        first = await fetch(port, [H3Request("/")], tls_files)
+        assert first.session_ticket is not None and not first.resumed
+        # The next connection sends its requests in 0-RTT, before the handshake ends.
+        second = await fetch(
+            port,
+            [H3Request("/scope"), H3Request("/echo", "POST", b"unsafe")],
+            tls_files,
+            session_ticket=first.session_ticket,
+            concurrent=True,
+        )
+        assert second.resumed and second.early_data_accepted
+        scope, post = second.responses
+        headers = dict(tuple(h) for h in __import__("json").loads(scope.body)["headers"])
+        assert headers.get("early-data") == "1"  # RFC 8470 §5.1
+        assert post.status == 425  # an unsafe method is not served from 0-RTT
+        # A ticket is single-use for 0-RTT: replaying it does not resume.
+        replay = await fetch(port, [H3Request("/")], tls_files, session_ticket=first.session_ticket)
+        assert not replay.early_data_accepted
+        assert replay.responses[0].status == 200
+
+
+async def test_retry_and_quic_v2(anyio_backend: object, tls_files: DevCertificate) -> None:
+    async with quic_server(echo_app, tls_files, quic_retry="always") as srv:
+        result = await fetch(udp_port(srv), [H3Request("/")], tls_files)
+        assert result.retry_seen
+        assert result.responses[0].body == b"hello"
+        v2 = await fetch(
+            udp_port(srv), [H3Request("/")], tls_files, version=QuicProtocolVersion.VERSION_2
+        )
+        assert v2.version == QuicProtocolVersion.VERSION_2
+        assert v2.responses[0].body == b"hello"
+        assert srv.server.registry.stats()["accepted"] == 2
+
+
+class Rebinder:
+    """A UDP relay that changes its source port on demand: NAT rebinding (RFC 9000 §9)."""
+
+    def __init__(self, server_port: int) -> None:
+        self.server = ("127.0.0.1", server_port)
+        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.front.bind(("127.0.0.1", 0))
+        self.front.setblocking(False)
+        self.back = self._new_back()
+        self.client: Any = None
+        self.ports: list[int] = [self.back.getsockname()[1]]
+
+    def _new_back(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        return sock
+
+    def rebind(self) -> None:
+        self.back = self._new_back()
+        self.ports.append(self.back.getsockname()[1])
+
+    async def run(self) -> None:
+        async def client_to_server() -> None:
+            while True:
+                await anyio.wait_readable(self.front)
+                data, self.client = self.front.recvfrom(65536)
+                self.back.sendto(data, self.server)
+
+        async def server_to_client() -> None:
+            while True:
+                back = self.back
+                with anyio.move_on_after(0.05):
+                    await anyio.wait_readable(back)
+                    data, _ = back.recvfrom(65536)
+                    if self.client is not None:
+                        self.front.sendto(data, self.client)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client_to_server)
+            tg.start_soon(server_to_client)
+
+
+async def test_nat_rebinding_keeps_the_connection(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    async with quic_server(echo_app, tls_files) as srv:
+        relay = Rebinder(udp_port(srv))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(relay.run)
+            result = await fetch(
+                relay.front.getsockname()[1],
+                [H3Request("/scope"), H3Request("/scope"), H3Request("/scope")],
+                tls_files,
+                between=lambda client: relay.rebind(),
+            )
+            tg.cancel_scope.cancel()
+        clients = [__import__("json").loads(r.body)["client"][1] for r in result.responses]
+        assert clients[0] == relay.ports[0]
+        assert clients[-1] == relay.ports[1]  # the scope follows the validated new path
+        assert srv.server.registry.stats()["accepted"] == 1  # one connection throughout
+
+
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("curl_cffi") is None, reason="curl_cffi not installed"
+)
+async def test_curl_cffi_http3(anyio_backend: object, tls_files: DevCertificate) -> None:
+    from curl_cffi import CurlHttpVersion
+    from curl_cffi import requests as curl_requests
+
+    payload = os.urandom(2_000_000)
+
+    def run(port: int) -> list[Any]:
+        kwargs = {"http_version": CurlHttpVersion.V3ONLY, "verify": str(tls_files.ca_certfile)}
+        base = f"https://localhost:{port}"
+        return [
+            curl_requests.get(f"{base}/scope", **kwargs),
+            curl_requests.post(f"{base}/sha256", data=payload, **kwargs),
+            curl_requests.get(f"{base}/bytes/5000000", **kwargs),
+        ]
+
+    async with quic_server(echo_app, tls_files) as srv:
+        scope, upload, download = await anyio.to_thread.run_sync(run, udp_port(srv))
+        assert scope.status_code == 200 and scope.json()["http_version"] == "3"
+        assert upload.text == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}"
+        assert download.content == b"x" * 5_000_000
+
+
+@pytest.mark.skipif(
+    shutil.which("gtlsclient") is None,
+    reason="gtlsclient not installed (apt-get install ngtcp2-client)",
+)
+async def test_gtlsclient(anyio_backend: object, tls_files: DevCertificate, tmp_path: Path) -> None:
+    async with quic_server(echo_app, tls_files) as srv:
+        port = udp_port(srv)
+        result = await anyio.run_process(
+            [
+                "gtlsclient",
+                "--quiet",
+                "--exit-on-all-streams-close",
+                f"--download={tmp_path}",
+                "127.0.0.1",
+                str(port),
+                f"https://localhost:{port}/scope",
+                f"https://localhost:{port}/bytes/300000",
+            ],
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr.decode()[-500:]
+        assert __import__("json").loads((tmp_path / "scope").read_bytes())["http_version"] == "3"
+        assert (tmp_path / "300000").read_bytes() == b"x" * 300000
+
+
+def _probe_with_garbage(port: int) -> tuple[list[bytes], bytes]:
+    """Blocking socket work, run in a thread so the server's event loop keeps going."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.5)
+        garbage = [
+            b"",
+            b"\x00",
+            os.urandom(50),
+            os.urandom(1500),
+            b"\xc0" + os.urandom(1300),  # long header, nonsense inside
+            # An Initial below the 1200-byte minimum (RFC 9000 §14.1).
+            bytes([0xC3])
+            + b"\x00\x00\x00\x01"
+            + b"\x08"
+            + os.urandom(8)
+            + b"\x00"
+            + os.urandom(200),
+            encode_quic_version_negotiation(
+                source_cid=os.urandom(8), destination_cid=os.urandom(8), supported_versions=[1]
+            ),
+        ]
+        for datagram in garbage * 20:
+            sock.sendto(datagram, ("127.0.0.1", port))
+        replies = []
+        try:
+            while True:
+                replies.append(sock.recv(65536))
+        except (TimeoutError, OSError):
+            pass
+        # An unknown (reserved) version gets a Version Negotiation packet.
+        unknown = bytes([0xC0]) + b"\x1a\x2a\x3a\x4a" + b"\x08" + os.urandom(8) + b"\x08"
+        sock.sendto(unknown + os.urandom(8) + os.urandom(1200), ("127.0.0.1", port))
+        return replies, sock.recv(65536)
+
+
+async def test_bad_datagrams_never_stop_the_endpoint(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    async with quic_server(echo_app, tls_files, quic_retry="never") as srv:
+        port = udp_port(srv)
+        replies, vn = await anyio.to_thread.run_sync(_probe_with_garbage, port)
+        # Answers (stateless resets, VN) are always smaller than what triggered them:
+        # the endpoint cannot be used to amplify traffic.
+        assert all(len(reply) < 1500 for reply in replies)
+        # A VN packet is never answered with one (RFC 9000 §6.1), nor a short Initial: at
+        # most the three random datagrams of each round get a reply.
+        assert len(replies) <= 3 * 20
+        assert vn[1:5] == b"\x00\x00\x00\x00"
+        assert QuicProtocolVersion.VERSION_1.to_bytes(4, "big") in vn
+        # ... and the endpoint still serves.
+        result = await fetch(port, [H3Request("/")], tls_files)
+        assert result.responses[0].body == b"hello"
+
+
+async def test_graceful_shutdown_finishes_in_flight_request(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    started = anyio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started.set()
+        await anyio.sleep(0.5)
+        await respond(send, 200, b"done")
+
+    async with quic_server(app, tls_files) as srv:
+        async with anyio.create_task_group() as tg:
+            box: dict[str, H3Result] = {}
+
+            async def client() -> None:
+                box["r"] = await fetch(udp_port(srv), [H3Request("/")], tls_files)
+
+            tg.start_soon(client)
+            await started.wait()
+            srv.server.shutdown()
+        assert box["r"].responses[0].body == b"done"
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("anyio_backend", [("asyncio", {}), ("trio", {})], ids=["asyncio", "trio"])
+async def test_100mib_download_and_upload_intact(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    size = 100 * 1024 * 1024
+    payload = os.urandom(1024 * 1024) * 100
+
+    async with quic_server(echo_app, tls_files) as srv:
+        result = await fetch(
+            udp_port(srv),
+            [H3Request(f"/bytes/{size}"), H3Request("/sha256", "POST", payload)],
+            tls_files,
+            timeout=240,
+        )
+        download, upload = result.responses
+        assert len(download.body) == size
+        assert hashlib.sha256(download.body).digest() == hashlib.sha256(b"x" * size).digest()
+        assert upload.body.decode() == f"{size} {hashlib.sha256(payload).hexdigest()}"
