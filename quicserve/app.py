@@ -88,9 +88,10 @@ def as_asgi3(app: Any) -> ASGIApp:
 def _is_asgi2(app: Any) -> bool:
     if inspect.isclass(app):
         return True
-    call = (
-        app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(app, "__call__", None)
-    )
+    if inspect.isfunction(app) or inspect.ismethod(app):
+        call = app
+    else:
+        call = app.__call__ if callable(app) else None
     if call is None or inspect.iscoroutinefunction(call):
         return False
     try:

@@ -38,29 +38,16 @@ async def test_curl_chunked_upload_and_tls(
 ) -> None:
     async with running_server(echo_app, tls=tls_files) as srv:
         payload = bytes(range(256)) * 4096  # 1 MiB
-        code, out, err = (
-            await curl(
-                "--http1.1",
-                "--cacert",
-                str(tls_files.ca_certfile),
-                "-H",
-                "Transfer-Encoding: chunked",
-                "--data-binary",
-                "@-",
-                srv.url("/sha256", scheme="https"),
-            )
-            if False
-            else await _curl_stdin(
-                payload,
-                "--http1.1",
-                "--cacert",
-                str(tls_files.ca_certfile),
-                "-H",
-                "Transfer-Encoding: chunked",
-                "--data-binary",
-                "@-",
-                srv.url("/sha256", scheme="https"),
-            )
+        code, out, err = await _curl_stdin(
+            payload,
+            "--http1.1",
+            "--cacert",
+            str(tls_files.ca_certfile),
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            "@-",
+            srv.url("/sha256", scheme="https"),
         )
         assert code == 0, err
         assert out.decode() == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}"
@@ -136,7 +123,8 @@ async def test_expect_100_continue(anyio_backend: object) -> None:
     async with running_server(echo_app) as srv:
         async with await anyio.connect_tcp("127.0.0.1", srv.port()) as stream:
             await stream.send(
-                b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                b"Expect: 100-continue\r\n\r\n"
             )
             with anyio.fail_after(5):
                 interim = await stream.receive()
@@ -154,7 +142,8 @@ async def test_expect_100_continue(anyio_backend: object) -> None:
     [
         # RFC 9112 §6.1: Content-Length with Transfer-Encoding is a smuggling shape.
         (
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             400,
         ),
         (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
@@ -224,9 +213,9 @@ async def test_keep_alive_timeout(anyio_backend: object) -> None:
 
 async def test_request_body_limit_413(anyio_backend: object) -> None:
     async with running_server(echo_app, max_request_body_size=1000) as srv:
-        code, out, _ = await curl("-i", "--data-binary", "x" * 2000, srv.url("/echo"))
+        _, out, _ = await curl("-i", "--data-binary", "x" * 2000, srv.url("/echo"))
         assert out.startswith(b"HTTP/1.1 413 ")
-        code, out, _ = await _curl_stdin(
+        _, out, _ = await _curl_stdin(
             b"y" * 5000,
             "-i",
             "-H",
@@ -236,7 +225,7 @@ async def test_request_body_limit_413(anyio_backend: object) -> None:
             srv.url("/echo"),
         )
         assert out.startswith(b"HTTP/1.1 413 ")
-        code, out, _ = await curl("--data-binary", "z" * 999, srv.url("/echo"))
+        _code, out, _ = await curl("--data-binary", "z" * 999, srv.url("/echo"))
         assert out == b"z" * 999
 
 
@@ -306,5 +295,5 @@ async def test_lifespan_state_reaches_requests(anyio_backend: object) -> None:
         await respond(send, 200, json.dumps(scope["state"]).encode())
 
     async with running_server(app, lifespan="on") as srv:
-        code, out, _ = await curl(srv.url("/"))
+        _code, out, _ = await curl(srv.url("/"))
         assert json.loads(out) == {"db": "connected"}

@@ -206,7 +206,7 @@ async def test_slow_reader_gets_backpressure(anyio_backend: object) -> None:
 
     async with running_server(app) as srv:
         client = await H2Client.connect(srv.port())
-        stream_id = await client.request("/")
+        await client.request("/")
         with anyio.move_on_after(1.0):
             while True:
                 await client.pump()  # read, but never acknowledge: the window stays shut
