@@ -88,6 +88,7 @@ def as_asgi3(app: Any) -> ASGIApp:
 def _is_asgi2(app: Any) -> bool:
     if inspect.isclass(app):
         return True
+    call: Any
     if inspect.isfunction(app) or inspect.ismethod(app):
         call = app
     else:

@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
         run(app, config)
     except (UsageError, AppLoadError, TLSConfigError, BindError, LifespanFailure) as exc:
-        prefix = {LifespanFailure: "lifespan startup failed: "}.get(type(exc), "")
+        prefix = "lifespan startup failed: " if isinstance(exc, LifespanFailure) else ""
         print(f"quicserve: error: {prefix}{exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

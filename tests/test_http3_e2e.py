@@ -114,6 +114,19 @@ async def test_alt_svc_on_tls_only(anyio_backend: object, tls_files: DevCertific
             assert response.headers["alt-svc"] == 'h3=":443"; ma=60'
 
 
+async def test_resumption_without_0rtt_by_default(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    async with quic_server(echo_app, tls_files) as srv:
+        port = udp_port(srv)
+        first = await fetch(port, [H3Request("/")], tls_files)
+        assert first.session_ticket is not None
+        assert first.session_ticket.max_early_data_size is None
+        second = await fetch(port, [H3Request("/")], tls_files, session_ticket=first.session_ticket)
+        assert second.resumed and not second.early_data_accepted
+        assert second.responses[0].body == b"hello"
+
+
 async def test_resumption_and_0rtt(anyio_backend: object, tls_files: DevCertificate) -> None:
     async with quic_server(echo_app, tls_files, quic_0rtt=True) as srv:
         port = udp_port(srv)

@@ -105,7 +105,11 @@ class H3Protocol:
     def _process_quic_events(self) -> None:
         quic = self.quic
         h3 = self._h3
-        while (event := quic.next_event()) is not None:
+        while True:
+            # Any: dispatch is on type(event), which mypy does not narrow.
+            event: Any = quic.next_event()
+            if event is None:
+                break
             cls = type(event)
             if cls is StreamDataReceived:
                 for h3_event in h3.handle_event(event):

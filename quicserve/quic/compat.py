@@ -1,6 +1,6 @@
 """Everything that reaches into aioquic's internals, in one file.
 
-aioquic's public API does not cover four things a production server needs, so this
+aioquic's public API does not cover five things a production server needs, so this
 module subclasses :class:`aioquic.quic.connection.QuicConnection` for them. An aioquic
 upgrade should touch only this file; ``tests/test_quic_compat.py`` pins each hook.
 
@@ -14,7 +14,9 @@ upgrade should touch only this file; ``tests/test_quic_compat.py`` pins each hoo
    limit to ``consumed + window``, so a slow app stalls the peer, not our memory.
 3. **0-RTT requests.** STREAM frames that arrive in 0-RTT packets are noted, so HTTP/3
    can flag requests received as early data (RFC 8470).
-4. **Send-side accounting.** ``buffered(stream_id)`` says how many response bytes aioquic
+4. **0-RTT permission.** aioquic's server puts 0-RTT permission in every session ticket;
+   without ``--quic-0rtt`` ours carry none.
+5. **Send-side accounting.** ``buffered(stream_id)`` says how many response bytes aioquic
    holds for a stream (unsent or unacknowledged), for the app's ``send()`` to wait on.
 
 Also here: the one place a :class:`QuicConfiguration` is built from :class:`Config`.
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aioquic import tls
-from aioquic.buffer import Buffer
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import (
     QuicConnection,
@@ -50,9 +52,16 @@ class ServerQuicConnection(QuicConnection):
     """aioquic's connection with quicserve's CIDs, credit policy and 0-RTT marking."""
 
     def __init__(
-        self, *, cid_factory: CidFactory, stream_window: int, max_streams: int, **kwargs: Any
+        self,
+        *,
+        cid_factory: CidFactory,
+        stream_window: int,
+        max_streams: int,
+        allow_early_data: bool,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self._allow_early_data = allow_early_data
         self._cid_factory = cid_factory
         # Concurrent request streams the peer may open (initial_max_streams_bidi).
         self._local_max_streams_bidi.value = self._local_max_streams_bidi.sent = max_streams
@@ -70,6 +79,13 @@ class ServerQuicConnection(QuicConnection):
         )
         self.host_cid = cid
         self._local_initial_source_connection_id = cid
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        if not self._allow_early_data:
+            # aioquic's server lets every session ticket carry 0-RTT permission. Without
+            # --quic-0rtt our tickets carry none, so clients resume in 1-RTT only.
+            self.tls._max_early_data = None
 
     # -- 1. connection ids --------------------------------------------------------------
 
@@ -116,7 +132,7 @@ class ServerQuicConnection(QuicConnection):
                 handler=self._on_max_stream_data_delivery,
                 handler_args=(stream,),
             )
-            buf.push_uint_var(stream.stream_id)
+            buf.push_uint_var(stream.stream_id)  # type: ignore[arg-type]
             buf.push_uint_var(stream.max_stream_data_local)
             stream.max_stream_data_local_sent = stream.max_stream_data_local
 
@@ -177,9 +193,6 @@ def quic_configuration(
         max_data=config.quic_max_data,
         max_stream_data=config.quic_stream_window_size,
     )
-    if config.quic_0rtt:
-        # RFC 9001 §4.6.1: 0xffffffff signals that 0-RTT is allowed on resumption.
-        configuration.max_early_data = 0xFFFFFFFF
     return configuration
 
 

@@ -142,16 +142,16 @@ class QuicEndpoint:
 
     def _datagram_received(self, data: bytes, addr: Any) -> None:
         now = _now()
-        decision = self.core.classify(data, addr, now)
+        decision: Any = self.core.classify(data, addr, now)
         cls = type(decision)
         if cls is Route:
-            handler = self.handlers.get(decision.key)  # type: ignore[union-attr]
+            handler = self.handlers.get(decision.key)
             if handler is not None:
                 handler.datagram_received(data, addr, now)
         elif cls is Accept:
-            self._accept(decision, data, addr, now)  # type: ignore[arg-type]
+            self._accept(decision, data, addr, now)
         elif cls is Reply:
-            self.sendto(decision.datagram, addr)  # type: ignore[union-attr]
+            self.sendto(decision.datagram, addr)
 
     def _accept(self, decision: Accept, data: bytes, addr: Any, now: float) -> None:
         if self._closing or self._task_group is None:
@@ -169,6 +169,7 @@ class QuicEndpoint:
             cid_factory=self.core.new_connection_id,
             stream_window=self.config.quic_stream_window_size,
             max_streams=self.config.quic_max_streams,
+            allow_early_data=self.config.quic_0rtt,
         )
         record = registry.add("udp", "h3", _address(addr), self.address)
         handler = QuicConnectionHandler(self, key, quic, record)

@@ -88,7 +88,7 @@ class Listener:
             raise
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport, protocol = await loop.connect_accepted_socket(_StreamProtocol, conn)
-        return _AsyncioSocketStream(transport, protocol)  # type: ignore[arg-type]
+        return _AsyncioSocketStream(transport, protocol)
 
     async def aclose(self) -> None:
         """Stop listening."""
