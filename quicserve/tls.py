@@ -52,7 +52,7 @@ def create_ssl_context(
     if context.verify_mode != ssl.CERT_NONE and not config.ca_certs:
         raise TLSConfigError("--verify-mode needs --ca-certs to verify client certificates against")
     context.set_alpn_protocols(list(alpn))
-    keylog = os.environ.get("SSLKEYLOGFILE")
+    keylog = config.ssl_keylog_file or os.environ.get("SSLKEYLOGFILE")
     if keylog:
         context.keylog_filename = keylog
     return context

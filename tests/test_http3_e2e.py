@@ -373,3 +373,85 @@ async def test_100mib_download_and_upload_intact(
         assert len(download.body) == size
         assert hashlib.sha256(download.body).digest() == hashlib.sha256(b"x" * size).digest()
         assert upload.body.decode() == f"{size} {hashlib.sha256(payload).hexdigest()}"
+
+
+def _ipv6_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_available(), reason="no IPv6 loopback on this machine")
+async def test_ipv6_quic_bind(anyio_backend: object, tls_files: DevCertificate) -> None:
+    async with running_server(
+        echo_app, tls=tls_files, quic_bind=("[::1]:0",), bind=("[::1]:0",), insecure_bind=()
+    ) as srv:
+        udp = next(a for a in srv.addresses if a.transport == "udp")
+        assert udp.host == "::1"
+        result = await fetch(udp.port, [H3Request("/scope")], tls_files, host="::1")
+        assert __import__("json").loads(result.responses[0].body)["client"][0] == "::1"
+
+
+async def test_qlog_keylog_and_encrypted_key(
+    anyio_backend: object, tls_files: DevCertificate, tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(tls_files.keyfile.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted-key.pem"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"s3cret"),
+        )
+    )
+    keylog = tmp_path / "keys.log"
+    qlog = tmp_path / "qlog"
+    async with running_server(
+        echo_app,
+        tls=tls_files,
+        quic_bind=("127.0.0.1:0",),
+        keyfile=str(encrypted),
+        keyfile_password="s3cret",
+        ssl_keylog_file=str(keylog),
+        quic_qlog_dir=str(qlog),
+    ) as srv:
+        result = await fetch(udp_port(srv), [H3Request("/")], tls_files)
+        assert result.responses[0].body == b"hello"
+        async with httpx.AsyncClient(verify=client_ssl_context(tls_files)) as client:
+            assert (await client.get(srv.url("/", scheme="https"))).status_code == 200
+    lines = keylog.read_text().splitlines()
+    assert any(line.startswith("CLIENT_HANDSHAKE_TRAFFIC_SECRET") for line in lines)
+    assert (
+        len({line.split()[1] for line in lines if line.startswith("SERVER_TRAFFIC_SECRET_0")}) >= 2
+    )
+    qlogs = list(qlog.iterdir())
+    assert qlogs and qlogs[0].stat().st_size > 0
+
+
+async def test_vanished_client_is_dropped_after_idle_timeout(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    from aioquic.quic.connection import QuicConnection
+
+    from .h3client import client_configuration
+
+    async with quic_server(echo_app, tls_files, quic_idle_timeout=0.5) as srv:
+        port = udp_port(srv)
+        client = QuicConnection(configuration=client_configuration(str(tls_files.ca_certfile)))
+        client.connect(("127.0.0.1", port), now=0.0)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for datagram, _ in client.datagrams_to_send(now=0.0):
+                sock.sendto(datagram, ("127.0.0.1", port))
+            # The client sends its Initial and is never heard from again.
+            with anyio.fail_after(5):
+                while not srv.server.registry.stats()["by_transport"].get("udp"):
+                    await anyio.sleep(0.02)
+            with anyio.fail_after(5):
+                while srv.server.registry.stats()["by_transport"].get("udp"):
+                    await anyio.sleep(0.1)
+        assert len(srv.server.registry) == 0
