@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.logger import QuicFileLogger
 from aioquic.tls import SessionTicket
@@ -284,6 +285,7 @@ class QuicConnectionHandler(StreamDispatcher):
         self._handshake_reported = False
         self._peer = record.client
         self._early_streams: list[Any] = []
+        self._transmit_pending = False
 
     async def run(self) -> None:
         """Own this connection's streams until QUIC terminates."""
@@ -296,9 +298,7 @@ class QuicConnectionHandler(StreamDispatcher):
                     super()._launch(stream)
                 self._early_streams.clear()
                 await self._finished.wait()
-                self._closing = True
-                if self._worker_wakeup is not None:
-                    self._worker_wakeup.set()
+                self._stop_workers()
         finally:
             self._task_group = None
             self.endpoint.connection_finished(self)
@@ -396,6 +396,15 @@ class QuicConnectionHandler(StreamDispatcher):
             super()._launch(stream)
 
     async def _write_out(self) -> None:
+        # Streams that are ready in this loop turn add their data first, so it leaves in
+        # shared packets rather than one small packet each.
+        if self._transmit_pending:
+            return
+        self._transmit_pending = True
+        try:
+            await anyio.lowlevel.checkpoint()
+        finally:
+            self._transmit_pending = False
         self._transmit(_now())
 
     def _poke_reader(self) -> None:
