@@ -38,6 +38,7 @@ from .events import (
     StreamReset,
     StreamWritable,
 )
+from .lowlevel import Wakeup, wakeup_factory
 from .protocol.http1 import H2CUpgrade, switching_response
 from .streams.http import HTTPStream
 
@@ -67,16 +68,17 @@ class StreamDispatcher:
         self.context = context
         self.config = context.config
         self.protocol = protocol
+        self.new_wakeup = wakeup_factory()
         self._info = info
         self._record = record
         self._streams: dict[int, HTTPStream] = {}
-        self._writable: dict[int, anyio.Event] = {}
+        self._writable: dict[int, Wakeup] = {}
         self._buffer_limit = context.config.write_buffer_size
         self._broken = False
         self._closing = False
         self._task_group: anyio.abc.TaskGroup | None = None
         self._queue: deque[HTTPStream] = deque()
-        self._idle_workers: list[anyio.Event] = []
+        self._idle_workers: list[Wakeup] = []
         self._workers = 0
         self._max_workers = 1_000_000 if info.capabilities.multiplexed else 1
 
@@ -165,7 +167,7 @@ class StreamDispatcher:
                     await queue.popleft().run()
                 if self.protocol.closed or self._broken or self._closing:
                     return
-                wakeup = anyio.Event()
+                wakeup = self.new_wakeup()
                 self._idle_workers.append(wakeup)
                 await wakeup.wait()
         finally:
@@ -186,7 +188,7 @@ class StreamDispatcher:
         while protocol.buffered_amount(stream_id) > limit and not self._broken:
             waiter = self._writable.get(stream_id)
             if waiter is None:
-                waiter = self._writable[stream_id] = anyio.Event()
+                waiter = self._writable[stream_id] = self.new_wakeup()
             await waiter.wait()
             await self._write_out()
 
@@ -240,11 +242,11 @@ class ByteStreamConnection(StreamDispatcher):
         super().__init__(context, info, protocol, record)
         self._stream = stream
         self._writing = False
-        self._drained: anyio.Event | None = None
+        self._drained: Wakeup | None = None
         self._batch_writes = info.capabilities.multiplexed
         self._reader_scope: anyio.CancelScope | None = None
-        self._read_wakeup: anyio.Event | None = None
-        self._timer_wakeup: anyio.Event | None = None
+        self._read_wakeup: Wakeup | None = None
+        self._timer_wakeup: Wakeup | None = None
         self._timer_target = math.inf
         self._flush_requested = False
         self._upgrade: H2CUpgrade | None = None
@@ -283,7 +285,7 @@ class ByteStreamConnection(StreamDispatcher):
             if protocol.closed or self._broken:
                 return
             if not protocol.wants_read():
-                wakeup = self._read_wakeup = anyio.Event()
+                wakeup = self._read_wakeup = self.new_wakeup()
                 await wakeup.wait()
                 continue
             try:
@@ -325,7 +327,7 @@ class ByteStreamConnection(StreamDispatcher):
             self._timer_target = target
             if self._closing or self._flush_requested:
                 continue  # changed while we were writing: a wake-up would be lost
-            wakeup = self._timer_wakeup = anyio.Event()
+            wakeup = self._timer_wakeup = self.new_wakeup()
             with anyio.move_on_after(target - now):
                 await wakeup.wait()
 
@@ -415,7 +417,7 @@ class ByteStreamConnection(StreamDispatcher):
                 return  # the active writer takes this data too; flow control bounds it
             drained = self._drained
             if drained is None:
-                drained = self._drained = anyio.Event()
+                drained = self._drained = self.new_wakeup()
             await drained.wait()
             return
         self._writing = True

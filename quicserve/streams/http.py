@@ -35,6 +35,7 @@ import anyio
 from ..config import Config
 from ..connection_info import ConnectionInfo
 from ..events import Headers, RequestReceived
+from ..lowlevel import Wakeup
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -68,6 +69,8 @@ class StreamHost(Protocol):
     config: Config
     #: The sans-IO protocol object whose ``send_*`` methods produce the response.
     protocol: Any
+    #: Makes the one-shot wake-ups a stream waits on (see ``quicserve.lowlevel``).
+    new_wakeup: Callable[[], Wakeup]
 
     async def flush(self, stream_id: int) -> None:
         """Write what the protocol produced; wait while ``stream_id`` is over its buffer."""
@@ -149,7 +152,7 @@ class HTTPStream:
         self._final_delivered = False
         self._too_large = False
         self._continue_sent = False
-        self._waiter: anyio.Event | None = None
+        self._waiter: Wakeup | None = None
         self._response_state = _NOT_STARTED
         self._status = 0
         self._pending_status = 0
@@ -338,7 +341,7 @@ class HTTPStream:
                 self._continue_sent = True
                 self._host.protocol.send_informational(self.stream_id, 100, [])
                 await self._host.flush(self.stream_id)
-            waiter = self._waiter = anyio.Event()
+            waiter = self._waiter = self._host.new_wakeup()
             await waiter.wait()
 
     # -- send --------------------------------------------------------------------------

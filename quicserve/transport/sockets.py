@@ -169,6 +169,7 @@ class _AsyncioSocketStream(anyio.abc.SocketStream):
     def __init__(self, transport: asyncio.Transport, protocol: _StreamProtocol) -> None:
         self._transport = transport
         self._protocol = protocol
+        self._loop = asyncio.get_running_loop()
         self._closed = False
 
     @property
@@ -187,7 +188,7 @@ class _AsyncioSocketStream(anyio.abc.SocketStream):
                 raise anyio.EndOfStream
             if protocol.lost:
                 raise anyio.BrokenResourceError
-            waiter = protocol.reader = asyncio.get_running_loop().create_future()
+            waiter = protocol.reader = self._loop.create_future()
             try:
                 await waiter
             finally:
@@ -210,7 +211,7 @@ class _AsyncioSocketStream(anyio.abc.SocketStream):
             raise anyio.BrokenResourceError
         self._transport.write(item)
         while protocol.write_paused and not protocol.lost:
-            waiter = protocol.writer = asyncio.get_running_loop().create_future()
+            waiter = protocol.writer = self._loop.create_future()
             try:
                 await waiter
             finally:
