@@ -455,3 +455,31 @@ async def test_vanished_client_is_dropped_after_idle_timeout(
                 while srv.server.registry.stats()["by_transport"].get("udp"):
                     await anyio.sleep(0.1)
         assert len(srv.server.registry) == 0
+
+
+async def test_a_failing_connection_is_closed_alone_and_logged(
+    anyio_backend: object,
+    tls_files: DevCertificate,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from quicserve.protocol import http3
+
+    original = http3.H3Protocol._parse_request
+
+    def explode_on_marker(self: Any, stream_id: int, raw: Any) -> Any:
+        if (b"x-explode", b"1") in raw:
+            raise RuntimeError("a bug in the server, simulated")
+        return original(self, stream_id, raw)
+
+    monkeypatch.setattr(http3.H3Protocol, "_parse_request", explode_on_marker)
+    async with quic_server(echo_app, tls_files) as srv:
+        port = udp_port(srv)
+        with pytest.raises((TimeoutError, ConnectionError)):
+            await fetch(
+                port, [H3Request("/", headers=[(b"x-explode", b"1")])], tls_files, timeout=3
+            )
+        # The endpoint and other connections are unaffected.
+        result = await fetch(port, [H3Request("/")], tls_files)
+        assert result.responses[0].body == b"hello"
+    assert any("Unexpected error" in r.getMessage() for r in caplog.records)
