@@ -1,0 +1,1 @@
+"""Interop harness: real, independently written clients against quicserve (see README.md)."""

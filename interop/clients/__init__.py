@@ -1,0 +1,23 @@
+"""Client adapters: one module per independently written client.
+
+Each module has ``NAME``, ``available() -> str | None`` (None when usable, else an
+install hint), ``supports(case) -> bool`` and ``run(case, server) -> Result``. ``run`` is
+synchronous and blocking; the harness calls it in a worker thread with a time bound, so
+adapters that start processes must give them their own timeout too.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from . import aioquic_client, chromium, curl, curl_cffi_client, gtlsclient, h2load, httpx_client
+
+ALL: list[ModuleType] = [
+    aioquic_client,
+    curl_cffi_client,
+    gtlsclient,
+    chromium,
+    curl,
+    httpx_client,
+    h2load,
+]

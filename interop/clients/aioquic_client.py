@@ -1,0 +1,182 @@
+"""aioquic's HTTP/3 client: the QUIC-level cases (Retry, resumption, 0-RTT, v2, ...)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from ..app import file_sha256
+from ..cases import (
+    MULTIPLEX_SIZE,
+    MULTIPLEX_STREAMS,
+    TRANSFER_SIZES,
+    UPLOAD_SIZE,
+    Result,
+    Server,
+    fail,
+    passed,
+)
+
+NAME = "aioquic"
+UNSUPPORTED = "HTTP/3-only client (aioquic has no HTTP/1.1 or HTTP/2)"
+CASES = {
+    "handshake",
+    "transfer",
+    "multiplexing",
+    "http3",
+    "retry",
+    "resumption",
+    "zerortt",
+    "v2",
+    "chacha20",
+    "keyupdate",
+    "ipv6",
+    "portrebinding",
+    "post-streaming",
+}
+
+
+def available() -> str | None:
+    try:
+        import aioquic  # noqa: F401
+    except ImportError:
+        return "pip install aioquic"
+    return None
+
+
+def supports(case: str) -> bool:
+    return case in CASES
+
+
+def _sha(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def _check_files(responses: list[Any], sizes: list[int]) -> str | None:
+    for size, response in zip(sizes, responses, strict=True):
+        if response.status != 200:
+            return f"/files/{size}: status {response.status} (reset {response.reset})"
+        if _sha(response.body) != file_sha256(size):
+            return f"/files/{size}: got {len(response.body)} bytes, sha256 mismatch"
+    return None
+
+
+def run(case: str, server: Server) -> Result:
+    from aioquic.quic.packet import QuicProtocolVersion
+    from aioquic.tls import CipherSuite
+
+    from ..h3 import Request, fetch
+
+    def go(port: int = server.h3_port, requests: list[Request] | None = None, **kw: Any) -> Any:
+        return fetch(port, requests or [Request("/proto")], cafile=server.ca_certfile, **kw)
+
+    if case in ("handshake", "http3"):
+        out = go()
+        body = out.responses[0].body
+        if out.responses[0].status != 200 or body != b"3":
+            return fail(f"/proto: status {out.responses[0].status}, body {body[:40]!r}")
+        return passed(f"/proto over QUIC v{out.version:#x}: 200, server http_version {body!r}")
+    if case == "transfer":
+        sizes = list(TRANSFER_SIZES)
+        out = go(requests=[Request(f"/files/{s}") for s in sizes])
+        problem = _check_files(out.responses, sizes)
+        return fail(problem) if problem else passed(f"sha256 of {sizes} bytes all match")
+    if case == "multiplexing":
+        sizes = [MULTIPLEX_SIZE + i for i in range(MULTIPLEX_STREAMS)]
+        out = go(requests=[Request(f"/files/{s}") for s in sizes], concurrent=True)
+        problem = _check_files(out.responses, sizes)
+        if problem:
+            return fail(problem)
+        return passed(f"{len(sizes)} concurrent streams on one connection, every sha256 ok")
+    if case == "retry":
+        out = go()
+        if not out.retry_seen:
+            return fail("no Retry packet seen by the client")
+        if out.responses[0].body != b"3":
+            return fail(f"request after Retry failed: {out.responses[0]}")
+        return passed("client saw Retry (retry_source_connection_id set), then /proto = 3")
+    if case in ("resumption", "zerortt"):
+        first = go()
+        if first.session_ticket is None:
+            return fail("no session ticket on the first connection")
+        if case == "zerortt" and first.session_ticket.max_early_data_size is None:
+            return fail("the ticket does not allow early data")
+        second = go(
+            requests=[Request("/files/5000"), Request("/early")],
+            session_ticket=first.session_ticket,
+            concurrent=True,
+        )
+        body_ok = _sha(second.responses[0].body) == file_sha256(5000)
+        early_seen = second.responses[1].body
+        if not second.resumed:
+            return fail("second connection was not resumed")
+        if not body_ok:
+            return fail("resumed connection: body sha256 mismatch")
+        if case == "zerortt":
+            if not second.early_data_accepted:
+                return fail("server did not accept early data")
+            if early_seen != b"1":
+                return fail(f"early data accepted but the app saw /early = {early_seen!r}")
+            return passed("resumed; early_data_accepted; app saw early-data: 1; sha256 ok")
+        return passed("second connection resumed with the ticket; /files/5000 sha256 ok")
+    if case == "v2":
+        out = go(version=QuicProtocolVersion.VERSION_2)
+        if out.version != QuicProtocolVersion.VERSION_2:
+            return fail(f"negotiated version {out.version:#x}, not v2")
+        if out.responses[0].body != b"3":
+            return fail("request over v2 failed")
+        return passed(f"negotiated {out.version:#x} (QUIC v2), /proto = 3")
+    if case == "chacha20":
+        out = go(cipher_suites=[CipherSuite.CHACHA20_POLY1305_SHA256])
+        if out.cipher_suite != CipherSuite.CHACHA20_POLY1305_SHA256:
+            return fail(f"negotiated cipher {out.cipher_suite!r}")
+        if out.responses[0].body != b"3":
+            return fail("request failed")
+        return passed("negotiated TLS_CHACHA20_POLY1305_SHA256, /proto = 3")
+    if case == "keyupdate":
+        size = 10_000_000
+        out = go(
+            requests=[Request(f"/files/{size}")],
+            during_first=lambda client: client._quic.request_key_update(),
+        )
+        problem = _check_files(out.responses, [size])
+        if problem:
+            return fail(problem)
+        before, _requested, after = out.key_phases
+        if before == after:
+            return fail(f"key phase did not change ({out.key_phases})")
+        return passed(f"key phase {before} -> {after} mid-transfer; {size} bytes sha256 ok")
+    if case == "ipv6":
+        if server.h3_port6 is None:
+            return fail("no IPv6 loopback on this machine")
+        out = go(port=server.h3_port6, requests=[Request("/client")], host="::1")
+        seen = json.loads(out.responses[0].body)
+        if seen["client"][0] != "::1" or seen["http_version"] != "3":
+            return fail(f"server saw {seen}")
+        return passed(f"server saw client {seen['client']} over HTTP/{seen['http_version']}")
+    if case == "portrebinding":
+        from ..relay import Rebinder
+
+        with Rebinder(server.h3_port) as relay:
+            out = go(
+                port=relay.port,
+                requests=[Request("/client"), Request("/files/2000000"), Request("/client")],
+                after_first=lambda client: relay.rebind(),
+            )
+        first, transfer, last = out.responses
+        problem = _check_files([transfer], [2_000_000])
+        if problem:
+            return fail(problem)
+        seen = [json.loads(r.body)["client"][1] for r in (first, last)]
+        if seen != relay.ports[:2]:
+            return fail(f"server saw ports {seen}, relay used {relay.ports}")
+        return passed(f"one connection; server saw client port {seen[0]} then {seen[1]}")
+    if case == "post-streaming":
+        payload = hashlib.sha512(b"upload").digest() * (UPLOAD_SIZE // 64)
+        out = go(requests=[Request("/sha256", "POST", payload)])
+        expected = f"{len(payload)} {_sha(payload)}".encode()
+        if out.responses[0].body != expected:
+            return fail(f"server echoed {out.responses[0].body[:80]!r}")
+        return passed(f"HTTP/3 upload of {len(payload)} bytes, sha256 echoed back matches")
+    return fail(f"unsupported case {case}")

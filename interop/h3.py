@@ -1,0 +1,203 @@
+"""A small HTTP/3 client on aioquic, for the aioquic adapter.
+
+Adapted from ``tests/h3client.py`` (not imported: ``tests/`` is not a package we ship),
+plus the knobs the interop cases need: cipher suites, a hook that runs while the first
+response is still arriving (key update, NAT rebinding), and the facts of the QUIC
+connection afterwards (resumed, early data, version, Retry, cipher, key phase).
+Everything runs in :func:`fetch`, which makes its own event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aioquic.asyncio.client import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import QuicEvent, StreamReset
+from aioquic.tls import CipherSuite, Epoch, SessionTicket
+
+
+@dataclass
+class Response:
+    """What came back on one request stream."""
+
+    status: int = 0
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes = b""
+    chunks: list[bytes] = field(default_factory=list, repr=False)
+    reset: int | None = None
+
+
+@dataclass
+class Request:
+    """One request to make on the connection."""
+
+    path: str
+    method: str = "GET"
+    body: bytes = b""
+
+
+@dataclass
+class Outcome:
+    """The responses, plus what the QUIC connection learned."""
+
+    responses: list[Response]
+    session_ticket: SessionTicket | None = None
+    resumed: bool = False
+    early_data_accepted: bool = False
+    version: int | None = None
+    retry_seen: bool = False
+    cipher_suite: int | None = None
+    key_phases: list[int] = field(default_factory=list)  # 1-RTT key phase before/after hook
+
+
+class _Client(QuicConnectionProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.h3 = H3Connection(self._quic)
+        self.waiters: dict[int, asyncio.Future[None]] = {}
+        self.responses: dict[int, Response] = {}
+        self.on_data: Callable[[], None] | None = None
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamReset) and event.stream_id in self.responses:
+            self.responses[event.stream_id].reset = event.error_code
+            self._done(event.stream_id)
+        for h3_event in self.h3.handle_event(event):
+            self._h3_event(h3_event)
+
+    def _h3_event(self, event: H3Event) -> None:
+        response = self.responses.get(getattr(event, "stream_id", -1))
+        if response is None:
+            return
+        if isinstance(event, HeadersReceived):
+            status = dict(event.headers).get(b":status")
+            if status is not None and not status.startswith(b"1"):
+                response.status = int(status)
+                response.headers = [(n, v) for n, v in event.headers if not n.startswith(b":")]
+        elif isinstance(event, DataReceived):
+            response.chunks.append(event.data)
+            if self.on_data is not None:
+                hook, self.on_data = self.on_data, None
+                hook()
+        if getattr(event, "stream_ended", False):
+            self._done(event.stream_id)
+
+    def _done(self, stream_id: int) -> None:
+        response = self.responses.get(stream_id)
+        if response is not None and response.chunks:
+            response.body += b"".join(response.chunks)
+            response.chunks.clear()
+        waiter = self.waiters.get(stream_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def request(self, request: Request, authority: str) -> Response:
+        stream_id = self._quic.get_next_available_stream_id()
+        self.responses[stream_id] = response = Response()
+        self.waiters[stream_id] = asyncio.get_running_loop().create_future()
+        self.h3.send_headers(
+            stream_id,
+            [
+                (b":method", request.method.encode()),
+                (b":scheme", b"https"),
+                (b":authority", authority.encode()),
+                (b":path", request.path.encode()),
+            ],
+            end_stream=not request.body,
+        )
+        if request.body:
+            self.h3.send_data(stream_id, request.body, end_stream=True)
+        self.transmit()
+        await self.waiters[stream_id]
+        return response
+
+
+def _key_phase(client: _Client) -> int:
+    return int(client._quic._cryptos[Epoch.ONE_RTT].key_phase)
+
+
+async def fetch_async(
+    port: int,
+    requests: list[Request],
+    *,
+    cafile: str,
+    host: str = "127.0.0.1",
+    session_ticket: SessionTicket | None = None,
+    version: int | None = None,
+    cipher_suites: list[CipherSuite] | None = None,
+    concurrent: bool = False,
+    during_first: Callable[[Any], None] | None = None,
+    after_first: Callable[[Any], None] | None = None,
+    timeout: float = 60.0,
+) -> Outcome:
+    """Open one HTTP/3 connection, make ``requests`` (in order, or all at once), close.
+
+    ``during_first(client)`` runs when the first response's first data arrives;
+    ``after_first(client)`` once the first response is complete (sequential mode only).
+    """
+    configuration = QuicConfiguration(
+        is_client=True, alpn_protocols=H3_ALPN, server_name="localhost"
+    )
+    configuration.load_verify_locations(cafile)
+    configuration.verify_mode = ssl.CERT_REQUIRED
+    configuration.session_ticket = session_ticket
+    if version is not None:
+        configuration.supported_versions = [version]
+        configuration.original_version = version
+    if cipher_suites is not None:
+        configuration.cipher_suites = cipher_suites
+    tickets: list[SessionTicket] = []
+    outcome = Outcome(responses=[])
+    async with asyncio.timeout(timeout):
+        async with connect(
+            host,
+            port,
+            configuration=configuration,
+            create_protocol=_Client,
+            session_ticket_handler=tickets.append,
+            wait_connected=session_ticket is None,
+        ) as client:
+            assert isinstance(client, _Client)
+            if during_first is not None:
+
+                def hook() -> None:
+                    outcome.key_phases.append(_key_phase(client))
+                    during_first(client)
+                    outcome.key_phases.append(_key_phase(client))
+
+                client.on_data = hook
+            if concurrent:
+                outcome.responses = list(
+                    await asyncio.gather(*(client.request(r, "localhost") for r in requests))
+                )
+            else:
+                for i, request in enumerate(requests):
+                    outcome.responses.append(await client.request(request, "localhost"))
+                    if after_first is not None and i == 0:
+                        after_first(client)
+            quic = client._quic
+            if during_first is not None:
+                outcome.key_phases.append(_key_phase(client))
+            outcome.resumed = bool(quic.tls.session_resumed)
+            outcome.early_data_accepted = bool(quic.tls.early_data_accepted)
+            outcome.version = quic._version
+            outcome.retry_seen = quic._retry_source_connection_id is not None
+            schedule = quic.tls.key_schedule
+            outcome.cipher_suite = schedule.cipher_suite if schedule is not None else None
+            client.close()
+            await client.wait_closed()
+    outcome.session_ticket = tickets[-1] if tickets else None
+    return outcome
+
+
+def fetch(port: int, requests: list[Request], **kwargs: Any) -> Outcome:
+    """:func:`fetch_async` in a fresh event loop (call it from a worker thread)."""
+    return asyncio.run(fetch_async(port, requests, **kwargs))
