@@ -69,9 +69,19 @@ class Server:
     addresses: list[BoundAddress] = field(default_factory=list, init=False)
     _shutdown_requested: anyio.Event | None = field(default=None, init=False)
     _shutdown_early: bool = field(default=False, init=False)
+    _quic_endpoints: list[QuicEndpoint] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self.registry = ConnectionRegistry(self.config.max_connections)
+
+    def quic_stats(self) -> dict[str, int]:
+        """Datagram counters summed over the QUIC endpoints (for tests and reports)."""
+        totals: dict[str, int] = {}
+        for endpoint in self._quic_endpoints:
+            for name, value in endpoint.stats.items():
+                totals[name] = totals.get(name, 0) + value
+            totals["gso_enabled"] = totals.get("gso_enabled", 0) + int(endpoint.gso_enabled)
+        return totals
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown (safe to call more than once, from any task)."""
@@ -99,6 +109,7 @@ class Server:
                 await endpoint.listener.aclose()
             raise
         quic_endpoints = [QuicEndpoint(sock, context) for sock in udp_sockets]
+        self._quic_endpoints = quic_endpoints
         self.addresses += [BoundAddress("udp", "https", *e.address) for e in quic_endpoints]
         context.alt_svc = alt_svc_value(config, quic_endpoints)
         async with anyio.create_task_group() as root:
