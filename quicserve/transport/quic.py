@@ -13,7 +13,8 @@ Rules:
   the loop). Sends are plain non-blocking ``sendto`` calls, which cannot interleave; if
   the kernel buffer is full the datagram waits for writability (serialized by a lock).
 * One timer wheel per endpoint drives every connection's single deadline
-  (``get_timer``). A connection re-arms it only when its deadline moves; no task is
+  (``get_timer``). A connection adds a wheel entry only when its deadline moves earlier;
+  a later deadline is picked up when the old entry fires. No task is
   spawned per send or per timer.
 * Routing is by connection ID only, so a client that changes address keeps its
   connection; the ASGI ``client`` of later requests follows aioquic's validated path.
@@ -107,7 +108,7 @@ class QuicEndpoint:
         self.tickets = SessionTicketStore(config.quic_session_tickets)
         self.handlers: dict[int, QuicConnectionHandler] = {}
         self._ids = itertools.count(1)
-        self._heap: list[tuple[float, int, QuicConnectionHandler]] = []
+        self._heap: list[tuple[float, int, int]] = []
         self._heap_seq = itertools.count()
         self._wheel_target = math.inf
         self._wheel_wakeup: anyio.Event | None = None
@@ -281,19 +282,26 @@ class QuicEndpoint:
 
     # -- timers -------------------------------------------------------------------------
 
-    def arm(self, handler: QuicConnectionHandler, deadline: float) -> None:
-        """Make the wheel call ``handler.on_timer`` at ``deadline``."""
-        heapq.heappush(self._heap, (deadline, next(self._heap_seq), handler))
+    def arm(self, key: int, deadline: float) -> None:
+        """Make the wheel call the connection's ``on_timer`` at ``deadline``.
+
+        The heap holds connection keys, not connections: a finished connection is gone
+        from ``handlers`` at once, and its stale entries cost a tuple until they expire.
+        """
+        heapq.heappush(self._heap, (deadline, next(self._heap_seq), key))
         if deadline < self._wheel_target and self._wheel_wakeup is not None:
             self._wheel_wakeup.set()
 
     async def _timer_wheel(self) -> None:
         heap = self._heap
+        handlers = self.handlers
         while True:
             now = _now()
             while heap and heap[0][0] <= now:
-                deadline, _, handler = heapq.heappop(heap)
-                if handler.deadline == deadline:
+                deadline, _, key = heapq.heappop(heap)
+                handler = handlers.get(key)
+                if handler is not None and handler.scheduled == deadline:
+                    handler.scheduled = None
                     handler.on_timer(now)
             self._wheel_target = heap[0][0] if heap else math.inf
             wakeup = self._wheel_wakeup = anyio.Event()
@@ -338,7 +346,9 @@ class QuicConnectionHandler(StreamDispatcher):
         self.key = key
         self.record = record
         self.quic = quic
+        # QUIC's current deadline, and the time of our earliest entry in the wheel.
         self.deadline: float | None = None
+        self.scheduled: float | None = None
         # QUIC holds in-flight data for the app's sends; a larger budget than TCP's keeps
         # a bulk transfer from stalling on the ACK clock.
         self._buffer_limit = max(self.config.write_buffer_size, 1024 * 1024)
@@ -376,13 +386,27 @@ class QuicConnectionHandler(StreamDispatcher):
             self._fail("handling a datagram")
 
     def on_timer(self, now: float) -> None:
-        """The wheel says our deadline passed."""
+        """The wheel woke us: handle QUIC's deadline if it passed, else re-arm for it (it
+        moved later since the wheel entry was made)."""
+        deadline = self.deadline
+        if deadline is None:
+            return
+        if now < deadline:
+            self._schedule(deadline)
+            return
         self.deadline = None
         try:
             self.protocol.handle_timer(now)
             self._after_input(now)
         except Exception:
             self._fail("handling a timer")
+
+    def _schedule(self, deadline: float) -> None:
+        # Only a deadline earlier than the wheel entry we have needs a new entry; a later
+        # one is found when that entry fires (so a busy connection does not fill the heap).
+        if self.scheduled is None or deadline < self.scheduled:
+            self.scheduled = deadline
+            self.endpoint.arm(self.key, deadline)
 
     def _after_input(self, now: float) -> None:
         protocol = self.protocol
@@ -420,10 +444,9 @@ class QuicConnectionHandler(StreamDispatcher):
             endpoint.send_many(datagrams)
             self.record.bytes_out += sum(len(data) for data, _ in datagrams)
         deadline = self.protocol.get_timer()
-        if deadline != self.deadline:
-            self.deadline = deadline
-            if deadline is not None:
-                endpoint.arm(self, deadline)
+        self.deadline = deadline
+        if deadline is not None:
+            self._schedule(deadline)
 
     def _fail(self, what: str) -> None:
         # One broken connection must not affect the others: log it, close it.
