@@ -2,9 +2,10 @@
 
 Job: turn "load this URL with C connections for D seconds" into a `LoadResult` (requests, req/s,
 p99, mean latency, error counts), one `Loader` per protocol. ``h1`` is wrk (HTTP/1.1
-plaintext), ``h2`` is h2load (HTTP/2 over TLS, ALPN ``h2``). To add ``h3`` later, write a
-`Loader` (h2load built with ngtcp2 takes ``--alpn-list=h3``; or another client), and register a
-`ProtocolSpec` in `PROTOCOLS`; nothing else in the harness knows about protocols.
+plaintext), ``h2`` is h2load (HTTP/2 over TLS, ALPN ``h2``), ``h3`` and ``h3bulk`` are
+``gtlsclient`` (ngtcp2's example HTTP/3 client, Debian ngtcp2-client): Debian's h2load is built
+without ngtcp2, so ``--alpn-list=h3`` cannot be used. A new protocol is a `Loader` plus a
+`ProtocolSpec` in `PROTOCOLS`.
 
 Rules:
 
@@ -15,18 +16,30 @@ Rules:
   measured trial itself; its cost lands on the loader's CPU, not the server's.
 * A run that cannot be parsed, or that completed no request, raises `LoadError` with the
   start of the tool's output, so the harness can report it and go on.
+* gtlsclient exits 0 even when its handshake times out or a response never completes, so its
+  exit code proves nothing: every HTTP/3 response it is asked for is saved with
+  ``--download`` to a tmpfs directory and checked (exact body for ``/``, exact size for
+  ``/bytes/N``); a run with any missing or wrong response raises `LoadError`. gtlsclient
+  reports no latencies, so h3 has no p99 (reported as n/a).
 * Traffic goes to loopback only; every run is bounded by ``-d``/``-D`` plus a hard timeout.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import subprocess
+import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
+
+from bench.app import HELLO_BODY
 
 # Slack on top of the trial duration before a hung load generator is killed.
 _TOOL_TIMEOUT_SLACK_S = 60.0
@@ -59,6 +72,7 @@ class LoadResult:
     bad_status: int  # responses with status >= 400
     errors: int  # socket errors, resets, timeouts
     app_protocol: str  # what was actually spoken, e.g. "http/1.1" or "h2"
+    body_bytes: int | None = None  # verified response body bytes (bulk loaders only)
 
 
 class Loader(Protocol):
@@ -242,16 +256,294 @@ def parse_h2load(out: str, log_path: Path | None) -> LoadResult:
     )
 
 
+# -- HTTP/3: gtlsclient ------------------------------------------------------------------
+
+_GTLSCLIENT = "gtlsclient"
+# QUIC idle and handshake timeouts of gtlsclient (its idle default; its handshake default is
+# 10 s): a server silent this long, or still handshaking, is given up on (gtlsclient then exits
+# 0 anyway; the download check catches it). Shorter would turn a handshake that is merely slow
+# under load (seen with Hypercorn) into a failure instead of the slowness it is.
+_H3_IDLE_TIMEOUT_S = 30
+# Batches of requests per connection: the first is small, later ones are sized from the rate
+# each client saw so that they last about this long (or end at the deadline).
+_H3_FIRST_BATCH = 200
+_H3_MIN_BATCH = 50
+_H3_MAX_BATCH = 20_000  # keeps gtlsclient's argv (one URL per request) far below ARG_MAX
+_H3_BATCH_TARGET_S = 2.0
+MIB = 1024 * 1024
+
+
+def scratch_dir(prefix: str) -> str:
+    """A new directory for downloads, on tmpfs (/dev/shm) when there is one."""
+    shm = Path("/dev/shm")
+    base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return tempfile.mkdtemp(prefix=prefix, dir=base)
+
+
+def _pin_thread(cpu: str) -> None:
+    """Pin the calling thread (the checks it runs, not only its children) to the load CPUs."""
+    cpus: set[int] = set()
+    for part in cpu.split(","):
+        lo, _, hi = part.strip().partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    try:
+        os.sched_setaffinity(0, cpus)  # 0: this thread only
+    except OSError:
+        pass
+
+
+def gtlsclient_argv(cpu: str, host: str, port: int, urls: list[str], download: str) -> list[str]:
+    """One pinned gtlsclient run: one QUIC connection, one request per URL (up to 100 at
+    once, gtlsclient's stream limit), every body saved under ``download``."""
+    return [
+        "taskset",
+        "-c",
+        cpu,
+        _GTLSCLIENT,
+        "-q",
+        f"--timeout={_H3_IDLE_TIMEOUT_S}s",
+        f"--handshake-timeout={_H3_IDLE_TIMEOUT_S}s",
+        "--exit-on-all-streams-close",
+        f"--download={download}",
+        host,
+        str(port),
+        *urls,
+    ]
+
+
+def _run_gtlsclient(argv: list[str], timeout_s: float) -> tuple[str | None, str]:
+    """Run gtlsclient; (None if it exited 0, which does not prove success, else why not;
+    the first lines of what it printed, which with ``-q`` is only errors)."""
+    try:
+        proc = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout if isinstance(exc.stdout, str) else ""
+        return f"gtlsclient still running after {timeout_s:.0f} s (killed)", _head(out, 3)
+    except OSError as exc:
+        return f"cannot run gtlsclient: {exc}", ""
+    said = " | ".join(_head(proc.stdout, 3).splitlines())
+    if proc.returncode != 0:
+        return f"gtlsclient exited {proc.returncode}", said
+    return None, said
+
+
+def _hello_urls(url: str, first: int, count: int) -> list[str]:
+    """``count`` distinct URLs for ``/`` (a query string tells their downloads apart)."""
+    base = url.split("?", 1)[0]
+    return [f"{base}?i={i}" for i in range(first, first + count)]
+
+
+def check_hello_downloads(directory: str, expected: int) -> tuple[int, str | None]:
+    """Count the saved ``/?i=N`` bodies that are exactly ``HELLO_BODY``; remove them all."""
+    good = 0
+    bad: list[str] = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            try:
+                with open(entry.path, "rb") as f:
+                    body = f.read(len(HELLO_BODY) + 1)
+                os.unlink(entry.path)
+            except OSError:
+                continue
+            if body == HELLO_BODY:
+                good += 1
+            elif len(bad) < 3:
+                bad.append(f"{entry.name}: {body[:40]!r}")
+    if good == expected:
+        return good, None
+    why = f"{expected - good} of {expected} responses missing or wrong"
+    return good, why + (f" (e.g. {'; '.join(bad)})" if bad else " (never arrived)")
+
+
+def probe_h3(url: str, cpu: str, timeout_s: float) -> str | None:
+    """One HTTP/3 GET of ``url`` (the app's ``/``); None if the exact body came back.
+
+    Retried until ``timeout_s``: a server may open its UDP socket just after its TCP one.
+    """
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 443
+    deadline = time.monotonic() + timeout_s
+    directory = scratch_dir("quicserve-bench-probe-")
+    why: str | None = "not tried"
+    try:
+        while time.monotonic() < deadline:
+            argv = gtlsclient_argv(cpu, host, port, _hello_urls(url, 0, 1), directory)
+            left = max(deadline - time.monotonic(), 1.0)
+            why, said = _run_gtlsclient(argv, left)
+            if why is None:
+                _, why = check_hello_downloads(directory, 1)
+                if why is None:
+                    return None
+            why += f" (gtlsclient said: {said})" if said else ""
+            time.sleep(0.2)
+        return f"no HTTP/3 answer to GET / within {timeout_s:.0f} s: {why}"
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass(frozen=True, slots=True)
+class GtlsclientLoader:
+    """HTTP/3 small-request load: C gtlsclient processes at a time, one QUIC connection each.
+
+    Each of the C clients runs gtlsclient again and again until the duration is over, every
+    run one connection with N requests for ``/`` (up to 100 streams in flight). N starts at
+    200 and is then sized from that client's own rate so a run lasts about 2 s and the last one
+    ends near the deadline. req/s = verified responses of all runs / wall time from the first
+    start to the last exit. The ``?i=N`` query string only names the saved files; the app
+    answers ``/`` the same. A new connection per batch adds one handshake per ~1000+ requests.
+    """
+
+    tool: str = _GTLSCLIENT
+
+    def run(self, target: LoadTarget) -> LoadResult:
+        """Run ``target.connections`` client loops for ``target.duration_s``; verify every
+        response (exact body); raise `LoadError` if any is missing."""
+        parts = urlsplit(target.url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 443
+        clients = max(1, target.connections)
+        lock = threading.Lock()
+        done = [0]
+        failures: list[str] = []
+        start = time.monotonic()
+        deadline = start + target.duration_s
+
+        def client(index: int) -> None:
+            _pin_thread(target.cpu)
+            directory = scratch_dir(f"quicserve-bench-h3-{index}-")
+            batch, serial = _H3_FIRST_BATCH, 0
+            try:
+                while not failures:
+                    now = time.monotonic()
+                    if now >= deadline:
+                        return
+                    urls = _hello_urls(target.url, serial, batch)
+                    serial += batch
+                    argv = gtlsclient_argv(target.cpu, host, port, urls, directory)
+                    t0 = time.monotonic()
+                    why, said = _run_gtlsclient(argv, target.duration_s + _TOOL_TIMEOUT_SLACK_S)
+                    elapsed = time.monotonic() - t0
+                    good, bad = check_hello_downloads(directory, batch)
+                    with lock:
+                        done[0] += good
+                        if why is not None or bad is not None:
+                            failures.append(
+                                f"client {index}, a connection of {batch} requests, "
+                                f"{elapsed:.1f} s: {why or bad}"
+                                + (f" (gtlsclient said: {said})" if said else "")
+                            )
+                            return
+                    rate = batch / max(elapsed, 1e-3)
+                    left = deadline - time.monotonic()
+                    want = rate * min(_H3_BATCH_TARGET_S, max(left, 0.0))
+                    batch = int(min(_H3_MAX_BATCH, max(_H3_MIN_BATCH, want)))
+            finally:
+                shutil.rmtree(directory, ignore_errors=True)
+
+        threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.monotonic() - start
+        if failures:
+            raise LoadError(
+                f"HTTP/3 load failed after {done[0]} good responses: " + "; ".join(failures[:3])
+            )
+        if done[0] == 0:
+            raise LoadError("gtlsclient completed no request")
+        return LoadResult(
+            requests=done[0],
+            rps=done[0] / wall,
+            p99_ms=None,
+            p99_source="n/a: gtlsclient reports no per-request latency",
+            mean_ms=None,
+            bad_status=0,
+            errors=0,
+            app_protocol="h3",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GtlsclientBulkLoader:
+    """HTTP/3 download throughput: one gtlsclient at a time fetching ``/bytes/N``.
+
+    Fetches run back to back (a new connection each) until the duration is over; each body is
+    saved to tmpfs, its size checked against N, and deleted. MiB/s = verified bytes / wall
+    time from the first start to the last exit (the last fetch may run past the deadline).
+    """
+
+    size_bytes: int = 50 * MIB
+    tool: str = _GTLSCLIENT
+
+    def run(self, target: LoadTarget) -> LoadResult:
+        """Fetch ``/bytes/N`` repeatedly for ``target.duration_s``; raise `LoadError` on an
+        incomplete body (gtlsclient exits 0 even then)."""
+        parts = urlsplit(target.url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 443
+        url = f"{parts.scheme}://{parts.netloc}/bytes/{self.size_bytes}"
+        directory = scratch_dir("quicserve-bench-h3bulk-")
+        saved = Path(directory) / str(self.size_bytes)  # gtlsclient names it after the path
+        fetches = 0
+        start = time.monotonic()
+        deadline = start + target.duration_s
+        try:
+            while fetches == 0 or time.monotonic() < deadline:
+                argv = gtlsclient_argv(target.cpu, host, port, [url], directory)
+                t0 = time.monotonic()
+                why, said = _run_gtlsclient(argv, target.duration_s + _TOOL_TIMEOUT_SLACK_S)
+                try:
+                    got = saved.stat().st_size
+                    saved.unlink()
+                except FileNotFoundError:
+                    got = 0
+                if why is None and got != self.size_bytes:
+                    why = f"body stopped at {got} of {self.size_bytes} bytes"
+                if why is not None:
+                    said = f" (gtlsclient said: {said})" if said else ""
+                    raise LoadError(
+                        f"HTTP/3 bulk fetch {fetches + 1} failed after "
+                        f"{time.monotonic() - t0:.1f} s: {why}{said}"
+                    )
+                fetches += 1
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+        wall = time.monotonic() - start
+        total = fetches * self.size_bytes
+        return LoadResult(
+            requests=fetches,
+            rps=fetches / wall,
+            p99_ms=None,
+            p99_source="n/a: gtlsclient reports no per-request latency",
+            mean_ms=None,
+            bad_status=0,
+            errors=0,
+            app_protocol="h3",
+            body_bytes=total,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ProtocolSpec:
     """One benchmarked protocol: how it is served and which loader drives it."""
 
-    name: str  # CLI token and report label: "h1", "h2", later "h3"
+    name: str  # CLI token and report label: "h1", "h2", "h3", "h3bulk"
     description: str
     tls: bool  # the server must be started with the throwaway certificate
     scheme: str  # URL scheme the loader is given
     loader: Loader
     expect_app_protocol: str  # what the loader must report having spoken
+    http: str = ""  # "HTTP/1.1", "HTTP/2", "HTTP/3": what a server must speak to be run
+    quic: bool = False  # served over QUIC (UDP): the server needs --quic-bind
+    bulk: bool = False  # measures bytes (MiB/s, CPU per MiB), not requests
 
     def url(self, host: str, port: int, path: str = "/") -> str:
         """The URL that the loader requests."""
@@ -270,6 +562,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         scheme="http",
         loader=WrkLoader(),
         expect_app_protocol="http/1.1",
+        http="HTTP/1.1",
     ),
     "h2": ProtocolSpec(
         name="h2",
@@ -278,5 +571,29 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         scheme="https",
         loader=H2LoadLoader(),
         expect_app_protocol="h2",
+        http="HTTP/2",
+    ),
+    "h3": ProtocolSpec(
+        name="h3",
+        description="HTTP/3 (QUIC), gtlsclient: --h3-clients processes at a time, one "
+        "connection each, up to 100 streams, ~2 s batches of GET /, every body checked",
+        tls=True,
+        scheme="https",
+        loader=GtlsclientLoader(),
+        expect_app_protocol="h3",
+        http="HTTP/3",
+        quic=True,
+    ),
+    "h3bulk": ProtocolSpec(
+        name="h3bulk",
+        description="HTTP/3 (QUIC) download, one gtlsclient at a time fetching "
+        "/bytes/<--bulk-mib MiB> back to back, every body size checked",
+        tls=True,
+        scheme="https",
+        loader=GtlsclientBulkLoader(),
+        expect_app_protocol="h3",
+        http="HTTP/3",
+        quic=True,
+        bulk=True,
     ),
 }

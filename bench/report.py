@@ -13,7 +13,9 @@ Rules:
 * ``req/s x`` is reference / other (above 1: the reference is faster); ``CPU/1k x`` and
   ``p99 x`` are reference / other as well (below 1: the reference is cheaper / faster).
 * The report states what it cannot: failed trials with their reason, pairs that a server
-  cannot serve, and how p99 was obtained.
+  cannot serve, and how p99 was obtained (h3: not at all).
+* Bulk protocols (``h3bulk``) measure bytes, not requests: their trials carry MiB/s and server
+  CPU ms per MiB, and get their own tables.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class Trial:
     errors: int = 0
     app_protocol: str | None = None
     stop_note: str | None = None
+    mib: float | None = None  # bulk: verified MiB downloaded in the measured window
+    mib_per_s: float | None = None  # bulk: throughput
+    cpu_ms_per_mib: float | None = None  # bulk: server CPU per MiB sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +92,8 @@ class Summary:
     core_busy_pct: Spread
     bad_status: int
     errors: int
+    mib_per_s: Spread
+    cpu_ms_per_mib: Spread
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +107,8 @@ class Ratio:
     rps: Spread
     cpu_ms_per_1k: Spread
     p99_ms: Spread
+    mib_per_s: Spread
+    cpu_ms_per_mib: Spread
 
 
 @dataclass(slots=True)
@@ -134,6 +143,8 @@ class Report:
                     core_busy_pct=Spread.of(t.core_busy_pct for t in good),
                     bad_status=sum(t.bad_status for t in good),
                     errors=sum(t.errors for t in good),
+                    mib_per_s=Spread.of(t.mib_per_s for t in good),
+                    cpu_ms_per_mib=Spread.of(t.cpu_ms_per_mib for t in good),
                 )
             )
         return out
@@ -167,6 +178,10 @@ class Report:
                             _div(a.cpu_ms_per_1k, b.cpu_ms_per_1k) for a, b in pairs
                         ),
                         p99_ms=Spread.of(_div(a.p99_ms, b.p99_ms) for a, b in pairs),
+                        mib_per_s=Spread.of(_div(a.mib_per_s, b.mib_per_s) for a, b in pairs),
+                        cpu_ms_per_mib=Spread.of(
+                            _div(a.cpu_ms_per_mib, b.cpu_ms_per_mib) for a, b in pairs
+                        ),
                     )
                 )
         return out
@@ -183,13 +198,18 @@ class Report:
         }
 
     def to_markdown(self) -> str:
-        """The human-readable report: two tables and the notes that qualify them."""
+        """The human-readable report: two tables (four with bulk protocols) and the notes that
+        qualify them."""
         m = self.meta
+        bulk = set(m.get("bulk_protocols", []))
+        conns = f"{m['connections']} connections"
+        if any(p in ("h3", "h3bulk") for p in m["protocols"]):
+            conns += f" (h3: {m.get('h3_clients', '?')} gtlsclient clients; h3bulk: 1)"
         lines = [
             f"## Side-by-side: {', '.join(m['servers_run'])}",
             "",
             f"{m['date']} | {m['machine']} | Python {m['python']} | "
-            f"{m['duration_s']} s x {m['repeats']} repeats | {m['connections']} connections | "
+            f"{m['duration_s']} s x {m['repeats']} repeats | {conns} | "
             f"server on CPU {m['server_cpu']}, load on CPU {m['load_cpu']} | "
             f"load avg {m['loadavg_start']} -> {m['loadavg_end']}",
             "",
@@ -204,7 +224,10 @@ class Report:
             "p99 ms (median) | mean ms | CPU ms / 1k req | busy: server / core | ok |",
             "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
         ]
-        for s in self.summaries():
+        summaries = self.summaries()
+        for s in summaries:
+            if s.protocol in bulk:
+                continue
             if s.ok == 0:
                 lines.append(
                     f"| {s.protocol} | {s.backend} | {s.server} | FAILED "
@@ -219,13 +242,37 @@ class Report:
                 f"{_int(s.cpu_busy_pct.median)} / {_int(s.core_busy_pct.median)} % | "
                 f"{s.ok}/{s.trials} |"
             )
-        ratios = self.ratios()
+        bulk_rows = [s for s in summaries if s.protocol in bulk]
+        if bulk_rows:
+            lines += [
+                "",
+                "| proto | backend | server | MiB/s (median) | MiB/s min-max | spread | "
+                "CPU ms / MiB | busy: server / core | ok |",
+                "|---|---|---|--:|--:|--:|--:|--:|--:|",
+            ]
+            for s in bulk_rows:
+                if s.ok == 0:
+                    lines.append(
+                        f"| {s.protocol} | {s.backend} | {s.server} | FAILED | | | | | "
+                        f"0/{s.trials} |"
+                    )
+                    continue
+                lines.append(
+                    f"| {s.protocol} | {s.backend} | {s.server} | {_f(s.mib_per_s.median)} | "
+                    f"{_f(s.mib_per_s.low)}-{_f(s.mib_per_s.high)} | "
+                    f"{_pct_spread(s.mib_per_s)} | {_f(s.cpu_ms_per_mib.median)} | "
+                    f"{_int(s.cpu_busy_pct.median)} / {_int(s.core_busy_pct.median)} % | "
+                    f"{s.ok}/{s.trials} |"
+                )
+        all_ratios = self.ratios()
+        ratios = [r for r in all_ratios if r.protocol not in bulk]
+        bulk_ratios = [r for r in all_ratios if r.protocol in bulk]
         lines += ["", f"### Ratios: {self.reference} / other, per repeat (median, min-max)", ""]
-        if not ratios:
+        if not all_ratios:
             ran = {t.server for t in self.trials}
             why = "only one server ran" if ran <= {self.reference} else "it has no trials"
             lines.append(f"(no ratios for `{self.reference}`: {why})")
-        else:
+        if ratios:
             lines += [
                 f"| proto | backend | {self.reference} / | req/s x | CPU/1k req x | p99 x "
                 "| pairs |",
@@ -241,13 +288,36 @@ class Report:
                 "req/s x above 1: the reference is faster; CPU/1k x and p99 x below 1: it is "
                 "cheaper / has a lower tail.",
             ]
+        if bulk_ratios:
+            lines += [
+                "",
+                f"| proto | backend | {self.reference} / | MiB/s x | CPU/MiB x | pairs |",
+                "|---|---|---|--:|--:|--:|",
+            ]
+            for r in bulk_ratios:
+                lines.append(
+                    f"| {r.protocol} | {r.backend} | {r.other} | {_ratio(r.mib_per_s)} | "
+                    f"{_ratio(r.cpu_ms_per_mib)} | {r.mib_per_s.n} |"
+                )
+            lines += [
+                "",
+                "MiB/s x above 1: the reference downloads faster; CPU/MiB x below 1: it spends "
+                "less server CPU per MiB.",
+            ]
         lines += ["", "Notes:", ""]
         lines += self._notes()
         return "\n".join(lines) + "\n"
 
     def _notes(self) -> list[str]:
         notes: list[str] = []
-        sources = sorted({f"{t.protocol}: {t.p99_source}" for t in self.trials if t.p99_source})
+        bulk = set(self.meta.get("bulk_protocols", []))
+        sources = sorted(
+            {
+                f"{t.protocol}: {t.p99_source}"
+                for t in self.trials
+                if t.p99_source and t.protocol not in bulk
+            }
+        )
         sources = sorted({s.split(" (")[0] for s in sources})
         if sources:
             notes.append("- p99 from " + "; ".join(sources) + ".")
@@ -258,6 +328,11 @@ class Report:
             "core was with all processes (core): server well under core means other work "
             "shared the core; both low means the server stalled."
         )
+        if bulk & {t.protocol for t in self.trials}:
+            notes.append(
+                "- bulk (MiB/s): verified body bytes / wall time of the loader's window; CPU ms / "
+                "MiB = server CPU in that window per MiB; spread as for req/s."
+            )
         for t in self.trials:
             if t.ok and (t.bad_status or t.errors):
                 notes.append(
@@ -331,6 +406,8 @@ def format_trial(t: Trial) -> str:
     if not t.ok:
         first = (t.error or "failed").splitlines()[0]
         return f"{head} FAILED: {first}"
+    if t.mib_per_s is not None:
+        return f"{head} {_f(t.mib_per_s):>8} MiB/s  CPU {_f(t.cpu_ms_per_mib)} ms/MiB"
     return (
         f"{head} {_int(t.rps):>8} req/s  p99 {_f(t.p99_ms)} ms  CPU {_f(t.cpu_ms_per_1k)} ms/1k req"
     )

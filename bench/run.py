@@ -6,10 +6,11 @@ server CPU per 1000 requests, and per-repeat ratios of the reference server agai
 other server) and optionally write it all as JSON.
 
 One trial: start the server pinned to the server CPU (``taskset``), poll-connect until its
-port accepts, check one response (HTTP/1.1), warm up with the protocol's own load generator
-for ``--warmup`` seconds (this also checks that the expected protocol was negotiated), read the
-server's CPU time, run the measured load pinned to the load CPU, read the CPU time again, stop
-the server (SIGTERM to its PID, SIGKILL after 10 s).
+TCP port accepts, check one response (HTTP/1.1 plaintext; for HTTP/3 one gtlsclient GET /),
+warm up with the protocol's own load generator for ``--warmup`` seconds (this also checks that
+the expected protocol was negotiated), read the server's CPU time, run the measured load pinned
+to the load CPU, read the CPU time again, stop the server (SIGTERM to its PID, SIGKILL after
+10 s).
 
 Rules:
 
@@ -27,6 +28,7 @@ Run from the repository root: ``python -m bench.run --help`` or ``python bench/r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import http.client
 import importlib.metadata
@@ -46,7 +48,15 @@ if __package__ in (None, ""):  # run as `python bench/run.py`: make `bench` impo
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.app import HELLO_BODY  # noqa: E402
-from bench.loaders import PROTOCOLS, LoadError, LoadTarget, ProtocolSpec  # noqa: E402
+from bench.loaders import (  # noqa: E402
+    MIB,
+    PROTOCOLS,
+    GtlsclientBulkLoader,
+    LoadError,
+    LoadTarget,
+    ProtocolSpec,
+    probe_h3,
+)
 from bench.report import Report, Trial, format_trial  # noqa: E402
 from bench.servers import (  # noqa: E402
     VARIANTS,
@@ -107,7 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--duration", type=int, default=10, help="seconds per measured trial")
     p.add_argument("--repeats", type=int, default=3, help="trials per server (interleaved)")
-    p.add_argument("--connections", type=int, default=50, help="concurrent connections")
+    p.add_argument("--connections", type=int, default=50, help="concurrent connections (h1, h2)")
+    p.add_argument(
+        "--h3-clients",
+        type=int,
+        default=4,
+        help="h3: gtlsclient processes at a time, one QUIC connection each (default 4)",
+    )
+    p.add_argument(
+        "--bulk-mib",
+        type=int,
+        default=50,
+        help="h3bulk: MiB per fetch of /bytes/N, fetched back to back (default 50)",
+    )
     p.add_argument("--warmup", type=int, default=2, help="warm-up seconds before each trial")
     p.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write JSON here")
     p.add_argument(
@@ -167,9 +189,10 @@ def run_trial(
     """Start one server, warm it up, measure it, stop it; never raises for server trouble."""
     trial = Trial(protocol=spec.name, backend=backend, server=variant.name, repeat=repeat)
     tag = f"{spec.name}-{backend}-{variant.name}-r{repeat}"
-    port = free_port(HOST)
+    port = free_port(HOST, udp_too=spec.quic)
     server_cpus = parse_cpu_list(args.server_cpu)
-    listen = Listen(HOST, port, spec.name, backend, tls if spec.tls else None)
+    listen = Listen(HOST, port, spec.name, backend, tls if spec.tls else None, quic=spec.quic)
+    connections = args.h3_clients if spec.quic else args.connections
     server = ServerProcess(
         variant.build(sys.executable, listen), args.server_cpu, REPO_ROOT, workdir / f"{tag}.log"
     )
@@ -191,10 +214,14 @@ def run_trial(
             bad = probe_h1(port, args.start_timeout)
             if bad is not None:
                 return fail(bad)
-
         url = spec.url(HOST, port)
+        if spec.quic:  # TCP accepting says nothing about QUIC: one HTTP/3 GET / must work
+            bad = probe_h3(url, args.load_cpu, min(args.start_timeout, 15.0))
+            if bad is not None:
+                return fail(bad)
+
         try:
-            warm = spec.loader.run(LoadTarget(url, args.warmup, args.connections, args.load_cpu))
+            warm = spec.loader.run(LoadTarget(url, args.warmup, connections, args.load_cpu))
             if warm.app_protocol != spec.expect_app_protocol:
                 return fail(
                     f"negotiated {warm.app_protocol!r}, expected {spec.expect_app_protocol!r}"
@@ -205,7 +232,7 @@ def run_trial(
             cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
             core_before = core_ticks(server_cpus)
             result = spec.loader.run(
-                LoadTarget(url, args.duration, args.connections, args.load_cpu, log_path)
+                LoadTarget(url, args.duration, connections, args.load_cpu, log_path)
             )
             core_after = core_ticks(server_cpus)
             cpu_after, wall_after = server.cpu_seconds(), time.monotonic()
@@ -225,7 +252,13 @@ def run_trial(
         trial.p99_source = result.p99_source
         trial.mean_ms = result.mean_ms
         trial.cpu_s = cpu_s
-        trial.cpu_ms_per_1k = cpu_s * 1e6 / result.requests
+        if spec.bulk and result.body_bytes:
+            wall = result.requests / result.rps  # the loader's own window
+            trial.mib = result.body_bytes / MIB
+            trial.mib_per_s = trial.mib / wall
+            trial.cpu_ms_per_mib = cpu_s * 1e3 / trial.mib
+        else:
+            trial.cpu_ms_per_1k = cpu_s * 1e6 / result.requests
         trial.cpu_busy_pct = 100.0 * cpu_s / max(wall_after - wall_before, 1e-9)
         core_total = core_after[1] - core_before[1]
         if core_total > 0:
@@ -268,6 +301,48 @@ def _loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def _git_commit() -> str:
+    """The checked-out commit, ``+dirty`` if files outside bench/ have local changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(REPO_ROOT),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)bench",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def _describe(proto: str, args: argparse.Namespace) -> str:
+    """The protocol's description with this run's knobs filled in."""
+    text = PROTOCOLS[proto].description
+    if proto == "h3":
+        text = text.replace("--h3-clients processes", f"{args.h3_clients} processes")
+    if proto == "h3bulk":
+        text = text.replace("<--bulk-mib MiB>", str(args.bulk_mib * MIB))
+    return text
+
+
 def collect_meta(args: argparse.Namespace, servers: list[ServerVariant]) -> dict[str, object]:
     """Context that makes a result readable later: when, where, what versions, which knobs."""
     return {
@@ -276,19 +351,27 @@ def collect_meta(args: argparse.Namespace, servers: list[ServerVariant]) -> dict
         "python": platform.python_version(),
         "servers_run": [v.name for v in servers],
         "versions": {
-            d: _version(d)
-            for d in ("quicserve", "hypercorn", "uvicorn", "uvloop", "httptools", "trio")
+            "quicserve commit": _git_commit(),
+            **{
+                d: _version(d)
+                for d in ("quicserve", "hypercorn", "uvicorn", "uvloop", "httptools", "trio")
+            },
         },
         "tools": [
             _tool_version(["wrk", "-v"]).split(" Copyright")[0],
             _tool_version(["h2load", "--version"]),
+            "gtlsclient (ngtcp2-client) "
+            + _tool_version(["dpkg-query", "-W", "-f", "${Version}", "ngtcp2-client"]),
         ],
-        "protocols": {p: PROTOCOLS[p].description for p in args.protocols},
+        "protocols": {p: _describe(p, args) for p in args.protocols},
         "backends": args.backends,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "repeats": args.repeats,
         "connections": args.connections,
+        "h3_clients": args.h3_clients,
+        "bulk_protocols": [p for p in args.protocols if PROTOCOLS[p].bulk],
+        "bulk_mib": args.bulk_mib,
         "server_cpu": args.server_cpu,
         "load_cpu": args.load_cpu,
         "loadavg_start": _loadavg(),
@@ -299,8 +382,15 @@ def collect_meta(args: argparse.Namespace, servers: list[ServerVariant]) -> dict
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; exit 0 if every trial that was attempted succeeded, else 1."""
     args = build_parser().parse_args(argv)
-    if args.duration < 1 or args.repeats < 1 or args.connections < 1 or args.warmup < 1:
-        print("--duration, --repeats, --connections and --warmup must be >= 1", file=sys.stderr)
+    if (
+        min(args.duration, args.repeats, args.connections, args.warmup) < 1
+        or min(args.h3_clients, args.bulk_mib) < 1
+    ):
+        print(
+            "--duration, --repeats, --connections, --warmup, --h3-clients and --bulk-mib "
+            "must be >= 1",
+            file=sys.stderr,
+        )
         return 2
     try:
         parse_cpu_list(args.server_cpu)
@@ -317,6 +407,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan: list[tuple[ProtocolSpec, str, list[ServerVariant]]] = []
     for proto in args.protocols:
         spec = PROTOCOLS[proto]
+        if spec.bulk:
+            spec = dataclasses.replace(
+                spec, loader=GtlsclientBulkLoader(size_bytes=args.bulk_mib * MIB)
+            )
         if not spec.available():
             skipped.append(f"{proto}: load generator `{spec.loader.tool}` not found")
             continue
@@ -326,7 +420,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if v.supports(proto, backend):
                     runnable.append(v)
                 elif proto not in v.protocols:
-                    skipped.append(f"{v.name} {proto}/{backend}: {v.name} does not serve {proto}")
+                    skipped.append(
+                        f"{v.name} {proto}/{backend}: {v.family} does not serve {spec.http}"
+                    )
                 else:
                     skipped.append(f"{v.name} {proto}/{backend}: no {backend} backend")
             if runnable:

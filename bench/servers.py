@@ -50,9 +50,10 @@ class Listen:
 
     host: str
     port: int
-    protocol: str  # "h1", "h2", ...
+    protocol: str  # "h1", "h2", "h3", "h3bulk"
     backend: str  # "asyncio", "trio", "uvloop"
-    tls: TLSFiles | None  # set for TLS protocols
+    tls: TLSFiles | None  # set for TLS protocols (and QUIC ones)
+    quic: bool = False  # serve HTTP/3 on UDP host:port (and TLS on TCP host:port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +84,9 @@ def _quicserve(python: str, listen: Listen) -> list[str]:
     if listen.tls is None:
         argv += ["--insecure-bind", addr]
     else:
+        # --quic-bind alone also serves TLS on the same TCP port (the readiness check uses it).
         argv += [
-            "--bind",
+            "--quic-bind" if listen.quic else "--bind",
             addr,
             "--certfile",
             str(listen.tls.certfile),
@@ -112,6 +114,8 @@ def _hypercorn(python: str, listen: Listen) -> list[str]:
     ]
     if listen.tls is not None:
         argv += ["--certfile", str(listen.tls.certfile), "--keyfile", str(listen.tls.keyfile)]
+    if listen.quic:
+        argv += ["--quic-bind", f"{listen.host}:{listen.port}"]  # UDP; --bind keeps TCP
     return argv
 
 
@@ -148,11 +152,13 @@ def _uvicorn(http: str) -> Callable[[str, Listen], list[str]]:
 
 
 _ALL_BACKENDS = frozenset({"asyncio", "trio", "uvloop"})
+_ALL_PROTOCOLS = frozenset({"h1", "h2", "h3", "h3bulk"})
 
 VARIANTS: tuple[ServerVariant, ...] = (
-    ServerVariant("quicserve", "quicserve", _ALL_BACKENDS, frozenset({"h1", "h2"}), _quicserve),
-    ServerVariant("hypercorn", "hypercorn", _ALL_BACKENDS, frozenset({"h1", "h2"}), _hypercorn),
-    # Uvicorn: asyncio.Protocol only (no trio) and no HTTP/2.
+    ServerVariant("quicserve", "quicserve", _ALL_BACKENDS, _ALL_PROTOCOLS, _quicserve),
+    # Hypercorn serves HTTP/3 through aioquic with --quic-bind, on its asyncio and trio workers.
+    ServerVariant("hypercorn", "hypercorn", _ALL_BACKENDS, _ALL_PROTOCOLS, _hypercorn),
+    # Uvicorn: asyncio.Protocol only (no trio), no HTTP/2 and no HTTP/3.
     ServerVariant(
         "uvicorn", "uvicorn", frozenset({"asyncio", "uvloop"}), frozenset({"h1"}), _uvicorn("h11")
     ),
@@ -167,12 +173,22 @@ VARIANTS: tuple[ServerVariant, ...] = (
 )
 
 
-def free_port(host: str) -> int:
-    """A TCP port that was free a moment ago (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_port(host: str, udp_too: bool = False) -> int:
+    """A TCP port that was free a moment ago (the kernel picks it); with ``udp_too``, one
+    whose UDP twin was free as well (QUIC servers bind both)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+        if not udp_too:
+            return port
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no port free for both TCP and UDP")
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -1,4 +1,4 @@
-"""A throwaway TLS certificate for the HTTP/2 (and later HTTP/3) trials.
+"""A throwaway TLS certificate for the HTTP/2 and HTTP/3 trials (and bench/h3_memory.py).
 
 Job: write a self-signed EC P-256 certificate for ``localhost`` and ``127.0.0.1`` and its key
 into a directory the caller owns (a temporary directory that is deleted after the run).
