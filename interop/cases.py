@@ -9,7 +9,10 @@ shows them as n/a with that reason for every client.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass, field, replace
+
+from .relay import Impairment
 
 # Sizes of the files the transfer cases fetch: tiny, one packet, a few windows, big.
 TRANSFER_SIZES = (0, 1_000, 123_457, 2_000_000, 10_000_000)
@@ -18,7 +21,33 @@ MULTIPLEX_STREAMS = 60
 MULTIPLEX_SIZE = 20_000
 UPLOAD_SIZE = 5 * 1024 * 1024
 
-NOT_YET = "not implemented yet (needs the impairing UDP relay, interop/relay.py)"
+# The impairment cases (run through interop/relay.py). Loss and corruption are per
+# direction; "handshake" means the first 8 datagrams of each direction.
+ONE_WAY_DELAY = 0.15  # longrtt: RTT 300 ms
+LONGRTT_SIZE = 1_000_000
+IMPAIRED_SIZE = 3_000_000  # transferloss, transfercorruption, blackhole
+HANDSHAKE_CONNECTIONS = 10  # handshakeloss, handshakecorruption: short connections, each new
+BLACKHOLE_AFTER = 500_000  # server->client bytes before the blackhole starts
+BLACKHOLE_SECONDS = 2.5
+AMPLIFICATION_WATCH = 5.0  # seconds of watching the server after the client's first flight
+NEW_ADDRESS = "127.0.0.2"  # addressrebinding: the relay's new source address
+IMPAIRMENTS: dict[str, Impairment] = {
+    "longrtt": Impairment(delay=ONE_WAY_DELAY),
+    "handshakeloss": Impairment(drop=(0.3, 0.3), phase="handshake"),
+    "transferloss": Impairment(drop=(0.03, 0.03), phase="transfer"),
+    "handshakecorruption": Impairment(corrupt=(0.3, 0.3), phase="handshake"),
+    "transfercorruption": Impairment(corrupt=(0.03, 0.03), phase="transfer"),
+    "blackhole": Impairment(),
+    "amplificationlimit": Impairment(pass_to_server=1),
+    "addressrebinding": Impairment(),
+}
+
+
+def impairment(case: str, attempt: int = 0) -> Impairment:
+    """The relay settings of ``case``, seeded from its name (reproducible runs)."""
+    return replace(IMPAIRMENTS[case], seed=zlib.crc32(case.encode()) + attempt)
+
+
 NO_WS = "quicserve has no WebSocket/WebTransport yet (issue 4)"
 
 
@@ -52,18 +81,16 @@ CASES: dict[str, Case] = {
         Case("h2c", "HTTP/2 prior knowledge on the cleartext port: server says 2"),
         Case("altsvc", "TLS response advertises h3; a browser moves from h2 to h3"),
         Case("post-streaming", "5 MiB upload streamed, sha256 echoed back matches"),
-        # Network impairment cases of the QUIC interop runner.
-        Case("longrtt", "handshake and transfer with a long RTT", not_ready=NOT_YET),
-        Case("handshakeloss", "handshake with 30 % loss", not_ready=NOT_YET),
-        Case("transferloss", "transfer with 2 % loss", not_ready=NOT_YET),
-        Case("handshakecorruption", "handshake with corrupted packets", not_ready=NOT_YET),
-        Case("transfercorruption", "transfer with corrupted packets", not_ready=NOT_YET),
-        Case("blackhole", "transfer survives a temporary blackhole", not_ready=NOT_YET),
-        Case("amplificationlimit", "server respects 3x amplification", not_ready=NOT_YET),
-        Case("addressrebinding", "client IP address changes mid-connection", not_ready=NOT_YET),
-        Case(
-            "connectionmigration", "migration to the server's preferred address", not_ready=NOT_YET
-        ),
+        # Network impairment cases of the QUIC interop runner, through interop/relay.py.
+        Case("longrtt", f"RTT {2 * ONE_WAY_DELAY * 1000:.0f} ms: handshake and 1 MB transfer"),
+        Case("handshakeloss", f"{HANDSHAKE_CONNECTIONS} connections, 30 % handshake loss"),
+        Case("transferloss", "3 MB transfer with 3 % loss each way"),
+        Case("handshakecorruption", f"{HANDSHAKE_CONNECTIONS} connections, 30 % corrupted"),
+        Case("transfercorruption", "3 MB transfer with 3 % corrupted datagrams each way"),
+        Case("blackhole", f"3 MB transfer survives a {BLACKHOLE_SECONDS} s blackhole"),
+        Case("amplificationlimit", "unvalidated client: server sends <= 3x what it received"),
+        Case("addressrebinding", f"relay moves to {NEW_ADDRESS} mid-connection; /client follows"),
+        Case("connectionmigration", "client migrates (new CID, new port) mid-connection"),
         Case("websocket", "WebSocket over h1/h2/h3", not_ready=NO_WS),
         Case("webtransport", "WebTransport over h3", not_ready=NO_WS),
     ]

@@ -10,7 +10,10 @@ Everything runs in :func:`fetch`, which makes its own event loop.
 from __future__ import annotations
 
 import asyncio
+import inspect
+import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +23,7 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import QuicEvent, StreamReset
+from aioquic.quic.events import HandshakeCompleted, QuicEvent, StreamReset
 from aioquic.tls import CipherSuite, Epoch, SessionTicket
 
 
@@ -56,6 +59,9 @@ class Outcome:
     retry_seen: bool = False
     cipher_suite: int | None = None
     key_phases: list[int] = field(default_factory=list)  # 1-RTT key phase before/after hook
+    handshake_seconds: float = 0.0  # connect() until the handshake completed
+    handshakes: int = 0  # HandshakeCompleted events seen on this connection (1 expected)
+    hook_result: Any = None  # what after_first returned (awaited if it was awaitable)
 
 
 class _Client(QuicConnectionProtocol):
@@ -65,8 +71,11 @@ class _Client(QuicConnectionProtocol):
         self.waiters: dict[int, asyncio.Future[None]] = {}
         self.responses: dict[int, Response] = {}
         self.on_data: Callable[[], None] | None = None
+        self.handshakes = 0
 
     def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, HandshakeCompleted):
+            self.handshakes += 1
         if isinstance(event, StreamReset) and event.stream_id in self.responses:
             self.responses[event.stream_id].reset = event.error_code
             self._done(event.stream_id)
@@ -135,13 +144,14 @@ async def fetch_async(
     cipher_suites: list[CipherSuite] | None = None,
     concurrent: bool = False,
     during_first: Callable[[Any], None] | None = None,
-    after_first: Callable[[Any], None] | None = None,
+    after_first: Callable[[Any], Any] | None = None,
     timeout: float = 60.0,
 ) -> Outcome:
     """Open one HTTP/3 connection, make ``requests`` (in order, or all at once), close.
 
     ``during_first(client)`` runs when the first response's first data arrives;
-    ``after_first(client)`` once the first response is complete (sequential mode only).
+    ``after_first(client)`` once the first response is complete (sequential mode only);
+    if it returns an awaitable, that is awaited before the next request.
     """
     configuration = QuicConfiguration(
         is_client=True, alpn_protocols=H3_ALPN, server_name="localhost"
@@ -156,6 +166,7 @@ async def fetch_async(
         configuration.cipher_suites = cipher_suites
     tickets: list[SessionTicket] = []
     outcome = Outcome(responses=[])
+    started = time.monotonic()
     async with asyncio.timeout(timeout):
         async with connect(
             host,
@@ -166,6 +177,7 @@ async def fetch_async(
             wait_connected=session_ticket is None,
         ) as client:
             assert isinstance(client, _Client)
+            outcome.handshake_seconds = time.monotonic() - started
             if during_first is not None:
 
                 def hook() -> None:
@@ -182,7 +194,10 @@ async def fetch_async(
                 for i, request in enumerate(requests):
                     outcome.responses.append(await client.request(request, "localhost"))
                     if after_first is not None and i == 0:
-                        after_first(client)
+                        result = after_first(client)
+                        if inspect.isawaitable(result):
+                            result = await result
+                        outcome.hook_result = result
             quic = client._quic
             if during_first is not None:
                 outcome.key_phases.append(_key_phase(client))
@@ -192,10 +207,51 @@ async def fetch_async(
             outcome.retry_seen = quic._retry_source_connection_id is not None
             schedule = quic.tls.key_schedule
             outcome.cipher_suite = schedule.cipher_suite if schedule is not None else None
+            outcome.handshakes = client.handshakes
             client.close()
             await client.wait_closed()
+            if client._transport is not None:  # the migrated-to socket, if any
+                client._transport.close()
     outcome.session_ticket = tickets[-1] if tickets else None
     return outcome
+
+
+class _Forward(asyncio.DatagramProtocol):
+    """Hands what a migrated-to socket receives to the QUIC protocol."""
+
+    def __init__(self, client: QuicConnectionProtocol) -> None:
+        self.client = client
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.client.datagram_received(data, addr)
+
+
+async def migrate(client: Any) -> dict[str, Any]:
+    """Actively migrate ``client`` (RFC 9000 §9.2): new peer connection ID, new local port.
+
+    The asyncio client sends through ``client._transport``; a new UDP socket (dual-stack,
+    like the one aioquic's ``connect`` made, as the peer address is IPv4-mapped) replaces
+    it, the old one is closed so nothing more leaves from the old port, and the new
+    socket's datagrams are fed to the same QuicConnection. The server must validate the
+    new path and answer there. Returns the old and new peer CIDs and the new local port.
+    """
+    quic = client._quic
+    old_cid = quic._peer_cid.cid.hex()
+    quic.change_connection_id()  # RFC 9000 §9.5: a new CID on the new path
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", 0, 0, 0))
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: _Forward(client), sock=sock)
+    old_transport = client._transport
+    client._transport = transport  # fetch_async closes it after the connection
+    old_transport.close()
+    client.transmit()
+    return {
+        "old_cid": old_cid,
+        "new_cid": quic._peer_cid.cid.hex(),
+        "port": sock.getsockname()[1],
+    }
 
 
 def fetch(port: int, requests: list[Request], **kwargs: Any) -> Outcome:

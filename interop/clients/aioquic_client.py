@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from ..app import file_sha256
 from ..cases import (
+    AMPLIFICATION_WATCH,
+    BLACKHOLE_AFTER,
+    BLACKHOLE_SECONDS,
+    HANDSHAKE_CONNECTIONS,
+    IMPAIRED_SIZE,
+    LONGRTT_SIZE,
     MULTIPLEX_SIZE,
     MULTIPLEX_STREAMS,
+    NEW_ADDRESS,
+    ONE_WAY_DELAY,
     TRANSFER_SIZES,
     UPLOAD_SIZE,
     Result,
     Server,
     fail,
+    impairment,
     passed,
 )
 
@@ -34,6 +44,15 @@ CASES = {
     "ipv6",
     "portrebinding",
     "post-streaming",
+    "longrtt",
+    "handshakeloss",
+    "transferloss",
+    "handshakecorruption",
+    "transfercorruption",
+    "blackhole",
+    "amplificationlimit",
+    "addressrebinding",
+    "connectionmigration",
 }
 
 
@@ -156,9 +175,9 @@ def run(case: str, server: Server) -> Result:
             return fail(f"server saw {seen}")
         return passed(f"server saw client {seen['client']} over HTTP/{seen['http_version']}")
     if case == "portrebinding":
-        from ..relay import Rebinder
+        from ..relay import Relay
 
-        with Rebinder(server.h3_port) as relay:
+        with Relay(server.h3_port) as relay:
             out = go(
                 port=relay.port,
                 requests=[Request("/client"), Request("/files/2000000"), Request("/client")],
@@ -172,6 +191,8 @@ def run(case: str, server: Server) -> Result:
         if seen != relay.ports[:2]:
             return fail(f"server saw ports {seen}, relay used {relay.ports}")
         return passed(f"one connection; server saw client port {seen[0]} then {seen[1]}")
+    if case in IMPAIRED:
+        return IMPAIRED[case](case, server, go)
     if case == "post-streaming":
         payload = hashlib.sha512(b"upload").digest() * (UPLOAD_SIZE // 64)
         out = go(requests=[Request("/sha256", "POST", payload)])
@@ -180,3 +201,176 @@ def run(case: str, server: Server) -> Result:
             return fail(f"server echoed {out.responses[0].body[:80]!r}")
         return passed(f"HTTP/3 upload of {len(payload)} bytes, sha256 echoed back matches")
     return fail(f"unsupported case {case}")
+
+
+# The impairment cases: each runs the client through interop/relay.py and checks both the
+# result and the relay's counters (the impairment really happened).
+
+Go = Callable[..., Any]
+
+
+def _still_serving(go: Go) -> str | None:
+    """After corruption: the server answers a fresh, unimpaired connection."""
+    out = go()
+    if out.responses[0].body != b"3":
+        return f"server no longer answers directly: /proto {out.responses[0].body[:40]!r}"
+    return None
+
+
+def _longrtt(case: str, server: Server, go: Go) -> Result:
+    from ..h3 import Request
+    from ..relay import Relay
+
+    with Relay(server.h3_port, impairment(case)) as relay:
+        out = go(port=relay.port, requests=[Request(f"/files/{LONGRTT_SIZE}")], timeout=80)
+    problem = _check_files(out.responses, [LONGRTT_SIZE])
+    if problem:
+        return fail(problem)
+    rtt = 2 * ONE_WAY_DELAY
+    if out.handshake_seconds < rtt:
+        return fail(f"handshake took {out.handshake_seconds:.3f}s < RTT {rtt}s: relay not in path")
+    return passed(
+        f"handshake {out.handshake_seconds:.2f}s >= RTT {rtt:.2f}s; {LONGRTT_SIZE} B sha256 ok; "
+        f"relay: {relay.stats}"
+    )
+
+
+def _handshakes(case: str, server: Server, go: Go) -> Result:
+    from ..h3 import Request
+    from ..relay import Relay
+
+    hit = 0
+    for attempt in range(HANDSHAKE_CONNECTIONS):
+        with Relay(server.h3_port, impairment(case, attempt)) as relay:
+            out = go(port=relay.port, requests=[Request("/files/1000")], timeout=30)
+        problem = _check_files(out.responses, [1000])
+        if problem:
+            return fail(f"connection {attempt}: {problem}")
+        stats = relay.stats
+        if case == "handshakeloss":
+            hit += stats.c2s.dropped + stats.s2c.dropped
+        else:
+            hit += stats.c2s.corrupted + stats.s2c.corrupted
+    what = "dropped" if case == "handshakeloss" else "corrupted"
+    if hit == 0:
+        return fail(f"relay {what} nothing: the case proved nothing")
+    if case == "handshakecorruption" and (problem := _still_serving(go)):
+        return fail(problem)
+    return passed(
+        f"{HANDSHAKE_CONNECTIONS} new connections, /files/1000 sha256 ok on each; relay {what} "
+        f"{hit} handshake datagrams"
+        + ("; server still answers directly" if case == "handshakecorruption" else "")
+    )
+
+
+def _transfer(case: str, server: Server, go: Go) -> Result:
+    from ..h3 import Request
+    from ..relay import Relay
+
+    with Relay(server.h3_port, impairment(case)) as relay:
+        if case == "blackhole":
+            relay.when(BLACKHOLE_AFTER, lambda: relay.blackhole(BLACKHOLE_SECONDS))
+        out = go(port=relay.port, requests=[Request(f"/files/{IMPAIRED_SIZE}")], timeout=80)
+    problem = _check_files(out.responses, [IMPAIRED_SIZE])
+    if problem:
+        return fail(f"{problem}; relay: {relay.stats}")
+    stats = relay.stats
+    hit = {
+        "transferloss": stats.c2s.dropped + stats.s2c.dropped,
+        "transfercorruption": stats.c2s.corrupted + stats.s2c.corrupted,
+        "blackhole": stats.s2c.blackholed,
+    }[case]
+    if hit == 0:
+        return fail(f"the relay did not impair anything: {stats}")
+    if case == "transfercorruption" and (problem := _still_serving(go)):
+        return fail(problem)
+    return passed(f"{IMPAIRED_SIZE} B sha256 ok; relay: {stats}")
+
+
+def _amplification(case: str, server: Server, go: Go) -> Result:
+    from ..relay import Relay
+
+    completed = False
+    with Relay(server.h3_port, impairment(case)) as relay:
+        try:
+            go(port=relay.port, timeout=AMPLIFICATION_WATCH)
+            completed = True
+        except (TimeoutError, ConnectionError):
+            pass
+    stats = relay.stats
+    if completed:
+        return fail(f"handshake completed although client->server was cut: {stats}")
+    received, sent = stats.c2s.bytes, stats.s2c.bytes
+    if stats.c2s.dropped == 0 or sent == 0:
+        return fail(f"no evidence (client sent nothing more, or server sent nothing): {stats}")
+    ratio = sent / received
+    verdict = (
+        f"server got {received} B from the unvalidated client (1 datagram; "
+        f"{stats.c2s.dropped} later ones withheld) and sent {sent} B in "
+        f"{stats.s2c.forwarded} datagrams over {AMPLIFICATION_WATCH:.0f}s: ratio {ratio:.2f}"
+    )
+    # RFC 9000 §8.1: before validation, at most three times the bytes received.
+    if ratio > 3:
+        return fail(verdict + " > 3 (RFC 9000 §8.1)")
+    return passed(verdict + " <= 3")
+
+
+def _addressrebinding(case: str, server: Server, go: Go) -> Result:
+    from ..h3 import Request
+    from ..relay import Relay
+
+    with Relay(server.h3_port, impairment(case)) as relay:
+        out = go(
+            port=relay.port,
+            requests=[Request("/client"), Request("/files/2000000"), Request("/client")],
+            after_first=lambda client: relay.rebind(NEW_ADDRESS),
+        )
+    first, transfer, last = out.responses
+    problem = _check_files([transfer], [2_000_000])
+    if problem:
+        return fail(problem)
+    seen = [tuple(json.loads(r.body)["client"]) for r in (first, last)]
+    if seen != relay.addresses[:2] or out.handshakes != 1:
+        return fail(f"server saw {seen}, relay used {relay.addresses}, {out.handshakes} handshakes")
+    return passed(
+        f"one connection (1 handshake); server saw client {seen[0][0]}:{seen[0][1]} then "
+        f"{seen[1][0]}:{seen[1][1]}; 2 MB sha256 ok in between"
+    )
+
+
+def _migration(case: str, server: Server, go: Go) -> Result:
+    from ..h3 import Request, migrate
+
+    out = go(
+        requests=[Request("/client"), Request("/files/2000000"), Request("/client")],
+        after_first=migrate,
+    )
+    first, transfer, last = out.responses
+    problem = _check_files([transfer], [2_000_000])
+    if problem:
+        return fail(problem)
+    moved = out.hook_result
+    before, after = (json.loads(r.body)["client"][1] for r in (first, last))
+    if moved["old_cid"] == moved["new_cid"]:
+        return fail("the server issued no spare connection ID: aioquic could not switch CID")
+    if out.handshakes != 1:
+        return fail(f"{out.handshakes} handshakes: not one connection")
+    if after != moved["port"] or before == after:
+        return fail(f"server saw port {before} then {after}; client moved to {moved['port']}")
+    return passed(
+        f"one connection (1 handshake); peer CID {moved['old_cid'][:8]} -> "
+        f"{moved['new_cid'][:8]}; server saw client port {before} then {after}; 2 MB sha256 ok"
+    )
+
+
+IMPAIRED: dict[str, Callable[[str, Server, Go], Result]] = {
+    "longrtt": _longrtt,
+    "handshakeloss": _handshakes,
+    "handshakecorruption": _handshakes,
+    "transferloss": _transfer,
+    "transfercorruption": _transfer,
+    "blackhole": _transfer,
+    "amplificationlimit": _amplification,
+    "addressrebinding": _addressrebinding,
+    "connectionmigration": _migration,
+}
