@@ -40,7 +40,7 @@ from .events import (
 )
 from .lowlevel import Wakeup, wakeup_factory
 from .protocol.http1 import H2CUpgrade, switching_response
-from .streams.http import HTTPStream
+from .streams.http import HTTPStream, connection_extensions
 
 if TYPE_CHECKING:
     from .registry import ConnectionRecord
@@ -69,6 +69,8 @@ class StreamDispatcher:
         self.config = context.config
         self.protocol = protocol
         self.new_wakeup = wakeup_factory()
+        self._extensions: dict[str, Any] = {}
+        self._extensions_info: ConnectionInfo | None = None
         self._info = info
         self._record = record
         self._streams: dict[int, HTTPStream] = {}
@@ -81,6 +83,14 @@ class StreamDispatcher:
         self._idle_workers: list[Wakeup] = []
         self._workers = 0
         self._max_workers = 1_000_000 if info.capabilities.multiplexed else 1
+
+    def extensions_for(self, info: ConnectionInfo) -> dict[str, Any]:
+        """The base ASGI extensions for ``info``, built once and kept with the connection
+        (rebuilt if the info changes: an h2c upgrade, a QUIC migration)."""
+        if self._extensions_info is not info:
+            self._extensions = connection_extensions(info)
+            self._extensions_info = info
+        return self._extensions
 
     async def _write_out(self) -> None:
         raise NotImplementedError

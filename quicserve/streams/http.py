@@ -72,6 +72,9 @@ class StreamHost(Protocol):
     #: Makes the one-shot wake-ups a stream waits on (see ``quicserve.lowlevel``).
     new_wakeup: Callable[[], Wakeup]
 
+    def extensions_for(self, info: ConnectionInfo) -> dict[str, Any]:
+        """The connection's base ASGI extensions (built once per connection info)."""
+
     async def flush(self, stream_id: int) -> None:
         """Write what the protocol produced; wait while ``stream_id`` is over its buffer."""
 
@@ -207,20 +210,15 @@ class HTTPStream:
         config = self._host.config
         raw_path, _, query = request.raw_path.partition(b"?")
         root_path = config.root_path
-        path = unquote(raw_path.decode("latin-1"))
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path)
         if root_path:
             path = root_path + path
             raw_path = root_path.encode("latin-1") + raw_path
-        extensions: dict[str, Any] = {"http.response.pathsend": {}}
-        caps = info.capabilities
-        if caps.trailers and _accepts_trailers(request.headers):
+        extensions = self._host.extensions_for(info).copy()
+        if info.capabilities.trailers and _accepts_trailers(request.headers):
             extensions["http.response.trailers"] = {}
-        if caps.early_hints:
-            extensions["http.response.early_hint"] = {}
-        if caps.server_push:
-            extensions["http.response.push"] = {}
-        if info.tls is not None:
-            extensions["tls"] = info.tls
         headers = request.headers
         if request.early_data:
             # RFC 8470 §5.1: tell the app this request arrived in 0-RTT.
@@ -244,7 +242,8 @@ class HTTPStream:
 
     async def run(self) -> None:
         """Call the app, turn its failures into 500s or resets, then release the stream."""
-        started = time.perf_counter()
+        logged = access_logger.isEnabledFor(logging.INFO)
+        started = time.perf_counter() if logged else 0.0
         host = self._host
         try:
             limit = host.config.max_request_body_size
@@ -282,7 +281,7 @@ class HTTPStream:
         finally:
             self._disconnected = True
             await host.stream_finished(self.stream_id)
-            if access_logger.isEnabledFor(logging.INFO):
+            if logged:
                 self._log_access(time.perf_counter() - started)
 
     async def _abort(self) -> None:
@@ -478,6 +477,20 @@ class HTTPStream:
             self._response_bytes,
             duration * 1000,
         )
+
+
+def connection_extensions(info: ConnectionInfo) -> dict[str, Any]:
+    """The ASGI extensions every request on a connection gets; each request's scope gets
+    a shallow copy (plus ``http.response.trailers`` when that request can have them)."""
+    extensions: dict[str, Any] = {"http.response.pathsend": {}}
+    caps = info.capabilities
+    if caps.early_hints:
+        extensions["http.response.early_hint"] = {}
+    if caps.server_push:
+        extensions["http.response.push"] = {}
+    if info.tls is not None:
+        extensions["tls"] = info.tls
+    return extensions
 
 
 def _accepts_trailers(headers: Headers) -> bool:
