@@ -486,3 +486,38 @@ async def test_a_failing_connection_is_closed_alone_and_logged(
         result = await fetch(port, [H3Request("/")], tls_files)
         assert result.responses[0].body == b"hello"
     assert any("Unexpected error" in r.getMessage() for r in caplog.records)
+
+
+async def test_head_has_no_body_on_every_protocol(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    async with quic_server(echo_app, tls_files) as srv:
+        for flag in ("--http1.1", "--http2"):
+            result = await anyio.run_process(
+                [
+                    "curl",
+                    "-sS",
+                    "-I",
+                    flag,
+                    "--cacert",
+                    str(tls_files.ca_certfile),
+                    srv.url("/", scheme="https"),
+                ],
+                check=False,
+            )
+            assert result.returncode == 0, result.stderr
+            assert b" 200" in result.stdout.splitlines()[0]
+            assert b"content-length: 5" in result.stdout.lower()  # the GET length, no body
+        # HTTP/3 through libcurl: aioquic's client checks content-length against the body
+        # without knowing the request was HEAD, so it cannot judge this case.
+        from curl_cffi import CurlHttpVersion
+        from curl_cffi import requests as curl_requests
+
+        def head_then_get(port: int) -> tuple[Any, Any]:
+            kwargs = {"http_version": CurlHttpVersion.V3ONLY, "verify": str(tls_files.ca_certfile)}
+            url = f"https://localhost:{port}/"
+            return curl_requests.head(url, **kwargs), curl_requests.get(url, **kwargs)
+
+        head, get = await anyio.to_thread.run_sync(head_then_get, udp_port(srv))
+        assert (head.status_code, head.content, head.headers["content-length"]) == (200, b"", "5")
+        assert get.content == b"hello"

@@ -119,6 +119,7 @@ class HTTPStream:
         "_continue_sent",
         "_disconnected",
         "_final_delivered",
+        "_head",
         "_host",
         "_info",
         "_pending_headers",
@@ -153,6 +154,8 @@ class HTTPStream:
         self._body_ended = False
         self._disconnected = False
         self._final_delivered = False
+        # RFC 9110 §9.3.2: a response to HEAD carries no content, whatever the app sends.
+        self._head = request.method == b"HEAD"
         self._too_large = False
         self._continue_sent = False
         self._waiter: Wakeup | None = None
@@ -411,6 +414,8 @@ class HTTPStream:
                 self._response_state = _COMPLETE
             return
         protocol = self._host.protocol
+        if self._head:
+            body = b""
         end = not more_body and not self._trailers_expected
         if self._response_state == _HEAD_PENDING:
             self._response_state = _STARTED
