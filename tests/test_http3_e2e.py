@@ -521,3 +521,24 @@ async def test_head_has_no_body_on_every_protocol(
         head, get = await anyio.to_thread.run_sync(head_then_get, udp_port(srv))
         assert (head.status_code, head.content, head.headers["content-length"]) == (200, b"", "5")
         assert get.content == b"hello"
+
+
+async def test_malformed_request_resets_only_its_stream(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    async with quic_server(echo_app, tls_files) as srv:
+        result = await fetch(
+            udp_port(srv),
+            [
+                # RFC 9114 §4.2 / RFC 9113 §8.2.1: no leading whitespace in a field value.
+                H3Request("/", headers=[(b"x-bad", b" leading space")]),
+                H3Request("/", headers=[(b"connection", b"keep-alive")]),  # §4.2
+                H3Request("/"),
+            ],
+            tls_files,
+        )
+        bad_value, connection_field, ok = result.responses
+        assert bad_value.reset == 0x10E  # H3_MESSAGE_ERROR, that stream only
+        assert connection_field.reset == 0x10E
+        assert ok.body == b"hello"  # same connection, still serving
+        assert srv.server.registry.stats()["accepted"] == 1

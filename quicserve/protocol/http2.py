@@ -13,8 +13,8 @@ Rules of this module:
   :class:`ConnectionClosed`; the driver flushes ``data_to_send()`` and closes.
 * Malformed requests are *stream* errors (RFC 9113 §8.1.1): RST_STREAM PROTOCOL_ERROR on
   that stream, the connection carries on. h2's own inbound header validation turns them
-  into connection errors, so it is switched off and :func:`_parse_request_headers` does
-  the same checks (RFC 9113 §8.2, §8.3) in one pass.
+  into connection errors, so it is switched off and ``fields.parse_request_fields`` (shared
+  with HTTP/3) does the same checks (RFC 9113 §8.2, §8.3) in one pass.
 * ``send_*`` never refuse: what flow control does not let out is kept per stream and sent,
   round-robin between streams, as WINDOW_UPDATE and SETTINGS frames open the windows.
 * Request bodies re-open the receive windows only when the app acknowledges them with
@@ -27,7 +27,6 @@ Rules of this module:
 
 from __future__ import annotations
 
-import re
 import struct
 from collections import deque
 from dataclasses import replace
@@ -55,7 +54,6 @@ from h2.exceptions import (
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
 from hpack.exceptions import HPACKError
-from hpack.struct import Header as H2Header
 from hyperframe.exceptions import HyperframeError
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 
@@ -70,31 +68,22 @@ from ..events import (
     StreamReset,
     StreamWritable,
 )
+from .fields import (
+    CONNECTION_SPECIFIC,
+    Malformed,
+    decode_token,
+    parse_request_fields,
+    parse_trailers,
+)
 
 __all__ = ["H2Protocol"]
 
 #: RFC 9113 §6.9.2: the initial window of the connection and of every stream.
 _DEFAULT_WINDOW = 65_535
 
-#: RFC 9113 §8.2.2: connection-specific fields, never sent or accepted in HTTP/2.
-_CONNECTION_SPECIFIC = frozenset(
-    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
-)
-#: Regular request fields that need a closer look in :func:`_parse_request_headers`.
-_SPECIAL_REQUEST_FIELDS = _CONNECTION_SPECIFIC | {b"te", b"host", b"cookie", b"content-length"}
 #: Response fields the stream layer might copy from an app but HTTP/2 forbids.
-_DROPPED_RESPONSE_FIELDS = _CONNECTION_SPECIFIC | {b"te"}
+_DROPPED_RESPONSE_FIELDS = CONNECTION_SPECIFIC | {b"te"}
 
-#: RFC 9113 §8.2.1: bytes allowed in a field name (no controls, SP, upper case, DEL,
-#: non-ASCII; no colon outside pseudo-header names). ``translate`` deletes them, so any
-#: byte left over is a violation, found at C speed.
-_NAME_BYTES = bytes(c for c in range(0x21, 0x7F) if not 0x41 <= c <= 0x5A and c != 0x3A)
-#: RFC 9110 §5.6.2: token characters (a method is a token).
-_TOKEN_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-#: RFC 9113 §8.2.1: no NUL, CR or LF in a value, no leading or trailing SP / HTAB.
-_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
-
-_SCHEMES = {b"http": "http", b"https": "https"}
 _STATUS_BYTES = {code: b"%d" % code for code in range(100, 600)}
 
 #: The smallest share of the connection window a stream gets per round-robin turn, so
@@ -104,140 +93,6 @@ _MIN_QUANTUM = 1024
 #: A GOAWAY frame header: length 8, type 0x7, no flags, stream 0 (RFC 9113 §6.8).
 _GOAWAY_HEADER = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"
 _GOAWAY_BODY = struct.Struct(">II")
-
-
-class _Malformed(Exception):
-    """A header block breaks RFC 9113 §8.2/§8.3: reset the stream (§8.1.1)."""
-
-
-def _check_field(name: bytes, value: bytes) -> None:
-    """Raise :class:`_Malformed` unless ``name: value`` is a valid regular field."""
-    # RFC 9113 §8.2.1: field name and value character rules.
-    if not name or name.translate(None, _NAME_BYTES):
-        raise _Malformed(f"invalid field name {name!r}")
-    if value and _BAD_VALUE.search(value) is not None:
-        raise _Malformed(f"invalid value for field {name!r}")
-
-
-def _parse_request_headers(
-    raw: list[H2Header],
-) -> tuple[bytes, bytes | None, bytes | None, bytes | None, bytes | None, Headers, int | None]:
-    """Split and validate a request header block in a single pass.
-
-    Returns ``(method, path, scheme, authority, protocol, headers, content_length)``;
-    ``authority`` falls back to the Host header. Raises :class:`_Malformed`.
-    """
-    method = path = scheme = authority = protocol = host = None
-    content_length: int | None = None
-    headers: Headers = []
-    cookies: list[bytes] | None = None
-    regular_seen = False
-    for field in raw:
-        name, value = field[0], field[1]
-        if name[:1] == b":":
-            # RFC 9113 §8.3: pseudo-header fields come first, once each, from a fixed set.
-            if regular_seen:
-                raise _Malformed(f"pseudo-header {name!r} after a regular field")
-            if _BAD_VALUE.search(value) is not None:
-                raise _Malformed(f"invalid value for {name!r}")
-            if name == b":method":
-                if method is not None:
-                    raise _Malformed("duplicate :method")
-                method = value
-            elif name == b":path":
-                if path is not None:
-                    raise _Malformed("duplicate :path")
-                path = value
-            elif name == b":scheme":
-                if scheme is not None:
-                    raise _Malformed("duplicate :scheme")
-                scheme = value
-            elif name == b":authority":
-                if authority is not None:
-                    raise _Malformed("duplicate :authority")
-                authority = value
-            elif name == b":protocol":
-                if protocol is not None:
-                    raise _Malformed("duplicate :protocol")
-                protocol = value
-            else:
-                # §8.3: unknown pseudo-headers, and :status in a request, are malformed.
-                raise _Malformed(f"pseudo-header {name!r} not allowed in a request")
-            continue
-        regular_seen = True
-        _check_field(name, value)
-        if name in _SPECIAL_REQUEST_FIELDS:
-            if name in _CONNECTION_SPECIFIC:
-                raise _Malformed(f"connection-specific field {name!r}")  # §8.2.2
-            if name == b"te":
-                if value.lower() != b"trailers":  # §8.2.2: TE may only say "trailers"
-                    raise _Malformed("TE other than 'trailers'")
-            elif name == b"host":
-                if host is not None:
-                    raise _Malformed("several Host fields")
-                host = value
-            elif name == b"cookie":
-                # §8.2.3: split cookies are joined back into one field.
-                if cookies is None:
-                    cookies = [value]
-                else:
-                    cookies.append(value)
-                continue
-            else:  # content-length; h2 has already checked it is all digits
-                content_length = int(value)
-        headers.append(field)
-    if cookies is not None:
-        headers.append((b"cookie", b"; ".join(cookies)))
-
-    # RFC 9113 §8.3.1 and §8.5 (CONNECT), RFC 8441 §4 (extended CONNECT).
-    if method is None:
-        raise _Malformed("missing :method")
-    if not method or method.translate(None, _TOKEN_BYTES):
-        raise _Malformed("invalid :method")  # RFC 9110 §9.1: method = token
-    if method == b"CONNECT":
-        if protocol is None:
-            if scheme is not None or path is not None or authority is None:
-                raise _Malformed("CONNECT needs :authority and no :scheme or :path")
-        elif scheme is None or not path:
-            raise _Malformed("extended CONNECT needs :scheme and :path")
-    else:
-        if protocol is not None:
-            raise _Malformed(":protocol outside CONNECT")
-        if scheme is None or path is None:
-            raise _Malformed("missing :scheme or :path")
-        # §8.3.1: origin-form, or asterisk-form for OPTIONS, for http(s) URIs.
-        if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
-            if scheme in _SCHEMES or not path:
-                raise _Malformed("invalid :path")
-    if authority is None:
-        authority = host
-    elif host is not None and host != authority:
-        # §8.3.1: a Host that differs from :authority SHOULD make the request malformed.
-        raise _Malformed("Host and :authority differ")
-    return method, path, scheme, authority, protocol, headers, content_length
-
-
-def _parse_trailers(raw: list[H2Header]) -> Headers:
-    """Validate request trailers (RFC 9113 §8.1: no pseudo-headers, §8.2.1 characters)."""
-    trailers: Headers = []
-    for field in raw:
-        name, value = field[0], field[1]
-        if name[:1] == b":":
-            raise _Malformed("pseudo-header in trailers")
-        _check_field(name, value)
-        trailers.append(field)
-    return trailers
-
-
-def _decode_token(value: bytes) -> str:
-    """``:scheme`` / ``:protocol`` as ``str``; non-ASCII makes the request malformed."""
-    known = _SCHEMES.get(value)
-    if known is not None:
-        return known
-    try:
-        return value.decode("ascii")
-    except UnicodeDecodeError:
-        raise _Malformed("non-ASCII token") from None
 
 
 class _CompressionError(ProtocolError):
@@ -537,8 +392,8 @@ class H2Protocol:
                 stream = streams.get(ev.stream_id)
                 if stream is not None and not stream.reset:
                     try:
-                        stream.request_trailers = _parse_trailers(ev.headers)
-                    except _Malformed:
+                        stream.request_trailers = parse_trailers(ev.headers)
+                    except Malformed:
                         self._reset(stream, ErrorCodes.PROTOCOL_ERROR, notify=True)
             elif cls is H2StreamReset:
                 assert isinstance(ev, H2StreamReset)
@@ -573,22 +428,22 @@ class H2Protocol:
             self._h2_reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         try:
-            method, path, scheme, authority, protocol, headers, length = _parse_request_headers(
+            method, path, scheme, authority, protocol, headers, length = parse_request_fields(
                 ev.headers
             )
             if length and ev.stream_ended is not None:
                 # §8.1.1: content-length says a body follows, END_STREAM says none does.
-                raise _Malformed("content-length without DATA")
+                raise Malformed("content-length without DATA")
             request = RequestReceived(
                 stream_id=stream_id,
                 method=method,
                 raw_path=path if path is not None else b"",
                 headers=headers,
-                scheme=_decode_token(scheme) if scheme is not None else None,
+                scheme=decode_token(scheme) if scheme is not None else None,
                 authority=authority,
-                protocol=_decode_token(protocol) if protocol is not None else None,
+                protocol=decode_token(protocol) if protocol is not None else None,
             )
-        except _Malformed:
+        except Malformed:
             self._h2_reset(stream_id, ErrorCodes.PROTOCOL_ERROR)  # RFC 9113 §8.1.1
             return
         stream = _Stream(stream_id)

@@ -8,9 +8,9 @@ so :class:`~quicserve.streams.http.HTTPStream` serves HTTP/3 unchanged.
 
 Rules:
 
-* Request headers are checked as RFC 9114 §4.3.1 says (pseudo-headers present, known and
-  first; no connection-specific fields, §4.2); a malformed request resets only its own
-  stream with H3_MESSAGE_ERROR (§4.1.2).
+* Request headers are checked by the rules HTTP/2 shares (``protocol/fields.py``: RFC 9114
+  §4.2-§4.3), after aioquic's own checks; a malformed request resets only its own stream
+  with H3_MESSAGE_ERROR (§4.1.2), whichever of the two finds it.
 * Request bodies are acknowledged into QUIC flow control only as the app consumes them
   (``ack_body`` -> ``ServerQuicConnection.consume``); response bytes held by QUIC for a
   stream are reported by ``buffered_amount`` for the app's ``send()`` to wait on.
@@ -27,7 +27,7 @@ from collections import deque
 from typing import Any
 
 from aioquic.buffer import encode_uint_var
-from aioquic.h3.connection import ErrorCode, FrameType, H3Connection, encode_frame
+from aioquic.h3.connection import ErrorCode, FrameType, encode_frame
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.events import (
     ConnectionIdIssued,
@@ -49,17 +49,10 @@ from ..events import (
     StreamEvent,
     StreamReset,
 )
-from ..quic.compat import ServerQuicConnection, configure_h3_limits
+from ..quic.compat import ServerH3Connection, ServerQuicConnection, configure_h3_limits
+from .fields import Malformed, decode_token, parse_request_fields
 
-_CONNECTION_SPECIFIC = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
-_REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
 _STATUS = {status: str(status).encode() for status in range(100, 600)}
-
-
-class _Malformed(Exception):
-    pass
 
 
 class H3Protocol:
@@ -70,7 +63,7 @@ class H3Protocol:
     def __init__(self, quic: ServerQuicConnection, config: Config) -> None:
         self.quic = quic
         self._config = config
-        self._h3 = H3Connection(quic)
+        self._h3 = ServerH3Connection(quic)
         configure_h3_limits(self._h3, config)
         self._events: deque[StreamEvent] = deque()
         # stream id -> True once the request body has ended.
@@ -157,7 +150,7 @@ class H3Protocol:
                 return
             try:
                 request = self._parse_request(stream_id, event.headers)
-            except _Malformed:
+            except Malformed:
                 self.quic.reset_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
                 self.quic.stop_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
                 return
@@ -168,54 +161,16 @@ class H3Protocol:
                 self._events.append(BodyEnded(stream_id))
 
     def _parse_request(self, stream_id: int, raw: Headers) -> RequestReceived:
-        method = path = scheme = authority = protocol = None
-        headers: Headers = []
-        host = None
-        for name, value in raw:
-            if name[:1] == b":":
-                # RFC 9114 §4.3: pseudo-headers come first, once each, and are known.
-                if headers or name not in _REQUEST_PSEUDO:
-                    raise _Malformed
-                if name == b":method":
-                    if method is not None:
-                        raise _Malformed
-                    method = value
-                elif name == b":path":
-                    if path is not None:
-                        raise _Malformed
-                    path = value
-                elif name == b":scheme":
-                    if scheme is not None:
-                        raise _Malformed
-                    scheme = value
-                elif name == b":authority":
-                    if authority is not None:
-                        raise _Malformed
-                    authority = value
-                else:
-                    protocol = value
-                continue
-            if name in _CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
-                raise _Malformed  # RFC 9114 §4.2
-            if name == b"host":
-                host = value
-            headers.append((name, value))
-        if method is None:
-            raise _Malformed
-        if method == b"CONNECT" and protocol is None:
-            # Plain CONNECT: only :method and :authority (RFC 9114 §4.4).
-            if scheme is not None or path is not None or authority is None:
-                raise _Malformed
-        elif scheme is None or not path:
-            raise _Malformed
+        # RFC 9114 §4.2-§4.3: the same field rules as HTTP/2 (protocol/fields.py).
+        method, path, scheme, authority, protocol, headers, _ = parse_request_fields(raw)
         return RequestReceived(
             stream_id=stream_id,
             method=method,
             raw_path=path or b"",
             headers=headers,
-            scheme=scheme.decode("ascii", "replace") if scheme else None,
-            authority=authority or host,
-            protocol=protocol.decode("ascii", "replace") if protocol else None,
+            scheme=decode_token(scheme) if scheme is not None else None,
+            authority=authority,
+            protocol=decode_token(protocol) if protocol is not None else None,
             early_data=stream_id in self.quic.early_streams,
         )
 

@@ -1,6 +1,6 @@
 """Everything that reaches into aioquic's internals, in one file.
 
-aioquic's public API does not cover five things a production server needs, so this
+aioquic's public API does not cover six things a production server needs, so this
 module subclasses :class:`aioquic.quic.connection.QuicConnection` for them. An aioquic
 upgrade should touch only this file; ``tests/test_quic_compat.py`` pins each hook.
 
@@ -16,6 +16,8 @@ upgrade should touch only this file; ``tests/test_quic_compat.py`` pins each hoo
    can flag requests received as early data (RFC 8470).
 4. **0-RTT permission.** aioquic's server puts 0-RTT permission in every session ticket;
    without ``--quic-0rtt`` ours carry none.
+6. **Malformed requests are stream errors** (:class:`ServerH3Connection`), not the
+   connection errors aioquic makes of them.
 5. **Send-side accounting.** ``buffered(stream_id)`` says how many response bytes aioquic
    holds for a stream (unsent or unacknowledged), for the app's ``send()`` to wait on.
 
@@ -29,6 +31,8 @@ from typing import Any
 
 from aioquic import tls
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+from aioquic.h3.connection import H3Connection, H3Stream, MessageError
+from aioquic.h3.events import H3Event
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import (
     QuicConnection,
@@ -196,6 +200,44 @@ def quic_configuration(
     return configuration
 
 
+class ServerH3Connection(H3Connection):
+    """aioquic's HTTP/3 connection, with malformed requests as *stream* errors.
+
+    aioquic validates request fields itself and closes the whole connection on any
+    ``MessageError``. RFC 9114 §4.1.2 makes a malformed request a stream error of type
+    H3_MESSAGE_ERROR: here that request's stream is reset and stopped, the rest of its
+    frames are ignored, and every other stream carries on.
+    """
+
+    def __init__(self, quic: QuicConnection) -> None:
+        super().__init__(quic)
+        self._rejected: set[int] = set()
+
+    def _receive_request_or_push_data(
+        self, stream: H3Stream, data: bytes, stream_ended: bool
+    ) -> list[H3Event]:
+        if stream.stream_id in self._rejected:
+            return []
+        return super()._receive_request_or_push_data(stream, data, stream_ended)
+
+    def _handle_request_or_push_frame(
+        self, frame_type: int, frame_data: bytes | None, stream: H3Stream, stream_ended: bool
+    ) -> list[H3Event]:
+        if stream.stream_id in self._rejected:
+            return []  # frames of the same batch after the malformed HEADERS
+        try:
+            return super()._handle_request_or_push_frame(
+                frame_type, frame_data, stream, stream_ended
+            )
+        except MessageError as exc:
+            if self._is_client or stream.push_id is not None:
+                raise
+            self._rejected.add(stream.stream_id)
+            self._quic.reset_stream(stream.stream_id, exc.error_code)
+            self._quic.stop_stream(stream.stream_id, exc.error_code)
+            return []
+
+
 def configure_h3_limits(h3: Any, config: Config) -> None:
     """QPACK limits we advertise and enforce (aioquic keeps them private and builds its
     decoder in ``__init__``, before settings are sent)."""
@@ -207,6 +249,7 @@ def configure_h3_limits(h3: Any, config: Config) -> None:
 
 
 __all__ = [
+    "ServerH3Connection",
     "ServerQuicConnection",
     "configure_h3_limits",
     "quic_configuration",
