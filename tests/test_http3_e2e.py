@@ -26,7 +26,7 @@ from quicserve.certs import DevCertificate
 
 from .apps import echo_app, respond
 from .h3client import H3Request, H3Result, h3_fetch
-from .helpers import client_ssl_context, running_server
+from .helpers import client_ssl_context, curl, running_server
 
 pytestmark = pytest.mark.anyio
 
@@ -542,3 +542,44 @@ async def test_malformed_request_resets_only_its_stream(
         assert connection_field.reset == 0x10E
         assert ok.body == b"hello"  # same connection, still serving
         assert srv.server.registry.stats()["accepted"] == 1
+
+
+async def test_connection_specific_response_fields_are_not_sent(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        # Written for HTTP/1.1; HTTP/2 and HTTP/3 must not carry these (RFC 9114 §4.2).
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "trailers": True,
+                "headers": [(b"connection", b"close"), (b"keep-alive", b"5"), (b"x-ok", b"1")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"body"})
+        await send(
+            {"type": "http.response.trailers", "headers": [(b"connection", b"x"), (b"x-t", b"2")]}
+        )
+
+    async with quic_server(app, tls_files) as srv:
+        # aioquic's client treats a Connection field as malformed, so a clean answer shows
+        # it was dropped.
+        result = await fetch(
+            udp_port(srv), [H3Request("/", headers=[(b"te", b"trailers")])], tls_files
+        )
+        response = result.responses[0]
+        assert (response.status, response.body) == (200, b"body")
+        assert dict(response.headers).get(b"x-ok") == b"1"
+        assert b"connection" not in dict(response.headers)
+        assert response.trailers == [(b"x-t", b"2")]
+        code, out, err = await curl(
+            "--http2",
+            "-sS",
+            "-i",
+            "--cacert",
+            str(tls_files.ca_certfile),
+            srv.url("/", scheme="https"),
+        )
+        assert code == 0, err
+        assert b"x-ok: 1" in out and b"connection:" not in out.lower()

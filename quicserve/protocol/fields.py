@@ -20,6 +20,9 @@ from ..events import Headers
 CONNECTION_SPECIFIC = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
+#: Response fields an app may set (it is written for any server) that HTTP/2 and HTTP/3
+#: must not send: the connection-specific ones and TE.
+DROPPED_RESPONSE_FIELDS = CONNECTION_SPECIFIC | {b"te"}
 #: Regular request fields that need a closer look in :func:`parse_request_fields`.
 _SPECIAL_REQUEST_FIELDS = CONNECTION_SPECIFIC | {b"te", b"host", b"cookie", b"content-length"}
 #: RFC 9113 §8.2.1: bytes allowed in a field name (no controls, SP, upper case, DEL,

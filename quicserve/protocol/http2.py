@@ -69,7 +69,7 @@ from ..events import (
     StreamWritable,
 )
 from .fields import (
-    CONNECTION_SPECIFIC,
+    DROPPED_RESPONSE_FIELDS,
     Malformed,
     decode_token,
     parse_request_fields,
@@ -81,8 +81,6 @@ __all__ = ["H2Protocol"]
 #: RFC 9113 §6.9.2: the initial window of the connection and of every stream.
 _DEFAULT_WINDOW = 65_535
 
-#: Response fields the stream layer might copy from an app but HTTP/2 forbids.
-_DROPPED_RESPONSE_FIELDS = CONNECTION_SPECIFIC | {b"te"}
 
 _STATUS_BYTES = {code: b"%d" % code for code in range(100, 600)}
 
@@ -512,7 +510,7 @@ class H2Protocol:
         if stream is None or stream.local_ended or self._closed:
             return
         block: Headers = [(b":status", _STATUS_BYTES.get(status) or b"%d" % status)]
-        block += [f for f in headers if f[0] not in _DROPPED_RESPONSE_FIELDS]
+        block += [f for f in headers if f[0] not in DROPPED_RESPONSE_FIELDS]
         if end_stream:
             stream.local_ended = stream.sent_end = True
         try:
@@ -526,7 +524,7 @@ class H2Protocol:
         if stream is None or stream.local_ended or self._closed or not 100 <= status < 200:
             return
         block: Headers = [(b":status", _STATUS_BYTES[status])]
-        block += [f for f in headers if f[0] not in _DROPPED_RESPONSE_FIELDS]
+        block += [f for f in headers if f[0] not in DROPPED_RESPONSE_FIELDS]
         try:
             self._conn.send_headers(stream_id, block)
         except ProtocolError:
@@ -562,7 +560,7 @@ class H2Protocol:
         if stream is None or stream.local_ended or self._closed:
             return
         stream.local_ended = stream.end_pending = True
-        stream.trailers = [f for f in headers if f[0] not in _DROPPED_RESPONSE_FIELDS]
+        stream.trailers = [f for f in headers if f[0] not in DROPPED_RESPONSE_FIELDS]
         if stream.stream_id in self._blocked:
             return
         self._send_buffered(stream, None)

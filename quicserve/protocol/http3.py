@@ -50,7 +50,7 @@ from ..events import (
     StreamReset,
 )
 from ..quic.compat import ServerH3Connection, ServerQuicConnection, configure_h3_limits
-from .fields import Malformed, decode_token, parse_request_fields
+from .fields import DROPPED_RESPONSE_FIELDS, Malformed, decode_token, parse_request_fields
 
 _STATUS = {status: str(status).encode() for status in range(100, 600)}
 
@@ -185,12 +185,16 @@ class H3Protocol:
     ) -> None:
         """Response HEADERS (``:status`` first)."""
         if stream_id in self._requests and not self._terminated:
-            self._h3.send_headers(stream_id, [(b":status", _STATUS[status]), *headers], end_stream)
+            block = [(b":status", _STATUS[status])]
+            block += [f for f in headers if f[0] not in DROPPED_RESPONSE_FIELDS]  # §4.2
+            self._h3.send_headers(stream_id, block, end_stream)
 
     def send_informational(self, stream_id: int, status: int, headers: Headers) -> None:
         """An interim response (100, 103), RFC 9114 §4.1."""
         if stream_id in self._requests and not self._terminated:
-            self._h3.send_headers(stream_id, [(b":status", _STATUS[status]), *headers])
+            block = [(b":status", _STATUS[status])]
+            block += [f for f in headers if f[0] not in DROPPED_RESPONSE_FIELDS]
+            self._h3.send_headers(stream_id, block)
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """DATA; QUIC holds what flow control does not let out yet."""
@@ -200,7 +204,8 @@ class H3Protocol:
     def send_trailers(self, stream_id: int, headers: Headers) -> None:
         """Trailing HEADERS, ending the stream."""
         if stream_id in self._requests and not self._terminated:
-            self._h3.send_headers(stream_id, headers, end_stream=True)
+            trailers = [f for f in headers if f[0] not in DROPPED_RESPONSE_FIELDS]
+            self._h3.send_headers(stream_id, trailers, end_stream=True)
 
     def reset_stream(self, stream_id: int) -> None:
         """Abort the response (the app failed after starting it)."""

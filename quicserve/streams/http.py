@@ -46,12 +46,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 logger = logging.getLogger("quicserve.error")
 access_logger = logging.getLogger("quicserve.access")
 
-# Headers that are about the connection, not the message: never sent on HTTP/2 or HTTP/3
-# (RFC 9113 §8.2.2, RFC 9114 §4.2).
-_CONNECTION_HEADERS = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
-
 _NOT_STARTED, _HEAD_PENDING, _STARTED, _COMPLETE = range(4)
 
 _ERROR_BODIES = {
@@ -453,13 +447,12 @@ class HTTPStream:
         await self._send_body(b"", False)
 
     def _response_headers(self, raw: Any) -> Headers:
-        multiplexed = self._info.capabilities.multiplexed
+        # Fields a protocol may not send (Connection on HTTP/2 and HTTP/3) are dropped by
+        # that protocol module, which knows its own rules.
         headers: Headers = []
         has_date = False
         for name, value in raw:
             name = bytes(name).lower()
-            if multiplexed and name in _CONNECTION_HEADERS:
-                continue
             if name == b"date":
                 has_date = True
             headers.append((name, bytes(value)))
