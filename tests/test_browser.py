@@ -126,6 +126,8 @@ async def test_alt_svc_moves_chromium_from_h2_to_h3(
     assert app.versions[0] == ("/", "2"), app.versions[:3]  # first navigation: h2 over TCP
     later = [version for _, version in app.versions[1:]]
     assert "3" in later, (app.versions[:5], dom[-300:])  # ... then HTTP/3 via alt-svc
-    # The page saw the same: it started on h2 and ended on h3.
+    # The page's own fetches end on h3. Its first fetch may already be h3: Chromium starts
+    # the QUIC handshake as soon as it reads alt-svc on the navigation, and on a fast
+    # loopback that can finish before the script's first fetch (seen in CI).
     shown = dom.split('id="out">', 1)[1].split("<", 1)[0]
-    assert shown.startswith("protocols:2") and shown.endswith(",3"), shown
+    assert shown.startswith("protocols:") and shown.endswith("3"), shown
