@@ -357,6 +357,12 @@ class ByteStreamConnection(StreamDispatcher):
         self._dispatch()
 
     def _on_credit(self) -> None:
+        if self._batch_writes:
+            # HTTP/2: the credit became WINDOW_UPDATE frames that must be written now; a
+            # peer that used up its window sends nothing until it sees them, so waiting
+            # for the next write would deadlock a large upload. The timer task writes.
+            self._flush_requested = True
+            self._wake_timer()
         if self._read_wakeup is not None and self.protocol.wants_read():
             self._read_wakeup.set()
             self._read_wakeup = None

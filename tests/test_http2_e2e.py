@@ -192,6 +192,33 @@ async def test_large_transfers_with_flow_control(
             assert response.text == f"{size} {hashlib.sha256(payload).hexdigest()}"
 
 
+async def test_upload_to_a_slow_app_reopens_the_window(
+    anyio_backend: object, tmp_path: Any
+) -> None:
+    """The app reads slower than curl sends: once the 64 KiB window is used up, only our
+    WINDOW_UPDATEs let the upload go on (they used to wait for an unrelated write, and
+    the upload hung)."""
+
+    async def slow_app(scope: Any, receive: Any, send: Any) -> None:
+        received = 0
+        while True:
+            message = await receive()
+            received += len(message.get("body", b""))
+            await anyio.sleep(0.001)
+            if not message.get("more_body"):
+                break
+        await respond(send, 200, b"%d" % received)
+
+    body = tmp_path / "upload.bin"
+    body.write_bytes(b"u" * (3 * 1024 * 1024))
+    async with running_server(slow_app) as srv:
+        code, out, err = await curl(
+            "--http2-prior-knowledge", "--data-binary", f"@{body}", srv.url("/")
+        )
+    assert code == 0, err
+    assert out == b"%d" % (3 * 1024 * 1024)
+
+
 async def test_slow_reader_gets_backpressure(anyio_backend: object) -> None:
     """A client that never opens its window stalls the app's send(), not server memory."""
     progress: dict[str, int] = {"sent": 0}
