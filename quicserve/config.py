@@ -225,6 +225,39 @@ class Config:
         metadata=_opt("response bytes buffered per stream before the app's send() waits"),
     )
 
+    # -- WebSockets and WebTransport ----------------------------------------------------
+    ws_max_size: int = field(
+        default=16 * 1024 * 1024,
+        metadata=_opt("bytes in one incoming WebSocket message at most (close 1009)"),
+    )
+    ws_max_queue: int = field(
+        default=32,
+        metadata=_opt(
+            "incoming WebSocket messages queued for the app at most; then the peer is "
+            "read no further until the app receives"
+        ),
+    )
+    ws_ping_interval: float = field(
+        default=20.0,
+        metadata=_opt("send a WebSocket ping after this many idle seconds; 0 = never"),
+    )
+    ws_ping_timeout: float = field(
+        default=20.0,
+        metadata=_opt(
+            "close a WebSocket (1011) whose pong, or closing handshake, takes longer than this"
+        ),
+    )
+    ws_per_message_deflate: bool = field(
+        default=True,
+        metadata=_opt("accept the permessage-deflate WebSocket extension when a client offers it"),
+    )
+    webtransport: bool = field(
+        default=False,
+        metadata=_opt(
+            "experimental: accept WebTransport sessions over HTTP/3 (ASGI 'webtransport')"
+        ),
+    )
+
     @property
     def tls_enabled(self) -> bool:
         """Whether ``--bind`` addresses speak TLS."""

@@ -41,6 +41,7 @@ from .events import (
 from .lowlevel import Wakeup, wakeup_factory
 from .protocol.http1 import H2CUpgrade, switching_response
 from .streams.http import HTTPStream, connection_extensions
+from .streams.websocket import WebSocketStream, is_websocket_request
 
 if TYPE_CHECKING:
     from .registry import ConnectionRecord
@@ -73,13 +74,13 @@ class StreamDispatcher:
         self._extensions_info: ConnectionInfo | None = None
         self._info = info
         self._record = record
-        self._streams: dict[int, HTTPStream] = {}
+        self._streams: dict[int, HTTPStream | WebSocketStream] = {}
         self._writable: dict[int, Wakeup] = {}
         self._buffer_limit = context.config.write_buffer_size
         self._broken = False
         self._closing = False
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._queue: deque[HTTPStream] = deque()
+        self._queue: deque[HTTPStream | WebSocketStream] = deque()
         self._idle_workers: list[Wakeup] = []
         self._workers = 0
         self._max_workers = 1_000_000 if info.capabilities.multiplexed else 1
@@ -147,14 +148,22 @@ class StreamDispatcher:
                 self._on_other_event(event)
 
     def _start_stream(self, request: RequestReceived) -> None:
-        stream = HTTPStream(
-            self.context.app, self, self._info, request, self.context.lifespan_state
-        )
+        stream: HTTPStream | WebSocketStream
+        if (request.websocket_upgrade or request.protocol is not None) and is_websocket_request(
+            request
+        ):
+            stream = WebSocketStream(
+                self.context.app, self, self._info, request, self.context.lifespan_state
+            )
+        else:
+            stream = HTTPStream(
+                self.context.app, self, self._info, request, self.context.lifespan_state
+            )
         self._streams[request.stream_id] = stream
         self._record.requests += 1
         self._launch(stream)
 
-    def _launch(self, stream: HTTPStream) -> None:
+    def _launch(self, stream: HTTPStream | WebSocketStream) -> None:
         """Run a registered stream's app call on one of the connection's workers.
 
         Workers are long-lived tasks that take streams from a queue, because waking an
@@ -182,6 +191,12 @@ class StreamDispatcher:
                 await wakeup.wait()
         finally:
             self._workers -= 1
+
+    def _shutdown_streams(self) -> None:
+        """Graceful shutdown reached this connection: open WebSockets close with 1001
+        (requests just finish). The caller writes out what that produced."""
+        for stream in list(self._streams.values()):
+            stream.server_shutdown()
 
     def _stop_workers(self) -> None:
         """Let idle workers end (the connection is closing)."""
@@ -400,6 +415,7 @@ class ByteStreamConnection(StreamDispatcher):
     def shutdown(self) -> None:
         """Begin a graceful close: GOAWAY on HTTP/2, close-when-idle on HTTP/1.1."""
         self.protocol.shutdown()
+        self._shutdown_streams()
         # GOAWAY (HTTP/2) is written by the timer task, which belongs to this connection.
         self._flush_requested = True
         self._wake_timer()

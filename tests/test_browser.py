@@ -131,3 +131,92 @@ async def test_alt_svc_moves_chromium_from_h2_to_h3(
     # loopback that can finish before the script's first fetch (seen in CI).
     shown = dom.split('id="out">', 1)[1].split("<", 1)[0]
     assert shown.startswith("protocols:") and shown.endswith("3"), shown
+
+
+WS_PAGE = b"""<!doctype html><html><body><pre id="out">loading</pre><script>
+const show = text => { document.getElementById('out').textContent = text; };
+const ws = new WebSocket('wss://' + location.host + '/echo');
+let result = '';
+ws.onopen = () => ws.send('hello from chromium');
+ws.onmessage = event => { result = 'echo:' + event.data; ws.close(1000, 'done'); };
+ws.onerror = () => { result = 'error'; };
+ws.onclose = async event => {
+  const after = await (await fetch('/proto', {cache: 'no-store'})).text();
+  show(result + ' close:' + event.code + ' after:' + after);
+};
+</script></body></html>"""
+
+
+class WebSocketPageApp(RecordingApp):
+    """Serves WS_PAGE at /, echoes WebSocket messages with the scope's http_version."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.websockets: list[str] = []
+        self.disconnects: list[int] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/":
+            self.versions.append(("/", scope["http_version"]))
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/html")],
+                }
+            )
+            await send({"type": "http.response.body", "body": WS_PAGE})
+            return
+        if scope["type"] != "websocket":
+            await super().__call__(scope, receive, send)
+            return
+        self.websockets.append(scope["http_version"])
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                self.disconnects.append(message["code"])
+                return
+            text = f"{message['text']} over HTTP/{scope['http_version']}"
+            await send({"type": "websocket.send", "text": text})
+
+
+async def test_websocket_over_http2(
+    anyio_backend: object, tls_files: DevCertificate, tmp_path: Path
+) -> None:
+    """Chromium's default: a WebSocket rides the page's HTTP/2 connection (RFC 8441)."""
+    app = WebSocketPageApp()
+    async with running_server(app, tls=tls_files) as srv:
+        port = srv.port("https")
+        dom = await run_chromium(f"https://localhost:{port}/", tls_files, tmp_path)
+        assert srv.server.registry.total_accepted == 1  # page and WebSocket: one connection
+    shown = dom.split('id="out">', 1)[1].split("<", 1)[0]
+    assert shown == "echo:hello from chromium over HTTP/2 close:1000 after:2", dom[-400:]
+    assert app.websockets == ["2"]
+    assert app.disconnects == [1000]
+
+
+async def test_websocket_over_http3_then_more_http3(
+    anyio_backend: object, tls_files: DevCertificate, tmp_path: Path
+) -> None:
+    """With EnableWebsocketsOverHttp3 and QUIC forced, the WebSocket is an RFC 9220
+    extended CONNECT; afterwards the same QUIC endpoint still serves HTTP/3 (the page's
+    fetch, then a second page load on a fresh browser)."""
+    app = WebSocketPageApp()
+    async with running_server(app, tls=tls_files, quic_bind=("127.0.0.1:0",)) as srv:
+        port = next(a.port for a in srv.addresses if a.transport == "udp")
+        flags = (
+            f"--origin-to-force-quic-on=localhost:{port}",
+            "--enable-features=EnableWebsocketsOverHttp3",
+        )
+        dom = await run_chromium(f"https://localhost:{port}/", tls_files, tmp_path, *flags)
+        again = await run_chromium(
+            f"https://localhost:{port}/", tls_files, tmp_path / "second", *flags
+        )
+    for page in (dom, again):
+        shown = page.split('id="out">', 1)[1].split("<", 1)[0]
+        assert shown == "echo:hello from chromium over HTTP/3 close:1000 after:3", page[-400:]
+    assert app.websockets == ["3", "3"]
+    assert app.disconnects == [1000, 1000]
+    assert app.versions[0] == ("/", "3")

@@ -18,6 +18,10 @@ Rules this module keeps:
 * Timers: a fresh connection or a half-received head must complete within
   ``header_read_timeout``; an idle keep-alive connection closes after
   ``keep_alive_timeout``. No timer runs while a request is in flight.
+* ``Upgrade: websocket`` (RFC 6455 §4) is flagged on the request; if the stream type
+  answers ``101`` the connection turns into a tunnel: from then on the peer's bytes are
+  body events of that request, ``send_data`` writes raw bytes, the end of either side
+  closes the connection, and no timer runs.
 * ``Upgrade: h2c`` on a cleartext connection (RFC 7540 §3.2; dropped from RFC 9113 but
   still used by clients such as curl ``--http2``) is reported as :class:`H2CUpgrade`; the
   driver answers ``101`` and hands the connection to the HTTP/2 protocol.
@@ -73,6 +77,10 @@ class H2CUpgrade:
     trailing_data: bytes
 
 
+def _content_length_is_zero(headers: Headers) -> bool:
+    return all(value.strip() == b"0" for name, value in headers if name == b"content-length")
+
+
 def switching_response() -> bytes:
     """The ``101`` answer to an h2c upgrade."""
     return b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
@@ -100,6 +108,7 @@ class H1Protocol:
         self._pipelined = 0
         self._closed = False
         self._upgrading = False
+        self._tunnel = False
         self._shutting_down = False
         # Fresh connection: the first head must arrive within header_read_timeout.
         self._deadline: float | None = now + config.header_read_timeout
@@ -110,6 +119,14 @@ class H1Protocol:
     def receive_data(self, data: bytes, now: float) -> None:
         """Feed bytes from the peer; ``b""`` means the peer closed its side."""
         if self._closed:
+            return
+        if self._tunnel:
+            assert self._active is not None
+            if data:
+                self._body_unacked += len(data)
+                self._events.append(BodyReceived(self._active, data))
+            else:
+                self._events.append(BodyEnded(self._active))
             return
         if not data and self._active is not None and self._conn.their_state is h11.DONE:
             # h11 reports nothing while paused between requests, but the peer is gone:
@@ -210,7 +227,13 @@ class H1Protocol:
         self._body_unacked = 0
         self._pipelined = 0
         self._deadline = None
-        websocket = upgrade == b"websocket" and b"upgrade" in connection_tokens
+        # A body would have to end before the switch; such a request stays plain HTTP.
+        websocket = (
+            upgrade == b"websocket"
+            and b"upgrade" in connection_tokens
+            and not has_te
+            and (not has_cl or _content_length_is_zero(headers))
+        )
         request = RequestReceived(
             stream_id=self._stream_id,
             method=event.method,
@@ -261,6 +284,9 @@ class H1Protocol:
         """Start the response (h11 adds framing headers when the app gave none)."""
         if stream_id != self._active or self._response_started or self._closed:
             return
+        if status == 101:
+            self._switch_to_tunnel(headers)
+            return
         self._response_started = True
         if self._shutting_down:
             headers = [*headers, (b"connection", b"close")]
@@ -280,6 +306,25 @@ class H1Protocol:
         if end_stream:
             self._end_response()
 
+    def _switch_to_tunnel(self, headers: Headers) -> None:
+        # h11 checks that the request asked for an Upgrade and has ended.
+        self._out.append(
+            self._conn.send(
+                h11.InformationalResponse(
+                    status_code=101, headers=headers, reason=b"Switching Protocols"
+                )
+            )
+            or b""
+        )
+        self._tunnel = True
+        self._response_started = True
+        self._body_unacked = self._pipelined = 0
+        trailing, _ = self._conn.trailing_data
+        if trailing:
+            assert self._active is not None
+            self._body_unacked = len(trailing)
+            self._events.append(BodyReceived(self._active, bytes(trailing)))
+
     def send_informational(self, stream_id: int, status: int, headers: Headers) -> None:
         """A 1xx response: 100 Continue, 103 Early Hints."""
         if stream_id != self._active or self._response_started or self._closed:
@@ -291,6 +336,13 @@ class H1Protocol:
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Body bytes. TCP is the only flow control, so nothing is buffered here."""
         if stream_id != self._active or not self._response_started or self._response_done:
+            return
+        if self._tunnel:
+            if data:
+                self._out.append(data)
+            if end_stream:
+                self._response_done = True
+                self._close()
             return
         if data and not self._head_request:
             try:
@@ -355,7 +407,7 @@ class H1Protocol:
         """The stream type finished: parse the next (pipelined) request, or close."""
         if stream_id != self._active or self._closed:
             return
-        if not self._response_done:
+        if not self._response_done or self._tunnel:
             # The app ended without completing its response: the peer cannot know where
             # it ends, so the connection must go.
             self._close()

@@ -52,6 +52,7 @@ _ERROR_BODIES = {
     500: b"Internal Server Error\n",
     413: b"Content Too Large\n",
     425: b"Too Early\n",
+    501: b"Not Implemented: unsupported :protocol\n",
 }
 # RFC 9110 §9.2.1: methods whose replay is harmless, served from 0-RTT (RFC 8470 §3).
 _SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
@@ -184,6 +185,9 @@ class HTTPStream:
         self._disconnected = True
         self._wake()
 
+    def server_shutdown(self) -> None:
+        """The server is shutting down: a request simply runs to its end."""
+
     def _wake(self) -> None:
         if self._waiter is not None:
             self._waiter.set()
@@ -205,14 +209,8 @@ class HTTPStream:
         request = self.request
         info = self._info
         config = self._host.config
-        raw_path, _, query = request.raw_path.partition(b"?")
         root_path = config.root_path
-        path = raw_path.decode("latin-1")
-        if "%" in path:
-            path = unquote(path)
-        if root_path:
-            path = root_path + path
-            raw_path = root_path.encode("latin-1") + raw_path
+        path, raw_path, query = split_target(request.raw_path, root_path)
         extensions = self._host.extensions_for(info).copy()
         if info.capabilities.trailers and _accepts_trailers(request.headers):
             extensions["http.response.trailers"] = {}
@@ -247,6 +245,10 @@ class HTTPStream:
             request = self.request
             if limit and _declared_length(request.headers) > limit:
                 await self._send_error(413)
+            elif request.protocol is not None:
+                # Extended CONNECT (RFC 8441 / RFC 9220) for a protocol we do not serve
+                # (WebSocket requests never get here; see streams/websocket.py).
+                await self._send_error(501)
             elif (
                 request.early_data
                 and request.method not in _SAFE_METHODS
@@ -447,20 +449,7 @@ class HTTPStream:
         await self._send_body(b"", False)
 
     def _response_headers(self, raw: Any) -> Headers:
-        # Fields a protocol may not send (Connection on HTTP/2 and HTTP/3) are dropped by
-        # that protocol module, which knows its own rules.
-        headers: Headers = []
-        has_date = False
-        for name, value in raw:
-            name = bytes(name).lower()
-            if name == b"date":
-                has_date = True
-            headers.append((name, bytes(value)))
-        if not has_date:
-            headers.append((b"date", _date.get()))
-        if self._info.alt_svc is not None:
-            headers.append((b"alt-svc", self._info.alt_svc))
-        return headers
+        return response_headers(raw, self._info)
 
     def _log_access(self, duration: float) -> None:
         request = self.request
@@ -475,6 +464,37 @@ class HTTPStream:
             self._response_bytes,
             duration * 1000,
         )
+
+
+def split_target(target: bytes, root_path: str) -> tuple[str, bytes, bytes]:
+    """``(path, raw_path, query_string)`` for the ASGI scope from a request target."""
+    raw_path, _, query = target.partition(b"?")
+    path = raw_path.decode("latin-1")
+    if "%" in path:
+        path = unquote(path)
+    if root_path:
+        path = root_path + path
+        raw_path = root_path.encode("latin-1") + raw_path
+    return path, raw_path, query
+
+
+def response_headers(raw: Any, info: ConnectionInfo) -> Headers:
+    """The app's response headers as lower-case byte pairs, plus ``date`` (unless the app
+    set one) and ``alt-svc`` (when the connection advertises HTTP/3)."""
+    # Fields a protocol may not send (Connection on HTTP/2 and HTTP/3) are dropped by
+    # that protocol module, which knows its own rules.
+    headers: Headers = []
+    has_date = False
+    for name, value in raw:
+        name = bytes(name).lower()
+        if name == b"date":
+            has_date = True
+        headers.append((name, bytes(value)))
+    if not has_date:
+        headers.append((b"date", _date.get()))
+    if info.alt_svc is not None:
+        headers.append((b"alt-svc", info.alt_svc))
+    return headers
 
 
 def connection_extensions(info: ConnectionInfo) -> dict[str, Any]:

@@ -502,6 +502,7 @@ class QuicConnectionHandler(StreamDispatcher):
     def shutdown(self) -> None:
         """GOAWAY now; close once the requests in flight are done."""
         self.protocol.shutdown()
+        self._shutdown_streams()
         self._transmit(_now())
 
 

@@ -1,0 +1,667 @@
+"""WebSocket test clients for HTTP/1.1, HTTP/2 (RFC 8441) and HTTP/3 (RFC 9220).
+
+The ``websockets`` package is the independent HTTP/1.1 client of the tests; it speaks
+neither RFC 8441 nor RFC 9220, and it will not send broken frames on purpose. So this
+module opens a WebSocket *tunnel* on each transport, built on the protocol libraries
+(h11 for the HTTP/1.1 handshake, the ``h2`` package, aioquic's QUIC and HTTP/3), and
+:class:`WSClient` runs wsproto's client framing over any tunnel, plus a raw-frame writer
+for the RFC 6455 conformance cases. Everything is anyio, so it runs on every backend the
+server is tested on.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import struct
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import h11
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated, StreamReset
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from wsproto.extensions import PerMessageDeflate
+
+from quicserve.certs import DevCertificate
+
+from .helpers import client_ssl_context, running_server
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class Tunnel:
+    """The byte stream of one accepted (or refused) WebSocket handshake."""
+
+    status: int
+    headers: Headers
+    body: bytes  # the response body when the handshake was refused
+
+    def __init__(self) -> None:
+        self._send, self._receive = anyio.create_memory_object_stream[bytes](1000)
+        self.status = 0
+        self.headers = []
+        self.body = b""
+        self.reset: int | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    async def send(self, data: bytes, end: bool = False) -> None:
+        raise NotImplementedError
+
+    async def receive(self) -> bytes:
+        """The next bytes from the server; ``b""`` once its side has ended."""
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            return b""
+
+    def _deliver(self, data: bytes) -> None:
+        try:
+            self._send.send_nowait(data)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    def _end(self) -> None:
+        self._send.close()
+
+    def _dispose(self) -> None:
+        self._send.close()
+        self._receive.close()
+
+
+def _handshake_headers(
+    extra: Headers, subprotocols: list[str], deflate: bool, version: bytes
+) -> Headers:
+    headers: Headers = [(b"sec-websocket-version", version)]
+    if subprotocols:
+        headers.append((b"sec-websocket-protocol", ", ".join(subprotocols).encode()))
+    if deflate:
+        headers.append(
+            (b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits")
+        )
+    return headers + extra
+
+
+# -- HTTP/1.1 ------------------------------------------------------------------------
+
+
+class _H1Tunnel(Tunnel):
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        super().__init__()
+        self.stream = stream
+
+    async def send(self, data: bytes, end: bool = False) -> None:
+        if data:
+            await self.stream.send(data)
+        if end:
+            await self.stream.aclose()
+
+    async def pump(self) -> None:
+        while True:
+            try:
+                data = await self.stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                break
+            self._deliver(data)
+        self._end()
+
+
+@asynccontextmanager
+async def open_h1(
+    port: int,
+    path: str = "/",
+    *,
+    tls: ssl.SSLContext | None = None,
+    headers: Headers | None = None,
+    subprotocols: list[str] | None = None,
+    deflate: bool = False,
+    version: bytes = b"13",
+) -> AsyncIterator[Tunnel]:
+    """An RFC 6455 handshake on a fresh TCP (or TLS) connection."""
+    stream: anyio.abc.ByteStream = await anyio.connect_tcp(
+        "127.0.0.1", port, ssl_context=tls, tls_standard_compatible=False
+    )
+    key = base64.b64encode(os.urandom(16))
+    request_headers = [
+        (b"host", b"localhost:%d" % port),
+        (b"upgrade", b"websocket"),
+        (b"connection", b"Upgrade"),
+        (b"sec-websocket-key", key),
+        *_handshake_headers(headers or [], subprotocols or [], deflate, version),
+    ]
+    client = h11.Connection(h11.CLIENT)
+    await stream.send(client.send(h11.Request(method="GET", target=path, headers=request_headers)))
+    await stream.send(client.send(h11.EndOfMessage()))
+    tunnel = _H1Tunnel(stream)
+    while True:
+        event = client.next_event()
+        if event is h11.NEED_DATA:
+            client.receive_data(await stream.receive())
+            continue
+        if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+            tunnel.status = 101
+            tunnel.headers = [(n.lower(), v) for n, v in event.headers]
+            trailing, _ = client.trailing_data
+            if trailing:
+                tunnel._deliver(bytes(trailing))
+            break
+        if isinstance(event, h11.Response):
+            tunnel.status = event.status_code
+            tunnel.headers = [(n.lower(), v) for n, v in event.headers]
+            continue
+        if isinstance(event, h11.Data):
+            tunnel.body += event.data
+            continue
+        if isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            break
+    async with anyio.create_task_group() as tg:
+        if tunnel.status == 101:
+            tg.start_soon(tunnel.pump)
+        try:
+            yield tunnel
+        finally:
+            tg.cancel_scope.cancel()
+    tunnel._dispose()
+    await stream.aclose()
+
+
+# -- HTTP/2 (RFC 8441) ---------------------------------------------------------------
+
+
+class _H2Tunnel(Tunnel):
+    def __init__(self, stream: anyio.abc.ByteStream, conn: h2.connection.H2Connection) -> None:
+        super().__init__()
+        self.stream = stream
+        self.conn = conn
+        self.stream_id = 0
+        self.settings_seen = anyio.Event()
+        self.response_seen = anyio.Event()
+        self.connect_protocol_enabled = False
+        self.lock = anyio.Lock()
+        self.goaway_seen = False
+        self._pending = bytearray()
+
+    async def flush(self) -> None:
+        async with self.lock:
+            data = self.conn.data_to_send()
+            if data:
+                await self.stream.send(data)
+
+    async def send(self, data: bytes, end: bool = False) -> None:
+        # Respect the server's flow control windows, as a real client must.
+        view = memoryview(data)
+        while view or end:
+            window = self.conn.local_flow_control_window(self.stream_id)
+            size = min(len(view), window, self.conn.max_outbound_frame_size)
+            if view and size <= 0:
+                await anyio.sleep(0.005)
+                continue
+            last = end and size == len(view)
+            self.conn.send_data(self.stream_id, bytes(view[:size]), end_stream=last)
+            view = view[size:]
+            await self.flush()
+            if last:
+                break
+
+    def _strip_goaway(self, data: bytes) -> bytes:
+        # The h2 package's client state machine treats a received GOAWAY as the end of
+        # the connection and rejects frames of the streams still open, which RFC 9113
+        # §6.8 lets finish. Note GOAWAY here and keep it from h2.
+        self._pending += data
+        out = bytearray()
+        while len(self._pending) >= 9:
+            length = int.from_bytes(self._pending[:3], "big")
+            if len(self._pending) < 9 + length:
+                break
+            frame = self._pending[: 9 + length]
+            del self._pending[: 9 + length]
+            if frame[3] == 0x7:
+                self.goaway_seen = True
+            else:
+                out += frame
+        return bytes(out)
+
+    async def pump(self) -> None:
+        while True:
+            try:
+                data = await self.stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                break
+            for event in self.conn.receive_data(self._strip_goaway(data)):
+                if isinstance(event, h2.events.RemoteSettingsChanged):
+                    setting = event.changed_settings.get(
+                        h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL
+                    )
+                    if setting is not None:
+                        self.connect_protocol_enabled = setting.new_value == 1
+                    self.settings_seen.set()
+                elif isinstance(event, h2.events.ResponseReceived):
+                    self.status = int(dict(event.headers)[b":status"])
+                    self.headers = [(n, v) for n, v in event.headers if not n.startswith(b":")]
+                    self.response_seen.set()
+                elif isinstance(event, h2.events.DataReceived):
+                    self.conn.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
+                    if self.status == 200:
+                        self._deliver(event.data)
+                    else:
+                        self.body += event.data
+                elif isinstance(event, h2.events.StreamEnded):
+                    self._end()
+                    self.response_seen.set()
+                elif isinstance(event, h2.events.StreamReset):
+                    self.reset = event.error_code
+                    self._end()
+                    self.response_seen.set()
+            await self.flush()
+        self._end()
+        self.response_seen.set()
+        self.settings_seen.set()
+
+
+@asynccontextmanager
+async def open_h2(
+    port: int,
+    path: str = "/",
+    *,
+    tls: ssl.SSLContext | None = None,
+    headers: Headers | None = None,
+    subprotocols: list[str] | None = None,
+    deflate: bool = False,
+    protocol: bytes = b"websocket",
+    version: bytes = b"13",
+) -> AsyncIterator[Tunnel]:
+    """An RFC 8441 extended CONNECT on a fresh HTTP/2 connection (TLS with ALPN h2, or
+    prior-knowledge h2c)."""
+    if tls is not None:
+        tls.set_alpn_protocols(["h2"])
+    stream: anyio.abc.ByteStream = await anyio.connect_tcp(
+        "127.0.0.1", port, ssl_context=tls, tls_standard_compatible=False
+    )
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    conn.initiate_connection()
+    tunnel = _H2Tunnel(stream, conn)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tunnel.pump)
+        try:
+            await tunnel.flush()
+            with anyio.fail_after(10):
+                await tunnel.settings_seen.wait()
+            assert tunnel.connect_protocol_enabled, "no SETTINGS_ENABLE_CONNECT_PROTOCOL"
+            tunnel.stream_id = conn.get_next_available_stream_id()
+            request = [
+                (b":method", b"CONNECT"),
+                (b":protocol", protocol),
+                (b":scheme", b"https" if tls is not None else b"http"),
+                (b":path", path.encode()),
+                (b":authority", b"localhost:%d" % port),
+                *_handshake_headers(headers or [], subprotocols or [], deflate, version),
+            ]
+            conn.send_headers(tunnel.stream_id, request)
+            await tunnel.flush()
+            with anyio.fail_after(10):
+                await tunnel.response_seen.wait()
+            yield tunnel
+        finally:
+            tg.cancel_scope.cancel()
+    tunnel._dispose()
+    await stream.aclose()
+
+
+# -- HTTP/3 (RFC 9220) ---------------------------------------------------------------
+
+
+class _H3Tunnel(Tunnel):
+    def __init__(self, sock: Any, quic: QuicConnection, port: int) -> None:
+        super().__init__()
+        self.sock = sock
+        self.address = ("127.0.0.1", port)
+        self.quic = quic
+        self.h3 = H3Connection(quic)
+        self.stream_id = 0
+        self.response_seen = anyio.Event()
+        self.handshake_done = anyio.Event()
+        self.terminated = False
+        self._lock = anyio.Lock()
+
+    async def transmit(self) -> None:
+        async with self._lock:
+            for data, _ in self.quic.datagrams_to_send(time.monotonic()):
+                await self.sock.send(data)
+
+    async def send(self, data: bytes, end: bool = False) -> None:
+        self.h3.send_data(self.stream_id, data, end)
+        await self.transmit()
+        # aioquic buffers without limit; like a real client, wait while more than 1 MiB
+        # is unacknowledged (the server's flow control holds it back).
+        stream = self.quic._streams.get(self.stream_id)
+        while stream is not None and len(stream.sender._buffer) > 1024 * 1024:
+            if self.terminated:
+                return
+            await anyio.sleep(0.005)
+
+    async def pump(self) -> None:
+        quic = self.quic
+        while not self.terminated:
+            timer = quic.get_timer()
+            timeout = 0.05 if timer is None else max(0.0, timer - time.monotonic())
+            with anyio.move_on_after(min(timeout, 0.05)):
+                data = await self.sock.receive()
+                quic.receive_datagram(data, self.address, time.monotonic())
+            if timer is not None and time.monotonic() >= timer:
+                quic.handle_timer(time.monotonic())
+            self._process()
+            await self.transmit()
+        self._end()
+        self.response_seen.set()
+
+    def _process(self) -> None:
+        while True:
+            event = self.quic.next_event()
+            if event is None:
+                return
+            if type(event).__name__ == "HandshakeCompleted":
+                self.handshake_done.set()
+            if isinstance(event, ConnectionTerminated):
+                self.terminated = True
+                self.handshake_done.set()
+            if isinstance(event, StreamReset) and event.stream_id == self.stream_id:
+                self.reset = event.error_code
+                self._end()
+                self.response_seen.set()
+            for h3_event in self.h3.handle_event(event):
+                if isinstance(h3_event, HeadersReceived) and h3_event.stream_id == self.stream_id:
+                    if not self.status:
+                        self.status = int(dict(h3_event.headers)[b":status"])
+                        self.headers = [
+                            (n, v) for n, v in h3_event.headers if not n.startswith(b":")
+                        ]
+                        self.response_seen.set()
+                    if h3_event.stream_ended:
+                        self._end()
+                elif isinstance(h3_event, DataReceived) and h3_event.stream_id == self.stream_id:
+                    if self.status == 200:
+                        if h3_event.data:
+                            self._deliver(h3_event.data)
+                    else:
+                        self.body += h3_event.data
+                    if h3_event.stream_ended:
+                        self._end()
+                        self.response_seen.set()
+
+
+@asynccontextmanager
+async def open_h3(
+    port: int,
+    path: str = "/",
+    *,
+    cafile: str,
+    headers: Headers | None = None,
+    subprotocols: list[str] | None = None,
+    deflate: bool = False,
+    protocol: bytes = b"websocket",
+    version: bytes = b"13",
+) -> AsyncIterator[Tunnel]:
+    """An RFC 9220 extended CONNECT on a fresh QUIC connection (aioquic's QUIC and H3)."""
+    configuration = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN)
+    configuration.load_verify_locations(cafile)
+    configuration.server_name = "localhost"
+    quic = QuicConnection(configuration=configuration)
+    sock = await anyio.create_connected_udp_socket("127.0.0.1", port)
+    quic.connect(("127.0.0.1", port), time.monotonic())
+    tunnel = _H3Tunnel(sock, quic, port)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tunnel.pump)
+        try:
+            await tunnel.transmit()
+            with anyio.fail_after(10):
+                await tunnel.handshake_done.wait()
+            assert not tunnel.terminated, "QUIC handshake failed"
+            tunnel.stream_id = quic.get_next_available_stream_id()
+            request = [
+                (b":method", b"CONNECT"),
+                (b":protocol", protocol),
+                (b":scheme", b"https"),
+                (b":path", path.encode()),
+                (b":authority", b"localhost:%d" % port),
+                *_handshake_headers(headers or [], subprotocols or [], deflate, version),
+            ]
+            tunnel.h3.send_headers(tunnel.stream_id, request)
+            await tunnel.transmit()
+            with anyio.fail_after(10):
+                await tunnel.response_seen.wait()
+            yield tunnel
+        finally:
+            if not tunnel.terminated:
+                quic.close()
+                await tunnel.transmit()
+            tg.cancel_scope.cancel()
+    tunnel._dispose()
+    await sock.aclose()
+
+
+# -- WebSocket framing over any tunnel -----------------------------------------------
+
+
+def raw_frame(
+    opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0, mask: bool = True
+) -> bytes:
+    """One client frame exactly as given (RFC 6455 §5.2), for frames wsproto won't make."""
+    first = (0x80 if fin else 0) | (rsv << 4) | opcode
+    length = len(payload)
+    mask_bit = 0x80 if mask else 0
+    if length < 126:
+        head = struct.pack("!BB", first, mask_bit | length)
+    elif length < 65536:
+        head = struct.pack("!BBH", first, mask_bit | 126, length)
+    else:
+        head = struct.pack("!BBQ", first, mask_bit | 127, length)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return head + key + masked
+
+
+class WSClient:
+    """wsproto client framing over a :class:`Tunnel`: messages, pings, closes."""
+
+    def __init__(self, tunnel: Tunnel, deflate: bool = False) -> None:
+        self.tunnel = tunnel
+        extensions = []
+        offered = tunnel.header(b"sec-websocket-extensions")
+        if deflate and offered:
+            extension = PerMessageDeflate()
+            extension.finalize(offered.decode())
+            extensions.append(extension)
+        self.ws = Connection(ConnectionType.CLIENT, extensions)
+        self.ended = False
+        self._fragments: list[Any] = []
+
+    async def send_text(self, text: str) -> None:
+        await self.tunnel.send(self.ws.send(TextMessage(data=text)))
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.tunnel.send(self.ws.send(BytesMessage(data=data)))
+
+    async def ping(self, payload: bytes = b"") -> None:
+        await self.tunnel.send(self.ws.send(Ping(payload=payload)))
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self.tunnel.send(self.ws.send(CloseConnection(code=code, reason=reason)))
+
+    async def raw(self, data: bytes) -> None:
+        await self.tunnel.send(data)
+
+    async def next_event(self, timeout: float = 10) -> Any:
+        """The next wsproto event (whole messages joined); ``None`` once the server's
+        side ended without one."""
+        with anyio.fail_after(timeout):
+            while True:
+                for event in self.ws.events():
+                    if isinstance(event, TextMessage | BytesMessage):
+                        self._fragments.append(event.data)
+                        if not event.message_finished:
+                            continue
+                        joined = ("" if isinstance(event, TextMessage) else b"").join(
+                            self._fragments
+                        )
+                        self._fragments.clear()
+                        return type(event)(data=joined)
+                    return event
+                if self.ended:
+                    return None
+                data = await self.tunnel.receive()
+                if not data:
+                    self.ended = True
+                    continue
+                self.ws.receive_data(data)
+
+    async def receive_message(self, timeout: float = 10) -> str | bytes:
+        """The next data message (answering nothing: pongs are returned as events)."""
+        event = await self.next_event(timeout)
+        assert isinstance(event, TextMessage | BytesMessage), event
+        return event.data
+
+    async def expect_close(self, timeout: float = 10) -> tuple[int, str]:
+        """Read until the server's close frame; return its code and reason."""
+        while True:
+            event = await self.next_event(timeout)
+            assert event is not None, "the server ended the stream without a close frame"
+            if isinstance(event, CloseConnection):
+                return int(event.code), event.reason or ""
+
+    async def pong(self, timeout: float = 10) -> bytes:
+        event = await self.next_event(timeout)
+        assert isinstance(event, Pong), event
+        return bytes(event.payload)
+
+
+# -- what the WebSocket tests share ----------------------------------------------------
+
+
+class WSApp:
+    """One app for every case, chosen by path; it records what it saw."""
+
+    def __init__(self) -> None:
+        self.disconnects: list[tuple[str, int, str]] = []
+        self.scopes: list[dict[str, Any]] = []
+        self.send_errors: list[str] = []
+        self.finished = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"plain http"})
+            return
+        assert scope["type"] == "websocket"
+        self.scopes.append(scope)
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self.finished += 1
+
+    async def _serve(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope["path"]
+        assert (await receive())["type"] == "websocket.connect"
+        if path == "/deny":
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": 401,
+                    "headers": [(b"content-type", b"text/plain"), (b"x-why", b"token")],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": b"no ", "more_body": True})
+            await send({"type": "websocket.http.response.body", "body": b"entry"})
+            return
+        if path == "/forbid":
+            await send({"type": "websocket.close"})
+            return
+        if path == "/boom-before":
+            raise RuntimeError("app fails before accepting")
+        subprotocols = scope["subprotocols"]
+        await send(
+            {
+                "type": "websocket.accept",
+                "subprotocol": subprotocols[0] if subprotocols else None,
+                "headers": [(b"x-accepted", b"yes")],
+            }
+        )
+        if path == "/boom-after":
+            raise RuntimeError("app fails after accepting")
+        if path == "/scope":
+            info = {k: scope[k] for k in ("http_version", "scheme", "path", "query_string")}
+            info["query_string"] = info["query_string"].decode()
+            info["subprotocols"] = scope["subprotocols"]
+            info["extensions"] = sorted(scope["extensions"])
+            await send({"type": "websocket.send", "text": json.dumps(info)})
+        if path == "/server-close":
+            await send({"type": "websocket.close", "code": 4321, "reason": "done here"})
+            message = await receive()
+            self.disconnects.append((path, message["code"], message.get("reason", "")))
+            return
+        if path == "/sleepy":
+            # Never receives: the server may queue ws_max_queue messages, no more.
+            await anyio.sleep(30)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                self.disconnects.append((path, message["code"], message.get("reason", "")))
+                if path == "/send-after-close":
+                    try:
+                        await send({"type": "websocket.send", "text": "too late"})
+                    except OSError as exc:
+                        self.send_errors.append(type(exc).__name__)
+                return
+            reply = {k: message[k] for k in ("text", "bytes") if message.get(k) is not None}
+            await send({"type": "websocket.send", **reply})
+
+
+@asynccontextmanager
+async def tunnel_for(
+    transport: str, srv: Any, tls: DevCertificate, path: str, **options: Any
+) -> AsyncIterator[Tunnel]:
+    """A WebSocket handshake to ``path`` on the chosen transport (TLS on all three)."""
+    if transport == "h1":
+        opener = open_h1(srv.port("https"), path, tls=client_ssl_context(tls), **options)
+    elif transport == "h2":
+        opener = open_h2(srv.port("https"), path, tls=client_ssl_context(tls), **options)
+    else:
+        udp = next(a.port for a in srv.addresses if a.transport == "udp")
+        opener = open_h3(udp, path, cafile=str(tls.ca_certfile), **options)
+    async with opener as tunnel:
+        yield tunnel
+
+
+def serve(app: Any, tls: DevCertificate, **options: Any) -> Any:
+    return running_server(app, tls=tls, quic_bind=("127.0.0.1:0",), **options)
+
+
+async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.01)
