@@ -42,6 +42,7 @@ from .lowlevel import Wakeup, wakeup_factory
 from .protocol.http1 import H2CUpgrade, switching_response
 from .streams.http import HTTPStream, connection_extensions
 from .streams.websocket import WebSocketStream, is_websocket_request
+from .streams.webtransport import WebTransportSession, is_webtransport_request
 
 if TYPE_CHECKING:
     from .registry import ConnectionRecord
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("quicserve.error")
 
 _READ_SIZE = 65536
+
+AnyStream = HTTPStream | WebSocketStream | WebTransportSession
 
 # Protocol timers only need a monotonic clock, and every sleep is relative; calling
 # anyio.current_time() looks the backend up on each call (6% of an HTTP/1.1 request).
@@ -74,13 +77,13 @@ class StreamDispatcher:
         self._extensions_info: ConnectionInfo | None = None
         self._info = info
         self._record = record
-        self._streams: dict[int, HTTPStream | WebSocketStream] = {}
+        self._streams: dict[int, AnyStream] = {}
         self._writable: dict[int, Wakeup] = {}
         self._buffer_limit = context.config.write_buffer_size
         self._broken = False
         self._closing = False
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._queue: deque[HTTPStream | WebSocketStream] = deque()
+        self._queue: deque[AnyStream] = deque()
         self._idle_workers: list[Wakeup] = []
         self._workers = 0
         self._max_workers = 1_000_000 if info.capabilities.multiplexed else 1
@@ -148,22 +151,19 @@ class StreamDispatcher:
                 self._on_other_event(event)
 
     def _start_stream(self, request: RequestReceived) -> None:
-        stream: HTTPStream | WebSocketStream
-        if (request.websocket_upgrade or request.protocol is not None) and is_websocket_request(
-            request
-        ):
-            stream = WebSocketStream(
-                self.context.app, self, self._info, request, self.context.lifespan_state
-            )
-        else:
-            stream = HTTPStream(
-                self.context.app, self, self._info, request, self.context.lifespan_state
-            )
+        stream: AnyStream
+        kind: type[AnyStream] = HTTPStream
+        if request.websocket_upgrade or request.protocol is not None:
+            if is_websocket_request(request):
+                kind = WebSocketStream
+            elif self.config.webtransport and is_webtransport_request(request):
+                kind = WebTransportSession
+        stream = kind(self.context.app, self, self._info, request, self.context.lifespan_state)
         self._streams[request.stream_id] = stream
         self._record.requests += 1
         self._launch(stream)
 
-    def _launch(self, stream: HTTPStream | WebSocketStream) -> None:
+    def _launch(self, stream: AnyStream) -> None:
         """Run a registered stream's app call on one of the connection's workers.
 
         Workers are long-lived tasks that take streams from a queue, because waking an

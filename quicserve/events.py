@@ -82,6 +82,33 @@ class ConnectionClosed:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class SessionDatagramReceived:
+    """HTTP/3 only: an HTTP Datagram (RFC 9297) for the WebTransport session whose CONNECT
+    stream is ``session_id``."""
+
+    session_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStreamDataReceived:
+    """HTTP/3 only: data on a WebTransport stream ``stream_id`` of session ``session_id``
+    (``ended``: the peer finished that stream)."""
+
+    session_id: int
+    stream_id: int
+    data: bytes
+    ended: bool
+
+
 StreamEvent = (
-    RequestReceived | BodyReceived | BodyEnded | StreamReset | StreamWritable | ConnectionClosed
+    RequestReceived
+    | BodyReceived
+    | BodyEnded
+    | StreamReset
+    | StreamWritable
+    | ConnectionClosed
+    | SessionDatagramReceived
+    | SessionStreamDataReceived
 )

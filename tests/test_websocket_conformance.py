@@ -100,7 +100,11 @@ CASES = [
         (raw_frame(TEXT, KOSME[:3], fin=False), raw_frame(CONT, KOSME[3:])),
         echo="κόσμε",
     ),
-    Case("invalid UTF-8", (raw_frame(TEXT, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80"),), close=1007),
+    Case(
+        "invalid UTF-8",
+        (raw_frame(TEXT, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80"),),
+        close=1007,
+    ),
     Case(
         # Fail fast: the first fragment is already invalid; no more fragments come.
         "invalid UTF-8 fails fast",
@@ -113,7 +117,9 @@ CASES = [
     Case("close without a code", (raw_frame(CLOSE, b""),), close=1005),
     Case("close with a 1-byte payload", (raw_frame(CLOSE, b"\x03"),), close=1002),
     *(
-        Case(f"close with invalid code {code}", (raw_frame(CLOSE, close_payload(code)),), close=1002)
+        Case(
+            f"close with invalid code {code}", (raw_frame(CLOSE, close_payload(code)),), close=1002
+        )
         for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535)
     ),
     Case(

@@ -29,7 +29,12 @@ import h2.events
 import h2.settings
 import h11
 from aioquic.h3.connection import H3_ALPN, H3Connection
-from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.h3.events import (
+    DatagramReceived,
+    DataReceived,
+    HeadersReceived,
+    WebTransportStreamDataReceived,
+)
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, StreamReset
@@ -95,9 +100,7 @@ def _handshake_headers(
     if subprotocols:
         headers.append((b"sec-websocket-protocol", ", ".join(subprotocols).encode()))
     if deflate:
-        headers.append(
-            (b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits")
-        )
+        headers.append((b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits"))
     return headers + extra
 
 
@@ -334,12 +337,17 @@ async def open_h2(
 
 
 class _H3Tunnel(Tunnel):
-    def __init__(self, sock: Any, quic: QuicConnection, port: int) -> None:
+    def __init__(
+        self, sock: Any, quic: QuicConnection, port: int, webtransport: bool = False
+    ) -> None:
         super().__init__()
         self.sock = sock
         self.address = ("127.0.0.1", port)
         self.quic = quic
-        self.h3 = H3Connection(quic)
+        self.h3 = H3Connection(quic, enable_webtransport=webtransport)
+        #: WebTransport: datagrams, and stream id -> (data, ended)
+        self.datagrams: list[bytes] = []
+        self.wt_streams: dict[int, tuple[bytes, bool]] = {}
         self.stream_id = 0
         self.response_seen = anyio.Event()
         self.handshake_done = anyio.Event()
@@ -392,7 +400,15 @@ class _H3Tunnel(Tunnel):
                 self._end()
                 self.response_seen.set()
             for h3_event in self.h3.handle_event(event):
-                if isinstance(h3_event, HeadersReceived) and h3_event.stream_id == self.stream_id:
+                if isinstance(h3_event, DatagramReceived):
+                    self.datagrams.append(h3_event.data)
+                elif isinstance(h3_event, WebTransportStreamDataReceived):
+                    data, _ = self.wt_streams.get(h3_event.stream_id, (b"", False))
+                    self.wt_streams[h3_event.stream_id] = (
+                        data + h3_event.data,
+                        h3_event.stream_ended,
+                    )
+                elif isinstance(h3_event, HeadersReceived) and h3_event.stream_id == self.stream_id:
                     if not self.status:
                         self.status = int(dict(h3_event.headers)[b":status"])
                         self.headers = [
@@ -423,15 +439,21 @@ async def open_h3(
     deflate: bool = False,
     protocol: bytes = b"websocket",
     version: bytes = b"13",
-) -> AsyncIterator[Tunnel]:
-    """An RFC 9220 extended CONNECT on a fresh QUIC connection (aioquic's QUIC and H3)."""
-    configuration = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN)
+    webtransport: bool = False,
+) -> AsyncIterator[Any]:
+    """An RFC 9220 extended CONNECT on a fresh QUIC connection (aioquic's QUIC and H3);
+    with ``webtransport``, a draft-02 WebTransport CONNECT instead."""
+    configuration = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=H3_ALPN,
+        max_datagram_frame_size=65536 if webtransport else None,
+    )
     configuration.load_verify_locations(cafile)
     configuration.server_name = "localhost"
     quic = QuicConnection(configuration=configuration)
     sock = await anyio.create_connected_udp_socket("127.0.0.1", port)
     quic.connect(("127.0.0.1", port), time.monotonic())
-    tunnel = _H3Tunnel(sock, quic, port)
+    tunnel = _H3Tunnel(sock, quic, port, webtransport)
     async with anyio.create_task_group() as tg:
         tg.start_soon(tunnel.pump)
         try:
@@ -446,8 +468,16 @@ async def open_h3(
                 (b":scheme", b"https"),
                 (b":path", path.encode()),
                 (b":authority", b"localhost:%d" % port),
-                *_handshake_headers(headers or [], subprotocols or [], deflate, version),
+                *(
+                    [(b"sec-webtransport-http3-draft02", b"1"), *(headers or [])]
+                    if webtransport
+                    else _handshake_headers(headers or [], subprotocols or [], deflate, version)
+                ),
             ]
+            if webtransport:
+                with anyio.fail_after(10):
+                    while tunnel.h3._received_settings is None:  # the server's SETTINGS
+                        await anyio.sleep(0.01)
             tunnel.h3.send_headers(tunnel.stream_id, request)
             await tunnel.transmit()
             with anyio.fail_after(10):

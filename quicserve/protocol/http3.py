@@ -28,7 +28,12 @@ from typing import Any
 
 from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import ErrorCode, FrameType, encode_frame
-from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.h3.events import (
+    DatagramReceived,
+    DataReceived,
+    HeadersReceived,
+    WebTransportStreamDataReceived,
+)
 from aioquic.quic.events import (
     ConnectionIdIssued,
     ConnectionIdRetired,
@@ -46,6 +51,8 @@ from ..events import (
     ConnectionClosed,
     Headers,
     RequestReceived,
+    SessionDatagramReceived,
+    SessionStreamDataReceived,
     StreamEvent,
     StreamReset,
 )
@@ -63,7 +70,7 @@ class H3Protocol:
     def __init__(self, quic: ServerQuicConnection, config: Config) -> None:
         self.quic = quic
         self._config = config
-        self._h3 = ServerH3Connection(quic)
+        self._h3 = ServerH3Connection(quic, enable_webtransport=config.webtransport)
         configure_h3_limits(self._h3, config)
         self._events: deque[StreamEvent] = deque()
         # stream id -> True once the request body has ended.
@@ -123,7 +130,10 @@ class H3Protocol:
                     self._events.append(StreamReset(stream_id, event.error_code))
                 self._events.append(ConnectionClosed(event.error_code, event.reason_phrase))
             else:
-                h3.handle_event(event)
+                # QUIC DATAGRAM frames become HTTP Datagrams (WebTransport); other
+                # events produce nothing at the HTTP/3 layer.
+                for h3_event in h3.handle_event(event):
+                    self._on_h3_event(h3_event)
 
     def _on_h3_event(self, event: Any) -> None:
         cls = type(event)
@@ -136,6 +146,18 @@ class H3Protocol:
             if event.stream_ended:
                 self._requests[stream_id] = True
                 self._events.append(BodyEnded(stream_id))
+        elif cls is WebTransportStreamDataReceived:
+            if event.session_id in self._requests:
+                self._events.append(
+                    SessionStreamDataReceived(
+                        event.session_id, stream_id, event.data, event.stream_ended
+                    )
+                )
+            else:
+                self.quic.stop_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+        elif cls is DatagramReceived:
+            if stream_id in self._requests:
+                self._events.append(SessionDatagramReceived(stream_id, event.data))
         elif cls is HeadersReceived:
             if stream_id in self._requests:
                 # A second HEADERS frame carries trailers and must end the stream.
@@ -206,6 +228,22 @@ class H3Protocol:
         if stream_id in self._requests and not self._terminated:
             trailers = [f for f in headers if f[0] not in DROPPED_RESPONSE_FIELDS]
             self._h3.send_headers(stream_id, trailers, end_stream=True)
+
+    # -- WebTransport (draft-ietf-webtrans-http3-02) ------------------------------------
+
+    def send_datagram(self, session_id: int, data: bytes) -> None:
+        """An HTTP Datagram for the session on ``session_id``."""
+        if session_id in self._requests and not self._terminated:
+            self._h3.send_datagram(session_id, data)
+
+    def open_session_stream(self, session_id: int, unidirectional: bool) -> int:
+        """A new server-initiated WebTransport stream of the session; its id."""
+        return int(self._h3.create_webtransport_stream(session_id, unidirectional))
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Data on a WebTransport stream (no HTTP/3 framing: the stream is raw)."""
+        if not self._terminated:
+            self.quic.send_stream_data(stream_id, data, end_stream)
 
     def reset_stream(self, stream_id: int) -> None:
         """Abort the response (the app failed after starting it)."""

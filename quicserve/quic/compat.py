@@ -197,6 +197,9 @@ def quic_configuration(
         max_data=config.quic_max_data,
         max_stream_data=config.quic_stream_window_size,
     )
+    if config.webtransport:
+        # QUIC DATAGRAM frames (RFC 9221) carry WebTransport's HTTP Datagrams.
+        configuration.max_datagram_frame_size = 65536
     return configuration
 
 
@@ -209,8 +212,8 @@ class ServerH3Connection(H3Connection):
     frames are ignored, and every other stream carries on.
     """
 
-    def __init__(self, quic: QuicConnection) -> None:
-        super().__init__(quic)
+    def __init__(self, quic: QuicConnection, *, enable_webtransport: bool = False) -> None:
+        super().__init__(quic, enable_webtransport=enable_webtransport)
         self._rejected: set[int] = set()
 
     def _receive_request_or_push_data(

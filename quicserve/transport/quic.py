@@ -45,9 +45,11 @@ from aioquic.tls import SessionTicket
 from ..config import Config, parse_bind
 from ..connection import StreamDispatcher
 from ..connection_info import HTTP3_CAPABILITIES, ConnectionInfo
+from ..events import SessionDatagramReceived, SessionStreamDataReceived
 from ..protocol.http3 import H3Protocol
 from ..quic.compat import ServerQuicConnection, quic_configuration
 from ..quic.endpoint import Accept, EndpointCore, Reply, Route
+from ..streams.webtransport import WebTransportSession
 from ..tls import TLSConfigError, load_quic_certificate
 from .sockets import BindError
 
@@ -469,6 +471,19 @@ class QuicConnectionHandler(StreamDispatcher):
         if peer is not None and peer != self._info.client:
             self._info = replace(self._info, client=peer)
         super()._start_stream(request)
+
+    def _on_other_event(self, event: object) -> None:
+        # WebTransport: a session's datagrams and streams go to the session.
+        if isinstance(event, SessionDatagramReceived):
+            session = self._streams.get(event.session_id)
+            if isinstance(session, WebTransportSession):
+                session.datagram_received(event.data)
+        elif isinstance(event, SessionStreamDataReceived):
+            session = self._streams.get(event.session_id)
+            if isinstance(session, WebTransportSession):
+                session.stream_data_received(event.stream_id, event.data, event.ended)
+            else:
+                self.protocol.ack_body(event.stream_id, len(event.data))
 
     def _launch(self, stream: Any) -> None:
         # The stream is registered (its body events are not lost); its task starts
