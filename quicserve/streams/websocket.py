@@ -380,11 +380,12 @@ class WebSocketStream:
                 await self._wait_closed()
                 tg.cancel_scope.cancel()
         finally:
+            responding = self._state == _RESPONDING
             if self._state != _CLOSED:
                 self._finish(_ABNORMAL, "")
             if not self._transport_ended:
                 self._transport_ended = True
-                if self._status == 0 or self._state == _RESPONDING:
+                if self._status == 0 or responding:
                     host.protocol.reset_stream(self.stream_id)
                 else:
                     host.protocol.send_data(self.stream_id, b"", True)
