@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from .app import Lifespan
+from .app import Lifespan, prepare_app
 from .config import Config
 from .registry import ConnectionRegistry
 from .streams.http import ASGIApp
@@ -73,6 +73,8 @@ class Server:
 
     def __post_init__(self) -> None:
         self.registry = ConnectionRegistry(self.config.max_connections)
+        # --interface and middleware such as --proxy-headers, for every way in.
+        self.app = prepare_app(self.app, self.config)
 
     def quic_stats(self) -> dict[str, int]:
         """Datagram counters summed over the QUIC endpoints (for tests and reports)."""
