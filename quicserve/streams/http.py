@@ -161,6 +161,11 @@ class HTTPStream:
         self._trailers_expected = False
         self._response_bytes = 0
 
+    @property
+    def status(self) -> int:
+        """The response status sent so far (0 before, or without, a response)."""
+        return self._status
+
     # -- events from the connection ----------------------------------------------------
 
     def body_received(self, data: bytes) -> None:
