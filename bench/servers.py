@@ -1,9 +1,9 @@
 """Servers under test: their command lines, and the lifecycle of one server process.
 
-Job: know, for each server variant (quicserve, hypercorn, uvicorn, uvicorn-httptools), which
-(protocol, backend) pairs it can serve and the exact command that serves ``bench.app:app``
-that way; start that command pinned to the server CPU, wait until its port accepts, read its
-CPU time, and stop it.
+Job: know, for each server variant (quicserve, quicserve-metrics, quicserve-base, hypercorn,
+uvicorn, uvicorn-httptools), which (protocol, backend) pairs it can serve and the exact
+command that serves ``bench.app:app`` that way; start that command pinned to the server
+CPU, wait until its port accepts, read its CPU time, and stop it.
 
 Rules:
 
@@ -96,6 +96,30 @@ def _quicserve(python: str, listen: Listen) -> list[str]:
     return [*argv, "--backend", listen.backend, "--no-access-log", "--log-level", "warning"]
 
 
+def _quicserve_metrics(python: str, listen: Listen) -> list[str]:
+    # The same server with the Prometheus listener on: counting is always on, so this row
+    # shows what the listener itself costs (nothing on the request path is expected).
+    metrics = f"{listen.host}:{free_port(listen.host)}"
+    return [*_quicserve(python, listen), "--metrics-bind", metrics]
+
+
+#: A directory holding another quicserve tree (e.g. ``git archive BASE quicserve | tar -x``).
+BASE_ENV = "QUICSERVE_BENCH_BASE"
+
+
+def _quicserve_base(python: str, listen: Listen) -> list[str]:
+    # Another commit's quicserve, imported first, to measure a change side by side (the
+    # metrics counters against the commit before them). Same flags as the quicserve row.
+    base = os.environ.get(BASE_ENV)
+    if not base or not (Path(base) / "quicserve").is_dir():
+        return [python, "-c", f"raise SystemExit('set {BASE_ENV} to a dir with quicserve/')"]
+    launcher = (
+        f"import sys; sys.path.insert(0, {base!r}); from quicserve.cli import main; "
+        "sys.exit(main())"
+    )
+    return [python, "-c", launcher, *_quicserve(python, listen)[3:]]
+
+
 def _hypercorn(python: str, listen: Listen) -> list[str]:
     # No access log unless --access-logfile is given; --workers 1 is the default, stated here.
     argv = [
@@ -156,6 +180,12 @@ _ALL_PROTOCOLS = frozenset({"h1", "h2", "h3", "h3bulk"})
 
 VARIANTS: tuple[ServerVariant, ...] = (
     ServerVariant("quicserve", "quicserve", _ALL_BACKENDS, _ALL_PROTOCOLS, _quicserve),
+    ServerVariant(
+        "quicserve-metrics", "quicserve-metrics", _ALL_BACKENDS, _ALL_PROTOCOLS, _quicserve_metrics
+    ),
+    ServerVariant(
+        "quicserve-base", "quicserve-base", _ALL_BACKENDS, _ALL_PROTOCOLS, _quicserve_base
+    ),
     # Hypercorn serves HTTP/3 through aioquic with --quic-bind, on its asyncio and trio workers.
     ServerVariant("hypercorn", "hypercorn", _ALL_BACKENDS, _ALL_PROTOCOLS, _hypercorn),
     # Uvicorn: asyncio.Protocol only (no trio), no HTTP/2 and no HTTP/3.

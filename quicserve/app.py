@@ -1,6 +1,12 @@
-"""Loading the app (``module:attr`` or a factory) and running the ASGI lifespan protocol.
+"""Loading the app (``module:attr`` or a factory), adapting its interface, and running
+the ASGI lifespan protocol.
 
 Rules:
+
+* :func:`prepare_app` is the one place that turns what a person gave into the ASGI 3
+  callable the streams call: the interface adapter (``--interface``: ASGI 2 or WSGI) and
+  then the middleware the configuration asks for (``--proxy-headers``). ``Server`` calls it,
+  so the CLI, ``quicserve.serve()`` and tests get the same app.
 
 * Import problems become :class:`AppLoadError` with one line a person can act on.
 * ``lifespan="auto"`` tolerates apps that do not implement lifespan (they raise or return
@@ -34,8 +40,9 @@ class LifespanFailure(Exception):
     """The app reported (or raised) a failure during lifespan startup."""
 
 
-def load_app(spec: str, *, factory: bool = False, app_dir: str = ".") -> ASGIApp:
-    """Import ``module:attr`` (a dotted attribute path is allowed) and return the app."""
+def load_app(spec: str, *, factory: bool = False, app_dir: str = ".") -> Any:
+    """Import ``module:attr`` (a dotted attribute path is allowed) and return the app
+    object as it is (:func:`prepare_app` adapts it to the configured interface)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise AppLoadError(f"APP must be given as module:attribute, got {spec!r}")
@@ -68,19 +75,42 @@ def load_app(spec: str, *, factory: bool = False, app_dir: str = ".") -> ASGIApp
             ) from None
     if not callable(obj):
         raise AppLoadError(f"{spec!r} is not an ASGI app (not callable)")
-    return as_asgi3(obj)
+    return obj
+
+
+def prepare_app(app: Any, config: Config) -> ASGIApp:
+    """The ASGI 3 app the server calls: ``app`` adapted to ``config.interface``, wrapped
+    in the middleware ``config`` switches on. Cheap to call once per server."""
+    interface = config.interface
+    if interface == "wsgi":
+        from .wsgi import WSGIAdapter
+
+        asgi: ASGIApp = WSGIAdapter(app, config)
+    elif interface == "asgi2":
+        asgi = _asgi2_to_3(app)
+    elif interface == "asgi3":
+        asgi = app
+    else:
+        asgi = as_asgi3(app)
+    if config.proxy_headers:
+        from .proxy import ProxyHeadersMiddleware
+
+        asgi = ProxyHeadersMiddleware(asgi, config.forwarded_allow_ips)
+    return asgi
+
+
+def _asgi2_to_3(app: Callable[[Scope], Any]) -> ASGIApp:
+    async def asgi3(scope: Scope, receive: Any, send: Any) -> None:
+        instance = app(scope)
+        await instance(receive, send)
+
+    return asgi3
 
 
 def as_asgi3(app: Any) -> ASGIApp:
     """Wrap an ASGI 2 app (``app(scope)`` returning ``instance(receive, send)``)."""
     if _is_asgi2(app):
-        asgi2: Callable[[Scope], Any] = app
-
-        async def asgi3(scope: Scope, receive: Any, send: Any) -> None:
-            instance = asgi2(scope)
-            await instance(receive, send)
-
-        return asgi3
+        return _asgi2_to_3(app)
     result: ASGIApp = app
     return result
 

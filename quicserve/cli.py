@@ -2,17 +2,25 @@
 
 The parser is built from :class:`~quicserve.config.Config`'s fields, so each flag maps 1:1
 to a field (``--keep-alive-timeout`` -> ``keep_alive_timeout``) and its help is the
-field's. Errors a person can act on (bad flag value, missing certificate, port in use, app
-that cannot be imported, lifespan failure) print one line on stderr and exit non-zero.
+field's. Flags a person did not give stay unset, so :func:`quicserve.config.resolve` can
+fill them from ``QUICSERVE_*`` variables and the ``--config`` file (command line > env >
+file > defaults). Errors a person can act on (bad flag value, bad setting in the file or
+environment, missing certificate, port in use, app that cannot be imported, lifespan
+failure) print one line on stderr and exit non-zero. ``--reload`` hands the whole command
+line to :mod:`quicserve.reload`, which runs it again in a child process.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import logging.config
+import os
 import signal
 import sys
+import tomllib
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +28,7 @@ import anyio
 
 from . import __version__
 from .app import AppLoadError, LifespanFailure, load_app
-from .config import Config, config_fields
+from .config import Config, ConfigError, config_fields, resolve
 from .server import Server
 from .streams.http import ASGIApp
 from .tls import TLSConfigError
@@ -53,47 +61,43 @@ def build_parser() -> argparse.ArgumentParser:
         if meta.get("cli", True) is False:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": f.name, "help": meta.get("help", "")}
+        # Unset flags stay out of the namespace (SUPPRESS), so the environment and the
+        # config file can fill them; the default is shown in the help instead.
+        kwargs: dict[str, Any] = {
+            "dest": f.name,
+            "help": meta.get("help", ""),
+            "default": argparse.SUPPRESS,
+        }
         type_name = str(f.type)
         if type_name == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
-            kwargs["default"] = f.default
         elif type_name.startswith("tuple["):
             kwargs["action"] = "append"
-            kwargs["default"] = None
-        else:
-            if type_name.startswith("int"):
-                kwargs["type"] = int
-            elif type_name.startswith("float"):
-                kwargs["type"] = float
-            kwargs["default"] = f.default
+        elif type_name.startswith("int"):
+            kwargs["type"] = int
+        elif type_name.startswith("float"):
+            kwargs["type"] = float
         if "choices" in meta:
             kwargs["choices"] = meta["choices"]
         if "metavar" in meta:
             kwargs["metavar"] = meta["metavar"]
-        if type_name != "bool" and f.default not in (None, (), "") and "default" in kwargs:
-            kwargs["help"] += " (default: %(default)s)"
+        if f.default not in (None, (), ""):
+            kwargs["help"] += f" (default: {f.default})".replace("%", "%%")
         parser.add_argument(flag, **kwargs)
     return parser
 
 
-def config_from_args(argv: Sequence[str]) -> Config:
-    """Parse ``argv`` into a :class:`Config` (argparse exits on usage errors)."""
+def config_from_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> Config:
+    """Parse ``argv`` into a :class:`Config`, layered over ``QUICSERVE_*`` variables and
+    the ``--config`` file (argparse exits on usage errors; bad settings raise
+    :class:`~quicserve.config.ConfigError`)."""
     namespace = build_parser().parse_args(argv)
-    values: dict[str, Any] = {}
+    given: dict[str, Any] = {"app": namespace.app}
     for f in config_fields():
-        value = getattr(namespace, f.name, None)
-        if str(f.type).startswith("tuple["):
-            value = tuple(value or ())
-        values[f.name] = value
-    config = Config(**values)
-    for name in ("graceful_timeout", "keep_alive_timeout", "header_read_timeout"):
-        if getattr(config, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive")
-    for name in ("max_connections", "max_header_bytes", "h2_max_concurrent_streams"):
-        if getattr(config, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    return config
+        if hasattr(namespace, f.name):
+            value = getattr(namespace, f.name)
+            given[f.name] = tuple(value) if str(f.type).startswith("tuple[") else value
+    return resolve(given, environ)
 
 
 def apply_dev_defaults(config: Config) -> Config:
@@ -131,8 +135,15 @@ def apply_dev_defaults(config: Config) -> Config:
 
 
 def configure_logging(config: Config) -> None:
-    """Log to stderr at ``--log-level``; the access log can be switched off alone."""
+    """Log to stderr at ``--log-level``; the access log can be switched off alone.
+
+    With ``--log-config`` the file (a ``logging.config.dictConfig`` dict, JSON or TOML by
+    its extension) replaces all of this: it owns the ``quicserve.error`` and
+    ``quicserve.access`` loggers, their levels and handlers."""
     logging.addLevelName(TRACE, "TRACE")
+    if config.log_config is not None:
+        load_log_config(config.log_config)
+        return
     level = TRACE if config.log_level == "trace" else getattr(logging, config.log_level.upper())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
@@ -143,6 +154,30 @@ def configure_logging(config: Config) -> None:
         log.propagate = False
     if not config.access_log:
         logging.getLogger("quicserve.access").setLevel(logging.WARNING)
+
+
+def load_log_config(path: str) -> None:
+    """Apply a dictConfig file; every problem is a one-line :class:`ConfigError`."""
+    try:
+        with open(path, "rb") as file:
+            raw = file.read()
+        if path.endswith(".toml"):
+            settings = tomllib.loads(raw.decode("utf-8"))
+        else:
+            settings = json.loads(raw)
+        if not isinstance(settings, dict):
+            raise ConfigError(f"--log-config {path}: expected a dictConfig mapping")
+        settings.setdefault("version", 1)
+        settings.setdefault("disable_existing_loggers", False)
+        logging.config.dictConfig(settings)
+    except ConfigError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"--log-config: cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, TypeError, AttributeError, ImportError, UnicodeDecodeError) as exc:
+        # json/tomllib decode errors are ValueErrors; dictConfig raises ValueError too.
+        message = " ".join(str(exc).split())
+        raise ConfigError(f"--log-config {path}: {message}") from None
 
 
 async def _run_server(server: Server) -> None:
@@ -228,12 +263,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args and args[0] == "certs":
             return certs_command(args[1:])
-        config = config_from_args(args)
+        config = config_from_args(args, dict(os.environ))
         configure_logging(config)
+        if config.reload:
+            from .reload import run_with_reload
+
+            return run_with_reload(args, config)
         config = apply_dev_defaults(config)
         app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
         run(app, config)
-    except (UsageError, AppLoadError, TLSConfigError, BindError, LifespanFailure) as exc:
+    except (
+        UsageError,
+        ConfigError,
+        AppLoadError,
+        TLSConfigError,
+        BindError,
+        LifespanFailure,
+    ) as exc:
         prefix = "lifespan startup failed: " if isinstance(exc, LifespanFailure) else ""
         print(f"quicserve: error: {prefix}{exc}", file=sys.stderr)
         return 1

@@ -1,23 +1,44 @@
-"""The one typed configuration object.
+"""The one typed configuration object, and where its values come from.
 
 Every command-line flag maps 1:1 to a field of :class:`Config`: the flag is the field name
 with ``_`` turned into ``-`` (``keep_alive_timeout`` -> ``--keep-alive-timeout``), and its
 help text is the field's ``help`` metadata. ``cli.py`` builds the parser from these fields,
 so a new setting is added here and nowhere else.
 
+The same names work in a TOML file (``--config PATH``: ``keep_alive_timeout = 5`` or
+``keep-alive-timeout = 5``, tuple fields as arrays) and in the environment
+(``QUICSERVE_KEEP_ALIVE_TIMEOUT=5``, tuple fields comma-separated). :func:`resolve` layers
+them: **command line > environment > file > defaults**.
+
 Rules:
 
 * Every resource a peer can make us hold has a limit here, with a sane default
   (DESIGN.md invariant 5).
 * Fields are plain values; parsing of bind strings lives in :func:`parse_bind`.
+* A bad value from any source is a :class:`ConfigError` whose message is one line naming
+  the source and the setting; :func:`check` holds the rules that span sources, so
+  ``quicserve.run()`` and the CLI refuse the same things.
+* Unknown keys in a file are errors; unknown ``QUICSERVE_*`` variables are ignored (other
+  parts of quicserve, such as ``QUICSERVE_DATA_DIR``, use that prefix too).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import Field, dataclass, field, fields
 from typing import Any, Literal
 
 Backend = Literal["asyncio", "uvloop", "trio"]
+Interface = Literal["auto", "asgi3", "asgi2", "wsgi"]
+
+#: Prefix of the environment variables that set :class:`Config` fields.
+ENV_PREFIX = "QUICSERVE_"
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has a bad value; the message is one line for a person."""
 
 
 def _opt(help: str, **extra: Any) -> Any:
@@ -183,6 +204,96 @@ class Config:
         ),
     )
     access_log: bool = field(default=True, metadata=_opt("log one line per request"))
+    access_log_format: str | None = field(
+        default=None,
+        metadata=_opt(
+            "access log line as a format of atoms such as h (client), r (request line), "
+            "s (status): see the README for the list; default: the built-in line",
+            metavar="FORMAT",
+        ),
+    )
+    log_config: str | None = field(
+        default=None,
+        metadata=_opt(
+            "logging.config.dictConfig file (.json or .toml) that replaces quicserve's own "
+            "log setup",
+            metavar="PATH",
+        ),
+    )
+    config: str | None = field(
+        default=None,
+        metadata=_opt(
+            "TOML file of settings named like these flags (precedence: command line > "
+            "QUICSERVE_* environment > file > defaults)",
+            metavar="PATH",
+            file=False,
+        ),
+    )
+    metrics_bind: str | None = field(
+        default=None,
+        metadata=_opt(
+            "serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP, separate listener)",
+            metavar="HOST:PORT",
+        ),
+    )
+
+    # -- the app interface --------------------------------------------------------------
+    interface: Interface = field(
+        default="auto",
+        metadata=_opt(
+            "how to call the app: 'auto' tells ASGI 3 from ASGI 2; WSGI must be named",
+            choices=["auto", "asgi3", "asgi2", "wsgi"],
+        ),
+    )
+    wsgi_max_threads: int = field(
+        default=10,
+        metadata=_opt("with --interface wsgi: requests running at once in worker threads"),
+    )
+
+    # -- behind a proxy -----------------------------------------------------------------
+    proxy_headers: bool = field(
+        default=False,
+        metadata=_opt(
+            "take client address, scheme and host from Forwarded / X-Forwarded-* headers "
+            "sent by a trusted peer"
+        ),
+    )
+    forwarded_allow_ips: str = field(
+        default="127.0.0.1,::1",
+        metadata=_opt(
+            "comma list of IPs and CIDRs trusted to send proxy headers, '*' for all "
+            "(also FORWARDED_ALLOW_IPS)",
+            metavar="IPS",
+        ),
+    )
+
+    # -- development --------------------------------------------------------------------
+    reload: bool = field(
+        default=False,
+        metadata=_opt("restart the server when files change (development only)"),
+    )
+    reload_dir: tuple[str, ...] = field(
+        default=(),
+        metadata=_opt(
+            "directory to watch with --reload (repeatable; default: --app-dir)",
+            metavar="DIR",
+        ),
+    )
+    reload_include: tuple[str, ...] = field(
+        default=(),
+        metadata=_opt(
+            "glob of file names that trigger a reload, added to '*.py' (repeatable)",
+            metavar="GLOB",
+        ),
+    )
+    reload_exclude: tuple[str, ...] = field(
+        default=(),
+        metadata=_opt(
+            "glob of names or paths never watched, added to '.*', '*.py[cod]', '*~', "
+            "'__pycache__' (repeatable)",
+            metavar="GLOB",
+        ),
+    )
 
     # -- timeouts (seconds) -------------------------------------------------------------
     graceful_timeout: float = field(
@@ -267,6 +378,130 @@ class Config:
 def config_fields() -> list[Any]:
     """The dataclass fields of :class:`Config`, in declaration order."""
     return list(fields(Config))
+
+
+def _settable() -> dict[str, Field[Any]]:
+    return {f.name: f for f in fields(Config) if f.metadata.get("cli", True) is not False}
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def coerce(name: str, value: Any, source: str) -> Any:
+    """``value`` (a TOML value or an environment string) as the type of field ``name``.
+
+    ``source`` starts the error message (``"config.toml: keep_alive_timeout"``).
+    """
+    f = _settable()[name]
+    type_name = str(f.type)
+    where = f"{source}: {name}"
+    if type_name == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if type_name.startswith("tuple["):
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(item, str) for item in items):
+            raise ConfigError(f"{where}: expected strings, got {value!r}")
+        return tuple(part.strip() for item in items for part in item.split(",") if part.strip())
+    if type_name.startswith(("int", "float")):
+        number_type: type[int] | type[float] = int if type_name.startswith("int") else float
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, float) and number_type is int:
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        try:
+            return number_type(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The settings in a TOML file, checked and typed (keys may use ``-`` or ``_``)."""
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    known = _settable()
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known or known[name].metadata.get("file", True) is False:
+            raise ConfigError(f"{path}: unknown setting {key!r}")
+        values[name] = coerce(name, value, path)
+    return values
+
+
+def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings given as ``QUICSERVE_<FIELD>`` variables (and FORWARDED_ALLOW_IPS,
+    which Uvicorn and Gunicorn read too, below its QUICSERVE_ name)."""
+    values: dict[str, Any] = {}
+    if "FORWARDED_ALLOW_IPS" in environ:
+        values["forwarded_allow_ips"] = environ["FORWARDED_ALLOW_IPS"]
+    for name in _settable():
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = coerce(name, raw, ENV_PREFIX + name.upper())
+    return values
+
+
+def resolve(command_line: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    """Layer the settings: ``command_line`` (fields a person gave) > environment > the
+    ``config`` file (named on the command line or in ``QUICSERVE_CONFIG``) > defaults."""
+    env = read_environment(os.environ if environ is None else environ)
+    path = command_line.get("config") or env.get("config")
+    values: dict[str, Any] = read_config_file(path) if path else {}
+    values.update(env)
+    values.update(command_line)
+    config = Config(**values)
+    check(config)
+    return config
+
+
+def check(config: Config) -> None:
+    """Refuse settings that parse but cannot work; raises :class:`ConfigError`."""
+    for name in ("graceful_timeout", "keep_alive_timeout", "header_read_timeout"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    for name in (
+        "max_connections",
+        "max_header_bytes",
+        "h2_max_concurrent_streams",
+        "wsgi_max_threads",
+    ):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if config.reload and getattr(config, "workers", 1) > 1:
+        raise ConfigError("--reload cannot be combined with --workers above 1")
+    if config.metrics_bind is not None:
+        try:
+            parse_bind(config.metrics_bind, "127.0.0.1")
+        except ValueError as exc:
+            raise ConfigError(f"--metrics-bind: {exc}") from None
+    from .accesslog import compile_format
+    from .proxy import parse_trusted
+
+    try:
+        parse_trusted(config.forwarded_allow_ips)
+    except ValueError as exc:
+        raise ConfigError(f"--forwarded-allow-ips: {exc}") from None
+    if config.access_log_format is not None:
+        try:
+            compile_format(config.access_log_format)
+        except ValueError as exc:
+            raise ConfigError(f"--access-log-format: {exc}") from None
 
 
 def parse_bind(value: str, default_host: str = "0.0.0.0") -> tuple[str, int]:

@@ -80,6 +80,7 @@ class StreamDispatcher:
         self._streams: dict[int, AnyStream] = {}
         self._writable: dict[int, Wakeup] = {}
         self._buffer_limit = context.config.write_buffer_size
+        self._status_counts = context.registry.status_counts
         self._broken = False
         self._closing = False
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -224,7 +225,9 @@ class StreamDispatcher:
 
     async def stream_finished(self, stream_id: int) -> None:
         """A stream's app call is over: release it and let the protocol move on."""
-        self._streams.pop(stream_id, None)
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            self._status_counts[stream.status] += 1
         self._writable.pop(stream_id, None)
         protocol = self.protocol
         protocol.stream_done(stream_id, _current_time())

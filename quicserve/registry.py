@@ -8,7 +8,11 @@ Rules (DESIGN.md invariant 4):
   server is full, so listeners simply stop accepting and the kernel backlog absorbs bursts.
 * Graceful shutdown is driven from here: ``shutdown_all`` asks every connection to start
   closing (GOAWAY / close when idle), ``wait_empty`` waits until they are gone.
-* ``snapshot`` and ``stats`` report what is open, for logs and (later) metrics.
+* ``snapshot`` and ``stats`` report what is open, for logs and metrics.
+* Counters for metrics are plain ints bumped where the event already happens: per
+  connection at ``remove`` (its requests and bytes join the per-protocol totals), per
+  response one list index (``status_counts[status]``). No locks, nothing allocated per
+  request; ``quicserve.metrics`` reads them when scraped.
 """
 
 from __future__ import annotations
@@ -71,6 +75,12 @@ class ConnectionRegistry:
         self._empty: anyio.Event | None = None
         self._shutting_down = False
         self.total_accepted = 0
+        #: Closed connections' counters by protocol: [connections, requests, in, out].
+        self.closed_totals: dict[str, list[int]] = {}
+        #: Responses by status code (index 0: the request ended without a response).
+        self.status_counts = [0] * 600
+        #: Handshakes that failed, by transport ("tcp": TLS, "udp": QUIC).
+        self.handshake_failures = {"tcp": 0, "udp": 0}
 
     async def acquire_slot(self) -> None:
         """Wait until fewer than ``max_connections`` are open (call before accepting)."""
@@ -105,6 +115,13 @@ class ConnectionRegistry:
         """Forget a closed connection and free its slot."""
         if self._records.pop(record.id, None) is not None:
             self._slots.release()
+            totals = self.closed_totals.get(record.protocol)
+            if totals is None:
+                totals = self.closed_totals[record.protocol] = [0, 0, 0, 0]
+            totals[0] += 1
+            totals[1] += record.requests
+            totals[2] += record.bytes_in
+            totals[3] += record.bytes_out
         if not self._records and self._empty is not None:
             self._empty.set()
 
@@ -130,6 +147,10 @@ class ConnectionRegistry:
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def records(self) -> list[ConnectionRecord]:
+        """The live connection records (for metrics)."""
+        return list(self._records.values())
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every live connection, as plain dicts."""

@@ -21,8 +21,9 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from .app import Lifespan
+from .app import Lifespan, prepare_app
 from .config import Config
+from .metrics import MetricsEndpoint
 from .registry import ConnectionRegistry
 from .streams.http import ASGIApp
 from .tls import TLSInfoBuilder, create_ssl_context, read_server_cert_pem
@@ -70,9 +71,13 @@ class Server:
     _shutdown_requested: anyio.Event | None = field(default=None, init=False)
     _shutdown_early: bool = field(default=False, init=False)
     _quic_endpoints: list[QuicEndpoint] = field(default_factory=list, init=False)
+    #: The --metrics-bind listener, once bound.
+    metrics: MetricsEndpoint | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.registry = ConnectionRegistry(self.config.max_connections)
+        # --interface and middleware such as --proxy-headers, for every way in.
+        self.app = prepare_app(self.app, self.config)
 
     def quic_stats(self) -> dict[str, int]:
         """Datagram counters summed over the QUIC endpoints (for tests and reports)."""
@@ -80,6 +85,9 @@ class Server:
         for endpoint in self._quic_endpoints:
             for name, value in endpoint.stats.items():
                 totals[name] = totals.get(name, 0) + value
+            for name, core_value in endpoint.core.stats().items():
+                if isinstance(core_value, int):
+                    totals[name] = totals.get(name, 0) + core_value
             totals["gso_enabled"] = totals.get("gso_enabled", 0) + int(endpoint.gso_enabled)
         return totals
 
@@ -102,11 +110,17 @@ class Server:
         if config.quic_bind:
             build_quic_configuration(config)  # certificate problems surface before binding
         tcp_endpoints = await self._open_tcp_endpoints()
+        udp_sockets = []
         try:
-            udp_sockets = [open_udp_socket(bind) for bind in config.quic_bind]
+            for bind in config.quic_bind:
+                udp_sockets.append(open_udp_socket(bind))
+            if config.metrics_bind is not None:
+                self.metrics = MetricsEndpoint(config.metrics_bind, self)
         except BaseException:
             for endpoint in tcp_endpoints:
                 await endpoint.listener.aclose()
+            for sock in udp_sockets:
+                sock.close()
             raise
         quic_endpoints = [QuicEndpoint(sock, context) for sock in udp_sockets]
         self._quic_endpoints = quic_endpoints
@@ -121,6 +135,8 @@ class Server:
                     await endpoint.listener.aclose()
                 for quic in quic_endpoints:
                     quic.socket.close()
+                if self.metrics is not None:
+                    self.metrics.close()
                 root.cancel_scope.cancel()
                 raise
             context.lifespan_state = lifespan.state if lifespan.supported else None
@@ -170,12 +186,17 @@ class Server:
                     acceptors.start_soon(accept_loop, endpoint, context, connections)
                 for address in self.addresses:
                     logger.info("Listening on %s (%s)", address.url(), address.transport.upper())
+                if self.metrics is not None:
+                    acceptors.start_soon(self.metrics.serve)
+                    logger.info("Metrics on %s", self.metrics.url())
                 task_status.started(list(self.addresses))
                 await self._shutdown_requested.wait()
                 acceptors.cancel_scope.cancel()
             for endpoint in tcp_endpoints:
                 with anyio.CancelScope(shield=True):
                     await endpoint.listener.aclose()
+            if self.metrics is not None:
+                self.metrics.close()
             for quic in quic_endpoints:
                 quic.shutdown()
             open_count = len(self.registry)

@@ -32,6 +32,7 @@ from urllib.parse import unquote
 
 import anyio
 
+from ..accesslog import render
 from ..config import Config
 from ..connection_info import ConnectionInfo
 from ..events import Headers, RequestReceived
@@ -160,6 +161,11 @@ class HTTPStream:
         self._pending_headers: Headers = []
         self._trailers_expected = False
         self._response_bytes = 0
+
+    @property
+    def status(self) -> int:
+        """The response status sent so far (0 before, or without, a response)."""
+        return self._status
 
     # -- events from the connection ----------------------------------------------------
 
@@ -453,6 +459,11 @@ class HTTPStream:
 
     def _log_access(self, duration: float) -> None:
         request = self.request
+        fmt = self._host.config.access_log_format
+        if fmt is not None:
+            line = render(fmt, request, self._info, self._status, self._response_bytes, duration)
+            access_logger.info("%s", line)
+            return
         client = self._info.client
         access_logger.info(
             '%s - "%s %s HTTP/%s" %d %d %.1fms',

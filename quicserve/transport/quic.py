@@ -117,7 +117,17 @@ class QuicEndpoint:
         self._send_lock = anyio.Lock()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._closing = False
-        self.stats = {"datagrams_in": 0, "datagrams_out": 0, "send_blocked": 0, "gso_sends": 0}
+        self.stats = {
+            "datagrams_in": 0,
+            "datagrams_out": 0,
+            "send_blocked": 0,
+            "gso_sends": 0,
+            # Connections that ended before their handshake completed.
+            "handshake_failures": 0,
+            # Requests on a new path (the ASGI client changed), and 0-RTT requests.
+            "migrations": 0,
+            "early_data_requests": 0,
+        }
         self._gso = hasattr(socket.socket, "sendmsg") and os.name == "posix"
 
     @property
@@ -200,6 +210,9 @@ class QuicEndpoint:
     def connection_finished(self, handler: QuicConnectionHandler) -> None:
         """A connection is gone: forget its CIDs, timers and slot."""
         self.handlers.pop(handler.key, None)
+        if not handler.handshake_reported:
+            self.stats["handshake_failures"] += 1
+            self.context.registry.handshake_failures["udp"] += 1
         self.core.forget(handler.key)
         self.context.registry.remove(handler.record)
 
@@ -355,7 +368,7 @@ class QuicConnectionHandler(StreamDispatcher):
         # a bulk transfer from stalling on the ACK clock.
         self._buffer_limit = max(self.config.write_buffer_size, 1024 * 1024)
         self._finished = anyio.Event()
-        self._handshake_reported = False
+        self.handshake_reported = False
         self._peer = record.client
         self._early_streams: list[Any] = []
         self._transmit_pending = False
@@ -421,8 +434,8 @@ class QuicConnectionHandler(StreamDispatcher):
             for cid in protocol.retired_cids:
                 core.unregister_cid(cid)
             protocol.retired_cids.clear()
-        if protocol.handshake_complete and not self._handshake_reported:
-            self._handshake_reported = True
+        if protocol.handshake_complete and not self.handshake_reported:
+            self.handshake_reported = True
             core.handshake_done(self.key)
         self._dispatch()
         self._wake_writers()
@@ -470,6 +483,9 @@ class QuicConnectionHandler(StreamDispatcher):
         peer = _address(self.quic.peer_address)
         if peer is not None and peer != self._info.client:
             self._info = replace(self._info, client=peer)
+            self.endpoint.stats["migrations"] += 1
+        if request.early_data:
+            self.endpoint.stats["early_data_requests"] += 1
         super()._start_stream(request)
 
     def _on_other_event(self, event: object) -> None:

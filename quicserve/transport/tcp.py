@@ -123,6 +123,7 @@ async def serve_connection(
                     )
                 except (ssl.SSLError, OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
                     logger.debug("TLS handshake with %s failed: %s", client, exc)
+                    context.registry.handshake_failures["tcp"] += 1
                     await _aclose(stream)
                     return
                 byte_stream = tls_stream
