@@ -134,6 +134,11 @@ class WebSocketStream:
         self._bytes_out = 0
         self._task_group: anyio.abc.TaskGroup | None = None
 
+    @property
+    def status(self) -> int:
+        """The handshake's status: 101 or 200 once accepted, the denial's status, or 0."""
+        return self._status
+
     # -- events from the connection ----------------------------------------------------
 
     def body_received(self, data: bytes) -> None:

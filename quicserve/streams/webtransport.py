@@ -80,6 +80,11 @@ class WebTransportSession:
         self._status = 0
         self.dropped_datagrams = 0
 
+    @property
+    def status(self) -> int:
+        """The handshake's status: 101 or 200 once accepted, the denial's status, or 0."""
+        return self._status
+
     # -- events from the connection ----------------------------------------------------
 
     def body_received(self, data: bytes) -> None:
