@@ -632,16 +632,36 @@ def test_peer_reset_reports_and_later_calls_are_no_ops() -> None:
     assert server.open_streams == 0 and server.next_event() is None
 
 
-def test_stream_done_with_unread_body_sends_rst_no_error() -> None:
+def test_unread_body_after_a_complete_response_is_discarded_then_reset() -> None:
+    """RFC 9113 §8.1: a 413 answered before the body. Up to 64 KiB more of the body is
+    read and discarded (credited back), so a client still uploading can read the 413;
+    the stream goes when the body ends, with no RST_STREAM."""
     pair = Pair()
     stream_id = pair.request(post_headers(), end_stream=False)
     pair.take()
     pair.server.send_response(stream_id, 413, [], end_stream=True)
     pair.server.stream_done(stream_id, pair.now)
     frames = pair.server_frames()
+    assert len(frames) == 1
     assert isinstance(frames[0], HeadersFrame) and "END_STREAM" in frames[0].flags
-    assert isinstance(frames[1], RstStreamFrame)
-    assert frames[1].error_code == ErrorCodes.NO_ERROR
+    pair.body(stream_id, b"b" * 30_000, end_stream=True)
+    events, client_events = pair.take()
+    assert events == []  # nothing reaches the (finished) stream type
+    assert of_type(client_events, h2e.StreamReset) == []
+    assert pair.server.open_streams == 0
+
+
+def test_unread_body_beyond_the_linger_budget_gets_rst_no_error() -> None:
+    pair = Pair()
+    stream_id = pair.request(post_headers(), end_stream=False)
+    pair.take()
+    pair.server.send_response(stream_id, 413, [], end_stream=True)
+    pair.server.stream_done(stream_id, pair.now)
+    pair.pump()
+    pair.body(stream_id, b"b" * 70_000)  # more than the 64 KiB budget, and no end
+    _, client_events = pair.take()
+    resets = of_type(client_events, h2e.StreamReset)
+    assert [r.error_code for r in resets] == [ErrorCodes.NO_ERROR]
     assert pair.server.open_streams == 0
 
 

@@ -171,6 +171,10 @@ class _H2Connection(H2Connection):
         return [], [event]
 
 
+#: Request body read and discarded after a complete response, before RST_STREAM.
+_LINGER_BYTES = 64 * 1024
+
+
 class _Stream:
     """Per-stream bookkeeping: the outgoing buffer and what each side has done."""
 
@@ -180,6 +184,7 @@ class _Stream:
         "chunks",
         "done",
         "end_pending",
+        "linger",
         "local_ended",
         "offset",
         "remote_ended",
@@ -200,6 +205,9 @@ class _Stream:
         self.buffered = 0
         #: The response asked to end once the buffer drains (END_STREAM or trailers).
         self.end_pending = False
+        #: After a complete response, request body bytes still read and discarded
+        #: before RST_STREAM (-1: not lingering); see ``_maybe_remove``.
+        self.linger = -1
         self.trailers: Headers | None = None
         #: No more ``send_*`` calls are accepted (END_STREAM asked for, or reset).
         self.local_ended = False
@@ -376,6 +384,8 @@ class H2Protocol:
                     stream.request_trailers = None
                     if not stream.done:
                         events.append(BodyEnded(stream.stream_id, trailers or []))
+                    else:
+                        self._maybe_remove(stream)  # the end of a lingering body
             elif cls is H2WindowUpdated:
                 assert isinstance(ev, H2WindowUpdated)
                 if ev.stream_id == 0:
@@ -456,6 +466,10 @@ class H2Protocol:
             # Bytes for a stream we dropped never reach the app: credit them at once so
             # the connection window cannot leak.
             self._ack(ev.flow_controlled_length, ev.stream_id)
+            if stream is not None and stream.linger >= 0 and not stream.reset:
+                stream.linger -= ev.flow_controlled_length
+                if stream.linger < 0:
+                    self._reset(stream, ErrorCodes.NO_ERROR, notify=False)
             return
         data = ev.data
         size = len(data)
@@ -567,9 +581,15 @@ class H2Protocol:
         self._after_send(stream)
 
     def reset_stream(self, stream_id: int) -> None:
-        """Abort ``stream_id`` with RST_STREAM INTERNAL_ERROR; buffered data is dropped."""
+        """Abort ``stream_id`` with RST_STREAM INTERNAL_ERROR; buffered data is dropped.
+        After a complete response only the request body is stopped (see below)."""
         stream = self._streams.get(stream_id)
         if stream is None or stream.reset or self._closed:
+            return
+        if stream.local_ended:
+            # The response is complete (a 413 before the body was read): it must still
+            # reach the client, so ``stream_done`` sends RST_STREAM NO_ERROR once it is
+            # out (RFC 9113 §8.1), which also stops the request body.
             return
         self._reset(stream, ErrorCodes.INTERNAL_ERROR, notify=False)
 
@@ -879,9 +899,16 @@ class H2Protocol:
         if stream.reset:
             self._remove(stream)
         elif stream.sent_end and not stream.remote_ended:
-            # RFC 9113 §8.1: the response is complete but the request body is not;
-            # RST_STREAM NO_ERROR asks the client to stop sending it.
-            self._reset(stream, ErrorCodes.NO_ERROR, notify=False)
+            # RFC 9113 §8.1: the response is complete but the request body is not.
+            # A little more of it is read and discarded, so a client still uploading
+            # (a 413 answered before the body) gets to read the response; past
+            # _LINGER_BYTES, RST_STREAM NO_ERROR asks it to stop (some clients, curl
+            # among them, report that reset as an error while they are sending).
+            if stream.linger < 0:
+                stream.linger = _LINGER_BYTES
+                if stream.unacked:
+                    self._ack(stream.unacked, stream.stream_id)
+                    stream.unacked = 0
         else:
             if stream.unacked:
                 self._ack(stream.unacked, stream.stream_id)

@@ -75,6 +75,8 @@ class H3Protocol:
         self._events: deque[StreamEvent] = deque()
         # stream id -> True once the request body has ended.
         self._requests: dict[int, bool] = {}
+        # Request streams whose response has ended (FIN sent).
+        self._responded: set[int] = set()
         self._highest_request = -4
         self._goaway_sent = False
         self._terminated = False
@@ -210,6 +212,8 @@ class H3Protocol:
             block = [(b":status", _STATUS[status])]
             block += [f for f in headers if f[0] not in DROPPED_RESPONSE_FIELDS]  # §4.2
             self._h3.send_headers(stream_id, block, end_stream)
+            if end_stream:
+                self._responded.add(stream_id)
 
     def send_informational(self, stream_id: int, status: int, headers: Headers) -> None:
         """An interim response (100, 103), RFC 9114 §4.1."""
@@ -222,12 +226,15 @@ class H3Protocol:
         """DATA; QUIC holds what flow control does not let out yet."""
         if stream_id in self._requests and not self._terminated:
             self._h3.send_data(stream_id, data, end_stream)
+            if end_stream:
+                self._responded.add(stream_id)
 
     def send_trailers(self, stream_id: int, headers: Headers) -> None:
         """Trailing HEADERS, ending the stream."""
         if stream_id in self._requests and not self._terminated:
             trailers = [f for f in headers if f[0] not in DROPPED_RESPONSE_FIELDS]
             self._h3.send_headers(stream_id, trailers, end_stream=True)
+            self._responded.add(stream_id)
 
     # -- WebTransport (draft-ietf-webtrans-http3-02) ------------------------------------
 
@@ -246,8 +253,12 @@ class H3Protocol:
             self.quic.send_stream_data(stream_id, data, end_stream)
 
     def reset_stream(self, stream_id: int) -> None:
-        """Abort the response (the app failed after starting it)."""
+        """Abort the response (the app failed after starting it). After a complete
+        response only the request body is stopped: ``stream_done`` sends STOP_SENDING
+        H3_NO_ERROR, and the response still arrives (RFC 9114 §4.1.1)."""
         if stream_id in self._requests and not self._terminated:
+            if stream_id in self._responded:
+                return
             self.quic.reset_stream(stream_id, ErrorCode.H3_INTERNAL_ERROR)
 
     def buffered_amount(self, stream_id: int) -> int:
@@ -261,6 +272,7 @@ class H3Protocol:
     def stream_done(self, stream_id: int, now: float) -> None:
         """The stream type is finished; stop reading a body nobody will read."""
         body_ended = self._requests.pop(stream_id, None)
+        self._responded.discard(stream_id)
         if body_ended is False and not self._terminated:
             # RFC 9114 §4.1.1: the response is complete; the rest of the request body
             # is not wanted.
