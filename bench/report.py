@@ -208,6 +208,11 @@ class Report:
         conns = f"{m['connections']} connections"
         if any(p in ("h3", "h3bulk") for p in m["protocols"]):
             conns += f" (h3: {m.get('h3_clients', '?')} gtlsclient clients; h3bulk: 1)"
+        if any(p.startswith("ws") for p in m["protocols"]):
+            conns += (
+                f" (ws*: {m.get('ws_connections', '?')} WebSockets x {m.get('ws_window', '?')}"
+                f" messages in flight, {m.get('ws_clients', '?')} client process(es))"
+            )
         lines = [
             f"## Side-by-side: {', '.join(m['servers_run'])}",
             "",
