@@ -93,10 +93,11 @@ def _websocket(case: str, server: Server) -> Result:
     HTTP/2 connection (RFC 8441); ws-h3: QUIC forced to the origin and
     ``EnableWebsocketsOverHttp3`` (RFC 9220).
     """
+    flags: tuple[str, ...] = ()
     if case == "ws-h1":
-        url, flags = f"http://localhost:{server.http_port}/wspage", ()
+        url = f"http://localhost:{server.http_port}/wspage"
     elif case == "ws-h2":
-        url, flags = f"https://localhost:{server.https_port}/wspage", ()
+        url = f"https://localhost:{server.https_port}/wspage"
     else:
         port = server.h3_port
         url = f"https://localhost:{port}/wspage"

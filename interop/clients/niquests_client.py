@@ -34,7 +34,7 @@ from ..cases import (
 NAME = "niquests"
 CASES = {"handshake", "http3", "h1-get", "h2-get", "post-streaming", "ws-h1", "ws-h2", "ws-h3"}
 UNSUPPORTED = "niquests exposes no QUIC or TLS state, socket rebinding or relay hook"
-_PINS = {
+_PINS: dict[str, dict[str, Any]] = {
     "1.1": {"disable_http2": True, "disable_http3": True},
     "2": {"disable_http1": True, "disable_http3": True},
     "3": {"disable_http1": True, "disable_http2": True},
@@ -59,7 +59,8 @@ def _session(version: str, server: Server) -> Any:
 
     session = niquests.Session(**_PINS[version])
     if version == "3":
-        session.quic_cache_layer.add_domain("localhost", server.h3_port)
+        cache: Any = session.quic_cache_layer  # a QuicSharedCache unless one was passed in
+        cache.add_domain("localhost", server.h3_port)
     return session
 
 
