@@ -112,8 +112,8 @@ def _websocket(case: str, server: Server) -> Result:
                 # RFC 8441 §5 (and RFC 9220 §3) say extended CONNECT does not use.
                 return fail(
                     "niquests' extended CONNECT requires Sec-WebSocket-Accept on the 200,"
-                    " which RFC 8441 §5 says is not used; quicserve sends none (Hypercorn"
-                    " does, so niquests works there)"
+                    " which RFC 8441 §5 says is not used; quicserve sends none (Hypercorn sends one"
+                    " when the client offered a key)"
                 )
             raise
         ext = r.extension
