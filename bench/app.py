@@ -11,6 +11,8 @@ Routes:
   ``content-length: N``, sent in chunks of at most ``CHUNK_SIZE`` bytes (for bulk-transfer
   trials). N must be a decimal integer in ``[0, MAX_BYTES]``, otherwise 400.
 * anything else: 404; a method other than GET/HEAD on a known path: 405.
+* ``websocket /ws``: accepts, then echoes every message as it came (text as text, bytes as
+  bytes) until the client leaves; any other WebSocket path is refused (403).
 * ``lifespan``: answers ``lifespan.startup.complete`` and ``lifespan.shutdown.complete``.
 
 Rules:
@@ -19,8 +21,8 @@ Rules:
   bodies of fixed responses are built once at import time; each response still gets its own
   fresh message dict, since a server may keep or change what it is sent.
 * The request body is never read (GET has none); servers must cope with that, and all three do.
-* Only ``http`` and ``lifespan`` scopes are served; a ``websocket`` scope is refused by
-  returning without accepting, which every ASGI server turns into a close/403.
+* A WebSocket to any path but ``/ws`` is refused by returning without accepting, which every
+  ASGI server turns into a close/403.
 """
 
 from __future__ import annotations
@@ -101,14 +103,33 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
+async def _echo(receive: Receive, send: Send) -> None:
+    """The WebSocket echo of ``/ws``: every message straight back, same type."""
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":
+            return  # websocket.disconnect
+        data = message.get("bytes")
+        if data is not None:
+            await send({"type": "websocket.send", "bytes": data})
+        else:
+            await send({"type": "websocket.send", "text": message.get("text") or ""})
+
+
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     """The benchmark application (ASGI 3, single callable)."""
     kind = scope["type"]
     if kind == "lifespan":
         await _lifespan(receive, send)
         return
+    if kind == "websocket":
+        if scope["path"] == "/ws":
+            await _echo(receive, send)
+        return  # any other path: refused by not accepting.
     if kind != "http":
-        return  # websocket: refuse by not accepting.
+        return
 
     path: str = scope["path"]
     method: str = scope["method"]

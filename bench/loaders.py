@@ -26,11 +26,13 @@ Rules:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -73,6 +75,7 @@ class LoadResult:
     errors: int  # socket errors, resets, timeouts
     app_protocol: str  # what was actually spoken, e.g. "http/1.1" or "h2"
     body_bytes: int | None = None  # verified response body bytes (bulk loaders only)
+    load_busy_pct: float | None = None  # loader CPU / its window, % of one core (ws only)
 
 
 class Loader(Protocol):
@@ -531,6 +534,96 @@ class GtlsclientBulkLoader:
         )
 
 
+# -- WebSocket echo: bench/wsload.py ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WsEchoLoader:
+    """WebSocket echo messages/s: ``processes`` copies of ``bench/wsload.py``, pinned to the
+    load CPU, sharing ``target.connections`` WebSockets, ``window`` messages in flight on each.
+
+    Each process prints the 64-byte messages echoed (every byte checked) inside its own
+    window of ``duration_s`` and its own CPU seconds in that window; msg/s is the sum of the
+    per-process rates, and ``load_busy_pct`` the sum of their CPU over the window, in % of one
+    core: well under 100 % means the client had CPU to spare and the server set the pace.
+    """
+
+    transport: str = "h1"  # "h1", "h2" (RFC 8441) or "h3" (RFC 9220)
+    window: int = 32
+    processes: int = 1
+    tool: str = "taskset"  # the client is Python (bench/wsload.py); taskset pins it
+
+    def run(self, target: LoadTarget) -> LoadResult:
+        """Run the client processes to completion; raise `LoadError` on any failure."""
+        parts = urlsplit(target.url)
+        procs = max(1, self.processes)
+        whole, extra = divmod(target.connections, procs)
+        share = [whole + (i < extra) for i in range(procs)]
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        running = []
+        for conns in share:
+            argv = [
+                "taskset",
+                "-c",
+                target.cpu,
+                sys.executable,
+                "-m",
+                "bench.wsload",
+                "--transport",
+                self.transport,
+                "--host",
+                parts.hostname or "127.0.0.1",
+                "--port",
+                str(parts.port),
+                "--path",
+                parts.path or "/ws",
+                "--connections",
+                str(max(1, conns)),
+                "--window",
+                str(self.window),
+                "--duration",
+                str(target.duration_s),
+            ]
+            running.append(
+                subprocess.Popen(
+                    argv,
+                    cwd=root,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+        outs = []
+        for proc in running:
+            try:
+                out, _ = proc.communicate(timeout=target.duration_s + _TOOL_TIMEOUT_SLACK_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # our own child, by PID
+                out, _ = proc.communicate()
+                raise LoadError(f"bench.wsload timed out\n{_head(out or '')}") from None
+            if proc.returncode != 0:
+                raise LoadError(f"bench.wsload exited {proc.returncode}\n{_head(out, 20)}")
+            outs.append(json.loads(out.strip().splitlines()[-1]))
+        messages = sum(int(o["messages"]) for o in outs)
+        if messages == 0:
+            raise LoadError("no WebSocket message was echoed")
+        return LoadResult(
+            requests=messages,
+            rps=sum(o["messages"] / o["seconds"] for o in outs),
+            p99_ms=None,
+            p99_source="n/a: the ws client counts echoes, it does not time them",
+            mean_ms=None,
+            bad_status=0,
+            errors=0,
+            app_protocol=f"ws-{self.transport}",
+            load_busy_pct=100.0 * sum(o["cpu_s"] / o["seconds"] for o in outs),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ProtocolSpec:
     """One benchmarked protocol: how it is served and which loader drives it."""
@@ -544,10 +637,12 @@ class ProtocolSpec:
     http: str = ""  # "HTTP/1.1", "HTTP/2", "HTTP/3": what a server must speak to be run
     quic: bool = False  # served over QUIC (UDP): the server needs --quic-bind
     bulk: bool = False  # measures bytes (MiB/s, CPU per MiB), not requests
+    ws: bool = False  # WebSocket echo: "req/s" are echoed messages/s
+    path: str = "/"  # what the loader requests
 
-    def url(self, host: str, port: int, path: str = "/") -> str:
+    def url(self, host: str, port: int, path: str | None = None) -> str:
         """The URL that the loader requests."""
-        return f"{self.scheme}://{host}:{port}{path}"
+        return f"{self.scheme}://{host}:{port}{self.path if path is None else path}"
 
     def available(self) -> bool:
         """Whether the loader's executable is on PATH."""
@@ -595,5 +690,42 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         http="HTTP/3",
         quic=True,
         bulk=True,
+    ),
+    "ws": ProtocolSpec(
+        name="ws",
+        description="WebSocket over HTTP/1.1 plaintext (RFC 6455 Upgrade), bench/wsload.py: "
+        "64-byte binary echoes, --ws-window in flight per connection",
+        tls=False,
+        scheme="ws",
+        loader=WsEchoLoader("h1"),
+        expect_app_protocol="ws-h1",
+        http="HTTP/1.1",
+        ws=True,
+        path="/ws",
+    ),
+    "ws-h2": ProtocolSpec(
+        name="ws-h2",
+        description="WebSocket over HTTP/2 (RFC 8441 extended CONNECT, TLS), bench/wsload.py "
+        "on the h2 package: one WebSocket per connection",
+        tls=True,
+        scheme="https",
+        loader=WsEchoLoader("h2"),
+        expect_app_protocol="ws-h2",
+        http="HTTP/2",
+        ws=True,
+        path="/ws",
+    ),
+    "ws-h3": ProtocolSpec(
+        name="ws-h3",
+        description="WebSocket over HTTP/3 (RFC 9220 extended CONNECT), bench/wsload.py on "
+        "aioquic: one WebSocket per QUIC connection",
+        tls=True,
+        scheme="https",
+        loader=WsEchoLoader("h3"),
+        expect_app_protocol="ws-h3",
+        http="HTTP/3",
+        quic=True,
+        ws=True,
+        path="/ws",
     ),
 }

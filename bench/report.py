@@ -55,6 +55,7 @@ class Trial:
     mib: float | None = None  # bulk: verified MiB downloaded in the measured window
     mib_per_s: float | None = None  # bulk: throughput
     cpu_ms_per_mib: float | None = None  # bulk: server CPU per MiB sent
+    load_busy_pct: float | None = None  # ws: client CPU / its window, % of one load core
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,7 @@ class Summary:
     errors: int
     mib_per_s: Spread
     cpu_ms_per_mib: Spread
+    load_busy_pct: Spread
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +147,7 @@ class Report:
                     errors=sum(t.errors for t in good),
                     mib_per_s=Spread.of(t.mib_per_s for t in good),
                     cpu_ms_per_mib=Spread.of(t.cpu_ms_per_mib for t in good),
+                    load_busy_pct=Spread.of(t.load_busy_pct for t in good),
                 )
             )
         return out
@@ -205,6 +208,11 @@ class Report:
         conns = f"{m['connections']} connections"
         if any(p in ("h3", "h3bulk") for p in m["protocols"]):
             conns += f" (h3: {m.get('h3_clients', '?')} gtlsclient clients; h3bulk: 1)"
+        if any(p.startswith("ws") for p in m["protocols"]):
+            conns += (
+                f" (ws*: {m.get('ws_connections', '?')} WebSockets x {m.get('ws_window', '?')}"
+                f" messages in flight, {m.get('ws_clients', '?')} client process(es))"
+            )
         lines = [
             f"## Side-by-side: {', '.join(m['servers_run'])}",
             "",
@@ -328,6 +336,19 @@ class Report:
             "core was with all processes (core): server well under core means other work "
             "shared the core; both low means the server stalled."
         )
+        loaded = [s for s in self.summaries() if s.load_busy_pct.median is not None]
+        if loaded:
+            notes.append(
+                "- ws*: req/s = 64-byte WebSocket messages echoed per second (every byte "
+                "checked), CPU per 1000 echoes; p99 n/a. Client CPU (all bench/wsload.py "
+                "processes) in % of one load core, median (min-max): "
+                + "; ".join(
+                    f"{s.protocol}/{s.backend} {s.server} {_int(s.load_busy_pct.median)} "
+                    f"({_int(s.load_busy_pct.low)}-{_int(s.load_busy_pct.high)})"
+                    for s in loaded
+                )
+                + ". Well under 100: the client had CPU to spare; the server set the pace."
+            )
         if bulk & {t.protocol for t in self.trials}:
             notes.append(
                 "- bulk (MiB/s): verified body bytes / wall time of the loader's window; CPU ms / "
@@ -408,9 +429,11 @@ def format_trial(t: Trial) -> str:
         return f"{head} FAILED: {first}"
     if t.mib_per_s is not None:
         return f"{head} {_f(t.mib_per_s):>8} MiB/s  CPU {_f(t.cpu_ms_per_mib)} ms/MiB"
-    return (
-        f"{head} {_int(t.rps):>8} req/s  p99 {_f(t.p99_ms)} ms  CPU {_f(t.cpu_ms_per_1k)} ms/1k req"
-    )
+    line = f"{head} {_int(t.rps):>8} req/s  p99 {_f(t.p99_ms)} ms  CPU {_f(t.cpu_ms_per_1k)}"
+    line += " ms/1k req"
+    if t.load_busy_pct is not None:
+        line += f"  server {_int(t.cpu_busy_pct)} % / client {_int(t.load_busy_pct)} % busy"
+    return line
 
 
 def server_order(names: Sequence[str], reference: str) -> list[str]:

@@ -55,6 +55,7 @@ from bench.loaders import (  # noqa: E402
     LoadError,
     LoadTarget,
     ProtocolSpec,
+    WsEchoLoader,
     probe_h3,
 )
 from bench.report import Report, Trial, format_trial  # noqa: E402
@@ -130,6 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=50,
         help="h3bulk: MiB per fetch of /bytes/N, fetched back to back (default 50)",
     )
+    p.add_argument(
+        "--ws-connections",
+        type=int,
+        default=8,
+        help="ws*: WebSockets open at once, shared by the --ws-clients processes (default 8)",
+    )
+    p.add_argument(
+        "--ws-window",
+        type=int,
+        default=32,
+        help="ws*: messages in flight per WebSocket (default 32)",
+    )
+    p.add_argument(
+        "--ws-clients",
+        type=int,
+        default=1,
+        help="ws*: client processes, all pinned to the load CPU (default 1)",
+    )
     p.add_argument("--warmup", type=int, default=2, help="warm-up seconds before each trial")
     p.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write JSON here")
     p.add_argument(
@@ -192,7 +211,10 @@ def run_trial(
     port = free_port(HOST, udp_too=spec.quic)
     server_cpus = parse_cpu_list(args.server_cpu)
     listen = Listen(HOST, port, spec.name, backend, tls if spec.tls else None, quic=spec.quic)
-    connections = args.h3_clients if spec.quic else args.connections
+    if spec.ws:
+        connections = args.ws_connections
+    else:
+        connections = args.h3_clients if spec.quic else args.connections
     server = ServerProcess(
         variant.build(sys.executable, listen), args.server_cpu, REPO_ROOT, workdir / f"{tag}.log"
     )
@@ -216,7 +238,7 @@ def run_trial(
                 return fail(bad)
         url = spec.url(HOST, port)
         if spec.quic:  # TCP accepting says nothing about QUIC: one HTTP/3 GET / must work
-            bad = probe_h3(url, args.load_cpu, min(args.start_timeout, 15.0))
+            bad = probe_h3(spec.url(HOST, port, "/"), args.load_cpu, min(args.start_timeout, 15.0))
             if bad is not None:
                 return fail(bad)
 
@@ -266,6 +288,7 @@ def run_trial(
         trial.bad_status = result.bad_status
         trial.errors = result.errors
         trial.app_protocol = result.app_protocol
+        trial.load_busy_pct = result.load_busy_pct
         return trial
     finally:
         trial.stop_note = server.stop()
@@ -372,6 +395,9 @@ def collect_meta(args: argparse.Namespace, servers: list[ServerVariant]) -> dict
         "h3_clients": args.h3_clients,
         "bulk_protocols": [p for p in args.protocols if PROTOCOLS[p].bulk],
         "bulk_mib": args.bulk_mib,
+        "ws_connections": args.ws_connections,
+        "ws_window": args.ws_window,
+        "ws_clients": args.ws_clients,
         "server_cpu": args.server_cpu,
         "load_cpu": args.load_cpu,
         "loadavg_start": _loadavg(),
@@ -385,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (
         min(args.duration, args.repeats, args.connections, args.warmup) < 1
         or min(args.h3_clients, args.bulk_mib) < 1
+        or min(args.ws_connections, args.ws_window, args.ws_clients) < 1
     ):
         print(
             "--duration, --repeats, --connections, --warmup, --h3-clients and --bulk-mib "
@@ -410,6 +437,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if spec.bulk:
             spec = dataclasses.replace(
                 spec, loader=GtlsclientBulkLoader(size_bytes=args.bulk_mib * MIB)
+            )
+        if isinstance(spec.loader, WsEchoLoader):
+            spec = dataclasses.replace(
+                spec,
+                loader=WsEchoLoader(spec.loader.transport, args.ws_window, args.ws_clients),
             )
         if not spec.available():
             skipped.append(f"{proto}: load generator `{spec.loader.tool}` not found")

@@ -143,7 +143,7 @@ def _hypercorn(python: str, listen: Listen) -> list[str]:
     return argv
 
 
-def _uvicorn(http: str) -> Callable[[str, Listen], list[str]]:
+def _uvicorn(http: str, ws: str = "websockets") -> Callable[[str, Listen], list[str]]:
     def build(python: str, listen: Listen) -> list[str]:
         loop = "uvloop" if listen.backend == "uvloop" else "asyncio"
         argv = [
@@ -162,6 +162,8 @@ def _uvicorn(http: str) -> Callable[[str, Listen], list[str]]:
             http,
             "--loop",
             loop,
+            "--ws",
+            ws,
         ]
         if listen.tls is not None:
             argv += [
@@ -176,7 +178,7 @@ def _uvicorn(http: str) -> Callable[[str, Listen], list[str]]:
 
 
 _ALL_BACKENDS = frozenset({"asyncio", "trio", "uvloop"})
-_ALL_PROTOCOLS = frozenset({"h1", "h2", "h3", "h3bulk"})
+_ALL_PROTOCOLS = frozenset({"h1", "h2", "h3", "h3bulk", "ws", "ws-h2", "ws-h3"})
 
 VARIANTS: tuple[ServerVariant, ...] = (
     ServerVariant("quicserve", "quicserve", _ALL_BACKENDS, _ALL_PROTOCOLS, _quicserve),
@@ -188,9 +190,21 @@ VARIANTS: tuple[ServerVariant, ...] = (
     ),
     # Hypercorn serves HTTP/3 through aioquic with --quic-bind, on its asyncio and trio workers.
     ServerVariant("hypercorn", "hypercorn", _ALL_BACKENDS, _ALL_PROTOCOLS, _hypercorn),
-    # Uvicorn: asyncio.Protocol only (no trio), no HTTP/2 and no HTTP/3.
+    # Uvicorn: asyncio.Protocol only (no trio), no HTTP/2 and no HTTP/3. Its WebSockets
+    # (HTTP/1.1 only) come from the `websockets` package here, from wsproto in the row below.
     ServerVariant(
-        "uvicorn", "uvicorn", frozenset({"asyncio", "uvloop"}), frozenset({"h1"}), _uvicorn("h11")
+        "uvicorn",
+        "uvicorn",
+        frozenset({"asyncio", "uvloop"}),
+        frozenset({"h1", "ws"}),
+        _uvicorn("h11"),
+    ),
+    ServerVariant(
+        "uvicorn-wsproto",
+        "uvicorn",
+        frozenset({"asyncio", "uvloop"}),
+        frozenset({"ws"}),
+        _uvicorn("h11", "wsproto"),
     ),
     ServerVariant(
         "uvicorn-httptools",

@@ -13,6 +13,11 @@ came back, never from the absence of errors:
 - ``GET /early``: ``1`` when quicserve marked the request as received in 0-RTT
   (``early-data: 1``, RFC 8470 §5.1), else ``0``.
 - ``GET /page``: an HTML page for browsers that fetches ``/proto`` until it reads ``3``.
+- WebSocket ``/ws``: first sends ``proto:<http_version>``, then echoes every message as it
+  came (text as text, bytes as bytes); the text ``close:<code>`` makes the app close with
+  that code (reason ``asked``), so the client sees a close code the *server* chose.
+- ``GET /wspage``: an HTML page that runs that script in the browser's own WebSocket
+  (``wss:`` or ``ws:`` to the page's origin) and writes what it saw into the DOM.
 - anything else: ``ok``.
 """
 
@@ -37,6 +42,35 @@ async function go() {
   document.getElementById('out').textContent = 'protocols:' + seen.join(',');
 }
 go();
+</script></body></html>"""
+
+WS_PAGE = b"""<!doctype html><html><body><pre id="out">loading</pre><script>
+const show = text => { document.getElementById('out').textContent = text; };
+const seen = [];
+const binary = new Uint8Array(1024).map((_, i) => i % 256);
+const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
+const ws = new WebSocket(scheme + location.host + '/ws');
+ws.binaryType = 'arraybuffer';
+let step = 0;
+ws.onmessage = event => {
+  if (step === 0) { seen.push(event.data); ws.send('h\u00e9llo, interop \u2713'); }
+  else if (step === 1) {
+    seen.push(event.data === 'h\u00e9llo, interop \u2713' ? 'text:ok' : 'text:bad');
+    ws.send(binary);
+  } else if (step === 2) {
+    const got = new Uint8Array(event.data);
+    const same = got.length === binary.length && got.every((b, i) => b === binary[i]);
+    seen.push(same ? 'binary:ok' : 'binary:bad');
+    ws.send('close:4321');
+  }
+  step++;
+};
+ws.onerror = () => seen.push('error');
+let done = false;
+ws.onclose = event => { show(seen.join(' ') + ' close:' + event.code); done = true; };
+// --dump-dom prints the DOM when the virtual time budget is spent, and an open WebSocket
+// does not hold virtual time; a pending fetch does, so keep one going until the close.
+(async () => { for (let i = 0; i < 500 && !done; i++) await fetch('/?hold=' + i); })();
 </script></body></html>"""
 
 MAX_FILE = 200 * 1024 * 1024
@@ -65,6 +99,25 @@ async def _respond(send: Any, status: int, body: bytes, kind: bytes = b"text/pla
     await send({"type": "http.response.body", "body": body})
 
 
+async def _websocket(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``/ws``: the http_version first, then echoes; ``close:<code>`` closes with it."""
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": f"proto:{scope['http_version']}"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is not None and text.startswith("close:") and text[6:].isdigit():
+            await send({"type": "websocket.close", "code": int(text[6:]), "reason": "asked"})
+            continue  # the disconnect follows once the client answers the close
+        if text is not None:
+            await send({"type": "websocket.send", "text": text})
+        else:
+            await send({"type": "websocket.send", "bytes": message.get("bytes") or b""})
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """The interop app (see the module docstring for its routes)."""
     if scope["type"] == "lifespan":
@@ -75,6 +128,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["type"] == "websocket":
+        if scope["path"] == "/ws":
+            await _websocket(scope, receive, send)
+        return  # any other path: refused (403)
     if scope["type"] != "http":
         return
     path: str = scope["path"]
@@ -133,5 +190,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     if path == "/page":
         await _respond(send, 200, PAGE, b"text/html")
+        return
+    if path == "/wspage":
+        await _respond(send, 200, WS_PAGE, b"text/html")
         return
     await _respond(send, 200, b"ok")

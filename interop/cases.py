@@ -48,7 +48,14 @@ def impairment(case: str, attempt: int = 0) -> Impairment:
     return replace(IMPAIRMENTS[case], seed=zlib.crc32(case.encode()) + attempt)
 
 
-NO_WS = "quicserve has no WebSocket/WebTransport yet (issue 4)"
+NO_WEBTRANSPORT = "not built yet: quicserve has no WebTransport"
+
+# The ws-* cases: after the server's first message ``proto:<http_version>`` the client sends
+# WS_TEXT and WS_BINARY, each must come back byte for byte, then ``close:<code>`` asks the
+# app to close with WS_CLOSE_CODE, which the client must see in the server's close frame.
+WS_TEXT = "héllo, interop ✓"
+WS_BINARY = bytes(range(256)) * 4
+WS_CLOSE_CODE = 4321
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +98,10 @@ CASES: dict[str, Case] = {
         Case("amplificationlimit", "unvalidated client: server sends <= 3x what it received"),
         Case("addressrebinding", f"relay moves to {NEW_ADDRESS} mid-connection; /client follows"),
         Case("connectionmigration", "client migrates (new CID, new port) mid-connection"),
-        Case("websocket", "WebSocket over h1/h2/h3", not_ready=NO_WS),
-        Case("webtransport", "WebTransport over h3", not_ready=NO_WS),
+        Case("ws-h1", "WebSocket over HTTP/1.1 (Upgrade): echo text+binary, close code"),
+        Case("ws-h2", "WebSocket over HTTP/2 (RFC 8441): echo text+binary, close code"),
+        Case("ws-h3", "WebSocket over HTTP/3 (RFC 9220): echo text+binary, close code"),
+        Case("webtransport", "WebTransport over h3", not_ready=NO_WEBTRANSPORT),
     ]
 }
 

@@ -45,7 +45,7 @@ PROFILES: dict[str, list[str]] = {
     "0rtt": ["--quic-0rtt"],
 }
 QUICK_CLIENTS = ("aioquic", "curl_cffi", "curl")
-QUICK_CASES = ("handshake", "transfer", "http3", "h1-get", "h2-get")
+QUICK_CASES = ("handshake", "transfer", "http3", "h1-get", "h2-get", "ws-h3")
 DEFAULT_TIMEOUT = 90.0
 TIMEOUTS = {"chromium": 150.0, "h2load": 120.0}
 

@@ -10,7 +10,18 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import aioquic_client, chromium, curl, curl_cffi_client, gtlsclient, h2load, httpx_client
+from . import (
+    aioquic_client,
+    chromium,
+    curl,
+    curl_cffi_client,
+    gtlsclient,
+    h2_client,
+    h2load,
+    httpx_client,
+    niquests_client,
+    websockets_client,
+)
 
 ALL: list[ModuleType] = [
     aioquic_client,
@@ -20,4 +31,7 @@ ALL: list[ModuleType] = [
     curl,
     httpx_client,
     h2load,
+    niquests_client,
+    websockets_client,
+    h2_client,
 ]

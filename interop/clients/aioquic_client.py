@@ -53,6 +53,7 @@ CASES = {
     "amplificationlimit",
     "addressrebinding",
     "connectionmigration",
+    "ws-h3",
 }
 
 
@@ -90,6 +91,10 @@ def run(case: str, server: Server) -> Result:
     def go(port: int = server.h3_port, requests: list[Request] | None = None, **kw: Any) -> Any:
         return fetch(port, requests or [Request("/proto")], cafile=server.ca_certfile, **kw)
 
+    if case == "ws-h3":
+        from .. import ws
+
+        return ws.run(case, server)
     if case in ("handshake", "http3"):
         out = go()
         body = out.responses[0].body

@@ -14,8 +14,9 @@ import tempfile
 from ..cases import Result, Server, fail, passed
 
 NAME = "chromium"
-CASES = {"http3", "altsvc"}
+CASES = {"http3", "altsvc", "ws-h1", "ws-h2", "ws-h3"}
 UNSUPPORTED = "only page loads are driven in chromium"
+WS_WANT = "proto:{} text:ok binary:ok close:4321"
 
 
 def available() -> str | None:
@@ -79,4 +80,36 @@ def run(case: str, server: Server) -> Result:
         if not shown.startswith("protocols:") or seen[0] != "2" or seen[-1] != "3":
             return fail(f"page shows {shown[:80]!r}, wanted 2 first and 3 last")
         return passed(f"server saw /proto as {seen[0]} then {seen[-1]} after {len(seen)} fetches")
+    if case in ("ws-h1", "ws-h2", "ws-h3"):
+        return _websocket(case, server)
     return fail(f"unsupported case {case}")
+
+
+def _websocket(case: str, server: Server) -> Result:
+    """/wspage runs the ws script in Chromium's own WebSocket; the DOM shows what it saw.
+
+    ws-h1: the page over the cleartext port (Chromium speaks no h2c, so ``ws:`` is an
+    HTTP/1.1 Upgrade); ws-h2: over TLS, where Chromium opens the WebSocket on the page's
+    HTTP/2 connection (RFC 8441); ws-h3: QUIC forced to the origin and
+    ``EnableWebsocketsOverHttp3`` (RFC 9220).
+    """
+    flags: tuple[str, ...] = ()
+    if case == "ws-h1":
+        url = f"http://localhost:{server.http_port}/wspage"
+    elif case == "ws-h2":
+        url = f"https://localhost:{server.https_port}/wspage"
+    else:
+        port = server.h3_port
+        url = f"https://localhost:{port}/wspage"
+        flags = (
+            f"--origin-to-force-quic-on=localhost:{port}",
+            "--enable-features=EnableWebsocketsOverHttp3",
+        )
+    version = {"ws-h1": "1.1", "ws-h2": "2", "ws-h3": "3"}[case]
+    shown = _shown(_dump_dom(url, server, *flags))
+    if shown != WS_WANT.format(version):
+        return fail(f"page shows {shown!r}, wanted {WS_WANT.format(version)!r}")
+    return passed(
+        f"page's WebSocket: server said HTTP/{version}, text and 1024-byte binary echoed"
+        " byte for byte, onclose code 4321 (the server's)"
+    )

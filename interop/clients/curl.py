@@ -10,7 +10,12 @@ from ..cases import UPLOAD_SIZE, Result, Server, fail, passed
 
 NAME = "curl"
 CASES = {"h1-get", "h2-get", "h2c", "altsvc", "post-streaming"}
-UNSUPPORTED = "Debian's curl has no HTTP/3 (that is curl_cffi's column)"
+UNSUPPORTED = {
+    **dict.fromkeys(
+        ("ws-h1", "ws-h2", "ws-h3"), "Debian's curl 7.88 is built without WebSocket support"
+    ),
+    "*": "Debian's curl has no HTTP/3 (that is curl_cffi's column)",
+}
 
 
 def available() -> str | None:

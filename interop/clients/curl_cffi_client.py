@@ -42,6 +42,8 @@ UNSUPPORTED = {
         ),
         "not wired to the relay yet (aioquic and gtlsclient cover these)",
     ),
+    "ws-h1": "not wired yet (curl_cffi's WebSocket is HTTP/1.1; websockets, niquests cover it)",
+    **dict.fromkeys(("ws-h2", "ws-h3"), "libcurl's WebSocket has no RFC 8441/9220"),
     "*": "libcurl shows no QUIC state (Retry, ticket, 0-RTT, version, cipher, key phase)",
 }
 CASES = {

@@ -57,6 +57,7 @@ CASES = {
     "connectionmigration",
 }
 UNSUPPORTED = {
+    "ws-h3": "ngtcp2's example client cannot send an extended CONNECT (RFC 9220)",
     "v2": "ngtcp2 0.12.1 (Debian 12) predates final QUIC v2 (RFC 9369): -v 0x6b3343cf times out",
     "amplificationlimit": "checked with aioquic only: a server-side limit, any client's "
     "first flight does",

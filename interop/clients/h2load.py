@@ -13,7 +13,12 @@ from ..cases import Result, Server, fail, passed
 
 NAME = "h2load"
 CASES = {"h1-get", "h2-get", "h2c"}
-UNSUPPORTED = "Debian's h2load is built without HTTP/3"
+UNSUPPORTED = {
+    **dict.fromkeys(
+        ("ws-h1", "ws-h2", "ws-h3"), "h2load is a request load generator: no WebSocket"
+    ),
+    "*": "Debian's h2load is built without HTTP/3",
+}
 REQUESTS, CLIENTS, STREAMS = 2000, 4, 10
 
 

@@ -10,7 +10,13 @@ from ..cases import UPLOAD_SIZE, Result, Server, fail, passed
 
 NAME = "httpx"
 CASES = {"h1-get", "h2-get", "altsvc", "post-streaming"}
-UNSUPPORTED = "httpx has no HTTP/3"
+UNSUPPORTED = {
+    **dict.fromkeys(
+        ("ws-h1", "ws-h2", "ws-h3"),
+        "httpx has no WebSocket client (websockets, h2, niquests cover ws)",
+    ),
+    "*": "httpx has no HTTP/3",
+}
 
 
 def available() -> str | None:
