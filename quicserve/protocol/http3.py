@@ -307,6 +307,11 @@ class H3Protocol:
         return b""
 
     @property
+    def draining(self) -> bool:
+        """GOAWAY was sent: the connection closes when its last request is done."""
+        return self._goaway_sent
+
+    @property
     def closed(self) -> bool:
         """True once the QUIC connection has terminated."""
         return self._terminated

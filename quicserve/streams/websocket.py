@@ -572,8 +572,9 @@ class WebSocketStream:
                 extensions.append(deflate)
                 headers.append((b"sec-websocket-extensions", value))
                 self._slice = _INFLATE_SLICE
+        key = next((v.strip() for n, v in request.headers if n == b"sec-websocket-key"), None)
         if request.websocket_upgrade:
-            key = next(v.strip() for n, v in request.headers if n == b"sec-websocket-key")
+            assert key is not None  # checked in _check_handshake
             headers += [
                 (b"upgrade", b"websocket"),
                 (b"connection", b"Upgrade"),
@@ -582,6 +583,10 @@ class WebSocketStream:
             self._status = 101
         else:
             self._status = 200
+            if key is not None:
+                # RFC 8441 §5 drops the key exchange, but some clients (niquests) send a
+                # key over HTTP/2 and HTTP/3 and insist on the answer; it costs nothing.
+                headers.append((b"sec-websocket-accept", generate_accept_token(key)))
         self._ws = Connection(ConnectionType.SERVER, extensions)
         self._state = _OPEN
         self._host.protocol.send_response(self.stream_id, self._status, headers)
