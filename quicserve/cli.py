@@ -21,9 +21,11 @@ import anyio
 from . import __version__
 from .app import AppLoadError, LifespanFailure, load_app
 from .config import Config, config_fields
+from .quic.lb import MAX_SLOTS, CidLayout
 from .server import Server
 from .streams.http import ASGIApp
 from .tls import TLSConfigError
+from .transport.sockets import parse_unix_mode, systemd_binds
 from .transport.tcp import BindError
 
 logger = logging.getLogger("quicserve.error")
@@ -90,23 +92,49 @@ def config_from_args(argv: Sequence[str]) -> Config:
     for name in ("graceful_timeout", "keep_alive_timeout", "header_read_timeout"):
         if getattr(config, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive")
-    for name in ("max_connections", "max_header_bytes", "h2_max_concurrent_streams"):
+    for name in ("max_connections", "max_header_bytes", "h2_max_concurrent_streams", "workers"):
         if getattr(config, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("max_requests", "max_requests_jitter"):
+        if getattr(config, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must not be negative")
+    if config.workers > MAX_SLOTS // 2:
+        raise UsageError(f"--workers must be at most {MAX_SLOTS // 2}")
+    try:
+        parse_unix_mode(config.unix_socket_mode)
+        CidLayout.from_hex(config.quic_lb_server_id)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     return config
 
 
 def apply_dev_defaults(config: Config) -> Config:
     """Fill in what a person left out.
 
+    * systemd socket activation (``LISTEN_PID``/``LISTEN_FDS``): stream sockets are added
+      as ``fd://N`` to ``--bind`` (with a certificate) or ``--insecure-bind``, datagram
+      sockets to ``--quic-bind``.
     * ``--quic-bind`` without ``--bind``: TLS on the same TCP ports, because browsers start
-      on TCP and learn about HTTP/3 from ``alt-svc``.
+      on TCP and learn about HTTP/3 from ``alt-svc`` (not for inherited ``fd://`` sockets:
+      there is no TCP socket to go with them).
     * No bind and no certificate at all: HTTP/3, HTTP/2 and HTTP/1.1 on 127.0.0.1:8443
       with a development certificate made on first use.
     """
-    if config.quic_bind and not config.bind:
-        config = dataclasses.replace(config, bind=config.quic_bind)
-    if config.bind or config.insecure_bind:
+    streams, datagrams = systemd_binds()
+    if streams or datagrams:
+        logger.info("systemd socket activation: %s", ", ".join(streams + datagrams))
+        if config.certfile is not None:
+            config = dataclasses.replace(config, bind=config.bind + tuple(streams))
+        else:
+            config = dataclasses.replace(
+                config, insecure_bind=config.insecure_bind + tuple(streams)
+            )
+        config = dataclasses.replace(config, quic_bind=config.quic_bind + tuple(datagrams))
+    if config.quic_bind and not config.bind and not streams:
+        tcp = tuple(b for b in config.quic_bind if not b.startswith("fd://"))
+        if tcp:
+            config = dataclasses.replace(config, bind=tcp)
+    if config.bind or config.insecure_bind or config.quic_bind:
         return config
     if config.certfile is not None:
         return dataclasses.replace(config, bind=(DEV_BIND,), quic_bind=(DEV_BIND,))

@@ -27,6 +27,7 @@ from .registry import ConnectionRegistry
 from .streams.http import ASGIApp
 from .tls import TLSInfoBuilder, create_ssl_context, read_server_cert_pem
 from .transport.quic import QuicEndpoint, build_quic_configuration, open_udp_socket
+from .transport.sockets import parse_unix_mode
 from .transport.tcp import TCPEndpoint, accept_loop, open_tcp_endpoints
 
 logger = logging.getLogger("quicserve.error")
@@ -48,13 +49,15 @@ class ServerContext:
 class BoundAddress:
     """One endpoint the server listens on."""
 
-    transport: str  # "tcp" or "udp"
+    transport: str  # "tcp", "unix" or "udp"
     scheme: str  # "http", "https"
     host: str
     port: int
 
     def url(self) -> str:
-        """A URL for this endpoint, for logs."""
+        """A URL for this endpoint, for logs (``unix:/path`` for a Unix socket)."""
+        if self.transport == "unix":
+            return f"unix:{self.host}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
 
@@ -138,17 +141,23 @@ class Server:
         if config.certfile is not None and config.bind:
             ssl_context = create_ssl_context(config)
             tls_info = TLSInfoBuilder(ssl_context, read_server_cert_pem(config))
+        mode = parse_unix_mode(config.unix_socket_mode)
         try:
             for bind in config.bind:
-                endpoints.extend(open_tcp_endpoints(bind, ssl_context, tls_info))
+                endpoints.extend(open_tcp_endpoints(bind, ssl_context, tls_info, unix_mode=mode))
             for bind in config.insecure_bind:
-                endpoints.extend(open_tcp_endpoints(bind, None, None))
+                endpoints.extend(open_tcp_endpoints(bind, None, None, unix_mode=mode))
         except BaseException:
             for endpoint in endpoints:
                 await endpoint.listener.aclose()
             raise
         self.addresses = [
-            BoundAddress("tcp", "https" if e.ssl_context else "http", *e.address) for e in endpoints
+            BoundAddress(
+                "unix" if e.listener.is_unix else "tcp",
+                "https" if e.ssl_context else "http",
+                *e.address,
+            )
+            for e in endpoints
         ]
         return endpoints
 

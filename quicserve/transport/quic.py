@@ -49,7 +49,7 @@ from ..protocol.http3 import H3Protocol
 from ..quic.compat import ServerQuicConnection, quic_configuration
 from ..quic.endpoint import Accept, EndpointCore, Reply, Route
 from ..tls import TLSConfigError, load_quic_certificate
-from .sockets import BindError
+from .sockets import BindError, inherited_socket
 
 if TYPE_CHECKING:
     from ..registry import ConnectionRecord
@@ -522,8 +522,14 @@ def _configuration_versions(config: Config) -> list[int]:
     return list(quic_configuration(config).supported_versions)
 
 
-def open_udp_socket(bind: str) -> socket.socket:
-    """A bound non-blocking UDP socket for ``bind``; :class:`BindError` if impossible."""
+def open_udp_socket(bind: str, *, reuse_port: bool = False) -> socket.socket:
+    """A bound non-blocking UDP socket for ``bind`` (``HOST:PORT`` or an inherited
+    ``fd://N``); :class:`BindError` if impossible. ``reuse_port`` joins the socket to the
+    ``SO_REUSEPORT`` group of the address (for workers)."""
+    if bind.startswith("fd://"):
+        return inherited_socket(bind, socket.SOCK_DGRAM)
+    if bind.startswith("unix:"):
+        raise BindError(f"{bind}: QUIC needs a UDP address or fd://N, not a Unix socket")
     try:
         host, port = parse_bind(bind)
     except ValueError as exc:
@@ -538,6 +544,8 @@ def open_udp_socket(bind: str) -> socket.socket:
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
