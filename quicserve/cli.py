@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -27,6 +28,9 @@ from .streams.http import ASGIApp
 from .tls import TLSConfigError
 from .transport.sockets import parse_unix_mode, systemd_binds
 from .transport.tcp import BindError
+
+if TYPE_CHECKING:
+    from .worker import WorkerLink
 
 logger = logging.getLogger("quicserve.error")
 
@@ -195,13 +199,21 @@ async def _run_server(server: Server) -> None:
                         return
 
         tg.start_soon(watch_signals)
-        await server.serve()
+        if server.worker is None:
+            await server.serve()
+        else:
+            await tg.start(server.serve)
+            server.worker.send(ready=True, pid=os.getpid())
+            async with anyio.create_task_group() as link:
+                link.start_soon(server.worker.serve, server)
+                await server.wait_stopped()
+                link.cancel_scope.cancel()
         tg.cancel_scope.cancel()
 
 
-def run(app: ASGIApp, config: Config) -> None:
+def run(app: ASGIApp, config: Config, worker: WorkerLink | None = None) -> None:
     """Serve ``app`` with ``config`` on the configured backend until SIGINT/SIGTERM."""
-    server = Server(app, config)
+    server = Server(app, config, worker)
     backend = "trio" if config.backend == "trio" else "asyncio"
     options: dict[str, Any] = {}
     if config.backend == "uvloop":
@@ -250,31 +262,62 @@ def certs_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def _pop_worker_fd(args: list[str]) -> int | None:
+    """Remove the supervisor's hidden ``--worker-fd N`` from ``args`` and return N."""
+    if "--worker-fd" not in args:
+        return None
+    at = args.index("--worker-fd")
+    value = args[at + 1]
+    del args[at : at + 2]
+    return int(value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``quicserve`` command."""
     args = list(sys.argv[1:] if argv is None else argv)
+    worker: WorkerLink | None = None
     try:
         if args and args[0] == "certs":
             return certs_command(args[1:])
+        worker_fd = _pop_worker_fd(args)
+        if worker_fd is not None:
+            from .worker import WorkerLink
+
+            worker = WorkerLink.from_fd(worker_fd)
         config = config_from_args(args)
         configure_logging(config)
         config = apply_dev_defaults(config)
+        if config.workers > 1 and worker is None:
+            from .supervisor import Supervisor
+
+            return Supervisor(config).run()
         app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
-        run(app, config)
+        run(app, config, worker)
     except (UsageError, AppLoadError, TLSConfigError, BindError, LifespanFailure) as exc:
         prefix = "lifespan startup failed: " if isinstance(exc, LifespanFailure) else ""
-        print(f"quicserve: error: {prefix}{exc}", file=sys.stderr)
-        return 1
+        return _fail(f"{prefix}{exc}", worker)
     except KeyboardInterrupt:
         return 0
     except Exception as exc:
         from .certs import CertificateError
+        from .supervisor import SupervisorError
 
-        if isinstance(exc, CertificateError):
-            print(f"quicserve: error: {exc}", file=sys.stderr)
-            return 1
+        if isinstance(exc, (CertificateError, SupervisorError)):
+            return _fail(str(exc), worker)
         raise
+    finally:
+        if worker is not None:
+            worker.close()
     return 0
+
+
+def _fail(message: str, worker: WorkerLink | None) -> int:
+    # A worker reports to its supervisor, which prints the error once for all workers.
+    if worker is not None:
+        worker.send(error=message)
+    else:
+        print(f"quicserve: error: {message}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -71,6 +71,7 @@ class ConnectionRegistry:
         self._empty: anyio.Event | None = None
         self._shutting_down = False
         self.total_accepted = 0
+        self._closed_requests = 0
 
     async def acquire_slot(self) -> None:
         """Wait until fewer than ``max_connections`` are open (call before accepting)."""
@@ -105,6 +106,7 @@ class ConnectionRegistry:
         """Forget a closed connection and free its slot."""
         if self._records.pop(record.id, None) is not None:
             self._slots.release()
+            self._closed_requests += record.requests
         if not self._records and self._empty is not None:
             self._empty.set()
 
@@ -130,6 +132,12 @@ class ConnectionRegistry:
 
     def __len__(self) -> int:
         return len(self._records)
+
+    @property
+    def requests_total(self) -> int:
+        """Requests started since the server started, on open and closed connections
+        (``--max-requests`` counts these; computed when asked, not per request)."""
+        return self._closed_requests + sum(r.requests for r in self._records.values())
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every live connection, as plain dicts."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -29,6 +29,9 @@ from .tls import TLSInfoBuilder, create_ssl_context, read_server_cert_pem
 from .transport.quic import QuicEndpoint, build_quic_configuration, open_udp_socket
 from .transport.sockets import parse_unix_mode
 from .transport.tcp import TCPEndpoint, accept_loop, open_tcp_endpoints
+
+if TYPE_CHECKING:
+    from .worker import WorkerLink
 
 logger = logging.getLogger("quicserve.error")
 
@@ -43,6 +46,8 @@ class ServerContext:
     lifespan_state: dict[str, Any] | None = None
     #: ``alt-svc`` value for TLS responses (set once a QUIC endpoint is bound).
     alt_svc: bytes | None = None
+    #: This process's link to its supervisor, when it is one of ``--workers``.
+    worker: WorkerLink | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +73,14 @@ class Server:
 
     app: ASGIApp
     config: Config
+    #: Set in a worker process started by the supervisor (``--workers``).
+    worker: WorkerLink | None = None
     registry: ConnectionRegistry = field(init=False)
     addresses: list[BoundAddress] = field(default_factory=list, init=False)
     _shutdown_requested: anyio.Event | None = field(default=None, init=False)
     _shutdown_early: bool = field(default=False, init=False)
     _quic_endpoints: list[QuicEndpoint] = field(default_factory=list, init=False)
+    _stopped: anyio.Event | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.registry = ConnectionRegistry(self.config.max_connections)
@@ -86,6 +94,19 @@ class Server:
             totals["gso_enabled"] = totals.get("gso_enabled", 0) + int(endpoint.gso_enabled)
         return totals
 
+    async def wait_stopped(self) -> None:
+        """Wait until :meth:`serve` has returned (or failed)."""
+        if self._stopped is None:
+            self._stopped = anyio.Event()
+        await self._stopped.wait()
+
+    def handover(self) -> None:
+        """A worker's successor has taken over its sockets: stop reading them (datagrams
+        of our connections are forwarded to us now) and shut down gracefully."""
+        for endpoint in self._quic_endpoints:
+            endpoint.stop_reading()
+        self.shutdown()
+
     def shutdown(self) -> None:
         """Begin a graceful shutdown (safe to call more than once, from any task)."""
         if self._shutdown_requested is None:
@@ -97,11 +118,21 @@ class Server:
         self, *, task_status: anyio.abc.TaskStatus[list[BoundAddress]] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Run until :meth:`shutdown`; see the module docstring for the order of events."""
+        if self._stopped is None:
+            self._stopped = anyio.Event()
+        try:
+            await self._serve(task_status)
+        finally:
+            self._stopped.set()
+
+    async def _serve(self, task_status: anyio.abc.TaskStatus[list[BoundAddress]]) -> None:
         config = self.config
         self._shutdown_requested = anyio.Event()
         if self._shutdown_early:
             self._shutdown_requested.set()
-        context = ServerContext(config=config, app=self.app, registry=self.registry)
+        context = ServerContext(
+            config=config, app=self.app, registry=self.registry, worker=self.worker
+        )
         if config.quic_bind:
             build_quic_configuration(config)  # certificate problems surface before binding
         tcp_endpoints = await self._open_tcp_endpoints()
