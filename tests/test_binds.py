@@ -235,3 +235,41 @@ def test_socket_of_the_wrong_kind_is_one_line_error(
             timeout=15,
         )
         assert_one_line_error(result, f"fd://{fd}", needle)
+
+
+def unit_file(name: str) -> dict[str, list[str]]:
+    """``key -> values`` of a systemd unit in examples/systemd (continuations joined)."""
+    text = (Path(__file__).parent.parent / "examples" / "systemd" / name).read_text()
+    values: dict[str, list[str]] = {}
+    for line in text.replace("\\\n", " ").splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            values.setdefault(key.strip(), []).append(value.strip())
+    return values
+
+
+def test_systemd_example_units_run(
+    spawn: Spawn, tls_files: DevCertificate, tcp_socket: socket.socket, udp_socket: socket.socket
+) -> None:
+    # The example pair, run as systemd would: its ExecStart (with the test certificate,
+    # and sockets of our own in place of port 8443) under socket activation.
+    sockets = unit_file("quicserve.socket")
+    service = unit_file("quicserve.service")
+    assert sockets["ListenStream"] == sockets["ListenDatagram"] == ["8443"]
+    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    command = service["ExecStart"][0].split()
+    assert command[0].endswith("/quicserve")
+    args = command[1:]
+    args[args.index("--certfile") + 1] = str(tls_files.certfile)
+    args[args.index("--keyfile") + 1] = str(tls_files.keyfile)
+    tcp_fd, udp_fd = tcp_socket.fileno(), udp_socket.fileno()
+    wrapper = [sys.executable, "-c", SYSTEMD_EXEC, str(tcp_fd), str(udp_fd)]
+    server = spawn(*args, pass_fds=(tcp_fd, udp_fd), wrapper=wrapper)
+    server.wait_for(r"All 2 workers ready", timeout=30)
+    tcp_port, udp_port = tcp_socket.getsockname()[1], udp_socket.getsockname()[1]
+    code, out = curl_sync("--cacert", str(tls_files.ca_certfile), f"https://localhost:{tcp_port}/")
+    assert code == 0 and "Hello" in out, out
+    result = h3_fetch(udp_port, [H3Request("/")], cafile=str(tls_files.ca_certfile))
+    assert result.responses[0].status == 200
+    server.proc.terminate()
+    assert server.wait_exit(20) == 0
