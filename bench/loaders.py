@@ -58,6 +58,8 @@ class LoadTarget:
     connections: int
     cpu: str  # taskset CPU list for the load generator, e.g. "1"
     log_path: Path | None = None  # where a per-request log may be written (p99)
+    #: h3: count requests that fail (in ``errors``) and go on, instead of raising.
+    count_failures: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,6 +414,7 @@ class GtlsclientLoader:
         clients = max(1, target.connections)
         lock = threading.Lock()
         done = [0]
+        failed = [0]
         failures: list[str] = []
         start = time.monotonic()
         deadline = start + target.duration_s
@@ -434,6 +437,10 @@ class GtlsclientLoader:
                     good, bad = check_hello_downloads(directory, batch)
                     with lock:
                         done[0] += good
+                        if (why is not None or bad is not None) and target.count_failures:
+                            failed[0] += batch - good
+                            batch = _H3_MIN_BATCH
+                            continue
                         if why is not None or bad is not None:
                             failures.append(
                                 f"client {index}, a connection of {batch} requests, "
@@ -467,7 +474,7 @@ class GtlsclientLoader:
             p99_source="n/a: gtlsclient reports no per-request latency",
             mean_ms=None,
             bad_status=0,
-            errors=0,
+            errors=failed[0],
             app_protocol="h3",
         )
 
