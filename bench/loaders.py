@@ -60,6 +60,8 @@ class LoadTarget:
     connections: int
     cpu: str  # taskset CPU list for the load generator, e.g. "1"
     log_path: Path | None = None  # where a per-request log may be written (p99)
+    #: h3: count requests that fail (in ``errors``) and go on, instead of raising.
+    count_failures: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,6 +417,7 @@ class GtlsclientLoader:
         clients = max(1, target.connections)
         lock = threading.Lock()
         done = [0]
+        failed = [0]
         failures: list[str] = []
         start = time.monotonic()
         deadline = start + target.duration_s
@@ -437,6 +440,10 @@ class GtlsclientLoader:
                     good, bad = check_hello_downloads(directory, batch)
                     with lock:
                         done[0] += good
+                        if (why is not None or bad is not None) and target.count_failures:
+                            failed[0] += batch - good
+                            batch = _H3_MIN_BATCH
+                            continue
                         if why is not None or bad is not None:
                             failures.append(
                                 f"client {index}, a connection of {batch} requests, "
@@ -470,7 +477,7 @@ class GtlsclientLoader:
             p99_source="n/a: gtlsclient reports no per-request latency",
             mean_ms=None,
             bad_status=0,
-            errors=0,
+            errors=failed[0],
             app_protocol="h3",
         )
 

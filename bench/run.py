@@ -157,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="server that ratios are computed for (default: quicserve; if it is not run, "
         "the first server run)",
     )
+    p.add_argument(
+        "--count-h3-failures",
+        action="store_true",
+        help="h3: count failed requests (errors column) and go on instead of failing the trial "
+        "(for servers that lose HTTP/3 requests, such as Hypercorn with --workers 2)",
+    )
     p.add_argument("--server-cpu", default="0", help="taskset CPU list for servers (default 0)")
     p.add_argument("--load-cpu", default="1", help="taskset CPU list for loaders (default 1)")
     p.add_argument(
@@ -243,7 +249,15 @@ def run_trial(
                 return fail(bad)
 
         try:
-            warm = spec.loader.run(LoadTarget(url, args.warmup, connections, args.load_cpu))
+            warm = spec.loader.run(
+                LoadTarget(
+                    url,
+                    args.warmup,
+                    connections,
+                    args.load_cpu,
+                    count_failures=args.count_h3_failures,
+                )
+            )
             if warm.app_protocol != spec.expect_app_protocol:
                 return fail(
                     f"negotiated {warm.app_protocol!r}, expected {spec.expect_app_protocol!r}"
@@ -254,7 +268,14 @@ def run_trial(
             cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
             core_before = core_ticks(server_cpus)
             result = spec.loader.run(
-                LoadTarget(url, args.duration, connections, args.load_cpu, log_path)
+                LoadTarget(
+                    url,
+                    args.duration,
+                    connections,
+                    args.load_cpu,
+                    log_path,
+                    count_failures=args.count_h3_failures,
+                )
             )
             core_after = core_ticks(server_cpus)
             cpu_after, wall_after = server.cpu_seconds(), time.monotonic()

@@ -7,8 +7,8 @@ CPU, wait until its port accepts, read its CPU time, and stop it.
 
 Rules:
 
-* Same app, one worker, access log off, log level ``warning`` for every server, started from
-  the repository root with the interpreter running this harness.
+* Same app, one worker (two for the ``-2w`` rows), access log off, log level ``warning``
+  for every server, started from the repository root with the interpreter running this harness.
 * A variant that cannot serve a pair (uvicorn: no HTTP/2, no trio) says so in `supports`; the
   harness lists the pair as not applicable instead of running something not comparable.
 * Server CPU time is the whole process tree's (``utime+stime`` of the root and every live
@@ -76,6 +76,22 @@ class ServerVariant:
         if self.requires_module is None:
             return True
         return importlib.util.find_spec(self.requires_module) is not None
+
+
+def _workers(
+    build: Callable[[str, Listen], list[str]], n: int
+) -> Callable[[str, Listen], list[str]]:
+    """``build`` with ``--workers n`` (both quicserve and Hypercorn spell it that way)."""
+
+    def with_workers(python: str, listen: Listen) -> list[str]:
+        argv = build(python, listen)
+        if "--workers" in argv:
+            argv[argv.index("--workers") + 1] = str(n)
+        else:
+            argv += ["--workers", str(n)]
+        return argv
+
+    return with_workers
 
 
 def _quicserve(python: str, listen: Listen) -> list[str]:
@@ -190,6 +206,13 @@ VARIANTS: tuple[ServerVariant, ...] = (
     ),
     # Hypercorn serves HTTP/3 through aioquic with --quic-bind, on its asyncio and trio workers.
     ServerVariant("hypercorn", "hypercorn", _ALL_BACKENDS, _ALL_PROTOCOLS, _hypercorn),
+    # Two worker processes each (bench/README.md "Workers"): not in the default --servers.
+    ServerVariant(
+        "quicserve-2w", "quicserve-2w", _ALL_BACKENDS, _ALL_PROTOCOLS, _workers(_quicserve, 2)
+    ),
+    ServerVariant(
+        "hypercorn-2w", "hypercorn-2w", _ALL_BACKENDS, _ALL_PROTOCOLS, _workers(_hypercorn, 2)
+    ),
     # Uvicorn: asyncio.Protocol only (no trio), no HTTP/2 and no HTTP/3. Its WebSockets
     # (HTTP/1.1 only) come from the `websockets` package here, from wsproto in the row below.
     ServerVariant(

@@ -22,7 +22,7 @@ import signal
 import sys
 import tomllib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -32,7 +32,11 @@ from .config import Config, ConfigError, config_fields, resolve
 from .server import Server
 from .streams.http import ASGIApp
 from .tls import TLSConfigError
+from .transport.sockets import systemd_binds
 from .transport.tcp import BindError
+
+if TYPE_CHECKING:
+    from .worker import WorkerLink
 
 logger = logging.getLogger("quicserve.error")
 
@@ -103,14 +107,30 @@ def config_from_args(argv: Sequence[str], environ: dict[str, str] | None = None)
 def apply_dev_defaults(config: Config) -> Config:
     """Fill in what a person left out.
 
+    * systemd socket activation (``LISTEN_PID``/``LISTEN_FDS``): stream sockets are added
+      as ``fd://N`` to ``--bind`` (with a certificate) or ``--insecure-bind``, datagram
+      sockets to ``--quic-bind``.
     * ``--quic-bind`` without ``--bind``: TLS on the same TCP ports, because browsers start
-      on TCP and learn about HTTP/3 from ``alt-svc``.
+      on TCP and learn about HTTP/3 from ``alt-svc`` (not for inherited ``fd://`` sockets:
+      there is no TCP socket to go with them).
     * No bind and no certificate at all: HTTP/3, HTTP/2 and HTTP/1.1 on 127.0.0.1:8443
       with a development certificate made on first use.
     """
-    if config.quic_bind and not config.bind:
-        config = dataclasses.replace(config, bind=config.quic_bind)
-    if config.bind or config.insecure_bind:
+    streams, datagrams = systemd_binds()
+    if streams or datagrams:
+        logger.info("systemd socket activation: %s", ", ".join(streams + datagrams))
+        if config.certfile is not None:
+            config = dataclasses.replace(config, bind=config.bind + tuple(streams))
+        else:
+            config = dataclasses.replace(
+                config, insecure_bind=config.insecure_bind + tuple(streams)
+            )
+        config = dataclasses.replace(config, quic_bind=config.quic_bind + tuple(datagrams))
+    if config.quic_bind and not config.bind and not streams:
+        tcp = tuple(b for b in config.quic_bind if not b.startswith("fd://"))
+        if tcp:
+            config = dataclasses.replace(config, bind=tcp)
+    if config.bind or config.insecure_bind or config.quic_bind:
         return config
     if config.certfile is not None:
         return dataclasses.replace(config, bind=(DEV_BIND,), quic_bind=(DEV_BIND,))
@@ -202,13 +222,21 @@ async def _run_server(server: Server) -> None:
                         return
 
         tg.start_soon(watch_signals)
-        await server.serve()
+        if server.worker is None:
+            await server.serve()
+        else:
+            await tg.start(server.serve)
+            server.worker.send(ready=True, pid=os.getpid())
+            async with anyio.create_task_group() as link:
+                link.start_soon(server.worker.serve, server)
+                await server.wait_stopped()
+                link.cancel_scope.cancel()
         tg.cancel_scope.cancel()
 
 
-def run(app: ASGIApp, config: Config) -> None:
+def run(app: ASGIApp, config: Config, worker: WorkerLink | None = None) -> None:
     """Serve ``app`` with ``config`` on the configured backend until SIGINT/SIGTERM."""
-    server = Server(app, config)
+    server = Server(app, config, worker)
     backend = "trio" if config.backend == "trio" else "asyncio"
     options: dict[str, Any] = {}
     if config.backend == "uvloop":
@@ -257,12 +285,28 @@ def certs_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def _pop_worker_fd(args: list[str]) -> int | None:
+    """Remove the supervisor's hidden ``--worker-fd N`` from ``args`` and return N."""
+    if "--worker-fd" not in args:
+        return None
+    at = args.index("--worker-fd")
+    value = args[at + 1]
+    del args[at : at + 2]
+    return int(value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``quicserve`` command."""
     args = list(sys.argv[1:] if argv is None else argv)
+    worker: WorkerLink | None = None
     try:
         if args and args[0] == "certs":
             return certs_command(args[1:])
+        worker_fd = _pop_worker_fd(args)
+        if worker_fd is not None:
+            from .worker import WorkerLink
+
+            worker = WorkerLink.from_fd(worker_fd)
         config = config_from_args(args, dict(os.environ))
         configure_logging(config)
         if config.reload:
@@ -270,8 +314,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_with_reload(args, config)
         config = apply_dev_defaults(config)
+        if config.workers > 1 and worker is None:
+            from .supervisor import Supervisor
+
+            return Supervisor(config).run()
         app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
-        run(app, config)
+        run(app, config, worker)
     except (
         UsageError,
         ConfigError,
@@ -281,18 +329,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         LifespanFailure,
     ) as exc:
         prefix = "lifespan startup failed: " if isinstance(exc, LifespanFailure) else ""
-        print(f"quicserve: error: {prefix}{exc}", file=sys.stderr)
-        return 1
+        return _fail(f"{prefix}{exc}", worker)
     except KeyboardInterrupt:
         return 0
     except Exception as exc:
         from .certs import CertificateError
+        from .supervisor import SupervisorError
 
-        if isinstance(exc, CertificateError):
-            print(f"quicserve: error: {exc}", file=sys.stderr)
-            return 1
+        if isinstance(exc, (CertificateError, SupervisorError)):
+            return _fail(str(exc), worker)
         raise
+    finally:
+        if worker is not None:
+            worker.close()
     return 0
+
+
+def _fail(message: str, worker: WorkerLink | None) -> int:
+    # A worker reports to its supervisor, which prints the error once for all workers.
+    if worker is not None:
+        worker.send(error=message)
+    else:
+        print(f"quicserve: error: {message}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

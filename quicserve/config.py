@@ -75,14 +75,16 @@ class Config:
         default=(),
         metadata=_opt(
             "TCP address HOST:PORT, TLS when a certificate is configured (repeatable; "
-            "':8443' = all interfaces, '[::1]:8443' for IPv6)",
+            "':8443' = all interfaces, '[::1]:8443' for IPv6, 'unix:/path' for a Unix "
+            "socket, 'fd://N' for an inherited socket)",
             metavar="HOST:PORT",
         ),
     )
     insecure_bind: tuple[str, ...] = field(
         default=(),
         metadata=_opt(
-            "plain TCP address HOST:PORT, even when TLS is configured (repeatable)",
+            "plain TCP address HOST:PORT, 'unix:/path' or 'fd://N', even when TLS is "
+            "configured (repeatable)",
             metavar="HOST:PORT",
         ),
     )
@@ -90,9 +92,16 @@ class Config:
     quic_bind: tuple[str, ...] = field(
         default=(),
         metadata=_opt(
-            "UDP address HOST:PORT for QUIC / HTTP/3 (repeatable); also serves TLS on the "
-            "same TCP port unless --bind is given",
+            "UDP address HOST:PORT (or inherited 'fd://N') for QUIC / HTTP/3 (repeatable); "
+            "also serves TLS on the same TCP port unless --bind is given",
             metavar="HOST:PORT",
+        ),
+    )
+    unix_socket_mode: str | None = field(
+        default=None,
+        metadata=_opt(
+            "permissions of 'unix:' sockets quicserve creates, in octal (e.g. 660)",
+            metavar="MODE",
         ),
     )
     alt_svc: str | None = field(
@@ -101,6 +110,42 @@ class Config:
             "alt-svc value advertised on TLS responses (default: h3 on the first "
             "--quic-bind port); 'off' to send none",
             metavar="VALUE",
+        ),
+    )
+
+    # -- worker processes ---------------------------------------------------------------
+    workers: int = field(
+        default=1,
+        metadata=_opt(
+            "worker processes; more than 1 starts a supervisor that restarts, reloads "
+            "(SIGHUP) and scales (SIGTTIN/SIGTTOU) them"
+        ),
+    )
+    max_requests: int = field(
+        default=0,
+        metadata=_opt("replace a worker after it has served this many requests; 0 = never"),
+    )
+    max_requests_jitter: int = field(
+        default=0,
+        metadata=_opt(
+            "add a random 0..N to each worker's --max-requests so they do not all restart at once"
+        ),
+    )
+    quic_worker_routing: Literal["auto", "cbpf", "forward"] = field(
+        default="auto",
+        metadata=_opt(
+            "how datagrams reach the worker that owns their connection ID: the kernel "
+            "(a classic BPF program on the SO_REUSEPORT group), workers forwarding to each "
+            "other, or 'auto' (the kernel where it can)",
+            choices=["auto", "cbpf", "forward"],
+        ),
+    )
+    quic_lb_server_id: str = field(
+        default="",
+        metadata=_opt(
+            "QUIC-LB server ID of this machine in hex (up to 12 bytes), put in every connection "
+            "ID so a QUIC-LB load balancer in front of several machines can route by it",
+            metavar="HEX",
         ),
     )
 
@@ -483,8 +528,26 @@ def check(config: Config) -> None:
     ):
         if getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-    if config.reload and getattr(config, "workers", 1) > 1:
+    if config.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    for name in ("max_requests", "max_requests_jitter"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+    from .quic.lb import MAX_SLOTS, CidLayout
+    from .transport.sockets import parse_unix_mode
+
+    if config.workers > MAX_SLOTS // 2:
+        raise ConfigError(f"--workers must be at most {MAX_SLOTS // 2}")
+    try:
+        parse_unix_mode(config.unix_socket_mode)
+        CidLayout.from_hex(config.quic_lb_server_id)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if config.reload and config.workers > 1:
         raise ConfigError("--reload cannot be combined with --workers above 1")
+    if config.metrics_bind is not None and config.workers > 1:
+        # Each worker would bind the same port; a supervisor-level endpoint is not built.
+        raise ConfigError("--metrics-bind cannot be combined with --workers above 1 yet")
     if config.metrics_bind is not None:
         try:
             parse_bind(config.metrics_bind, "127.0.0.1")

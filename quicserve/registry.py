@@ -152,6 +152,13 @@ class ConnectionRegistry:
         """The live connection records (for metrics)."""
         return list(self._records.values())
 
+    @property
+    def requests_total(self) -> int:
+        """Requests started since the server started, on open and closed connections
+        (``--max-requests`` counts these; computed when asked, not per request)."""
+        closed = sum(totals[1] for totals in self.closed_totals.values())
+        return closed + sum(r.requests for r in self._records.values())
+
     def snapshot(self) -> list[dict[str, Any]]:
         """Every live connection, as plain dicts."""
         return [record.as_dict() for record in self._records.values()]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -28,7 +28,11 @@ from .registry import ConnectionRegistry
 from .streams.http import ASGIApp
 from .tls import TLSInfoBuilder, create_ssl_context, read_server_cert_pem
 from .transport.quic import QuicEndpoint, build_quic_configuration, open_udp_socket
+from .transport.sockets import parse_unix_mode
 from .transport.tcp import TCPEndpoint, accept_loop, open_tcp_endpoints
+
+if TYPE_CHECKING:
+    from .worker import WorkerLink
 
 logger = logging.getLogger("quicserve.error")
 
@@ -43,19 +47,23 @@ class ServerContext:
     lifespan_state: dict[str, Any] | None = None
     #: ``alt-svc`` value for TLS responses (set once a QUIC endpoint is bound).
     alt_svc: bytes | None = None
+    #: This process's link to its supervisor, when it is one of ``--workers``.
+    worker: WorkerLink | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class BoundAddress:
     """One endpoint the server listens on."""
 
-    transport: str  # "tcp" or "udp"
+    transport: str  # "tcp", "unix" or "udp"
     scheme: str  # "http", "https"
     host: str
     port: int
 
     def url(self) -> str:
-        """A URL for this endpoint, for logs."""
+        """A URL for this endpoint, for logs (``unix:/path`` for a Unix socket)."""
+        if self.transport == "unix":
+            return f"unix:{self.host}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
 
@@ -66,6 +74,8 @@ class Server:
 
     app: ASGIApp
     config: Config
+    #: Set in a worker process started by the supervisor (``--workers``).
+    worker: WorkerLink | None = None
     registry: ConnectionRegistry = field(init=False)
     addresses: list[BoundAddress] = field(default_factory=list, init=False)
     _shutdown_requested: anyio.Event | None = field(default=None, init=False)
@@ -73,6 +83,7 @@ class Server:
     _quic_endpoints: list[QuicEndpoint] = field(default_factory=list, init=False)
     #: The --metrics-bind listener, once bound.
     metrics: MetricsEndpoint | None = field(default=None, init=False)
+    _stopped: anyio.Event | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.registry = ConnectionRegistry(self.config.max_connections)
@@ -91,6 +102,19 @@ class Server:
             totals["gso_enabled"] = totals.get("gso_enabled", 0) + int(endpoint.gso_enabled)
         return totals
 
+    async def wait_stopped(self) -> None:
+        """Wait until :meth:`serve` has returned (or failed)."""
+        if self._stopped is None:
+            self._stopped = anyio.Event()
+        await self._stopped.wait()
+
+    def handover(self) -> None:
+        """A worker's successor has taken over its sockets: stop reading them (datagrams
+        of our connections are forwarded to us now) and shut down gracefully."""
+        for endpoint in self._quic_endpoints:
+            endpoint.stop_reading()
+        self.shutdown()
+
     def shutdown(self) -> None:
         """Begin a graceful shutdown (safe to call more than once, from any task)."""
         if self._shutdown_requested is None:
@@ -102,11 +126,21 @@ class Server:
         self, *, task_status: anyio.abc.TaskStatus[list[BoundAddress]] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Run until :meth:`shutdown`; see the module docstring for the order of events."""
+        if self._stopped is None:
+            self._stopped = anyio.Event()
+        try:
+            await self._serve(task_status)
+        finally:
+            self._stopped.set()
+
+    async def _serve(self, task_status: anyio.abc.TaskStatus[list[BoundAddress]]) -> None:
         config = self.config
         self._shutdown_requested = anyio.Event()
         if self._shutdown_early:
             self._shutdown_requested.set()
-        context = ServerContext(config=config, app=self.app, registry=self.registry)
+        context = ServerContext(
+            config=config, app=self.app, registry=self.registry, worker=self.worker
+        )
         if config.quic_bind:
             build_quic_configuration(config)  # certificate problems surface before binding
         tcp_endpoints = await self._open_tcp_endpoints()
@@ -154,17 +188,23 @@ class Server:
         if config.certfile is not None and config.bind:
             ssl_context = create_ssl_context(config)
             tls_info = TLSInfoBuilder(ssl_context, read_server_cert_pem(config))
+        mode = parse_unix_mode(config.unix_socket_mode)
         try:
             for bind in config.bind:
-                endpoints.extend(open_tcp_endpoints(bind, ssl_context, tls_info))
+                endpoints.extend(open_tcp_endpoints(bind, ssl_context, tls_info, unix_mode=mode))
             for bind in config.insecure_bind:
-                endpoints.extend(open_tcp_endpoints(bind, None, None))
+                endpoints.extend(open_tcp_endpoints(bind, None, None, unix_mode=mode))
         except BaseException:
             for endpoint in endpoints:
                 await endpoint.listener.aclose()
             raise
         self.addresses = [
-            BoundAddress("tcp", "https" if e.ssl_context else "http", *e.address) for e in endpoints
+            BoundAddress(
+                "unix" if e.listener.is_unix else "tcp",
+                "https" if e.ssl_context else "http",
+                *e.address,
+            )
+            for e in endpoints
         ]
         return endpoints
 

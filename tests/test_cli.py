@@ -89,12 +89,20 @@ def quicserve_command(*args: str) -> list[str]:
 class CLIServer:
     """A running ``quicserve`` process whose stderr is collected line by line."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        *,
+        pass_fds: tuple[int, ...] = (),
+        wrapper: list[str] | None = None,
+    ) -> None:
         self.args = args
         self.proc = subprocess.Popen(
-            quicserve_command(*args),
+            [*(wrapper or []), *quicserve_command(*args)],
             cwd=ROOT,
             env=env,
+            pass_fds=pass_fds,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -195,11 +203,21 @@ Spawn = Callable[..., CLIServer]
 
 @pytest.fixture
 def spawn(env: dict[str, str]) -> Iterator[Spawn]:
-    """Start ``quicserve ARGS...`` (cwd = repository root); stops every process at the end."""
+    """Start ``quicserve ARGS...`` (cwd = repository root); stops every process at the end.
+
+    ``pass_fds`` are inherited by the server; ``wrapper`` runs before it (``sh -c ...``
+    for systemd-style socket activation)."""
     started: list[CLIServer] = []
 
-    def start(*args: str, extra_env: dict[str, str] | None = None) -> CLIServer:
-        server = CLIServer(list(args), {**env, **(extra_env or {})})
+    def start(
+        *args: str,
+        extra_env: dict[str, str] | None = None,
+        pass_fds: tuple[int, ...] = (),
+        wrapper: list[str] | None = None,
+    ) -> CLIServer:
+        server = CLIServer(
+            list(args), {**env, **(extra_env or {})}, pass_fds=pass_fds, wrapper=wrapper
+        )
         started.append(server)
         return server
 

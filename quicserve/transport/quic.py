@@ -50,13 +50,16 @@ from ..lowlevel import Wakeup, wakeup_factory
 from ..protocol.http3 import H3Protocol
 from ..quic.compat import ServerQuicConnection, quic_configuration
 from ..quic.endpoint import Accept, EndpointCore, Reply, Route
+from ..quic.lb import CidLayout
+from ..quic.tokens import TokenAuthority
 from ..streams.webtransport import WebTransportSession
 from ..tls import TLSConfigError, load_quic_certificate
-from .sockets import BindError
+from .sockets import BindError, inherited_socket
 
 if TYPE_CHECKING:
     from ..registry import ConnectionRecord
     from ..server import ServerContext
+    from ..worker import DatagramRouter
 
 logger = logging.getLogger("quicserve.error")
 
@@ -101,13 +104,32 @@ class QuicEndpoint:
         self.socket = sock
         self.context = context
         self.config = config
+        # Workers (and a machine behind a QUIC-LB load balancer) issue CIDs that name them
+        # (quic/lb.py); workers also share the token secret, so a Retry token or a
+        # stateless reset made by one worker is good in every other.
+        worker = context.worker
+        layout: CidLayout | None = None
+        slot = 0
+        tokens: TokenAuthority | None = None
+        if worker is not None:
+            layout, slot, tokens = worker.layout, worker.slot, TokenAuthority(worker.secret)
+        elif config.quic_lb_server_id:
+            layout = CidLayout.from_hex(config.quic_lb_server_id)
+        cid_length = layout.cid_length if layout is not None else 8
         self.core = EndpointCore(
             supported_versions=list(_configuration_versions(config)),
             retry=config.quic_retry,
             retry_threshold=config.quic_retry_threshold,
             max_connections=config.quic_max_connections,
+            cid_length=cid_length,
+            cid_generator=layout.generator(slot) if layout is not None else None,
+            tokens=tokens,
         )
         self.configuration = build_quic_configuration(config)
+        self.configuration.connection_id_length = cid_length
+        #: With workers: sends datagrams that belong to another worker there.
+        self.router: DatagramRouter | None = None
+        self._read_scope: anyio.CancelScope | None = None
         self.tickets = SessionTicketStore(config.quic_session_tickets)
         self.handlers: dict[int, QuicConnectionHandler] = {}
         self._ids = itertools.count(1)
@@ -148,11 +170,33 @@ class QuicEndpoint:
     # -- receiving ----------------------------------------------------------------------
 
     async def serve(self, task_group: anyio.abc.TaskGroup) -> None:
-        """Read datagrams until cancelled; connections run in ``task_group``."""
+        """Read datagrams until cancelled or :meth:`stop_reading`; connections run in
+        ``task_group``."""
         self._task_group = task_group
         task_group.start_soon(self._timer_wheel)
         task_group.start_soon(self._flusher)
+        if self.context.worker is not None:
+            self.context.worker.attach(self)
+        with anyio.CancelScope() as self._read_scope:
+            await self._read_loop()
+
+    def stop_reading(self) -> None:
+        """Stop reading the UDP socket (a worker handing its socket to its successor);
+        sending, timers and datagrams forwarded to us go on."""
+        if self._read_scope is not None:
+            self._read_scope.cancel()
+
+    def receive(self, data: bytes, addr: Any) -> None:
+        """One datagram from ``addr`` that reached us some other way (forwarded)."""
+        self.stats["datagrams_in"] += 1
+        try:
+            self._datagram_received(data, addr)
+        except Exception:
+            logger.exception("Unexpected error handling a datagram from %s", addr)
+
+    async def _read_loop(self) -> None:
         sock = self.socket
+        router = self.router
         while True:
             await anyio.wait_readable(sock)
             for _ in range(_BATCH):
@@ -164,6 +208,8 @@ class QuicEndpoint:
                     # ICMP errors surface here on Linux (e.g. port unreachable): ignore.
                     continue
                 self.stats["datagrams_in"] += 1
+                if router is not None and router.divert(data, addr):
+                    continue
                 try:
                     self._datagram_received(data, addr)
                 except Exception:
@@ -604,8 +650,14 @@ def _configuration_versions(config: Config) -> list[int]:
     return list(quic_configuration(config).supported_versions)
 
 
-def open_udp_socket(bind: str) -> socket.socket:
-    """A bound non-blocking UDP socket for ``bind``; :class:`BindError` if impossible."""
+def open_udp_socket(bind: str, *, reuse_port: bool = False) -> socket.socket:
+    """A bound non-blocking UDP socket for ``bind`` (``HOST:PORT`` or an inherited
+    ``fd://N``); :class:`BindError` if impossible. ``reuse_port`` joins the socket to the
+    ``SO_REUSEPORT`` group of the address (for workers)."""
+    if bind.startswith("fd://"):
+        return inherited_socket(bind, socket.SOCK_DGRAM)
+    if bind.startswith("unix:"):
+        raise BindError(f"{bind}: QUIC needs a UDP address or fd://N, not a Unix socket")
     try:
         host, port = parse_bind(bind)
     except ValueError as exc:
@@ -620,6 +672,8 @@ def open_udp_socket(bind: str) -> socket.socket:
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)

@@ -14,13 +14,31 @@ This is the one place where the event loop in use matters (DESIGN.md invariant 3
 
 Both behave the same to callers: cancel-safe ``receive``/``send``, ``EndOfStream`` at EOF,
 ``BrokenResourceError`` once the connection is lost. The whole test suite runs on both.
+
+It also turns a bind string into a socket (:func:`open_stream_socket`,
+:func:`open_datagram_socket`). A bind is one of
+
+* ``HOST:PORT`` (``[::1]:PORT`` for IPv6): we create and bind the socket;
+* ``unix:/path``: a stream socket on a Unix path (TCP-style: HTTP/1.1 and HTTP/2, TLS
+  if configured). A stale socket file nobody listens on is replaced; a live one is
+  "address already in use". ``--unix-socket-mode`` sets its permissions. The file is
+  removed when the listener that created it closes;
+* ``fd://N``: a socket we inherited as file descriptor N (from a supervisor, systemd,
+  or a shell). ``getsockopt(SO_TYPE)`` must say stream for ``--bind`` and datagram for
+  ``--quic-bind``; anything else is a :class:`BindError`, never a traceback.
+
+:func:`systemd_binds` reads systemd socket activation (``LISTEN_PID``/``LISTEN_FDS``, fds
+from 3 on) and sorts the sockets into stream (``--bind``) and datagram (``--quic-bind``)
+by ``SO_TYPE``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
+import stat
 from collections import deque
 from typing import Any
 
@@ -35,7 +53,142 @@ class BindError(Exception):
     """An address cannot be listened on (in use, not available, bad syntax)."""
 
 
-def create_listening_socket(host: str, port: int, *, backlog: int = 1024) -> socket.socket:
+#: systemd's first passed file descriptor (sd_listen_fds(3): SD_LISTEN_FDS_START).
+SYSTEMD_FIRST_FD = 3
+
+
+def parse_unix_mode(value: str | None) -> int | None:
+    """``--unix-socket-mode`` (octal, e.g. ``660``) as an int; ValueError if not octal."""
+    if value is None or value == "":
+        return None
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise ValueError(f"--unix-socket-mode {value!r} is not an octal mode like 660") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"--unix-socket-mode {value!r} is not an octal mode like 660")
+    return mode
+
+
+def inherited_socket(bind: str, kind: socket.SocketKind) -> socket.socket:
+    """The socket inherited as ``fd://N``, checked to be of ``kind`` (stream or datagram)."""
+    number = bind[len("fd://") :]
+    if not number.isdigit():
+        raise BindError(f"bad bind {bind!r}: expected fd://N with N a file descriptor number")
+    fd = int(number)
+    try:
+        sock_type = _sock_type(fd)
+    except OSError as exc:
+        if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+            raise BindError(f"{bind}: file descriptor {fd} is not an open socket") from None
+        raise BindError(f"{bind}: {(exc.strerror or str(exc)).lower()}") from None
+    if sock_type != kind:
+        wanted, option = (
+            ("a stream", "--bind") if kind == socket.SOCK_STREAM else ("a datagram", "--quic-bind")
+        )
+        raise BindError(f"{bind} is not {wanted} socket, which {option} needs")
+    sock = socket.socket(fileno=fd)
+    if kind == socket.SOCK_STREAM and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        try:
+            sock.listen(1024)
+        except OSError as exc:
+            sock.detach()
+            reason = (exc.strerror or str(exc)).lower()
+            raise BindError(f"{bind}: cannot listen: {reason}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _sock_type(fd: int) -> int:
+    # socket.socket(fileno=fd) already reads SO_TYPE, but ask explicitly: this is the
+    # documented way to tell a stream from a datagram socket (sd_is_socket(3)).
+    probe = socket.socket(fileno=fd)
+    try:
+        return probe.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+    finally:
+        probe.detach()
+
+
+def systemd_binds(unset: bool = True) -> tuple[list[str], list[str]]:
+    """Sockets passed by systemd socket activation as ``fd://N`` binds: (stream, datagram).
+
+    Only when ``LISTEN_PID`` is this process (sd_listen_fds(3)); the variables are then
+    removed (``unset``) so that processes the app starts do not take the sockets for theirs.
+    """
+    pid, count = os.environ.get("LISTEN_PID", ""), os.environ.get("LISTEN_FDS", "")
+    if not pid.isdigit() or int(pid) != os.getpid() or not count.isdigit():
+        return [], []
+    if unset:
+        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            os.environ.pop(name, None)
+    streams: list[str] = []
+    datagrams: list[str] = []
+    for fd in range(SYSTEMD_FIRST_FD, SYSTEMD_FIRST_FD + int(count)):
+        try:
+            kind = _sock_type(fd)
+        except OSError:
+            continue  # not a socket (systemd can pass FIFOs): not ours to serve
+        if kind == socket.SOCK_STREAM:
+            streams.append(f"fd://{fd}")
+        elif kind == socket.SOCK_DGRAM:
+            datagrams.append(f"fd://{fd}")
+    return streams, datagrams
+
+
+def create_unix_socket(path: str, mode: int | None = None, *, backlog: int = 1024) -> socket.socket:
+    """A listening stream socket on the Unix ``path`` (see the module docstring)."""
+    where = f"unix:{path}"
+    if not path:
+        raise BindError("bad bind 'unix:': expected unix:/path/to/socket")
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # stale: left by a process that is gone
+            else:
+                raise BindError(f"cannot listen on {where}: address already in use")
+            finally:
+                probe.close()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise BindError(f"cannot listen on {where}: {(exc.strerror or str(exc)).lower()}") from None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        if mode is not None:
+            os.chmod(path, mode)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise BindError(f"cannot listen on {where}: {(reason or str(exc)).lower()}") from None
+    return sock
+
+
+def open_stream_socket(
+    bind: str, *, unix_mode: int | None = None, reuse_port: bool = False
+) -> socket.socket:
+    """A listening stream socket for ``bind`` (``HOST:PORT``, ``unix:/path``, ``fd://N``)."""
+    from ..config import parse_bind
+
+    if bind.startswith("fd://"):
+        return inherited_socket(bind, socket.SOCK_STREAM)
+    if bind.startswith("unix:"):
+        return create_unix_socket(bind[len("unix:") :], unix_mode)
+    try:
+        host, port = parse_bind(bind)
+    except ValueError as exc:
+        raise BindError(str(exc)) from None
+    return create_listening_socket(host, port, reuse_port=reuse_port)
+
+
+def create_listening_socket(
+    host: str, port: int, *, backlog: int = 1024, reuse_port: bool = False
+) -> socket.socket:
     """A bound, listening, non-blocking TCP socket (IPv6 sockets are IPv6-only)."""
     try:
         infos = socket.getaddrinfo(
@@ -47,6 +200,8 @@ def create_listening_socket(host: str, port: int, *, backlog: int = 1024) -> soc
     sock = socket.socket(family, socktype, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
@@ -62,15 +217,25 @@ def create_listening_socket(host: str, port: int, *, backlog: int = 1024) -> soc
 class Listener:
     """Accepts connections on one listening socket, on whichever backend is running."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, unlink_path: str | None = None) -> None:
         self.socket = sock
         self._asyncio = sniffio.current_async_library() == "asyncio"
         self._anyio_listener: anyio.abc.SocketListener | None = None
+        self._inet = sock.family in (socket.AF_INET, socket.AF_INET6)
+        #: The Unix socket file this process created, removed on close.
+        self._unlink_path = unlink_path
+
+    @property
+    def is_unix(self) -> bool:
+        """Whether this listens on a Unix path rather than an IP address."""
+        return self.socket.family == socket.AF_UNIX
 
     @property
     def address(self) -> tuple[str, int]:
-        """The bound (host, port)."""
+        """The bound (host, port); (path, 0) for a Unix socket."""
         name = self.socket.getsockname()
+        if isinstance(name, (str, bytes)):
+            return (os.fsdecode(name), 0)
         return (str(name[0]), int(name[1]))
 
     async def accept(self) -> anyio.abc.SocketStream:
@@ -86,7 +251,8 @@ class Listener:
             if self.socket.fileno() < 0:
                 raise anyio.ClosedResourceError from exc
             raise
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._inet:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport, protocol = await loop.connect_accepted_socket(_StreamProtocol, conn)
         return _AsyncioSocketStream(transport, protocol)
 
@@ -95,6 +261,12 @@ class Listener:
         if self._anyio_listener is not None:
             await self._anyio_listener.aclose()
         self.socket.close()
+        if self._unlink_path is not None:
+            path, self._unlink_path = self._unlink_path, None
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 class _StreamProtocol(asyncio.Protocol):

@@ -25,12 +25,11 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-from ..config import parse_bind
 from ..connection import ByteStreamConnection
 from ..connection_info import HTTP1_CAPABILITIES, HTTP2_CAPABILITIES, ConnectionInfo
 from ..protocol.http1 import H1Protocol
 from ..tls import TLSInfoBuilder
-from .sockets import BindError, Listener, create_listening_socket
+from .sockets import BindError, Listener, open_stream_socket
 
 __all__ = ["BindError", "TCPEndpoint", "accept_loop", "open_tcp_endpoints"]
 
@@ -58,15 +57,17 @@ class TCPEndpoint:
 
 
 def open_tcp_endpoints(
-    bind: str, ssl_context: ssl.SSLContext | None, tls_info: TLSInfoBuilder | None
+    bind: str,
+    ssl_context: ssl.SSLContext | None,
+    tls_info: TLSInfoBuilder | None,
+    *,
+    unix_mode: int | None = None,
 ) -> list[TCPEndpoint]:
-    """Listen on ``bind`` (``HOST:PORT``); raises :class:`BindError` with a clear reason."""
-    try:
-        host, port = parse_bind(bind)
-    except ValueError as exc:
-        raise BindError(str(exc)) from None
-    sock = create_listening_socket(host, port)
-    return [TCPEndpoint(Listener(sock), ssl_context, tls_info)]
+    """Listen on ``bind`` (``HOST:PORT``, ``unix:/path`` or ``fd://N``); raises
+    :class:`BindError` with a clear reason."""
+    sock = open_stream_socket(bind, unix_mode=unix_mode)
+    unlink = bind[len("unix:") :] if bind.startswith("unix:") else None
+    return [TCPEndpoint(Listener(sock, unlink_path=unlink), ssl_context, tls_info)]
 
 
 async def accept_loop(

@@ -1,0 +1,33 @@
+"""An ASGI app for tests/test_workers.py: every response says which worker process served it.
+
+``/pid`` answers ``{"pid": ..., "client": [host, port]}``; ``/slow`` does the same after
+``SLOW_SECONDS`` (a request in flight across a reload). Sleeping uses anyio, so the app
+runs on asyncio, uvloop and trio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import anyio
+
+SLOW_SECONDS = 1.5
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """See the module docstring."""
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/slow":
+        await anyio.sleep(SLOW_SECONDS)
+    body = json.dumps({"pid": os.getpid(), "client": scope.get("client")}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
