@@ -16,6 +16,8 @@ came back, never from the absence of errors:
 - WebSocket ``/ws``: first sends ``proto:<http_version>``, then echoes every message as it
   came (text as text, bytes as bytes); the text ``close:<code>`` makes the app close with
   that code (reason ``asked``), so the client sees a close code the *server* chose.
+- ``GET /wtpage``: an HTML page that opens a WebTransport session to ``/wt`` and shows
+  whether a datagram and a bidirectional stream came back echoed (``webtransport`` scope).
 - ``GET /wspage``: an HTML page that runs that script in the browser's own WebSocket
   (``wss:`` or ``ws:`` to the page's origin) and writes what it saw into the DOM.
 - anything else: ``ok``.
@@ -73,6 +75,43 @@ ws.onclose = event => { show(seen.join(' ') + ' close:' + event.code); done = tr
 (async () => { for (let i = 0; i < 500 && !done; i++) await fetch('/?hold=' + i); })();
 </script></body></html>"""
 
+WT_PAGE = b"""<!doctype html><html><body><pre id="out">loading</pre><script>
+const show = text => { document.getElementById('out').textContent = text; };
+const encode = text => new TextEncoder().encode(text);
+const decode = bytes => new TextDecoder().decode(bytes);
+let done = false;
+async function go() {
+  const wt = new WebTransport('https://' + location.host + '/wt');
+  await wt.ready;
+  const reader = wt.datagrams.readable.getReader();
+  const writer = wt.datagrams.writable.getWriter();
+  let datagram = null;
+  for (let i = 0; i < 20 && datagram === null; i++) {  // datagrams may be lost: retry
+    await writer.write(encode('datagram ' + i));
+    const result = await Promise.race([
+      reader.read(), new Promise(resolve => setTimeout(() => resolve(null), 250))]);
+    if (result !== null) datagram = decode(result.value);
+  }
+  const stream = await wt.createBidirectionalStream();
+  const streamWriter = stream.writable.getWriter();
+  await streamWriter.write(encode('interop stream \u2713'));
+  await streamWriter.close();
+  let echoed = '';
+  const streamReader = stream.readable.getReader();
+  while (true) {
+    const {value, done} = await streamReader.read();
+    if (done) break;
+    echoed += decode(value);
+  }
+  wt.close();
+  return 'datagram:' + (datagram && datagram.startsWith('echo:datagram ') ? 'ok' : datagram)
+    + ' stream:' + (echoed === 'echo:interop stream \u2713' ? 'ok' : echoed);
+}
+go().catch(error => 'error:' + error).then(text => { show(text); done = true; });
+// As on /wspage: a pending fetch holds --dump-dom's virtual time until the session ends.
+(async () => { for (let i = 0; i < 500 && !done; i++) await fetch('/?hold=' + i); })();
+</script></body></html>"""
+
 MAX_FILE = 200 * 1024 * 1024
 
 
@@ -118,6 +157,23 @@ async def _websocket(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await send({"type": "websocket.send", "bytes": message.get("bytes") or b""})
 
 
+async def _webtransport(receive: Any, send: Any) -> None:
+    """Echo datagrams and stream data with an ``echo:`` prefix (quicserve --webtransport)."""
+    await receive()  # webtransport.connect
+    await send({"type": "webtransport.accept"})
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "webtransport.datagram.receive":
+            await send({"type": "webtransport.datagram.send", "data": b"echo:" + message["data"]})
+        elif kind == "webtransport.stream.receive":
+            data = b"echo:" + message["data"] if message["data"] else b""
+            reply = {"type": "webtransport.stream.send", "stream": message["stream"]}
+            await send({**reply, "data": data, "end": message["end"]})
+        elif kind == "webtransport.disconnect":
+            return
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """The interop app (see the module docstring for its routes)."""
     if scope["type"] == "lifespan":
@@ -132,6 +188,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["path"] == "/ws":
             await _websocket(scope, receive, send)
         return  # any other path: refused (403)
+    if scope["type"] == "webtransport":
+        await _webtransport(receive, send)
+        return
     if scope["type"] != "http":
         return
     path: str = scope["path"]
@@ -193,5 +252,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     if path == "/wspage":
         await _respond(send, 200, WS_PAGE, b"text/html")
+        return
+    if path == "/wtpage":
+        await _respond(send, 200, WT_PAGE, b"text/html")
         return
     await _respond(send, 200, b"ok")

@@ -48,7 +48,6 @@ def impairment(case: str, attempt: int = 0) -> Impairment:
     return replace(IMPAIRMENTS[case], seed=zlib.crc32(case.encode()) + attempt)
 
 
-NO_WEBTRANSPORT = "not built yet: quicserve has no WebTransport"
 
 # The ws-* cases: after the server's first message ``proto:<http_version>`` the client sends
 # WS_TEXT and WS_BINARY, each must come back byte for byte, then ``close:<code>`` asks the
@@ -101,7 +100,7 @@ CASES: dict[str, Case] = {
         Case("ws-h1", "WebSocket over HTTP/1.1 (Upgrade): echo text+binary, close code"),
         Case("ws-h2", "WebSocket over HTTP/2 (RFC 8441): echo text+binary, close code"),
         Case("ws-h3", "WebSocket over HTTP/3 (RFC 9220): echo text+binary, close code"),
-        Case("webtransport", "WebTransport over h3", not_ready=NO_WEBTRANSPORT),
+        Case("webtransport", "WebTransport (draft-02) over h3: datagram and bidi stream echoed"),
     ]
 }
 

@@ -97,6 +97,7 @@ class ServerProcess:
             "--insecure-bind",
             "127.0.0.1:0",
             "--no-access-log",
+            "--webtransport",
             "--graceful-timeout",
             "2",
             *(["--quic-bind", "[::1]:0"] if self.v6 else []),

@@ -14,7 +14,7 @@ import tempfile
 from ..cases import Result, Server, fail, passed
 
 NAME = "chromium"
-CASES = {"http3", "altsvc", "ws-h1", "ws-h2", "ws-h3"}
+CASES = {"http3", "altsvc", "ws-h1", "ws-h2", "ws-h3", "webtransport"}
 UNSUPPORTED = "only page loads are driven in chromium"
 WS_WANT = "proto:{} text:ok binary:ok close:4321"
 
@@ -82,6 +82,21 @@ def run(case: str, server: Server) -> Result:
         return passed(f"server saw /proto as {seen[0]} then {seen[-1]} after {len(seen)} fetches")
     if case in ("ws-h1", "ws-h2", "ws-h3"):
         return _websocket(case, server)
+    if case == "webtransport":
+        port = server.h3_port
+        shown = _shown(
+            _dump_dom(
+                f"https://localhost:{port}/wtpage",
+                server,
+                f"--origin-to-force-quic-on=localhost:{port}",
+            )
+        )
+        if shown != "datagram:ok stream:ok":
+            return fail(f"page shows {shown!r}, wanted 'datagram:ok stream:ok'")
+        return passed(
+            "Chromium's WebTransport session: a datagram and a bidirectional stream came back"
+            " with the server's echo: prefix"
+        )
     return fail(f"unsupported case {case}")
 
 
