@@ -273,3 +273,27 @@ def test_systemd_example_units_run(
     assert result.responses[0].status == 200
     server.proc.terminate()
     assert server.wait_exit(20) == 0
+
+
+def test_container_example_command_runs(spawn: Spawn, tls_files: DevCertificate) -> None:
+    """examples/container/Containerfile's CMD, exactly, with the test certificate in place
+    of /certs and a free loopback port in place of 0.0.0.0:8443 (no container runtime
+    here: the image build itself is not run)."""
+    text = (Path(__file__).parent.parent / "examples" / "container" / "Containerfile").read_text()
+    cmd_line = next(line for line in text.splitlines() if line.startswith("CMD "))
+    command = json.loads(cmd_line.removeprefix("CMD "))
+    assert command[0] == "quicserve"
+    port = test_cli.free_port()
+    replace = {
+        "0.0.0.0:8443": f"127.0.0.1:{port}",
+        "/certs/cert.pem": str(tls_files.certfile),
+        "/certs/key.pem": str(tls_files.keyfile),
+    }
+    server = spawn(*[replace.get(arg, arg) for arg in command[1:]])
+    server.wait_for(r"All 2 workers ready", timeout=30)
+    code, out = curl_sync("--cacert", str(tls_files.ca_certfile), f"https://localhost:{port}/")
+    assert code == 0 and "Hello" in out, out
+    result = h3_fetch(port, [H3Request("/")], cafile=str(tls_files.ca_certfile))
+    assert result.responses[0].status == 200
+    server.proc.terminate()
+    assert server.wait_exit(20) == 0
