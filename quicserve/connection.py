@@ -278,6 +278,8 @@ class ByteStreamConnection(StreamDispatcher):
         self._timer_target = math.inf
         self._flush_requested = False
         self._upgrade: H2CUpgrade | None = None
+        # Only HTTP/1.1 turns into a WebSocket tunnel (checked per flush, cheaply).
+        self._h1_tunnel_possible = not info.capabilities.multiplexed
 
     # -- the read loop -----------------------------------------------------------------
 
@@ -400,6 +402,7 @@ class ByteStreamConnection(StreamDispatcher):
         await self._send(switching_response())
         request = upgrade.request
         self._batch_writes = True
+        self._h1_tunnel_possible = False
         self._max_workers = 1_000_000
         self.protocol = H2Protocol.from_h2c_upgrade(
             self.config, _current_time(), upgrade.settings, request
@@ -412,6 +415,24 @@ class ByteStreamConnection(StreamDispatcher):
         await self._write_out()
 
     # -- the StreamHost interface used by HTTPStream ----------------------------------
+
+    async def flush(self, stream_id: int) -> None:
+        """As :meth:`StreamDispatcher.flush`; but on an HTTP/1.1 WebSocket tunnel, while
+        less than the write buffer is queued, the write is left to the timer task, so
+        the frames of a burst (an app echoing queued messages) leave in one write
+        instead of one syscall each (py-spy: 24% of an h1 echo was those writes)."""
+        protocol = self.protocol
+        if (
+            self._h1_tunnel_possible
+            and protocol.tunnel
+            and protocol.pending() < self._buffer_limit
+            and not self._broken
+        ):
+            if not self._flush_requested:
+                self._flush_requested = True
+                self._wake_timer()
+            return
+        await super().flush(stream_id)
 
     # -- shutdown ----------------------------------------------------------------------
 

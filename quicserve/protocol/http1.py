@@ -109,6 +109,8 @@ class H1Protocol:
         self._closed = False
         self._upgrading = False
         self._tunnel = False
+        #: Tunnel bytes queued and not yet taken by ``data_to_send`` (see ``pending``).
+        self._tunnel_out = 0
         self._shutting_down = False
         # Fresh connection: the first head must arrive within header_read_timeout.
         self._deadline: float | None = now + config.header_read_timeout
@@ -340,6 +342,7 @@ class H1Protocol:
         if self._tunnel:
             if data:
                 self._out.append(data)
+                self._tunnel_out += len(data)
             if end_stream:
                 self._response_done = True
                 self._close()
@@ -415,8 +418,19 @@ class H1Protocol:
         self._stream_finished = True
         self._maybe_next_cycle(now)
 
+    @property
+    def tunnel(self) -> bool:
+        """The connection carries a WebSocket (after ``101``)."""
+        return self._tunnel
+
+    def pending(self) -> int:
+        """Tunnel bytes queued for the socket: the driver may let them gather (one write
+        for a burst of WebSocket frames) while this stays under its write buffer."""
+        return self._tunnel_out
+
     def data_to_send(self) -> bytes:
         """Bytes to write, clearing the buffer."""
+        self._tunnel_out = 0
         if not self._out:
             return b""
         out = self._out[0] if len(self._out) == 1 else b"".join(self._out)
