@@ -389,3 +389,45 @@ async def test_tls_client_certificate_reaches_scope(
                 (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, ssl.SSLError)
             ):
                 await client.get(srv.url("/scope", scheme="https"))
+
+
+async def test_rapid_reset_cannot_outrun_the_stream_limit(anyio_backend: object) -> None:
+    """CVE-2023-44487: 300 streams opened and reset at once start at most
+    h2_max_concurrent_streams app calls while those calls run; the connection is then
+    still usable once they end."""
+    running = 0
+    peak = 0
+    calls = 0
+    release = anyio.Event()
+
+    async def slow_app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal running, peak, calls
+        calls += 1
+        running += 1
+        peak = max(peak, running)
+        try:
+            await release.wait()
+            await respond(send, 200, b"late")
+        finally:
+            running -= 1
+
+    async with running_server(slow_app, h2_max_concurrent_streams=10) as srv:
+        client = await H2Client.connect(srv.port("http"))
+        for _ in range(300):
+            stream_id = await client.request("/")
+            client.conn.reset_stream(stream_id)
+        await client.flush()
+        with anyio.move_on_after(1):
+            while True:
+                await client.pump()
+        # The other 290 were refused (REFUSED_STREAM; h2's client drops those resets
+        # for streams it already reset itself, so count app calls instead).
+        assert (calls, peak) == (10, 10)
+        release.set()
+        with anyio.fail_after(5):
+            while running:
+                await anyio.sleep(0.01)
+        stream_id = await client.request("/")
+        _, body, _ = await client.response(stream_id)
+        assert body == b"late" and calls == 11
+        await client.stream.aclose()

@@ -946,3 +946,52 @@ def test_decoder_helper_roundtrip() -> None:
     headers = of_type(pair.server_frames(), HeadersFrame)[0]
     decoded = list(Decoder().decode(headers.data, raw=True))
     assert decoded[0] == (b":status", b"404")
+
+
+# -- rapid reset (CVE-2023-44487) ---------------------------------------------------------
+
+
+def test_reset_streams_count_until_their_app_call_ends() -> None:
+    """A client that resets each stream at once cannot start more app calls than
+    SETTINGS_MAX_CONCURRENT_STREAMS: a reset stream counts until ``stream_done``."""
+    pair = Pair(Config(h2_max_concurrent_streams=3))
+    started = []
+    for _ in range(3):
+        stream_id = pair.request()
+        pair.client.reset_stream(stream_id, ErrorCodes.CANCEL)
+        pair.pump()
+        started.append(stream_id)
+    events, _ = pair.take()
+    assert len(of_type(events, RequestReceived)) == 3
+    # Three app calls still run: the fourth stream is refused, not started.
+    refused = pair.request()
+    events, client_events = pair.take()
+    assert of_type(events, RequestReceived) == []
+    resets = of_type(client_events, h2e.StreamReset)
+    assert [(r.stream_id, r.error_code) for r in resets] == [
+        (refused, ErrorCodes.REFUSED_STREAM)
+    ]
+    # One app call ends: room for one more.
+    pair.server.stream_done(started[0], pair.now)
+    pair.request()
+    events, _ = pair.take()
+    assert len(of_type(events, RequestReceived)) == 1
+
+
+def test_endless_refused_streams_end_the_connection() -> None:
+    pair = Pair(Config(h2_max_concurrent_streams=1))
+    first = pair.request()  # its app call never ends
+    pair.client.reset_stream(first, ErrorCodes.CANCEL)
+    pair.pump()
+    pair.take()
+    for _ in range(http2_module._MAX_REFUSED + 1):
+        stream_id = pair.client.get_next_available_stream_id()
+        pair.client.send_headers(stream_id, GET, end_stream=True)
+        pair.client.reset_stream(stream_id, ErrorCodes.CANCEL)
+        pair.pump()
+        if pair.server.closed:
+            break
+    assert pair.server.closed
+    _, client_events = pair.take()
+    goaways = of_type(client_events, h2e.ConnectionTerminated)
+    assert [g.error_code for g in goaways] == [ErrorCodes.ENHANCE_YOUR_CALM]

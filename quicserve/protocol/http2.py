@@ -171,6 +171,9 @@ class _H2Connection(H2Connection):
         return [], [event]
 
 
+#: Streams refused for being over the concurrency limit before the connection is closed
+#: with ENHANCE_YOUR_CALM (a client that keeps resetting and reopening).
+_MAX_REFUSED = 1000
 #: Request body read and discarded after a complete response, before RST_STREAM.
 _LINGER_BYTES = 64 * 1024
 
@@ -262,6 +265,7 @@ class H2Protocol:
         stream.scheme = request.scheme.encode("ascii") if request.scheme else b"http"
         stream.authority = request.authority
         proto._streams[1] = stream
+        proto._client_streams += 1
         proto._events.append(replace(request, stream_id=1))
         proto._events.append(BodyEnded(1))
         return proto
@@ -270,6 +274,10 @@ class H2Protocol:
 
     def _setup(self, config: Config, now: float) -> None:
         self._config = config
+        # Client-initiated streams we hold (a reset one stays until its app call ends),
+        # and new streams refused because of them.
+        self._client_streams = 0
+        self._refused = 0
         conn = _H2Connection(
             H2Configuration(
                 client_side=False,
@@ -454,6 +462,16 @@ class H2Protocol:
         except Malformed:
             self._h2_reset(stream_id, ErrorCodes.PROTOCOL_ERROR)  # RFC 9113 §8.1.1
             return
+        if self._client_streams >= self._config.h2_max_concurrent_streams:
+            # "Rapid reset" (CVE-2023-44487): h2 stops counting a stream once the client
+            # resets it, but its app call runs on. Here a stream counts until the stream
+            # type is done with it, so resetting at once cannot start unbounded app calls.
+            self._h2_reset(stream_id, ErrorCodes.REFUSED_STREAM)
+            self._refused += 1
+            if self._refused > _MAX_REFUSED:
+                self._fail(ErrorCodes.ENHANCE_YOUR_CALM, "too many streams refused")
+            return
+        self._client_streams += 1
         stream = _Stream(stream_id)
         stream.scheme = scheme
         stream.authority = authority
@@ -918,6 +936,8 @@ class H2Protocol:
     def _remove(self, stream: _Stream) -> None:
         if self._streams.pop(stream.stream_id, None) is None:
             return
+        if stream.stream_id % 2:
+            self._client_streams -= 1
         self._blocked.pop(stream.stream_id, None)
         if not self._streams and not self._closed:
             if self._draining:
