@@ -56,7 +56,7 @@ _ERROR_BODIES = {
     501: b"Not Implemented: unsupported :protocol\n",
 }
 # RFC 9110 §9.2.1: methods whose replay is harmless, served from 0-RTT (RFC 8470 §3).
-_SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
 
 class StreamHost(Protocol):
@@ -257,7 +257,7 @@ class HTTPStream:
                 await self._send_error(501)
             elif (
                 request.early_data
-                and request.method not in _SAFE_METHODS
+                and request.method not in SAFE_METHODS
                 and not host.config.quic_0rtt_unsafe
             ):
                 # RFC 8470 §5.2: a request that could be replayed is refused until the
@@ -487,6 +487,38 @@ def split_target(target: bytes, root_path: str) -> tuple[str, bytes, bytes]:
         path = root_path + path
         raw_path = root_path.encode("latin-1") + raw_path
     return path, raw_path, query
+
+
+def upgrade_scope(
+    scope_type: str,
+    request: RequestReceived,
+    info: ConnectionInfo,
+    root_path: str,
+    state: dict[str, Any] | None,
+    scheme: str,
+    extensions: dict[str, Any],
+) -> Scope:
+    """The scope keys a ``websocket`` or ``webtransport`` app call shares with ``http``
+    (the per-request ``http`` scope is built inline in :meth:`HTTPStream.build_scope`,
+    which is on every request's path). ``tls`` is added to ``extensions`` when present."""
+    path, raw_path, query = split_target(request.raw_path, root_path)
+    if info.tls is not None:
+        extensions["tls"] = info.tls
+    return {
+        "type": scope_type,
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": info.http_version,
+        "scheme": scheme,
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query,
+        "root_path": root_path,
+        "headers": request.headers,
+        "client": info.client,
+        "server": info.server,
+        "state": state.copy() if state is not None else {},
+        "extensions": extensions,
+    }
 
 
 def response_headers(raw: Any, info: ConnectionInfo) -> Headers:

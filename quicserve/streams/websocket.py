@@ -54,13 +54,14 @@ from ..connection_info import ConnectionInfo
 from ..events import Headers, RequestReceived
 from ..lowlevel import Wakeup
 from .http import (
+    SAFE_METHODS,
     ASGIApp,
     Message,
     Scope,
     StreamHost,
     access_logger,
     response_headers,
-    split_target,
+    upgrade_scope,
 )
 
 logger = logging.getLogger("quicserve.error")
@@ -72,7 +73,6 @@ _CONNECTING, _RESPONDING, _OPEN, _CLOSING, _CLOSED = range(5)
 # that one read inflates to at most about 1000x this before the size check (zlib's limit).
 _INFLATE_SLICE = 4096
 _ABNORMAL = 1006
-_SAFE_METHODS = frozenset({b"GET"})
 
 
 class ClientDisconnected(OSError):
@@ -334,33 +334,22 @@ class WebSocketStream:
     def build_scope(self) -> Scope:
         """The ASGI ``websocket`` scope."""
         request = self.request
-        info = self._info
-        root_path = self._host.config.root_path
-        path, raw_path, query = split_target(request.raw_path, root_path)
         subprotocols: list[str] = []
         for name, value in request.headers:
             if name == b"sec-websocket-protocol":
                 subprotocols.extend(split_comma_header(value))
-        extensions: dict[str, Any] = {"websocket.http.response": {}}
-        if info.tls is not None:
-            extensions["tls"] = info.tls
-        scheme = request.scheme or info.scheme
-        return {
-            "type": "websocket",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": info.http_version,
-            "scheme": "wss" if scheme == "https" else "ws",
-            "path": path,
-            "raw_path": raw_path,
-            "query_string": query,
-            "root_path": root_path,
-            "headers": request.headers,
-            "client": info.client,
-            "server": info.server,
-            "subprotocols": subprotocols,
-            "state": self._lifespan_state.copy() if self._lifespan_state is not None else {},
-            "extensions": extensions,
-        }
+        scheme = request.scheme or self._info.scheme
+        scope = upgrade_scope(
+            "websocket",
+            request,
+            self._info,
+            self._host.config.root_path,
+            self._lifespan_state,
+            "wss" if scheme == "https" else "ws",
+            {"websocket.http.response": {}},
+        )
+        scope["subprotocols"] = subprotocols
+        return scope
 
     async def run(self) -> None:
         """Check the handshake, call the app, close cleanly whatever it does."""
@@ -419,7 +408,7 @@ class WebSocketStream:
                 return 400, [], b"invalid Sec-WebSocket-Key\n"
         if (
             request.early_data
-            and request.method not in _SAFE_METHODS
+            and request.method not in SAFE_METHODS
             and not self._host.config.quic_0rtt_unsafe
         ):
             return 425, [], b"Too Early\n"  # RFC 8470: CONNECT is not replay-safe
@@ -444,13 +433,10 @@ class WebSocketStream:
             await self._host.flush(self.stream_id)
 
     async def _wait_closed(self) -> None:
+        # The keeper task (running since accept) ends a handshake that times out.
         while self._state == _CLOSING:
             wakeup = self._waiter = self._host.new_wakeup()
-            with anyio.move_on_after(self._close_timeout):
-                await wakeup.wait()
-            if self._state == _CLOSING and time.monotonic() >= self._close_deadline:
-                self._end_transport()
-                self._finish(_ABNORMAL, "closing handshake timed out")
+            await wakeup.wait()
 
     async def _send_http_error(self, status: int, headers: Headers, body: bytes) -> None:
         """Answer the handshake with an HTTP error instead of a WebSocket."""

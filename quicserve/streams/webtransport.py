@@ -37,7 +37,15 @@ from typing import Any
 from ..connection_info import ConnectionInfo
 from ..events import RequestReceived
 from ..lowlevel import Wakeup
-from .http import ASGIApp, Message, Scope, StreamHost, access_logger, response_headers, split_target
+from .http import (
+    ASGIApp,
+    Message,
+    Scope,
+    StreamHost,
+    access_logger,
+    response_headers,
+    upgrade_scope,
+)
 from .websocket import ClientDisconnected
 
 logger = logging.getLogger("quicserve.error")
@@ -138,28 +146,17 @@ class WebTransportSession:
 
     def build_scope(self) -> Scope:
         request = self.request
-        info = self._info
-        root_path = self._host.config.root_path
-        path, raw_path, query = split_target(request.raw_path, root_path)
-        extensions: dict[str, Any] = {}
-        if info.tls is not None:
-            extensions["tls"] = info.tls
-        return {
-            "type": "webtransport",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": info.http_version,
-            "scheme": request.scheme or info.scheme,
-            "method": "CONNECT",
-            "path": path,
-            "raw_path": raw_path,
-            "query_string": query,
-            "root_path": root_path,
-            "headers": request.headers,
-            "client": info.client,
-            "server": info.server,
-            "state": self._lifespan_state.copy() if self._lifespan_state is not None else {},
-            "extensions": extensions,
-        }
+        scope = upgrade_scope(
+            "webtransport",
+            request,
+            self._info,
+            self._host.config.root_path,
+            self._lifespan_state,
+            request.scheme or self._info.scheme,
+            {},
+        )
+        scope["method"] = "CONNECT"
+        return scope
 
     async def run(self) -> None:
         started = time.perf_counter()
