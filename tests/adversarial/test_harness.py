@@ -10,7 +10,9 @@ from ..test_cli import Spawn
 from .harness import Prober, serve
 
 
-def test_probes_pass_without_an_attack(spawn: Spawn, backend: str, tls_files: DevCertificate) -> None:
+def test_probes_pass_without_an_attack(
+    spawn: Spawn, backend: str, tls_files: DevCertificate
+) -> None:
     with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
         time.sleep(1.0)
     prober.check()
