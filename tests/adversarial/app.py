@@ -5,7 +5,9 @@ Routes, chosen by path:
 * ``/``: ``ok`` (what the well-behaved probe asks for);
 * ``/big?N``: N bytes of response body, sent in 64 KiB pieces (each ``send`` may wait);
 * ``/echo``: reads the whole request body, answers its length;
-* ``/hold``: reads nothing, waits up to 30 s for the client to go away (a slow app);
+* ``/hold``: waits up to 30 s for the client to go away (reading, and dropping, any body);
+* ``/stall?S``: never calls ``receive()``; answers after S seconds (default 5): an app
+  that does not read the request body;
 * ``/count``: how many app calls are running right now (``/count`` itself included).
 """
 
@@ -74,6 +76,9 @@ async def _http(scope: dict[str, Any], receive: Any, send: Any) -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
         return
+    elif path == "/stall":
+        await anyio.sleep(float(scope["query_string"] or b"5"))
+        body = b"stalled"
     elif path == "/count":
         body = f"{running} {peak}".encode()
     else:
