@@ -141,3 +141,29 @@ def test_quic_connection_ceiling_refuses_and_recovers(
     prober.check()
     probe_h3(target)  # the attacker's connections are closed: HTTP/3 serves again
     assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+
+
+def test_session_ticket_store_is_bounded_and_single_use(
+    spawn: Spawn, backend: str, tls_files: DevCertificate
+) -> None:
+    """A client that collects tickets cannot grow the store past --quic-session-tickets:
+    the oldest ticket is forgotten (its resumption is a full handshake), and a ticket
+    resumes at most once."""
+    from ..h3client import H3Request, h3_fetch
+
+    capacity = 3
+    cafile = str(tls_files.ca_certfile)
+    with serve(spawn, backend, tls_files, "--quic-session-tickets", str(capacity)) as target:
+        tickets = []
+        for _ in range(capacity + 1):
+            result = h3_fetch(target.quic, [H3Request("/")], cafile=cafile)
+            assert result.session_ticket is not None
+            tickets.append(result.session_ticket)
+        # The newest ticket is still kept, the first one was pushed out (the warm-up
+        # connection's ticket went before it).
+        newest = h3_fetch(target.quic, [H3Request("/")], cafile=cafile, session_ticket=tickets[-1])
+        oldest = h3_fetch(target.quic, [H3Request("/")], cafile=cafile, session_ticket=tickets[0])
+        replay = h3_fetch(target.quic, [H3Request("/")], cafile=cafile, session_ticket=tickets[-1])
+    assert newest.resumed and newest.responses[0].status == 200
+    assert not oldest.resumed and oldest.responses[0].status == 200
+    assert not replay.resumed and replay.responses[0].status == 200
