@@ -167,3 +167,32 @@ def test_session_ticket_store_is_bounded_and_single_use(
     assert newest.resumed and newest.responses[0].status == 200
     assert not oldest.resumed and oldest.responses[0].status == 200
     assert not replay.resumed and replay.responses[0].status == 200
+
+
+def test_metrics_listener_bounds_heads_and_scrapes(
+    spawn: Spawn, backend: str, tls_files: DevCertificate
+) -> None:
+    """The --metrics-bind listener: heads past 8 KiB get 400, at most 4 scrapes run at
+    once and each must send its head within 5 s, so slow scrapers delay a scrape by at
+    most that long, and never touch the app's listeners."""
+    import httpx
+
+    with (
+        serve(spawn, backend, tls_files, "--metrics-bind", "127.0.0.1:0") as target,
+        Prober(target) as prober,
+    ):
+        port = int(target.server.wait_for(r"Metrics on http://127\.0\.0\.1:(\d+)/metrics")[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 400")
+        slow = _slow_sockets(port, 4)
+        for sock in slow:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+        started = time.monotonic()
+        response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        waited = time.monotonic() - started
+        for sock in slow:
+            sock.close()
+    assert response.status_code == 200 and "quicserve_connections_open" in response.text
+    assert 3.0 < waited < 7.0, waited  # queued behind the 4 slow heads until their timeout
+    prober.check()
