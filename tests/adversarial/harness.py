@@ -16,8 +16,10 @@ port, and HTTP/3 on UDP.
 from __future__ import annotations
 
 import contextlib
+import json
 import ssl
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ import httpx
 from quicserve.certs import DevCertificate
 
 from ..h3client import H3Request, h3_fetch
-from ..test_cli import CLIServer, Spawn
+from ..test_cli import ROOT, CLIServer, Spawn
 
 APP = "tests.adversarial.app:app"
 
@@ -143,44 +145,59 @@ PROBES = {"h1": probe_h1, "h2": probe_h2, "h3": probe_h3}
 
 @dataclass
 class Prober:
-    """A well-behaved client in a thread: while the block runs it makes one request on a
-    fresh connection per protocol (HTTP/1.1 plain, HTTP/2 over TLS, HTTP/3) every
-    ``interval`` seconds, and records how long each took or how it failed."""
+    """A well-behaved client in its own process (so it never competes with the attacker
+    for this process's GIL): while the block runs it makes one request on a fresh
+    connection per protocol (HTTP/1.1 plain, HTTP/2 over TLS, HTTP/3) every ``interval``
+    seconds, and records how long each took or how it failed. One more round runs after
+    the attack, so "after" is covered as well as "during"."""
 
     target: Target
     protocols: tuple[str, ...] = ("h1", "h2", "h3")
     interval: float = 0.2
     results: list[tuple[str, float, str | None]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _process: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> Prober:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        target = self.target
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.adversarial.prober",
+                json.dumps(
+                    {
+                        "http": target.http,
+                        "https": target.https,
+                        "quic": target.quic,
+                        "ca": str(target.tls.ca_certfile),
+                        "protocols": list(self.protocols),
+                        "interval": self.interval,
+                    }
+                ),
+            ],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        # Wait for its first round, so the attack starts against a server it reached.
+        assert self._process.stdout is not None
+        first = self._process.stdout.readline()
+        assert first, "the prober process died"
+        self.results.append(tuple(json.loads(first)))  # type: ignore[arg-type]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        # One more round after the attack, so "after" is covered as well as "during".
+        process = self._process
+        assert process is not None and process.stdin is not None
         time.sleep(self.interval)
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(30)
-        self._round()
-
-    def _round(self) -> None:
-        for name in self.protocols:
-            started = time.monotonic()
-            error: str | None = None
-            try:
-                PROBES[name](self.target, timeout=5.0)
-            except Exception as exc:  # recorded, asserted in check()
-                error = f"{type(exc).__name__}: {exc}"
-            self.results.append((name, time.monotonic() - started, error))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._round()
-            self._stop.wait(self.interval)
+        process.stdin.close()  # the prober runs one last round, then exits
+        assert process.stdout is not None
+        output = process.stdout.read()
+        process.stdout.close()
+        process.wait(60)
+        for line in output.splitlines():
+            self.results.append(tuple(json.loads(line)))  # type: ignore[arg-type]
 
     def check(self, max_latency: float = MAX_PROBE_LATENCY) -> None:
         """Every probe succeeded within ``max_latency`` seconds, and there were some of
