@@ -6,7 +6,10 @@ Routes, chosen by path:
 * ``/big?N``: N bytes of response body, sent in 64 KiB pieces (each ``send`` may wait);
 * ``/echo``: reads the whole request body, answers its length;
 * ``/hold``: reads nothing, waits up to 30 s for the client to go away (a slow app);
-* ``/count``: how many app calls are running right now (``/count`` itself included).
+* ``/stall?S``: ignores the client altogether (never calls ``receive``) and answers
+  after S seconds (default 2, at most 30): an app call that outlives a reset stream;
+* ``/count``: how many app calls are running right now (``/count`` itself included) and
+  the peak, as ``running peak``; ``/count?/hold`` the same for the calls to one path.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import anyio
 
 running = 0
 peak = 0
+#: Per path: [running, peak].
+by_path: dict[str, list[int]] = {}
 
 _CHUNK = b"x" * 65536
 
@@ -43,10 +48,14 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     running += 1
     peak = max(peak, running)
+    counts = by_path.setdefault(scope["path"], [0, 0])
+    counts[0] += 1
+    counts[1] = max(counts[1], counts[0])
     try:
         await _http(scope, receive, send)
     finally:
         running -= 1
+        counts[0] -= 1
 
 
 async def _http(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -74,8 +83,13 @@ async def _http(scope: dict[str, Any], receive: Any, send: Any) -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
         return
+    elif path == "/stall":
+        await anyio.sleep(min(float(scope["query_string"] or b"2"), 30.0))
+        body = b"late"
     elif path == "/count":
-        body = f"{running} {peak}".encode()
+        which = scope["query_string"].decode()
+        now, top = by_path.get(which, [0, 0]) if which else (running, peak)
+        body = f"{now} {top}".encode()
     else:
         body = b"ok"
     await send({"type": "http.response.start", "status": 200, "headers": []})
