@@ -371,7 +371,7 @@ class Config:
         metadata=_opt(
             "HTTP/2 streams per connection the server may reset because of the client's "
             "frames (malformed requests, flow-control or stream-state errors) before it "
-            "closes the connection with ENHANCE_YOUR_CALM (\"MadeYouReset\", CVE-2025-8671)"
+            'closes the connection with ENHANCE_YOUR_CALM ("MadeYouReset", CVE-2025-8671)'
         ),
     )
     h2_stream_window_size: int = field(

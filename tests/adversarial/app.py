@@ -9,7 +9,8 @@ Routes, chosen by path:
 * ``/stall?S``: ignores the client altogether (never calls ``receive``) and answers
   after S seconds (default 2, at most 30): an app call that outlives a reset stream;
 * ``/count``: how many app calls are running right now (``/count`` itself included) and
-  the peak, as ``running peak``; ``/count?/hold`` the same for the calls to one path.
+  the peak, as ``running peak``; ``/count?/hold`` says ``running peak calls`` for the
+  calls to one path (``calls``: how many there were in all).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import anyio
 
 running = 0
 peak = 0
-#: Per path: [running, peak].
+#: Per path: [running, peak, calls].
 by_path: dict[str, list[int]] = {}
 
 _CHUNK = b"x" * 65536
@@ -48,8 +49,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     running += 1
     peak = max(peak, running)
-    counts = by_path.setdefault(scope["path"], [0, 0])
+    counts = by_path.setdefault(scope["path"], [0, 0, 0])
     counts[0] += 1
+    counts[2] += 1
     counts[1] = max(counts[1], counts[0])
     try:
         await _http(scope, receive, send)
@@ -88,8 +90,8 @@ async def _http(scope: dict[str, Any], receive: Any, send: Any) -> None:
         body = b"late"
     elif path == "/count":
         which = scope["query_string"].decode()
-        now, top = by_path.get(which, [0, 0]) if which else (running, peak)
-        body = f"{now} {top}".encode()
+        counts = by_path.get(which, [0, 0, 0]) if which else [running, peak]
+        body = " ".join(map(str, counts)).encode()
     else:
         body = b"ok"
     await send({"type": "http.response.start", "status": 200, "headers": []})

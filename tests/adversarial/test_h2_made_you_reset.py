@@ -73,11 +73,11 @@ PROVOCATIONS: dict[str, tuple[Provoke, int]] = {
 LIMIT = 8
 
 
-def _count(port: int, path: str) -> tuple[int, int]:
-    """``running peak`` app calls to ``path``, from the app itself."""
+def _count(port: int, path: str) -> tuple[int, int, int]:
+    """``(running, peak, calls)``: app calls to ``path``, from the app itself."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/count?{path}", timeout=5) as r:
-        running, peak = r.read().split()
-    return int(running), int(peak)
+        running, peak, calls = r.read().split()
+    return int(running), int(peak), int(calls)
 
 
 def _wait_for(client: RawH2, stream_ids: set[int], deadline: float) -> list[RawFrame]:
@@ -119,8 +119,8 @@ def test_a_provoked_reset_keeps_its_slot_until_the_app_call_ends(
                 assert codes[:LIMIT] == [code] * LIMIT, (kind, codes)
                 assert set(codes[LIMIT:]) <= {code, REFUSED_STREAM}, (kind, codes)
                 # The calls of the connections before this one run on as well.
-                running, _ = _count(target.http, "/stall")
-                assert running == LIMIT * (done + 1), (kind, running)
+                running, _, calls = _count(target.http, "/stall")
+                assert running == calls == LIMIT * (done + 1), (kind, running, calls)
 
 
 def test_provoked_resets_end_in_enhance_your_calm(
@@ -154,9 +154,9 @@ def test_provoked_resets_end_in_enhance_your_calm(
             for frame in _wait_for(client, ids, time.monotonic() + 5):
                 if frame.type == GOAWAY:
                     goaway = frame
-        running, peak = _count(target.http, "/hold")
+        running, peak, calls = _count(target.http, "/hold")
     prober.check()
-    assert peak <= LIMIT, (running, peak)
+    assert peak <= LIMIT, (running, peak, calls)
     assert goaway is not None and goaway.error_code == ENHANCE_YOUR_CALM, (streams, goaway)
     assert streams < 3000
     assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
