@@ -103,6 +103,8 @@ _CHUNK_LINE = re.compile(
     rb"0*[0-9A-Fa-f]{1,15}(?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|%s))?)*\r\n"
     % (_TOKEN, _TOKEN, _QUOTED)
 )
+#: A Content-Length or Transfer-Encoding field line (group 1: the name).
+_FRAMING_FIELD = re.compile(rb"\r\n(content-length|transfer-encoding):", re.IGNORECASE)
 #: RFC 9112 §3.2: ``Host = uri-host [ ":" port ]`` (IP-literal or reg-name / IPv4).
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[-A-Za-z0-9._~%!$&'()*+,;=]*)(?::[0-9]*)?")
 #: RFC 9110 §6.5.1: fields a recipient needs before the content (framing, routing,
@@ -159,25 +161,23 @@ class _StrictBuffer(ReceiveBuffer):
         if end < 0:
             self._multiple_lines_search = len(data)
             return None
-        lines = self._extract(end + 4)[:-4].split(b"\r\n")
+        head = self._extract(end + 4)
+        if b"\r\n " in head or b"\r\n\t" in head:
+            raise h11.LocalProtocolError("obs-fold in a header section (RFC 9112 §5.2)")
         content_length = False
-        for line in lines[1:]:
-            first = line[:1]
-            if first == b" " or first == b"\t":
-                raise h11.LocalProtocolError("obs-fold in a header section (RFC 9112 §5.2)")
-            name, _, value = line.partition(b":")
-            name = name.lower()
-            if name == b"content-length":
+        for match in _FRAMING_FIELD.finditer(head):
+            value = head[match.end() : head.index(b"\r\n", match.end())]
+            if match[1][0] in b"cC":
                 # RFC 9110 §8.6: h11 folds "5, 5" and repeated equal values into one;
                 # a proxy may take the first, the last, or refuse. So do we: refuse.
                 if content_length or b"," in value:
                     raise h11.LocalProtocolError("several Content-Length values")
                 content_length = True
-            elif name == b"transfer-encoding":
-                # RFC 9112 §6.1: chunked must be the final coding, else 400 (h11 says
-                # 501 for any coding it does not know, "chunked, identity" included).
-                if value.rpartition(b",")[2].strip(b" \t").lower() != b"chunked":
-                    raise h11.LocalProtocolError("chunked is not the final transfer coding")
+            # RFC 9112 §6.1: chunked must be the final coding, else 400 (h11 says 501
+            # for any coding it does not know, "chunked, identity" included).
+            elif value.rpartition(b",")[2].strip(b" \t").lower() != b"chunked":
+                raise h11.LocalProtocolError("chunked is not the final transfer coding")
+        lines = head[:-4].split(b"\r\n")
         return lines
 
     def maybe_extract_next_line(self) -> bytearray | None:
