@@ -21,7 +21,7 @@ import urllib.request
 from quicserve.certs import DevCertificate
 
 from ..test_cli import Spawn
-from .harness import Prober, serve
+from .harness import MAX_RSS_GROWTH_MIB, Prober, serve
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 CHUNKED = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -179,6 +179,7 @@ def test_ambiguous_framing_is_refused_and_closes(
     prober.check()
     assert not wrong, "\n".join(wrong)
     assert smuggled == (0, 0, 0), "a request behind a refused one reached the app"
+    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
 
 
 def test_valid_framing_is_served_with_the_request_behind_it(
