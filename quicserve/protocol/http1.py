@@ -147,7 +147,7 @@ class _StrictBuffer(ReceiveBuffer):
     def maybe_extract_lines(self) -> list[bytearray] | None:
         data = self._data
         if data[:2] == b"\r\n":
-            # RFC 9112 §2.2: one empty line before a request line is ignored.
+            # An empty section: no trailers (h11 refuses it where a request line is due).
             self._extract(2)
             return []
         start = max(0, self._multiple_lines_search - 3)
