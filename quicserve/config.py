@@ -366,6 +366,14 @@ class Config:
     h2_max_concurrent_streams: int = field(
         default=100, metadata=_opt("HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS")
     )
+    h2_max_stream_errors: int = field(
+        default=100,
+        metadata=_opt(
+            "HTTP/2 streams per connection the server may reset because of the client's "
+            "frames (malformed requests, flow-control or stream-state errors) before it "
+            'closes the connection with ENHANCE_YOUR_CALM ("MadeYouReset", CVE-2025-8671)'
+        ),
+    )
     h2_stream_window_size: int = field(
         default=256 * 1024,
         metadata=_opt("HTTP/2 receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE)"),
@@ -524,6 +532,7 @@ def check(config: Config) -> None:
         "max_connections",
         "max_header_bytes",
         "h2_max_concurrent_streams",
+        "h2_max_stream_errors",
         "wsgi_max_threads",
     ):
         if getattr(config, name) < 1:

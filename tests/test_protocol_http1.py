@@ -67,6 +67,35 @@ def test_smuggling_shape_rejected() -> None:
     assert events(p) == [ConnectionClosed()]
 
 
+def _feed_bytewise(data: bytes) -> tuple[list[object], bytes]:
+    p = H1Protocol(Config(), now=0.0)
+    out = b""
+    for i in range(len(data)):
+        p.receive_data(data[i : i + 1], 0.0)
+        out += p.data_to_send()
+    return events(p), out
+
+
+def test_strict_framing_holds_when_bytes_arrive_one_at_a_time() -> None:
+    """The bare CR/LF scan of a head resumes where it stopped: a CRLF or a CRLFCRLF
+    split between two reads is still recognised, a bare LF is still found."""
+    head = b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    body = b'5;a="b c";d=e\r\nhello\r\n0\r\nX-T: 1\r\n\r\n'
+    got, out = _feed_bytewise(head + body)
+    assert [type(e) for e in got] == [RequestReceived] + [BodyReceived] * 5 + [BodyEnded]
+    assert got[-1] == BodyEnded(1, [(b"x-t", b"1")]) and out == b""
+    for bad in (
+        head.replace(b"Host: x\r\n", b"Host: x\n"),
+        head.replace(b"\r\n\r\n", b"\r\n\n"),
+        head.replace(b"Host: x\r\n", b"Host: x\r\n \r\n"),
+        head + body.replace(b"X-T: 1\r\n", b"X-T: 1\n"),
+        head + body.replace(b";d=e", b";d=e\r"),
+    ):
+        got, out = _feed_bytewise(bad)
+        assert out.startswith(b"HTTP/1.1 400 "), (bad, out)
+        assert got[-1] == ConnectionClosed(), bad
+
+
 def test_header_timeout_sends_408_and_idle_close_is_silent() -> None:
     config = Config(header_read_timeout=10.0, keep_alive_timeout=5.0)
     p = H1Protocol(config, now=0.0)

@@ -995,3 +995,54 @@ def test_endless_refused_streams_end_the_connection() -> None:
     _, client_events = pair.take()
     goaways = of_type(client_events, h2e.ConnectionTerminated)
     assert [g.error_code for g in goaways] == [ErrorCodes.ENHANCE_YOUR_CALM]
+
+
+# -- MadeYouReset (CVE-2025-8671) ---------------------------------------------------------
+
+
+def _overflow_window(pair: Pair, stream_id: int) -> None:
+    """A WINDOW_UPDATE that overflows the stream's send window (RFC 9113 §6.9.1): h2
+    resets the stream with FLOW_CONTROL_ERROR, a stream error the client provoked."""
+    frame = WindowUpdateFrame(stream_id)
+    frame.window_increment = 2**31 - 1
+    pair.server.receive_data(frame.serialize(), pair.now)
+    pair.pump()
+
+
+def test_a_stream_the_server_resets_counts_until_its_app_call_ends() -> None:
+    pair = Pair(Config(h2_max_concurrent_streams=2))
+    started = []
+    for _ in range(2):
+        stream_id = pair.request()
+        _overflow_window(pair, stream_id)
+        started.append(stream_id)
+    events, _ = pair.take()
+    assert len(of_type(events, RequestReceived)) == 2
+    assert [e.error_code for e in of_type(events, StreamReset)] == [
+        ErrorCodes.FLOW_CONTROL_ERROR
+    ] * 2
+    # Both app calls still run: the third stream is refused.
+    pair.request()
+    events, _ = pair.take()
+    assert of_type(events, RequestReceived) == []
+    pair.server.stream_done(started[0], pair.now)
+    pair.request()
+    events, _ = pair.take()
+    assert len(of_type(events, RequestReceived)) == 1
+
+
+def test_provoked_stream_errors_end_in_enhance_your_calm() -> None:
+    pair = Pair(Config(h2_max_stream_errors=3))
+    for count in range(4):
+        assert not pair.server.closed
+        stream_id = pair.request(
+            [*GET[:4], (b"te", b"gzip")] if count % 2 else None  # malformed / overflow
+        )
+        if count % 2 == 0:
+            _overflow_window(pair, stream_id)
+        pair.server.stream_done(stream_id, pair.now)  # the app call ends at once
+        pair.pump()
+    assert pair.server.closed
+    _, client_events = pair.take()
+    goaways = of_type(client_events, h2e.ConnectionTerminated)
+    assert [g.error_code for g in goaways] == [ErrorCodes.ENHANCE_YOUR_CALM]

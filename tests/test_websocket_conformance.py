@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import anyio
 import pytest
-from wsproto.events import CloseConnection, Pong
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Pong, TextMessage
 
 from quicserve.certs import DevCertificate
 
@@ -184,3 +185,138 @@ async def _outcome(client: WSClient, case: Case) -> str:
         if await client.next_event(5) is not None:
             return "data after the close frame"
     return "ok"
+
+
+#: (name, valid frames, the invalid frame after them, the close code it earns). The
+#: Autobahn 5.x/6.x shapes: a message, then a protocol error in the same read.
+FAIL_AFTER_MESSAGES = [
+    ("text then reserved opcode", (raw_frame(TEXT, b"hello"),), raw_frame(0x3, b"x"), 1002),
+    ("binary then rsv bit", (raw_frame(BINARY, b"\x00\x01"),), raw_frame(TEXT, b"x", rsv=2), 1002),
+    (
+        "fragmented text then a stray continuation",
+        (raw_frame(TEXT, b"frag", fin=False), raw_frame(CONT, b"ment")),
+        raw_frame(CONT, b"x"),
+        1002,
+    ),
+    (
+        "two messages then a fragmented ping",
+        (raw_frame(TEXT, b"one"), raw_frame(BINARY, b"two")),
+        raw_frame(PING, b"p", fin=False),
+        1002,
+    ),
+    ("text then invalid UTF-8", (raw_frame(TEXT, b"ok"),), raw_frame(TEXT, b"\xff"), 1007),
+    ("text then unmasked", (raw_frame(TEXT, b"ok"),), raw_frame(TEXT, b"x", mask=False), 1002),
+]
+
+
+def _echo_of(frames: tuple[bytes, ...]) -> list[str | bytes]:
+    """The messages the echo app sends back for ``frames`` (decoded by a wsproto
+    server, so the expectation is not hand-written)."""
+    server = Connection(ConnectionType.SERVER)
+    server.receive_data(b"".join(frames))
+    messages: list[str | bytes] = []
+    text: list[str] = []
+    binary: list[bytes] = []
+    for event in server.events():
+        if isinstance(event, TextMessage):
+            text.append(event.data)
+            if event.message_finished:
+                messages.append("".join(text))
+                text.clear()
+        elif isinstance(event, BytesMessage):
+            binary.append(bytes(event.data))
+            if event.message_finished:
+                messages.append(b"".join(binary))
+                binary.clear()
+    return messages
+
+
+async def _echo_then_close(client: WSClient, echoes: list[str | bytes], code: int) -> str:
+    """What came back, as a string that is "ok" when it is: the echoes, in order, then
+    the close frame with ``code``, then the end of the stream."""
+    seen: list[str] = []
+    try:
+        for echo in echoes:
+            event = await client.next_event(5)
+            seen.append(repr(event)[:60])
+            if not isinstance(event, TextMessage | BytesMessage) or event.data != echo:
+                return f"expected echo {echo!r}; got {seen}"
+        event = await client.next_event(5)
+        seen.append(repr(event)[:60])
+        if not isinstance(event, CloseConnection) or event.code != code:
+            return f"expected close {code}; got {seen}"
+        if await client.next_event(5) is not None:
+            return "data after the close frame"
+    except TimeoutError:
+        return f"timed out; got {seen}"
+    return "ok"
+
+
+@pytest.mark.parametrize("transport", ["h1", "h2", "h3"])
+async def test_failure_after_a_message_in_the_same_read_comes_after_its_echo(
+    anyio_backend: object, transport: str, tls_files: DevCertificate
+) -> None:
+    """Autobahn's "strict" behaviour: valid messages then an invalid frame in one write
+    (one TCP segment, DATA frame or QUIC packet). The app gets the messages and its
+    echoes go out; only then does the server fail the WebSocket (1002, or 1007)."""
+    app = WSApp()
+    failures = []
+    async with serve(app, tls_files) as srv:
+        for name, frames, bad, code in FAIL_AFTER_MESSAGES:
+            async with tunnel_for(transport, srv, tls_files, "/echo") as tunnel:
+                client = WSClient(tunnel)
+                await client.raw(b"".join(frames) + bad)
+                outcome = await _echo_then_close(client, _echo_of(frames), code)
+                if outcome != "ok":
+                    failures.append(f"{name}: {outcome}")
+        with anyio.fail_after(5):
+            while app.finished < len(FAIL_AFTER_MESSAGES):
+                await anyio.sleep(0.01)
+    assert not failures, "\n".join(failures)
+    assert all(d[1] in (1002, 1007) for d in app.disconnects), app.disconnects
+
+
+@pytest.mark.parametrize("transport", ["h1", "h2", "h3"])
+async def test_failure_while_the_app_answers_waits_for_its_answer(
+    anyio_backend: object, transport: str, tls_files: DevCertificate
+) -> None:
+    """The invalid frame arrives in a later read, while the app is still answering the
+    message it took (it sleeps 0.3 s first): the answer still goes out before the
+    close frame."""
+    app = WSApp()
+    async with serve(app, tls_files) as srv:
+        async with tunnel_for(transport, srv, tls_files, "/slow-echo") as tunnel:
+            client = WSClient(tunnel)
+            await client.raw(raw_frame(TEXT, b"hello"))
+            await anyio.sleep(0.05)
+            await client.raw(raw_frame(0x3, b"x"))
+            outcome = await _echo_then_close(client, ["hello"], 1002)
+        with anyio.fail_after(5):
+            while app.finished < 1:
+                await anyio.sleep(0.01)
+    assert outcome == "ok", outcome
+    assert app.disconnects == [("/slow-echo", 1002, app.disconnects[0][2])]
+
+
+async def test_a_held_failure_does_not_wait_for_an_app_that_never_answers(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    """The app takes a message and then works on it for 2 s without calling
+    ``receive``: the close frame the next frame earned is sent after
+    ``ws_ping_timeout`` (0.3 s here), not when the app is done."""
+    app = WSApp()
+    async with serve(app, tls_files, ws_ping_timeout=0.3) as srv:
+        async with tunnel_for("h1", srv, tls_files, "/take-one") as tunnel:
+            client = WSClient(tunnel)
+            await client.raw(raw_frame(TEXT, b"hello") + raw_frame(0x3, b"x"))
+            started = anyio.current_time()
+            event = await client.next_event(5)
+            waited = anyio.current_time() - started
+            assert isinstance(event, CloseConnection) and event.code == 1002, event
+            # (The TCP connection itself closes when the app call ends.)
+            assert await client.next_event(5) is None
+        with anyio.fail_after(5):
+            while app.finished < 1:
+                await anyio.sleep(0.01)
+    assert 0.2 < waited < 1.5, waited
+    assert app.disconnects == [("/take-one", 1002, app.disconnects[0][2])]

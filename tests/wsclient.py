@@ -653,6 +653,13 @@ class WSApp:
             message = await receive()
             self.disconnects.append((path, message["code"], message.get("reason", "")))
             return
+        if path == "/take-one":
+            # Takes one message and then works on it for longer than the server waits.
+            await receive()
+            await anyio.sleep(2)
+            message = await receive()
+            self.disconnects.append((path, message["code"], message.get("reason", "")))
+            return
         if path == "/sleepy":
             # Never receives: the server may queue ws_max_queue messages, no more.
             await anyio.sleep(30)
@@ -668,6 +675,8 @@ class WSApp:
                         self.send_errors.append(type(exc).__name__)
                 return
             reply = {k: message[k] for k in ("text", "bytes") if message.get(k) is not None}
+            if path == "/slow-echo":
+                await anyio.sleep(0.3)  # still answering when the next frames arrive
             await send({"type": "websocket.send", **reply})
 
 

@@ -12,8 +12,18 @@ Rules this module keeps:
   false while more than ``_READ_AHEAD`` bytes of body are unacknowledged (``ack_body``),
   or while a request is in flight and that much pipelined data is already buffered.
 * Framing that allows request smuggling is refused with 400 and a closed connection:
-  both ``Content-Length`` and ``Transfer-Encoding`` (RFC 9112 §6.1), and everything h11
-  itself rejects (conflicting Content-Length values, unknown transfer codings).
+  wherever a front proxy could read a message's bounds differently from us, we refuse
+  rather than guess. h11 does most of it; :class:`_StrictConnection` closes the gaps it
+  leaves open (see its docstring): bare CR or LF anywhere in a head, chunk line or
+  trailer section, obs-fold, chunk lines outside the RFC 9112 §7.1.1 grammar, oversized
+  chunk sizes, duplicate or list-valued Content-Length, a final transfer coding other
+  than chunked. ``_on_request`` adds both ``Content-Length`` and ``Transfer-Encoding``
+  (RFC 9112 §6.1), Transfer-Encoding in HTTP/1.0, zero or several Host fields or an
+  invalid one (§3.2), an absolute-form target whose authority is not the Host (§3.2.2),
+  a target in no form we serve, an HTTP major version other than 1 (505); trailers with
+  framing, routing or connection fields are refused too (RFC 9110 §6.5.1). A framing
+  error found inside a body answers 400 if the response has not started, and always
+  closes the connection.
 * A head larger than ``Config.max_header_bytes`` gets 431 (RFC 6585 §5).
 * Timers: a fresh connection or a half-received head must complete within
   ``header_read_timeout``; an idle keep-alive connection closes after
@@ -29,12 +39,14 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
 import h11
+from h11._receivebuffer import ReceiveBuffer
 
 from ..config import Config
 from ..events import (
@@ -60,6 +72,7 @@ _ERROR_REASONS = {
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     501: b"Not Implemented",
+    505: b"HTTP Version Not Supported",
 }
 
 
@@ -77,8 +90,134 @@ class H2CUpgrade:
     trailing_data: bytes
 
 
+#: A bare CR or LF (not part of CRLF). RFC 9112 §2.2 lets a recipient take a bare LF as
+#: a line end and a bare CR as whitespace; a proxy in front may do neither, so both end
+#: the connection instead (CVE-2025-43859 and the "funky chunks" reports of 2025).
+_BARE_CR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+#: RFC 9110 §5.6.4: a quoted string (no CR, LF or other controls but HTAB inside).
+_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+#: RFC 9112 §7.1 and §7.1.1: ``chunk-size *( BWS ";" BWS name [ BWS "=" BWS value ] )``.
+#: At most 15 hex digits, so the size fits a signed 64-bit integer whatever the proxy.
+_CHUNK_LINE = re.compile(
+    rb"0*[0-9A-Fa-f]{1,15}(?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|%s))?)*\r\n"
+    % (_TOKEN, _TOKEN, _QUOTED)
+)
+#: A Content-Length or Transfer-Encoding field line (group 1: the name).
+_FRAMING_FIELD = re.compile(rb"\r\n(content-length|transfer-encoding):", re.IGNORECASE)
+#: RFC 9112 §3.2: ``Host = uri-host [ ":" port ]`` (IP-literal or reg-name / IPv4).
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[-A-Za-z0-9._~%!$&'()*+,;=]*)(?::[0-9]*)?")
+#: RFC 9110 §6.5.1: fields a recipient needs before the content (framing, routing,
+#: connection control, request modifiers, authentication); as trailers a proxy could
+#: merge them into the head, so a request that sends them is refused.
+_FORBIDDEN_TRAILERS = frozenset(
+    (
+        b"authorization",
+        b"connection",
+        b"content-encoding",
+        b"content-length",
+        b"content-range",
+        b"content-type",
+        b"cookie",
+        b"expect",
+        b"host",
+        b"keep-alive",
+        b"max-forwards",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"range",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    )
+)
+
+
+class _StrictBuffer(ReceiveBuffer):
+    """h11's receive buffer, without its leniencies: lines end in CRLF only (h11 takes a
+    bare LF), a head or trailer section may not fold lines (RFC 9112 §5.2: h11 unfolds
+    them), and every chunk line must match the grammar (h11 takes ``;`` plus anything,
+    an unclosed quote included, and 20 hex digits of size).
+
+    It overrides h11 internals (``_data``, ``_extract`` and the two search offsets); an
+    h11 upgrade must re-check this class and ``_StrictConnection``.
+    """
+
+    def maybe_extract_lines(self) -> list[bytearray] | None:
+        data = self._data
+        if data[:2] == b"\r\n":
+            # An empty section: no trailers (h11 refuses it where a request line is due).
+            self._extract(2)
+            return []
+        start = max(0, self._multiple_lines_search - 3)
+        end = data.find(b"\r\n\r\n", start)
+        if end < 0:
+            limit = len(data) - 1 if data[-1:] == b"\r" else len(data)
+        else:
+            limit = end + 4
+        if _BARE_CR_LF.search(data, max(0, start - 1), limit) is not None:
+            raise h11.LocalProtocolError("bare CR or LF in a header section")
+        if end < 0:
+            self._multiple_lines_search = len(data)
+            return None
+        head = self._extract(end + 4)
+        if b"\r\n " in head or b"\r\n\t" in head:
+            raise h11.LocalProtocolError("obs-fold in a header section (RFC 9112 §5.2)")
+        content_length = False
+        for match in _FRAMING_FIELD.finditer(head):
+            value = head[match.end() : head.index(b"\r\n", match.end())]
+            if match[1][0] in b"cC":
+                # RFC 9110 §8.6: h11 folds "5, 5" and repeated equal values into one;
+                # a proxy may take the first, the last, or refuse. So do we: refuse.
+                if content_length or b"," in value:
+                    raise h11.LocalProtocolError("several Content-Length values")
+                content_length = True
+            # RFC 9112 §6.1: chunked must be the final coding, else 400 (h11 says 501
+            # for any coding it does not know, "chunked, identity" included).
+            elif value.rpartition(b",")[2].strip(b" \t").lower() != b"chunked":
+                raise h11.LocalProtocolError("chunked is not the final transfer coding")
+        lines = head[:-4].split(b"\r\n")
+        return lines
+
+    def maybe_extract_next_line(self) -> bytearray | None:
+        # Only h11's chunked reader reads single lines: the chunk-size lines.
+        line = super().maybe_extract_next_line()
+        if line is not None and _CHUNK_LINE.fullmatch(line) is None:
+            raise h11.LocalProtocolError("invalid chunk line (RFC 9112 §7.1)")
+        return line
+
+
+class _StrictConnection(h11.Connection):
+    """h11's connection reading through :class:`_StrictBuffer`."""
+
+    def __init__(self, max_incomplete_event_size: int) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
+        assert not self._receive_buffer
+        self._receive_buffer = _StrictBuffer()
+
+
 def _content_length_is_zero(headers: Headers) -> bool:
     return all(value.strip() == b"0" for name, value in headers if name == b"content-length")
+
+
+def _absolute_form(target: bytes) -> tuple[bytes, bytes] | None:
+    """``(authority, origin-form target)`` of an absolute-form http(s) target, or None."""
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return None
+    end = len(rest)
+    for mark in (b"/", b"?"):
+        at = rest.find(mark)
+        if 0 <= at < end:
+            end = at
+    authority = rest[:end]
+    if not authority or b"@" in authority or _HOST.fullmatch(authority) is None:
+        return None
+    path = rest[end:]
+    if path[:1] != b"/":
+        path = b"/" + path
+    return authority, path
 
 
 def switching_response() -> bytes:
@@ -93,7 +232,7 @@ class H1Protocol:
 
     def __init__(self, config: Config, now: float, *, allow_h2c: bool = False) -> None:
         self._config = config
-        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+        self._conn = _StrictConnection(max_incomplete_event_size=config.max_header_bytes)
         self._allow_h2c = allow_h2c
         self._events: deque[StreamEvent | H2CUpgrade] = deque()
         self._out: list[bytes] = []
@@ -149,12 +288,7 @@ class H1Protocol:
                 # mypy does not narrow.
                 event: Any = conn.next_event()
             except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint
-                if conn.their_state is h11.SEND_BODY or self._active is not None:
-                    self._abort_active()
-                    self._close()
-                else:
-                    self._send_error(status)
+                self._framing_error(exc.error_status_hint)
                 return
             if event is h11.NEED_DATA:
                 if (
@@ -179,6 +313,9 @@ class H1Protocol:
             elif cls is h11.EndOfMessage:
                 if self._active is not None:
                     trailers = list(event.headers) if event.headers else []
+                    if trailers and any(n in _FORBIDDEN_TRAILERS for n, _ in trailers):
+                        self._framing_error(400)
+                        return
                     self._events.append(BodyEnded(self._stream_id, trailers))
                 self._maybe_next_cycle(now)
             elif cls is h11.ConnectionClosed:
@@ -186,10 +323,21 @@ class H1Protocol:
                 self._close()
                 return
 
+    def _framing_error(self, status: int) -> None:
+        """The peer's bytes cannot be framed: 400 (or ``status``) unless a response has
+        begun, and close, so nothing after them is read as a request."""
+        if self._active is not None:
+            self._abort_active()
+            if self._response_started:
+                self._close()
+                return
+        self._send_error(status)
+
     def _on_request(self, event: h11.Request) -> None:
         headers: Headers = list(event.headers)
         has_cl = has_te = False
         host: bytes | None = None
+        hosts = 0
         expect_continue = False
         upgrade: bytes | None = None
         connection_tokens = b""
@@ -203,6 +351,7 @@ class H1Protocol:
                 has_te = True
             elif name == b"host":
                 host = value
+                hosts += 1
             elif name == b"expect":
                 expect_continue = value.lower() == b"100-continue"
             elif name == b"upgrade":
@@ -220,6 +369,35 @@ class H1Protocol:
         if has_cl and has_te:
             self._send_error(400)
             return
+        # RFC 9112 §2.3: h11 takes any "HTTP/d.d"; only major version 1 is ours
+        # (RFC 9110 §15.6.6: 505). "PRI * HTTP/2.0" lands here on a cleartext port.
+        if event.http_version[:2] != b"1.":
+            self._send_error(505)
+            return
+        # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing.
+        if has_te and event.http_version != b"1.1":
+            self._send_error(400)
+            return
+        # RFC 9112 §3.2: one Host, and a valid one (h11 wants one in HTTP/1.1 only).
+        if hosts > 1 or (host is not None and _HOST.fullmatch(host) is None):
+            self._send_error(400)
+            return
+        target = event.target
+        if target[:1] != b"/":
+            absolute = _absolute_form(target)
+            if absolute is not None:
+                # RFC 9112 §3.2.2: the target's authority wins over Host; a proxy that
+                # routed by Host would disagree, so they must be the same.
+                authority, target = absolute
+                if host is not None and host.lower() != authority.lower():
+                    self._send_error(400)
+                    return
+                host = authority
+            elif not (
+                (target == b"*" and event.method == b"OPTIONS") or event.method == b"CONNECT"
+            ):
+                self._send_error(400)  # §3.2: no form we know
+                return
         self._stream_id += 1
         self._active = self._stream_id
         self._head_request = event.method == b"HEAD"
@@ -239,7 +417,7 @@ class H1Protocol:
         request = RequestReceived(
             stream_id=self._stream_id,
             method=event.method,
-            raw_path=event.target,
+            raw_path=target,
             headers=headers,
             scheme=None,
             authority=host,

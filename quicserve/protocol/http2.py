@@ -21,6 +21,11 @@ Rules of this module:
   ``ack_body``; bytes the app will never see (padding, reset streams) are credited back to
   the connection window at once, so it never leaks.
 * Every method is a silent no-op on a stream the peer reset or the stream type finished.
+* A stream reset by either side, for any reason, counts against
+  ``h2_max_concurrent_streams`` until the stream type is done with it (its app call has
+  ended): "rapid reset" (CVE-2023-44487) and "MadeYouReset" (CVE-2025-8671). A client
+  that keeps getting streams refused, or keeps provoking stream errors (more than
+  ``h2_max_stream_errors``), gets GOAWAY ENHANCE_YOUR_CALM.
 * The two overrides of private h2 methods live in :class:`_H2Connection`, so an h2
   upgrade has one class to re-check.
 """
@@ -278,6 +283,8 @@ class H2Protocol:
         # and new streams refused because of them.
         self._client_streams = 0
         self._refused = 0
+        # Streams we reset because of the client's frames ("MadeYouReset").
+        self._provoked = 0
         conn = _H2Connection(
             H2Configuration(
                 client_side=False,
@@ -370,6 +377,8 @@ class H2Protocol:
         flush_all = False
         touched: list[int] | None = None
         for ev in h2_events:
+            if self._closed:
+                return  # a connection error (ours) ends what this read brought
             cls = type(ev)
             if not self._preface_received:
                 # RFC 9113 §3.4: the client preface ends with a SETTINGS frame.
@@ -411,8 +420,16 @@ class H2Protocol:
                         stream.request_trailers = parse_trailers(ev.headers)
                     except Malformed:
                         self._reset(stream, ErrorCodes.PROTOCOL_ERROR, notify=True)
+                        self._provoked_reset()
             elif cls is H2StreamReset:
                 assert isinstance(ev, H2StreamReset)
+                if not ev.remote_reset:
+                    # h2 (or _H2Connection) reset the stream for a frame of the client's:
+                    # a flow-control overflow, a frame on a half-closed stream, a body
+                    # that disagrees with content-length.
+                    self._provoked_reset()
+                    if self._closed:
+                        return
                 stream = streams.get(ev.stream_id)
                 if stream is not None and not stream.reset:
                     self._reset(stream, None, notify=True, error_code=int(ev.error_code))
@@ -461,6 +478,7 @@ class H2Protocol:
             )
         except Malformed:
             self._h2_reset(stream_id, ErrorCodes.PROTOCOL_ERROR)  # RFC 9113 §8.1.1
+            self._provoked_reset()
             return
         if self._client_streams >= self._config.h2_max_concurrent_streams:
             # "Rapid reset" (CVE-2023-44487): h2 stops counting a stream once the client
@@ -477,6 +495,19 @@ class H2Protocol:
         stream.authority = authority
         self._streams[stream_id] = stream
         self._events.append(request)
+
+    def _provoked_reset(self) -> None:
+        """Count a stream we reset because of a client frame (a stream error).
+
+        "MadeYouReset" (CVE-2025-8671): such a stream, like one the client resets,
+        keeps its place in the concurrency count until its app call ends (``_remove``),
+        so it cannot start unbounded app calls; but a client could still make us open
+        and reset streams without end. Past ``h2_max_stream_errors`` on a connection it
+        gets GOAWAY ENHANCE_YOUR_CALM (RFC 9113 §5.4.1, §7).
+        """
+        self._provoked += 1
+        if self._provoked > self._config.h2_max_stream_errors:
+            self._fail(ErrorCodes.ENHANCE_YOUR_CALM, "too many stream errors provoked")
 
     def _on_data(self, ev: H2DataReceived) -> None:
         stream = self._streams.get(ev.stream_id)

@@ -27,7 +27,15 @@ Rules:
   ``ws_ping_timeout`` closes with 1011. A closing handshake the peer does not finish
   within ``ws_ping_timeout`` (or 5 s when that is 0) ends the stream anyway.
 * Failures: invalid UTF-8 closes with 1007, protocol errors with 1002 (wsproto's codes);
-  an app exception closes with 1011 after ``accept`` and is a 500 before it. Whatever
+  an app exception closes with 1011 after ``accept`` and is a 500 before it.
+* A failure the peer's bytes cause (1002, 1007, 1009) waits for the app to answer what
+  came before it: while messages that arrived ahead of the bad frame are queued, or the
+  app is still handling the last one it received (it has not called ``receive`` again),
+  nothing more is parsed and the close frame is not sent; the app's next ``receive``
+  (or ``websocket.close``, or its return) fails the WebSocket, so its replies go out
+  first, the same on every backend and however the bytes were split into reads
+  (Autobahn's "strict" behaviour, cases 5.x/6.x). An app that stays busy longer than
+  ``ws_ping_timeout`` (or 5 s) is not waited for. Whatever
   happens, the stream ends, the app sees ``websocket.disconnect``, and the connection
   and its other streams carry on (HTTP/1.1: the connection was this stream's alone).
 * Graceful shutdown closes open WebSockets with 1001 (``server_shutdown``).
@@ -128,6 +136,12 @@ class WebSocketStream:
         self._close_deadline = 0.0
         self._last_received = time.monotonic()
         self._ping_payload: bytes | None = None
+        #: A failure the peer's bytes caused, held until the app has answered the
+        #: messages before it (see ``_peer_failed``), and the latest time to act on it.
+        self._failure: tuple[int, str] | None = None
+        self._failure_deadline = 0.0
+        #: The app took a message and has not called ``receive`` since.
+        self._app_busy = False
         self._ping_sent = 0.0
         self._status = 0
         self._response_headers: Headers | None = None
@@ -179,7 +193,12 @@ class WebSocketStream:
         inbox = self._inbox
         host = self._host
         queue = self._queue
-        while inbox and len(queue) < self._max_queue and self._state in (_OPEN, _CLOSING):
+        while (
+            inbox
+            and len(queue) < self._max_queue
+            and self._state in (_OPEN, _CLOSING)
+            and self._failure is None
+        ):
             data = inbox.popleft()
             if self._slice and len(data) > self._slice:
                 inbox.appendleft(data[self._slice :])
@@ -188,11 +207,11 @@ class WebSocketStream:
             ws.receive_data(data)
             for event in ws.events():
                 self._on_event(ws, event)
-                if self._state == _CLOSED:
+                if self._state == _CLOSED or self._failure is not None:
                     break
         if self._state == _CLOSED:
             self._drop_inbox()
-        elif self._remote_ended and not inbox:
+        elif self._remote_ended and not inbox and self._failure is None:
             # The peer's side ended without a closing handshake (RFC 6455 §7.1.5: 1006).
             self._end_transport()
             self._finish(_ABNORMAL, "")
@@ -203,7 +222,7 @@ class WebSocketStream:
             data = event.data
             self._fragment_size += len(data)
             if self._fragment_size > self._max_size:
-                self._fail(1009, f"message larger than {self._max_size} bytes")
+                self._peer_failed(1009, f"message larger than {self._max_size} bytes")
                 return
             if not event.message_finished:
                 self._fragments.append(data)
@@ -237,7 +256,28 @@ class WebSocketStream:
             else:
                 # wsproto reports a frame it could not accept as a close with the code
                 # to fail with (1002 protocol error, 1007 invalid UTF-8, ...).
-                self._fail(int(event.code), event.reason or "")
+                self._peer_failed(int(event.code), event.reason or "")
+
+    def _peer_failed(self, code: int, reason: str) -> None:
+        """The peer's bytes broke the protocol. Fail now, unless the app has messages
+        from before the bad frame to answer: then hold the failure (and the rest of the
+        peer's bytes) until its next ``receive`` shows it has answered them."""
+        if not self._queue and not self._app_busy:
+            self._fail(code, reason)
+            return
+        self._failure = (code, reason)
+        self._failure_deadline = time.monotonic() + self._close_timeout
+        self._wake_keeper()
+
+    def _fail_held(self) -> bool:
+        """Act on a held failure now; whether there was one."""
+        failure = self._failure
+        if failure is None:
+            return False
+        self._failure = None
+        if self._state == _OPEN or self._state == _CLOSING:
+            self._fail(*failure)
+        return True
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the WebSocket (RFC 6455 §7.1.7): send a close frame, end at once."""
@@ -248,6 +288,8 @@ class WebSocketStream:
         self._finish(code, reason)
 
     def _start_close(self, code: int, reason: str) -> None:
+        if self._fail_held():
+            return  # the peer broke the protocol: that is the close it gets
         ws = self._ws
         assert ws is not None
         if ws.state is ConnectionState.OPEN:
@@ -302,7 +344,9 @@ class WebSocketStream:
         host = self._host
         while self._state != _CLOSED:
             now = time.monotonic()
-            if self._state == _CLOSING:
+            if self._failure is not None:
+                deadline = self._failure_deadline
+            elif self._state == _CLOSING:
                 deadline = self._close_deadline
             elif self._ping_payload is not None:
                 deadline = self._ping_sent + timeout
@@ -311,7 +355,9 @@ class WebSocketStream:
             else:
                 deadline = float("inf")
             if now >= deadline:
-                if self._state == _CLOSING:
+                if self._fail_held():
+                    pass  # the app took too long to answer: fail without waiting more
+                elif self._state == _CLOSING:
                     # The peer never answered our close frame.
                     self._end_transport()
                     self._finish(_ABNORMAL, "closing handshake timed out")
@@ -467,15 +513,20 @@ class WebSocketStream:
         if not self._connect_delivered:
             self._connect_delivered = True
             return {"type": "websocket.connect"}
+        self._app_busy = False
         while True:
             queue = self._queue
             if queue:
                 message = queue.popleft()
-                if self._inbox and self._state != _CLOSED:
+                self._app_busy = True
+                if self._inbox and self._state != _CLOSED and self._failure is None:
                     # Room in the queue again: go on with what the peer sent meanwhile.
                     self._process()
                     await self._host.flush(self.stream_id)
                 return message
+            if self._fail_held():
+                # The app has answered everything from before the bad frame.
+                await self._host.flush(self.stream_id)
             if self._state == _CLOSED:
                 return {
                     "type": "websocket.disconnect",

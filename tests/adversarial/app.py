@@ -6,9 +6,11 @@ Routes, chosen by path:
 * ``/big?N``: N bytes of response body, sent in 64 KiB pieces (each ``send`` may wait);
 * ``/echo``: reads the whole request body, answers its length;
 * ``/hold``: waits up to 30 s for the client to go away (reading, and dropping, any body);
-* ``/stall?S``: never calls ``receive()``; answers after S seconds (default 5): an app
-  that does not read the request body;
-* ``/count``: how many app calls are running right now (``/count`` itself included).
+* ``/stall?S``: ignores the client altogether (never calls ``receive``) and answers
+  after S seconds (default 2, at most 30): an app call that outlives a reset stream;
+* ``/count``: how many app calls are running right now (``/count`` itself included) and
+  the peak, as ``running peak``; ``/count?/hold`` says ``running peak calls`` for the
+  calls to one path (``calls``: how many there were in all).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import anyio
 
 running = 0
 peak = 0
+#: Per path: [running, peak, calls].
+by_path: dict[str, list[int]] = {}
 
 _CHUNK = b"x" * 65536
 
@@ -45,10 +49,15 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     running += 1
     peak = max(peak, running)
+    counts = by_path.setdefault(scope["path"], [0, 0, 0])
+    counts[0] += 1
+    counts[2] += 1
+    counts[1] = max(counts[1], counts[0])
     try:
         await _http(scope, receive, send)
     finally:
         running -= 1
+        counts[0] -= 1
 
 
 async def _http(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -77,10 +86,12 @@ async def _http(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 pass
         return
     elif path == "/stall":
-        await anyio.sleep(float(scope["query_string"] or b"5"))
-        body = b"stalled"
+        await anyio.sleep(min(float(scope["query_string"] or b"2"), 30.0))
+        body = b"late"
     elif path == "/count":
-        body = f"{running} {peak}".encode()
+        which = scope["query_string"].decode()
+        counts = by_path.get(which, [0, 0, 0]) if which else [running, peak]
+        body = " ".join(map(str, counts)).encode()
     else:
         body = b"ok"
     await send({"type": "http.response.start", "status": 200, "headers": []})

@@ -40,7 +40,7 @@ async def _h1_uploads(target: Target, connections: int) -> int:
     async def one() -> None:
         nonlocal sent
         _, writer = await asyncio.open_connection("127.0.0.1", target.http)
-        writer.write(b"POST /stall HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n")
+        writer.write(b"POST /stall?10 HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n")
         deadline = time.monotonic() + ATTACK_SECONDS
         try:
             while time.monotonic() < deadline:
@@ -71,7 +71,7 @@ async def _h2_uploads(target: Target, streams: int) -> int:
         stream_id = conn.get_next_available_stream_id()
         conn.send_headers(
             stream_id,
-            [(":method", "POST"), (":path", "/stall"), (":scheme", "https"), (":authority", "x")],
+            [(":method", "POST"), (":path", "/stall?10"), (":scheme", "https"), (":authority", "x")],
         )
         ids.append(stream_id)
     writer.write(conn.data_to_send())
@@ -118,7 +118,7 @@ async def _h3_uploads(target: Target, streams: int) -> int:
             h3.send_headers(
                 stream_id,
                 [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"x"),
-                 (b":path", b"/stall")],
+                 (b":path", b"/stall?10")],
             )
             ids.append(stream_id)
         sent = 0
