@@ -71,7 +71,12 @@ async def _h2_uploads(target: Target, streams: int) -> int:
         stream_id = conn.get_next_available_stream_id()
         conn.send_headers(
             stream_id,
-            [(":method", "POST"), (":path", "/stall?10"), (":scheme", "https"), (":authority", "x")],
+            [
+                (":method", "POST"),
+                (":path", "/stall?10"),
+                (":scheme", "https"),
+                (":authority", "x"),
+            ],
         )
         ids.append(stream_id)
     writer.write(conn.data_to_send())
