@@ -34,6 +34,7 @@ LIMIT_FIELDS = {
     "h2_stream_window_size",
     "h2_connection_window_size",
     "h2_max_frame_size",
+    "h2_max_stream_errors",
     "write_buffer_size",
     "ws_max_size",
     "ws_max_queue",
