@@ -393,6 +393,8 @@ def test_chunked_receiver_delivers_what_aioquic_delivers(seed: int) -> None:
         QuicStreamFrame(data=data[i : i + 1500], offset=i, fin=i + 1500 >= len(data))
         for i in range(0, len(data), 1500)
     ]
+    # and empty frames anywhere (a FIN-less empty frame beyond the delivered offset)
+    frames += [QuicStreamFrame(data=b"", offset=rng.randrange(0, len(data))) for _ in range(5)]
     rng.shuffle(frames)
     budget = FragmentBudget(10_000)
     ours = ChunkedStreamReceiver(0, budget)

@@ -183,7 +183,8 @@ class H3Protocol:
 
     def _hand(self, stream_id: int, event: StreamEvent, size: int) -> None:
         # Body bytes go to the app; they stay uncredited until it consumes them.
-        self._unacked[stream_id] = self._unacked.get(stream_id, 0) + size
+        if size:
+            self._unacked[stream_id] = self._unacked.get(stream_id, 0) + size
         self._events.append(event)
 
     def _refuse(self, stream_id: int, error_code: int) -> None:

@@ -157,7 +157,7 @@ class ChunkedStreamReceiver(QuicStreamReceiver):
 
         start = self._buffer_start
         out = b""
-        if end > start:
+        if data and end > start:
             if offset < start:
                 data = data[start - offset :]
                 offset = start

@@ -114,6 +114,8 @@ class RawClient:
         """One STREAM frame at ``offset`` with nothing before it: aioquic's sender sends
         what its buffer holds from ``_buffer_start``, so move the start there."""
         sender = self.quic._streams[stream_id].sender
+        if not sender.buffer_is_empty:
+            return  # the HEADERS wait for flow control: the far byte would be garbled
         sender._buffer_start = sender._buffer_stop = offset
         sender._buffer = bytearray()
         sender.write(b"x")
@@ -170,15 +172,16 @@ def test_sparse_offsets_cost_what_was_sent(
         granted: list[int] = []
         for attacker in attackers:
             # Every stream the server allows, each with one byte at the end of its window.
-            for _ in range(attacker.stream_credit):
+            for i in range(attacker.stream_credit):
                 stream_id = attacker.request("/hold")
                 attacker.flush()
                 attacker.far_byte(stream_id, WINDOW - 16)
                 attacker.flush()
-                attacker.poll(0.001)
-            attacker.poll(0.5)
+                if i % 10 == 9:
+                    attacker.poll(0.002)  # take in the credit the server grants
+            attacker.poll(0.3)
             granted.append(attacker.max_data)
-            assert attacker.close_code is None
+            assert attacker.close_code is None, target.server.stderr[-3000:]
         for attacker in attackers:
             attacker.close()
     prober.check()
