@@ -198,6 +198,22 @@ def test_reset_streams_count_until_their_app_call_ends(tls_files: DevCertificate
     assert pair.close_code is None
 
 
+def test_app_call_ending_after_quic_discarded_the_stream(tls_files: DevCertificate) -> None:
+    # On main, stream_done's STOP_SENDING raised ValueError for a stream aioquic had
+    # discarded, and the exception took the whole server process down.
+    pair = Pair(tls_files, Config())
+    stream_id = pair.request(end_stream=False)
+    pair.pump()
+    pair.client.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+    pair.client.stop_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+    pair.pump()
+    assert stream_id not in pair.quic._streams  # QUIC is done with it
+    pair.server.reset_stream(stream_id)  # the app failed late, say
+    pair.finish(stream_id)
+    pair.pump()
+    assert pair.close_code is None
+
+
 def test_peer_opening_beyond_advertised_max_streams_is_closed(tls_files: DevCertificate) -> None:
     pair = Pair(tls_files, make_config(quic_max_streams=4))
     opened = [pair.request(end_stream=False) for _ in range(4)]

@@ -348,7 +348,8 @@ class H3Protocol:
             # RFC 9114 §4.1.1: the response is complete; the rest of the request body
             # is not wanted.
             self.quic.stop_stream(stream_id, ErrorCode.H3_NO_ERROR)
-        self._h3.forget(stream_id)
+        if not self._terminated:
+            self._h3.forget(stream_id)
         # Releases what the stream holds, and lets the peer open a stream in its place.
         self.quic.forget_stream(stream_id)
         if self._goaway_sent and not self._requests:

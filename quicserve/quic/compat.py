@@ -359,9 +359,10 @@ class ServerQuicConnection(QuicConnection):
             return super()._get_or_create_stream(frame_type, stream_id)  # aioquic's errors
         limit = self._stream_limit(stream_id)
         first = limit.used
-        if stream_id // 4 >= first and stream_id // 4 >= self._advertised[
-            stream_is_unidirectional(stream_id)
-        ]:
+        if (
+            stream_id // 4 >= first
+            and stream_id // 4 >= self._advertised[stream_is_unidirectional(stream_id)]
+        ):
             # RFC 9000 §4.6: a stream beyond the limit we advertised. aioquic compares
             # with its own limit, which runs ahead of ours while app calls hold streams.
             raise QuicConnectionError(
@@ -430,11 +431,17 @@ class ServerQuicConnection(QuicConnection):
             stream.max_stream_data_local_sent = stream.max_stream_data_local
 
     def stop_stream(self, stream_id: int, error_code: int) -> None:
-        """STOP_SENDING, unless the stream's receiving part is already over (aioquic
-        raises for a stream it has discarded)."""
+        """STOP_SENDING, unless the stream's receiving part is already over. aioquic
+        raises ValueError for a stream it has discarded, which a client makes happen at
+        will (RESET_STREAM + STOP_SENDING, then wait for the app call to end)."""
         stream = self._streams.get(stream_id)
         if stream is not None and not stream.receiver.is_finished:
             super().stop_stream(stream_id, error_code)
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        """RESET_STREAM, unless aioquic has discarded the stream (both sides over)."""
+        if not self._stream_is_discarded(stream_id):
+            super().reset_stream(stream_id, error_code)
 
     # -- 4. streams count until their app call ends ------------------------------------
 
@@ -463,9 +470,7 @@ class ServerQuicConnection(QuicConnection):
             self._held_discarded = sum(1 for s in self._app_streams if s not in streams)
         return self._held_discarded
 
-    def _write_connection_limits(
-        self, builder: QuicPacketBuilder, space: QuicPacketSpace
-    ) -> None:
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
         # MAX_DATA: the window plus what was credited (never "double when half used").
         # Sent once the peer has less than half a window left, or to repeat a lost one.
         max_data = self._local_max_data
@@ -568,9 +573,7 @@ class ServerH3Connection(H3Connection):
     (a partial frame, or a HEADERS block waiting on the QPACK encoder stream).
     """
 
-    def __init__(
-        self, quic: ServerQuicConnection, *, enable_webtransport: bool = False
-    ) -> None:
+    def __init__(self, quic: ServerQuicConnection, *, enable_webtransport: bool = False) -> None:
         super().__init__(quic, enable_webtransport=enable_webtransport)
         self._server_quic = quic
 
