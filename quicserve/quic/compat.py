@@ -651,6 +651,8 @@ def configure_h3_limits(h3: Any, config: Config) -> None:
 
 
 __all__ = [
+    "ChunkedStreamReceiver",
+    "FragmentBudget",
     "ServerH3Connection",
     "ServerQuicConnection",
     "configure_h3_limits",
