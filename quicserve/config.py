@@ -195,6 +195,21 @@ class Config:
     quic_stream_window_size: int = field(
         default=1024 * 1024, metadata=_opt("QUIC receive window per stream")
     )
+    quic_max_fragments: int = field(
+        default=4096,
+        metadata=_opt(
+            "out-of-order pieces of stream data one QUIC connection may hold (more: closed "
+            "with H3_EXCESSIVE_LOAD)"
+        ),
+    )
+    quic_max_cancelled_requests: int = field(
+        default=1000,
+        metadata=_opt(
+            "HTTP/3 requests a client may cancel on one connection (RESET_STREAM or "
+            "STOP_SENDING before the response ended), beyond as many as it let complete, "
+            "before it is closed with H3_EXCESSIVE_LOAD; 0 = no limit"
+        ),
+    )
     quic_max_datagram_size: int = field(
         default=1350, metadata=_opt("largest UDP payload we send (>= 1200)")
     )
@@ -533,13 +548,14 @@ def check(config: Config) -> None:
         "max_header_bytes",
         "h2_max_concurrent_streams",
         "h2_max_stream_errors",
+        "quic_max_fragments",
         "wsgi_max_threads",
     ):
         if getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if config.workers < 1:
         raise ConfigError("--workers must be at least 1")
-    for name in ("max_requests", "max_requests_jitter"):
+    for name in ("max_requests", "max_requests_jitter", "quic_max_cancelled_requests"):
         if getattr(config, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
     from .quic.lb import MAX_SLOTS, CidLayout

@@ -4,7 +4,8 @@ Chromium's session (datagram and bidirectional stream echo) is in test_browser.p
 aioquic's own WebTransport client (``H3Connection(enable_webtransport=True)``) covers the
 rest of the ASGI message set on every backend: SETTINGS, the draft-02 response header,
 datagrams, unidirectional streams, the app refusing a session (403),
-the client ending it (``webtransport.disconnect``), and the option being off (501).
+the client ending it (``webtransport.disconnect``), the option being off (501), and QUIC
+credit coming back on a stream larger than the receive windows.
 """
 
 from __future__ import annotations
@@ -136,3 +137,54 @@ async def test_refused_session_and_option_off(
             assert session.h3.received_settings.get(Setting.ENABLE_WEBTRANSPORT) is None
             assert session.status == 501
     assert app.finished == 0
+
+
+class CountingApp:
+    """Answers each client stream with the number of bytes it carried."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "webtransport.connect"
+        await send({"type": "webtransport.accept"})
+        totals: dict[int, int] = {}
+        while True:
+            message = await receive()
+            if message["type"] == "webtransport.disconnect":
+                return
+            if message["type"] == "webtransport.stream.receive":
+                stream = message["stream"]
+                totals[stream] = totals.get(stream, 0) + len(message["data"])
+                if message["end"]:
+                    data = str(totals[stream]).encode()
+                    await send(
+                        {
+                            "type": "webtransport.stream.send",
+                            "stream": stream,
+                            "data": data,
+                            "end": True,
+                        }
+                    )
+
+
+async def test_stream_larger_than_the_windows_gets_credit(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    # QUIC credit on WebTransport streams comes back as the app receives their data: a
+    # stream of 3 stream windows (and most of the connection window) arrives whole.
+    size = 3 * 1024 * 1024 + 123
+    async with running_server(
+        CountingApp(), tls=tls_files, quic_bind=("127.0.0.1:0",), webtransport=True
+    ) as srv:
+        async with open_h3(
+            quic_port(srv),
+            "/wt",
+            cafile=str(tls_files.ca_certfile),
+            protocol=b"webtransport",
+            webtransport=True,
+        ) as session:
+            uni = session.h3.create_webtransport_stream(session.stream_id, is_unidirectional=True)
+            session.quic.send_stream_data(uni, b"z" * size, end_stream=True)
+            await session.transmit()
+            await wait_for(
+                lambda: any(ended for _, ended in session.wt_streams.values()), timeout=30
+            )
+            assert list(session.wt_streams.values()) == [(str(size).encode(), True)]

@@ -11,9 +11,21 @@ Rules:
 * Request headers are checked by the rules HTTP/2 shares (``protocol/fields.py``: RFC 9114
   §4.2-§4.3), after aioquic's own checks; a malformed request resets only its own stream
   with H3_MESSAGE_ERROR (§4.1.2), whichever of the two finds it.
-* Request bodies are acknowledged into QUIC flow control only as the app consumes them
-  (``ack_body`` -> ``ServerQuicConnection.consume``); response bytes held by QUIC for a
-  stream are reported by ``buffered_amount`` for the app's ``send()`` to wait on.
+* QUIC receive credit (MAX_STREAM_DATA and MAX_DATA) is given back only for bytes nobody
+  holds any more: after each batch of QUIC events and on each ``ack_body``, every stream
+  reports what aioquic's HTTP/3 layer still buffers plus the body bytes handed to the app
+  and not yet consumed (``ServerQuicConnection.credit``); frame overhead and data dropped
+  here are credited at once. A stream whose app call is over is released (its leftovers,
+  gaps included, are credited, and what arrives later is dropped). So one connection holds
+  at most ``--quic-max-data`` bytes the peer sent, each stream ``--quic-stream-window-size``.
+* A request stream counts against ``--quic-max-streams`` until its app call ends, even if
+  the client reset it at once (HTTP/3 "rapid reset"): MAX_STREAMS grows only at
+  ``stream_done``. A client that cancels (RESET_STREAM or STOP_SENDING before the response
+  ended) more than ``--quic-max-cancelled-requests`` requests, and more than it let
+  complete, is closed with H3_EXCESSIVE_LOAD (RFC 9114 §8.1), as HTTP/2 answers the same
+  abuse with ENHANCE_YOUR_CALM.
+* Response bytes held by QUIC for a stream are reported by ``buffered_amount`` for the
+  app's ``send()`` to wait on.
 * A request whose STREAM frames arrived in 0-RTT is flagged ``early_data`` (RFC 8470).
 * Graceful shutdown sends an HTTP/3 GOAWAY (§5.2), lets open requests finish, then closes
   the connection with H3_NO_ERROR.
@@ -77,6 +89,13 @@ class H3Protocol:
         self._requests: dict[int, bool] = {}
         # Request streams whose response has ended (FIN sent).
         self._responded: set[int] = set()
+        # stream id -> body bytes handed to the app and not yet consumed (ack_body).
+        self._unacked: dict[int, int] = {}
+        # Requests the client cancelled before their response ended, and how many it let
+        # complete (the H3_EXCESSIVE_LOAD rule).
+        self._cancelled: set[int] = set()
+        self._cancel_count = 0
+        self._completed = 0
         self._highest_request = -4
         self._goaway_sent = False
         self._terminated = False
@@ -107,6 +126,9 @@ class H3Protocol:
     def _process_quic_events(self) -> None:
         quic = self.quic
         h3 = self._h3
+        # Streams whose held bytes may have changed: credited once the batch is processed
+        # (before that, the receiver has delivered bytes h3 has not seen yet).
+        touched: set[int] = set()
         while True:
             # Any: dispatch is on type(event), which mypy does not narrow.
             event: Any = quic.next_event()
@@ -114,7 +136,10 @@ class H3Protocol:
                 break
             cls = type(event)
             if cls is StreamDataReceived:
+                touched.add(event.stream_id)
+                h3_event: Any
                 for h3_event in h3.handle_event(event):
+                    touched.add(h3_event.stream_id)
                     self._on_h3_event(h3_event)
             elif cls is ConnectionIdIssued:
                 self.issued_cids.append(event.connection_id)
@@ -124,8 +149,10 @@ class H3Protocol:
                 self.handshake_complete = True
             elif cls is QuicStreamReset or cls is StopSendingReceived:
                 h3.handle_event(event)
+                touched.add(event.stream_id)
                 if event.stream_id in self._requests:
                     self._events.append(StreamReset(event.stream_id, event.error_code))
+                    self._on_cancel(event.stream_id)
             elif cls is ConnectionTerminated:
                 self._terminated = True
                 for stream_id in self._requests:
@@ -136,6 +163,36 @@ class H3Protocol:
                 # events produce nothing at the HTTP/3 layer.
                 for h3_event in h3.handle_event(event):
                     self._on_h3_event(h3_event)
+        if not self._terminated:
+            unacked = self._unacked
+            for stream_id in touched:
+                quic.credit(stream_id, h3.held(stream_id) + unacked.get(stream_id, 0))
+
+    def _on_cancel(self, stream_id: int) -> None:
+        # "Rapid reset": the stream still counts until its app call ends (MAX_STREAMS is
+        # re-issued only then), so this only bounds the churn of short-lived app calls.
+        if stream_id in self._responded or stream_id in self._cancelled:
+            return
+        self._cancelled.add(stream_id)
+        self._cancel_count += 1
+        limit = self._config.quic_max_cancelled_requests
+        if limit and self._cancel_count > limit and self._cancel_count > self._completed:
+            self.quic.close(
+                error_code=ErrorCode.H3_EXCESSIVE_LOAD, reason_phrase="too many requests cancelled"
+            )
+
+    def _hand(self, stream_id: int, event: StreamEvent, size: int) -> None:
+        # Body bytes go to the app; they stay uncredited until it consumes them.
+        if size:
+            self._unacked[stream_id] = self._unacked.get(stream_id, 0) + size
+        self._events.append(event)
+
+    def _refuse(self, stream_id: int, error_code: int) -> None:
+        # Reset and stop a request no app call will serve; drop what else arrives on it.
+        self.quic.reset_stream(stream_id, error_code)
+        self.quic.stop_stream(stream_id, error_code)
+        self.quic.release_stream(stream_id)
+        self._h3.forget(stream_id)
 
     def _on_h3_event(self, event: Any) -> None:
         cls = type(event)
@@ -144,19 +201,22 @@ class H3Protocol:
             if stream_id not in self._requests:
                 return
             if event.data:
-                self._events.append(BodyReceived(stream_id, event.data))
+                self._hand(stream_id, BodyReceived(stream_id, event.data), len(event.data))
             if event.stream_ended:
                 self._requests[stream_id] = True
                 self._events.append(BodyEnded(stream_id))
         elif cls is WebTransportStreamDataReceived:
             if event.session_id in self._requests:
-                self._events.append(
+                self._hand(
+                    stream_id,
                     SessionStreamDataReceived(
                         event.session_id, stream_id, event.data, event.stream_ended
-                    )
+                    ),
+                    len(event.data),
                 )
-            else:
+            elif not self.quic.is_released(stream_id):
                 self.quic.stop_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+                self.quic.release_stream(stream_id)
         elif cls is DatagramReceived:
             if stream_id in self._requests:
                 self._events.append(SessionDatagramReceived(stream_id, event.data))
@@ -169,16 +229,15 @@ class H3Protocol:
                 return
             if self._goaway_sent:
                 # RFC 9114 §5.2: requests after our GOAWAY are refused.
-                self.quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_REJECTED)
-                self.quic.stop_stream(stream_id, ErrorCode.H3_REQUEST_REJECTED)
+                self._refuse(stream_id, ErrorCode.H3_REQUEST_REJECTED)
                 return
             try:
                 request = self._parse_request(stream_id, event.headers)
             except Malformed:
-                self.quic.reset_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
-                self.quic.stop_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
+                self._refuse(stream_id, ErrorCode.H3_MESSAGE_ERROR)
                 return
             self._requests[stream_id] = bool(event.stream_ended)
+            self.quic.hold_stream(stream_id)
             self._highest_request = max(self._highest_request, stream_id)
             self._events.append(request)
             if event.stream_ended:
@@ -267,16 +326,31 @@ class H3Protocol:
 
     def ack_body(self, stream_id: int, amount: int) -> None:
         """The app consumed request body bytes: grant the peer that much credit."""
-        self.quic.consume(stream_id, amount)
+        unacked = self._unacked.get(stream_id, 0) - amount
+        if unacked > 0:
+            self._unacked[stream_id] = unacked
+        else:
+            self._unacked.pop(stream_id, None)
+            unacked = 0
+        if not self._terminated:
+            self.quic.credit(stream_id, self._h3.held(stream_id) + unacked)
 
     def stream_done(self, stream_id: int, now: float) -> None:
         """The stream type is finished; stop reading a body nobody will read."""
         body_ended = self._requests.pop(stream_id, None)
-        self._responded.discard(stream_id)
+        if stream_id in self._responded:
+            self._responded.discard(stream_id)
+            if stream_id not in self._cancelled:
+                self._completed += 1
+        self._cancelled.discard(stream_id)
+        self._unacked.pop(stream_id, None)
         if body_ended is False and not self._terminated:
             # RFC 9114 §4.1.1: the response is complete; the rest of the request body
             # is not wanted.
             self.quic.stop_stream(stream_id, ErrorCode.H3_NO_ERROR)
+        if not self._terminated:
+            self._h3.forget(stream_id)
+        # Releases what the stream holds, and lets the peer open a stream in its place.
         self.quic.forget_stream(stream_id)
         if self._goaway_sent and not self._requests:
             self._close()

@@ -1,48 +1,71 @@
 """Everything that reaches into aioquic's internals, in one file.
 
-aioquic's public API does not cover six things a production server needs, so this
+aioquic's public API does not cover several things a production server needs, so this
 module subclasses :class:`aioquic.quic.connection.QuicConnection` for them. An aioquic
-upgrade should touch only this file; ``tests/test_quic_compat.py`` pins each hook.
+upgrade should touch only this file.
 
 1. **Connection IDs** come from the endpoint (``EndpointCore.new_connection_id``), so
    stateless-reset tokens are derived from the CID (RFC 9000 §10.3.2) and, later, the CID
    can carry a worker id. aioquic draws them from ``os.urandom`` in ``__init__`` and
    ``_replenish_connection_ids``.
-2. **Request-body backpressure.** aioquic doubles a stream's receive credit
-   (MAX_STREAM_DATA) whenever half of it has arrived, whether or not anyone read the
-   data. Here credit follows what the app consumed: ``consume(stream_id, n)`` moves the
-   limit to ``consumed + window``, so a slow app stalls the peer, not our memory.
-3. **0-RTT requests.** STREAM frames that arrive in 0-RTT packets are noted, so HTTP/3
+2. **Receive credit follows what was consumed, never the highest offset.** aioquic doubles
+   a stream's MAX_STREAM_DATA when half of it has arrived, and the connection's MAX_DATA
+   when half of *the sum of highest offsets* has, whether or not anyone read the data.
+   Here the HTTP/3 layer reports, per stream, how many delivered bytes it and the app
+   still hold (``credit(stream_id, held)``); everything else is credited back, to the
+   stream (``credited + --quic-stream-window-size``) and to the connection
+   (``--quic-max-data + credited``). A stream nobody reads any more (``release_stream``)
+   credits everything up to its highest offset, gaps included, and keeps nothing.
+   So the bytes a peer can make us hold on one connection never exceed ``--quic-max-data``.
+3. **What a stream buffers is what arrived** (RFC 9000 §21.10). aioquic's receiver
+   zero-fills the gap up to an out-of-order frame (one byte at the far end of the window
+   costs the whole window). :class:`ChunkedStreamReceiver` keeps out-of-order data as the
+   chunks that arrived, at most ``--quic-max-fragments`` of them per connection (more
+   closes it with H3_EXCESSIVE_LOAD), with aioquic's final-size and duplicate rules.
+4. **Streams count until their app call ends.** aioquic lets the peer open a new stream as
+   soon as one is finished at the QUIC level, even if the app still serves it (HTTP/3
+   "rapid reset"). Streams held by ``hold_stream`` are not re-credited in MAX_STREAMS
+   until ``forget_stream``, and a peer that opens more streams than we advertised is
+   closed with STREAM_LIMIT_ERROR (aioquic checks only its internal limit).
+5. **0-RTT requests.** STREAM frames that arrive in 0-RTT packets are noted, so HTTP/3
    can flag requests received as early data (RFC 8470).
-4. **0-RTT permission.** aioquic's server puts 0-RTT permission in every session ticket;
+6. **0-RTT permission.** aioquic's server puts 0-RTT permission in every session ticket;
    without ``--quic-0rtt`` ours carry none.
-6. **Malformed requests are stream errors** (:class:`ServerH3Connection`), not the
-   connection errors aioquic makes of them.
-5. **Send-side accounting.** ``buffered(stream_id)`` says how many response bytes aioquic
+7. **Send-side accounting.** ``buffered(stream_id)`` says how many response bytes aioquic
    holds for a stream (unsent or unacknowledged), for the app's ``send()`` to wait on.
+8. **Malformed requests are stream errors** (:class:`ServerH3Connection`), not the
+   connection errors aioquic makes of them; it also drops what arrives on released
+   streams and reports what it buffers per stream (``held``).
 
 Also here: the one place a :class:`QuicConfiguration` is built from :class:`Config`.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any
 
 from aioquic import tls
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
-from aioquic.h3.connection import H3Connection, H3Stream, MessageError
+from aioquic.h3.connection import ErrorCode, H3Connection, H3Stream, MessageError
 from aioquic.h3.events import H3Event
+from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import (
+    CONNECTION_LIMIT_FRAME_CAPACITY,
+    Limit,
     QuicConnection,
+    QuicConnectionError,
     QuicConnectionId,
     QuicReceiveContext,
+    stream_is_client_initiated,
+    stream_is_unidirectional,
 )
-from aioquic.quic.packet import QuicFrameType, QuicProtocolVersion
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicProtocolVersion, QuicStreamFrame
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
-from aioquic.quic.stream import QuicStream
+from aioquic.quic.stream import FinalSizeError, QuicStream, QuicStreamReceiver
 
 from ..config import Config
 
@@ -50,6 +73,171 @@ CidFactory = Callable[[], tuple[bytes, bytes]]
 
 # RFC 9000 §19.10: type (1 byte) + stream id + maximum, both up to 8-byte varints.
 _MAX_STREAM_DATA_CAPACITY = 1 + 8 + 8
+
+
+class TooFragmented(Exception):
+    """A connection holds more out-of-order chunks than ``--quic-max-fragments``."""
+
+
+class FragmentBudget:
+    """Out-of-order chunks held by all the streams of one connection."""
+
+    __slots__ = ("count", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.count = 0
+        self.limit = limit
+
+
+class ChunkedStreamReceiver(QuicStreamReceiver):
+    """The receive side of a peer's stream, holding only bytes that arrived.
+
+    In-order data is delivered at once, as aioquic does. Data beyond a gap is kept as the
+    chunks that arrived (sorted, disjoint; a chunk that continues the previous one is
+    appended to it), never as a zero-filled buffer up to the highest offset (RFC 9000
+    §21.10). Final-size checks (§4.5) and duplicate handling are aioquic's: data below
+    the delivered offset, or already held, is ignored.
+
+    ``credited`` is how many bytes of the stream the connection has credited back to the
+    peer (see :meth:`ServerQuicConnection.credit`). Once ``released``, nothing is kept and
+    the stream is over as soon as its final size is known.
+    """
+
+    def __init__(self, stream_id: int, budget: FragmentBudget) -> None:
+        super().__init__(stream_id=stream_id, readable=True)
+        self._id = stream_id
+        self._starts: list[int] = []
+        self._chunks: list[bytearray] = []
+        self._budget = budget
+        self._was_reset = False
+        self.credited = 0
+        self.released = False
+
+    @property
+    def settled(self) -> int:
+        """Offset below which every byte was delivered or never will be (a reset)."""
+        if self._was_reset and self._final_size is not None:
+            return self._final_size
+        return self._buffer_start
+
+    @property
+    def buffered(self) -> int:
+        """Out-of-order bytes held."""
+        return sum(len(chunk) for chunk in self._chunks)
+
+    @property
+    def fragments(self) -> int:
+        """Out-of-order chunks held."""
+        return len(self._chunks)
+
+    def handle_frame(self, frame: QuicStreamFrame) -> events.StreamDataReceived | None:
+        data = frame.data
+        offset = frame.offset
+        end = offset + len(data)
+        # RFC 9000 §4.5: the final size never changes and no data lies beyond it.
+        final_size = self._final_size
+        if final_size is not None:
+            if end > final_size:
+                raise FinalSizeError("Data received beyond final size")
+            if frame.fin and end != final_size:
+                raise FinalSizeError("Cannot change final size")
+        if frame.fin:
+            if end < self.highest_offset:
+                raise FinalSizeError("Data received beyond final size")
+            self._final_size = end
+        if end > self.highest_offset:
+            self.highest_offset = end
+        if self.is_finished:
+            return None  # a duplicate, or data after a reset
+        if self.released:
+            if self._final_size is None:
+                return None
+            self.is_finished = True
+            return events.StreamDataReceived(data=b"", end_stream=True, stream_id=self._id)
+
+        start = self._buffer_start
+        out = b""
+        if data and end > start:
+            if offset < start:
+                data = data[start - offset :]
+                offset = start
+            starts = self._starts
+            if offset == start and (not starts or starts[0] >= end):
+                # In order, and nothing held overlaps it: deliver as it is.
+                self._buffer_start = end
+                out = data + self._pull() if starts and starts[0] == end else data
+            else:
+                self._insert(offset, data)
+                if starts[0] == start:
+                    out = self._pull()
+        end_stream = self._buffer_start == self._final_size
+        if end_stream:
+            self.is_finished = True
+        if out or end_stream:
+            return events.StreamDataReceived(data=out, end_stream=end_stream, stream_id=self._id)
+        return None
+
+    def handle_reset(
+        self, *, final_size: int, error_code: int = QuicErrorCode.NO_ERROR
+    ) -> events.StreamReset | None:
+        event = super().handle_reset(final_size=final_size, error_code=error_code)
+        if event is not None:
+            self._was_reset = True
+            self._drop()
+        return event
+
+    def release(self) -> None:
+        """Nobody will read the stream any more: keep nothing from now on."""
+        self.released = True
+        self._drop()
+        if self._final_size is not None:
+            self.is_finished = True
+
+    def _drop(self) -> None:
+        self._budget.count -= len(self._chunks)
+        self._starts.clear()
+        self._chunks.clear()
+
+    def _insert(self, offset: int, data: bytes) -> None:
+        # Store the parts of [offset, offset + len(data)) that no chunk covers yet.
+        starts, chunks, budget = self._starts, self._chunks, self._budget
+        end = offset + len(data)
+        i = bisect_right(starts, offset)
+        position = offset
+        if i and starts[i - 1] + len(chunks[i - 1]) > position:
+            position = starts[i - 1] + len(chunks[i - 1])
+        while position < end:
+            stop = starts[i] if i < len(starts) and starts[i] < end else end
+            if position < stop:
+                piece = data[position - offset : stop - offset]
+                if i and starts[i - 1] + len(chunks[i - 1]) == position:
+                    chunks[i - 1] += piece  # continues the previous chunk
+                else:
+                    starts.insert(i, position)
+                    chunks.insert(i, bytearray(piece))
+                    budget.count += 1
+                    i += 1
+            if stop == end:
+                break
+            position = starts[i] + len(chunks[i])  # skip the chunk already held
+            i += 1
+        if budget.count > budget.limit:
+            raise TooFragmented
+
+    def _pull(self) -> bytes:
+        # Deliver the chunks that continue the delivered offset.
+        starts, chunks = self._starts, self._chunks
+        position = self._buffer_start
+        count = 0
+        while count < len(starts) and starts[count] == position:
+            position += len(chunks[count])
+            count += 1
+        data = b"".join(chunks[:count])
+        del starts[:count]
+        del chunks[:count]
+        self._budget.count -= count
+        self._buffer_start = position
+        return data
 
 
 class ServerQuicConnection(QuicConnection):
@@ -62,6 +250,7 @@ class ServerQuicConnection(QuicConnection):
         stream_window: int,
         max_streams: int,
         allow_early_data: bool,
+        max_fragments: int = 4096,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -69,8 +258,18 @@ class ServerQuicConnection(QuicConnection):
         self._cid_factory = cid_factory
         # Concurrent request streams the peer may open (initial_max_streams_bidi).
         self._local_max_streams_bidi.value = self._local_max_streams_bidi.sent = max_streams
+        # The highest stream count we ever advertised, per direction (uni = True).
+        self._advertised = {False: max_streams, True: self._local_max_streams_uni.value}
         self._stream_window = stream_window
-        self._consumed: dict[int, int] = {}
+        self._max_data_window = self._local_max_data.value
+        self._credited = 0
+        self._receivers: dict[int, ChunkedStreamReceiver] = {}
+        self._fragments = FragmentBudget(max_fragments)
+        # Peer streams whose app call runs (hold_stream .. forget_stream).
+        self._app_streams: set[int] = set()
+        self._held_key = (-1, -1)
+        self._held_version = 0
+        self._held_discarded = 0
         self.early_streams: set[int] = set()
         # Replace the CID aioquic drew in __init__ before anything was sent with it.
         cid, token = cid_factory()
@@ -107,28 +306,119 @@ class ServerQuicConnection(QuicConnection):
         """Every CID this connection has issued and not retired."""
         return [c.cid for c in self._host_cids]
 
-    # -- 2. receive credit follows consumption ----------------------------------------
+    # -- 2. and 3. receive credit follows consumption; buffers hold what arrived -------
 
-    def consume(self, stream_id: int, amount: int) -> None:
-        """The app consumed ``amount`` bytes of ``stream_id``: grant that much credit."""
-        consumed = self._consumed.get(stream_id, 0) + amount
-        self._consumed[stream_id] = consumed
+    def credit(self, stream_id: int, held: int) -> None:
+        """Of the bytes ``stream_id`` delivered, ``held`` are still held above QUIC (in
+        HTTP/3 framing or by the app): credit the rest back to the stream and the
+        connection."""
+        receiver = self._receivers.get(stream_id)
+        if receiver is not None:
+            target = receiver.highest_offset if receiver.released else receiver.settled - held
+            self._credit(stream_id, receiver, target)
+
+    def release_stream(self, stream_id: int) -> None:
+        """Nothing more on ``stream_id`` will be read: drop what it holds and credit all
+        of it (gaps included), now and as more arrives."""
+        receiver = self._receivers.get(stream_id)
+        if receiver is not None and not receiver.released:
+            receiver.release()
+            self._credit(stream_id, receiver, receiver.highest_offset)
+
+    def is_released(self, stream_id: int) -> bool:
+        """``release_stream`` was called for this (still known) stream."""
+        receiver = self._receivers.get(stream_id)
+        return receiver is not None and receiver.released
+
+    def _credit(self, stream_id: int, receiver: ChunkedStreamReceiver, target: int) -> None:
+        if target > receiver.credited:
+            self._credited += target - receiver.credited
+            receiver.credited = target
+            # aioquic checks the peer against .value; _write_connection_limits sends it.
+            self._local_max_data.value = self._max_data_window + self._credited
+            if not receiver.released and not receiver.is_finished:
+                stream = self._streams.get(stream_id)
+                if stream is not None:
+                    limit = target + self._stream_window
+                    if limit > stream.max_stream_data_local:
+                        stream.max_stream_data_local = limit
+        if receiver.is_finished and receiver.credited >= receiver.highest_offset:
+            del self._receivers[stream_id]  # nothing more can arrive or be credited
+
+    def _own_receiver(self, stream: QuicStream) -> None:
+        assert stream.stream_id is not None
+        receiver = ChunkedStreamReceiver(stream.stream_id, self._fragments)
+        stream.receiver = receiver
+        self._receivers[stream.stream_id] = receiver
+
+    def _get_or_create_stream(self, frame_type: int, stream_id: int) -> QuicStream:
         stream = self._streams.get(stream_id)
-        if stream is not None and stream.max_stream_data_local:
-            target = consumed + self._stream_window
-            if target > stream.max_stream_data_local:
-                stream.max_stream_data_local = target
+        if stream is not None:
+            return stream
+        if stream_is_client_initiated(stream_id) == self._is_client:
+            return super()._get_or_create_stream(frame_type, stream_id)  # aioquic's errors
+        limit = self._stream_limit(stream_id)
+        first = limit.used
+        if (
+            stream_id // 4 >= first
+            and stream_id // 4 >= self._advertised[stream_is_unidirectional(stream_id)]
+        ):
+            # RFC 9000 §4.6: a stream beyond the limit we advertised. aioquic compares
+            # with its own limit, which runs ahead of ours while app calls hold streams.
+            raise QuicConnectionError(
+                error_code=QuicErrorCode.STREAM_LIMIT_ERROR,
+                frame_type=frame_type,
+                reason_phrase="Too many streams open",
+            )
+        stream = super()._get_or_create_stream(frame_type, stream_id)
+        for new_id in range(first * 4 + stream_id % 4, stream_id + 4, 4):
+            self._own_receiver(self._streams[new_id])
+        return stream
 
-    def forget_stream(self, stream_id: int) -> None:
-        """Drop per-stream bookkeeping once a stream is finished."""
-        self._consumed.pop(stream_id, None)
-        self.early_streams.discard(stream_id)
+    def _get_or_create_stream_for_send(self, stream_id: int) -> QuicStream:
+        known = stream_id in self._streams
+        stream = super()._get_or_create_stream_for_send(stream_id)
+        if not known and not stream_is_unidirectional(stream_id):
+            self._own_receiver(stream)  # our bidirectional streams receive too
+        return stream
+
+    def _handle_stream_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        position = buf.tell()
+        stream_id = buf.pull_uint_var()
+        buf.seek(position)
+        if context.epoch == tls.Epoch.ZERO_RTT:
+            self.early_streams.add(stream_id)  # 5. 0-RTT
+        try:
+            super()._handle_stream_frame(context, frame_type, buf)
+        except TooFragmented:
+            self.close(
+                error_code=ErrorCode.H3_EXCESSIVE_LOAD,
+                reason_phrase="stream data too fragmented",
+            )
+            return
+        self._credit_released(stream_id)
+
+    def _handle_reset_stream_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        position = buf.tell()
+        stream_id = buf.pull_uint_var()
+        buf.seek(position)
+        super()._handle_reset_stream_frame(context, frame_type, buf)
+        self._credit_released(stream_id)
+
+    def _credit_released(self, stream_id: int) -> None:
+        receiver = self._receivers.get(stream_id)
+        if receiver is not None and receiver.released:
+            self._credit(stream_id, receiver, receiver.highest_offset)
 
     def _write_stream_limits(
         self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
     ) -> None:
         # Same frame as aioquic writes, without its "double when half full" growth:
-        # the limit only moves in consume().
+        # the limit only moves in _credit().
         if stream.max_stream_data_local_sent != stream.max_stream_data_local:
             buf = builder.start_frame(
                 QuicFrameType.MAX_STREAM_DATA,
@@ -140,18 +430,85 @@ class ServerQuicConnection(QuicConnection):
             buf.push_uint_var(stream.max_stream_data_local)
             stream.max_stream_data_local_sent = stream.max_stream_data_local
 
-    # -- 3. 0-RTT ----------------------------------------------------------------------
+    def stop_stream(self, stream_id: int, error_code: int) -> None:
+        """STOP_SENDING, unless the stream's receiving part is already over. aioquic
+        raises ValueError for a stream it has discarded, which a client makes happen at
+        will (RESET_STREAM + STOP_SENDING, then wait for the app call to end)."""
+        stream = self._streams.get(stream_id)
+        if stream is not None and not stream.receiver.is_finished:
+            super().stop_stream(stream_id, error_code)
 
-    def _handle_stream_frame(
-        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
-    ) -> None:
-        if context.epoch == tls.Epoch.ZERO_RTT:
-            position = buf.tell()
-            self.early_streams.add(buf.pull_uint_var())
-            buf.seek(position)
-        super()._handle_stream_frame(context, frame_type, buf)
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        """RESET_STREAM, unless aioquic has discarded the stream (both sides over)."""
+        if not self._stream_is_discarded(stream_id):
+            super().reset_stream(stream_id, error_code)
 
-    # -- 4. send accounting -------------------------------------------------------------
+    # -- 4. streams count until their app call ends ------------------------------------
+
+    def hold_stream(self, stream_id: int) -> None:
+        """An app call serves ``stream_id``: it counts against MAX_STREAMS until
+        ``forget_stream``, even once QUIC is done with it."""
+        self._app_streams.add(stream_id)
+        self._held_version += 1
+
+    def forget_stream(self, stream_id: int) -> None:
+        """The stream's app call is over: release it, drop per-stream bookkeeping, and
+        let the peer open another stream in its place."""
+        self.release_stream(stream_id)
+        if stream_id in self._app_streams:
+            self._app_streams.discard(stream_id)
+            self._held_version += 1
+        self.early_streams.discard(stream_id)
+
+    def _streams_held(self) -> int:
+        # Held streams that aioquic discarded (and so already re-credited in .value).
+        # aioquic raises .value by one per discard, so the key changes whenever this can.
+        key = (self._local_max_streams_bidi.value, self._held_version)
+        if key != self._held_key:
+            self._held_key = key
+            streams = self._streams
+            self._held_discarded = sum(1 for s in self._app_streams if s not in streams)
+        return self._held_discarded
+
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
+        # MAX_DATA: the window plus what was credited (never "double when half used").
+        # Sent once the peer has less than half a window left, or to repeat a lost one.
+        max_data = self._local_max_data
+        if max_data.value != max_data.sent and (
+            (max_data.sent - max_data.used) * 2 <= self._max_data_window
+        ):
+            self._write_limit(builder, max_data, max_data.value)
+        # MAX_STREAMS: aioquic's count minus the streams app calls still hold, batched
+        # as aioquic does (once the peer has fewer left than the update grants).
+        for limit, unidirectional in (
+            (self._local_max_streams_bidi, False),
+            (self._local_max_streams_uni, True),
+        ):
+            value = limit.value if unidirectional else limit.value - self._streams_held()
+            if value == limit.sent or limit.sent - limit.used >= value - limit.sent:
+                continue
+            self._write_limit(builder, limit, value)
+            if value > self._advertised[unidirectional]:
+                self._advertised[unidirectional] = value
+
+    def _write_limit(self, builder: QuicPacketBuilder, limit: Limit, value: int) -> None:
+        buf = builder.start_frame(
+            limit.frame_type,
+            capacity=CONNECTION_LIMIT_FRAME_CAPACITY,
+            handler=self._on_connection_limit_delivery,
+            handler_args=(limit,),
+        )
+        buf.push_uint_var(value)
+        limit.sent = value
+        frames = builder.quic_logger_frames
+        if self._quic_logger is not None and frames is not None:
+            frames.append(
+                self._quic_logger.encode_connection_limit_frame(
+                    frame_type=limit.frame_type, maximum=value
+                )
+            )
+
+    # -- 7. send accounting -------------------------------------------------------------
 
     def buffered(self, stream_id: int) -> int:
         """Response bytes aioquic still holds for ``stream_id`` (unsent or unacked)."""
@@ -208,25 +565,65 @@ class ServerH3Connection(H3Connection):
 
     aioquic validates request fields itself and closes the whole connection on any
     ``MessageError``. RFC 9114 §4.1.2 makes a malformed request a stream error of type
-    H3_MESSAGE_ERROR: here that request's stream is reset and stopped, the rest of its
-    frames are ignored, and every other stream carries on.
+    H3_MESSAGE_ERROR: here that request's stream is reset, stopped and released, the rest
+    of its frames are ignored, and every other stream carries on.
+
+    Data on a released stream (``ServerQuicConnection.release_stream``) is dropped before
+    aioquic buffers any of it; ``held(stream_id)`` is what aioquic buffers for a stream
+    (a partial frame, or a HEADERS block waiting on the QPACK encoder stream).
     """
 
-    def __init__(self, quic: QuicConnection, *, enable_webtransport: bool = False) -> None:
+    def __init__(self, quic: ServerQuicConnection, *, enable_webtransport: bool = False) -> None:
         super().__init__(quic, enable_webtransport=enable_webtransport)
-        self._rejected: set[int] = set()
+        self._server_quic = quic
+
+    def held(self, stream_id: int) -> int:
+        """Bytes of ``stream_id`` aioquic's HTTP/3 layer holds, not yet parsed."""
+        stream = self._stream.get(stream_id)
+        if stream is None:
+            return 0
+        blocked = (stream.blocked_frame_size or 0) if stream.blocked else 0
+        return len(stream.buffer) + blocked
+
+    def forget(self, stream_id: int) -> None:
+        """The app is done with the request stream: stop reading it. RFC 9204 §4.4.2:
+        abandoning a stream's field sections is a Stream Cancellation (aioquic sends it
+        as for a reset)."""
+        stream = self._stream.get(stream_id)
+        if stream is None:
+            return
+        if not stream.receiving_ended or stream.blocked:
+            super()._receive_stream_reset(stream_id)
+        self._stream.pop(stream_id, None)
+
+    def _receive_stream_data(self, event: events.StreamDataReceived) -> list[H3Event]:
+        if not self._server_quic.is_released(event.stream_id):
+            return super()._receive_stream_data(event)
+        stream = self._stream.get(event.stream_id)
+        if stream is not None:
+            stream.buffer = b""
+            if event.end_stream:
+                stream.receiving_ended = True
+                if stream.is_ended():
+                    del self._stream[event.stream_id]
+        return []
+
+    def _receive_stream_reset(self, stream_id: int) -> None:
+        if self._server_quic.is_released(stream_id) and stream_id not in self._stream:
+            return  # forgotten: nothing left to clean, nothing to answer
+        super()._receive_stream_reset(stream_id)
 
     def _receive_request_or_push_data(
         self, stream: H3Stream, data: bytes, stream_ended: bool
     ) -> list[H3Event]:
-        if stream.stream_id in self._rejected:
+        if self._server_quic.is_released(stream.stream_id):
             return []
         return super()._receive_request_or_push_data(stream, data, stream_ended)
 
     def _handle_request_or_push_frame(
         self, frame_type: int, frame_data: bytes | None, stream: H3Stream, stream_ended: bool
     ) -> list[H3Event]:
-        if stream.stream_id in self._rejected:
+        if self._server_quic.is_released(stream.stream_id):
             return []  # frames of the same batch after the malformed HEADERS
         try:
             return super()._handle_request_or_push_frame(
@@ -235,9 +632,11 @@ class ServerH3Connection(H3Connection):
         except MessageError as exc:
             if self._is_client or stream.push_id is not None:
                 raise
-            self._rejected.add(stream.stream_id)
-            self._quic.reset_stream(stream.stream_id, exc.error_code)
-            self._quic.stop_stream(stream.stream_id, exc.error_code)
+            quic = self._server_quic
+            quic.reset_stream(stream.stream_id, exc.error_code)
+            quic.stop_stream(stream.stream_id, exc.error_code)
+            quic.release_stream(stream.stream_id)
+            stream.sending_ended = True  # reset: nothing more is sent on it
             return []
 
 
@@ -252,6 +651,8 @@ def configure_h3_limits(h3: Any, config: Config) -> None:
 
 
 __all__ = [
+    "ChunkedStreamReceiver",
+    "FragmentBudget",
     "ServerH3Connection",
     "ServerQuicConnection",
     "configure_h3_limits",

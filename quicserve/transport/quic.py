@@ -244,6 +244,7 @@ class QuicEndpoint:
             cid_factory=self.core.new_connection_id,
             stream_window=self.config.quic_stream_window_size,
             max_streams=self.config.quic_max_streams,
+            max_fragments=self.config.quic_max_fragments,
             allow_early_data=self.config.quic_0rtt,
         )
         record = registry.add("udp", "h3", _address(addr), self.address)
