@@ -488,6 +488,36 @@ async def test_a_failing_connection_is_closed_alone_and_logged(
     assert any("Unexpected error" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_server_bug_after_a_request_closes_only_its_connection(
+    anyio_backend: object,
+    tls_files: DevCertificate,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An exception in the server's own code after the app call (here: releasing the
+    stream) closes that connection and is logged; the endpoint keeps serving."""
+    from quicserve.protocol import http3
+
+    original = http3.H3Protocol.stream_done
+    exploded: list[int] = []
+
+    def explode_once(self: Any, stream_id: int, now: float) -> None:
+        if not exploded:
+            exploded.append(stream_id)
+            raise RuntimeError("a bug in the server, simulated")
+        original(self, stream_id, now)
+
+    monkeypatch.setattr(http3.H3Protocol, "stream_done", explode_once)
+    async with quic_server(echo_app, tls_files) as srv:
+        port = udp_port(srv)
+        with pytest.raises((TimeoutError, ConnectionError)):
+            await fetch(port, [H3Request("/"), H3Request("/")], tls_files, timeout=3)
+        result = await fetch(port, [H3Request("/")], tls_files)
+        assert result.responses[0].body == b"hello"
+    assert exploded
+    assert any("Unexpected error serving a stream" in r.getMessage() for r in caplog.records)
+
+
 async def test_head_has_no_body_on_every_protocol(
     anyio_backend: object, tls_files: DevCertificate
 ) -> None:

@@ -467,6 +467,11 @@ class QuicConnectionHandler(StreamDispatcher):
                 self._early_streams.clear()
                 await self._finished.wait()
                 self._stop_workers()
+        except Exception:
+            # A bug while serving one of its streams (the app's own exceptions never get
+            # here) must not reach the endpoint's task group and stop every connection:
+            # log it and close this connection alone, as the TCP side does.
+            self._fail("serving a stream")
         finally:
             self._task_group = None
             self.endpoint.connection_finished(self)
