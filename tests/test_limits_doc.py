@@ -43,6 +43,8 @@ LIMIT_FIELDS = {
     "quic_idle_timeout",
     "quic_max_streams",
     "quic_max_data",
+    "quic_max_cancelled_requests",
+    "quic_max_fragments",
     "quic_stream_window_size",
     "quic_max_connections",
     "quic_session_tickets",
