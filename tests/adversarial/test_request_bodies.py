@@ -151,8 +151,9 @@ def test_unread_uploads_are_held_back_by_flow_control(
     prober.check()
     # HTTP/2: at most the connection window (1 MiB) before the app reads.
     assert h2_sent <= 1024 * 1024, h2_sent
-    # HTTP/3: the connection's credit did not grow past --quic-max-data (4 MiB).
-    assert h3_max_data <= 4 * 1024 * 1024, h3_max_data
+    # HTTP/3: the connection's credit grew past --quic-max-data (4 MiB) only by the
+    # request heads the server parsed (credited as consumed), not by body it holds.
+    assert h3_max_data <= 4 * 1024 * 1024 + 64 * 1024, h3_max_data
     # HTTP/1.1: the 50 connections got nowhere near 1 GiB each.
     assert h1_sent < 50 * 8 * 1024 * 1024, h1_sent
     assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
