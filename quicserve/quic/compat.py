@@ -1,6 +1,6 @@
 """Everything that reaches into aioquic's internals, in one file.
 
-aioquic's public API does not cover six things a production server needs, so this
+aioquic's public API does not cover seven things a production server needs, so this
 module subclasses :class:`aioquic.quic.connection.QuicConnection` for them. An aioquic
 upgrade should touch only this file; ``tests/test_quic_compat.py`` pins each hook.
 
@@ -20,6 +20,10 @@ upgrade should touch only this file; ``tests/test_quic_compat.py`` pins each hoo
    connection errors aioquic makes of them.
 5. **Send-side accounting.** ``buffered(stream_id)`` says how many response bytes aioquic
    holds for a stream (unsent or unacknowledged), for the app's ``send()`` to wait on.
+7. **Field-section limits** (:class:`ServerH3Connection`, :class:`GuardedDecoder`): our
+   SETTINGS carry SETTINGS_MAX_FIELD_SECTION_SIZE and our QPACK limits, oversized HEADERS
+   frames are refused at their header, and every field section is bounded by
+   ``protocol/qpack_guard.py`` before pylsqpack may expand it (the QPACK bomb).
 
 Also here: the one place a :class:`QuicConfiguration` is built from :class:`Config`.
 """
@@ -29,9 +33,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pylsqpack
 from aioquic import tls
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
-from aioquic.h3.connection import H3Connection, H3Stream, MessageError
+from aioquic.h3.connection import (
+    ErrorCode,
+    FrameType,
+    H3Connection,
+    H3Stream,
+    MessageError,
+    ProtocolError,
+    Setting,
+)
 from aioquic.h3.events import H3Event
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import (
@@ -45,6 +58,12 @@ from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
 from ..config import Config
+from ..protocol.qpack_guard import (
+    QpackEncoderError,
+    QpackGuard,
+    QpackLoadError,
+    QpackSectionError,
+)
 
 CidFactory = Callable[[], tuple[bytes, bytes]]
 
@@ -203,18 +222,128 @@ def quic_configuration(
     return configuration
 
 
-class ServerH3Connection(H3Connection):
-    """aioquic's HTTP/3 connection, with malformed requests as *stream* errors.
+class ExcessiveLoad(ProtocolError):
+    """RFC 9114 §8.1 / §10.5: the peer makes us do far more work than it should."""
 
-    aioquic validates request fields itself and closes the whole connection on any
-    ``MessageError``. RFC 9114 §4.1.2 makes a malformed request a stream error of type
-    H3_MESSAGE_ERROR: here that request's stream is reset and stopped, the rest of its
-    frames are ignored, and every other stream carries on.
+    error_code = ErrorCode.H3_EXCESSIVE_LOAD
+
+
+class GuardedDecoder:
+    """pylsqpack's QPACK decoder, behind a :class:`QpackGuard` (the QPACK bomb).
+
+    pylsqpack cannot stop half-way through a field section, so before each section is
+    decoded the guard bounds what it may expand to. A section whose bound is above
+    ``refuse_above`` is a connection error of type H3_EXCESSIVE_LOAD and is never
+    decoded: a peer that honours our SETTINGS_MAX_FIELD_SECTION_SIZE never sends one
+    (RFC 9114 §4.2.2 lets it be refused; the bound is at most 8/5 of the real size for any
+    encoder that uses Huffman only where it is shorter). The guard reads the encoder stream
+    before the decoder does, so both see the same table. Same interface as
+    ``pylsqpack.Decoder``, which is what :class:`H3Connection` calls.
     """
 
-    def __init__(self, quic: QuicConnection, *, enable_webtransport: bool = False) -> None:
+    def __init__(self, max_table_capacity: int, blocked_streams: int, refuse_above: int) -> None:
+        self._decoder = pylsqpack.Decoder(max_table_capacity, blocked_streams)
+        self.guard = QpackGuard(max_table_capacity)
+        self._refuse_above = refuse_above
+        #: Sections waiting for inserts (RFC 9204 §2.1.2), bounded when they resume.
+        self._blocked: dict[int, bytes] = {}
+
+    def feed_encoder(self, data: bytes) -> list[int]:
+        try:
+            self.guard.feed_encoder(data)
+        except QpackEncoderError as exc:
+            raise pylsqpack.EncoderStreamError(str(exc)) from exc
+        except QpackLoadError as exc:
+            raise ExcessiveLoad(str(exc)) from exc
+        return self._decoder.feed_encoder(data)
+
+    def feed_header(self, stream_id: int, data: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        self.guard.section_started()
+        self._check(data)
+        try:
+            return self._decoder.feed_header(stream_id, data)
+        except pylsqpack.StreamBlocked:
+            self._blocked[stream_id] = data
+            raise
+
+    def resume_header(self, stream_id: int) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        data = self._blocked.pop(stream_id, None)
+        if data is not None:
+            self._check(data)
+        try:
+            return self._decoder.resume_header(stream_id)
+        except pylsqpack.StreamBlocked:
+            if data is not None:
+                self._blocked[stream_id] = data
+            raise
+
+    def cancel_stream(self, stream_id: int) -> bytes:
+        self._blocked.pop(stream_id, None)
+        return self._decoder.cancel_stream(stream_id)
+
+    def _check(self, data: bytes) -> None:
+        try:
+            bound = self.guard.section_bound(data, self._refuse_above)
+        except QpackSectionError as exc:
+            raise pylsqpack.DecompressionFailed(str(exc)) from exc
+        if bound is not None and bound > self._refuse_above:
+            raise ExcessiveLoad("field section far above SETTINGS_MAX_FIELD_SECTION_SIZE")
+
+
+class ServerH3Connection(H3Connection):
+    """aioquic's HTTP/3 connection with quicserve's limits.
+
+    * Malformed requests are *stream* errors. aioquic validates request fields itself and
+      closes the whole connection on any ``MessageError``. RFC 9114 §4.1.2 makes a
+      malformed request a stream error of type H3_MESSAGE_ERROR: here that request's
+      stream is reset and stopped, the rest of its frames are ignored, and every other
+      stream carries on.
+    * Field sections are bounded (RFC 9114 §4.2.2, §7.2.4.1): SETTINGS carry
+      SETTINGS_MAX_FIELD_SECTION_SIZE = ``max_header_bytes`` and our QPACK limits
+      (aioquic sends its own defaults from ``__init__``); a HEADERS frame longer than
+      twice that, or a section the guard bounds above twice that
+      (:class:`GuardedDecoder`), is a connection error of type H3_EXCESSIVE_LOAD before it
+      is buffered or decoded. Whether a decoded section is within the limit is the HTTP/3
+      protocol's call (431).
+    """
+
+    def __init__(
+        self, quic: QuicConnection, config: Config, *, enable_webtransport: bool = False
+    ) -> None:
+        # Read by _get_local_settings, which H3Connection.__init__ calls.
+        self._limits = config
         super().__init__(quic, enable_webtransport=enable_webtransport)
         self._rejected: set[int] = set()
+        self._refuse_above = 2 * config.max_header_bytes
+        # Nothing has been decoded yet: the decoder aioquic made can be replaced (by a
+        # wrapper: pylsqpack's Decoder cannot be subclassed).
+        self._decoder = GuardedDecoder(  # type: ignore[assignment]
+            config.qpack_max_table_capacity, config.qpack_blocked_streams, self._refuse_above
+        )
+
+    def _get_local_settings(self) -> dict[int, int]:
+        config = self._limits
+        self._max_table_capacity = config.qpack_max_table_capacity
+        self._blocked_streams = config.qpack_blocked_streams
+        settings = super()._get_local_settings()
+        settings[Setting.MAX_FIELD_SECTION_SIZE] = config.max_header_bytes
+        return settings
+
+    def reject(self, stream_id: int) -> None:
+        """Ignore whatever else arrives on ``stream_id`` (the caller answered it)."""
+        self._rejected.add(stream_id)
+
+    def _check_request_or_push_frame_type(self, frame_type: int, stream: H3Stream) -> None:
+        super()._check_request_or_push_frame_type(frame_type, stream)
+        # aioquic buffers a whole HEADERS frame before decoding it: refuse it at its
+        # header. Encoded field lines are never longer than their decoded size (32
+        # octets a line), so this is only ever a peer that ignores our SETTINGS.
+        if (
+            frame_type == FrameType.HEADERS
+            and stream.frame_size is not None
+            and stream.frame_size > self._refuse_above
+        ):
+            raise ExcessiveLoad("HEADERS frame far above SETTINGS_MAX_FIELD_SECTION_SIZE")
 
     def _receive_request_or_push_data(
         self, stream: H3Stream, data: bytes, stream_ended: bool
@@ -241,19 +370,10 @@ class ServerH3Connection(H3Connection):
             return []
 
 
-def configure_h3_limits(h3: Any, config: Config) -> None:
-    """QPACK limits we advertise and enforce (aioquic keeps them private and builds its
-    decoder in ``__init__``, before settings are sent)."""
-    import pylsqpack
-
-    h3._max_table_capacity = config.qpack_max_table_capacity
-    h3._blocked_streams = config.qpack_blocked_streams
-    h3._decoder = pylsqpack.Decoder(config.qpack_max_table_capacity, config.qpack_blocked_streams)
-
-
 __all__ = [
+    "ExcessiveLoad",
+    "GuardedDecoder",
     "ServerH3Connection",
     "ServerQuicConnection",
-    "configure_h3_limits",
     "quic_configuration",
 ]
