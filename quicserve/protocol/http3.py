@@ -62,8 +62,13 @@ from ..events import (
     StreamReset,
 )
 from ..quic.compat import ServerH3Connection, ServerQuicConnection
-from .fields import DROPPED_RESPONSE_FIELDS, Malformed, decode_token, parse_request_fields
-from .qpack_guard import field_section_size
+from .fields import (
+    DROPPED_RESPONSE_FIELDS,
+    Malformed,
+    decode_token,
+    field_section_size,
+    parse_request_fields,
+)
 
 _STATUS = {status: str(status).encode() for status in range(100, 600)}
 

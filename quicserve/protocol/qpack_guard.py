@@ -10,8 +10,7 @@ without expanding anything, so the caller can refuse a section before decoding i
 Rules:
 
 * The size of a field section is the sum over its field lines of name + value + 32 bytes
-  (RFC 9114 §4.2.2, the HPACK entry size of RFC 7541 §4.1); :func:`field_section_size`
-  computes it for a decoded section.
+  (RFC 9114 §4.2.2; ``fields.field_section_size`` for a decoded one).
 * Encoder instructions (RFC 9204 §4.3: Set Dynamic Table Capacity, Insert with Name
   Reference, Insert with Literal Name, Duplicate) are parsed as they arrive; an
   instruction split across reads waits in a buffer bounded by the table capacity.
@@ -44,7 +43,8 @@ Sans-IO and pure Python: no I/O, no clock.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+
+from .fields import FIELD_LINE_OVERHEAD
 
 __all__ = [
     "ENTRY_OVERHEAD",
@@ -52,11 +52,10 @@ __all__ = [
     "QpackGuard",
     "QpackLoadError",
     "QpackSectionError",
-    "field_section_size",
 ]
 
 #: RFC 9114 §4.2.2 / RFC 9204 §3.2.1: each field line (and table entry) counts 32 octets.
-ENTRY_OVERHEAD = 32
+ENTRY_OVERHEAD = FIELD_LINE_OVERHEAD
 
 #: Tables' worth of inserts the peer's encoder may make before its first field section.
 _UP_FRONT_TABLES = 16
@@ -80,11 +79,6 @@ class QpackLoadError(Exception):
 
 class _Incomplete(Exception):
     """The data ends inside an instruction."""
-
-
-def field_section_size(fields: Iterable[tuple[bytes, bytes]]) -> int:
-    """The size of a decoded field section: name + value + 32 per line (RFC 9114 §4.2.2)."""
-    return sum(len(name) + len(value) + ENTRY_OVERHEAD for name, value in fields)
 
 
 def _static_table() -> tuple[tuple[int, int], ...]:
