@@ -179,6 +179,9 @@ class H3Protocol:
                     self._h3.reject(stream_id)
                     self.quic.reset_stream(stream_id, ErrorCode.H3_EXCESSIVE_LOAD)
                     self.quic.stop_stream(stream_id, ErrorCode.H3_EXCESSIVE_LOAD)
+                    # Stopped already: stream_done must not stop it again (aioquic may
+                    # have forgotten the stream by then and would raise).
+                    self._requests[stream_id] = True
                     self._events.append(StreamReset(stream_id, ErrorCode.H3_EXCESSIVE_LOAD))
                     return
                 # A second HEADERS frame carries trailers and must end the stream.

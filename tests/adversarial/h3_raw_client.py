@@ -129,7 +129,8 @@ class RawH3(QuicConnectionProtocol):
         control = quic.get_next_available_stream_id(is_unidirectional=True)
         settings = {Setting.QPACK_MAX_TABLE_CAPACITY: 0, Setting.QPACK_BLOCKED_STREAMS: 0}
         quic.send_stream_data(
-            control, encode_uint_var(0) + encode_frame(FrameType.SETTINGS, encode_settings(settings))
+            control,
+            encode_uint_var(0) + encode_frame(FrameType.SETTINGS, encode_settings(settings)),
         )
         self._encoder_stream = quic.get_next_available_stream_id(is_unidirectional=True)
         quic.send_stream_data(self._encoder_stream, encode_uint_var(2))
@@ -152,6 +153,13 @@ class RawH3(QuicConnectionProtocol):
             data += encode_frame(FrameType.DATA, body)
         self._quic.send_stream_data(stream_id, data, end_stream=end)
         self.transmit()
+        return stream_id
+
+    def raw_request(self, data: bytes, end: bool = False) -> int:
+        """``data`` as it is on a new request stream."""
+        stream_id = self._quic.get_next_available_stream_id()
+        self.streams[stream_id] = _Stream()
+        self.send(stream_id, data, end)
         return stream_id
 
     def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
@@ -226,9 +234,13 @@ class RawH3(QuicConnectionProtocol):
 @asynccontextmanager
 async def raw_h3(port: int, cafile: str) -> AsyncIterator[RawH3]:
     """A connected :class:`RawH3` to 127.0.0.1:``port`` (HTTP/3 streams opened)."""
-    configuration = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name="localhost")
+    configuration = QuicConfiguration(
+        is_client=True, alpn_protocols=H3_ALPN, server_name="localhost"
+    )
     configuration.load_verify_locations(cafile)
-    async with connect("127.0.0.1", port, configuration=configuration, create_protocol=RawH3) as client:
+    async with connect(
+        "127.0.0.1", port, configuration=configuration, create_protocol=RawH3
+    ) as client:
         assert isinstance(client, RawH3)
         client.open()
         yield client
