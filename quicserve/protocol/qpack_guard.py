@@ -312,6 +312,8 @@ class QpackGuard:
             raise QpackSectionError(f"malformed field section: {exc!r}") from None
 
     def _section_bound(self, block: bytes, stop_above: int) -> int | None:
+        # This runs on every request: integer fast paths (the value fits its prefix) and
+        # string lengths are inlined; _integer only reads multi-octet integers.
         required, pos = self._required_insert_count(block)
         if required > self.insert_count:
             return None
@@ -320,60 +322,92 @@ class QpackGuard:
         delta, pos = _integer(block, pos, 7)
         base = required - delta - 1 if sign else required + delta
         static = _STATIC
-        entry_of = self._entry
-        unknown = self._max_capacity
+        # Dynamic lookups by position in the shadow: absolute index - self._first.
+        entries = self._entries
+        count = len(entries)
+        first_index = self._first
+        base_rel = base - 1 - first_index  # relative index i -> position base_rel - i
+        base_post = base - first_index  # post-base index i -> position base_post + i
+        unknown = (self._max_capacity, self._max_capacity, 0)
         end = len(block)
         total = 0
         while pos < end:
             first = block[pos]
             if first & 0x80:
                 # Indexed field line (§4.5.2): 1 T index(6+).
-                index, pos = _integer(block, pos, 6)
+                index = first & 0x3F
+                if index == 0x3F:
+                    index, pos = _integer(block, pos, 6)
+                else:
+                    pos += 1
                 if first & 0x40:
                     name_len, value_len = static[index]
                     total += name_len + value_len + ENTRY_OVERHEAD
                 else:
-                    entry = entry_of(base - 1 - index)
-                    total += unknown if entry is None else entry[0]
-            elif first & 0x40:
+                    at = base_rel - index
+                    total += (entries[at] if 0 <= at < count else unknown)[0]
+                if total > stop_above:
+                    return total
+                continue
+            if first & 0x40:
                 # Literal field line with name reference (§4.5.4): 01 N T index(4+), value.
-                index, pos = _integer(block, pos, 4)
+                index = first & 0x0F
+                if index == 0x0F:
+                    index, pos = _integer(block, pos, 4)
+                else:
+                    pos += 1
                 if first & 0x10:
                     name_len = static[index][0]
                 else:
-                    entry = entry_of(base - 1 - index)
-                    name_len = unknown if entry is None else entry[1]
-                value_len, pos = self._literal(block, pos, 7)
-                total += name_len + value_len + ENTRY_OVERHEAD
+                    at = base_rel - index
+                    name_len = (entries[at] if 0 <= at < count else unknown)[1]
             elif first & 0x20:
-                # Literal field line with literal name (§4.5.6): 001 N H length(3+).
-                name_len, pos = self._literal(block, pos, 3)
-                value_len, pos = self._literal(block, pos, 7)
-                total += name_len + value_len + ENTRY_OVERHEAD
+                # Literal field line with literal name (§4.5.6): 001 N H length(3+) name.
+                name_len = first & 0x07
+                if name_len == 0x07:
+                    name_len, pos = _integer(block, pos, 3)
+                else:
+                    pos += 1
+                pos += name_len
+                if first & 0x08:
+                    name_len = name_len * 8 // 5  # Huffman
             elif first & 0x10:
                 # Indexed field line with post-base index (§4.5.3): 0001 index(4+).
-                index, pos = _integer(block, pos, 4)
-                entry = entry_of(base + index)
-                total += unknown if entry is None else entry[0]
+                index = first & 0x0F
+                if index == 0x0F:
+                    index, pos = _integer(block, pos, 4)
+                else:
+                    pos += 1
+                at = base_post + index
+                total += (entries[at] if 0 <= at < count else unknown)[0]
+                if total > stop_above:
+                    return total
+                continue
             else:
-                # Literal field line with post-base name reference (§4.5.5):
-                # 0000 N index(3+), value.
-                index, pos = _integer(block, pos, 3)
-                entry = entry_of(base + index)
-                name_len = unknown if entry is None else entry[1]
-                value_len, pos = self._literal(block, pos, 7)
-                total += name_len + value_len + ENTRY_OVERHEAD
+                # Literal field line with post-base name reference (§4.5.5): 0000 N
+                # index(3+), value.
+                index = first & 0x07
+                if index == 0x07:
+                    index, pos = _integer(block, pos, 3)
+                else:
+                    pos += 1
+                at = base_post + index
+                name_len = (entries[at] if 0 <= at < count else unknown)[1]
+            # The value: H length(7+), then the string, which must lie within the section.
+            first = block[pos]
+            value_len = first & 0x7F
+            if value_len == 0x7F:
+                value_len, pos = _integer(block, pos, 7)
+            else:
+                pos += 1
+            pos += value_len
+            if pos > end:
+                raise ValueError("string runs past the end of the field section")
+            if first & 0x80:
+                value_len = value_len * 8 // 5  # Huffman: at most 8/5 octets per octet
+            total += name_len + value_len + ENTRY_OVERHEAD
             if total > stop_above:
                 return total
+        if pos != end:
+            raise ValueError("field line runs past the end of the field section")
         return total
-
-    @staticmethod
-    def _literal(block: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
-        """A string literal inside a field section: (upper bound of its decoded length,
-        next position). It must lie within the section."""
-        huffman = block[pos] & (1 << prefix_bits)
-        length, pos = _integer(block, pos, prefix_bits)
-        pos += length
-        if pos > len(block):
-            raise ValueError("string runs past the end of the field section")
-        return (_huffman_max(length) if huffman else length), pos

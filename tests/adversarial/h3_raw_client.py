@@ -10,6 +10,7 @@ with a fresh ``pylsqpack.Decoder(0, 0)``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -180,6 +181,13 @@ class RawH3(QuicConnectionProtocol):
                 self._changed.clear()
                 await self._changed.wait()
         return [self.streams[s].response for s in stream_ids]
+
+    async def wait_closed(self) -> None:
+        # CONNECTION_CLOSE is sent by close(); the draining period that follows (3 PTO,
+        # RFC 9000 §10.2) only delays the test.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await super().wait_closed()
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, ConnectionTerminated):
