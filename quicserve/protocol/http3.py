@@ -126,6 +126,8 @@ class H3Protocol:
             if cls is StreamDataReceived:
                 for h3_event in h3.handle_event(event):
                     self._on_h3_event(h3_event)
+                if h3.message_errors:
+                    self._on_message_errors()
             elif cls is ConnectionIdIssued:
                 self.issued_cids.append(event.connection_id)
             elif cls is ConnectionIdRetired:
@@ -146,6 +148,16 @@ class H3Protocol:
                 # events produce nothing at the HTTP/3 layer.
                 for h3_event in h3.handle_event(event):
                     self._on_h3_event(h3_event)
+
+    def _on_message_errors(self) -> None:
+        # A malformed message (e.g. trailers with a pseudo-header) on a request the app
+        # already has: its stream was reset and stopped (RFC 9114 §4.1.2); the app sees a
+        # reset and sends nothing more, and stream_done must not stop the stream again.
+        for stream_id, code in self._h3.message_errors:
+            if stream_id in self._requests:
+                self._requests[stream_id] = True
+                self._events.append(StreamReset(stream_id, code))
+        self._h3.message_errors.clear()
 
     def _on_h3_event(self, event: Any) -> None:
         cls = type(event)

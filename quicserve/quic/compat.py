@@ -314,6 +314,9 @@ class ServerH3Connection(H3Connection):
         self._limits = config
         super().__init__(quic, enable_webtransport=enable_webtransport)
         self._rejected: set[int] = set()
+        #: Streams reset here for a malformed message, with the error code, for the HTTP/3
+        #: protocol to take (a request already handed to the app must learn it).
+        self.message_errors: list[tuple[int, int]] = []
         self._refuse_above = 2 * config.max_header_bytes
         # Nothing has been decoded yet: the decoder aioquic made can be replaced (by a
         # wrapper: pylsqpack's Decoder cannot be subclassed).
@@ -367,6 +370,7 @@ class ServerH3Connection(H3Connection):
             self._rejected.add(stream.stream_id)
             self._quic.reset_stream(stream.stream_id, exc.error_code)
             self._quic.stop_stream(stream.stream_id, exc.error_code)
+            self.message_errors.append((stream.stream_id, exc.error_code))
             return []
 
 

@@ -437,3 +437,37 @@ def test_oversized_trailers(spawn: Spawn, backend: str, tls_files: DevCertificat
 
 def encode_headers_frame(block: bytes) -> bytes:
     return encode_frame(FrameType.HEADERS, block)
+
+
+def test_malformed_trailers_reset_only_their_stream(
+    spawn: Spawn, backend: str, tls_files: DevCertificate
+) -> None:
+    # RFC 9114 §4.1.2: trailers with a pseudo-header make the request malformed, a stream
+    # error. The app already has the request: it must see a reset rather than write to a
+    # stream aioquic has reset (that raised in the app, and STOP_SENDING a stream aioquic
+    # had forgotten raised in the server's own task, which took the process down).
+    async def attempt(target: Target) -> tuple[list[int | None], int | None]:
+        async with raw_h3(target.quic, str(tls_files.ca_certfile)) as client:
+            streams = []
+            for path in (b"/", b"/echo"):
+                head = [*H2_REQUEST[:1], (b":path", path), *H2_REQUEST[2:]]
+                head[0] = (b":method", b"POST")
+                stream = client.request(
+                    qpack_prefix(0, MAX_ENTRIES) + h3_lines(head), end=False, body=b"hello"
+                )
+                bad = qpack_prefix(0, MAX_ENTRIES) + h3_lines([(b":path", b"/x")])
+                client.send(stream, encode_headers_frame(bad), end=True)
+                streams.append(stream)
+            resets = [r.reset for r in await client.wait(streams, 10)]
+            await asyncio.sleep(0.5)  # the app calls run and end
+            after = client.request(qpack_prefix(0, MAX_ENTRIES) + request_lines("/"))
+            (last,) = await client.wait([after], 5)
+            return resets, last.status
+
+    with serve(spawn, backend, tls_files) as target:
+        resets, last = asyncio.run(attempt(target))
+        time.sleep(0.3)
+        assert target.alive()
+    assert resets == [ErrorCode.H3_MESSAGE_ERROR] * 2
+    assert last == 200
+    assert "Traceback" not in target.server.stderr, target.server.stderr
