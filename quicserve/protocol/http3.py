@@ -209,10 +209,10 @@ class H3Protocol:
             if too_large:
                 # RFC 9114 §4.2.2: a larger section than we accept gets 431 (RFC 6585 §5);
                 # the connection carries on. Anything after the HEADERS is ignored.
-                self._h3.reject(stream_id)
                 self._h3.send_headers(stream_id, [(b":status", b"431")], end_stream=True)
                 if not event.stream_ended:
                     self.quic.stop_stream(stream_id, ErrorCode.H3_NO_ERROR)  # §4.1.1
+                self._h3.reject(stream_id)
                 return
             try:
                 request = self._parse_request(stream_id, event.headers)

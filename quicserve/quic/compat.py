@@ -333,8 +333,27 @@ class ServerH3Connection(H3Connection):
         return settings
 
     def reject(self, stream_id: int) -> None:
-        """Ignore whatever else arrives on ``stream_id`` (the caller answered it)."""
-        self._rejected.add(stream_id)
+        """Ignore whatever else arrives on ``stream_id`` (the caller answered or reset
+        it); its state goes once the peer's side has ended too."""
+        stream = self._stream.get(stream_id)
+        if stream is None:
+            return
+        stream.sending_ended = True
+        if stream.receiving_ended:
+            del self._stream[stream_id]
+        else:
+            self._rejected.add(stream_id)
+
+    def _receive_stream_reset(self, stream_id: int) -> None:
+        self._rejected.discard(stream_id)  # nothing more comes in on it
+        super()._receive_stream_reset(stream_id)
+
+    def _settle_rejected(self, stream: H3Stream) -> None:
+        # Nothing more goes out on a rejected stream; once nothing more comes in either,
+        # aioquic's stream context forgets it, and so do we.
+        stream.sending_ended = True
+        if stream.receiving_ended:
+            self._rejected.discard(stream.stream_id)
 
     def _check_request_or_push_frame_type(self, frame_type: int, stream: H3Stream) -> None:
         super()._check_request_or_push_frame_type(frame_type, stream)
@@ -352,8 +371,14 @@ class ServerH3Connection(H3Connection):
         self, stream: H3Stream, data: bytes, stream_ended: bool
     ) -> list[H3Event]:
         if stream.stream_id in self._rejected:
+            if stream_ended:
+                stream.receiving_ended = True
+                self._settle_rejected(stream)
             return []
-        return super()._receive_request_or_push_data(stream, data, stream_ended)
+        events = super()._receive_request_or_push_data(stream, data, stream_ended)
+        if stream.stream_id in self._rejected:
+            self._settle_rejected(stream)  # rejected by a malformed frame of this batch
+        return events
 
     def _handle_request_or_push_frame(
         self, frame_type: int, frame_data: bytes | None, stream: H3Stream, stream_ended: bool
