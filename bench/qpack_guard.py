@@ -3,7 +3,9 @@
 A browser-like request (Chrome's navigation headers, a 300-byte cookie) is encoded by
 pylsqpack's encoder with a 4 KiB dynamic table, as a browser would after its first
 request, and each section is bounded by ``QpackGuard.section_bound`` and decoded by
-pylsqpack, many times; the encoder-stream bytes of the first request are fed once.
+pylsqpack, many times; the encoder-stream bytes of the first request are fed once. The
+first request is mostly literals and is read line by line; later ones reference the table
+and are short enough for the guard's length-only bound.
 
     python bench/qpack_guard.py
 """

@@ -48,14 +48,14 @@ def test_static_lines_are_counted_exactly() -> None:
     guard = QpackGuard(4096)
     # RFC 9204 Appendix A: 17 is ":method: GET", 1 is ":path: /".
     section = qpack_prefix(0, 128) + static_indexed(17) + static_indexed(1)
-    assert guard.section_bound(section, NO_LIMIT) == (7 + 3 + 32) + (5 + 1 + 32)
+    assert guard.section_bound(section, NO_LIMIT, quick=False) == (7 + 3 + 32) + (5 + 1 + 32)
 
 
 def test_dynamic_references_cost_their_entry() -> None:
     guard = QpackGuard(4096)
     guard.feed_encoder(qpack_set_capacity(4096) + qpack_insert_literal(b"name", b"v" * 100))
     section = qpack_prefix(1, 128) + qpack_indexed_dynamic(0) * 10
-    assert guard.section_bound(section, NO_LIMIT) == 10 * (4 + 100 + 32)
+    assert guard.section_bound(section, NO_LIMIT, quick=False) == 10 * (4 + 100 + 32)
 
 
 def test_post_base_references_and_name_references() -> None:
@@ -79,7 +79,7 @@ def test_post_base_references_and_name_references() -> None:
         + b"q"
     )
     expected = (4 + 20 + 32) + (2 + 10 + 32) + (2 + 3 + 32) + (4 + 1 + 32)
-    assert guard.section_bound(section, NO_LIMIT) == expected
+    assert guard.section_bound(section, NO_LIMIT, quick=False) == expected
 
 
 def test_huffman_strings_are_bounded_by_eight_fifths() -> None:
@@ -90,9 +90,13 @@ def test_huffman_strings_are_bounded_by_eight_fifths() -> None:
     )
     coded = len(HUFFMAN.encode(value))
     section = qpack_prefix(1, 128) + qpack_indexed_dynamic(0)
-    assert guard.section_bound(section, NO_LIMIT) == 1 + coded * 8 // 5 + 32 >= 1 + 200 + 32
+    assert (
+        guard.section_bound(section, NO_LIMIT, quick=False)
+        == 1 + coded * 8 // 5 + 32
+        >= 1 + 200 + 32
+    )
     literal = qpack_prefix(0, 128) + qpack_int(0x28, 3, 1) + b"n" + huffman_string(0, 7, value)
-    assert guard.section_bound(literal, NO_LIMIT) == 1 + coded * 8 // 5 + 32
+    assert guard.section_bound(literal, NO_LIMIT, quick=False) == 1 + coded * 8 // 5 + 32
 
 
 def test_an_entry_bound_never_exceeds_the_capacity() -> None:
@@ -104,7 +108,7 @@ def test_an_entry_bound_never_exceeds_the_capacity() -> None:
         qpack_set_capacity(4096) + qpack_int(0x40, 5, 1) + b"n" + huffman_string(0, 7, value)
     )
     section = qpack_prefix(1, 128) + qpack_indexed_dynamic(0)
-    assert guard.section_bound(section, NO_LIMIT) == 4096
+    assert guard.section_bound(section, NO_LIMIT, quick=False) == 4096
 
 
 def test_bounds_hold_for_pylsqpack_encoded_sections() -> None:
@@ -133,19 +137,22 @@ def test_bounds_hold_for_pylsqpack_encoded_sections() -> None:
         guard.section_started()
         if rng.random() < 0.2 and instructions:
             # Section first: blocked until the encoder stream catches up (RFC 9204 §2.1.2).
-            assert guard.section_bound(section, NO_LIMIT) is None
+            assert guard.section_bound(section, NO_LIMIT, quick=False) is None
         pos = 0
         while pos < len(instructions):
             step = rng.randrange(1, 40)
             guard.feed_encoder(instructions[pos : pos + step])
             pos += step
         decoder.feed_encoder(instructions)
-        bound = guard.section_bound(section, NO_LIMIT)
+        bound = guard.section_bound(section, NO_LIMIT, quick=False)
         control, decoded = decoder.feed_header(stream_id, section)
         encoder.feed_decoder(control)
         assert decoded == headers
         exact = field_section_size(decoded)
         assert bound is not None and exact <= bound <= exact * 8 // 5 + 32
+        # The quick bound (from the section's length) holds too.
+        quick = guard.section_bound(section, NO_LIMIT)
+        assert quick is not None and quick >= exact
     assert guard.insert_count > 30
 
 
@@ -161,12 +168,12 @@ def test_eviction_follows_the_capacity() -> None:
     assert guard.insert_count == 3
     section = qpack_prefix(3, 128)
     # Relative 2 is absolute 0: evicted, so only the largest possible size is assumed.
-    assert guard.section_bound(section + qpack_indexed_dynamic(2), NO_LIMIT) == 4096
-    assert guard.section_bound(section + qpack_indexed_dynamic(1), NO_LIMIT) == 60
+    assert guard.section_bound(section + qpack_indexed_dynamic(2), NO_LIMIT, quick=False) == 4096
+    assert guard.section_bound(section + qpack_indexed_dynamic(1), NO_LIMIT, quick=False) == 60
     # Lowering the capacity evicts too (RFC 9204 §3.2.3).
     guard.feed_encoder(qpack_set_capacity(60))
-    assert guard.section_bound(section + qpack_indexed_dynamic(1), NO_LIMIT) == 4096
-    assert guard.section_bound(section + qpack_indexed_dynamic(0), NO_LIMIT) == 60
+    assert guard.section_bound(section + qpack_indexed_dynamic(1), NO_LIMIT, quick=False) == 4096
+    assert guard.section_bound(section + qpack_indexed_dynamic(0), NO_LIMIT, quick=False) == 60
 
 
 def test_duplicate_and_name_reference_inserts() -> None:
@@ -176,7 +183,10 @@ def test_duplicate_and_name_reference_inserts() -> None:
     guard.feed_encoder(qpack_int(0x80, 6, 1) + qpack_int(0x00, 7, 5) + b"12345")  # name of 0
     guard.feed_encoder(qpack_int(0xC0, 6, 17) + qpack_int(0x00, 7, 4) + b"POST")  # :method
     section = qpack_prefix(4, 128)
-    sizes = [guard.section_bound(section + qpack_indexed_dynamic(i), NO_LIMIT) for i in range(4)]
+    sizes = [
+        guard.section_bound(section + qpack_indexed_dynamic(i), NO_LIMIT, quick=False)
+        for i in range(4)
+    ]
     assert sizes == [7 + 4 + 32, 4 + 5 + 32, 4 + 50 + 32, 4 + 50 + 32]
 
 
@@ -187,7 +197,12 @@ def test_instructions_split_anywhere() -> None:
         guard.feed_encoder(stream[:cut])
         guard.feed_encoder(stream[cut:])
         assert guard.insert_count == 1
-        assert guard.section_bound(qpack_prefix(1, 128) + qpack_indexed_dynamic(0), NO_LIMIT) == 372
+        assert (
+            guard.section_bound(
+                qpack_prefix(1, 128) + qpack_indexed_dynamic(0), NO_LIMIT, quick=False
+            )
+            == 372
+        )
 
 
 @pytest.mark.parametrize(
@@ -235,7 +250,7 @@ def test_the_encoder_may_not_insert_without_end() -> None:
 )
 def test_malformed_sections(section: bytes) -> None:
     with pytest.raises(QpackSectionError):
-        QpackGuard(4096).section_bound(section, NO_LIMIT)
+        QpackGuard(4096).section_bound(section, NO_LIMIT, quick=False)
 
 
 def test_counting_stops_past_the_limit() -> None:

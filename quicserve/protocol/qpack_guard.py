@@ -24,7 +24,11 @@ Rules:
   RFC 7541 Appendix B.
 * A reference the shadow does not know (a bug, or an index the decoder will refuse) is
   bounded by the largest table capacity we allow, never by less.
-* Field section representations (RFC 9204 §4.5: prefix, indexed, indexed post-base,
+* A section's length alone bounds it: each field line takes an octet or more and expands
+  to at most the largest line one reference can name (static table, or the largest entry
+  ever inserted), plus its string octets at 8/5 and 32. Where that is within the caller's
+  threshold (ordinary requests) nothing more is read.
+* Otherwise field section representations (RFC 9204 §4.5: prefix, indexed, indexed post-base,
   literal with name reference, literal with post-base name reference, literal with
   literal name) are read without decoding strings. A section whose Required Insert Count
   is beyond the inserts seen so far is *blocked* (§2.1.2): its bound is computed when the
@@ -98,6 +102,8 @@ def _static_table() -> tuple[tuple[int, int], ...]:
 
 
 _STATIC = _static_table()
+#: The largest static field line (name + value + 32).
+_STATIC_MAX_LINE = max(name + value for name, value in _STATIC) + ENTRY_OVERHEAD
 
 
 def _integer(data: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
@@ -144,6 +150,7 @@ class QpackGuard:
         "_lower_total",
         "_max_capacity",
         "_max_entries",
+        "_max_line",
         "_pending",
         "insert_count",
     )
@@ -159,6 +166,9 @@ class QpackGuard:
         self._entries: deque[tuple[int, int, int]] = deque()
         self._first = 0
         self._lower_total = 0
+        #: The largest field line one reference can expand to: the static table's, or the
+        #: largest entry bound ever inserted (never less than any live entry's).
+        self._max_line = _STATIC_MAX_LINE
         #: Entries the peer's encoder has inserted (RFC 9204 §3.2.4 "Insert Count").
         self.insert_count = 0
         #: Inserts still allowed; each field section the peer sends adds a table's worth.
@@ -254,6 +264,8 @@ class QpackGuard:
         self._insert_allowance -= 1
         self._evict(lower)
         self._entries.append((upper, name_upper, lower))
+        if upper > self._max_line:
+            self._max_line = upper
         self._lower_total += lower
         self.insert_count += 1
 
@@ -302,21 +314,30 @@ class QpackGuard:
             raise ValueError("required insert count is zero")
         return required, pos
 
-    def section_bound(self, block: bytes, stop_above: int) -> int | None:
+    def section_bound(self, block: bytes, stop_above: int, *, quick: bool = True) -> int | None:
         """An upper bound of the decoded size of field section ``block``, or ``None`` if
-        it is blocked on inserts not seen yet. Counting stops as soon as the bound passes
-        ``stop_above`` (the value returned is then above it, not the whole bound)."""
+        it is blocked on inserts not seen yet. Only whether it exceeds ``stop_above`` is
+        exact: at or below, a cheap bound from the section's length may be returned; above,
+        counting stops as soon as the bound passes it (not the whole bound). With
+        ``quick=False`` every field line is read (and checked) whatever the length."""
         try:
-            return self._section_bound(block, stop_above)
+            return self._section_bound(block, stop_above, quick)
         except (IndexError, _Incomplete, ValueError) as exc:
             raise QpackSectionError(f"malformed field section: {exc!r}") from None
 
-    def _section_bound(self, block: bytes, stop_above: int) -> int | None:
+    def _section_bound(self, block: bytes, stop_above: int, quick: bool) -> int | None:
         # This runs on every request: integer fast paths (the value fits its prefix) and
         # string lengths are inlined; _integer only reads multi-octet integers.
         required, pos = self._required_insert_count(block)
         if required > self.insert_count:
             return None
+        # The fast path, enough for ordinary requests: each field line takes at least one
+        # octet and expands to at most a reference's largest line, its string octets
+        # counted 8/5 (Huffman), and 32; so n octets expand to at most n * (max + 34).
+        if quick:
+            bound = len(block) * (self._max_line + ENTRY_OVERHEAD + 2)
+            if bound <= stop_above:
+                return bound
         # Base (RFC 9204 §4.5.1.2): sign bit and Delta Base, 7-bit prefix.
         sign = block[pos] & 0x80
         delta, pos = _integer(block, pos, 7)
