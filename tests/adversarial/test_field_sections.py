@@ -359,8 +359,10 @@ def test_hpack_bomb(spawn: Spawn, backend: str, tls_files: DevCertificate, refer
         for _ in range(40):
             if client.goaway is not None or client.broken:
                 break  # refused: the rest would go nowhere
+            # One at a time: writing into a connection the server has closed would have
+            # the kernel reset it, and the GOAWAY could be lost with the reset.
             streams.append(client.request(hpack_bomb(references)))
-        client.wait(streams)
+            client.wait(streams[-1:])
         if references > 1000:
             assert client.goaway == ENHANCE_YOUR_CALM
         else:
