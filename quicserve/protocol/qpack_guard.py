@@ -22,17 +22,17 @@ Rules:
 * A Huffman string of n bytes decodes to at most 8n/5 octets (the shortest code is 5
   bits) and at least (8n - 7)/30 (the longest is 30 bits; at most 7 bits of padding),
   RFC 7541 Appendix B.
-* A reference the shadow does not know (a bug, or an index the decoder will refuse) is
-  bounded by the largest table capacity we allow, never by less.
 * A section's length alone bounds it: each field line takes an octet or more and expands
   to at most the largest line one reference can name (static table, or the largest entry
-  ever inserted), plus its string octets at 8/5 and 32. Where that is within the caller's
-  threshold (ordinary requests) nothing more is read.
-* Otherwise field section representations (RFC 9204 §4.5: prefix, indexed, indexed post-base,
+  ever inserted: the shadow holds every entry the decoder can use), plus its string
+  octets at 8/5 and 32. Where that is within the caller's threshold (ordinary requests)
+  nothing more is read.
+* Otherwise the representations (RFC 9204 §4.5: prefix, indexed, indexed post-base,
   literal with name reference, literal with post-base name reference, literal with
-  literal name) are read without decoding strings. A section whose Required Insert Count
-  is beyond the inserts seen so far is *blocked* (§2.1.2): its bound is computed when the
-  encoder stream has caught up.
+  literal name) are read without decoding strings; a reference the shadow does not know
+  (an index the decoder will refuse) counts as the largest table capacity we allow. A
+  section whose Required Insert Count is beyond the inserts seen so far is *blocked*
+  (§2.1.2): its bound is computed when the encoder stream has caught up.
 * The peer's encoder may insert at most one table's worth of entries (capacity / 32) per
   field section it sends, plus sixteen tables' worth up front (a burst of requests whose
   inserts arrive before their HEADERS): a stream of one-byte Duplicate instructions would
