@@ -373,7 +373,14 @@ class Config:
         default=10_000, metadata=_opt("open connections at most; more wait to be accepted")
     )
     max_header_bytes: int = field(
-        default=64 * 1024, metadata=_opt("size of a request head at most (431 / protocol error)")
+        default=64 * 1024,
+        metadata=_opt(
+            "largest request header section, and trailer section, on every protocol:"
+            " name + value + 32 bytes per field line, pseudo-headers included (HTTP/1.1:"
+            " the request line counts as :method and :path); larger gets 431 (trailers:"
+            " a reset); past twice this an HTTP/2 or HTTP/3 connection is closed. Sent as"
+            " SETTINGS_MAX_HEADER_LIST_SIZE (h2) and SETTINGS_MAX_FIELD_SECTION_SIZE (h3)"
+        ),
     )
     max_request_body_size: int = field(
         default=0, metadata=_opt("bytes of request body per request at most (413); 0 = no limit")

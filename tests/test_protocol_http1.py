@@ -157,3 +157,43 @@ def test_head_response_has_no_body() -> None:
     p.send_response(1, 200, [(b"content-length", b"5")])
     p.send_data(1, b"hello", end_stream=True)
     assert p.data_to_send() == b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"
+
+
+# -- the field-section limit (Config.max_header_bytes) ---------------------------------
+
+
+def _head(size: int) -> bytes:
+    """A GET whose head measures exactly ``size`` by the one rule of every protocol:
+    :method and :path stand for the request line, and each line counts 32 octets."""
+    used = (7 + 3 + 32) + (5 + 1 + 32) + (4 + 1 + 32) + (5 + 32)  # :method :path host x-pad
+    return b"GET / HTTP/1.1\r\nhost: x\r\nx-pad: %s\r\n\r\n" % (b"p" * (size - used))
+
+
+def test_head_size_limit_counts_like_http2() -> None:
+    config = Config(max_header_bytes=2000)
+    for size, served in ((1999, True), (2000, True), (2001, False)):
+        p = H1Protocol(config, now=0.0)
+        p.receive_data(_head(size), 1.0)
+        got = events(p)
+        if served:
+            assert isinstance(got[0], RequestReceived), size
+        else:
+            assert got == [ConnectionClosed()], size
+            assert p.data_to_send().startswith(b"HTTP/1.1 431 "), size
+
+
+def test_trailers_obey_the_same_limit() -> None:
+    config = Config(max_header_bytes=2000)
+    head = b"POST /u HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n"
+    for size, served in ((2000, True), (2001, False)):
+        p = H1Protocol(config, now=0.0)
+        trailer = b"x-pad: " + b"p" * (size - 5 - 32) + b"\r\n\r\n"
+        p.receive_data(head + trailer, 1.0)
+        got = events(p)
+        assert isinstance(got[0], RequestReceived)
+        if served:
+            assert got[2] == BodyEnded(1, [(b"x-pad", b"p" * (size - 37))])
+        else:
+            # The app sees a reset; no response had started, so the peer gets 431.
+            assert got[2:] == [StreamReset(1), ConnectionClosed()]
+            assert p.data_to_send().startswith(b"HTTP/1.1 431 ")

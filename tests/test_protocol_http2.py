@@ -1046,3 +1046,86 @@ def test_provoked_stream_errors_end_in_enhance_your_calm() -> None:
     _, client_events = pair.take()
     goaways = of_type(client_events, h2e.ConnectionTerminated)
     assert [g.error_code for g in goaways] == [ErrorCodes.ENHANCE_YOUR_CALM]
+
+
+# -- the field-section limit (Config.max_header_bytes) ---------------------------------
+
+
+def _sized(size: int, base: list[tuple[bytes, bytes]] = GET) -> list[tuple[bytes, bytes]]:
+    """``base`` plus an ``x-pad`` field, exactly ``size`` by RFC 9113 §6.5.2."""
+    used = sum(len(n) + len(v) + 32 for n, v in base) + 5 + 32
+    return [*base, (b"x-pad", b"p" * (size - used))]
+
+
+def test_header_list_at_the_limit_is_served_and_past_it_gets_431() -> None:
+    pair = Pair(Config(max_header_bytes=4000))
+    served = pair.request(_sized(4000))
+    refused = pair.request(_sized(4001))
+    after = pair.request()
+    server_events, client_events = pair.take()
+    started = [e.stream_id for e in server_events if isinstance(e, RequestReceived)]
+    assert started == [served, after]
+    answers = {
+        e.stream_id: dict(e.headers)[b":status"]
+        for e in of_type(client_events, h2e.ResponseReceived)
+    }
+    assert answers == {refused: b"431"}
+    assert not of_type(client_events, h2e.ConnectionTerminated)
+
+
+def test_limit_survives_the_settings_ack() -> None:
+    # h2 resets HPACK's bound to SETTINGS_MAX_HEADER_LIST_SIZE on ACK; ours stays 2x.
+    pair = Pair(Config(max_header_bytes=4000))
+    pair.pump()
+    assert pair.server._conn.decoder.max_header_list_size == 8000
+    refused = pair.request(_sized(7000))
+    _, client_events = pair.take()
+    answers = {
+        e.stream_id: dict(e.headers)[b":status"]
+        for e in of_type(client_events, h2e.ResponseReceived)
+    }
+    assert answers == {refused: b"431"}
+
+
+def test_far_past_the_limit_is_enhance_your_calm() -> None:
+    pair = Pair(Config(max_header_bytes=4000))
+    pair.request(_sized(8100))
+    _, client_events = pair.take()
+    (terminated,) = of_type(client_events, h2e.ConnectionTerminated)
+    assert terminated.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    assert pair.server.closed
+
+
+def test_encoded_header_block_is_bounded_across_continuation() -> None:
+    # 9000 octets of header block in HEADERS + CONTINUATION frames: refused when the
+    # block passes twice the limit, before HPACK decodes it.
+    server = H2Protocol(Config(max_header_bytes=4000), T0)
+    server.data_to_send()
+    block = b"\x00\x05x-pad" + b"\x7f" + bytes((0xFF, 0x45)) + b"p" * 9000  # 9000-octet value
+    frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    pieces = [block[i : i + 4000] for i in range(0, len(block), 4000)]
+    for i, piece in enumerate(pieces):
+        kind, flags = (1, 0) if i == 0 else (9, 0)
+        if i == len(pieces) - 1:
+            flags = 4
+        frames += len(piece).to_bytes(3, "big") + bytes((kind, flags)) + b"\x00\x00\x00\x01" + piece
+    server.receive_data(frames, T0)
+    goaway = of_type(parse_frames(server.data_to_send()), GoAwayFrame)
+    assert goaway and goaway[0].error_code == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def test_trailers_past_the_limit_reset_the_stream() -> None:
+    pair = Pair(Config(max_header_bytes=4000))
+    ok = pair.request(post_headers(), end_stream=False)
+    pair.body(ok, b"hi")
+    pair.client.send_headers(ok, _sized(4000, []), end_stream=True)
+    bad = pair.request(post_headers(), end_stream=False)
+    pair.body(bad, b"hi")
+    pair.client.send_headers(bad, _sized(4001, []), end_stream=True)
+    pair.pump()
+    server_events, client_events = pair.take()
+    assert BodyEnded(ok, _sized(4000, [])) in server_events
+    assert StreamReset(bad, ErrorCodes.ENHANCE_YOUR_CALM) in server_events
+    resets = {e.stream_id: e.error_code for e in of_type(client_events, h2e.StreamReset)}
+    assert resets == {bad: ErrorCodes.ENHANCE_YOUR_CALM}
+    assert not of_type(client_events, h2e.ConnectionTerminated)

@@ -6,12 +6,16 @@ within the allowed characters; no connection-specific fields; ``TE`` only "trail
 split cookies joined; the CONNECT and extended-CONNECT shapes. Both protocol modules
 call :func:`parse_request_fields`, and a request that breaks a rule raises
 :class:`Malformed`, which each protocol turns into a reset of that stream only.
+
+:func:`field_section_size` is the one size rule of ``Config.max_header_bytes`` on every
+protocol, HTTP/1.1 included: name + value + 32 octets per field line (RFC 9113 §6.5.2,
+RFC 9114 §4.2.2; the HPACK/QPACK entry size).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from ..events import Headers
 
@@ -35,6 +39,15 @@ _TOKEN_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijkl
 _BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
 
 _SCHEMES = {b"http": "http", b"https": "https"}
+
+#: RFC 9113 §6.5.2, RFC 9114 §4.2.2: each field line counts 32 octets besides its bytes.
+FIELD_LINE_OVERHEAD = 32
+
+
+def field_section_size(fields: Iterable[tuple[bytes, bytes]]) -> int:
+    """The size of a field section: name + value + 32 per field line, pseudo-header
+    fields included (RFC 9113 §6.5.2, RFC 9114 §4.2.2)."""
+    return sum(len(name) + len(value) + FIELD_LINE_OVERHEAD for name, value in fields)
 
 
 class Malformed(Exception):

@@ -24,7 +24,11 @@ Rules this module keeps:
   framing, routing or connection fields are refused too (RFC 9110 §6.5.1). A framing
   error found inside a body answers 400 if the response has not started, and always
   closes the connection.
-* A head larger than ``Config.max_header_bytes`` gets 431 (RFC 6585 §5).
+* A head larger than ``Config.max_header_bytes`` gets 431 (RFC 6585 §5), measured as on
+  HTTP/2 and HTTP/3 (``fields.field_section_size``; the request line counts as the
+  ``:method`` and ``:path`` lines). Chunked trailers obey the same limit: 431 if no response
+  has started, and the connection closes. h11 also caps the raw bytes of a head (or
+  trailer section) that arrives in pieces at the same number.
 * Timers: a fresh connection or a half-received head must complete within
   ``header_read_timeout``; an idle keep-alive connection closes after
   ``keep_alive_timeout``. No timer runs while a request is in flight.
@@ -58,6 +62,10 @@ from ..events import (
     StreamEvent,
     StreamReset,
 )
+from .fields import FIELD_LINE_OVERHEAD, field_section_size
+
+#: ``:method`` and ``:path`` field lines: their names and 32 octets each (RFC 9113 §6.5.2).
+_REQUEST_LINE_SIZE = len(b":method") + len(b":path") + 2 * FIELD_LINE_OVERHEAD
 
 # Unacknowledged request body (or pipelined bytes) we read ahead of the app.
 _READ_AHEAD = 64 * 1024
@@ -311,6 +319,18 @@ class H1Protocol:
                     self._body_unacked += len(event.data)
                     self._events.append(BodyReceived(self._stream_id, event.data))
             elif cls is h11.EndOfMessage:
+                if (
+                    event.headers
+                    and field_section_size(event.headers) > self._config.max_header_bytes
+                ):
+                    # Chunked trailers (RFC 9112 §7.1.2) obey the same limit as the head:
+                    # 431 if the app has not answered yet; the connection closes.
+                    self._abort_active()
+                    if self._response_started:
+                        self._close()
+                    else:
+                        self._send_error(431)
+                    return
                 if self._active is not None:
                     trailers = list(event.headers) if event.headers else []
                     if trailers and any(n in _FORBIDDEN_TRAILERS for n, _ in trailers):
@@ -342,9 +362,11 @@ class H1Protocol:
         upgrade: bytes | None = None
         connection_tokens = b""
         settings: bytes | None = None
-        head_size = len(event.target)
+        # The size rule of every protocol (fields.field_section_size): the request line
+        # counts as the :method and :path field lines it stands for.
+        head_size = len(event.method) + len(event.target) + _REQUEST_LINE_SIZE
         for name, value in headers:
-            head_size += len(name) + len(value) + 4
+            head_size += len(name) + len(value) + FIELD_LINE_OVERHEAD
             if name == b"content-length":
                 has_cl = True
             elif name == b"transfer-encoding":
@@ -360,8 +382,8 @@ class H1Protocol:
                 connection_tokens += value.lower() + b","
             elif name == b"http2-settings":
                 settings = value
-        # h11 bounds only heads that arrive in pieces; a head read in one go is checked
-        # here (RFC 6585 §5: 431).
+        # h11 bounds the raw bytes of heads that arrive in pieces; the size rule is
+        # checked here (RFC 6585 §5: 431).
         if head_size > self._config.max_header_bytes:
             self._send_error(431)
             return

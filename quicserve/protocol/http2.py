@@ -57,10 +57,10 @@ from h2.exceptions import (
     ProtocolError,
 )
 from h2.frame_buffer import FrameBuffer
-from h2.settings import SettingCodes, Settings
+from h2.settings import ChangedSetting, SettingCodes, Settings
 from hpack.exceptions import HPACKError
 from hyperframe.exceptions import HyperframeError
-from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
+from hyperframe.frame import ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame
 
 from ..config import Config
 from ..events import (
@@ -77,6 +77,7 @@ from .fields import (
     DROPPED_RESPONSE_FIELDS,
     Malformed,
     decode_token,
+    field_section_size,
     parse_request_fields,
     parse_trailers,
 )
@@ -105,7 +106,12 @@ class _CompressionError(ProtocolError):
 
 
 class _FrameBuffer(FrameBuffer):
-    """h2's frame reader, with the one frame-size rule it reports as PROTOCOL_ERROR."""
+    """h2's frame reader, with the one frame-size rule it reports as PROTOCOL_ERROR, and
+    a bound on the encoded size of a header block (HEADERS + CONTINUATION)."""
+
+    #: Encoded header-block octets refused as ENHANCE_YOUR_CALM (set by H2Protocol).
+    max_header_block = 1 << 62
+    _block_size = 0
 
     def __next__(self) -> Frame:
         data = self._data
@@ -120,6 +126,19 @@ class _FrameBuffer(FrameBuffer):
                 raise FrameDataMissingError("SETTINGS with ACK must have no payload")
         return super().__next__()
 
+    def _update_header_buffer(self, f: Frame | None) -> Frame | None:
+        if isinstance(f, HeadersFrame | ContinuationFrame):
+            # A header block is buffered whole before HPACK decodes it, and decoding costs
+            # per encoded octet (Huffman in Python): refuse one that no peer honouring
+            # our SETTINGS_MAX_HEADER_LIST_SIZE would send. Encoded field lines are never
+            # longer than their decoded size (32 octets a line), RFC 9113 §10.5.1.
+            self._block_size += len(f.data)
+            if self._block_size > self.max_header_block:
+                raise DenialOfServiceError("header block far above SETTINGS_MAX_HEADER_LIST_SIZE")
+            if "END_HEADERS" in f.flags:
+                self._block_size = 0
+        return super()._update_header_buffer(f)
+
 
 class _H2Connection(H2Connection):
     """h2's connection with three behaviours brought in line with RFC 9113.
@@ -133,6 +152,16 @@ class _H2Connection(H2Connection):
         buffer = _FrameBuffer(server=True)
         buffer.max_frame_size = self.incoming_buffer.max_frame_size
         self.incoming_buffer = buffer
+        #: What HPACK may decode of one header block before the connection fails (set by
+        #: H2Protocol); blocks between SETTINGS_MAX_HEADER_LIST_SIZE and this get 431.
+        self.max_decoded_block = self.decoder.max_header_list_size
+
+    def _local_settings_acked(self) -> dict[SettingCodes | int, ChangedSetting]:
+        changes = super()._local_settings_acked()
+        # h2 sets the HPACK bound to our SETTINGS_MAX_HEADER_LIST_SIZE on ACK; a block
+        # just over it is decoded and answered with 431 instead (H2Protocol).
+        self.decoder.max_header_list_size = self.max_decoded_block
+        return changes
 
     def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[H2Event]]:
         try:
@@ -317,7 +346,14 @@ class H2Protocol:
         )
         # h2 copies these when the connection is created, before our settings exist.
         conn.max_inbound_frame_size = config.h2_max_frame_size
-        conn.decoder.max_header_list_size = config.max_header_bytes
+        # RFC 9113 §10.5.1: a header section over max_header_bytes (HPACK's size: name +
+        # value + 32 a line) gets 431 (trailers: RST_STREAM); HPACK stops decoding, and
+        # the connection fails with ENHANCE_YOUR_CALM, only at twice that, which no peer
+        # honouring our SETTINGS_MAX_HEADER_LIST_SIZE reaches.
+        conn.max_decoded_block = 2 * config.max_header_bytes
+        conn.decoder.max_header_list_size = conn.max_decoded_block
+        assert isinstance(conn.incoming_buffer, _FrameBuffer)
+        conn.incoming_buffer.max_header_block = 2 * config.max_header_bytes
         self._conn = conn
         self._events: deque[StreamEvent] = deque()
         self._streams: dict[int, _Stream] = {}
@@ -416,6 +452,10 @@ class H2Protocol:
                 assert isinstance(ev, H2TrailersReceived)
                 stream = streams.get(ev.stream_id)
                 if stream is not None and not stream.reset:
+                    if field_section_size(ev.headers) > self._config.max_header_bytes:
+                        # The request is the app's already: no 431 (RFC 9113 §10.5.1).
+                        self._reset(stream, ErrorCodes.ENHANCE_YOUR_CALM, notify=True)
+                        continue
                     try:
                         stream.request_trailers = parse_trailers(ev.headers)
                     except Malformed:
@@ -459,6 +499,14 @@ class H2Protocol:
             # RFC 9113 §6.8: streams opened after our GOAWAY (or the peer's) are not
             # processed; REFUSED_STREAM tells the client it may retry them elsewhere.
             self._h2_reset(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        if field_section_size(ev.headers) > self._config.max_header_bytes:
+            # RFC 9113 §10.5.1: a larger header section than we accept gets 431 (RFC 6585
+            # §5); the stream never reaches the app and the connection carries on.
+            self._conn.send_headers(stream_id, [(b":status", b"431")], end_stream=True)
+            if ev.stream_ended is None:
+                # §8.1: the response is complete; the request body is not wanted.
+                self._h2_reset(stream_id, ErrorCodes.NO_ERROR)
             return
         try:
             method, path, scheme, authority, protocol, headers, length = parse_request_fields(

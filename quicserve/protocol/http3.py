@@ -26,6 +26,11 @@ Rules:
   abuse with ENHANCE_YOUR_CALM.
 * Response bytes held by QUIC for a stream are reported by ``buffered_amount`` for the
   app's ``send()`` to wait on.
+* A field section is at most ``Config.max_header_bytes`` (name + value + 32 per line, RFC
+  9114 §4.2.2), advertised as SETTINGS_MAX_FIELD_SECTION_SIZE. A larger request head gets
+  431 and the connection carries on; larger trailers reset their stream with
+  H3_EXCESSIVE_LOAD. Sections bounded far above the limit are refused before they are
+  decoded (``quic/compat.py`` with ``qpack_guard.py``: the QPACK bomb).
 * A request whose STREAM frames arrived in 0-RTT is flagged ``early_data`` (RFC 8470).
 * Graceful shutdown sends an HTTP/3 GOAWAY (§5.2), lets open requests finish, then closes
   the connection with H3_NO_ERROR.
@@ -68,8 +73,14 @@ from ..events import (
     StreamEvent,
     StreamReset,
 )
-from ..quic.compat import ServerH3Connection, ServerQuicConnection, configure_h3_limits
-from .fields import DROPPED_RESPONSE_FIELDS, Malformed, decode_token, parse_request_fields
+from ..quic.compat import ServerH3Connection, ServerQuicConnection
+from .fields import (
+    DROPPED_RESPONSE_FIELDS,
+    Malformed,
+    decode_token,
+    field_section_size,
+    parse_request_fields,
+)
 
 _STATUS = {status: str(status).encode() for status in range(100, 600)}
 
@@ -82,8 +93,7 @@ class H3Protocol:
     def __init__(self, quic: ServerQuicConnection, config: Config) -> None:
         self.quic = quic
         self._config = config
-        self._h3 = ServerH3Connection(quic, enable_webtransport=config.webtransport)
-        configure_h3_limits(self._h3, config)
+        self._h3 = ServerH3Connection(quic, config, enable_webtransport=config.webtransport)
         self._events: deque[StreamEvent] = deque()
         # stream id -> True once the request body has ended.
         self._requests: dict[int, bool] = {}
@@ -141,6 +151,8 @@ class H3Protocol:
                 for h3_event in h3.handle_event(event):
                     touched.add(h3_event.stream_id)
                     self._on_h3_event(h3_event)
+                if h3.message_errors:
+                    self._on_message_errors()
             elif cls is ConnectionIdIssued:
                 self.issued_cids.append(event.connection_id)
             elif cls is ConnectionIdRetired:
@@ -194,6 +206,16 @@ class H3Protocol:
         self.quic.release_stream(stream_id)
         self._h3.forget(stream_id)
 
+    def _on_message_errors(self) -> None:
+        # A malformed message (e.g. trailers with a pseudo-header) on a request the app
+        # already has: its stream was reset and stopped (RFC 9114 §4.1.2); the app sees a
+        # reset and sends nothing more, and stream_done must not stop the stream again.
+        for stream_id, code in self._h3.message_errors:
+            if stream_id in self._requests:
+                self._requests[stream_id] = True
+                self._events.append(StreamReset(stream_id, code))
+        self._h3.message_errors.clear()
+
     def _on_h3_event(self, event: Any) -> None:
         cls = type(event)
         stream_id = event.stream_id
@@ -221,7 +243,19 @@ class H3Protocol:
             if stream_id in self._requests:
                 self._events.append(SessionDatagramReceived(stream_id, event.data))
         elif cls is HeadersReceived:
+            too_large = field_section_size(event.headers) > self._config.max_header_bytes
             if stream_id in self._requests:
+                if too_large:
+                    # The request is the app's already: no 431, the stream is reset
+                    # (RFC 9114 §4.2.2 bounds trailers the same way).
+                    self._h3.reject(stream_id)
+                    self.quic.reset_stream(stream_id, ErrorCode.H3_EXCESSIVE_LOAD)
+                    self.quic.stop_stream(stream_id, ErrorCode.H3_EXCESSIVE_LOAD)
+                    # Stopped already: stream_done must not stop it again (aioquic may
+                    # have forgotten the stream by then and would raise).
+                    self._requests[stream_id] = True
+                    self._events.append(StreamReset(stream_id, ErrorCode.H3_EXCESSIVE_LOAD))
+                    return
                 # A second HEADERS frame carries trailers and must end the stream.
                 self._requests[stream_id] = True
                 trailers = [(n, v) for n, v in event.headers if not n.startswith(b":")]
@@ -230,6 +264,15 @@ class H3Protocol:
             if self._goaway_sent:
                 # RFC 9114 §5.2: requests after our GOAWAY are refused.
                 self._refuse(stream_id, ErrorCode.H3_REQUEST_REJECTED)
+                return
+            if too_large:
+                # RFC 9114 §4.2.2: a larger section than we accept gets 431 (RFC 6585 §5);
+                # the connection carries on. Anything after the HEADERS is ignored.
+                self._h3.send_headers(stream_id, [(b":status", b"431")], end_stream=True)
+                if not event.stream_ended:
+                    self.quic.stop_stream(stream_id, ErrorCode.H3_NO_ERROR)  # §4.1.1
+                self.quic.release_stream(stream_id)
+                self._h3.forget(stream_id)
                 return
             try:
                 request = self._parse_request(stream_id, event.headers)

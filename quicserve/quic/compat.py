@@ -36,6 +36,10 @@ upgrade should touch only this file.
 8. **Malformed requests are stream errors** (:class:`ServerH3Connection`), not the
    connection errors aioquic makes of them; it also drops what arrives on released
    streams and reports what it buffers per stream (``held``).
+9. **Field-section limits** (:class:`ServerH3Connection`, :class:`GuardedDecoder`): our
+   SETTINGS carry SETTINGS_MAX_FIELD_SECTION_SIZE and our QPACK limits, oversized HEADERS
+   frames are refused at their header, and every field section is bounded by
+   ``protocol/qpack_guard.py`` before pylsqpack may expand it (the QPACK bomb).
 
 Also here: the one place a :class:`QuicConfiguration` is built from :class:`Config`.
 """
@@ -46,9 +50,18 @@ from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any
 
+import pylsqpack
 from aioquic import tls
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
-from aioquic.h3.connection import ErrorCode, H3Connection, H3Stream, MessageError
+from aioquic.h3.connection import (
+    ErrorCode,
+    FrameType,
+    H3Connection,
+    H3Stream,
+    MessageError,
+    ProtocolError,
+    Setting,
+)
 from aioquic.h3.events import H3Event
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -68,6 +81,12 @@ from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import FinalSizeError, QuicStream, QuicStreamReceiver
 
 from ..config import Config
+from ..protocol.qpack_guard import (
+    QpackEncoderError,
+    QpackGuard,
+    QpackLoadError,
+    QpackSectionError,
+)
 
 CidFactory = Callable[[], tuple[bytes, bytes]]
 
@@ -560,22 +579,120 @@ def quic_configuration(
     return configuration
 
 
-class ServerH3Connection(H3Connection):
-    """aioquic's HTTP/3 connection, with malformed requests as *stream* errors.
+class ExcessiveLoad(ProtocolError):
+    """RFC 9114 §8.1 / §10.5: the peer makes us do far more work than it should."""
 
-    aioquic validates request fields itself and closes the whole connection on any
-    ``MessageError``. RFC 9114 §4.1.2 makes a malformed request a stream error of type
-    H3_MESSAGE_ERROR: here that request's stream is reset, stopped and released, the rest
-    of its frames are ignored, and every other stream carries on.
+    error_code = ErrorCode.H3_EXCESSIVE_LOAD
+
+
+class GuardedDecoder:
+    """pylsqpack's QPACK decoder, behind a :class:`QpackGuard` (the QPACK bomb).
+
+    pylsqpack cannot stop half-way through a field section, so before each section is
+    decoded the guard bounds what it may expand to. A section whose bound is above
+    ``refuse_above`` is a connection error of type H3_EXCESSIVE_LOAD and is never
+    decoded: a peer that honours our SETTINGS_MAX_FIELD_SECTION_SIZE never sends one
+    (RFC 9114 §4.2.2 lets it be refused; the bound is at most 8/5 of the real size for any
+    encoder that uses Huffman only where it is shorter). The guard reads the encoder stream
+    before the decoder does, so both see the same table. Same interface as
+    ``pylsqpack.Decoder``, which is what :class:`H3Connection` calls.
+    """
+
+    def __init__(self, max_table_capacity: int, blocked_streams: int, refuse_above: int) -> None:
+        self._decoder = pylsqpack.Decoder(max_table_capacity, blocked_streams)
+        self.guard = QpackGuard(max_table_capacity)
+        self._refuse_above = refuse_above
+        #: Sections waiting for inserts (RFC 9204 §2.1.2), bounded when they resume.
+        self._blocked: dict[int, bytes] = {}
+
+    def feed_encoder(self, data: bytes) -> list[int]:
+        try:
+            self.guard.feed_encoder(data)
+        except QpackEncoderError as exc:
+            raise pylsqpack.EncoderStreamError(str(exc)) from exc
+        except QpackLoadError as exc:
+            raise ExcessiveLoad(str(exc)) from exc
+        return self._decoder.feed_encoder(data)
+
+    def feed_header(self, stream_id: int, data: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        self.guard.section_started()
+        self._check(data)
+        try:
+            return self._decoder.feed_header(stream_id, data)
+        except pylsqpack.StreamBlocked:
+            self._blocked[stream_id] = data
+            raise
+
+    def resume_header(self, stream_id: int) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        data = self._blocked.pop(stream_id, None)
+        if data is not None:
+            self._check(data)
+        try:
+            return self._decoder.resume_header(stream_id)
+        except pylsqpack.StreamBlocked:
+            if data is not None:
+                self._blocked[stream_id] = data
+            raise
+
+    def cancel_stream(self, stream_id: int) -> bytes:
+        self._blocked.pop(stream_id, None)
+        return self._decoder.cancel_stream(stream_id)
+
+    def _check(self, data: bytes) -> None:
+        try:
+            bound = self.guard.section_bound(data, self._refuse_above)
+        except QpackSectionError as exc:
+            raise pylsqpack.DecompressionFailed(str(exc)) from exc
+        if bound is not None and bound > self._refuse_above:
+            raise ExcessiveLoad("field section far above SETTINGS_MAX_FIELD_SECTION_SIZE")
+
+
+class ServerH3Connection(H3Connection):
+    """aioquic's HTTP/3 connection with quicserve's limits.
+
+    * Malformed requests are *stream* errors. aioquic validates request fields itself and
+      closes the whole connection on any ``MessageError``. RFC 9114 §4.1.2 makes a
+      malformed request a stream error of type H3_MESSAGE_ERROR: here that request's
+      stream is reset, stopped and released, the rest of its frames are ignored, and
+      every other stream carries on; ``message_errors`` tells the HTTP/3 protocol, whose
+      app call (if it has one) must learn of the reset.
+    * Field sections are bounded (RFC 9114 §4.2.2, §7.2.4.1): SETTINGS carry
+      SETTINGS_MAX_FIELD_SECTION_SIZE = ``max_header_bytes`` and our QPACK limits
+      (aioquic sends its own defaults from ``__init__``); a HEADERS frame longer than
+      twice that, or a section the guard bounds above twice that
+      (:class:`GuardedDecoder`), is a connection error of type H3_EXCESSIVE_LOAD before it
+      is buffered or decoded. Whether a decoded section is within the limit is the HTTP/3
+      protocol's call (431).
 
     Data on a released stream (``ServerQuicConnection.release_stream``) is dropped before
     aioquic buffers any of it; ``held(stream_id)`` is what aioquic buffers for a stream
     (a partial frame, or a HEADERS block waiting on the QPACK encoder stream).
     """
 
-    def __init__(self, quic: ServerQuicConnection, *, enable_webtransport: bool = False) -> None:
+    def __init__(
+        self, quic: ServerQuicConnection, config: Config, *, enable_webtransport: bool = False
+    ) -> None:
+        # Read by _get_local_settings, which H3Connection.__init__ calls.
+        self._limits = config
         super().__init__(quic, enable_webtransport=enable_webtransport)
         self._server_quic = quic
+        #: Streams reset here for a malformed message, with the error code, for the HTTP/3
+        #: protocol to take (a request already handed to the app must learn it).
+        self.message_errors: list[tuple[int, int]] = []
+        self._refuse_above = 2 * config.max_header_bytes
+        # Nothing has been decoded yet: the decoder aioquic made can be replaced (by a
+        # wrapper: pylsqpack's Decoder cannot be subclassed).
+        self._decoder = GuardedDecoder(  # type: ignore[assignment]
+            config.qpack_max_table_capacity, config.qpack_blocked_streams, self._refuse_above
+        )
+
+    def _get_local_settings(self) -> dict[int, int]:
+        config = self._limits
+        self._max_table_capacity = config.qpack_max_table_capacity
+        self._blocked_streams = config.qpack_blocked_streams
+        settings = super()._get_local_settings()
+        settings[Setting.MAX_FIELD_SECTION_SIZE] = config.max_header_bytes
+        return settings
 
     def held(self, stream_id: int) -> int:
         """Bytes of ``stream_id`` aioquic's HTTP/3 layer holds, not yet parsed."""
@@ -596,6 +713,14 @@ class ServerH3Connection(H3Connection):
             super()._receive_stream_reset(stream_id)
         self._stream.pop(stream_id, None)
 
+    def reject(self, stream_id: int) -> None:
+        """Ignore whatever else arrives on ``stream_id`` (the caller reset it): its data is
+        dropped and credited (``release_stream``) and nothing more is sent on it."""
+        stream = self._stream.get(stream_id)
+        if stream is not None:
+            stream.sending_ended = True
+        self._server_quic.release_stream(stream_id)
+
     def _receive_stream_data(self, event: events.StreamDataReceived) -> list[H3Event]:
         if not self._server_quic.is_released(event.stream_id):
             return super()._receive_stream_data(event)
@@ -612,6 +737,18 @@ class ServerH3Connection(H3Connection):
         if self._server_quic.is_released(stream_id) and stream_id not in self._stream:
             return  # forgotten: nothing left to clean, nothing to answer
         super()._receive_stream_reset(stream_id)
+
+    def _check_request_or_push_frame_type(self, frame_type: int, stream: H3Stream) -> None:
+        super()._check_request_or_push_frame_type(frame_type, stream)
+        # aioquic buffers a whole HEADERS frame before decoding it: refuse it at its
+        # header. Encoded field lines are never longer than their decoded size (32
+        # octets a line), so this is only ever a peer that ignores our SETTINGS.
+        if (
+            frame_type == FrameType.HEADERS
+            and stream.frame_size is not None
+            and stream.frame_size > self._refuse_above
+        ):
+            raise ExcessiveLoad("HEADERS frame far above SETTINGS_MAX_FIELD_SECTION_SIZE")
 
     def _receive_request_or_push_data(
         self, stream: H3Stream, data: bytes, stream_ended: bool
@@ -637,24 +774,16 @@ class ServerH3Connection(H3Connection):
             quic.stop_stream(stream.stream_id, exc.error_code)
             quic.release_stream(stream.stream_id)
             stream.sending_ended = True  # reset: nothing more is sent on it
+            self.message_errors.append((stream.stream_id, exc.error_code))
             return []
-
-
-def configure_h3_limits(h3: Any, config: Config) -> None:
-    """QPACK limits we advertise and enforce (aioquic keeps them private and builds its
-    decoder in ``__init__``, before settings are sent)."""
-    import pylsqpack
-
-    h3._max_table_capacity = config.qpack_max_table_capacity
-    h3._blocked_streams = config.qpack_blocked_streams
-    h3._decoder = pylsqpack.Decoder(config.qpack_max_table_capacity, config.qpack_blocked_streams)
 
 
 __all__ = [
     "ChunkedStreamReceiver",
+    "ExcessiveLoad",
     "FragmentBudget",
+    "GuardedDecoder",
     "ServerH3Connection",
     "ServerQuicConnection",
-    "configure_h3_limits",
     "quic_configuration",
 ]
