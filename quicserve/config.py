@@ -207,6 +207,20 @@ class Config:
     quic_session_tickets: int = field(
         default=10_000, metadata=_opt("TLS session tickets kept in memory for resumption")
     )
+    quic_max_crypto_buffer: int = field(
+        default=16 * 1024,
+        metadata=_opt(
+            "out-of-order QUIC CRYPTO bytes buffered per encryption level (>= 4096, RFC 9000 "
+            "§7.5); beyond it the connection closes with CRYPTO_BUFFER_EXCEEDED"
+        ),
+    )
+    quic_max_ack_frames_per_packet: int = field(
+        default=2,
+        metadata=_opt(
+            "ACK frames one QUIC packet may carry; more close the connection with "
+            "PROTOCOL_VIOLATION (RFC 9000 §21.9: non-productive frames)"
+        ),
+    )
     qpack_max_table_capacity: int = field(
         default=4096, metadata=_opt("QPACK dynamic table size we allow the peer")
     )
@@ -530,6 +544,10 @@ def check(config: Config) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if config.workers < 1:
         raise ConfigError("--workers must be at least 1")
+    if config.quic_max_crypto_buffer < 4096:  # RFC 9000 §7.5: at least 4096 bytes
+        raise ConfigError("--quic-max-crypto-buffer must be at least 4096")
+    if config.quic_max_ack_frames_per_packet < 1:
+        raise ConfigError("--quic-max-ack-frames-per-packet must be at least 1")
     for name in ("max_requests", "max_requests_jitter"):
         if getattr(config, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative")

@@ -246,6 +246,10 @@ class QuicEndpoint:
             max_streams=self.config.quic_max_streams,
             allow_early_data=self.config.quic_0rtt,
         )
+        quic.guard(
+            max_crypto_buffer=self.config.quic_max_crypto_buffer,
+            max_ack_frames_per_packet=self.config.quic_max_ack_frames_per_packet,
+        )
         record = registry.add("udp", "h3", _address(addr), self.address)
         handler = QuicConnectionHandler(self, key, quic, record)
         registry.attach(record, handler)

@@ -7,6 +7,8 @@ Routes, chosen by path:
 * ``/echo``: reads the whole request body, answers its length;
 * ``/hold``: reads nothing, waits up to 30 s for the client to go away (a slow app);
 * ``/count``: how many app calls are running right now (``/count`` itself included).
+* ``/early``: ``1`` or ``-`` (whether this request came as 0-RTT early data, the
+  ``early-data`` header of RFC 8470), then how many early requests the app has seen.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import anyio
 
 running = 0
 peak = 0
+early = 0
 
 _CHUNK = b"x" * 65536
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    global running, peak
+    global running, peak, early
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -43,6 +46,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     running += 1
     peak = max(peak, running)
+    if (b"early-data", b"1") in scope["headers"]:
+        early += 1
     try:
         await _http(scope, receive, send)
     finally:
@@ -76,6 +81,9 @@ async def _http(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     elif path == "/count":
         body = f"{running} {peak}".encode()
+    elif path == "/early":
+        mark = "1" if (b"early-data", b"1") in scope["headers"] else "-"
+        body = f"{mark} {early}".encode()
     else:
         body = b"ok"
     await send({"type": "http.response.start", "status": 200, "headers": []})

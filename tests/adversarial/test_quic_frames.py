@@ -1,0 +1,346 @@
+"""QUIC-level abuse from raw packets, against the real server over real UDP.
+
+Each attack completes a genuine handshake with aioquic's client (``quic_attacker``), then
+sends frames it writes by hand in packets protected with the connection's own keys. Each
+test asserts what reaches the attacker (the RFC's error, or a connection that keeps
+working), that a well-behaved prober is answered within 1 s throughout, that the
+server's peak RSS grows by less than 50 MiB, and a bound on the server CPU time the
+attack cost (``/proc/PID/stat``). The prober's own requests are in that CPU time, so
+the bounds are loose on purpose: they catch costs that scale with the attack, not
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from aioquic import tls
+from aioquic.quic.connection import QuicConnectionId
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType
+
+from quicserve.certs import DevCertificate
+
+from ..h3client import H3Request, h3_fetch
+from ..test_cli import Spawn
+from .harness import MAX_RSS_GROWTH_MIB, Prober, Target, serve
+from .quic_attacker import Frame, RawQuicClient, ack_frame, cpu_seconds, varint
+
+
+def connect(target: Target) -> RawQuicClient:
+    client = RawQuicClient(target.quic, str(target.tls.ca_certfile))
+    client.connect()
+    client.pump(0.1)  # HANDSHAKE_DONE, NEW_CONNECTION_IDs, the first 1-RTT packets
+    return client
+
+
+def pings(count: int) -> list[Frame]:
+    return [(QuicFrameType.PING, b"")] * count
+
+
+# -- 1. ACK frames ---------------------------------------------------------------------
+
+
+def test_ack_floods(spawn: Spawn, backend: str, tls_files: DevCertificate) -> None:
+    """Many ACK frames per packet, ACKs of packets never sent, and ACK frames with as
+    many ranges as a packet holds.
+
+    RFC 9000 §13.1: acknowledging a packet never sent is a PROTOCOL_VIOLATION (SHOULD);
+    §21.9: excessive non-productive frames MAY be met with a connection error, and a
+    packet has one number space, so a second ACK frame in it is never needed. A single
+    ACK frame with ~600 ranges is legal: its cost is bounded per byte received.
+    """
+    with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
+        before = cpu_seconds(target.pid)
+
+        # Hundreds of small ACK frames in each of 300 datagrams (~69,000 frames).
+        flood = connect(target)
+        largest = flood.quic._spaces[tls.Epoch.ONE_RTT].largest_received_packet
+        sent = flood.send_frames([ack_frame(largest)] * (300 * 230))
+        assert flood.wait_closed() == QuicErrorCode.PROTOCOL_VIOLATION
+
+        # An ACK for a packet number far beyond any we sent.
+        liar = connect(target)
+        liar.send_frames([ack_frame(1_000_000)])
+        assert liar.wait_closed() == QuicErrorCode.PROTOCOL_VIOLATION
+
+        # Legal but heavy: one ACK frame of 600 one-packet ranges per datagram, each
+        # range on a packet the server did send (after a 2 MB download).
+        ranges = connect(target)
+        ranges.fetch("/big?2000000", timeout=10)
+        largest = ranges.quic._spaces[tls.Epoch.ONE_RTT].largest_received_packet
+        assert largest > 1200
+        heavy_start = cpu_seconds(target.pid)
+        ranges.send_frames([ack_frame(largest, ranges=600)] * 300, per_packet=1)
+        assert ranges.fetch("/").status == 200  # the connection still works
+        heavy = cpu_seconds(target.pid) - heavy_start
+
+        spent = cpu_seconds(target.pid) - before
+        for client in (flood, liar, ranges):
+            client.close()
+    prober.check()
+    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+    print(f"flood datagrams {sent}, server CPU {spent:.2f} s, 600-range ACKs {heavy:.2f} s")
+    # 300 datagrams of 600 ranges: well under 1 ms each (a plain packet is ~0.1 ms).
+    assert heavy < 0.3 * 1.0 + 0.5
+    assert spent < 3.0
+
+
+# -- 2. PATH_CHALLENGE -----------------------------------------------------------------
+
+
+def test_path_challenge_churn(spawn: Spawn, backend: str, tls_files: DevCertificate) -> None:
+    """PATH_CHALLENGE floods from 200 new addresses (ports), half of the packets also
+    non-probing (so the connection migrates to each), then back to the first address.
+
+    aioquic 1.7.2 already bounds this: at most 8 network paths per connection (the
+    oldest unvalidated one is evicted), 32 unanswered challenges per path, 5 of its own
+    challenges per path; the endpoint routes by CID only and keeps nothing per address.
+    The test proves those bounds hold end to end: the connection still serves, the
+    server sends to the unvalidated addresses at most 3x what it got from them (RFC 9000
+    §8: anti-amplification), and memory and CPU stay flat. It passes on the code before
+    the guards were added, as it should.
+    """
+    with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
+        before = cpu_seconds(target.pid)
+        client = connect(target)
+        sockets = []
+        sent_bytes = 0
+        challenges: list[Frame] = [(QuicFrameType.PATH_CHALLENGE, os.urandom(8))] * 100
+        for i in range(200):
+            sock = RawQuicClient.new_socket()
+            sock.setblocking(False)
+            sockets.append(sock)
+            frames = challenges + (pings(1) if i % 2 else [])
+            client.send_frames(frames, sock=sock)
+            sent_bytes += 100 * 9 + 40
+        time.sleep(0.5)
+        received = 0
+        for sock in sockets:
+            while True:
+                try:
+                    received += len(sock.recv(65536))
+                except BlockingIOError:
+                    break
+            sock.close()
+        # Back to the first address: a non-probing packet migrates the connection home.
+        client.send_frames(pings(1))
+        assert client.fetch("/").status == 200
+        spent = cpu_seconds(target.pid) - before
+        client.close()
+    prober.check()
+    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+    print(f"sent {sent_bytes} B from 200 addresses, got {received} B back, CPU {spent:.2f} s")
+    assert received <= 3 * sent_bytes
+    assert spent < 3.0
+
+
+# -- 3. NEW_CONNECTION_ID / RETIRE_CONNECTION_ID ----------------------------------------
+
+
+def _known_cids(client: RawQuicClient) -> dict[int, tuple[bytes, bytes]]:
+    """Sequence number -> (CID, reset token) of the server CIDs the client holds."""
+    quic = client.quic
+    cids = [quic._peer_cid, *quic._peer_cid_available]
+    return {c.sequence_number: (c.cid, c.stateless_reset_token) for c in cids}
+
+
+def _new_cid(client: RawQuicClient, sequence: int, retire_prior_to: int) -> Frame:
+    """A NEW_CONNECTION_ID frame for a CID the client then really accepts packets on
+    (the server moves to it when Retire Prior To retires the one in use)."""
+    cid = os.urandom(8)
+    client.quic._host_cids.append(QuicConnectionId(cid=cid, sequence_number=sequence))
+    body = varint(sequence) + varint(retire_prior_to) + bytes([len(cid)]) + cid
+    return QuicFrameType.NEW_CONNECTION_ID, body + os.urandom(16)
+
+
+def test_connection_id_churn(spawn: Spawn, backend: str, tls_files: DevCertificate) -> None:
+    """RETIRE_CONNECTION_ID for CIDs never sent, retirement churn paced by round trips,
+    too many CIDs from the peer, and Retire Prior To churn.
+
+    RFC 9000 §19.16: retiring a sequence number greater than any sent is a
+    PROTOCOL_VIOLATION (aioquic compared with what it had minted, and minted one more
+    for each); §5.1.1: more CIDs than active_connection_id_limit is a
+    CONNECTION_ID_LIMIT_ERROR; §5.1.2: the RETIRE_CONNECTION_IDs a peer's Retire Prior
+    To makes us owe are bounded (aioquic: CONNECTION_ID_LIMIT_ERROR past 32 pending).
+    Retired CIDs leave the endpoint's routing table: a packet for one gets a stateless
+    reset with that CID's token.
+    """
+    retire = QuicFrameType.RETIRE_CONNECTION_ID
+    with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
+        before = cpu_seconds(target.pid)
+
+        # Retiring ahead of what was sent: the server never sent sequence 8 and up.
+        ahead = connect(target)
+        ahead.send_frames([(retire, varint(seq)) for seq in range(1, 2001)])
+        assert ahead.wait_closed() == QuicErrorCode.PROTOCOL_VIOLATION
+
+        # Churn paced by round trips: retire every spare CID received, 60 rounds.
+        churn = connect(target)
+        retired: dict[int, tuple[bytes, bytes]] = {}
+        quic = churn.quic
+        for _ in range(60):
+            spare = [c for c in quic._peer_cid_available]
+            assert spare, "the server stopped issuing connection IDs"
+            quic._peer_cid_available = []
+            for c in spare:
+                retired[c.sequence_number] = (c.cid, c.stateless_reset_token)
+            churn.send_frames([(retire, varint(c.sequence_number)) for c in spare])
+            churn.pump_until(lambda: bool(quic._peer_cid_available), 2.0)
+        assert churn.fetch("/").status == 200
+        assert len(retired) >= 60 * 7
+        # A retired CID is no longer routed: a short-header packet for it draws the
+        # stateless reset whose token the server gave that CID (RFC 9000 §10.3).
+        cid, token = retired[min(retired)]
+        probe = RawQuicClient.new_socket()
+        probe.settimeout(2.0)
+        probe.sendto(bytes([0x40]) + cid + os.urandom(60), churn.addr)
+        reset = probe.recv(65536)
+        probe.close()
+        assert reset.endswith(token)
+
+        # More CIDs than our active_connection_id_limit (8).
+        issuer = connect(target)
+        issuer.send_frames([_new_cid(issuer, seq, 0) for seq in range(1, 21)])
+        assert issuer.wait_closed() == QuicErrorCode.CONNECTION_ID_LIMIT_ERROR
+
+        # Retire Prior To churn: each new CID retires all before it, 1000 times, faster
+        # than the server's RETIRE_CONNECTION_IDs can be acknowledged.
+        prior = connect(target)
+        prior.send_frames([_new_cid(prior, seq, seq) for seq in range(1, 1001)])
+        assert prior.wait_closed() == QuicErrorCode.CONNECTION_ID_LIMIT_ERROR
+
+        spent = cpu_seconds(target.pid) - before
+        for client in (ahead, churn, issuer, prior):
+            client.close()
+    prober.check()
+    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+    print(f"CID churn: {len(retired)} retired in rounds, server CPU {spent:.2f} s")
+    assert spent < 3.0
+
+
+# -- 4. CRYPTO data --------------------------------------------------------------------
+
+_FAR = 524_000  # just under aioquic's own limit (512 KiB of pending CRYPTO data)
+
+
+def _crypto_gap() -> Frame:
+    """One byte of CRYPTO data at offset ``_FAR``, far past anything received."""
+    return QuicFrameType.CRYPTO, varint(_FAR) + varint(1) + b"\x16"
+
+
+def test_crypto_beyond_buffer(spawn: Spawn, backend: str, tls_files: DevCertificate) -> None:
+    """One byte of CRYPTO data half a MiB ahead: in the very first Initial of 60
+    connections (each then completing its handshake), and in 1-RTT packets of 10 more.
+
+    RFC 9000 §7.5: buffer at least 4096 bytes of out-of-order CRYPTO data; beyond what
+    we buffer, close with CRYPTO_BUFFER_EXCEEDED. aioquic accepted up to 512 KiB ahead
+    and zero-filled the gap, per encryption level, kept for the connection's life: 60
+    connections held ~30 MiB of zeros in Initial buffers plus ~30 MiB in 1-RTT ones.
+
+    ``--quic-retry never``: Retry does not stop an attacker that uses its own address
+    (it costs it one round trip), and leaving it out keeps the attacker simple.
+    """
+    with serve(spawn, backend, tls_files, "--quic-retry", "never") as target, Prober(
+        target
+    ) as prober:
+        before = cpu_seconds(target.pid)
+        closes: list[int | None] = []
+        clients = []
+        for _ in range(60):
+            client = RawQuicClient(target.quic, str(target.tls.ca_certfile))
+            clients.append(client)
+            quic = client.quic
+            quic.connect(client.addr, now=time.monotonic())
+            # Our own first Initial (>= 1200 bytes, RFC 9000 §14.1), then the real
+            # ClientHello in the next one.
+            client.send_frames(
+                [_crypto_gap(), (QuicFrameType.PADDING, bytes(1150))], epoch=tls.Epoch.INITIAL
+            )
+            client.flush()
+            if client.wait_handshake():  # unguarded: the handshake completed
+                client.pump(0.05)
+                client.send_frames([_crypto_gap()])
+            closes.append(client.wait_closed(0.2))
+        for _ in range(10):
+            client = connect(target)
+            clients.append(client)
+            client.send_frames([_crypto_gap()])
+            closes.append(client.wait_closed())
+        spent = cpu_seconds(target.pid) - before
+        growth = target.rss_growth_mib()
+        for client in clients:
+            client.close()
+    prober.check()
+    print(f"CRYPTO gaps: RSS growth {growth:.1f} MiB, server CPU {spent:.2f} s")
+    assert closes == [QuicErrorCode.CRYPTO_BUFFER_EXCEEDED] * 70
+    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+    assert spent < 5.0
+
+
+# -- 5. 0-RTT replay -------------------------------------------------------------------
+
+
+def test_0rtt_replay(spawn: Spawn, backend: str, tls_files: DevCertificate) -> None:
+    """One session ticket used for 0-RTT on 20 connections, and the first flight of a
+    0-RTT connection replayed byte for byte 30 times.
+
+    Tickets are single-use (RFC 9001 §9.2, RFC 8446 §8.1): only the first use gets its
+    early data accepted (and there an unsafe method gets 425, RFC 8470 §5.2); every
+    replay falls back to a full handshake, its requests are served in 1-RTT, and a
+    byte-for-byte replay reaches no app at all. Each replay costs one handshake.
+    """
+    with serve(spawn, backend, tls_files, "--quic-0rtt") as target, Prober(target) as prober:
+        cafile = str(target.tls.ca_certfile)
+        first = h3_fetch(target.quic, [H3Request("/")], cafile=cafile)
+        ticket = first.session_ticket
+        assert ticket is not None and ticket.max_early_data_size
+
+        # The ticket's one 0-RTT use, with its first flight recorded.
+        flight: list[bytes] = []
+        client = RawQuicClient(target.quic, cafile, session_ticket=ticket)
+        client.quic.connect(client.addr, now=time.monotonic())
+        early = client.request("/early")
+        post = client.request("/echo", "POST", b"unsafe")
+        for data, _ in client.quic.datagrams_to_send(now=time.monotonic()):
+            flight.append(data)
+            client.sock.sendto(data, client.addr)
+        assert client.answer(early).body.startswith(b"1 ")  # served from 0-RTT
+        assert client.answer(post).status == 425
+        assert client.quic.tls.early_data_accepted
+        client.quic.close()
+        client.flush()
+        client.pump(0.3)
+        client.close()
+
+        before = cpu_seconds(target.pid)
+        # The same ticket again, by a client that means it: 1-RTT only.
+        for _ in range(20):
+            replay = h3_fetch(
+                target.quic,
+                [H3Request("/early"), H3Request("/echo", "POST", b"unsafe")],
+                cafile=cafile,
+                session_ticket=ticket,
+                concurrent=True,
+            )
+            assert not replay.early_data_accepted
+            assert replay.responses[0].body.startswith(b"- ")  # not early data
+            assert replay.responses[1].status == 200 and replay.responses[1].body == b"6"
+        # The recorded first flight, byte for byte, from 30 other ports.
+        replayers = []
+        for _ in range(30):
+            sock = RawQuicClient.new_socket()
+            replayers.append(sock)
+            for data in flight:
+                sock.sendto(data, client.addr)
+        time.sleep(0.5)
+        for sock in replayers:
+            sock.close()
+        spent = cpu_seconds(target.pid) - before
+        count = h3_fetch(target.quic, [H3Request("/early")], cafile=cafile)
+        # Only the one accepted 0-RTT request ever reached the app as early data.
+        assert count.responses[0].body == b"- 1"
+    prober.check()
+    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+    print(f"0-RTT replays: server CPU {spent:.2f} s for 20 handshakes and 30 replays")
+    assert spent < 5.0
