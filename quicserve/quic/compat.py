@@ -278,9 +278,9 @@ class ServerQuicConnection(QuicConnection):
         # PROTOCOL_VIOLATION. aioquic (connection.py, _handle_retire_connection_id_frame)
         # compares with the next number it will *mint* (``_host_cid_seq``), and mints a
         # replacement at once for every CID retired, so a peer that counts ahead can
-        # retire CIDs it never saw, hundreds per packet, each costing us a new CID, its
-        # reset token and a NEW_CONNECTION_ID frame. With the RFC's check the peer can
-        # only retire what reached it: the churn is paced by round trips.
+        # retire CIDs it never saw, hundreds per packet, each costing us a new CID and
+        # its reset token (only the 8 kept are ever sent). With the RFC's check the peer
+        # can only retire what reached it: the churn is paced by round trips.
         position = buf.tell()
         sequence_number = buf.pull_uint_var()
         buf.seek(position)

@@ -58,6 +58,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class _AttackerConnection(QuicConnection):
+    """aioquic's client, noting the server's CONNECTION_CLOSE when it arrives, and
+    taking as many connection IDs as the server sends (to see what it does)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._local_active_connection_id_limit = 10_000
+        self.remote_close: ConnectionTerminated | None = None
+
+    def _handle_connection_close_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        super()._handle_connection_close_frame(context, frame_type, buf)
+        if self.remote_close is None:
+            self.remote_close = self._close_event
+
+
 @dataclass
 class H3Answer:
     """A response as it arrives."""
@@ -87,7 +102,7 @@ class RawQuicClient:
         )
         configuration.load_verify_locations(cafile)
         self.tickets: list[tls.SessionTicket] = []
-        self.quic = QuicConnection(
+        self.quic = _AttackerConnection(
             configuration=configuration, session_ticket_handler=self.tickets.append
         )
         self.h3: H3Connection | None = None
@@ -98,6 +113,8 @@ class RawQuicClient:
         self.bytes_in = 0
         self.terminated: ConnectionTerminated | None = None
         self.responses: dict[int, H3Answer] = {}
+        #: The connection ended without a CONNECTION_CLOSE from the server.
+        self.closed_by_us = False
 
     @staticmethod
     def new_socket() -> socket.socket:
@@ -166,14 +183,14 @@ class RawQuicClient:
 
     def _drain_events(self) -> None:
         # aioquic reports ConnectionTerminated only after the draining period (3 PTO);
-        # the close it received is known at once.
-        close: Any = getattr(self.quic, "_close_event", None)
-        if close is not None and self.terminated is None:
-            self.terminated = close
+        # the close the server sent is known at once.
+        if self.terminated is None and self.quic.remote_close is not None:
+            self.terminated = self.quic.remote_close
         while (event := self.quic.next_event()) is not None:
             self.events.append(event)
             if isinstance(event, ConnectionTerminated) and self.terminated is None:
                 self.terminated = event
+                self.closed_by_us = self.quic.remote_close is None
             if self.h3 is not None:
                 for h3_event in self.h3.handle_event(event):
                     self._h3_event(h3_event)
@@ -228,6 +245,7 @@ class RawQuicClient:
         except TimeoutError:
             return None
         assert self.terminated is not None
+        assert not self.closed_by_us, f"the attacker's end failed: {self.terminated}"
         return self.terminated.error_code
 
     def close(self) -> None:
