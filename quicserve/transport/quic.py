@@ -121,6 +121,8 @@ class QuicEndpoint:
             retry=config.quic_retry,
             retry_threshold=config.quic_retry_threshold,
             max_connections=config.quic_max_connections,
+            max_handshakes=config.quic_max_handshakes,
+            max_unvalidated_per_address=config.quic_max_handshakes_per_address or None,
             cid_length=cid_length,
             cid_generator=layout.generator(slot) if layout is not None else None,
             tokens=tokens,
@@ -258,7 +260,10 @@ class QuicEndpoint:
         core.register_cid(decision.dcid, key)
         for cid in quic.host_connection_ids():
             core.register_cid(cid, key)
-        core.handshake_started(key)
+        # Per-address accounting only for addresses Retry validated (a spoofed Initial
+        # must not use up someone else's allowance), or for all without Retry.
+        validated = decision.retry_scid is not None or self.config.quic_retry == "never"
+        core.handshake_started(key, _address(addr) if validated else None)
         self._task_group.start_soon(handler.run)
         handler.datagram_received(data, addr, now)
 

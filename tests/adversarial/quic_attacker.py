@@ -92,6 +92,7 @@ class RawQuicClient:
         *,
         session_ticket: tls.SessionTicket | None = None,
         max_datagram_size: int = 1350,
+        host: str = "127.0.0.1",
     ) -> None:
         configuration = QuicConfiguration(
             is_client=True,
@@ -107,7 +108,7 @@ class RawQuicClient:
         )
         self.h3: H3Connection | None = None
         self.addr = ("127.0.0.1", port)
-        self.sock = self.new_socket()
+        self.sock = self.new_socket(host)
         self.events: list[QuicEvent] = []
         self.datagrams_in = 0
         self.bytes_in = 0
@@ -117,9 +118,12 @@ class RawQuicClient:
         self.closed_by_us = False
 
     @staticmethod
-    def new_socket() -> socket.socket:
+    def new_socket(host: str = "127.0.0.1") -> socket.socket:
+        """A UDP socket on ``host`` (any 127.x.y.z address is loopback on Linux: a
+        different one keeps an attacker's per-address accounting apart from the
+        prober's)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         return sock
 

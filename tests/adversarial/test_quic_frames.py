@@ -298,6 +298,77 @@ def test_crypto_beyond_buffer(spawn: Spawn, backend: str, tls_files: DevCertific
     assert spent < 5.0
 
 
+# -- 4b. handshakes in progress ---------------------------------------------------------
+
+
+def _is_retry(datagram: bytes) -> bool:
+    # RFC 9000 §17.2.5: long header, type 3 (version 1).
+    return bool(datagram[0] & 0x80) and (datagram[0] & 0x30) >> 4 == 3
+
+
+def test_handshake_flood(spawn: Spawn, backend: str, tls_files: DevCertificate) -> None:
+    """600 handshakes from one client address that answers Retry but never finishes.
+
+    A half-open connection holds ~100 KiB until it idles out (30 s), and Retry only
+    proves the address, which this attacker really has. Bounds: ``--quic-retry-threshold``
+    (100) handshakes may go without Retry, then ``--quic-max-handshakes-per-address``
+    (100) per validated address; further Initials are dropped (the client's
+    retransmission will find room later). ``--quic-max-handshakes`` (1000) bounds all
+    addresses together. Before these bounds all 600 were taken: RSS +66 MiB.
+    """
+    with serve(spawn, backend, tls_files) as target:
+        # The attacker's ClientHellos are made before the prober starts: the prober runs
+        # in a thread of this process, and must not wait on the attacker's crypto.
+        clients = []
+        for _ in range(600):
+            client = RawQuicClient(target.quic, str(target.tls.ca_certfile), host="127.0.0.2")
+            client.sock.setblocking(False)
+            client.quic.connect(client.addr, now=time.monotonic())
+            first = client.quic.datagrams_to_send(now=time.monotonic())
+            clients.append((client, [data for data, _ in first]))
+        with Prober(target) as prober:
+            before = cpu_seconds(target.pid)
+            pending: list[RawQuicClient] = []
+            answered = 0
+            # 200 new handshakes a second (10 every 50 ms), following each Retry at once;
+            # then 1 s more for the answers.
+            end = time.monotonic() + 10.0
+            for i in range(0, 600 + 1000, 10):
+                for client, datagrams in clients[i : i + 10]:
+                    for data in datagrams:
+                        client.sock.sendto(data, client.addr)
+                    pending.append(client)
+                time.sleep(0.05)
+                waiting = []
+                for client in pending:
+                    try:
+                        data = client.sock.recv(65536)
+                    except BlockingIOError:
+                        waiting.append(client)
+                        continue
+                    if _is_retry(data):  # follow Retry with its token, as clients do
+                        client.quic.receive_datagram(data, client.addr, now=time.monotonic())
+                        client.flush()
+                        waiting.append(client)
+                    else:  # the server's handshake flight: a connection was taken
+                        answered += 1
+                pending = waiting
+                if i >= 600 and time.monotonic() > end:
+                    break
+                if i + 10 == 600:
+                    end = time.monotonic() + 1.0
+            spent = cpu_seconds(target.pid) - before
+            growth = target.rss_growth_mib()
+        for client, _ in clients:
+            client.sock.close()
+    print(f"handshake flood: {answered} of 600 taken, RSS +{growth:.1f} MiB, CPU {spent:.2f} s")
+    print(sorted((round(r[1], 2), r[0]) for r in prober.results)[-6:])
+    prober.check()
+    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+    assert answered <= 100 + 100 + 5
+    assert spent < 3.0
+
+
 # -- 5. 0-RTT replay -------------------------------------------------------------------
 
 
