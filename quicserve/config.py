@@ -224,8 +224,9 @@ class Config:
     quic_max_crypto_buffer: int = field(
         default=16 * 1024,
         metadata=_opt(
-            "out-of-order QUIC CRYPTO bytes buffered per encryption level (>= 4096, RFC 9000 "
-            "§7.5); beyond it the connection closes with CRYPTO_BUFFER_EXCEEDED"
+            "QUIC CRYPTO bytes held before TLS can use them (out of order, or part of an "
+            "incomplete TLS message) per encryption level; more close the connection with "
+            "CRYPTO_BUFFER_EXCEEDED (>= 4096, RFC 9000 §7.5)"
         ),
     )
     quic_max_ack_frames_per_packet: int = field(

@@ -244,23 +244,30 @@ class ServerQuicConnection(QuicConnection):
     def _handle_crypto_frame(
         self, context: QuicReceiveContext, frame_type: int, buf: Buffer
     ) -> None:
-        # RFC 9000 §7.5: buffer at least 4096 bytes of out-of-order CRYPTO data, and close
-        # with CRYPTO_BUFFER_EXCEEDED beyond what we allow. aioquic allows 512 KiB
-        # (connection.py, MAX_PENDING_CRYPTO) and its receiver zero-fills the gap up to
-        # the frame's offset (stream.py, QuicStreamReceiver.handle_frame): one CRYPTO
-        # frame of one byte at offset 512 KiB - 1 makes it allocate 512 KiB, in each of
-        # three epochs, kept while the connection lives. Upstream: a configurable limit
-        # near the RFC's 4096, and buffers that hold what arrived, not the gap.
+        # RFC 9000 §7.5: buffer at least 4096 bytes of CRYPTO data, and close with
+        # CRYPTO_BUFFER_EXCEEDED beyond what we allow. aioquic holds two buffers without a
+        # useful bound, and what we count is both:
+        # * out of order: up to 512 KiB ahead (connection.py, MAX_PENDING_CRYPTO), and the
+        #   receiver zero-fills the gap up to the frame's offset (stream.py,
+        #   QuicStreamReceiver.handle_frame): one byte at offset 512 KiB - 1 allocates
+        #   512 KiB, in each of three epochs, kept while the connection lives;
+        # * in order: TLS reassembles a message until the length its header claims (up to
+        #   16 MiB) has arrived, one buffer grown by ``bytes +=`` (tls.py,
+        #   Context.handle_message): a ClientHello that claims 16 MiB and keeps coming
+        #   holds 16 MiB and costs quadratic copying, ~14,000 Initial packets of it.
+        # Upstream: a configurable limit on both (the RFC's 4096 as the floor), buffers
+        # that hold what arrived rather than the gap, and a bytearray for reassembly.
         position = buf.tell()
         offset = buf.pull_uint_var()
         length = buf.pull_uint_var()
         buf.seek(position)
         start = self._crypto_streams[context.epoch].receiver.starting_offset()
-        if offset + length - start > self._max_crypto_buffer:
+        reassembling = len(self.tls._receive_buffer)
+        if offset + length - start + reassembling > self._max_crypto_buffer:
             raise QuicConnectionError(
                 error_code=QuicErrorCode.CRYPTO_BUFFER_EXCEEDED,
                 frame_type=frame_type,
-                reason_phrase="too much out-of-order CRYPTO data",
+                reason_phrase="too much CRYPTO data buffered",
             )
         super()._handle_crypto_frame(context, frame_type, buf)
 

@@ -298,6 +298,46 @@ def test_crypto_beyond_buffer(spawn: Spawn, backend: str, tls_files: DevCertific
     assert spent < 5.0
 
 
+def test_endless_client_hello(spawn: Spawn, backend: str, tls_files: DevCertificate) -> None:
+    """A ClientHello whose header claims 16 MiB, then 2.5 MB of it in order, in Initial
+    packets (a full datagram each, paced so none is lost).
+
+    aioquic's TLS layer reassembles a handshake message until its claimed length has
+    arrived, growing one ``bytes`` object per packet: memory for all of it, and copying
+    that grows with the square of its size (16 MiB would be ~14,000 packets and minutes
+    of CPU). The data is in order, so aioquic's out-of-order limit never applies. Now
+    what TLS holds counts against ``--quic-max-crypto-buffer``: CRYPTO_BUFFER_EXCEEDED
+    (RFC 9000 §7.5) after 16 KiB.
+    """
+    with serve(spawn, backend, tls_files, "--quic-retry", "never") as target, Prober(
+        target
+    ) as prober:
+        before = cpu_seconds(target.pid)
+        client = RawQuicClient(target.quic, str(target.tls.ca_certfile))
+        client.quic.connect(client.addr, now=time.monotonic())
+        chunk = 1200
+        header = bytes([1]) + (0xFFFFFF).to_bytes(3, "big")  # ClientHello, 16 MiB
+        offset = 0
+        for i in range(2100):
+            data = header + os.urandom(chunk - 4) if i == 0 else os.urandom(chunk)
+            frame = (QuicFrameType.CRYPTO, varint(offset) + varint(len(data)) + data)
+            client.send_frames([frame], epoch=tls.Epoch.INITIAL)
+            offset += len(data)
+            if i % 20 == 19:
+                client.pump(0.005)  # ACKs, and the server's close if it comes
+                if client.terminated is not None:
+                    break
+        closed = client.wait_closed(1.0)
+        spent = cpu_seconds(target.pid) - before
+        client.close()
+    print(f"endless ClientHello: {offset} bytes sent, closed {closed}, CPU {spent:.2f} s")
+    prober.check()
+    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+    assert closed == QuicErrorCode.CRYPTO_BUFFER_EXCEEDED
+    assert offset < 200_000  # closed long before the attacker was done
+    assert spent < 1.0
+
+
 # -- 4b. handshakes in progress ---------------------------------------------------------
 
 
@@ -367,6 +407,46 @@ def test_handshake_flood(spawn: Spawn, backend: str, tls_files: DevCertificate) 
     assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
     assert answered <= 100 + 100 + 5
     assert spent < 3.0
+
+
+def test_stateless_reset_flood(spawn: Spawn, backend: str, tls_files: DevCertificate) -> None:
+    """5,000 short-header packets for connection IDs nobody has, in 1 s.
+
+    RFC 9000 §10.3.3: a stateless reset is smaller than what triggered it and its rate
+    may be limited (the source address may be spoofed). The endpoint sends at most 10 a
+    second (a token bucket, burst 10; EndpointCore ``stateless_reset_rate``), each at
+    most 64 bytes. Already so before this work: the test proves the bound.
+    """
+    with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
+        before = cpu_seconds(target.pid)
+        sock = RawQuicClient.new_socket("127.0.0.2")
+        sock.setblocking(False)
+        resets: list[bytes] = []
+        started = time.monotonic()
+        for i in range(5000):
+            sock.sendto(bytes([0x40]) + os.urandom(8) + bytes(91), ("127.0.0.1", target.quic))
+            if i % 50 == 49:
+                time.sleep(0.01)
+                while True:
+                    try:
+                        resets.append(sock.recv(65536))
+                    except BlockingIOError:
+                        break
+        time.sleep(0.2)
+        while True:
+            try:
+                resets.append(sock.recv(65536))
+            except BlockingIOError:
+                break
+        elapsed = time.monotonic() - started
+        sock.close()
+        spent = cpu_seconds(target.pid) - before
+    print(f"resets: {len(resets)} for 5000 triggers in {elapsed:.2f} s, CPU {spent:.2f} s")
+    prober.check()
+    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+    assert 1 <= len(resets) <= 10 + 10 * elapsed + 1
+    assert all(21 <= len(reset) <= 64 for reset in resets)
+    assert spent < 2.0
 
 
 # -- 5. 0-RTT replay -------------------------------------------------------------------
