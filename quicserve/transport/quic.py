@@ -388,14 +388,19 @@ class QuicEndpoint:
     # -- timers -------------------------------------------------------------------------
 
     def arm(self, key: int, deadline: float) -> None:
-        """Make the wheel call the connection's ``on_timer`` at ``deadline``.
+        """Make the wheel call the connection's ``timer_fired`` at ``deadline``.
 
         The heap holds connection keys, not connections: a finished connection is gone
-        from ``handlers`` at once, and its stale entries cost a tuple until they expire.
+        from ``handlers`` at once, and its entries cost a tuple until they expire.
         """
         heapq.heappush(self._heap, (deadline, next(self._heap_seq), key))
         if deadline < self._wheel_target and self._wheel_wakeup is not None:
             self._wheel_wakeup.set()
+
+    @property
+    def timer_entries(self) -> int:
+        """Entries in the timer wheel (a few per connection)."""
+        return len(self._heap)
 
     async def _timer_wheel(self) -> None:
         heap = self._heap
@@ -403,11 +408,10 @@ class QuicEndpoint:
         while True:
             now = _now()
             while heap and heap[0][0] <= now:
-                deadline, _, key = heapq.heappop(heap)
+                _, _, key = heapq.heappop(heap)
                 handler = handlers.get(key)
-                if handler is not None and handler.scheduled == deadline:
-                    handler.scheduled = None
-                    handler.on_timer(now)
+                if handler is not None:
+                    handler.timer_fired(now)
             self._wheel_target = heap[0][0] if heap else math.inf
             wakeup = self._wheel_wakeup = anyio.Event()
             delay = self._wheel_target - now if heap else 3600.0
@@ -451,9 +455,9 @@ class QuicConnectionHandler(StreamDispatcher):
         self.key = key
         self.record = record
         self.quic = quic
-        # QUIC's current deadline, and the time of our earliest entry in the wheel.
+        # QUIC's current deadline, and our entries in the wheel (a heap of their times).
         self.deadline: float | None = None
-        self.scheduled: float | None = None
+        self.scheduled: list[float] = []
         # QUIC holds in-flight data for the app's sends; a larger budget than TCP's keeps
         # a bulk transfer from stalling on the ACK clock.
         self._buffer_limit = max(self.config.write_buffer_size, 1024 * 1024)
@@ -490,6 +494,12 @@ class QuicConnectionHandler(StreamDispatcher):
         except Exception:
             self._fail("handling a datagram")
 
+    def timer_fired(self, now: float) -> None:
+        """One of our wheel entries is due (the wheel fires them in order, so it is our
+        earliest)."""
+        heapq.heappop(self.scheduled)
+        self.on_timer(now)
+
     def on_timer(self, now: float) -> None:
         """The wheel woke us: handle QUIC's deadline if it passed, else re-arm for it (it
         moved later since the wheel entry was made)."""
@@ -507,10 +517,15 @@ class QuicConnectionHandler(StreamDispatcher):
             self._fail("handling a timer")
 
     def _schedule(self, deadline: float) -> None:
-        # Only a deadline earlier than the wheel entry we have needs a new entry; a later
-        # one is found when that entry fires (so a busy connection does not fill the heap).
-        if self.scheduled is None or deadline < self.scheduled:
-            self.scheduled = deadline
+        # Only a deadline earlier than every wheel entry we have needs a new entry; a
+        # later one is found when an entry fires and re-arms. Entries are not dropped
+        # when the deadline moves earlier: each still fires and re-arms, so the wheel
+        # holds a few entries per connection. (Dropping them as stale instead let every
+        # idle -> ACK-timer -> idle cycle leave a dead entry for a whole idle timeout: a
+        # peer sending PINGs grew the heap by one entry per PING.)
+        entries = self.scheduled
+        if not entries or deadline < entries[0]:
+            heapq.heappush(entries, deadline)
             self.endpoint.arm(self.key, deadline)
 
     def _after_input(self, now: float) -> None:
