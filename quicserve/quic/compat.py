@@ -20,6 +20,10 @@ upgrade should touch only this file; ``tests/test_quic_compat.py`` pins each hoo
    connection errors aioquic makes of them.
 5. **Send-side accounting.** ``buffered(stream_id)`` says how many response bytes aioquic
    holds for a stream (unsent or unacknowledged), for the app's ``send()`` to wait on.
+7. **Guards against abusive peers** (the last section of the class): CRYPTO data held
+   (RFC 9000 §7.5), ACK frames per packet and ACKs of packets never sent (§21.9, §13.1),
+   RETIRE_CONNECTION_ID for CIDs never sent (§19.16); each override says what aioquic
+   does and what upstream should change.
 
 Also here: the one place a :class:`QuicConfiguration` is built from :class:`Config`.
 """
@@ -189,7 +193,7 @@ class ServerQuicConnection(QuicConnection):
     # ACK ranges it keeps, and pending RETIRE_CONNECTION_IDs. What it leaves open, and
     # what to tell upstream, is noted at each override.
 
-    #: RFC 9000 §7.5: out-of-order CRYPTO data buffered per epoch (see ``guard``).
+    #: RFC 9000 §7.5: CRYPTO data held before TLS can use it, per epoch (see ``guard``).
     _max_crypto_buffer: int = 16 * 1024
     #: RFC 9000 §21.9: ACK frames one packet may carry (see ``guard``).
     _max_ack_frames: int = 2
