@@ -550,7 +550,19 @@ class QuicConnectionHandler(StreamDispatcher):
         self._wake_writers()
         self._transmit(now)
         if protocol.closed:
+            self._connection_gone()
             self._finished.set()
+
+    def _connection_gone(self) -> None:
+        # QUIC has terminated (the peer closed, we closed it for a protocol error, or it
+        # idled out): nothing more will leave or be acknowledged, so an app blocked in
+        # send() waiting for its buffered response to drain must wake now and see the
+        # disconnect its stream was given. Without this its call, and the connection's
+        # task and state, stayed until... never: the buffer never drains.
+        self._broken = True
+        for waiter in self._writable.values():
+            waiter.set()
+        self._writable.clear()
 
     def _wake_writers(self) -> None:
         # ACKs may have freed buffered response data: wake the sends waiting on it.

@@ -449,6 +449,53 @@ def test_stateless_reset_flood(spawn: Spawn, backend: str, tls_files: DevCertifi
     assert spent < 2.0
 
 
+def test_abandoned_responses_are_freed(
+    spawn: Spawn, backend: str, tls_files: DevCertificate
+) -> None:
+    """30 connections each start a 100 MB download and stop acknowledging it; then 10
+    vanish, 10 close (CONNECTION_CLOSE) and 10 get themselves closed (too many
+    connection IDs, CONNECTION_ID_LIMIT_ERROR).
+
+    Whichever way QUIC ends, the app's ``send()`` that waits for the response to drain
+    must wake and its call end: before, it waited forever, and with it the connection's
+    task, its state and its buffered response (30 app calls stuck, ~1 MiB each).
+    """
+    with serve(spawn, backend, tls_files, "--quic-idle-timeout", "1") as target, Prober(
+        target
+    ) as prober:
+        before = cpu_seconds(target.pid)
+        clients = []
+        for _ in range(30):
+            client = connect(target)
+            client.request("/big?100000000")
+            client.pump(0.1)
+            clients.append(client)
+        for i, client in enumerate(clients):
+            if i % 3 == 1:
+                client.quic.close(error_code=QuicErrorCode.NO_ERROR)
+                client.flush()
+            elif i % 3 == 2:
+                client.send_frames([_new_cid(client, seq, 0) for seq in range(1, 21)])
+            client.sock.close()  # no more acknowledgements, whatever comes
+        # The app calls end once QUIC has (idle timeout 1 s, or 3 PTO of closing).
+        running = -1
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            checker = connect(target)
+            running = int(checker.fetch("/count").body.split()[0])
+            checker.close()
+            if running == 1:  # /count itself
+                break
+            time.sleep(0.5)
+        spent = cpu_seconds(target.pid) - before
+    growth = target.rss_growth_mib()
+    print(f"abandoned: {running - 1} app calls left, RSS +{growth:.1f} MiB, CPU {spent:.2f} s")
+    prober.check()
+    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+    assert running == 1
+    assert spent < 5.0
+
+
 # -- 5. 0-RTT replay -------------------------------------------------------------------
 
 
