@@ -219,8 +219,37 @@ class Config:
     quic_max_connections: int = field(
         default=10_000, metadata=_opt("QUIC connections at most per endpoint")
     )
+    quic_max_handshakes: int = field(
+        default=1000,
+        metadata=_opt(
+            "QUIC handshakes in progress at most per endpoint (half-open connections, ~100 "
+            "KiB each); more new connections are refused"
+        ),
+    )
+    quic_max_handshakes_per_address: int = field(
+        default=100,
+        metadata=_opt(
+            "QUIC handshakes in progress at most per client IP whose address Retry validated "
+            "(all, with --quic-retry never); 0 = no limit"
+        ),
+    )
     quic_session_tickets: int = field(
         default=10_000, metadata=_opt("TLS session tickets kept in memory for resumption")
+    )
+    quic_max_crypto_buffer: int = field(
+        default=16 * 1024,
+        metadata=_opt(
+            "QUIC CRYPTO bytes held before TLS can use them (out of order, or part of an "
+            "incomplete TLS message) per encryption level; more close the connection with "
+            "CRYPTO_BUFFER_EXCEEDED (>= 4096, RFC 9000 §7.5)"
+        ),
+    )
+    quic_max_ack_frames_per_packet: int = field(
+        default=2,
+        metadata=_opt(
+            "ACK frames one QUIC packet may carry; more close the connection with "
+            "PROTOCOL_VIOLATION (RFC 9000 §21.9: non-productive frames)"
+        ),
     )
     qpack_max_table_capacity: int = field(
         default=4096, metadata=_opt("QPACK dynamic table size we allow the peer")
@@ -562,6 +591,14 @@ def check(config: Config) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if config.workers < 1:
         raise ConfigError("--workers must be at least 1")
+    if config.quic_max_crypto_buffer < 4096:  # RFC 9000 §7.5: at least 4096 bytes
+        raise ConfigError("--quic-max-crypto-buffer must be at least 4096")
+    if config.quic_max_handshakes < 1:
+        raise ConfigError("--quic-max-handshakes must be at least 1")
+    if config.quic_max_handshakes_per_address < 0:
+        raise ConfigError("--quic-max-handshakes-per-address must not be negative")
+    if config.quic_max_ack_frames_per_packet < 1:
+        raise ConfigError("--quic-max-ack-frames-per-packet must be at least 1")
     for name in ("max_requests", "max_requests_jitter", "quic_max_cancelled_requests"):
         if getattr(config, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative")

@@ -460,6 +460,35 @@ async def test_vanished_client_is_dropped_after_idle_timeout(
         assert len(srv.server.registry) == 0
 
 
+async def test_timer_wheel_holds_a_few_entries_per_connection(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    # Every PING makes the connection's deadline move from the idle timeout to the ACK
+    # timer and back. Entries must be reused, not left behind: before, each cycle left
+    # one in the wheel for a whole idle timeout (600 PINGs, 600 entries).
+    from aioquic.quic.packet import QuicFrameType
+
+    from .adversarial.quic_attacker import RawQuicClient
+
+    async with quic_server(echo_app, tls_files) as srv:
+        endpoint = srv.server._quic_endpoints[0]
+
+        def pings() -> None:
+            clients = [RawQuicClient(udp_port(srv), str(tls_files.ca_certfile)) for _ in range(3)]
+            for client in clients:
+                client.connect()
+            for _ in range(200):
+                for client in clients:
+                    client.send_frames([(QuicFrameType.PING, b"")])
+                    client.pump(0.002)
+            for client in clients:
+                assert client.terminated is None
+                client.close()
+
+        await anyio.to_thread.run_sync(pings)
+        assert endpoint.timer_entries <= 3 * 3, endpoint.timer_entries
+
+
 async def test_a_failing_connection_is_closed_alone_and_logged(
     anyio_backend: object,
     tls_files: DevCertificate,

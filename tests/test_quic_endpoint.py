@@ -529,6 +529,23 @@ def test_full_server_refuses_with_connection_refused() -> None:
     assert isinstance(core.classify(initial, CLIENT, 1.3), Accept)
 
 
+def test_max_handshakes_refuses_with_connection_refused() -> None:
+    # Handshakes in progress are half-open connections: past max_handshakes a new Initial
+    # is refused like a full server, and finished handshakes make room again.
+    core = EndpointCore(supported_versions=[V1], max_handshakes=2, close_rate=1.0)
+    core.handshake_started("a", CLIENT)
+    core.handshake_started("b", OTHER_CLIENT)
+    client = make_client()
+    initial = first_initial(client)
+    decision = core.classify(initial, (CLIENT[0], 9), 0.0)
+    assert isinstance(decision, Reply) and decision.reason == "connection refused"
+    assert close_error(client, decision.datagram, 0.0) == QuicErrorCode.CONNECTION_REFUSED
+    core.handshake_done("a")
+    assert isinstance(core.classify(initial, (CLIENT[0], 9), 0.1), Accept)
+    with pytest.raises(ValueError):
+        EndpointCore(supported_versions=[V1], max_handshakes=0)
+
+
 def test_max_unvalidated_per_address() -> None:
     core = EndpointCore(supported_versions=[V1], max_unvalidated_per_address=1)
     initial = first_initial(make_client())

@@ -40,6 +40,10 @@ upgrade should touch only this file.
    SETTINGS carry SETTINGS_MAX_FIELD_SECTION_SIZE and our QPACK limits, oversized HEADERS
    frames are refused at their header, and every field section is bounded by
    ``protocol/qpack_guard.py`` before pylsqpack may expand it (the QPACK bomb).
+10. **Guards against abusive peers** (the last section of the class): CRYPTO data held
+    (RFC 9000 §7.5), ACK frames per packet and ACKs of packets never sent (§21.9, §13.1),
+    RETIRE_CONNECTION_ID for CIDs never sent (§19.16); each override says what aioquic
+    does and what upstream should change.
 
 Also here: the one place a :class:`QuicConfiguration` is built from :class:`Config`.
 """
@@ -557,6 +561,122 @@ class ServerQuicConnection(QuicConnection):
             if path.is_validated:
                 return path.addr
         return self._network_paths[0].addr if self._network_paths else None
+
+    # -- guards against abusive peers ----------------------------------------------------
+    #
+    # aioquic 1.7.2 already bounds network paths (8), remote PATH_CHALLENGEs per path (32),
+    # ACK ranges it keeps, and pending RETIRE_CONNECTION_IDs. What it leaves open, and
+    # what to tell upstream, is noted at each override.
+
+    #: RFC 9000 §7.5: CRYPTO data held before TLS can use it, per epoch (see ``guard``).
+    _max_crypto_buffer: int = 16 * 1024
+    #: RFC 9000 §21.9: ACK frames one packet may carry (see ``guard``).
+    _max_ack_frames: int = 2
+    _ack_context: QuicReceiveContext | None = None
+    _ack_frames = 0
+    #: Highest sequence number of a CID we sent in NEW_CONNECTION_ID (0: the first CID,
+    #: which the peer learns from the handshake).
+    _cid_seq_sent = 0
+
+    def guard(self, *, max_crypto_buffer: int, max_ack_frames_per_packet: int) -> None:
+        """Set the limits below (``--quic-max-crypto-buffer``,
+        ``--quic-max-ack-frames-per-packet``)."""
+        self._max_crypto_buffer = max_crypto_buffer
+        self._max_ack_frames = max_ack_frames_per_packet
+
+    def _handle_ack_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        # RFC 9000 §21.9: a packet belongs to one number space, so one ACK frame says all
+        # there is to say; more are non-productive work the peer chooses. aioquic copies
+        # every unacknowledged packet number into a list for each ACK frame
+        # (recovery.py, QuicPacketRecovery.on_ack_received), so hundreds of small ACK
+        # frames in one datagram cost hundreds of times that copy: upstream should copy
+        # once per packet, or bisect the dict's keys without a copy.
+        if context is not self._ack_context:
+            self._ack_context = context  # a new QuicReceiveContext per packet
+            self._ack_frames = 0
+        self._ack_frames += 1
+        if self._ack_frames > self._max_ack_frames:
+            raise QuicConnectionError(
+                error_code=QuicErrorCode.PROTOCOL_VIOLATION,
+                frame_type=frame_type,
+                reason_phrase="too many ACK frames in one packet",
+            )
+        # RFC 9000 §13.1: acknowledging a packet never sent SHOULD be a PROTOCOL_VIOLATION.
+        # aioquic (connection.py, _handle_ack_frame) takes any Largest Acknowledged and
+        # makes it the space's largest_acked_packet, so from then on every packet we send
+        # counts as lost by the packet threshold (recovery.py, _detect_loss). Packet
+        # numbers are one counter over all spaces here, so ``_packet_number`` (the next
+        # one) is a bound no sent packet reaches.
+        position = buf.tell()
+        largest = buf.pull_uint_var()
+        buf.seek(position)
+        if largest >= self._packet_number:
+            raise QuicConnectionError(
+                error_code=QuicErrorCode.PROTOCOL_VIOLATION,
+                frame_type=frame_type,
+                reason_phrase="ACK of a packet never sent",
+            )
+        super()._handle_ack_frame(context, frame_type, buf)
+
+    def _handle_crypto_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        # RFC 9000 §7.5: buffer at least 4096 bytes of CRYPTO data, and close with
+        # CRYPTO_BUFFER_EXCEEDED beyond what we allow. aioquic holds two buffers without a
+        # useful bound, and what we count is both:
+        # * out of order: up to 512 KiB ahead (connection.py, MAX_PENDING_CRYPTO), and the
+        #   receiver zero-fills the gap up to the frame's offset (stream.py,
+        #   QuicStreamReceiver.handle_frame): one byte at offset 512 KiB - 1 allocates
+        #   512 KiB, in each of three epochs, kept while the connection lives;
+        # * in order: TLS reassembles a message until the length its header claims (up to
+        #   16 MiB) has arrived, one buffer grown by ``bytes +=`` (tls.py,
+        #   Context.handle_message): a ClientHello that claims 16 MiB and keeps coming
+        #   holds 16 MiB and costs quadratic copying, ~14,000 Initial packets of it.
+        # Upstream: a configurable limit on both (the RFC's 4096 as the floor), buffers
+        # that hold what arrived rather than the gap, and a bytearray for reassembly.
+        position = buf.tell()
+        offset = buf.pull_uint_var()
+        length = buf.pull_uint_var()
+        buf.seek(position)
+        start = self._crypto_streams[context.epoch].receiver.starting_offset()
+        reassembling = len(self.tls._receive_buffer)
+        if offset + length - start + reassembling > self._max_crypto_buffer:
+            raise QuicConnectionError(
+                error_code=QuicErrorCode.CRYPTO_BUFFER_EXCEEDED,
+                frame_type=frame_type,
+                reason_phrase="too much CRYPTO data buffered",
+            )
+        super()._handle_crypto_frame(context, frame_type, buf)
+
+    def _write_new_connection_id_frame(
+        self, builder: QuicPacketBuilder, connection_id: QuicConnectionId
+    ) -> None:
+        super()._write_new_connection_id_frame(builder, connection_id)
+        if connection_id.sequence_number > self._cid_seq_sent:
+            self._cid_seq_sent = connection_id.sequence_number
+
+    def _handle_retire_connection_id_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        # RFC 9000 §19.16: retiring a sequence number greater than any we sent is a
+        # PROTOCOL_VIOLATION. aioquic (connection.py, _handle_retire_connection_id_frame)
+        # compares with the next number it will *mint* (``_host_cid_seq``), and mints a
+        # replacement at once for every CID retired, so a peer that counts ahead can
+        # retire CIDs it never saw, hundreds per packet, each costing us a new CID and
+        # its reset token (only the 8 kept are ever sent). With the RFC's check the peer
+        # can only retire what reached it: the churn is paced by round trips.
+        position = buf.tell()
+        sequence_number = buf.pull_uint_var()
+        buf.seek(position)
+        if sequence_number > self._cid_seq_sent:
+            raise QuicConnectionError(
+                error_code=QuicErrorCode.PROTOCOL_VIOLATION,
+                frame_type=frame_type,
+                reason_phrase="Cannot retire a connection ID that was not sent",
+            )
+        super()._handle_retire_connection_id_frame(context, frame_type, buf)
 
 
 def quic_configuration(

@@ -35,8 +35,9 @@ Rules (RFC 9000 unless noted):
   arrive before their Initial are dropped: buffering them (§5.2.2 allows it) is out of
   scope, the client retransmits them as 1-RTT. Handshake packets cannot precede an Initial
   (§5.2.2) and other long-header types are dropped.
-* When ``connections >= max_connections`` a new Initial is refused with an Initial carrying
-  CONNECTION_CLOSE(CONNECTION_REFUSED) (§5.2.2 SHOULD), so the client fails fast instead of
+* When ``connections >= max_connections``, or ``unvalidated >= max_handshakes``, a new
+  Initial is refused with an Initial carrying CONNECTION_CLOSE(CONNECTION_REFUSED) (§5.2.2
+  SHOULD), so the client fails fast instead of
   retransmitting into a full server. An unvalidated address may be spoofed, so these closes
   (and INVALID_TOKEN closes) are built at most ``close_rate`` times per second, then dropped;
   each is much smaller than the 1200-byte datagram that caused it.
@@ -252,10 +253,13 @@ class EndpointCore:
     ``retry`` chooses when to validate addresses with Retry; ``"auto"`` turns it on while
     ``unvalidated >= retry_threshold``. ``max_connections`` bounds the keys this core
     knows. ``stateless_reset_rate`` and ``close_rate`` bound, per second, the stateless
-    replies that cost crypto work. ``max_unvalidated_per_address`` (off by default, since
-    many clients can share a NAT) bounds the handshakes in progress per client IP, counted
-    for keys whose ``handshake_started`` was given the address; with Retry on, that IP is
-    validated, so the limit cannot be spent on someone else's behalf.
+    replies that cost crypto work. ``max_handshakes`` bounds the handshakes in progress
+    (``unvalidated``) over all peers: a half-open connection holds about 100 KiB until its
+    handshake ends or it idles out, and Retry does not stop a peer that uses its own
+    address. ``max_unvalidated_per_address`` (off by default, since many clients can
+    share a NAT) bounds the handshakes in progress per client IP, counted for keys whose
+    ``handshake_started`` was given the address; with Retry on, that IP is validated, so
+    the limit cannot be spent on someone else's behalf.
     """
 
     def __init__(
@@ -270,6 +274,7 @@ class EndpointCore:
         stateless_reset_rate: float = 10.0,
         close_rate: float = 10.0,
         max_unvalidated_per_address: int | None = None,
+        max_handshakes: int | None = None,
         cid_generator: Callable[[], bytes] | None = None,
     ) -> None:
         if not supported_versions:
@@ -287,6 +292,8 @@ class EndpointCore:
             raise ValueError("rates must not be negative")
         if max_unvalidated_per_address is not None and max_unvalidated_per_address < 1:
             raise ValueError("max_unvalidated_per_address must be at least 1")
+        if max_handshakes is not None and max_handshakes < 1:
+            raise ValueError("max_handshakes must be at least 1")
 
         self.supported_versions = list(supported_versions)
         self.cid_length = cid_length
@@ -294,6 +301,7 @@ class EndpointCore:
         self.retry_threshold = retry_threshold
         self.max_connections = max_connections
         self.max_unvalidated_per_address = max_unvalidated_per_address
+        self.max_handshakes = max_handshakes
         self.tokens = tokens if tokens is not None else TokenAuthority()
         self._cid_generator: Callable[[], bytes] = cid_generator or (lambda: os.urandom(cid_length))
         self._reset_bucket = _TokenBucket.per_second(stateless_reset_rate)
@@ -480,7 +488,11 @@ class EndpointCore:
             return Drop("short initial")
 
         # RFC 9000 §5.2.2: a server that refuses a connection SHOULD say so.
-        if self.connections >= self.max_connections:
+        # The same for a full table of handshakes in progress (each is a half-open
+        # connection a peer can hold until it idles out).
+        if self.connections >= self.max_connections or (
+            self.max_handshakes is not None and self.unvalidated >= self.max_handshakes
+        ):
             self._counters["refused"] += 1
             return self._close(version, dcid, scid, QuicErrorCode.CONNECTION_REFUSED, now)
 

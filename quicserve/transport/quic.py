@@ -121,6 +121,8 @@ class QuicEndpoint:
             retry=config.quic_retry,
             retry_threshold=config.quic_retry_threshold,
             max_connections=config.quic_max_connections,
+            max_handshakes=config.quic_max_handshakes,
+            max_unvalidated_per_address=config.quic_max_handshakes_per_address or None,
             cid_length=cid_length,
             cid_generator=layout.generator(slot) if layout is not None else None,
             tokens=tokens,
@@ -247,6 +249,10 @@ class QuicEndpoint:
             max_fragments=self.config.quic_max_fragments,
             allow_early_data=self.config.quic_0rtt,
         )
+        quic.guard(
+            max_crypto_buffer=self.config.quic_max_crypto_buffer,
+            max_ack_frames_per_packet=self.config.quic_max_ack_frames_per_packet,
+        )
         record = registry.add("udp", "h3", _address(addr), self.address)
         handler = QuicConnectionHandler(self, key, quic, record)
         registry.attach(record, handler)
@@ -255,7 +261,10 @@ class QuicEndpoint:
         core.register_cid(decision.dcid, key)
         for cid in quic.host_connection_ids():
             core.register_cid(cid, key)
-        core.handshake_started(key)
+        # Per-address accounting only for addresses Retry validated (a spoofed Initial
+        # must not use up someone else's allowance), or for all without Retry.
+        validated = decision.retry_scid is not None or self.config.quic_retry == "never"
+        core.handshake_started(key, _address(addr) if validated else None)
         self._task_group.start_soon(handler.run)
         handler.datagram_received(data, addr, now)
 
@@ -380,14 +389,19 @@ class QuicEndpoint:
     # -- timers -------------------------------------------------------------------------
 
     def arm(self, key: int, deadline: float) -> None:
-        """Make the wheel call the connection's ``on_timer`` at ``deadline``.
+        """Make the wheel call the connection's ``timer_fired`` at ``deadline``.
 
         The heap holds connection keys, not connections: a finished connection is gone
-        from ``handlers`` at once, and its stale entries cost a tuple until they expire.
+        from ``handlers`` at once, and its entries cost a tuple until they expire.
         """
         heapq.heappush(self._heap, (deadline, next(self._heap_seq), key))
         if deadline < self._wheel_target and self._wheel_wakeup is not None:
             self._wheel_wakeup.set()
+
+    @property
+    def timer_entries(self) -> int:
+        """Entries in the timer wheel (a few per connection)."""
+        return len(self._heap)
 
     async def _timer_wheel(self) -> None:
         heap = self._heap
@@ -395,11 +409,10 @@ class QuicEndpoint:
         while True:
             now = _now()
             while heap and heap[0][0] <= now:
-                deadline, _, key = heapq.heappop(heap)
+                _, _, key = heapq.heappop(heap)
                 handler = handlers.get(key)
-                if handler is not None and handler.scheduled == deadline:
-                    handler.scheduled = None
-                    handler.on_timer(now)
+                if handler is not None:
+                    handler.timer_fired(now)
             self._wheel_target = heap[0][0] if heap else math.inf
             wakeup = self._wheel_wakeup = anyio.Event()
             delay = self._wheel_target - now if heap else 3600.0
@@ -443,9 +456,9 @@ class QuicConnectionHandler(StreamDispatcher):
         self.key = key
         self.record = record
         self.quic = quic
-        # QUIC's current deadline, and the time of our earliest entry in the wheel.
+        # QUIC's current deadline, and our entries in the wheel (a heap of their times).
         self.deadline: float | None = None
-        self.scheduled: float | None = None
+        self.scheduled: list[float] = []
         # QUIC holds in-flight data for the app's sends; a larger budget than TCP's keeps
         # a bulk transfer from stalling on the ACK clock.
         self._buffer_limit = max(self.config.write_buffer_size, 1024 * 1024)
@@ -487,6 +500,12 @@ class QuicConnectionHandler(StreamDispatcher):
         except Exception:
             self._fail("handling a datagram")
 
+    def timer_fired(self, now: float) -> None:
+        """One of our wheel entries is due (the wheel fires them in order, so it is our
+        earliest)."""
+        heapq.heappop(self.scheduled)
+        self.on_timer(now)
+
     def on_timer(self, now: float) -> None:
         """The wheel woke us: handle QUIC's deadline if it passed, else re-arm for it (it
         moved later since the wheel entry was made)."""
@@ -504,10 +523,15 @@ class QuicConnectionHandler(StreamDispatcher):
             self._fail("handling a timer")
 
     def _schedule(self, deadline: float) -> None:
-        # Only a deadline earlier than the wheel entry we have needs a new entry; a later
-        # one is found when that entry fires (so a busy connection does not fill the heap).
-        if self.scheduled is None or deadline < self.scheduled:
-            self.scheduled = deadline
+        # Only a deadline earlier than every wheel entry we have needs a new entry; a
+        # later one is found when an entry fires and re-arms. Entries are not dropped
+        # when the deadline moves earlier: each still fires and re-arms, so the wheel
+        # holds a few entries per connection. (Dropping them as stale instead let every
+        # idle -> ACK-timer -> idle cycle leave a dead entry for a whole idle timeout: a
+        # peer sending PINGs grew the heap by one entry per PING.)
+        entries = self.scheduled
+        if not entries or deadline < entries[0]:
+            heapq.heappush(entries, deadline)
             self.endpoint.arm(self.key, deadline)
 
     def _after_input(self, now: float) -> None:
@@ -532,7 +556,19 @@ class QuicConnectionHandler(StreamDispatcher):
         self._wake_writers()
         self._transmit(now)
         if protocol.closed:
+            self._connection_gone()
             self._finished.set()
+
+    def _connection_gone(self) -> None:
+        # QUIC has terminated (the peer closed, we closed it for a protocol error, or it
+        # idled out): nothing more will leave or be acknowledged, so an app blocked in
+        # send() waiting for its buffered response to drain must wake now and see the
+        # disconnect its stream was given. Without this its call, and the connection's
+        # task and state, stayed until... never: the buffer never drains.
+        self._broken = True
+        for waiter in self._writable.values():
+            waiter.set()
+        self._writable.clear()
 
     def _wake_writers(self) -> None:
         # ACKs may have freed buffered response data: wake the sends waiting on it.

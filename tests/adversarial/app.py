@@ -11,6 +11,8 @@ Routes, chosen by path:
 * ``/count``: how many app calls are running right now (``/count`` itself included) and
   the peak, as ``running peak``; ``/count?/hold`` says ``running peak calls`` for the
   calls to one path (``calls``: how many there were in all).
+* ``/early``: ``1`` or ``-`` (whether this request came as 0-RTT early data, the
+  ``early-data`` header of RFC 8470), then how many early requests the app has seen.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ running = 0
 peak = 0
 #: Per path: [running, peak, calls].
 by_path: dict[str, list[int]] = {}
+early = 0
 
 _CHUNK = b"x" * 65536
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    global running, peak
+    global running, peak, early
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -53,6 +56,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     counts[0] += 1
     counts[2] += 1
     counts[1] = max(counts[1], counts[0])
+    if (b"early-data", b"1") in scope["headers"]:
+        early += 1
     try:
         await _http(scope, receive, send)
     finally:
@@ -92,6 +97,10 @@ async def _http(scope: dict[str, Any], receive: Any, send: Any) -> None:
         which = scope["query_string"].decode()
         counts = by_path.get(which, [0, 0, 0]) if which else [running, peak]
         body = " ".join(map(str, counts)).encode()
+        body = f"{running} {peak}".encode()
+    elif path == "/early":
+        mark = "1" if (b"early-data", b"1") in scope["headers"] else "-"
+        body = f"{mark} {early}".encode()
     else:
         body = b"ok"
     await send({"type": "http.response.start", "status": 200, "headers": []})
