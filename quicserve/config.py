@@ -380,6 +380,14 @@ class Config:
         default=64 * 1024,
         metadata=_opt("response bytes buffered per stream before the app's send() waits"),
     )
+    connection_write_buffer_size: int = field(
+        default=1024 * 1024,
+        metadata=_opt(
+            "bytes one connection holds for its peer (framed and not yet written, being "
+            "written, or on QUIC not yet acknowledged) before every send() on it waits and "
+            "HTTP/2 reads no more from that peer; bounds the memory of a peer that does not read"
+        ),
+    )
 
     # -- WebSockets and WebTransport ----------------------------------------------------
     ws_max_size: int = field(
@@ -524,6 +532,7 @@ def check(config: Config) -> None:
         "max_connections",
         "max_header_bytes",
         "h2_max_concurrent_streams",
+        "connection_write_buffer_size",
         "wsgi_max_threads",
     ):
         if getattr(config, name) < 1:

@@ -8,7 +8,11 @@ object that parses it, and the streams that run the app. It owns:
   read is bounded by ``protocol.get_timer()`` (header-read and keep-alive timeouts);
 * the write path: ``flush`` writes ``protocol.data_to_send()`` under one lock, so bytes
   reach the socket in the order the protocol produced them, and then waits while the
-  protocol holds too much data for the stream (response backpressure);
+  protocol holds too much data for the stream (response backpressure), or while the
+  connection holds more than ``Config.connection_write_buffer_size`` for a peer that is
+  not reading (bytes framed but not written, plus the write in progress); HTTP/2 also
+  stops reading from such a peer, so the frames it makes us answer (PING and SETTINGS
+  ACKs, responses) cannot pile up either;
 * one task per request (or pushed request) in the connection's task group;
 * the switch from HTTP/1.1 to HTTP/2 on ``Upgrade: h2c``.
 
@@ -80,6 +84,10 @@ class StreamDispatcher:
         self._streams: dict[int, AnyStream] = {}
         self._writable: dict[int, Wakeup] = {}
         self._buffer_limit = context.config.write_buffer_size
+        #: Bytes the connection may hold for its peer before sends wait (see
+        #: ``_over_budget``), and the tasks waiting for it to drain.
+        self._budget = context.config.connection_write_buffer_size
+        self._budget_waiters: list[Wakeup] = []
         self._status_counts = context.registry.status_counts
         self._broken = False
         self._closing = False
@@ -148,6 +156,7 @@ class StreamDispatcher:
                 for waiter in self._writable.values():
                     waiter.set()
                 self._writable.clear()
+                self._release_budget_waiters()
             else:
                 self._on_other_event(event)
 
@@ -207,7 +216,8 @@ class StreamDispatcher:
         self._idle_workers.clear()
 
     async def flush(self, stream_id: int) -> None:
-        """Write what the protocol produced; wait while ``stream_id`` has too much queued."""
+        """Write what the protocol produced; wait while ``stream_id`` has too much queued,
+        then while the connection holds more than its budget for the peer."""
         await self._write_out()
         protocol = self.protocol
         limit = self._buffer_limit
@@ -217,6 +227,32 @@ class StreamDispatcher:
                 waiter = self._writable[stream_id] = self.new_wakeup()
             await waiter.wait()
             await self._write_out()
+        if self._over_budget(stream_id):
+            await self._wait_for_budget(stream_id)
+
+    # -- the per-connection write budget -------------------------------------------------
+
+    def _over_budget(self, stream_id: int) -> bool:
+        """Whether a send on ``stream_id`` (0: the connection's own reader) must wait
+        because the connection holds more than ``_budget`` bytes for its peer."""
+        return False
+
+    async def _wait_for_budget(self, stream_id: int) -> None:
+        """Wait until the connection's held bytes drain to the budget (or it closes).
+
+        Each waiter checks again when woken, so a waiter that was woken while another
+        refilled the buffer waits again: a stream is at most one send over budget."""
+        while not self._broken and not self.protocol.closed and self._over_budget(stream_id):
+            waiter = self.new_wakeup()
+            self._budget_waiters.append(waiter)
+            await waiter.wait()
+
+    def _release_budget_waiters(self) -> None:
+        waiters = self._budget_waiters
+        if waiters:
+            self._budget_waiters = []
+            for waiter in waiters:
+                waiter.set()
 
     def ack_body(self, stream_id: int, amount: int) -> None:
         """Give flow-control credit back; resume reading if the protocol paused it."""
@@ -270,6 +306,8 @@ class ByteStreamConnection(StreamDispatcher):
         super().__init__(context, info, protocol, record)
         self._stream = stream
         self._writing = False
+        #: Bytes of the write in progress (handed to the socket, not yet accepted by it).
+        self._in_flight = 0
         self._drained: Wakeup | None = None
         self._batch_writes = info.capabilities.multiplexed
         self._reader_scope: anyio.CancelScope | None = None
@@ -329,6 +367,10 @@ class ByteStreamConnection(StreamDispatcher):
             await self._write_out()
             if not data:
                 return
+            if self._over_budget(0):
+                # HTTP/2: what this peer sends makes us answer (PING and SETTINGS ACKs,
+                # responses); while it does not read those, we read no more of it.
+                await self._wait_for_budget(0)
 
     async def _timer_loop(self) -> None:
         """Header-read and keep-alive deadlines, without a cancel scope per read.
@@ -488,15 +530,35 @@ class ByteStreamConnection(StreamDispatcher):
                 data = protocol.data_to_send()
                 if not data:
                     break
+                self._in_flight = len(data)
                 await self._send(data)
+                self._in_flight = 0
+                if self._budget_waiters and protocol.pending() <= self._budget:
+                    self._release_budget_waiters()
         finally:
             self._writing = False
+            self._in_flight = 0
             drained = self._drained
             if drained is not None:
                 self._drained = None
                 drained.set()
+            # Waiters re-check; one of them becomes the writer of what is left.
+            self._release_budget_waiters()
         if protocol.closed:
             self._poke_reader()
+
+    def _over_budget(self, stream_id: int) -> bool:
+        # Only HTTP/2 needs the check: there a second writer returns at once while the
+        # first is blocked on the socket (so that streams' frames share writes), and
+        # flow control bounds nothing once the peer opens its windows wide. On HTTP/1.1 a
+        # second writer waits for the first, which bounds the held bytes by one write.
+        # Nobody writing means everything was written (or whoever produced more is about
+        # to write it).
+        return (
+            self._writing
+            and self._batch_writes
+            and self._in_flight + self.protocol.pending() > self._budget
+        )
 
     async def _send(self, data: bytes) -> None:
         if self._broken:
@@ -515,6 +577,7 @@ class ByteStreamConnection(StreamDispatcher):
         for waiter in self._writable.values():
             waiter.set()
         self._writable.clear()
+        self._release_budget_waiters()
         self._reader_scope_cancel()
         self._wake_timer()
 

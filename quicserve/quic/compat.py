@@ -1,6 +1,6 @@
 """Everything that reaches into aioquic's internals, in one file.
 
-aioquic's public API does not cover six things a production server needs, so this
+aioquic's public API does not cover seven things a production server needs, so this
 module subclasses :class:`aioquic.quic.connection.QuicConnection` for them. An aioquic
 upgrade should touch only this file; ``tests/test_quic_compat.py`` pins each hook.
 
@@ -20,6 +20,10 @@ upgrade should touch only this file; ``tests/test_quic_compat.py`` pins each hoo
    connection errors aioquic makes of them.
 5. **Send-side accounting.** ``buffered(stream_id)`` says how many response bytes aioquic
    holds for a stream (unsent or unacknowledged), for the app's ``send()`` to wait on.
+7. **The connection's send budget.** ``held_bytes()`` is that sum over the whole
+   connection, plus DATAGRAM payloads not yet sent: aioquic keeps every byte until it
+   is acknowledged, so a peer that grants credit and then stops acknowledging would
+   otherwise make it hold (streams x per-stream buffer) bytes.
 
 Also here: the one place a :class:`QuicConfiguration` is built from :class:`Config`.
 """
@@ -168,6 +172,23 @@ class ServerQuicConnection(QuicConnection):
             "DRAINING",
             "TERMINATED",
         )
+
+    # -- 7. the connection's send budget (transport/quic.py waits on it) -----------------
+
+    def held_bytes(self) -> int:
+        """Bytes aioquic holds for the peer on the whole connection: every stream's
+        unsent or unacknowledged data, and DATAGRAM payloads waiting to be sent."""
+        total = 0
+        for stream in self._streams.values():
+            sender = stream.sender
+            total += sender._buffer_stop - sender._buffer_start
+        for datagram in self._datagrams_pending:
+            total += len(datagram)
+        return int(total)
+
+    def datagrams_pending(self) -> bool:
+        """Whether DATAGRAM payloads wait for the congestion window."""
+        return bool(self._datagrams_pending)
 
     @property
     def handshake_complete(self) -> bool:

@@ -1,0 +1,178 @@
+"""Slow readers: a peer that asks for a lot and never reads it must not cost memory.
+
+Issue 9, attack 3: HTTP/2 over TLS, 64 streams of 8 MiB with every HTTP/2 window opened
+wide, the socket never read: the server framed everything h2 let it frame and queued it
+for the socket (RSS +1.5 GiB). Here every protocol is driven the same way (HTTP/1.1
+pipelining, HTTP/2 with open windows, WebSocket echoes never read, HTTP/3 with credit
+granted but no ACKs) and the server must hold at most ``--connection-write-buffer-size``
+per connection: RSS stays flat, other clients are answered, and once the attacker goes
+away every app call ends.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import h2.config
+import h2.connection
+import h2.settings
+import httpx
+
+from quicserve.certs import DevCertificate
+
+from ..test_cli import Spawn
+from .harness import MAX_RSS_GROWTH_MIB, Prober, Target, serve
+
+BIG = 8 * 1024 * 1024
+#: How long each attack keeps the server's output piling up.
+ATTACK_SECONDS = 2.5
+
+
+def _tiny_receive_buffer(sock: socket.socket) -> None:
+    # Set before connect, so the advertised TCP window is small too: the kernel then
+    # buffers little, and what piles up is the server's.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+
+
+@contextmanager
+def _connect(
+    target: Target, *, tls: bool, alpn: list[str] | None = None
+) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    _tiny_receive_buffer(sock)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", target.https if tls else target.http))
+    if tls:
+        context = target.client_context(alpn or ["http/1.1"])
+        sock = context.wrap_socket(sock, server_hostname="localhost")
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def _running_app_calls(target: Target) -> int:
+    response = httpx.get(f"http://127.0.0.1:{target.http}/count", timeout=5)
+    return int(response.text.split()[0]) - 1  # not counting this /count call
+
+
+def _wait_for_app_calls_to_end(target: Target, timeout: float = 10.0) -> None:
+    """After the attacker left, every app call it started ends (nothing is stuck)."""
+    deadline = time.monotonic() + timeout
+    running = _running_app_calls(target)
+    while running and time.monotonic() < deadline:
+        time.sleep(0.1)
+        running = _running_app_calls(target)
+    assert running == 0, f"{running} app calls still running after the attacker left"
+
+
+def _hold(target: Target, seconds: float = ATTACK_SECONDS) -> None:
+    """Let the server's output pile up (it would, without a budget)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert target.alive()
+        time.sleep(0.1)
+
+
+def test_http2_open_windows_socket_never_read(
+    spawn: Spawn, backend: str, tls_files: DevCertificate
+) -> None:
+    with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
+        with _connect(target, tls=True, alpn=["h2"]) as sock:
+            assert isinstance(sock, ssl.SSLSocket) and sock.selected_alpn_protocol() == "h2"
+            conn = h2.connection.H2Connection(
+                h2.config.H2Configuration(client_side=True, header_encoding=None)
+            )
+            conn.initiate_connection()
+            # Every window as wide as RFC 9113 §6.9.1 allows: flow control lets it all out.
+            conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+            conn.increment_flow_control_window(2**31 - 1 - 65535)
+            for _ in range(64):
+                stream_id = conn.get_next_available_stream_id()
+                conn.send_headers(
+                    stream_id,
+                    [
+                        (b":method", b"GET"),
+                        (b":path", b"/big?%d" % BIG),
+                        (b":scheme", b"https"),
+                        (b":authority", b"localhost"),
+                    ],
+                    end_stream=True,
+                )
+            sock.sendall(conn.data_to_send())
+            _hold(target)
+            assert _running_app_calls(target) == 64  # all waiting in send(), none done
+        _wait_for_app_calls_to_end(target)
+    prober.check()
+    print("RSS growth", target.rss_growth_mib())
+    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+
+
+def test_http1_pipelined_requests_never_read(
+    spawn: Spawn, backend: str, tls_files: DevCertificate
+) -> None:
+    request = b"GET /big?%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % BIG
+    with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
+        with _connect(target, tls=False) as sock:
+            # As many pipelined requests as the server takes in before it stops reading.
+            sock.settimeout(0.5)
+            sent = 0
+            try:
+                while sent < 4096:
+                    sock.sendall(request * 16)
+                    sent += 16
+            except TimeoutError:
+                pass
+            print("sent", sent)
+            _hold(target)
+            assert _running_app_calls(target) == 1  # HTTP/1.1: one request at a time
+        _wait_for_app_calls_to_end(target)
+    prober.check()
+    print("RSS growth", target.rss_growth_mib())
+    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+
+
+def _websocket_frames(count: int, size: int) -> bytes:
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import BytesMessage
+
+    ws = Connection(ConnectionType.CLIENT)
+    payload = os.urandom(size)  # incompressible; and no permessage-deflate offered
+    return b"".join(ws.send(BytesMessage(data=payload)) for _ in range(count))
+
+
+def test_websocket_echoes_never_read(
+    spawn: Spawn, backend: str, tls_files: DevCertificate
+) -> None:
+    key = base64.b64encode(os.urandom(16))
+    handshake = (
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: " + key + b"\r\n\r\n"
+    )
+    burst = _websocket_frames(16, 64 * 1024)
+    with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
+        with _connect(target, tls=True) as sock:
+            sock.sendall(handshake)
+            # Messages to echo until the server stops taking them in (it must, once its
+            # echoes are not read); the 101 and every echo stay unread.
+            sock.settimeout(0.5)
+            sent = 0
+            try:
+                while sent < 64 * 1024 * 1024:
+                    sock.sendall(burst)
+                    sent += len(burst)
+            except TimeoutError:
+                pass
+            print("sent", sent)
+            _hold(target)
+        _wait_for_app_calls_to_end(target)
+    prober.check()
+    print("RSS growth", target.rss_growth_mib())
+    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
