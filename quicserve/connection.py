@@ -55,6 +55,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("quicserve.error")
 
 _READ_SIZE = 65536
+#: A reader whose peer keeps its socket full never waits in ``receive`` on asyncio (the
+#: bytes are there already), so it lets the other tasks run at least this often (s).
+_READ_SLICE = 0.005
+#: HTTP/2 reads no more from a peer while this much (or the write budget, if smaller) of
+#: what it asked for is framed or being written and it does not read. Low, because each
+#: PING or SETTINGS it sends costs ~30 us of h2 and makes a frame to answer: filling a
+#: 1 MiB budget with PING ACKs would take 2 s of CPU.
+_READ_PAUSE = 64 * 1024
 
 AnyStream = HTTPStream | WebSocketStream | WebTransportSession
 
@@ -308,6 +316,7 @@ class ByteStreamConnection(StreamDispatcher):
         self._writing = False
         #: Bytes of the write in progress (handed to the socket, not yet accepted by it).
         self._in_flight = 0
+        self._read_budget = min(self._budget, _READ_PAUSE)
         self._drained: Wakeup | None = None
         self._batch_writes = info.capabilities.multiplexed
         self._reader_scope: anyio.CancelScope | None = None
@@ -346,6 +355,7 @@ class ByteStreamConnection(StreamDispatcher):
     async def _read_loop(self) -> None:
         stream = self._stream
         record = self._record
+        yield_at = _current_time() + _READ_SLICE
         while True:
             if self._upgrade is not None:
                 await self._switch_to_h2c()
@@ -371,6 +381,12 @@ class ByteStreamConnection(StreamDispatcher):
                 # HTTP/2: what this peer sends makes us answer (PING and SETTINGS ACKs,
                 # responses); while it does not read those, we read no more of it.
                 await self._wait_for_budget(0)
+            now = _current_time()
+            if now >= yield_at:
+                # A flood of small frames (PINGs: ~30 us of h2 each) must not starve
+                # every other connection of this worker.
+                await anyio.lowlevel.checkpoint()
+                yield_at = now + _READ_SLICE
 
     async def _timer_loop(self) -> None:
         """Header-read and keep-alive deadlines, without a cancel scope per read.
@@ -553,11 +569,12 @@ class ByteStreamConnection(StreamDispatcher):
         # flow control bounds nothing once the peer opens its windows wide. On HTTP/1.1 a
         # second writer waits for the first, which bounds the held bytes by one write.
         # Nobody writing means everything was written (or whoever produced more is about
-        # to write it).
+        # to write it). Stream 0 is the reader, held to the lower ``_read_budget``.
         return (
             self._writing
             and self._batch_writes
-            and self._in_flight + self.protocol.pending() > self._budget
+            and self._in_flight + self.protocol.pending()
+            > (self._budget if stream_id else self._read_budget)
         )
 
     async def _send(self, data: bytes) -> None:

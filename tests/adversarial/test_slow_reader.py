@@ -23,6 +23,7 @@ import h2.config
 import h2.connection
 import h2.settings
 import httpx
+import hyperframe.frame
 
 from quicserve.certs import DevCertificate
 
@@ -112,6 +113,75 @@ def test_http2_open_windows_socket_never_read(
     prober.check()
     print("RSS growth", target.rss_growth_mib())
     assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+
+
+def _h2_attacker(sock: socket.socket) -> h2.connection.H2Connection:
+    """An h2 client on ``sock`` that has sent its preface with every window wide open."""
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=False
+        )
+    )
+    conn.initiate_connection()
+    # Every window as wide as RFC 9113 §6.9.1 allows: flow control lets it all out.
+    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    conn.increment_flow_control_window(2**31 - 1 - 65535)
+    sock.sendall(conn.data_to_send())
+    return conn
+
+
+def _flood(sock: socket.socket, data: bytes, seconds: float) -> tuple[int, int]:
+    """Send ``data`` over and over for ``seconds`` (sends that block are retried); returns
+    the bytes the server's side took in all, and in the last second alone."""
+    sock.settimeout(0.05)
+    view = memoryview(data)
+    sent = 0
+    marks: list[tuple[float, int]] = []
+    deadline = time.monotonic() + seconds
+    while (now := time.monotonic()) < deadline:
+        marks.append((now, sent))
+        try:
+            sent += sock.send(view[sent % len(data) :])
+        except TimeoutError:
+            pass
+    sock.settimeout(10)
+    before = next(n for t, n in reversed(marks) if t <= deadline - 1.0)
+    return sent, sent - before
+
+
+def test_http2_ping_flood_while_not_reading(
+    spawn: Spawn, backend: str, tls_files: DevCertificate
+) -> None:
+    # A streaming response fills the socket (its app, not the reader, is the one blocked
+    # writing), then PINGs: each makes the server queue a PING ACK (RFC 9113 §6.7) that
+    # the attacker never reads. The server must stop reading.
+    ping = hyperframe.frame.PingFrame(0)
+    ping.opaque_data = b"12345678"
+    pings = ping.serialize() * 4096
+    with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
+        with _connect(target, tls=True, alpn=["h2"]) as sock:
+            conn = _h2_attacker(sock)
+            conn.send_headers(
+                1,
+                [
+                    (b":method", b"GET"),
+                    (b":path", b"/drip?%d" % BIG),
+                    (b":scheme", b"https"),
+                    (b":authority", b"localhost"),
+                ],
+                end_stream=True,
+            )
+            sock.sendall(conn.data_to_send())
+            time.sleep(1.0)  # the socket fills
+            sent, last_second = _flood(sock, pings, ATTACK_SECONDS + 1)
+            print("sent", sent, last_second, "RSS now", (target.rss_kib() - target.baseline_kib) / 1024)
+        _wait_for_app_calls_to_end(target)
+    prober.check()
+    print("RSS growth", target.rss_growth_mib())
+    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+    # Once its budget is full of PING ACKs the server reads no more (the kernel's
+    # buffers fill and then take nothing).
+    assert last_second < 64 * 1024, f"the server still reads: {last_second} bytes in 1 s"
 
 
 def test_http1_pipelined_requests_never_read(
