@@ -229,7 +229,11 @@ class StreamDispatcher:
         await self._write_out()
         protocol = self.protocol
         limit = self._buffer_limit
-        while protocol.buffered_amount(stream_id) > limit and not self._broken:
+        while (
+            protocol.buffered_amount(stream_id) > limit
+            and not self._broken
+            and not protocol.closed
+        ):
             waiter = self._writable.get(stream_id)
             if waiter is None:
                 waiter = self._writable[stream_id] = self.new_wakeup()

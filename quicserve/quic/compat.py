@@ -158,11 +158,15 @@ class ServerQuicConnection(QuicConnection):
     # -- 4. send accounting -------------------------------------------------------------
 
     def buffered(self, stream_id: int) -> int:
-        """Response bytes aioquic still holds for ``stream_id`` (unsent or unacked)."""
+        """Response bytes aioquic still holds for ``stream_id`` (unsent or unacked);
+        0 once the stream is reset, as nothing of it will be sent any more (a send
+        waiting for it to drain would wait for ever)."""
         stream = self._streams.get(stream_id)
         if stream is None:
             return 0
         sender = stream.sender
+        if sender._reset_error_code is not None:
+            return 0
         return int(sender._buffer_stop - sender._buffer_start)
 
     def can_send(self) -> bool:

@@ -21,9 +21,14 @@ from contextlib import contextmanager
 
 import h2.config
 import h2.connection
+import h2.events
 import h2.settings
 import httpx
 import hyperframe.frame
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import HandshakeCompleted
 
 from quicserve.certs import DevCertificate
 
@@ -242,6 +247,127 @@ def test_websocket_echoes_never_read(
                 pass
             print("sent", sent)
             _hold(target)
+        _wait_for_app_calls_to_end(target)
+    prober.check()
+    print("RSS growth", target.rss_growth_mib())
+    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+
+
+def _h2_get(conn: h2.connection.H2Connection, path: bytes) -> None:
+    conn.send_headers(
+        conn.get_next_available_stream_id(),
+        [(b":method", b"GET"), (b":path", path), (b":scheme", b"https"), (b":authority", b"x")],
+        end_stream=True,
+    )
+
+
+def test_websocket_over_http2_echoes_never_read(
+    spawn: Spawn, backend: str, tls_files: DevCertificate
+) -> None:
+    # RFC 8441: a WebSocket is one HTTP/2 stream, next to a streaming response that
+    # fills the socket. Then the attacker stops reading and sends messages blind (it
+    # cannot see the WINDOW_UPDATEs any more), at a pace the server keeps up with,
+    # counting on the echo app's consumption re-opening the windows (it does).
+    message = _websocket_frames(1, 16000)  # one DATA frame (<= 16384, RFC 9113 §4.2)
+    with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
+        with _connect(target, tls=True, alpn=["h2"]) as sock:
+            conn = _h2_attacker(sock)
+            conn.send_headers(
+                1,
+                [
+                    (b":method", b"CONNECT"),
+                    (b":protocol", b"websocket"),
+                    (b":scheme", b"https"),
+                    (b":path", b"/ws"),
+                    (b":authority", b"localhost"),
+                    (b"sec-websocket-version", b"13"),
+                ],
+            )
+            sock.sendall(conn.data_to_send())
+            accepted = False
+            while not accepted:  # the last bytes the attacker reads: the 200
+                for event in conn.receive_data(sock.recv(65536)):
+                    accepted = accepted or isinstance(event, h2.events.ResponseReceived)
+            _h2_get(conn, b"/drip?%d" % BIG)
+            sock.sendall(conn.data_to_send())
+            time.sleep(1.0)  # the socket fills: the /drip app is blocked writing
+            frame = hyperframe.frame.DataFrame(1, data=message).serialize()
+            sock.settimeout(0.5)
+            sent = 0
+            deadline = time.monotonic() + ATTACK_SECONDS
+            try:
+                while time.monotonic() < deadline:
+                    sock.sendall(frame * 4)
+                    sent += 4 * len(message)
+                    time.sleep(0.002)
+            except TimeoutError:
+                pass
+            print("sent", sent, "RSS now", (target.rss_kib() - target.baseline_kib) / 1024)
+        _wait_for_app_calls_to_end(target)
+    prober.check()
+    print("RSS growth", target.rss_growth_mib())
+    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+
+
+def test_http3_credit_granted_never_acknowledged(
+    spawn: Spawn, backend: str, tls_files: DevCertificate
+) -> None:
+    # The client grants huge credit (MAX_DATA, MAX_STREAM_DATA), asks for 100 big
+    # responses and then acknowledges nothing: aioquic keeps every byte the app sent
+    # until it is acknowledged, so only the server's own budget bounds it.
+    configuration = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=H3_ALPN,
+        server_name="localhost",
+        max_data=1 << 40,
+        max_stream_data=1 << 40,
+    )
+    configuration.load_verify_locations(str(tls_files.ca_certfile))
+    with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(0.1)
+        server = ("127.0.0.1", target.quic)
+        quic = QuicConnection(configuration=configuration)
+        quic.connect(server, now=time.monotonic())
+
+        def transmit() -> None:
+            for data, addr in quic.datagrams_to_send(now=time.monotonic()):
+                sock.sendto(data, addr)
+
+        try:
+            transmit()
+            deadline = time.monotonic() + 5
+            while not isinstance(quic.next_event(), HandshakeCompleted):
+                assert time.monotonic() < deadline, "no QUIC handshake"
+                try:
+                    data, addr = sock.recvfrom(65536)
+                except TimeoutError:
+                    quic.handle_timer(now=time.monotonic())
+                else:
+                    quic.receive_datagram(data, addr, now=time.monotonic())
+                transmit()
+            h3 = H3Connection(quic)
+            for _ in range(100):
+                stream_id = quic.get_next_available_stream_id()
+                h3.send_headers(
+                    stream_id,
+                    [
+                        (b":method", b"GET"),
+                        (b":scheme", b"https"),
+                        (b":authority", b"localhost"),
+                        (b":path", b"/big?%d" % BIG),
+                    ],
+                    end_stream=True,
+                )
+            transmit()
+            # From now on nothing the server sends is processed: no ACK ever goes back.
+            _hold(target)
+            print("RSS now", (target.rss_kib() - target.baseline_kib) / 1024)
+            assert _running_app_calls(target) == 100  # all waiting in send(), none done
+            quic.close(error_code=0)
+            transmit()
+        finally:
+            sock.close()
         _wait_for_app_calls_to_end(target)
     prober.check()
     print("RSS growth", target.rss_growth_mib())
