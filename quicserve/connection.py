@@ -230,9 +230,7 @@ class StreamDispatcher:
         protocol = self.protocol
         limit = self._buffer_limit
         while (
-            protocol.buffered_amount(stream_id) > limit
-            and not self._broken
-            and not protocol.closed
+            protocol.buffered_amount(stream_id) > limit and not self._broken and not protocol.closed
         ):
             waiter = self._writable.get(stream_id)
             if waiter is None:

@@ -147,9 +147,7 @@ async def _read(
             for event in conn.receive_data(await stream.receive()):
                 done = False
                 if isinstance(event, h2.events.DataReceived):
-                    conn.acknowledge_received_data(
-                        event.flow_controlled_length, event.stream_id
-                    )
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                     done = received(event.stream_id, event.data)
                 elif isinstance(event, h2.events.StreamEnded):
                     done = received(event.stream_id, None)
@@ -162,9 +160,7 @@ async def _read(
 
 async def test_http2_send_waits_until_the_peer_reads() -> None:
     progress = Progress()
-    async with running_server(
-        make_app(progress), connection_write_buffer_size=BUDGET
-    ) as server:
+    async with running_server(make_app(progress), connection_write_buffer_size=BUDGET) as server:
         async with _connect(server.port()) as stream:
             conn = _h2_client()
             ids = set()
@@ -202,9 +198,7 @@ async def test_http2_send_waits_until_the_peer_reads() -> None:
 
 async def test_websocket_send_waits_until_the_peer_reads() -> None:
     progress = Progress()
-    async with running_server(
-        make_app(progress), connection_write_buffer_size=BUDGET
-    ) as server:
+    async with running_server(make_app(progress), connection_write_buffer_size=BUDGET) as server:
         async with _connect(server.port()) as stream:
             conn = _h2_client()
             conn.send_headers(

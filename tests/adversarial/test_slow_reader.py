@@ -2,11 +2,14 @@
 
 Issue 9, attack 3: HTTP/2 over TLS, 64 streams of 8 MiB with every HTTP/2 window opened
 wide, the socket never read: the server framed everything h2 let it frame and queued it
-for the socket (RSS +1.5 GiB). Here every protocol is driven the same way (HTTP/1.1
-pipelining, HTTP/2 with open windows, WebSocket echoes never read, HTTP/3 with credit
-granted but no ACKs) and the server must hold at most ``--connection-write-buffer-size``
-per connection: RSS stays flat, other clients are answered, and once the attacker goes
-away every app call ends.
+for the socket (RSS +1.5 GiB). Here every protocol is driven that way (HTTP/2 with open
+windows; PINGs and WebSocket messages whose answers are never read; HTTP/3 with credit
+granted but nothing acknowledged; HTTP/1.1 pipelining and WebSocket echoes) and the
+server must hold at most ``--connection-write-buffer-size`` per connection: RSS stays
+flat, other clients are answered, and once the attacker goes away every app call ends.
+
+The two HTTP/1.1 tests pass on the code before the budget too (there a second writer
+waits for the first, so one write is all a connection holds); they keep it that way.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from .harness import MAX_RSS_GROWTH_MIB, Prober, Target, serve
 
 BIG = 8 * 1024 * 1024
 #: How long each attack keeps the server's output piling up.
-ATTACK_SECONDS = 2.5
+ATTACK_SECONDS = 2.0
 
 
 def _tiny_receive_buffer(sock: socket.socket) -> None:
@@ -86,38 +89,9 @@ def _hold(target: Target, seconds: float = ATTACK_SECONDS) -> None:
         time.sleep(0.1)
 
 
-def test_http2_open_windows_socket_never_read(
-    spawn: Spawn, backend: str, tls_files: DevCertificate
-) -> None:
-    with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
-        with _connect(target, tls=True, alpn=["h2"]) as sock:
-            assert isinstance(sock, ssl.SSLSocket) and sock.selected_alpn_protocol() == "h2"
-            conn = h2.connection.H2Connection(
-                h2.config.H2Configuration(client_side=True, header_encoding=None)
-            )
-            conn.initiate_connection()
-            # Every window as wide as RFC 9113 §6.9.1 allows: flow control lets it all out.
-            conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
-            conn.increment_flow_control_window(2**31 - 1 - 65535)
-            for _ in range(64):
-                stream_id = conn.get_next_available_stream_id()
-                conn.send_headers(
-                    stream_id,
-                    [
-                        (b":method", b"GET"),
-                        (b":path", b"/big?%d" % BIG),
-                        (b":scheme", b"https"),
-                        (b":authority", b"localhost"),
-                    ],
-                    end_stream=True,
-                )
-            sock.sendall(conn.data_to_send())
-            _hold(target)
-            assert _running_app_calls(target) == 64  # all waiting in send(), none done
-        _wait_for_app_calls_to_end(target)
-    prober.check()
-    print("RSS growth", target.rss_growth_mib())
-    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+def _check_rss(target: Target) -> None:
+    growth = target.rss_growth_mib()
+    assert growth < MAX_RSS_GROWTH_MIB, f"RSS grew by {growth:.1f} MiB"
 
 
 def _h2_attacker(sock: socket.socket) -> h2.connection.H2Connection:
@@ -135,9 +109,39 @@ def _h2_attacker(sock: socket.socket) -> h2.connection.H2Connection:
     return conn
 
 
-def _flood(sock: socket.socket, data: bytes, seconds: float) -> tuple[int, int]:
+def _h2_get(conn: h2.connection.H2Connection, path: bytes) -> None:
+    conn.send_headers(
+        conn.get_next_available_stream_id(),
+        [
+            (b":method", b"GET"),
+            (b":path", path),
+            (b":scheme", b"https"),
+            (b":authority", b"localhost"),
+        ],
+        end_stream=True,
+    )
+
+
+def test_http2_open_windows_socket_never_read(
+    spawn: Spawn, backend: str, tls_files: DevCertificate
+) -> None:
+    with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
+        with _connect(target, tls=True, alpn=["h2"]) as sock:
+            assert isinstance(sock, ssl.SSLSocket) and sock.selected_alpn_protocol() == "h2"
+            conn = _h2_attacker(sock)
+            for _ in range(64):
+                _h2_get(conn, b"/big?%d" % BIG)
+            sock.sendall(conn.data_to_send())
+            _hold(target)
+            assert _running_app_calls(target) == 64  # all waiting in send(), none done
+        _wait_for_app_calls_to_end(target)
+    prober.check()
+    _check_rss(target)
+
+
+def _flood(sock: socket.socket, data: bytes, seconds: float) -> int:
     """Send ``data`` over and over for ``seconds`` (sends that block are retried); returns
-    the bytes the server's side took in all, and in the last second alone."""
+    the bytes the server's side took in the last second."""
     sock.settimeout(0.05)
     view = memoryview(data)
     sent = 0
@@ -151,7 +155,7 @@ def _flood(sock: socket.socket, data: bytes, seconds: float) -> tuple[int, int]:
             pass
     sock.settimeout(10)
     before = next(n for t, n in reversed(marks) if t <= deadline - 1.0)
-    return sent, sent - before
+    return sent - before
 
 
 def test_http2_ping_flood_while_not_reading(
@@ -166,26 +170,15 @@ def test_http2_ping_flood_while_not_reading(
     with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
         with _connect(target, tls=True, alpn=["h2"]) as sock:
             conn = _h2_attacker(sock)
-            conn.send_headers(
-                1,
-                [
-                    (b":method", b"GET"),
-                    (b":path", b"/drip?%d" % BIG),
-                    (b":scheme", b"https"),
-                    (b":authority", b"localhost"),
-                ],
-                end_stream=True,
-            )
+            _h2_get(conn, b"/drip?%d" % BIG)
             sock.sendall(conn.data_to_send())
-            time.sleep(1.0)  # the socket fills
-            sent, last_second = _flood(sock, pings, ATTACK_SECONDS + 1)
-            print("sent", sent, last_second, "RSS now", (target.rss_kib() - target.baseline_kib) / 1024)
+            time.sleep(0.5)  # the socket fills
+            last_second = _flood(sock, pings, ATTACK_SECONDS + 1)
         _wait_for_app_calls_to_end(target)
     prober.check()
-    print("RSS growth", target.rss_growth_mib())
-    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
-    # Once its budget is full of PING ACKs the server reads no more (the kernel's
-    # buffers fill and then take nothing).
+    _check_rss(target)
+    # Once the PING ACKs it owes are over its limit the server reads no more (the
+    # kernel's buffers fill, and then take nothing).
     assert last_second < 64 * 1024, f"the server still reads: {last_second} bytes in 1 s"
 
 
@@ -204,13 +197,11 @@ def test_http1_pipelined_requests_never_read(
                     sent += 16
             except TimeoutError:
                 pass
-            print("sent", sent)
             _hold(target)
             assert _running_app_calls(target) == 1  # HTTP/1.1: one request at a time
         _wait_for_app_calls_to_end(target)
     prober.check()
-    print("RSS growth", target.rss_growth_mib())
-    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+    _check_rss(target)
 
 
 def _websocket_frames(count: int, size: int) -> bytes:
@@ -222,9 +213,7 @@ def _websocket_frames(count: int, size: int) -> bytes:
     return b"".join(ws.send(BytesMessage(data=payload)) for _ in range(count))
 
 
-def test_websocket_echoes_never_read(
-    spawn: Spawn, backend: str, tls_files: DevCertificate
-) -> None:
+def test_websocket_echoes_never_read(spawn: Spawn, backend: str, tls_files: DevCertificate) -> None:
     key = base64.b64encode(os.urandom(16))
     handshake = (
         b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
@@ -245,20 +234,10 @@ def test_websocket_echoes_never_read(
                     sent += len(burst)
             except TimeoutError:
                 pass
-            print("sent", sent)
             _hold(target)
         _wait_for_app_calls_to_end(target)
     prober.check()
-    print("RSS growth", target.rss_growth_mib())
-    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
-
-
-def _h2_get(conn: h2.connection.H2Connection, path: bytes) -> None:
-    conn.send_headers(
-        conn.get_next_available_stream_id(),
-        [(b":method", b"GET"), (b":path", path), (b":scheme", b"https"), (b":authority", b"x")],
-        end_stream=True,
-    )
+    _check_rss(target)
 
 
 def test_websocket_over_http2_echoes_never_read(
@@ -290,23 +269,19 @@ def test_websocket_over_http2_echoes_never_read(
                     accepted = accepted or isinstance(event, h2.events.ResponseReceived)
             _h2_get(conn, b"/drip?%d" % BIG)
             sock.sendall(conn.data_to_send())
-            time.sleep(1.0)  # the socket fills: the /drip app is blocked writing
+            time.sleep(0.5)  # the socket fills: the /drip app is blocked writing
             frame = hyperframe.frame.DataFrame(1, data=message).serialize()
             sock.settimeout(0.5)
-            sent = 0
             deadline = time.monotonic() + ATTACK_SECONDS
             try:
                 while time.monotonic() < deadline:
                     sock.sendall(frame * 4)
-                    sent += 4 * len(message)
                     time.sleep(0.002)
             except TimeoutError:
-                pass
-            print("sent", sent, "RSS now", (target.rss_kib() - target.baseline_kib) / 1024)
+                pass  # the server stopped reading
         _wait_for_app_calls_to_end(target)
     prober.check()
-    print("RSS growth", target.rss_growth_mib())
-    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+    _check_rss(target)
 
 
 def test_http3_credit_granted_never_acknowledged(
@@ -337,7 +312,8 @@ def test_http3_credit_granted_never_acknowledged(
         try:
             transmit()
             deadline = time.monotonic() + 5
-            while not isinstance(quic.next_event(), HandshakeCompleted):
+            handshake_done = False
+            while not handshake_done:
                 assert time.monotonic() < deadline, "no QUIC handshake"
                 try:
                     data, addr = sock.recvfrom(65536)
@@ -346,6 +322,8 @@ def test_http3_credit_granted_never_acknowledged(
                 else:
                     quic.receive_datagram(data, addr, now=time.monotonic())
                 transmit()
+                while (event := quic.next_event()) is not None:
+                    handshake_done = handshake_done or isinstance(event, HandshakeCompleted)
             h3 = H3Connection(quic)
             for _ in range(100):
                 stream_id = quic.get_next_available_stream_id()
@@ -362,7 +340,6 @@ def test_http3_credit_granted_never_acknowledged(
             transmit()
             # From now on nothing the server sends is processed: no ACK ever goes back.
             _hold(target)
-            print("RSS now", (target.rss_kib() - target.baseline_kib) / 1024)
             assert _running_app_calls(target) == 100  # all waiting in send(), none done
             quic.close(error_code=0)
             transmit()
@@ -370,5 +347,4 @@ def test_http3_credit_granted_never_acknowledged(
             sock.close()
         _wait_for_app_calls_to_end(target)
     prober.check()
-    print("RSS growth", target.rss_growth_mib())
-    assert target.rss_growth_mib() < MAX_RSS_GROWTH_MIB
+    _check_rss(target)
