@@ -560,8 +560,9 @@ class ByteStreamConnection(StreamDispatcher):
             if drained is not None:
                 self._drained = None
                 drained.set()
-            # Waiters re-check; one of them becomes the writer of what is left.
-            self._release_budget_waiters()
+            if self._budget_waiters:
+                # They re-check; one of them becomes the writer of what is left.
+                self._release_budget_waiters()
         if protocol.closed:
             self._poke_reader()
 
