@@ -96,6 +96,8 @@ class StreamDispatcher:
         #: ``_over_budget``), and the tasks waiting for it to drain.
         self._budget = context.config.connection_write_buffer_size
         self._budget_waiters: list[Wakeup] = []
+        #: Streams reset while sends waited on the budget: those sends stop waiting.
+        self._budget_reset: set[int] = set()
         self._status_counts = context.registry.status_counts
         self._broken = False
         self._closing = False
@@ -158,6 +160,9 @@ class StreamDispatcher:
                 waiter = self._writable.pop(event.stream_id, None)
                 if waiter is not None:
                     waiter.set()
+                if self._budget_waiters and stream is not None:
+                    self._budget_reset.add(event.stream_id)
+                    self._release_budget_waiters()
             elif cls is ConnectionClosed:
                 for stream in streams.values():
                     stream.reset()
@@ -252,7 +257,12 @@ class StreamDispatcher:
 
         Each waiter checks again when woken, so a waiter that was woken while another
         refilled the buffer waits again: a stream is at most one send over budget."""
-        while not self._broken and not self.protocol.closed and self._over_budget(stream_id):
+        while (
+            not self._broken
+            and not self.protocol.closed
+            and stream_id not in self._budget_reset
+            and self._over_budget(stream_id)
+        ):
             waiter = self.new_wakeup()
             self._budget_waiters.append(waiter)
             await waiter.wait()
@@ -275,6 +285,8 @@ class StreamDispatcher:
         if stream is not None:
             self._status_counts[stream.status] += 1
         self._writable.pop(stream_id, None)
+        if self._budget_reset:
+            self._budget_reset.discard(stream_id)
         protocol = self.protocol
         protocol.stream_done(stream_id, _current_time())
         self._dispatch()

@@ -341,10 +341,16 @@ def test_http3_credit_granted_never_acknowledged(
             # From now on nothing the server sends is processed: no ACK ever goes back.
             _hold(target)
             assert _running_app_calls(target) == 100  # all waiting in send(), none done
+            # STOP_SENDING on every stream (RFC 9000 §19.5), still acknowledging nothing:
+            # the sends waiting on the connection's budget end, and so do the app calls.
+            quic._loss._cc.bytes_in_flight = 0  # our own congestion window: let it go
+            for stream_id in range(0, 400, 4):
+                quic.stop_stream(stream_id, 0x10C)  # H3_REQUEST_CANCELLED
+            transmit()
+            _wait_for_app_calls_to_end(target)
             quic.close(error_code=0)
             transmit()
         finally:
             sock.close()
-        _wait_for_app_calls_to_end(target)
     prober.check()
     _check_rss(target)
