@@ -439,6 +439,14 @@ class Config:
         default=64 * 1024,
         metadata=_opt("response bytes buffered per stream before the app's send() waits"),
     )
+    connection_write_buffer_size: int = field(
+        default=1024 * 1024,
+        metadata=_opt(
+            "bytes one connection holds for its peer (framed and not yet written, being "
+            "written, or on QUIC not yet acknowledged) before every send() on it waits and "
+            "HTTP/2 reads no more from that peer; bounds the memory of a peer that does not read"
+        ),
+    )
 
     # -- WebSockets and WebTransport ----------------------------------------------------
     ws_max_size: int = field(
@@ -585,6 +593,7 @@ def check(config: Config) -> None:
         "h2_max_concurrent_streams",
         "h2_max_stream_errors",
         "quic_max_fragments",
+        "connection_write_buffer_size",
         "wsgi_max_threads",
     ):
         if getattr(config, name) < 1:

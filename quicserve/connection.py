@@ -8,7 +8,11 @@ object that parses it, and the streams that run the app. It owns:
   read is bounded by ``protocol.get_timer()`` (header-read and keep-alive timeouts);
 * the write path: ``flush`` writes ``protocol.data_to_send()`` under one lock, so bytes
   reach the socket in the order the protocol produced them, and then waits while the
-  protocol holds too much data for the stream (response backpressure);
+  protocol holds too much data for the stream (response backpressure), or while the
+  connection holds more than ``Config.connection_write_buffer_size`` for a peer that is
+  not reading (bytes framed but not written, plus the write in progress); HTTP/2 also
+  stops reading from such a peer, so the frames it makes us answer (PING and SETTINGS
+  ACKs, responses) cannot pile up either;
 * one task per request (or pushed request) in the connection's task group;
 * the switch from HTTP/1.1 to HTTP/2 on ``Upgrade: h2c``.
 
@@ -51,6 +55,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("quicserve.error")
 
 _READ_SIZE = 65536
+#: A reader whose peer keeps its socket full never waits in ``receive`` on asyncio (the
+#: bytes are there already), so it lets the other tasks run at least this often (s).
+_READ_SLICE = 0.005
+#: HTTP/2 reads no more from a peer while this much (or the write budget, if smaller) of
+#: what it asked for is framed or being written and it does not read. Low, because each
+#: PING or SETTINGS it sends costs ~30 us of h2 and makes a frame to answer: filling a
+#: 1 MiB budget with PING ACKs would take 2 s of CPU.
+_READ_PAUSE = 64 * 1024
 
 AnyStream = HTTPStream | WebSocketStream | WebTransportSession
 
@@ -80,6 +92,12 @@ class StreamDispatcher:
         self._streams: dict[int, AnyStream] = {}
         self._writable: dict[int, Wakeup] = {}
         self._buffer_limit = context.config.write_buffer_size
+        #: Bytes the connection may hold for its peer before sends wait (see
+        #: ``_over_budget``), and the tasks waiting for it to drain.
+        self._budget = context.config.connection_write_buffer_size
+        self._budget_waiters: list[Wakeup] = []
+        #: Streams reset while sends waited on the budget: those sends stop waiting.
+        self._budget_reset: set[int] = set()
         self._status_counts = context.registry.status_counts
         self._broken = False
         self._closing = False
@@ -142,12 +160,16 @@ class StreamDispatcher:
                 waiter = self._writable.pop(event.stream_id, None)
                 if waiter is not None:
                     waiter.set()
+                if self._budget_waiters and stream is not None:
+                    self._budget_reset.add(event.stream_id)
+                    self._release_budget_waiters()
             elif cls is ConnectionClosed:
                 for stream in streams.values():
                     stream.reset()
                 for waiter in self._writable.values():
                     waiter.set()
                 self._writable.clear()
+                self._release_budget_waiters()
             else:
                 self._on_other_event(event)
 
@@ -207,16 +229,50 @@ class StreamDispatcher:
         self._idle_workers.clear()
 
     async def flush(self, stream_id: int) -> None:
-        """Write what the protocol produced; wait while ``stream_id`` has too much queued."""
+        """Write what the protocol produced; wait while ``stream_id`` has too much queued,
+        then while the connection holds more than its budget for the peer."""
         await self._write_out()
         protocol = self.protocol
         limit = self._buffer_limit
-        while protocol.buffered_amount(stream_id) > limit and not self._broken:
+        while (
+            protocol.buffered_amount(stream_id) > limit and not self._broken and not protocol.closed
+        ):
             waiter = self._writable.get(stream_id)
             if waiter is None:
                 waiter = self._writable[stream_id] = self.new_wakeup()
             await waiter.wait()
             await self._write_out()
+        if self._over_budget(stream_id):
+            await self._wait_for_budget(stream_id)
+
+    # -- the per-connection write budget -------------------------------------------------
+
+    def _over_budget(self, stream_id: int) -> bool:
+        """Whether a send on ``stream_id`` (0: the connection's own reader) must wait
+        because the connection holds more than ``_budget`` bytes for its peer."""
+        return False
+
+    async def _wait_for_budget(self, stream_id: int) -> None:
+        """Wait until the connection's held bytes drain to the budget (or it closes).
+
+        Each waiter checks again when woken, so a waiter that was woken while another
+        refilled the buffer waits again: a stream is at most one send over budget."""
+        while (
+            not self._broken
+            and not self.protocol.closed
+            and stream_id not in self._budget_reset
+            and self._over_budget(stream_id)
+        ):
+            waiter = self.new_wakeup()
+            self._budget_waiters.append(waiter)
+            await waiter.wait()
+
+    def _release_budget_waiters(self) -> None:
+        waiters = self._budget_waiters
+        if waiters:
+            self._budget_waiters = []
+            for waiter in waiters:
+                waiter.set()
 
     def ack_body(self, stream_id: int, amount: int) -> None:
         """Give flow-control credit back; resume reading if the protocol paused it."""
@@ -229,6 +285,8 @@ class StreamDispatcher:
         if stream is not None:
             self._status_counts[stream.status] += 1
         self._writable.pop(stream_id, None)
+        if self._budget_reset:
+            self._budget_reset.discard(stream_id)
         protocol = self.protocol
         protocol.stream_done(stream_id, _current_time())
         self._dispatch()
@@ -270,6 +328,9 @@ class ByteStreamConnection(StreamDispatcher):
         super().__init__(context, info, protocol, record)
         self._stream = stream
         self._writing = False
+        #: Bytes of the write in progress (handed to the socket, not yet accepted by it).
+        self._in_flight = 0
+        self._read_budget = min(self._budget, _READ_PAUSE)
         self._drained: Wakeup | None = None
         self._batch_writes = info.capabilities.multiplexed
         self._reader_scope: anyio.CancelScope | None = None
@@ -308,6 +369,7 @@ class ByteStreamConnection(StreamDispatcher):
     async def _read_loop(self) -> None:
         stream = self._stream
         record = self._record
+        yield_at = _current_time() + _READ_SLICE
         while True:
             if self._upgrade is not None:
                 await self._switch_to_h2c()
@@ -329,6 +391,16 @@ class ByteStreamConnection(StreamDispatcher):
             await self._write_out()
             if not data:
                 return
+            if self._over_budget(0):
+                # HTTP/2: what this peer sends makes us answer (PING and SETTINGS ACKs,
+                # responses); while it does not read those, we read no more of it.
+                await self._wait_for_budget(0)
+            now = _current_time()
+            if now >= yield_at:
+                # A flood of small frames (PINGs: ~30 us of h2 each) must not starve
+                # every other connection of this worker.
+                await anyio.lowlevel.checkpoint()
+                yield_at = now + _READ_SLICE
 
     async def _timer_loop(self) -> None:
         """Header-read and keep-alive deadlines, without a cancel scope per read.
@@ -488,15 +560,37 @@ class ByteStreamConnection(StreamDispatcher):
                 data = protocol.data_to_send()
                 if not data:
                     break
+                self._in_flight = len(data)
                 await self._send(data)
+                self._in_flight = 0
+                if self._budget_waiters and protocol.pending() <= self._budget:
+                    self._release_budget_waiters()
         finally:
             self._writing = False
+            self._in_flight = 0
             drained = self._drained
             if drained is not None:
                 self._drained = None
                 drained.set()
+            if self._budget_waiters:
+                # They re-check; one of them becomes the writer of what is left.
+                self._release_budget_waiters()
         if protocol.closed:
             self._poke_reader()
+
+    def _over_budget(self, stream_id: int) -> bool:
+        # Only HTTP/2 needs the check: there a second writer returns at once while the
+        # first is blocked on the socket (so that streams' frames share writes), and
+        # flow control bounds nothing once the peer opens its windows wide. On HTTP/1.1 a
+        # second writer waits for the first, which bounds the held bytes by one write.
+        # Nobody writing means everything was written (or whoever produced more is about
+        # to write it). Stream 0 is the reader, held to the lower ``_read_budget``.
+        return (
+            self._writing
+            and self._batch_writes
+            and self._in_flight + self.protocol.pending()
+            > (self._budget if stream_id else self._read_budget)
+        )
 
     async def _send(self, data: bytes) -> None:
         if self._broken:
@@ -515,6 +609,7 @@ class ByteStreamConnection(StreamDispatcher):
         for waiter in self._writable.values():
             waiter.set()
         self._writable.clear()
+        self._release_budget_waiters()
         self._reader_scope_cancel()
         self._wake_timer()
 

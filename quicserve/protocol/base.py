@@ -13,7 +13,9 @@ Response side rules, shared by HTTP/1.1 and HTTP/2 (and mirrored by HTTP/3):
 * ``send_data`` never refuses data: what flow control does not let out yet is kept per
   stream, and ``buffered_amount(stream_id)`` says how much. The driver makes the app's
   ``send()`` wait while that is above ``Config.write_buffer_size`` and re-checks after
-  every :class:`~quicserve.events.StreamWritable` event.
+  every :class:`~quicserve.events.StreamWritable` event. What flow control let out is
+  framed at once; the driver bounds it per connection (``connection_write_buffer_size``)
+  with ``pending()``, the bytes not yet taken by ``data_to_send``.
 * ``ack_body(stream_id, n)`` tells the protocol the app consumed ``n`` request body bytes,
   so HTTP/2 can re-open its receive window; request bodies are thus read from the peer only
   as fast as the app receives them.
@@ -44,6 +46,10 @@ class ServerProtocol(Protocol):
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the peer, clearing the protocol's outgoing buffer."""
+
+    def pending(self) -> int:
+        """Bytes ``data_to_send`` would return now (HTTP/1.1 counts only a tunnel's: its
+        driver never lets output gather otherwise)."""
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must be called next, or ``None`` for no deadline."""

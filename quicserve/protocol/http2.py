@@ -20,14 +20,17 @@ Rules of this module:
 * Request bodies re-open the receive windows only when the app acknowledges them with
   ``ack_body``; bytes the app will never see (padding, reset streams) are credited back to
   the connection window at once, so it never leaks.
+* What flow control lets out is framed at once; ``pending()`` says how many framed bytes
+  wait for ``data_to_send``, so the driver can hold the app back when the peer does not
+  read (flow control alone does not: a peer may open its windows wide and never read).
 * Every method is a silent no-op on a stream the peer reset or the stream type finished.
 * A stream reset by either side, for any reason, counts against
   ``h2_max_concurrent_streams`` until the stream type is done with it (its app call has
   ended): "rapid reset" (CVE-2023-44487) and "MadeYouReset" (CVE-2025-8671). A client
   that keeps getting streams refused, or keeps provoking stream errors (more than
   ``h2_max_stream_errors``), gets GOAWAY ENHANCE_YOUR_CALM.
-* The two overrides of private h2 methods live in :class:`_H2Connection`, so an h2
-  upgrade has one class to re-check.
+* Every use of private h2 members lives in :class:`_H2Connection` (and its
+  :class:`_FrameBuffer`), so an h2 upgrade has one class to re-check.
 """
 
 from __future__ import annotations
@@ -141,10 +144,11 @@ class _FrameBuffer(FrameBuffer):
 
 
 class _H2Connection(H2Connection):
-    """h2's connection with three behaviours brought in line with RFC 9113.
+    """h2's connection with three behaviours brought in line with RFC 9113, and the size
+    of its outgoing buffer (``pending_output``), which h2 does not expose.
 
-    They override private h2 methods; they are kept here so that an h2 upgrade only has
-    this class (and _FrameBuffer) to re-check.
+    They use private h2 members; they are kept here so that an h2 upgrade only has this
+    class (and _FrameBuffer) to re-check.
     """
 
     def __init__(self, config: H2Configuration) -> None:
@@ -162,6 +166,10 @@ class _H2Connection(H2Connection):
         # just over it is decoded and answered with 431 instead (H2Protocol).
         self.decoder.max_header_list_size = self.max_decoded_block
         return changes
+
+    def pending_output(self) -> int:
+        """Bytes h2 has framed that ``data_to_send`` has not handed out yet."""
+        return len(self._data_to_send)
 
     def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[H2Event]]:
         try:
@@ -604,6 +612,12 @@ class H2Protocol:
             self._extra_out = b""
             return out
         return self._conn.data_to_send()
+
+    def pending(self) -> int:
+        """Bytes framed for the peer and not yet taken by ``data_to_send``: what the
+        driver weighs against its per-connection write budget (flow control does not
+        bound them when the peer opens its windows wide and then stops reading)."""
+        return len(self._extra_out) + self._conn.pending_output()
 
     def wants_read(self) -> bool:
         """Always read while open: h2 flow control bounds what the peer may send."""

@@ -44,6 +44,10 @@ upgrade should touch only this file.
     (RFC 9000 §7.5), ACK frames per packet and ACKs of packets never sent (§21.9, §13.1),
     RETIRE_CONNECTION_ID for CIDs never sent (§19.16); each override says what aioquic
     does and what upstream should change.
+11. **The connection's send budget.** ``held_bytes()`` is that sum over the whole
+    connection, plus DATAGRAM payloads not yet sent: aioquic keeps every byte until it
+    is acknowledged, so a peer that grants credit and then stops acknowledging would
+    otherwise make it hold (streams x per-stream buffer) bytes.
 
 Also here: the one place a :class:`QuicConfiguration` is built from :class:`Config`.
 """
@@ -534,11 +538,15 @@ class ServerQuicConnection(QuicConnection):
     # -- 7. send accounting -------------------------------------------------------------
 
     def buffered(self, stream_id: int) -> int:
-        """Response bytes aioquic still holds for ``stream_id`` (unsent or unacked)."""
+        """Response bytes aioquic still holds for ``stream_id`` (unsent or unacked);
+        0 once the stream is reset, as nothing of it will be sent any more (a send
+        waiting for it to drain would wait for ever)."""
         stream = self._streams.get(stream_id)
         if stream is None:
             return 0
         sender = stream.sender
+        if sender._reset_error_code is not None:
+            return 0
         return int(sender._buffer_stop - sender._buffer_start)
 
     def can_send(self) -> bool:
@@ -548,6 +556,23 @@ class ServerQuicConnection(QuicConnection):
             "DRAINING",
             "TERMINATED",
         )
+
+    # -- 11. the connection's send budget (transport/quic.py waits on it) ----------------
+
+    def held_bytes(self) -> int:
+        """Bytes aioquic holds for the peer on the whole connection: every stream's
+        unsent or unacknowledged data, and DATAGRAM payloads waiting to be sent."""
+        total = 0
+        for stream in self._streams.values():
+            sender = stream.sender
+            total += sender._buffer_stop - sender._buffer_start
+        for datagram in self._datagrams_pending:
+            total += len(datagram)
+        return int(total)
+
+    def datagrams_pending(self) -> bool:
+        """Whether DATAGRAM payloads wait for the congestion window."""
+        return bool(self._datagrams_pending)
 
     @property
     def handshake_complete(self) -> bool:
@@ -562,7 +587,7 @@ class ServerQuicConnection(QuicConnection):
                 return path.addr
         return self._network_paths[0].addr if self._network_paths else None
 
-    # -- guards against abusive peers ----------------------------------------------------
+    # -- 10. guards against abusive peers ------------------------------------------------
     #
     # aioquic 1.7.2 already bounds network paths (8), remote PATH_CHALLENGEs per path (32),
     # ACK ranges it keeps, and pending RETIRE_CONNECTION_IDs. What it leaves open, and

@@ -12,8 +12,10 @@ Rules:
 * The response head is held back until the first body message so head and body leave in
   one write.
 * ``send`` waits while the protocol holds more than ``Config.write_buffer_size`` bytes for
-  this stream (backpressure); ``receive`` acknowledges body bytes as the app takes them, so
-  the peer is only read as fast as the app consumes (request backpressure).
+  this stream, and while the connection holds more than
+  ``Config.connection_write_buffer_size`` for a peer that is not reading (backpressure;
+  both in ``StreamHost.flush``); ``receive`` acknowledges body bytes as the app takes
+  them, so the peer is only read as fast as the app consumes (request backpressure).
 * An app exception before the response starts becomes a 500; after it, the stream is
   reset (HTTP/1.1: the connection is closed). Either way the server keeps serving.
 * After a reset, ``receive`` returns ``http.disconnect`` and ``send`` drops messages, as
@@ -72,7 +74,8 @@ class StreamHost(Protocol):
         """The connection's base ASGI extensions (built once per connection info)."""
 
     async def flush(self, stream_id: int) -> None:
-        """Write what the protocol produced; wait while ``stream_id`` is over its buffer."""
+        """Write what the protocol produced; wait while ``stream_id`` is over its buffer
+        or the connection is over its write budget."""
 
     def ack_body(self, stream_id: int, amount: int) -> None:
         """The app consumed ``amount`` request body bytes."""

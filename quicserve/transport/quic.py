@@ -462,6 +462,12 @@ class QuicConnectionHandler(StreamDispatcher):
         # QUIC holds in-flight data for the app's sends; a larger budget than TCP's keeps
         # a bulk transfer from stalling on the ACK clock.
         self._buffer_limit = max(self.config.write_buffer_size, 1024 * 1024)
+        # The connection's budget is never below one stream's, so a single transfer is
+        # not slowed by it. A stream holding no more than its share of the budget never
+        # waits on it, which spares the sum over every stream on most sends (at most
+        # ``quic_max_streams`` shares can be out on top of the budget).
+        self._budget = max(self._budget, self._buffer_limit)
+        self._budget_share = self._budget // max(1, self.config.quic_max_streams)
         self._finished = anyio.Event()
         self.handshake_reported = False
         self._peer = record.client
@@ -572,6 +578,8 @@ class QuicConnectionHandler(StreamDispatcher):
 
     def _wake_writers(self) -> None:
         # ACKs may have freed buffered response data: wake the sends waiting on it.
+        if self._budget_waiters and self.quic.held_bytes() <= self._budget:
+            self._release_budget_waiters()
         if not self._writable:
             return
         protocol = self.protocol
@@ -601,6 +609,7 @@ class QuicConnectionHandler(StreamDispatcher):
         for stream in list(self._streams.values()):
             stream.reset()
         self._broken = True
+        self._release_budget_waiters()
         self._finished.set()
 
     # -- StreamDispatcher hooks ---------------------------------------------------------
@@ -659,6 +668,14 @@ class QuicConnectionHandler(StreamDispatcher):
     def _poke_reader(self) -> None:
         if self.protocol.closed:
             self._finished.set()
+
+    def _over_budget(self, stream_id: int) -> bool:
+        # aioquic keeps what it sent until it is acknowledged: a peer that grants credit
+        # and then acknowledges nothing would have it hold every stream's buffer.
+        quic = self.quic
+        if quic.buffered(stream_id) <= self._budget_share and not quic.datagrams_pending():
+            return False
+        return quic.held_bytes() > self._budget
 
     def _on_credit(self) -> None:
         # MAX_STREAM_DATA goes out with the next packet; send one now if nothing else

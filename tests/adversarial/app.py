@@ -4,6 +4,8 @@ Routes, chosen by path:
 
 * ``/``: ``ok`` (what the well-behaved probe asks for);
 * ``/big?N``: N bytes of response body, sent in 64 KiB pieces (each ``send`` may wait);
+* ``/drip?N``: the same, with a 2 ms pause before each piece, like a streaming response:
+  its sends come from the app's own clock, not in answer to what the client sent;
 * ``/echo``: reads the whole request body, answers its length;
 * ``/hold``: waits up to 30 s for the client to go away (reading, and dropping, any body);
 * ``/stall?S``: ignores the client altogether (never calls ``receive``) and answers
@@ -67,10 +69,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 async def _http(scope: dict[str, Any], receive: Any, send: Any) -> None:
     path = scope["path"]
-    if path == "/big":
+    if path in ("/big", "/drip"):
         size = int(scope["query_string"] or b"1048576")
+        pause = 0.002 if path == "/drip" else 0.0
         await send({"type": "http.response.start", "status": 200, "headers": []})
         while size > 0:
+            if pause:
+                await anyio.sleep(pause)
             piece = _CHUNK[: min(size, len(_CHUNK))]
             size -= len(piece)
             await send({"type": "http.response.body", "body": piece, "more_body": size > 0})
