@@ -36,6 +36,7 @@ LIMIT_FIELDS = {
     "h2_max_frame_size",
     "h2_max_stream_errors",
     "write_buffer_size",
+    "connection_write_buffer_size",
     "ws_max_size",
     "ws_max_queue",
     "ws_ping_interval",
