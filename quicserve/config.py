@@ -425,6 +425,14 @@ class Config:
             'closes the connection with ENHANCE_YOUR_CALM ("MadeYouReset", CVE-2025-8671)'
         ),
     )
+    h2_max_control_frames: int = field(
+        default=1000,
+        metadata=_opt(
+            "HTTP/2 control frames (PING, SETTINGS, PRIORITY, WINDOW_UPDATE, empty DATA, "
+            "unknown types) a client may send on one connection beyond 100 per stream it "
+            "opened and 2 per DATA frame sent to it; past that GOAWAY ENHANCE_YOUR_CALM"
+        ),
+    )
     h2_stream_window_size: int = field(
         default=256 * 1024,
         metadata=_opt("HTTP/2 receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE)"),
@@ -592,6 +600,7 @@ def check(config: Config) -> None:
         "max_header_bytes",
         "h2_max_concurrent_streams",
         "h2_max_stream_errors",
+        "h2_max_control_frames",
         "quic_max_fragments",
         "connection_write_buffer_size",
         "wsgi_max_threads",

@@ -35,6 +35,7 @@ LIMIT_FIELDS = {
     "h2_connection_window_size",
     "h2_max_frame_size",
     "h2_max_stream_errors",
+    "h2_max_control_frames",
     "write_buffer_size",
     "connection_write_buffer_size",
     "ws_max_size",

@@ -23,6 +23,7 @@ from hyperframe.frame import (
     Frame,
     GoAwayFrame,
     HeadersFrame,
+    PingFrame,
     RstStreamFrame,
     SettingsFrame,
     WindowUpdateFrame,
@@ -1131,3 +1132,52 @@ def test_trailers_past_the_limit_reset_the_stream() -> None:
     resets = {e.stream_id: e.error_code for e in of_type(client_events, h2e.StreamReset)}
     assert resets == {bad: ErrorCodes.ENHANCE_YOUR_CALM}
     assert not of_type(client_events, h2e.ConnectionTerminated)
+
+
+# -- control-frame floods (CVE-2019-9512, -9515, -9518) -----------------------------------
+
+
+def test_a_ping_flood_ends_in_enhance_your_calm_and_is_cut_short() -> None:
+    pair = Pair(Config(h2_max_control_frames=50))
+    flood = PingFrame(0, b"12345678").serialize() * 20_000  # one read of 340 KB
+    pair.server.receive_data(flood, pair.now)
+    assert pair.server.closed
+    answer = parse_frames(pair.server.data_to_send())
+    pings = [f for f in answer if isinstance(f, PingFrame)]
+    # Cut off after the slice that passed the budget, not after all 20,000.
+    assert 50 <= len(pings) < 1500, len(pings)
+    goaways = [f for f in answer if isinstance(f, GoAwayFrame)]
+    assert [g.error_code for g in goaways] == [ErrorCodes.ENHANCE_YOUR_CALM]
+
+
+def test_empty_data_frames_count_as_a_flood() -> None:
+    pair = Pair(Config(h2_max_control_frames=50))
+    stream_id = pair.request(post_headers(), end_stream=False)
+    pair.server.receive_data(DataFrame(stream_id, b"").serialize() * 300, pair.now)
+    pair.pump()
+    assert pair.server.closed
+    _, client_events = pair.take()
+    goaways = of_type(client_events, h2e.ConnectionTerminated)
+    assert [g.error_code for g in goaways] == [ErrorCodes.ENHANCE_YOUR_CALM]
+
+
+def test_streams_and_downloads_earn_control_frames() -> None:
+    """A client's ordinary control frames never trip the rule: per stream it opens, and
+    per DATA frame it is sent (the WINDOW_UPDATEs a download draws)."""
+    pair = Pair(Config(h2_max_control_frames=10))
+    for _ in range(5):
+        stream_id = pair.request()
+        for _ in range(20):  # PRIORITY frames, as some browsers send
+            pair.client.prioritize(stream_id, weight=16)
+        pair.pump()
+        pair.server.send_response(stream_id, 200, [])
+        pair.server.send_data(stream_id, b"x" * 200_000, end_stream=True)
+        for _ in range(40):
+            pair.pump()
+            for event in pair.client_events:
+                if isinstance(event, h2e.DataReceived) and event.flow_controlled_length:
+                    # A WINDOW_UPDATE per DATA frame, stream and connection.
+                    pair.client.acknowledge_received_data(event.flow_controlled_length, stream_id)
+            pair.client_events.clear()
+        pair.server.stream_done(stream_id, pair.now)
+    assert not pair.server.closed

@@ -45,11 +45,14 @@ from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated as H2ConnectionTerminated
 from h2.events import DataReceived as H2DataReceived
 from h2.events import Event as H2Event
+from h2.events import PingReceived as H2PingReceived
+from h2.events import PriorityUpdated as H2PriorityUpdated
 from h2.events import RemoteSettingsChanged as H2RemoteSettingsChanged
 from h2.events import RequestReceived as H2RequestReceived
 from h2.events import StreamEnded as H2StreamEnded
 from h2.events import StreamReset as H2StreamReset
 from h2.events import TrailersReceived as H2TrailersReceived
+from h2.events import UnknownFrameReceived as H2UnknownFrameReceived
 from h2.events import WindowUpdated as H2WindowUpdated
 from h2.exceptions import (
     DenialOfServiceError,
@@ -92,6 +95,13 @@ _DEFAULT_WINDOW = 65_535
 
 
 _STATUS_BYTES = {code: b"%d" % code for code in range(100, 600)}
+
+#: Control frames a client may send per stream it opens, on top of --h2-max-control-frames
+#: (a browser sends a few PRIORITY and WINDOW_UPDATE frames per stream).
+_CONTROL_FRAMES_PER_STREAM = 100
+#: What h2 is given to parse at a time, so a flood is cut off after one slice, not after a
+#: whole 64 KiB read (a slice of PING frames is about 1,200 of them).
+_RECEIVE_SLICE = 16 * 1024
 
 #: The smallest share of the connection window a stream gets per round-robin turn, so
 #: that a small WINDOW_UPDATE shared by many streams does not shatter into tiny frames.
@@ -322,6 +332,11 @@ class H2Protocol:
         self._refused = 0
         # Streams we reset because of the client's frames ("MadeYouReset").
         self._provoked = 0
+        # Control frames received (the flood rule in _control_flood) and what earns more:
+        # streams opened and DATA frames sent (each may draw a WINDOW_UPDATE or two).
+        self._control_frames = 0
+        self._streams_opened = 0
+        self._data_frames_sent = 0
         conn = _H2Connection(
             H2Configuration(
                 client_side=False,
@@ -403,15 +418,19 @@ class H2Protocol:
         if not data:
             self._fail(ErrorCodes.NO_ERROR, "peer closed the connection", send_goaway=False)
             return
-        try:
-            h2_events = self._conn.receive_data(data)
-        except ProtocolError as exc:
-            self._fail(exc.error_code, str(exc) or type(exc).__name__)
-            return
-        except Exception as exc:  # any h2 failure on peer input: never crash the driver
-            self._fail(ErrorCodes.INTERNAL_ERROR, f"h2 failed: {exc!r}")
-            return
-        self._handle_h2_events(h2_events)
+        for start in range(0, len(data), _RECEIVE_SLICE):
+            piece = data if len(data) <= _RECEIVE_SLICE else data[start : start + _RECEIVE_SLICE]
+            try:
+                h2_events = self._conn.receive_data(piece)
+            except ProtocolError as exc:
+                self._fail(exc.error_code, str(exc) or type(exc).__name__)
+                return
+            except Exception as exc:  # any h2 failure on peer input: never crash the driver
+                self._fail(ErrorCodes.INTERNAL_ERROR, f"h2 failed: {exc!r}")
+                return
+            self._handle_h2_events(h2_events)
+            if self._closed:
+                return
         if self._draining and not self._streams and not self._closed:
             self._finish("drained")
 
@@ -432,6 +451,10 @@ class H2Protocol:
                 self._preface_received = True
             if cls is H2DataReceived:
                 assert isinstance(ev, H2DataReceived)
+                if not ev.flow_controlled_length and ev.stream_ended is None:
+                    # An empty DATA frame that does not end the stream (CVE-2019-9518).
+                    if self._control_flood():
+                        return
                 self._on_data(ev)
             elif cls is H2RequestReceived:
                 assert isinstance(ev, H2RequestReceived)
@@ -449,6 +472,8 @@ class H2Protocol:
                         self._maybe_remove(stream)  # the end of a lingering body
             elif cls is H2WindowUpdated:
                 assert isinstance(ev, H2WindowUpdated)
+                if self._control_flood():
+                    return
                 if ev.stream_id == 0:
                     flush_all = True
                 elif ev.stream_id in self._blocked:
@@ -483,6 +508,8 @@ class H2Protocol:
                     self._reset(stream, None, notify=True, error_code=int(ev.error_code))
             elif cls is H2RemoteSettingsChanged:
                 assert isinstance(ev, H2RemoteSettingsChanged)
+                if self._control_flood():
+                    return
                 if SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
                     flush_all = True  # §6.9.2: every stream window moved by the delta
             elif cls is H2ConnectionTerminated:
@@ -490,7 +517,12 @@ class H2Protocol:
                 self._on_goaway(ev)
                 if self._closed:
                     return
-            # PING (h2 answers it), PRIORITY, SETTINGS ACK, unknown frames: nothing to do.
+            elif cls is H2PingReceived or cls is H2PriorityUpdated or cls is H2UnknownFrameReceived:
+                # h2 answers a PING itself; PRIORITY and unknown frames need nothing, but
+                # each costs as much to parse as a request's worth of work.
+                if self._control_flood():
+                    return
+            # SETTINGS and PING ACKs: nothing to do.
         if flush_all:
             self._flush_all()
         elif touched is not None:
@@ -546,6 +578,7 @@ class H2Protocol:
                 self._fail(ErrorCodes.ENHANCE_YOUR_CALM, "too many streams refused")
             return
         self._client_streams += 1
+        self._streams_opened += 1
         stream = _Stream(stream_id)
         stream.scheme = scheme
         stream.authority = authority
@@ -857,6 +890,26 @@ class H2Protocol:
         except ProtocolError:
             pass
 
+    def _control_flood(self) -> bool:
+        """Count one control frame (PING, SETTINGS, PRIORITY, WINDOW_UPDATE, an empty DATA
+        frame, an unknown frame type). A client may send ``--h2-max-control-frames`` of them,
+        plus 100 per stream it opened and two per DATA frame we sent (the WINDOW_UPDATEs
+        a download draws); past that it is flooding (CVE-2019-9512, -9515, -9518: each
+        costs us as much as it costs the client to send) and gets GOAWAY ENHANCE_YOUR_CALM.
+        Returns whether the connection was closed."""
+        self._control_frames += 1
+        if self._control_frames <= self._config.h2_max_control_frames:
+            return False
+        allowed = (
+            self._config.h2_max_control_frames
+            + _CONTROL_FRAMES_PER_STREAM * self._streams_opened
+            + 2 * self._data_frames_sent
+        )
+        if self._control_frames <= allowed:
+            return False
+        self._fail(ErrorCodes.ENHANCE_YOUR_CALM, "control frame flood")
+        return True
+
     def _h2_reset(self, stream_id: int, code: int) -> None:
         try:
             self._conn.reset_stream(stream_id, code)
@@ -914,6 +967,7 @@ class H2Protocol:
                 if last:
                     stream.sent_end = True
                 conn.send_data(stream_id, piece, end_stream=last)
+                self._data_frames_sent += 1
                 sent = True
             if stream.end_pending and not stream.sent_end:
                 stream.sent_end = True
