@@ -287,7 +287,13 @@ def quic_state(quic: Any) -> str:
     """Flow-control and congestion state of an aioquic connection, stream by stream
     (private aioquic attributes: for stall reports only)."""
     loss = quic._loss
+    now = time.monotonic()
+    timer = quic.get_timer()
+    acks = [space.ack_at for space in loss.spaces if space.ack_at is not None]
     lines = [
+        f"  timer in {None if timer is None else round(timer - now, 3)} s; ack_at "
+        f"{[round(a - now, 3) for a in acks]}; pacing_at {quic._pacing_at}; state "
+        f"{quic._state}",
         f"  max_data local {quic._local_max_data.value} (sent {quic._local_max_data.sent}, "
         f"used {quic._local_max_data.used}), remote {quic._remote_max_data} "
         f"(used {quic._remote_max_data_used}); cwnd {loss._cc.congestion_window}, "
@@ -483,7 +489,7 @@ class Clients:
                     requests,
                     cafile=str(self.tls.ca_certfile),
                     concurrent=True,
-                    timeout=120.0,
+                    timeout=30.0,
                 )
 
             result = await anyio.to_thread.run_sync(fetch, abandon_on_cancel=True)
@@ -508,7 +514,7 @@ class Clients:
                 count = 0
                 while not soak.over() and count < 200:
                     message = os.urandom(random.randrange(1, 256 * 1024))
-                    async with asyncio.timeout(120):
+                    async with asyncio.timeout(30):
                         await ws.send(message)
                         echoed = await ws.recv()
                     assert echoed == message

@@ -371,19 +371,35 @@ class _H3Tunnel(Tunnel):
             await anyio.sleep(0.005)
 
     async def pump(self) -> None:
+        # Datagrams and QUIC's timers in two tasks. One loop that read only until the
+        # next timer starved: a timer that stays due (an ACK the congestion window holds
+        # back) cancelled every read at once, so the ACKs that would open the window were
+        # never read, and the tunnel stalled for good (seen in tests/test_soak.py).
+        quic = self.quic
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._run_timers, tg.cancel_scope)
+            async for data in self.sock:
+                quic.receive_datagram(data, self.address, time.monotonic())
+                self._process()
+                await self.transmit()
+                if self.terminated:
+                    break
+            tg.cancel_scope.cancel()
+        self._end()
+        self.response_seen.set()
+
+    async def _run_timers(self, scope: anyio.CancelScope) -> None:
         quic = self.quic
         while not self.terminated:
             timer = quic.get_timer()
-            timeout = 0.05 if timer is None else max(0.0, timer - time.monotonic())
-            with anyio.move_on_after(min(timeout, 0.05)):
-                data = await self.sock.receive()
-                quic.receive_datagram(data, self.address, time.monotonic())
+            delay = 0.05 if timer is None else timer - time.monotonic()
+            await anyio.sleep(min(max(delay, 0.001), 0.05))
+            timer = quic.get_timer()
             if timer is not None and time.monotonic() >= timer:
                 quic.handle_timer(time.monotonic())
             self._process()
             await self.transmit()
-        self._end()
-        self.response_seen.set()
+        scope.cancel()
 
     def _process(self) -> None:
         while True:
