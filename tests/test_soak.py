@@ -297,7 +297,7 @@ def quic_state(quic: Any) -> str:
         f"  max_data local {quic._local_max_data.value} (sent {quic._local_max_data.sent}, "
         f"used {quic._local_max_data.used}), remote {quic._remote_max_data} "
         f"(used {quic._remote_max_data_used}); cwnd {loss._cc.congestion_window}, "
-        f"in flight {loss._cc.bytes_in_flight}, pto_count {loss._pto_count}"
+        f"in flight {loss._cc.bytes_in_flight}, pto_count {loss._pto_count}",
     ]
     for stream_id, stream in quic._streams.items():
         receiver, sender = stream.receiver, stream.sender
