@@ -293,12 +293,23 @@ def quic_state(quic: Any) -> str:
     lines = [
         f"  timer in {None if timer is None else round(timer - now, 3)} s; ack_at "
         f"{[round(a - now, 3) for a in acks]}; pacing_at {quic._pacing_at}; state "
-        f"{quic._state}",
+        f"{quic._state}; handshake confirmed {quic._handshake_confirmed} (recovery "
+        f"{loss.handshake_confirmed}); srtt {loss._rtt_smoothed:.3f} rttvar "
+        f"{loss._rtt_variance:.3f} pto {loss.get_probe_timeout():.3f}; last ack-eliciting "
+        f"sent {loss._time_of_last_sent_ack_eliciting_packet - now:.3f} s",
         f"  max_data local {quic._local_max_data.value} (sent {quic._local_max_data.sent}, "
         f"used {quic._local_max_data.used}), remote {quic._remote_max_data} "
         f"(used {quic._remote_max_data_used}); cwnd {loss._cc.congestion_window}, "
         f"in flight {loss._cc.bytes_in_flight}, pto_count {loss._pto_count}",
     ]
+    for space in loss.spaces:
+        in_flight = [p for p in space.sent_packets.values() if p.in_flight]
+        lines.append(
+            f"  space: ack-eliciting in flight {space.ack_eliciting_in_flight}, sent "
+            f"{len(space.sent_packets)} ({len(in_flight)} in flight, "
+            f"{sum(p.sent_bytes for p in in_flight)} bytes), largest acked "
+            f"{space.largest_acked_packet}, loss_time {space.loss_time}"
+        )
     for stream_id, stream in quic._streams.items():
         receiver, sender = stream.receiver, stream.sender
         lines.append(
@@ -444,8 +455,13 @@ class Clients:
                 for _ in range(5):
                     if self.soak.over():
                         break
+                    # The upload runs alone: httpcore waits for send window by reading
+                    # the socket under a shared lock without looking whether another
+                    # stream's read already took the WINDOW_UPDATE, and then hangs (seen
+                    # here; pydantic/httpx2#1133 describes it). Downloads run together.
+                    await self._httpx_upload(client)
                     async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._httpx_upload, client)
+                        tg.start_soon(self._httpx_download, client)
                         tg.start_soon(self._httpx_download, client)
                         tg.start_soon(self._httpx_download, client)
 
