@@ -452,17 +452,17 @@ class Clients:
         timeout = httpx.Timeout(120.0)
         while not self.soak.over():
             async with httpx.AsyncClient(http2=True, verify=context, timeout=timeout) as client:
-                for _ in range(5):
-                    if self.soak.over():
-                        break
-                    # The upload runs alone: httpcore waits for send window by reading
-                    # the socket under a shared lock without looking whether another
-                    # stream's read already took the WINDOW_UPDATE, and then hangs (seen
-                    # here; pydantic/httpx2#1133 describes it). Downloads run together.
-                    await self._httpx_upload(client)
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._httpx_download, client)
-                        tg.start_soon(self._httpx_download, client)
+                # The upload runs alone: httpcore waits for send window by reading the
+                # socket under a shared lock without looking whether another stream's
+                # read already took the WINDOW_UPDATE, and then hangs (seen here;
+                # pydantic/httpx2#1133 describes it). The downloads share the connection.
+                # A fresh connection each round: under load the client may still be
+                # reading a download the server has written out for longer than the
+                # keep-alive timeout, and the server then closes a connection the client
+                # is about to reuse (its next request fails with a broken pipe).
+                await self._httpx_upload(client)
+                async with anyio.create_task_group() as tg:
+                    for _ in range(3):
                         tg.start_soon(self._httpx_download, client)
 
     async def _httpx_upload(self, client: httpx.AsyncClient) -> None:
