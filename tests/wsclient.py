@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import ssl
 import struct
 import time
@@ -23,6 +24,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import h2.config
 import h2.connection
 import h2.events
@@ -336,6 +338,45 @@ async def open_h2(
 # -- HTTP/3 (RFC 9220) ---------------------------------------------------------------
 
 
+class _UDPSocket:
+    """A connected UDP socket read straight from the kernel's buffer, as the server reads.
+
+    anyio's asyncio UDP socket keeps at most 100 datagrams between reads and drops the
+    rest silently; a 128 KiB WebSocket echo is about 100 datagrams, so under load the
+    client lost the tail of a burst and waited a whole PTO (seconds, with the RTT the
+    load inflates) before the server resent it (seen in tests/test_soak.py)."""
+
+    def __init__(self, port: int) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        self._sock.setblocking(False)
+        self._sock.connect(("127.0.0.1", port))
+
+    async def send(self, data: bytes) -> None:
+        try:
+            self._sock.send(data)
+        except BlockingIOError:
+            await anyio.wait_writable(self._sock)
+            self._sock.send(data)
+        await anyio.lowlevel.checkpoint()
+
+    async def receive(self) -> bytes:
+        while True:
+            try:
+                return self._sock.recv(65536)
+            except BlockingIOError:
+                await anyio.wait_readable(self._sock)
+
+    def __aiter__(self) -> _UDPSocket:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self.receive()
+
+    async def aclose(self) -> None:
+        self._sock.close()
+
+
 class _H3Tunnel(Tunnel):
     def __init__(
         self, sock: Any, quic: QuicConnection, port: int, webtransport: bool = False
@@ -371,19 +412,35 @@ class _H3Tunnel(Tunnel):
             await anyio.sleep(0.005)
 
     async def pump(self) -> None:
+        # Datagrams and QUIC's timers in two tasks. One loop that read only until the
+        # next timer starved: a timer that stays due (an ACK the congestion window holds
+        # back) cancelled every read at once, so the ACKs that would open the window were
+        # never read, and the tunnel stalled for good (seen in tests/test_soak.py).
+        quic = self.quic
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._run_timers, tg.cancel_scope)
+            async for data in self.sock:
+                quic.receive_datagram(data, self.address, time.monotonic())
+                self._process()
+                await self.transmit()
+                if self.terminated:
+                    break
+            tg.cancel_scope.cancel()
+        self._end()
+        self.response_seen.set()
+
+    async def _run_timers(self, scope: anyio.CancelScope) -> None:
         quic = self.quic
         while not self.terminated:
             timer = quic.get_timer()
-            timeout = 0.05 if timer is None else max(0.0, timer - time.monotonic())
-            with anyio.move_on_after(min(timeout, 0.05)):
-                data = await self.sock.receive()
-                quic.receive_datagram(data, self.address, time.monotonic())
+            delay = 0.05 if timer is None else timer - time.monotonic()
+            await anyio.sleep(min(max(delay, 0.001), 0.05))
+            timer = quic.get_timer()
             if timer is not None and time.monotonic() >= timer:
                 quic.handle_timer(time.monotonic())
             self._process()
             await self.transmit()
-        self._end()
-        self.response_seen.set()
+        scope.cancel()
 
     def _process(self) -> None:
         while True:
@@ -451,7 +508,7 @@ async def open_h3(
     configuration.load_verify_locations(cafile)
     configuration.server_name = "localhost"
     quic = QuicConnection(configuration=configuration)
-    sock = await anyio.create_connected_udp_socket("127.0.0.1", port)
+    sock = _UDPSocket(port)
     quic.connect(("127.0.0.1", port), time.monotonic())
     tunnel = _H3Tunnel(sock, quic, port, webtransport)
     async with anyio.create_task_group() as tg:

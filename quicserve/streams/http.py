@@ -348,6 +348,11 @@ class HTTPStream:
                 self._continue_sent = True
                 self._host.protocol.send_informational(self.stream_id, 100, [])
                 await self._host.flush(self.stream_id)
+                # The peer may have answered the 100 while we were writing it: its body
+                # (or a reset) then arrived with no waiter to wake, so look again.
+                continue
+            # No await between the checks above and installing the waiter: an event that
+            # comes in between would find no waiter and its wake-up would be lost.
             waiter = self._waiter = self._host.new_wakeup()
             await waiter.wait()
 
