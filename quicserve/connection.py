@@ -598,7 +598,12 @@ class ByteStreamConnection(StreamDispatcher):
         try:
             await self._stream.send(data)
             self._record.bytes_out += len(data)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        except (
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+            anyio.EndOfStream,  # anyio's TLS stream, when the peer closed under us
+            OSError,
+        ):
             self._on_broken()
 
     def _on_broken(self) -> None:
