@@ -14,7 +14,7 @@ Two modes (see :func:`fuzz_settings`):
 * **Long**, on demand: ``QUICSERVE_FUZZ_EXAMPLES=100000 python -m pytest tests/fuzz -x``
   runs that many random examples per test (``derandomize`` off, so every run explores new
   inputs; failures are saved in ``.hypothesis/`` and replayed first next time). Pick one
-  target with ``-k``, and add ``-p no:timeout`` or ``--timeout 0`` for runs of many
+  target with ``-k``, and add ``--timeout 0`` for runs of many
   minutes; ``--hypothesis-show-statistics`` shows where the time goes.
 
 Rules: the invariants every target checks are (1) no exception escapes but the module's
