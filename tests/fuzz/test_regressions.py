@@ -8,10 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 import h11
+import pylsqpack
 import pytest
 from hpack import Encoder
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame
 
+from quicserve.certs import DevCertificate
 from quicserve.config import Config
 from quicserve.events import BodyEnded, ConnectionClosed, RequestReceived, StreamReset
 from quicserve.protocol.http1 import H1Protocol
@@ -20,6 +22,10 @@ from quicserve.protocol.http2 import H2Protocol
 from .test_fuzz_http1 import check_ends, check_output, drive
 from .test_fuzz_http2 import PREFACE
 from .test_fuzz_http2 import check_output as check_h2_output
+from .test_fuzz_http3 import HEADERS as H3_HEADERS
+from .test_fuzz_http3 import Pair as H3Pair
+from .test_fuzz_http3 import certs as h3_certs
+from .test_fuzz_http3 import frame as h3_frame
 
 T0 = 1000.0
 
@@ -179,3 +185,59 @@ def test_http2_streams_over_the_limit_before_settings_are_refused_not_fatal() ->
     assert [(f.stream_id, f.error_code) for f in frames if isinstance(f, RstStreamFrame)] == [
         (5, 7)
     ]
+
+
+# -- HTTP/3 (test_fuzz_http3.py) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def h3_tls(tmp_path_factory: pytest.TempPathFactory) -> DevCertificate:
+    return h3_certs(tmp_path_factory.mktemp("h3regressions"))
+
+
+def test_http3_stop_sending_with_the_request_cancels_it(h3_tls: DevCertificate) -> None:
+    """Found by test_http3_frames: HEADERS + FIN and STOP_SENDING on the same request
+    stream in one packet. aioquic puts STOP_SENDING ahead of the STREAM frame, so H3Protocol
+    saw it before the request existed, passed the request on, and the app's response hit
+    aioquic's already-reset sender: ``RuntimeError: Cannot send data after the stream was
+    reset`` out of ``send_response`` (in the server: an app exception and an error log line
+    per request, from one packet). Such a request is now cancelled (RFC 9114 §4.1.1), and
+    sends on a stopped stream are no-ops as on HTTP/2."""
+    pair = H3Pair(h3_tls, Config())
+    client = pair.client
+    encoder = pylsqpack.Encoder()
+    _, block = encoder.encode(0, _GET)
+    stream_id = client.get_next_available_stream_id()
+    client.send_stream_data(stream_id, h3_frame(H3_HEADERS, block), end_stream=True)
+    client.stop_stream(stream_id, 0x10C)  # H3_REQUEST_CANCELLED
+    pair.pump()  # raised RuntimeError before the fix
+    assert pair.started == {}
+    assert not pair.closed
+    # The connection carries on: the next request is served.
+    _, block = encoder.encode(4, _GET)
+    stream_id = client.get_next_available_stream_id()
+    client.send_stream_data(stream_id, h3_frame(H3_HEADERS, block), end_stream=True)
+    pair.pump()
+    assert list(pair.started) == [stream_id] and stream_id in pair.ended
+    assert pair.received[stream_id].startswith(bytes([H3_HEADERS]))
+
+
+def test_http3_sends_after_stop_sending_are_no_ops(h3_tls: DevCertificate) -> None:
+    """The other half of the fix: STOP_SENDING after the request started. The app learns of
+    it from StreamReset, but a send it makes meanwhile must not raise."""
+    pair = H3Pair(h3_tls, Config())
+    client = pair.client
+    _, block = pylsqpack.Encoder().encode(0, _POST)
+    stream_id = client.get_next_available_stream_id()
+    client.send_stream_data(stream_id, h3_frame(H3_HEADERS, block))
+    pair.pump()
+    assert list(pair.started) == [stream_id]
+    client.stop_stream(stream_id, 0x10C)
+    pair.now += 0.01
+    for data, _ in client.datagrams_to_send(pair.now):
+        pair.proto.receive_datagram(data, ("192.0.2.7", 50000), pair.now)
+    # The StreamReset is queued but not yet handled: the app is still sending.
+    pair.proto.send_response(stream_id, 200, [])
+    pair.proto.send_data(stream_id, b"late", end_stream=True)
+    pair.pump()
+    assert stream_id in pair.ended
