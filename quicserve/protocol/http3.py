@@ -331,9 +331,7 @@ class H3Protocol:
         # reset in answer to STOP_SENDING) are silent no-ops; the stream type hears of it
         # through StreamReset.
         return (
-            stream_id in self._requests
-            and stream_id not in self._stopped
-            and not self._terminated
+            stream_id in self._requests and stream_id not in self._stopped and not self._terminated
         )
 
     def send_response(
