@@ -104,6 +104,7 @@ class Pair:
         self.proto = H3Protocol(quic, config)
         self.started: dict[int, RequestReceived] = {}
         self.ended: set[int] = set()
+        self.reset: set[int] = set()
         self.closed = False
         #: Bytes the server sent on each stream, as the client received them.
         self.received: dict[int, bytearray] = {}
@@ -127,9 +128,16 @@ class Pair:
             elif isinstance(event, BodyEnded | StreamReset):
                 sid = event.stream_id
                 assert sid in self.started, f"{event!r} for a stream never started"
-                assert sid not in self.ended, f"stream ended twice: {event!r}"
+                # A reset may follow the end of the body (the peer abandons the response),
+                # nothing else may follow a reset, and the body ends once.
+                assert sid not in self.reset, f"{event!r} after StreamReset"
+                if isinstance(event, BodyEnded):
+                    assert sid not in self.ended, f"body ended twice: {event!r}"
+                else:
+                    self.reset.add(sid)
                 self.ended.add(sid)
                 if isinstance(event, BodyEnded):
+                    # (a reset after it finds the stream done: stream_done is idempotent)
                     body = b"ok %d" % sid
                     proto.send_response(sid, 200, [(b"content-length", b"%d" % len(body))])
                     proto.send_data(sid, body, end_stream=True)
