@@ -67,17 +67,18 @@ _NAMES = [
     b"sec-websocket-version",
     b"te",
     b"trailer",
-    b"host",
     b"x-a",
 ]
 header_names = mostly(
     st.sampled_from(_NAMES),
     st.one_of(
-        st.sampled_from([b"Content-Length", b"Transfer-Encoding ", b" host", b"x\x00", b""]),
+        st.sampled_from(
+            [b"Content-Length", b"Transfer-Encoding ", b" host", b"host", b"x\x00", b""]
+        ),
         st.text(_TOKEN, min_size=1, max_size=10).map(str.encode),
         st.binary(min_size=0, max_size=6),
     ),
-    odds=4,
+    odds=10,
 )
 _VALUES = {
     b"content-length": [b"0", b"5", b"-1", b"1, 1", b"0" * 30 + b"7", b"0x10", b" 3"],
@@ -105,17 +106,19 @@ def header_lines(draw: st.DrawFn) -> bytes:
                 st.sampled_from([b"", *_ODD]),
                 st.binary(max_size=10),
             ),
-            odds=5,
+            odds=10,
         )
     )
-    separator = draw(mostly(st.just(b": "), st.sampled_from([b":", b" : ", b":\t", b" :", b"::"])))
+    separator = draw(
+        mostly(st.just(b": "), st.sampled_from([b":", b" : ", b":\t", b" :", b"::"]), odds=20)
+    )
     line = name + separator + value + draw(eols)
     if draw(st.integers(0, 15)) == 0:
         line += draw(st.sampled_from([b" folded\r\n", b"\tfolded\r\n"]))  # obs-fold
     return line
 
 
-eols = mostly(st.just(b"\r\n"), st.sampled_from([b"\n", b"\r", b"\r\r\n", b"\n\r"]), odds=12)
+eols = mostly(st.just(b"\r\n"), st.sampled_from([b"\n", b"\r", b"\r\r\n", b"\n\r"]), odds=20)
 
 
 @st.composite
