@@ -230,7 +230,10 @@ class H3Protocol:
         cls = type(event)
         stream_id = event.stream_id
         if cls is DataReceived:
-            if stream_id not in self._requests:
+            if self._requests.get(stream_id, True):
+                # Not a request, or its body already ended: after trailers only the FIN
+                # (and reserved frames) may follow (RFC 9114 §4.1), which must not end the
+                # body a second time.
                 return
             if event.data:
                 self._hand(stream_id, BodyReceived(stream_id, event.data), len(event.data))
@@ -267,6 +270,8 @@ class H3Protocol:
                     self._events.append(StreamReset(stream_id, ErrorCode.H3_EXCESSIVE_LOAD))
                     return
                 # A second HEADERS frame carries trailers and must end the stream.
+                if self._requests[stream_id]:
+                    return  # the body has ended already: one end only
                 self._requests[stream_id] = True
                 trailers = [(n, v) for n, v in event.headers if not n.startswith(b":")]
                 self._events.append(BodyEnded(stream_id, trailers))

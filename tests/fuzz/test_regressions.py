@@ -261,3 +261,21 @@ def test_websocket_queue_holds_at_most_ws_max_queue_messages() -> None:
     frame = b"\x81\x80\x00\x00\x00\x00"  # a masked, empty, final text frame
     _, stream = run_websocket([frame * 5], end=False, check_queue=False)
     assert stream.peak_queue <= 3  # type: ignore[attr-defined]
+
+
+def test_http3_trailers_then_fin_end_the_body_once(h3_tls: DevCertificate) -> None:
+    """Found by test_http3_frames (long run): HEADERS, trailing HEADERS, a reserved frame,
+    then FIN. The trailers ended the body, and the FIN (aioquic's empty DataReceived with
+    stream_ended) ended it again: two BodyEnded events for one stream, the second with no
+    trailers. RFC 9114 §4.1: after trailers only the end of the stream follows."""
+    pair = H3Pair(h3_tls, Config())
+    client = pair.client
+    client.send_stream_data(client.get_next_available_stream_id(True), b"\x00\x04\x00")
+    encoder = pylsqpack.Encoder()
+    stream_id = client.get_next_available_stream_id()
+    _, head = encoder.encode(stream_id, _POST)
+    _, trailers = encoder.encode(stream_id, [(b"x-trailer", b"1")])
+    data = h3_frame(H3_HEADERS, head) + h3_frame(H3_HEADERS, trailers) + h3_frame(0x21, b"")
+    client.send_stream_data(stream_id, data, end_stream=True)
+    pair.pump()  # the harness asserts "body ended twice" before the fix
+    assert list(pair.started) == [stream_id] and pair.ended == {stream_id}
