@@ -296,9 +296,17 @@ class H1Protocol:
         self._conn.receive_data(data)
         self._parse(now)
 
+    def _note_next_method(self) -> None:
+        # Between requests, the buffer starts with the next request line: an error found
+        # before h11 reports the request (a bad head) must still answer HEAD without
+        # content (RFC 9110 §9.3.2).
+        if self._active is None:
+            self._head_request = self._conn.trailing_data[0][:5] == b"HEAD "
+
     def _parse(self, now: float) -> None:
         conn = self._conn
         while not self._closed and not self._upgrading:
+            self._note_next_method()
             if conn.their_state is h11.MUST_CLOSE and self._active is not None:
                 # RFC 9112 §9.6: the request closes the connection, so what follows it is
                 # not parsed (h11 would call it an error and lose the response).
@@ -366,6 +374,8 @@ class H1Protocol:
         self._send_error(status)
 
     def _on_request(self, event: h11.Request) -> None:
+        # Known before any refusal below: an error answer to HEAD has no content.
+        self._head_request = event.method == b"HEAD"
         headers: Headers = list(event.headers)
         has_cl = has_te = False
         host: bytes | None = None
@@ -610,6 +620,7 @@ class H1Protocol:
                 return
             conn.start_next_cycle()
             self._active = None
+            self._head_request = False
             self._stream_finished = False
             self._pipelined = 0
             self._head_deadline_armed = False
@@ -684,9 +695,13 @@ class H1Protocol:
     def _send_error(self, status: int) -> None:
         reason = _ERROR_REASONS.get(status, b"Error")
         body = reason + b"\n"
+        # RFC 9110 §9.3.2: no content in an answer to HEAD (a client would read it as the
+        # start of the next response); the header fields stay those of the GET answer.
+        content = b"" if self._head_request else body
         self._out.append(
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, reason, len(body), body)
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (status, reason, len(body), content)
         )
         self._close()
 

@@ -191,7 +191,9 @@ def test_endpoint_classify(data: st.DataObject, retry: str, max_connections: int
         else:
             assert isinstance(decision, Accept)
             assert len(datagram) >= MIN_INITIAL_DATAGRAM
-            assert datagram[0] & 0xB0 == 0x80 and decision.version in (V1, V2)
+            # An Initial: long header, type 0b00 in version 1, 0b01 in version 2 (RFC 9369)
+            assert decision.version in (V1, V2)
+            assert datagram[0] & 0xB0 == (0x80 if decision.version == V1 else 0x90)
             assert core.connections < max_connections
             key = next(world.keys)
             cid, _ = core.new_connection_id()

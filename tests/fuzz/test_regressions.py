@@ -83,12 +83,37 @@ def test_http1_closing_request_then_eof_still_disconnects() -> None:
     ]
 
 
+def test_http1_error_answers_to_head_have_no_content() -> None:
+    """Found by test_http1_requests on the stricter HTTP/1.1 framing: a HEAD request the
+    protocol refuses (a body that never comes, two Host fields, CL and TE together,
+    pipelined or not) was answered 400 *with* its "Bad Request" text. RFC 9110 §9.3.2: no
+    content in an answer to HEAD; a client reads those bytes as the next response."""
+    for data in (
+        b"HEAD / HTTP/1.1\r\nhost: example.com\r\ncontent-length: 5\r\n\r\n",
+        b"HEAD / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: example.com\r\n\r\n"
+        b"HEAD / HTTP/1.1\r\nhost: example.com\r\ncontent-length: 0\r\n"
+        b"transfer-encoding: chunked\r\n\r\n",
+    ):
+        run = drive([data], Config(), respond_early=False, ticks=[])
+        check_output(run)
+        assert run.output.endswith(b"connection: close\r\n\r\n"), data
+    # A GET refused the same way keeps its text.
+    run = drive(
+        [b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n"], Config(), respond_early=False, ticks=[]
+    )
+    assert run.output.endswith(b"\r\n\r\nBad Request\n")
+
+
 def test_http1_connect_is_refused_before_the_app() -> None:
     """Found by test_http1_requests: ``CONNECT * HTTP/1.0`` answered 200 by the app. h11
     takes a 2xx answer to CONNECT for a tunnel and refuses the body, so ``send_data``
     raised LocalProtocolError into the app (an error log line per request) and the client
     got a bodiless "200" that claims a tunnel. CONNECT now gets 501 from the protocol."""
-    for data in (b"CONNECT * HTTP/1.0\n\n", b"CONNECT a:443 HTTP/1.1\r\nhost: a:443\r\n\r\n"):
+    for data in (
+        b"CONNECT a:443 HTTP/1.0\r\nhost: a:443\r\n\r\n",
+        b"CONNECT a:443 HTTP/1.1\r\nhost: a:443\r\n\r\n",
+    ):
         run = drive([data], Config(), respond_early=True, ticks=[])
         check_ends(run)
         check_output(run)
