@@ -22,7 +22,7 @@ import struct
 from typing import Any
 
 import anyio
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
@@ -47,8 +47,11 @@ REQUEST = RequestReceived(
     protocol="websocket",
 )
 INFO = ConnectionInfo("2", "https", ("192.0.2.1", 1), ("192.0.2.2", 443), HTTP2_CAPABILITIES)
-#: Codes a server may put in a close frame (RFC 6455 §7.4.1; 1005/1006/1015 never sent).
-SERVER_CLOSE_CODES = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011}
+#: Codes a server may put in a close frame: its own (RFC 6455 §7.4.1; 1005, 1006 and 1015
+#: are never sent) and, echoing the peer's close (§5.5.1), the registered and private
+#: ranges 3000-4999 (§7.4.2).
+SERVER_CLOSE_CODES = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+SERVER_CLOSE_CODES |= set(range(3000, 5000))
 
 
 class FakeProtocol:
@@ -262,6 +265,7 @@ def raw_streams(draw: st.DrawFn) -> list[bytes]:
 
 
 @fuzz_settings(120)
+@example(pieces=[b"\x81\x80\x00\x00\x00\x00\x88\x82\x00\x00\x00\x00\x0b\xb8"], end=False)
 @given(pieces=raw_streams(), end=st.booleans())
 def test_websocket_raw_frames(pieces: list[bytes], end: bool) -> None:
     host, stream = run_stream(pieces, end=end)
