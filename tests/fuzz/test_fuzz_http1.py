@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import h11
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from quicserve.config import Config
@@ -206,10 +206,11 @@ def drive(pieces: list[bytes], config: Config, *, respond_early: bool, ticks: li
     limit = config.max_header_bytes + http1._READ_AHEAD + max((len(p) for p in pieces), default=0)
 
     def answer(request: RequestReceived) -> None:
-        nonlocal answered
+        nonlocal answered, upgrade_pending
         answered = True
         if request.websocket_upgrade and request.method == b"GET":
             proto.send_response(request.stream_id, 101, [(b"upgrade", b"websocket")])
+            upgrade_pending = request.stream_id not in run.ended
             run.tunnel = True
             proto.send_data(request.stream_id, b"\x81\x02hi")
             return
@@ -220,8 +221,12 @@ def drive(pieces: list[bytes], config: Config, *, respond_early: bool, ticks: li
         proto.send_data(request.stream_id, body, end_stream=True)
         proto.stream_done(request.stream_id, now)
 
+    tunnel_ended = False
+    #: The app answered 101 before the upgrade request's own end arrived.
+    upgrade_pending = False
+
     def pump() -> None:
-        nonlocal active, answered
+        nonlocal active, answered, tunnel_ended, upgrade_pending
         while (event := proto.next_event()) is not None:
             assert not run.closed, f"{event!r} after ConnectionClosed"
             if isinstance(event, H2CUpgrade):
@@ -238,19 +243,26 @@ def drive(pieces: list[bytes], config: Config, *, respond_early: bool, ticks: li
                     answer(event)
             elif isinstance(event, BodyReceived):
                 assert active is not None and event.stream_id == active.stream_id
-                assert event.stream_id not in run.ended
+                # After 101 the peer's bytes are body events of the upgrade request, past
+                # the end of its own (empty) body, until the tunnel ends.
+                assert event.stream_id not in run.ended or (run.tunnel and not tunnel_ended)
                 proto.ack_body(event.stream_id, len(event.data))
             elif isinstance(event, BodyEnded | StreamReset):
                 assert active is not None and event.stream_id == active.stream_id
-                assert event.stream_id not in run.ended, f"stream ended twice: {event!r}"
+                if run.tunnel and event.stream_id in run.ended:
+                    assert not tunnel_ended, f"tunnel ended twice: {event!r}"
+                    tunnel_ended = True
+                else:
+                    assert event.stream_id not in run.ended, f"stream ended twice: {event!r}"
                 run.ended.add(event.stream_id)
                 if isinstance(event, StreamReset):
                     proto.stream_done(event.stream_id, now)
-                elif run.tunnel:
+                elif run.tunnel and (tunnel_ended or not upgrade_pending):
                     proto.send_data(event.stream_id, b"", end_stream=True)
                     proto.stream_done(event.stream_id, now)
                 elif not answered:
                     answer(active)
+                upgrade_pending = False
             else:
                 assert isinstance(event, ConnectionClosed), event
                 run.closed = True
@@ -314,7 +326,7 @@ def check_output(run: Run) -> None:
 
 def _check_output(run: Run, unknown: bytes) -> None:
     client = h11.Connection(h11.CLIENT)
-    methods = [r.method for r in run.started if not isinstance(r, H2CUpgrade)]
+    requests = [r for r in run.started if not isinstance(r, H2CUpgrade)]
     data = run.output
     if run.upgraded or not data:
         return
@@ -322,11 +334,14 @@ def _check_output(run: Run, unknown: bytes) -> None:
 
     def send_request() -> None:
         nonlocal index
-        method = methods[index] if index < len(methods) else unknown
+        method = requests[index].method if index < len(requests) else unknown
         if method != b"HEAD":
             method = b"GET"  # only HEAD changes how a response is framed
+        headers = [("host", "x")]
+        if index < len(requests) and requests[index].websocket_upgrade:
+            headers += [("connection", "upgrade"), ("upgrade", "websocket")]  # may get 101
         index += 1
-        client.send(h11.Request(method=method, target="/", headers=[("host", "x")]))
+        client.send(h11.Request(method=method, target="/", headers=headers))
         client.send(h11.EndOfMessage())
 
     send_request()
@@ -355,6 +370,25 @@ configs = st.sampled_from(sorted(CONFIGS))
 
 
 @fuzz_settings(400)
+# WebSocket upgrades: after 101 the peer's bytes (a pipelined request among them) and its
+# EOF are events of the upgrade request, past the end of its own body.
+@example(
+    pieces=[
+        b"GET / HTTP/1.1\r\nhost: example.com\r\ncontent-length: 0\r\nconnection: Upgrade\r\n"
+        b"upgrade: websocket\r\n\r\nGET / HTTP/1.1\r\nhost: example.com\r\n\r\n"
+    ],
+    config="default",
+    respond_early=False,
+    ticks=[],
+)
+@example(
+    pieces=[
+        b"GET / HTTP/1.1\r\nhost: example.com\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n"
+    ],
+    config="default",
+    respond_early=True,
+    ticks=[],
+)
 @given(
     pieces=connections(),
     config=configs,
