@@ -29,6 +29,8 @@ Rules this module keeps:
   ``:method`` and ``:path`` lines). Chunked trailers obey the same limit: 431 if no response
   has started, and the connection closes. h11 also caps the raw bytes of a head (or
   trailer section) that arrives in pieces at the same number.
+* ``CONNECT`` gets 501 and a closed connection: its 2xx answer would be a tunnel
+  (RFC 9110 §9.3.6), which this module does not offer.
 * Timers: a fresh connection or a half-received head must complete within
   ``header_read_timeout``; an idle keep-alive connection closes after
   ``keep_alive_timeout``. No timer runs while a request is in flight.
@@ -277,20 +279,38 @@ class H1Protocol:
             else:
                 self._events.append(BodyEnded(self._active))
             return
-        if not data and self._active is not None and self._conn.their_state is h11.DONE:
-            # h11 reports nothing while paused between requests, but the peer is gone:
-            # the app must see http.disconnect.
-            self._abort_active()
-            self._close()
-            return
+        their_state = self._conn.their_state
+        if self._active is not None and (their_state is h11.DONE or their_state is h11.MUST_CLOSE):
+            if not data:
+                # h11 reports nothing while paused between requests, but the peer is gone:
+                # the app must see http.disconnect.
+                self._abort_active()
+                self._close()
+                return
+            if their_state is h11.MUST_CLOSE:
+                # RFC 9112 §9.6: after a request that closes the connection (HTTP/1.0,
+                # "Connection: close") nothing more is processed; the bytes are dropped.
+                return
         if self._active is not None and self._conn.their_state is h11.DONE:
             self._pipelined += len(data)
         self._conn.receive_data(data)
         self._parse(now)
 
+    def _note_next_method(self) -> None:
+        # Between requests, the buffer starts with the next request line: an error found
+        # before h11 reports the request (a bad head) must still answer HEAD without
+        # content (RFC 9110 §9.3.2).
+        if self._active is None:
+            self._head_request = self._conn.trailing_data[0][:5] == b"HEAD "
+
     def _parse(self, now: float) -> None:
         conn = self._conn
         while not self._closed and not self._upgrading:
+            self._note_next_method()
+            if conn.their_state is h11.MUST_CLOSE and self._active is not None:
+                # RFC 9112 §9.6: the request closes the connection, so what follows it is
+                # not parsed (h11 would call it an error and lose the response).
+                return
             try:
                 # Any: dispatch is on type(event) (faster than isinstance chains), which
                 # mypy does not narrow.
@@ -354,6 +374,8 @@ class H1Protocol:
         self._send_error(status)
 
     def _on_request(self, event: h11.Request) -> None:
+        # Known before any refusal below: an error answer to HEAD has no content.
+        self._head_request = event.method == b"HEAD"
         headers: Headers = list(event.headers)
         has_cl = has_te = False
         host: bytes | None = None
@@ -420,6 +442,13 @@ class H1Protocol:
             ):
                 self._send_error(400)  # §3.2: no form we know
                 return
+        if event.method == b"CONNECT":
+            # RFC 9110 §9.3.6: a 2xx answer to CONNECT turns the connection into a tunnel
+            # (h11 then refuses any body), which an ASGI app cannot serve over HTTP/1.1;
+            # a proxy in front would also take the connection for a tunnel. Refused with
+            # 501 (RFC 9110 §15.6.2) before the app can answer 2xx.
+            self._send_error(501)
+            return
         self._stream_id += 1
         self._active = self._stream_id
         self._head_request = event.method == b"HEAD"
@@ -591,6 +620,7 @@ class H1Protocol:
                 return
             conn.start_next_cycle()
             self._active = None
+            self._head_request = False
             self._stream_finished = False
             self._pipelined = 0
             self._head_deadline_armed = False
@@ -665,9 +695,13 @@ class H1Protocol:
     def _send_error(self, status: int) -> None:
         reason = _ERROR_REASONS.get(status, b"Error")
         body = reason + b"\n"
+        # RFC 9110 §9.3.2: no content in an answer to HEAD (a client would read it as the
+        # start of the next response); the header fields stay those of the GET answer.
+        content = b"" if self._head_request else body
         self._out.append(
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, reason, len(body), body)
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (status, reason, len(body), content)
         )
         self._close()
 

@@ -112,6 +112,15 @@ _GOAWAY_HEADER = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"
 _GOAWAY_BODY = struct.Struct(">II")
 
 
+#: h2's messages for header blocks that make one request malformed (RFC 9113 §8.1.1) but
+#: that it raises as connection errors; see _H2Connection._receive_headers_frame.
+_MALFORMED_MESSAGES = (
+    "Invalid content-length header",
+    "Conflicting content-length headers",
+    "Trailers must have END_STREAM set",
+)
+
+
 class _CompressionError(ProtocolError):
     """A header block that does not decode: RFC 9113 §4.3 wants COMPRESSION_ERROR."""
 
@@ -154,7 +163,7 @@ class _FrameBuffer(FrameBuffer):
 
 
 class _H2Connection(H2Connection):
-    """h2's connection with three behaviours brought in line with RFC 9113, and the size
+    """h2's connection with four behaviours brought in line with RFC 9113, and the size
     of its outgoing buffer (``pending_output``), which h2 does not expose.
 
     They use private h2 members; they are kept here so that an h2 upgrade only has this
@@ -192,6 +201,23 @@ class _H2Connection(H2Connection):
                 cause, HPACKError | IndexError | TypeError | UnicodeDecodeError
             ):
                 raise _CompressionError(str(exc)) from exc
+            stream = self.streams.get(frame.stream_id)
+            if (
+                type(exc) is ProtocolError
+                and stream is not None
+                and str(exc).startswith(_MALFORMED_MESSAGES)
+            ):
+                # RFC 9113 §8.1.1: a bad content-length, or trailers without END_STREAM
+                # (§8.1), make the *request* malformed: a stream error. h2 raises after
+                # decoding the block (HPACK state stays in step) and opening the stream,
+                # so only that stream is reset and the connection carries on.
+                frames: list[Frame] = stream.reset_stream(ErrorCodes.PROTOCOL_ERROR)
+                event = H2StreamReset(
+                    stream_id=frame.stream_id,
+                    error_code=ErrorCodes.PROTOCOL_ERROR,
+                    remote_reset=False,
+                )
+                return frames, [event]
             raise
 
     def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Frame], list[H2Event]]:

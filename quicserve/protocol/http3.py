@@ -32,6 +32,9 @@ Rules:
   H3_EXCESSIVE_LOAD. Sections bounded far above the limit are refused before they are
   decoded (``quic/compat.py`` with ``qpack_guard.py``: the QPACK bomb).
 * A request whose STREAM frames arrived in 0-RTT is flagged ``early_data`` (RFC 8470).
+* After the peer's STOP_SENDING on a request stream (QUIC resets our side, RFC 9000 §3.5)
+  the response methods are silent no-ops, as on HTTP/2; a request whose STOP_SENDING came
+  before its HEADERS is cancelled and never reaches the app.
 * Graceful shutdown sends an HTTP/3 GOAWAY (§5.2), lets open requests finish, then closes
   the connection with H3_NO_ERROR.
 * CID changes are reported through ``issued_cids``/``retired_cids`` for the endpoint's
@@ -106,6 +109,9 @@ class H3Protocol:
         self._cancelled: set[int] = set()
         self._cancel_count = 0
         self._completed = 0
+        # Request streams the peer sent STOP_SENDING on: QUIC has reset our side already,
+        # so sends on them are dropped (aioquic would raise).
+        self._stopped: set[int] = set()
         self._highest_request = -4
         self._goaway_sent = False
         self._terminated = False
@@ -162,6 +168,10 @@ class H3Protocol:
             elif cls is QuicStreamReset or cls is StopSendingReceived:
                 h3.handle_event(event)
                 touched.add(event.stream_id)
+                if cls is StopSendingReceived and event.stream_id % 4 == 0:
+                    # Also before its request arrived: aioquic puts STOP_SENDING ahead of
+                    # STREAM frames in a packet.
+                    self._stopped.add(event.stream_id)
                 if event.stream_id in self._requests:
                     self._events.append(StreamReset(event.stream_id, event.error_code))
                     self._on_cancel(event.stream_id)
@@ -220,7 +230,10 @@ class H3Protocol:
         cls = type(event)
         stream_id = event.stream_id
         if cls is DataReceived:
-            if stream_id not in self._requests:
+            if self._requests.get(stream_id, True):
+                # Not a request, or its body already ended: after trailers only the FIN
+                # (and reserved frames) may follow (RFC 9114 §4.1), which must not end the
+                # body a second time.
                 return
             if event.data:
                 self._hand(stream_id, BodyReceived(stream_id, event.data), len(event.data))
@@ -257,9 +270,21 @@ class H3Protocol:
                     self._events.append(StreamReset(stream_id, ErrorCode.H3_EXCESSIVE_LOAD))
                     return
                 # A second HEADERS frame carries trailers and must end the stream.
+                if self._requests[stream_id]:
+                    return  # the body has ended already: one end only
                 self._requests[stream_id] = True
                 trailers = [(n, v) for n, v in event.headers if not n.startswith(b":")]
                 self._events.append(BodyEnded(stream_id, trailers))
+                return
+            if stream_id in self._stopped:
+                # The client refused the response before sending the request (RFC 9000
+                # §3.5 reset our side already): it cancelled the request, so it is not
+                # served (RFC 9114 §4.1.1).
+                # (No reset: QUIC reset our side in answer to the STOP_SENDING.)
+                self._stopped.discard(stream_id)
+                self.quic.stop_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+                self.quic.release_stream(stream_id)
+                self._h3.forget(stream_id)
                 return
             if self._goaway_sent:
                 # RFC 9114 §5.2: requests after our GOAWAY are refused.
@@ -306,11 +331,19 @@ class H3Protocol:
 
     # -- the response side (the same as HTTP/1.1 and HTTP/2) ---------------------------
 
+    def _can_send(self, stream_id: int) -> bool:
+        # Like HTTP/2, sends on a stream the peer stopped (RFC 9000 §3.5: our side is
+        # reset in answer to STOP_SENDING) are silent no-ops; the stream type hears of it
+        # through StreamReset.
+        return (
+            stream_id in self._requests and stream_id not in self._stopped and not self._terminated
+        )
+
     def send_response(
         self, stream_id: int, status: int, headers: Headers, end_stream: bool = False
     ) -> None:
         """Response HEADERS (``:status`` first)."""
-        if stream_id in self._requests and not self._terminated:
+        if self._can_send(stream_id):
             block = [(b":status", _STATUS[status])]
             block += [f for f in headers if f[0] not in DROPPED_RESPONSE_FIELDS]  # §4.2
             self._h3.send_headers(stream_id, block, end_stream)
@@ -319,21 +352,21 @@ class H3Protocol:
 
     def send_informational(self, stream_id: int, status: int, headers: Headers) -> None:
         """An interim response (100, 103), RFC 9114 §4.1."""
-        if stream_id in self._requests and not self._terminated:
+        if self._can_send(stream_id):
             block = [(b":status", _STATUS[status])]
             block += [f for f in headers if f[0] not in DROPPED_RESPONSE_FIELDS]
             self._h3.send_headers(stream_id, block)
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """DATA; QUIC holds what flow control does not let out yet."""
-        if stream_id in self._requests and not self._terminated:
+        if self._can_send(stream_id):
             self._h3.send_data(stream_id, data, end_stream)
             if end_stream:
                 self._responded.add(stream_id)
 
     def send_trailers(self, stream_id: int, headers: Headers) -> None:
         """Trailing HEADERS, ending the stream."""
-        if stream_id in self._requests and not self._terminated:
+        if self._can_send(stream_id):
             trailers = [f for f in headers if f[0] not in DROPPED_RESPONSE_FIELDS]
             self._h3.send_headers(stream_id, trailers, end_stream=True)
             self._responded.add(stream_id)
@@ -387,6 +420,7 @@ class H3Protocol:
                 self._completed += 1
         self._cancelled.discard(stream_id)
         self._unacked.pop(stream_id, None)
+        self._stopped.discard(stream_id)
         if body_ended is False and not self._terminated:
             # RFC 9114 §4.1.1: the response is complete; the rest of the request body
             # is not wanted.

@@ -1,0 +1,307 @@
+"""Fuzzing the WebSocket framing quicserve drives (quicserve/streams/websocket.py).
+
+``WebSocketStream`` is run for real (its ``run()``, an echo app, on asyncio) on a fake
+connection host that records what the stream writes; the peer's bytes are fed with
+``body_received`` exactly as a connection does, cut at random points. Frames are built
+from opcode, FIN, RSV bits, mask, length encoding and payload: fragmented messages,
+control frames inside fragments, oversized control frames, close frames with any code
+and reason, invalid UTF-8, unmasked client frames, messages over ``ws_max_size``. A
+second target sends only valid messages (made by a wsproto client) and checks each is
+echoed back intact.
+
+Invariants: the stream ends (run() returns) whatever the input, no exception reaches the
+app's error log, what the server wrote parses as unmasked server frames, a close it
+sends carries a code a server may send, and the queue and fragment buffers stay within
+``ws_max_queue`` and ``ws_max_size``.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Any
+
+import anyio
+from hypothesis import example, given
+from hypothesis import strategies as st
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, TextMessage
+from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
+
+from quicserve.config import Config
+from quicserve.connection_info import HTTP2_CAPABILITIES, ConnectionInfo
+from quicserve.events import RequestReceived
+from quicserve.lowlevel import wakeup_factory
+from quicserve.streams.websocket import WebSocketStream
+
+from .support import fuzz_settings, mostly, splits, stat
+
+CONFIG = Config(ws_max_size=2048, ws_max_queue=3, ws_ping_interval=0.0, ws_ping_timeout=0.05)
+REQUEST = RequestReceived(
+    stream_id=1,
+    method=b"CONNECT",
+    raw_path=b"/ws",
+    headers=[(b"sec-websocket-version", b"13")],
+    scheme="https",
+    authority=b"example.com",
+    protocol="websocket",
+)
+INFO = ConnectionInfo("2", "https", ("192.0.2.1", 1), ("192.0.2.2", 443), HTTP2_CAPABILITIES)
+#: Codes a server may put in a close frame: its own (RFC 6455 §7.4.1; 1005, 1006 and 1015
+#: are never sent) and, echoing the peer's close (§5.5.1), the registered and private
+#: ranges 3000-4999 (§7.4.2).
+SERVER_CLOSE_CODES = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+SERVER_CLOSE_CODES |= set(range(3000, 5000))
+
+
+class FakeProtocol:
+    """Records what the stream writes (the response head, frames, the end)."""
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.out = bytearray()
+        self.ended = False
+        self.reset = False
+
+    def send_response(
+        self, stream_id: int, status: int, headers: Any, end_stream: bool = False
+    ) -> None:
+        assert self.status is None, "two responses"
+        self.status = status
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        assert not self.ended, "data after the end of the stream"
+        self.out += data
+        self.ended = self.ended or end_stream
+
+    def reset_stream(self, stream_id: int) -> None:
+        self.reset = True
+
+
+class FakeHost:
+    """The connection side of a stream, in memory."""
+
+    def __init__(self) -> None:
+        self.config = CONFIG
+        self.protocol = FakeProtocol()
+        self.new_wakeup = wakeup_factory()
+        self.acked = 0
+        self.finished = False
+
+    def extensions_for(self, info: ConnectionInfo) -> dict[str, Any]:
+        return {}
+
+    async def flush(self, stream_id: int) -> None:
+        await anyio.sleep(0)
+
+    def ack_body(self, stream_id: int, amount: int) -> None:
+        self.acked += amount
+
+    async def stream_finished(self, stream_id: int) -> None:
+        self.finished = True
+
+    def push(self, *args: Any) -> None:
+        raise AssertionError("no push on a WebSocket")
+
+
+async def echo_app(scope: Any, receive: Any, send: Any) -> None:
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if "text" in message and message["text"] is not None:
+            await send({"type": "websocket.send", "text": message["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": message["bytes"]})
+
+
+class _Errors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def run_stream(
+    pieces: list[bytes], *, end: bool, check_queue: bool = True
+) -> tuple[FakeHost, WebSocketStream]:
+    """Run a WebSocketStream with an echo app over ``pieces``; check it ends."""
+    errors = _Errors()
+    logger = logging.getLogger("quicserve.error")
+    logger.addHandler(errors)
+    made: list[tuple[FakeHost, WebSocketStream]] = []
+    peak = [0]
+
+    async def scenario() -> None:
+        host = FakeHost()  # its wake-ups belong to this event loop
+        stream = WebSocketStream(echo_app, host, INFO, REQUEST, None)  # type: ignore[arg-type]
+        made.append((host, stream))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stream.run)
+            for _ in range(50):
+                if host.protocol.status is not None:
+                    break
+                await anyio.sleep(0)
+            assert host.protocol.status == 200
+            for piece in pieces:
+                stream.body_received(piece)
+                peak[0] = max(peak[0], len(stream._queue))  # before the app can take any
+                for _ in range(5):
+                    await anyio.sleep(0)  # let the app take its messages
+                # ws_max_queue is exceeded by the messages of one read (all its events are
+                # queued; see test_regressions.py), but never by more.
+                peak[0] = max(peak[0], len(stream._queue))
+                if check_queue:
+                    assert len(stream._queue) <= CONFIG.ws_max_queue + len(piece) // 2
+                held = sum(len(f) for f in stream._fragments)
+                held += sum(len(m.get("bytes") or m.get("text") or "") for m in stream._queue)
+                assert held <= CONFIG.ws_max_size * CONFIG.ws_max_queue, held
+            if end:
+                stream.body_ended()
+            else:
+                stream.reset()
+            with anyio.fail_after(1):
+                while not host.finished:
+                    await anyio.sleep(0.001)
+
+    try:
+        anyio.run(scenario)
+    finally:
+        logger.removeHandler(errors)
+    host, stream = made[0]
+    stream.peak_queue = peak[0]  # type: ignore[attr-defined]
+    assert not errors.records, [r.getMessage() for r in errors.records]
+    assert host.finished
+    if end:  # (after reset() the transport is gone: nothing more is written)
+        assert host.protocol.ended or host.protocol.reset, "the stream never ended"
+    return host, stream
+
+
+def server_frames(data: bytes) -> list[Any]:
+    """Parse what the server wrote as a client would: unmasked, well-formed frames."""
+    parser = FrameProtocol(client=True, extensions=[])
+    parser.receive_bytes(bytes(data))
+    frames = []
+    try:
+        for frame in parser.received_frames():
+            frames.append(frame)
+            if frame.opcode is Opcode.CLOSE:
+                code = frame.payload[0] if frame.payload else None
+                # (wsproto reads a close frame without a body as 1005, "no status")
+                assert code is None or int(code) in {1005, *SERVER_CLOSE_CODES}, code
+    except ParseFailed as exc:
+        raise AssertionError(f"server output does not parse: {exc}") from exc
+    return frames
+
+
+# -- raw frames -------------------------------------------------------------------------
+
+opcodes = mostly(
+    st.sampled_from([0x1, 0x2, 0x9, 0xA]),
+    st.sampled_from([0x0, 0x8, 0x3, 0x7, 0xB, 0xF]),  # continuation, close, reserved
+    odds=6,
+)
+payloads = st.one_of(
+    st.binary(max_size=40),
+    st.text(max_size=20).map(str.encode),
+    st.sampled_from([b"\xff\xfe", b"\xce\xba\xe1", b"\xed\xa0\x80", b"\xf4\x90\x80\x80"]),
+    st.integers(100, 3000).map(lambda n: b"a" * n),
+)
+
+
+@st.composite
+def raw_frame(draw: st.DrawFn) -> bytes:
+    opcode = draw(opcodes)
+    payload = draw(payloads)
+    if opcode == 0x8 and draw(st.booleans()):
+        code = draw(mostly(st.sampled_from([1000, 1001, 3000, 4999]), st.integers(0, 5000)))
+        payload = struct.pack("!H", code) + draw(payloads)[:30]
+    fin = draw(mostly(st.just(True), st.just(False), odds=5))
+    rsv = draw(mostly(st.just(0), st.integers(1, 7), odds=12))
+    masked = draw(mostly(st.just(True), st.just(False), odds=12))
+    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
+    size = len(payload)
+    encoding = draw(mostly(st.just("minimal"), st.sampled_from(["16", "64"]), odds=6))
+    if size < 126 and encoding == "minimal":
+        head += bytes([(0x80 if masked else 0) | size])
+    elif size < 0x10000 and encoding != "64":
+        head += bytes([(0x80 if masked else 0) | 126]) + struct.pack("!H", size)
+    else:
+        head += bytes([(0x80 if masked else 0) | 127]) + struct.pack("!Q", size)
+    if masked:
+        key = draw(st.binary(min_size=4, max_size=4))
+        head += key
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return head + payload
+
+
+@st.composite
+def fragmented(draw: st.DrawFn) -> bytes:
+    """A message in fragments (a control frame maybe in between), as a client sends it."""
+    client = Connection(ConnectionType.CLIENT)
+    text = draw(st.booleans())
+    parts = draw(st.lists(payloads, min_size=1, max_size=4))
+    out = b""
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if text:
+            event: Any = TextMessage(data=part.decode("utf-8", "replace"), message_finished=last)
+        else:
+            event = BytesMessage(data=part, message_finished=last)
+        out += client.send(event)
+        if not last and draw(st.integers(0, 3)) == 0:
+            out += draw(raw_frame())
+    return out
+
+
+@st.composite
+def raw_streams(draw: st.DrawFn) -> list[bytes]:
+    frames = draw(st.lists(st.one_of(raw_frame(), fragmented()), min_size=1, max_size=8))
+    return draw(splits(b"".join(frames), max_pieces=10))
+
+
+@fuzz_settings(120)
+@example(pieces=[b"\x81\x80\x00\x00\x00\x00\x88\x82\x00\x00\x00\x00\x0b\xb8"], end=False)
+@given(pieces=raw_streams(), end=st.booleans())
+def test_websocket_raw_frames(pieces: list[bytes], end: bool) -> None:
+    host, stream = run_stream(pieces, end=end)
+    frames = server_frames(host.protocol.out)
+    stat(f"close: {stream._close_code}")
+    stat(f"frames out: {min(len(frames), 3)}")
+
+
+# -- valid messages: each is echoed intact -------------------------------------------------
+
+messages = st.lists(
+    st.one_of(
+        st.text(max_size=60).map(lambda t: TextMessage(data=t)),
+        st.binary(max_size=60).map(lambda b: BytesMessage(data=b)),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@fuzz_settings(80)
+@given(msgs=messages, close=st.booleans(), data=st.data())
+def test_websocket_valid_messages_echo(msgs: list[Any], close: bool, data: st.DataObject) -> None:
+    client = Connection(ConnectionType.CLIENT)
+    wire = b"".join(client.send(m) for m in msgs)
+    if close:
+        wire += client.send(CloseConnection(code=1000, reason="bye"))
+    pieces = data.draw(splits(wire, max_pieces=8))
+    host, stream = run_stream(pieces, end=True)
+    echoed = Connection(ConnectionType.CLIENT)
+    echoed.receive_data(bytes(host.protocol.out))
+    got = [e for e in echoed.events() if isinstance(e, TextMessage | BytesMessage)]
+    # Messages that arrive in the same read as the close (or the end of the stream) may
+    # lose their echo: the server answers the close first (RFC 6455 §5.5.1 then forbids
+    # data frames). What is echoed is a prefix, intact and in order.
+    sent = [(type(m), m.data) for m in msgs]
+    assert [(type(m), m.data) for m in got] == sent[: len(got)]
+    stat(f"echoed all: {len(got) == len(msgs)}")
+    assert stream._close_code == (1000 if close else 1006)
