@@ -825,6 +825,10 @@ class ServerH3Connection(H3Connection):
         #: protocol to take (a request already handed to the app must learn it).
         self.message_errors: list[tuple[int, int]] = []
         self._refuse_above = 2 * config.max_header_bytes
+        # Streams whose request was malformed (reset here), until the peer's side ends.
+        # Not the same as released: a stream whose FIN came in the same packet is already
+        # forgotten by the QUIC layer, while its later frames are still being parsed.
+        self._rejected: set[int] = set()
         # Nothing has been decoded yet: the decoder aioquic made can be replaced (by a
         # wrapper: pylsqpack's Decoder cannot be subclassed).
         self._decoder = GuardedDecoder(  # type: ignore[assignment]
@@ -851,6 +855,7 @@ class ServerH3Connection(H3Connection):
         """The app is done with the request stream: stop reading it. RFC 9204 §4.4.2:
         abandoning a stream's field sections is a Stream Cancellation (aioquic sends it
         as for a reset)."""
+        self._rejected.discard(stream_id)
         stream = self._stream.get(stream_id)
         if stream is None:
             return
@@ -867,8 +872,16 @@ class ServerH3Connection(H3Connection):
         self._server_quic.release_stream(stream_id)
 
     def _receive_stream_data(self, event: events.StreamDataReceived) -> list[H3Event]:
-        if not self._server_quic.is_released(event.stream_id):
-            return super()._receive_stream_data(event)
+        stream_id = event.stream_id
+        if not self._server_quic.is_released(stream_id) and stream_id not in self._rejected:
+            h3_events = super()._receive_stream_data(event)
+            if stream_id in self._rejected and event.end_stream:
+                # Rejected in this batch and nothing more comes in: forget it.
+                self._rejected.discard(stream_id)
+                self._stream.pop(stream_id, None)
+            return h3_events
+        if event.end_stream:
+            self._rejected.discard(stream_id)
         stream = self._stream.get(event.stream_id)
         if stream is not None:
             stream.buffer = b""
@@ -879,6 +892,7 @@ class ServerH3Connection(H3Connection):
         return []
 
     def _receive_stream_reset(self, stream_id: int) -> None:
+        self._rejected.discard(stream_id)
         if self._server_quic.is_released(stream_id) and stream_id not in self._stream:
             return  # forgotten: nothing left to clean, nothing to answer
         super()._receive_stream_reset(stream_id)
@@ -898,14 +912,14 @@ class ServerH3Connection(H3Connection):
     def _receive_request_or_push_data(
         self, stream: H3Stream, data: bytes, stream_ended: bool
     ) -> list[H3Event]:
-        if self._server_quic.is_released(stream.stream_id):
+        if self._server_quic.is_released(stream.stream_id) or stream.stream_id in self._rejected:
             return []
         return super()._receive_request_or_push_data(stream, data, stream_ended)
 
     def _handle_request_or_push_frame(
         self, frame_type: int, frame_data: bytes | None, stream: H3Stream, stream_ended: bool
     ) -> list[H3Event]:
-        if self._server_quic.is_released(stream.stream_id):
+        if self._server_quic.is_released(stream.stream_id) or stream.stream_id in self._rejected:
             return []  # frames of the same batch after the malformed HEADERS
         try:
             return super()._handle_request_or_push_frame(
@@ -919,6 +933,7 @@ class ServerH3Connection(H3Connection):
             quic.stop_stream(stream.stream_id, exc.error_code)
             quic.release_stream(stream.stream_id)
             stream.sending_ended = True  # reset: nothing more is sent on it
+            self._rejected.add(stream.stream_id)
             self.message_errors.append((stream.stream_id, exc.error_code))
             return []
 
