@@ -122,6 +122,9 @@ class WebSocketStream:
         self._slice = 0  # > 0 while permessage-deflate is on
         #: Peer bytes not yet fed to wsproto (the queue was full, or before accept).
         self._inbox: deque[bytes] = deque()
+        # wsproto still holds frames of the last read that were not parsed yet, because
+        # the app's queue filled up (they are parsed once it has room again).
+        self._backlog = False
         self._queue: deque[Message] = deque()
         self._fragments: list[Any] = []
         self._fragment_size = 0
@@ -193,25 +196,34 @@ class WebSocketStream:
         inbox = self._inbox
         host = self._host
         queue = self._queue
+        max_queue = self._max_queue
         while (
-            inbox
-            and len(queue) < self._max_queue
+            (inbox or self._backlog)
+            and len(queue) < max_queue
             and self._state in (_OPEN, _CLOSING)
             and self._failure is None
         ):
-            data = inbox.popleft()
-            if self._slice and len(data) > self._slice:
-                inbox.appendleft(data[self._slice :])
-                data = data[: self._slice]
-            host.ack_body(self.stream_id, len(data))
-            ws.receive_data(data)
+            if not self._backlog:
+                data = inbox.popleft()
+                if self._slice and len(data) > self._slice:
+                    inbox.appendleft(data[self._slice :])
+                    data = data[: self._slice]
+                host.ack_body(self.stream_id, len(data))
+                ws.receive_data(data)
+            # wsproto parses one frame per event: stop when the queue is full, and the
+            # rest of the read waits in wsproto, so --ws-max-queue bounds the messages
+            # queued, not just the reads.
+            self._backlog = False
             for event in ws.events():
                 self._on_event(ws, event)
                 if self._state == _CLOSED or self._failure is not None:
                     break
+                if len(queue) >= max_queue:
+                    self._backlog = True
+                    break
         if self._state == _CLOSED:
             self._drop_inbox()
-        elif self._remote_ended and not inbox and self._failure is None:
+        elif self._remote_ended and not inbox and not self._backlog and self._failure is None:
             # The peer's side ended without a closing handshake (RFC 6455 §7.1.5: 1006).
             self._end_transport()
             self._finish(_ABNORMAL, "")
@@ -519,7 +531,11 @@ class WebSocketStream:
             if queue:
                 message = queue.popleft()
                 self._app_busy = True
-                if self._inbox and self._state != _CLOSED and self._failure is None:
+                if (
+                    (self._inbox or self._backlog)
+                    and self._state != _CLOSED
+                    and self._failure is None
+                ):
                     # Room in the queue again: go on with what the peer sent meanwhile.
                     self._process()
                     await self._host.flush(self.stream_id)

@@ -272,11 +272,6 @@ def test_http3_sends_after_stop_sending_are_no_ops(h3_tls: DevCertificate) -> No
 # -- WebSocket (test_fuzz_websocket.py) -----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="WebSocketStream._process queues every message of one read; not fixed here "
-    "(reported: streams/websocket.py belongs to another slice)",
-)
 def test_websocket_queue_holds_at_most_ws_max_queue_messages() -> None:
     """Found by test_websocket_raw_frames: five empty text frames in one read (each 6 bytes
     on the wire) put five messages in the app's queue with ``ws_max_queue=3``: the limit
