@@ -102,7 +102,6 @@ async def _http(scope: dict[str, Any], receive: Any, send: Any) -> None:
         which = scope["query_string"].decode()
         counts = by_path.get(which, [0, 0, 0]) if which else [running, peak]
         body = " ".join(map(str, counts)).encode()
-        body = f"{running} {peak}".encode()
     elif path == "/early":
         mark = "1" if (b"early-data", b"1") in scope["headers"] else "-"
         body = f"{mark} {early}".encode()

@@ -7,11 +7,12 @@ request; the server answers it with RST_STREAM (a stream error), not GOAWAY:
 * WINDOW_UPDATE that overflows the stream's send window (RFC 9113 §6.9.1);
 * DATA, or HEADERS, on a stream the client already ended (half-closed remote, §5.1);
 * DATA beyond the request's content-length, or END_STREAM short of it (§8.1.1);
-* trailers carrying a pseudo-header (§8.1).
+* trailers carrying a pseudo-header (§8.1), or trailers without END_STREAM (§8.1.1: a
+  malformed message is a stream error).
 
-Three other candidates are connection errors in quicserve (h2 treats them so), which
+Two other candidates are connection errors in quicserve (h2 treats them so), which
 leaves nothing to exploit; the last test pins that: WINDOW_UPDATE of 0 on a stream,
-PRIORITY on itself, trailers without END_STREAM.
+PRIORITY on itself.
 """
 
 from __future__ import annotations
@@ -65,6 +66,14 @@ PROVOCATIONS: dict[str, tuple[Provoke, int]] = {
     "pseudo-header-in-trailers": (
         lambda c, s, p: (
             c.request(s, p, end_stream=False) + c.headers(s, [(":path", "/")], end_stream=True)
+        ),
+        PROTOCOL_ERROR,
+    ),
+    "trailers-without-end-stream": (
+        lambda c, s, p: (
+            c.request(s, p, end_stream=False)
+            + data(s, b"x")
+            + c.headers(s, [("x-t", "1")], end_stream=False)
         ),
         PROTOCOL_ERROR,
     ),
@@ -169,11 +178,6 @@ CONNECTION_ERRORS: dict[str, Provoke] = {
         c.request(s, p, end_stream=False) + window_update(s, 0)
     ),
     "priority-on-itself": lambda c, s, p: c.request(s, p, end_stream=False) + priority(s, s),
-    "trailers-without-end-stream": lambda c, s, p: (
-        c.request(s, p, end_stream=False)
-        + data(s, b"x")
-        + c.headers(s, [("x-t", "1")], end_stream=False)
-    ),
 }
 
 
