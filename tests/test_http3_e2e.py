@@ -8,6 +8,7 @@ The aioquic and curl_cffi clients run in a worker thread with their own event lo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -539,8 +540,11 @@ async def test_a_server_bug_after_a_request_closes_only_its_connection(
     monkeypatch.setattr(http3.H3Protocol, "stream_done", explode_once)
     async with quic_server(echo_app, tls_files) as srv:
         port = udp_port(srv)
-        with pytest.raises((TimeoutError, ConnectionError)):
+        # The first response is complete before the bug strikes; the second request may
+        # or may not make it before the connection is closed.
+        with contextlib.suppress(TimeoutError, ConnectionError):
             await fetch(port, [H3Request("/"), H3Request("/")], tls_files, timeout=3)
+        # Before the fix the exception stopped the whole endpoint: nothing answered here.
         result = await fetch(port, [H3Request("/")], tls_files)
         assert result.responses[0].body == b"hello"
     assert exploded
