@@ -37,6 +37,12 @@ APP = "tests.adversarial.app:app"
 #: this many seconds, and the server's RSS grows by less than ``MAX_RSS_GROWTH_MIB``.
 MAX_PROBE_LATENCY = 1.0
 MAX_RSS_GROWTH_MIB = 50
+#: One probe of a run may take longer than MAX_PROBE_LATENCY, but never longer than this:
+#: on a 2-core machine that runs the attacker, the server and the prober at once, an
+#: HTTP/3 probe whose handshake packet is lost waits out a QUIC probe timeout (~1 s) now
+#: and then, while the probes before and after it take ~0.1 s. A server that stalls fails
+#: every probe of the stall, so it cannot hide behind this.
+MAX_OUTLIER_LATENCY = 3.0
 
 
 def _status_kib(pid: int, key: str) -> int:
@@ -108,6 +114,10 @@ def serve(spawn: Spawn, backend: str, tls: DevCertificate, *extra: str) -> Itera
         "--lifespan",
         "off",
         "--no-access-log",
+        # App calls an attack left behind (/hold, /stall, blocked sends) need not hold
+        # the server's exit for the default 10 s; a test may pass its own value.
+        "--graceful-timeout",
+        "1",
         *extra,
     )
     ports = server.ports("http", "https")
@@ -200,9 +210,13 @@ class Prober:
             self.results.append(tuple(json.loads(line)))  # type: ignore[arg-type]
 
     def check(self, max_latency: float = MAX_PROBE_LATENCY) -> None:
-        """Every probe succeeded within ``max_latency`` seconds, and there were some of
-        each protocol."""
+        """Every probe succeeded; all but at most one within ``max_latency`` seconds, and
+        that one within ``MAX_OUTLIER_LATENCY``; there were some of each protocol."""
         for name in self.protocols:
             assert any(r[0] == name for r in self.results), f"no {name} probe ran"
-        failed = [r for r in self.results if r[2] is not None or r[1] > max_latency]
-        assert not failed, f"{len(failed)} of {len(self.results)} probes failed: {failed[:5]}"
+        errors = [r for r in self.results if r[2] is not None]
+        assert not errors, f"{len(errors)} of {len(self.results)} probes failed: {errors[:5]}"
+        slow = [r for r in self.results if r[1] > max_latency]
+        assert len(slow) <= 1 and all(r[1] <= MAX_OUTLIER_LATENCY for r in slow), (
+            f"{len(slow)} of {len(self.results)} probes took over {max_latency} s: {slow[:5]}"
+        )
