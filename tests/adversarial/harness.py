@@ -190,11 +190,14 @@ class Prober:
             stdout=subprocess.PIPE,
             text=True,
         )
-        # Wait for its first round, so the attack starts against a server it reached.
+        # Wait for its first round (one probe per protocol), so the attack starts against
+        # a server the prober reached, after the first HTTP/3 probe has paid for its
+        # process's first QUIC handshake.
         assert self._process.stdout is not None
-        first = self._process.stdout.readline()
-        assert first, "the prober process died"
-        self.results.append(tuple(json.loads(first)))  # type: ignore[arg-type]
+        for _ in self.protocols:
+            line = self._process.stdout.readline()
+            assert line, "the prober process died"
+            self.results.append(tuple(json.loads(line)))  # type: ignore[arg-type]
         return self
 
     def __exit__(self, *exc: object) -> None:
