@@ -166,10 +166,7 @@ class StreamDispatcher:
             elif cls is ConnectionClosed:
                 for stream in streams.values():
                     stream.reset()
-                for waiter in self._writable.values():
-                    waiter.set()
-                self._writable.clear()
-                self._release_budget_waiters()
+                self._wake_all_senders()
             else:
                 self._on_other_event(event)
 
@@ -266,6 +263,14 @@ class StreamDispatcher:
             waiter = self.new_wakeup()
             self._budget_waiters.append(waiter)
             await waiter.wait()
+
+    def _wake_all_senders(self) -> None:
+        """Nothing more will leave this connection: every send waiting for its stream to
+        drain, or for the connection's budget, wakes (and finds the connection gone)."""
+        for waiter in self._writable.values():
+            waiter.set()
+        self._writable.clear()
+        self._release_budget_waiters()
 
     def _release_budget_waiters(self) -> None:
         waiters = self._budget_waiters
@@ -611,10 +616,7 @@ class ByteStreamConnection(StreamDispatcher):
         self._broken = True
         for stream in self._streams.values():
             stream.reset()
-        for waiter in self._writable.values():
-            waiter.set()
-        self._writable.clear()
-        self._release_budget_waiters()
+        self._wake_all_senders()
         self._reader_scope_cancel()
         self._wake_timer()
 

@@ -264,8 +264,8 @@ class H3Protocol:
                     self._h3.reject(stream_id)
                     self.quic.reset_stream(stream_id, ErrorCode.H3_EXCESSIVE_LOAD)
                     self.quic.stop_stream(stream_id, ErrorCode.H3_EXCESSIVE_LOAD)
-                    # Stopped already: stream_done must not stop it again (aioquic may
-                    # have forgotten the stream by then and would raise).
+                    # Stopped already: stream_done must not send a second STOP_SENDING
+                    # (with H3_NO_ERROR) for it.
                     self._requests[stream_id] = True
                     self._events.append(StreamReset(stream_id, ErrorCode.H3_EXCESSIVE_LOAD))
                     return

@@ -572,9 +572,7 @@ class QuicConnectionHandler(StreamDispatcher):
         # disconnect its stream was given. Without this its call, and the connection's
         # task and state, stayed until... never: the buffer never drains.
         self._broken = True
-        for waiter in self._writable.values():
-            waiter.set()
-        self._writable.clear()
+        self._wake_all_senders()
 
     def _wake_writers(self) -> None:
         # ACKs may have freed buffered response data: wake the sends waiting on it.
