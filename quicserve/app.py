@@ -27,7 +27,7 @@ import anyio
 import anyio.abc
 
 from .config import Config
-from .streams.http import ASGIApp, Message, Scope
+from .types import ASGIApp, Message, Scope
 
 logger = logging.getLogger("quicserve.error")
 

@@ -30,10 +30,10 @@ from . import __version__
 from .app import AppLoadError, LifespanFailure, load_app
 from .config import Config, ConfigError, config_fields, resolve
 from .server import Server
-from .streams.http import ASGIApp
 from .tls import TLSConfigError
 from .transport.sockets import systemd_binds
 from .transport.tcp import BindError
+from .types import ASGIApp
 
 if TYPE_CHECKING:
     from .worker import WorkerLink

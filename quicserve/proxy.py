@@ -33,7 +33,7 @@ import ipaddress
 import re
 from collections.abc import Iterator
 
-from .streams.http import ASGIApp, Receive, Scope, Send
+from .types import ASGIApp, Receive, Scope, Send
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

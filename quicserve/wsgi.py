@@ -34,7 +34,7 @@ import anyio.from_thread
 import anyio.to_thread
 
 from .config import Config
-from .streams.http import Message, Receive, Scope, Send
+from .types import Message, Receive, Scope, Send
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 StartResponse = Callable[..., Callable[[bytes], None]]

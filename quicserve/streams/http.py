@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -39,12 +39,7 @@ from ..config import Config
 from ..connection_info import ConnectionInfo
 from ..events import Headers, RequestReceived
 from ..lowlevel import Wakeup
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from ..types import ASGIApp, Message, Scope
 
 logger = logging.getLogger("quicserve.error")
 access_logger = logging.getLogger("quicserve.access")

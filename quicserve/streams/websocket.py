@@ -61,11 +61,9 @@ from wsproto.utilities import generate_accept_token, split_comma_header
 from ..connection_info import ConnectionInfo
 from ..events import Headers, RequestReceived
 from ..lowlevel import Wakeup
+from ..types import ASGIApp, Message, Scope
 from .http import (
     SAFE_METHODS,
-    ASGIApp,
-    Message,
-    Scope,
     StreamHost,
     access_logger,
     response_headers,

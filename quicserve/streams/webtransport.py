@@ -37,10 +37,8 @@ from typing import Any
 from ..connection_info import ConnectionInfo
 from ..events import RequestReceived
 from ..lowlevel import Wakeup
+from ..types import ASGIApp, Message, Scope
 from .http import (
-    ASGIApp,
-    Message,
-    Scope,
     StreamHost,
     access_logger,
     response_headers,

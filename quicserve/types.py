@@ -1,0 +1,17 @@
+"""The ASGI 3 callable and message types every layer speaks (ASGI spec, "Applications").
+
+Ground floor: imports nothing from quicserve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+__all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send"]
