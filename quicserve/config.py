@@ -30,6 +30,15 @@ from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields
 from typing import Any, Literal
 
+from .accesslog import compile_format
+from .addresses import (
+    MAX_WORKER_SLOTS,
+    parse_bind,
+    parse_server_id,
+    parse_trusted,
+    parse_unix_mode,
+)
+
 Backend = Literal["asyncio", "uvloop", "trio"]
 Interface = Literal["auto", "asgi3", "asgi2", "wsgi"]
 
@@ -620,14 +629,11 @@ def check(config: Config) -> None:
     for name in ("max_requests", "max_requests_jitter", "quic_max_cancelled_requests"):
         if getattr(config, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
-    from .quic.lb import MAX_SLOTS, CidLayout
-    from .transport.sockets import parse_unix_mode
-
-    if config.workers > MAX_SLOTS // 2:
-        raise ConfigError(f"--workers must be at most {MAX_SLOTS // 2}")
+    if config.workers > MAX_WORKER_SLOTS // 2:
+        raise ConfigError(f"--workers must be at most {MAX_WORKER_SLOTS // 2}")
     try:
         parse_unix_mode(config.unix_socket_mode)
-        CidLayout.from_hex(config.quic_lb_server_id)
+        parse_server_id(config.quic_lb_server_id)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if config.reload and config.workers > 1:
@@ -640,9 +646,6 @@ def check(config: Config) -> None:
             parse_bind(config.metrics_bind, "127.0.0.1")
         except ValueError as exc:
             raise ConfigError(f"--metrics-bind: {exc}") from None
-    from .accesslog import compile_format
-    from .proxy import parse_trusted
-
     try:
         parse_trusted(config.forwarded_allow_ips)
     except ValueError as exc:
@@ -652,24 +655,3 @@ def check(config: Config) -> None:
             compile_format(config.access_log_format)
         except ValueError as exc:
             raise ConfigError(f"--access-log-format: {exc}") from None
-
-
-def parse_bind(value: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
-    """Split ``HOST:PORT`` into its parts.
-
-    ``":8443"`` means all interfaces, ``"[::1]:8443"`` is IPv6. Raises ``ValueError``
-    with a message fit to show a person.
-    """
-    if value.startswith("["):
-        host, sep, port = value[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"bad address {value!r}: expected [IPV6]:PORT")
-    else:
-        host, sep, port = value.rpartition(":")
-        if not sep:
-            raise ValueError(f"bad address {value!r}: expected HOST:PORT")
-        if ":" in host:
-            raise ValueError(f"bad address {value!r}: write IPv6 hosts in brackets, [::1]:PORT")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"bad port in {value!r}")
-    return (host or default_host, int(port))

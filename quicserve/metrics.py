@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.abc
 
-from .config import parse_bind
+from .addresses import parse_bind
 from .transport.sockets import BindError, Listener, create_listening_socket
 
 if TYPE_CHECKING:

@@ -33,59 +33,12 @@ import ipaddress
 import re
 from collections.abc import Iterator
 
+from .addresses import TrustedPeers
 from .types import ASGIApp, Receive, Scope, Send
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _HOST_VALUE = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::\d{1,5})?$")
 _SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 _WS_SCHEMES = {"http": "ws", "https": "wss"}
-
-
-def parse_trusted(spec: str) -> TrustedPeers:
-    """``"127.0.0.1, 10.0.0.0/8, ::1"`` or ``"*"``; raises ``ValueError`` for a bad entry."""
-    return TrustedPeers(spec)
-
-
-class TrustedPeers:
-    """A set of IP networks (or everything) whose proxy headers are believed."""
-
-    __slots__ = ("_cache", "everything", "networks")
-
-    def __init__(self, spec: str) -> None:
-        entries = [part.strip() for part in spec.split(",") if part.strip()]
-        self.everything = "*" in entries
-        self.networks: list[IPNetwork] = []
-        for entry in entries:
-            if entry == "*":
-                continue
-            try:
-                self.networks.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError:
-                raise ValueError(f"{entry!r} is not an IP address or network") from None
-        # Peers repeat (it is usually one proxy): remember answers, a bounded number.
-        self._cache: dict[str, bool] = {}
-
-    def __contains__(self, host: object) -> bool:
-        if self.everything:
-            return True
-        if not isinstance(host, str):
-            return False
-        known = self._cache.get(host)
-        if known is not None:
-            return known
-        try:
-            address = ipaddress.ip_address(host.partition("%")[0])
-        except ValueError:
-            trusted = False  # a name, an obfuscated identifier or "unknown"
-        else:
-            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-                address = address.ipv4_mapped
-            trusted = any(address in network for network in self.networks)
-        if len(self._cache) >= 1024:
-            self._cache.clear()
-        self._cache[host] = trusted
-        return trusted
 
 
 # -- parsing ---------------------------------------------------------------------------------

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 
+from .addresses import parse_unix_mode
 from .app import Lifespan, prepare_app
 from .config import Config
 from .metrics import MetricsEndpoint
 from .registry import ConnectionRegistry
 from .tls import TLSInfoBuilder, create_ssl_context, read_server_cert_pem
 from .transport.quic import QuicEndpoint, build_quic_configuration, open_udp_socket
-from .transport.sockets import parse_unix_mode
 from .transport.tcp import TCPEndpoint, accept_loop, open_tcp_endpoints
 from .types import ASGIApp
 

@@ -59,10 +59,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .addresses import parse_unix_mode
 from .config import Config, config_fields
 from .quic.lb import MAX_SLOTS, CidLayout, RoutingTable, attach_cbpf, cbpf_program
 from .transport.quic import open_udp_socket
-from .transport.sockets import open_stream_socket, parse_unix_mode
+from .transport.sockets import open_stream_socket
 from .worker import slot_path, worker_path
 
 logger = logging.getLogger("quicserve.error")

@@ -9,14 +9,13 @@ from typing import Any
 import httpx
 import pytest
 
+from quicserve.addresses import TrustedPeers, parse_trusted
 from quicserve.certs import DevCertificate
 from quicserve.proxy import (
-    TrustedPeers,
     apply_proxy_headers,
     forwarded_facts,
     parse_forwarded,
     parse_node,
-    parse_trusted,
 )
 
 from .apps import respond

@@ -62,6 +62,8 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..addresses import MAX_WORKER_SLOTS, parse_server_id
+
 __all__ = [
     "MAX_SERVER_ID",
     "MAX_SLOTS",
@@ -78,7 +80,7 @@ NONCE_LENGTH = 6
 #: Longest ``--quic-lb-server-id``: CIDs are at most 20 bytes (RFC 9000 §17.2).
 MAX_SERVER_ID = 20 - 2 - NONCE_LENGTH
 #: Worker slots one machine can have (the BPF lookup table stays far below 255 jumps).
-MAX_SLOTS = 64
+MAX_SLOTS = MAX_WORKER_SLOTS
 #: QUIC-LB: config rotation codepoint 0b111 marks unroutable CIDs; we never use it.
 _UNROUTABLE = 0b111
 
@@ -99,11 +101,7 @@ class CidLayout:
     @classmethod
     def from_hex(cls, server_id: str) -> CidLayout:
         """The layout for ``--quic-lb-server-id`` (hex, possibly empty)."""
-        try:
-            raw = bytes.fromhex(server_id)
-        except ValueError:
-            raise ValueError(f"--quic-lb-server-id {server_id!r} is not hex") from None
-        return cls(raw)
+        return cls(parse_server_id(server_id))
 
     @property
     def cid_length(self) -> int:

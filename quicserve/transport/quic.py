@@ -42,7 +42,8 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.logger import QuicFileLogger
 from aioquic.tls import SessionTicket
 
-from ..config import Config, parse_bind
+from ..addresses import parse_bind
+from ..config import Config
 from ..connection import StreamDispatcher
 from ..connection_info import HTTP3_CAPABILITIES, ConnectionInfo
 from ..events import SessionDatagramReceived, SessionStreamDataReceived

@@ -46,6 +46,8 @@ import anyio
 import anyio.abc
 import sniffio
 
+from ..addresses import parse_bind
+
 _HIGH_WATER = 256 * 1024
 
 
@@ -55,19 +57,6 @@ class BindError(Exception):
 
 #: systemd's first passed file descriptor (sd_listen_fds(3): SD_LISTEN_FDS_START).
 SYSTEMD_FIRST_FD = 3
-
-
-def parse_unix_mode(value: str | None) -> int | None:
-    """``--unix-socket-mode`` (octal, e.g. ``660``) as an int; ValueError if not octal."""
-    if value is None or value == "":
-        return None
-    try:
-        mode = int(value, 8)
-    except ValueError:
-        raise ValueError(f"--unix-socket-mode {value!r} is not an octal mode like 660") from None
-    if not 0 <= mode <= 0o777:
-        raise ValueError(f"--unix-socket-mode {value!r} is not an octal mode like 660")
-    return mode
 
 
 def inherited_socket(bind: str, kind: socket.SocketKind) -> socket.socket:
@@ -173,8 +162,6 @@ def open_stream_socket(
     bind: str, *, unix_mode: int | None = None, reuse_port: bool = False
 ) -> socket.socket:
     """A listening stream socket for ``bind`` (``HOST:PORT``, ``unix:/path``, ``fd://N``)."""
-    from ..config import parse_bind
-
     if bind.startswith("fd://"):
         return inherited_socket(bind, socket.SOCK_STREAM)
     if bind.startswith("unix:"):
