@@ -21,6 +21,8 @@ import anyio
 import anyio.abc
 
 from .config import Config, ConfigError, check, config_fields
+from .runner import apply_dev_defaults, configure_logging
+from .runner import run as run_server
 from .server import BoundAddress, Server
 
 
@@ -37,8 +39,6 @@ def make_config(config: Config | None = None, **options: Any) -> Config:
     check(result)
     if result.reload:
         raise ConfigError("reload needs the command line (quicserve APP --reload)")
-    from .cli import apply_dev_defaults
-
     return apply_dev_defaults(result)
 
 
@@ -60,9 +60,6 @@ async def serve(
 def run(app: Any, config: Config | None = None, **options: Any) -> None:
     """Serve ``app`` on the configured backend until SIGINT or SIGTERM (graceful stop,
     then lifespan shutdown; a second signal stops at once)."""
-    from .cli import configure_logging
-    from .cli import run as run_server
-
     full = make_config(config, **options)
     configure_logging(full)
     try:

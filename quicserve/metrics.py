@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.abc
@@ -29,7 +29,16 @@ from .addresses import parse_bind
 from .transport.sockets import BindError, Listener, create_listening_socket
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .registry import ConnectionRegistry
+
+
+class StatsSource(Protocol):
+    """What the exposition reads from a server (``quicserve.server.Server`` is one)."""
+
+    registry: ConnectionRegistry
+
+    def quic_stats(self) -> dict[str, int]:
+        """Counters summed over the QUIC endpoints."""
 
 logger = logging.getLogger("quicserve.error")
 
@@ -62,7 +71,7 @@ def _labels(**values: str) -> str:
     return "{" + ",".join(f'{key}="{value}"' for key, value in values.items()) + "}"
 
 
-def render(server: Server) -> str:
+def render(server: StatsSource) -> str:
     """The exposition text for ``server`` now."""
     registry = server.registry
     live: dict[str, list[int]] = {}  # protocol -> [open, streams, requests, in, out]
@@ -172,7 +181,7 @@ def render(server: Server) -> str:
 class MetricsEndpoint:
     """The ``--metrics-bind`` listener of one :class:`~quicserve.server.Server`."""
 
-    def __init__(self, bind: str, server: Server) -> None:
+    def __init__(self, bind: str, server: StatsSource) -> None:
         try:
             host, port = parse_bind(bind, "127.0.0.1")
         except ValueError as exc:
