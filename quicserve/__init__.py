@@ -6,9 +6,8 @@ The public API: :func:`serve` (inside an anyio event loop), :func:`run` (for scr
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .api import run, serve  # after __version__: cli.py imports it
+from .api import run, serve
 from .config import Config, ConfigError
+from .version import __version__
 
 __all__ = ["Config", "ConfigError", "__version__", "run", "serve"]

@@ -101,3 +101,10 @@ class TrustedPeers:
             self._cache.clear()
         self._cache[host] = trusted
         return trusted
+
+
+def peer_address(value: object) -> tuple[str, int] | None:
+    """A socket address as ``(host, port)``, or ``None`` (a Unix socket has none)."""
+    if isinstance(value, tuple) and len(value) >= 2:
+        return (str(value[0]), int(value[1]))
+    return None

@@ -20,12 +20,12 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
 from .app import AppLoadError, LifespanFailure, load_app
 from .config import Config, ConfigError, config_fields, resolve
 from .runner import DEV_BIND, UsageError, apply_dev_defaults, configure_logging, run
 from .tls import TLSConfigError
 from .transport.tcp import BindError
+from .version import __version__
 
 if TYPE_CHECKING:
     from .worker import WorkerLink

@@ -198,5 +198,3 @@ def _single_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
     collect(group)
     return leaves[0] if len(leaves) == 1 else group
-
-

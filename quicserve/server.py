@@ -14,9 +14,10 @@ Order of events:
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -24,31 +25,20 @@ import anyio.abc
 from .addresses import parse_unix_mode
 from .app import Lifespan, prepare_app
 from .config import Config
+from .connection.bytestream import serve_connection
+from .connection.context import ServerContext
+from .connection.quic import QuicListener
 from .metrics import MetricsEndpoint
 from .registry import ConnectionRegistry
-from .tls import TLSInfoBuilder, create_ssl_context, read_server_cert_pem
-from .transport.quic import QuicEndpoint, build_quic_configuration, open_udp_socket
+from .tls import ServerTLS, build_server_tls
 from .transport.tcp import TCPEndpoint, accept_loop, open_tcp_endpoints
+from .transport.udp import open_udp_socket
 from .types import ASGIApp
 
 if TYPE_CHECKING:
     from .worker import WorkerLink
 
 logger = logging.getLogger("quicserve.error")
-
-
-@dataclass(slots=True)
-class ServerContext:
-    """What every connection of one server shares."""
-
-    config: Config
-    app: ASGIApp
-    registry: ConnectionRegistry
-    lifespan_state: dict[str, Any] | None = None
-    #: ``alt-svc`` value for TLS responses (set once a QUIC endpoint is bound).
-    alt_svc: bytes | None = None
-    #: This process's link to its supervisor, when it is one of ``--workers``.
-    worker: WorkerLink | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +70,7 @@ class Server:
     addresses: list[BoundAddress] = field(default_factory=list, init=False)
     _shutdown_requested: anyio.Event | None = field(default=None, init=False)
     _shutdown_early: bool = field(default=False, init=False)
-    _quic_endpoints: list[QuicEndpoint] = field(default_factory=list, init=False)
+    _quic_listeners: list[QuicListener] = field(default_factory=list, init=False)
     #: The --metrics-bind listener, once bound.
     metrics: MetricsEndpoint | None = field(default=None, init=False)
     _stopped: anyio.Event | None = field(default=None, init=False)
@@ -93,7 +83,7 @@ class Server:
     def quic_stats(self) -> dict[str, int]:
         """Datagram counters summed over the QUIC endpoints (for tests and reports)."""
         totals: dict[str, int] = {}
-        for endpoint in self._quic_endpoints:
+        for endpoint in self._quic_listeners:
             for name, value in endpoint.stats.items():
                 totals[name] = totals.get(name, 0) + value
             for name, core_value in endpoint.core.stats().items():
@@ -111,7 +101,7 @@ class Server:
     def handover(self) -> None:
         """A worker's successor has taken over its sockets: stop reading them (datagrams
         of our connections are forwarded to us now) and shut down gracefully."""
-        for endpoint in self._quic_endpoints:
+        for endpoint in self._quic_listeners:
             endpoint.stop_reading()
         self.shutdown()
 
@@ -141,9 +131,9 @@ class Server:
         context = ServerContext(
             config=config, app=self.app, registry=self.registry, worker=self.worker
         )
-        if config.quic_bind:
-            build_quic_configuration(config)  # certificate problems surface before binding
-        tcp_endpoints = await self._open_tcp_endpoints()
+        # Certificate problems surface here, before anything is bound.
+        tls = build_server_tls(config)
+        tcp_endpoints = await self._open_tcp_endpoints(tls)
         udp_sockets = []
         try:
             for bind in config.quic_bind:
@@ -156,10 +146,12 @@ class Server:
             for sock in udp_sockets:
                 sock.close()
             raise
-        quic_endpoints = [QuicEndpoint(sock, context) for sock in udp_sockets]
-        self._quic_endpoints = quic_endpoints
-        self.addresses += [BoundAddress("udp", "https", *e.address) for e in quic_endpoints]
-        context.alt_svc = alt_svc_value(config, quic_endpoints)
+        quic_listeners = (
+            [QuicListener(sock, context, tls.quic) for sock in udp_sockets] if tls.quic else []
+        )
+        self._quic_listeners = quic_listeners
+        self.addresses += [BoundAddress("udp", "https", *e.address) for e in quic_listeners]
+        context.alt_svc = alt_svc_value(config, quic_listeners)
         async with anyio.create_task_group() as root:
             lifespan = Lifespan(self.app, config)
             try:
@@ -167,27 +159,24 @@ class Server:
             except BaseException:
                 for endpoint in tcp_endpoints:
                     await endpoint.listener.aclose()
-                for quic in quic_endpoints:
-                    quic.socket.close()
+                for quic in quic_listeners:
+                    quic.close()
                 if self.metrics is not None:
                     self.metrics.close()
                 root.cancel_scope.cancel()
                 raise
             context.lifespan_state = lifespan.state if lifespan.supported else None
             try:
-                await self._serve_endpoints(context, tcp_endpoints, quic_endpoints, task_status)
+                await self._serve_endpoints(context, tcp_endpoints, quic_listeners, task_status)
             finally:
                 with anyio.CancelScope(shield=True):
                     await lifespan.shutdown()
                 root.cancel_scope.cancel()
 
-    async def _open_tcp_endpoints(self) -> list[TCPEndpoint]:
+    async def _open_tcp_endpoints(self, tls: ServerTLS) -> list[TCPEndpoint]:
         config = self.config
         endpoints: list[TCPEndpoint] = []
-        ssl_context = tls_info = None
-        if config.certfile is not None and config.bind:
-            ssl_context = create_ssl_context(config)
-            tls_info = TLSInfoBuilder(ssl_context, read_server_cert_pem(config))
+        ssl_context, tls_info = tls.ssl_context, tls.tls_info
         mode = parse_unix_mode(config.unix_socket_mode)
         try:
             for bind in config.bind:
@@ -212,18 +201,24 @@ class Server:
         self,
         context: ServerContext,
         tcp_endpoints: list[TCPEndpoint],
-        quic_endpoints: list[QuicEndpoint],
+        quic_listeners: list[QuicListener],
         task_status: anyio.abc.TaskStatus[list[BoundAddress]],
     ) -> None:
         assert self._shutdown_requested is not None
         async with anyio.create_task_group() as connections:
             # QUIC endpoints keep reading during the drain (in-flight HTTP/3 requests
             # need their ACKs); they only stop accepting new connections.
-            for quic in quic_endpoints:
+            for quic in quic_listeners:
                 connections.start_soon(quic.serve, connections)
             async with anyio.create_task_group() as acceptors:
                 for endpoint in tcp_endpoints:
-                    acceptors.start_soon(accept_loop, endpoint, context, connections)
+                    acceptors.start_soon(
+                        accept_loop,
+                        endpoint,
+                        self.registry,
+                        connections,
+                        functools.partial(serve_connection, context=context),
+                    )
                 for address in self.addresses:
                     logger.info("Listening on %s (%s)", address.url(), address.transport.upper())
                 if self.metrics is not None:
@@ -237,7 +232,7 @@ class Server:
                     await endpoint.listener.aclose()
             if self.metrics is not None:
                 self.metrics.close()
-            for quic in quic_endpoints:
+            for quic in quic_listeners:
                 quic.shutdown()
             open_count = len(self.registry)
             if open_count:
@@ -255,19 +250,19 @@ class Server:
                     ),
                 )
             connections.cancel_scope.cancel()
-        for quic in quic_endpoints:
-            quic.socket.close()
+        for quic in quic_listeners:
+            quic.close()
         logger.info("Server stopped")
 
 
-def alt_svc_value(config: Config, quic_endpoints: list[QuicEndpoint]) -> bytes | None:
+def alt_svc_value(config: Config, quic_listeners: list[QuicListener]) -> bytes | None:
     """The ``alt-svc`` header for TLS responses (RFC 7838): the first QUIC port, unless
     ``--alt-svc`` overrides it (a public port behind NAT) or turns it ``off``."""
     if config.alt_svc is not None:
         return None if config.alt_svc == "off" else config.alt_svc.encode("latin-1")
-    if not quic_endpoints:
+    if not quic_listeners:
         return None
-    return b'h3=":%d"; ma=86400' % quic_endpoints[0].address[1]
+    return b'h3=":%d"; ma=86400' % quic_listeners[0].address[1]
 
 
 async def serve(

@@ -61,9 +61,9 @@ from typing import Any
 
 from .addresses import parse_unix_mode
 from .config import Config, config_fields
-from .quic.lb import MAX_SLOTS, CidLayout, RoutingTable, attach_cbpf, cbpf_program
-from .transport.quic import open_udp_socket
-from .transport.sockets import open_stream_socket
+from .quic.lb import MAX_SLOTS, CidLayout, RoutingTable, cbpf_program
+from .transport.sockets import attach_cbpf, open_stream_socket
+from .transport.udp import open_udp_socket
 from .worker import slot_path, worker_path
 
 logger = logging.getLogger("quicserve.error")

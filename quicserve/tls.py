@@ -1,20 +1,28 @@
-"""TLS settings for TCP (and, later, QUIC) in one place.
+"""TLS for TCP and QUIC in one place, built once per server (:func:`build_server_tls`).
 
 Rules:
 
 * TCP TLS offers ALPN ``h2`` then ``http/1.1``; TLS 1.2 is the floor and, for HTTP/2's
   sake, only AEAD ECDHE suites are enabled (RFC 9113 §9.2.2 forbids the rest on h2).
-* ``SSLKEYLOGFILE`` is honoured, for debugging with Wireshark.
+* QUIC offers ALPN ``h3``; its configuration (certificate, qlog, key log) is built once and
+  shared by every ``--quic-bind`` listener, so the certificate is read and the key log
+  opened once.
+* ``SSLKEYLOGFILE`` (or ``--ssl-keylog-file``) is honoured, for debugging with Wireshark.
 * A certificate problem becomes :class:`TLSConfigError` with a message a person can act
   on; the CLI prints it as one line.
-* :func:`tls_info` builds the ASGI ``tls`` extension from a finished handshake.
+* :class:`TLSInfoBuilder` builds the ASGI ``tls`` extension from a finished handshake.
 """
 
 from __future__ import annotations
 
 import os
 import ssl
+from dataclasses import dataclass
 from typing import Any
+
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.logger import QuicFileLogger
+from aioquic.quic.packet import QuicProtocolVersion
 
 from .config import Config
 
@@ -152,3 +160,58 @@ def read_server_cert_pem(config: Config) -> str | None:
     if begin < 0 or end < 0:
         return None
     return text[begin : end + len("-----END CERTIFICATE-----")] + "\n"
+
+
+def quic_configuration(
+    config: Config, *, max_datagram_size: int | None = None
+) -> QuicConfiguration:
+    """The server's :class:`QuicConfiguration` for HTTP/3."""
+    configuration = QuicConfiguration(
+        is_client=False,
+        alpn_protocols=["h3"],
+        idle_timeout=config.quic_idle_timeout,
+        max_datagram_size=max_datagram_size or config.quic_max_datagram_size,
+        congestion_control_algorithm=config.quic_congestion_control,
+        supported_versions=[QuicProtocolVersion.VERSION_1, QuicProtocolVersion.VERSION_2],
+        max_data=config.quic_max_data,
+        max_stream_data=config.quic_stream_window_size,
+    )
+    if config.webtransport:
+        # QUIC DATAGRAM frames (RFC 9221) carry WebTransport's HTTP Datagrams.
+        configuration.max_datagram_frame_size = 65536
+    return configuration
+
+
+def build_quic_configuration(config: Config) -> QuicConfiguration:
+    """The server's QUIC configuration with certificate, qlog and key log."""
+    configuration = quic_configuration(config)
+    load_quic_certificate(configuration, config)
+    if config.quic_qlog_dir:
+        os.makedirs(config.quic_qlog_dir, exist_ok=True)
+        configuration.quic_logger = QuicFileLogger(config.quic_qlog_dir)
+    keylog = config.ssl_keylog_file or os.environ.get("SSLKEYLOGFILE")
+    if keylog:
+        configuration.secrets_log_file = open(keylog, "a")
+    return configuration
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTLS:
+    """Everything TLS one server needs, built once before it binds."""
+
+    #: For ``--bind`` (TLS over TCP); ``None`` when there is no certificate or TLS bind.
+    ssl_context: ssl.SSLContext | None
+    tls_info: TLSInfoBuilder | None
+    #: For ``--quic-bind``; ``None`` without QUIC listeners.
+    quic: QuicConfiguration | None
+
+
+def build_server_tls(config: Config) -> ServerTLS:
+    """Load the certificate for TCP and QUIC; :class:`TLSConfigError` if it cannot be used
+    (raised before anything is bound)."""
+    ssl_context = tls_info = None
+    if config.certfile is not None and config.bind:
+        ssl_context = create_ssl_context(config)
+        tls_info = TLSInfoBuilder(ssl_context, read_server_cert_pem(config))
+    quic = build_quic_configuration(config) if config.quic_bind else None
+    return ServerTLS(ssl_context, tls_info, quic)

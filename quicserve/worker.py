@@ -43,15 +43,27 @@ import json
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
 from .quic.lb import CidLayout, RoutingTable, route
 
 if TYPE_CHECKING:
-    from .server import Server
-    from .transport.quic import QuicEndpoint
+    from .connection.context import RoutedEndpoint
+    from .registry import ConnectionRegistry
+
+
+class Server(Protocol):
+    """What a worker's link does to the server it runs beside (``quicserve.server.Server``)."""
+
+    registry: ConnectionRegistry
+
+    def shutdown(self) -> None:
+        """Begin a graceful shutdown."""
+
+    def handover(self) -> None:
+        """Stop reading the shared sockets and shut down gracefully."""
 
 logger = logging.getLogger("quicserve.error")
 
@@ -101,7 +113,8 @@ class WorkerLink:
         self.forward_dir: str = init["forward_dir"]
         self.predecessor: str | None = init["predecessor"]
         self.max_requests: int = init["max_requests"]
-        self.endpoints: list[QuicEndpoint] = []
+        self.endpoints: list[RoutedEndpoint] = []
+        self.routers: list[DatagramRouter] = []
         self.forward_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.forward_socket.bind(worker_path(self.forward_dir, self.slot, self.generation))
         try:
@@ -136,10 +149,12 @@ class WorkerLink:
         finally:
             self.control.setblocking(False)
 
-    def attach(self, endpoint: QuicEndpoint) -> None:
-        """A QUIC endpoint (in ``--quic-bind`` order) starts: route its datagrams."""
-        endpoint.router = DatagramRouter(self, len(self.endpoints), endpoint)
+    def attach(self, endpoint: RoutedEndpoint) -> DatagramRouter:
+        """A QUIC listener (in ``--quic-bind`` order) starts: route its datagrams."""
+        router = DatagramRouter(self, len(self.endpoints), endpoint)
         self.endpoints.append(endpoint)
+        self.routers.append(router)
+        return router
 
     # -- tasks run beside the server ---------------------------------------------------
 
@@ -195,10 +210,10 @@ class WorkerLink:
                 try:
                     index, kind, addr, data = decode_forward(message)
                     endpoint = self.endpoints[index]
+                    router = self.routers[index]
                 except (IndexError, ValueError, UnicodeDecodeError):
                     continue
-                router = endpoint.router
-                if kind == ROUTED and router is not None and router.to_predecessor(data, addr):
+                if kind == ROUTED and router.to_predecessor(data, addr):
                     continue
                 endpoint.receive(data, addr)
 
@@ -238,7 +253,7 @@ class DatagramRouter:
 
     __slots__ = ("endpoint", "index", "link")
 
-    def __init__(self, link: WorkerLink, index: int, endpoint: QuicEndpoint) -> None:
+    def __init__(self, link: WorkerLink, index: int, endpoint: RoutedEndpoint) -> None:
         self.link = link
         self.index = index
         self.endpoint = endpoint
@@ -271,6 +286,6 @@ class DatagramRouter:
             dcid = data[6 : 6 + data[5]]
         else:
             dcid = data[1 : 1 + link.layout.cid_length]
-        if self.endpoint.core.lookup(dcid) is not None:
+        if self.endpoint.owns(dcid):
             return False
         return link.forward(predecessor, self.index, FINAL, data, addr)

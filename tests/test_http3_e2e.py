@@ -472,7 +472,7 @@ async def test_timer_wheel_holds_a_few_entries_per_connection(
     from .adversarial.quic_attacker import RawQuicClient
 
     async with quic_server(echo_app, tls_files) as srv:
-        endpoint = srv.server._quic_endpoints[0]
+        listener = srv.server._quic_listeners[0]
 
         def pings() -> None:
             clients = [RawQuicClient(udp_port(srv), str(tls_files.ca_certfile)) for _ in range(3)]
@@ -487,7 +487,7 @@ async def test_timer_wheel_holds_a_few_entries_per_connection(
                 client.close()
 
         await anyio.to_thread.run_sync(pings)
-        assert endpoint.timer_entries <= 3 * 3, endpoint.timer_entries
+        assert listener.timer_entries <= 3 * 3, listener.timer_entries
 
 
 async def test_a_failing_connection_is_closed_alone_and_logged(

@@ -28,7 +28,8 @@ from quicserve.config import Config
 from quicserve.events import BodyEnded, RequestReceived
 from quicserve.events import StreamReset as AppStreamReset
 from quicserve.protocol.http3 import H3Protocol
-from quicserve.quic.compat import ServerQuicConnection, quic_configuration
+from quicserve.quic.compat import ServerQuicConnection
+from quicserve.tls import quic_configuration
 
 from .adversarial.h3_raw_client import (
     qpack_indexed_dynamic,

@@ -23,10 +23,10 @@ from quicserve.quic.lb import (
     MAX_SERVER_ID,
     CidLayout,
     RoutingTable,
-    attach_cbpf,
     cbpf_program,
     route,
 )
+from quicserve.transport.sockets import attach_cbpf
 
 V1 = b"\x00\x00\x00\x01"
 

@@ -29,7 +29,8 @@ from quicserve.certs import DevCertificate
 from quicserve.config import Config
 from quicserve.events import BodyReceived, RequestReceived, StreamReset
 from quicserve.protocol.http3 import H3Protocol
-from quicserve.quic.compat import ServerQuicConnection, quic_configuration
+from quicserve.quic.compat import ServerQuicConnection
+from quicserve.tls import quic_configuration
 
 CLIENT = ("192.0.2.10", 50000)
 SERVER = ("203.0.113.1", 443)

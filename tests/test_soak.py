@@ -619,8 +619,8 @@ async def test_soak(anyio_backend: object, tls_files: DevCertificate, tmp_path: 
 
 def _server_quic_state(srv: Any) -> str:
     lines = []
-    for endpoint in srv.server._quic_endpoints:
-        for key, handler in list(endpoint.handlers.items()):
-            lines.append(f" connection {key} from {handler.record.client}:")
-            lines.append(quic_state(handler.quic))
+    for listener in srv.server._quic_listeners:
+        for key, driver in list(listener.drivers.items()):
+            lines.append(f" connection {key} from {driver.record.client}:")
+            lines.append(quic_state(driver.quic))
     return "\n".join(lines)

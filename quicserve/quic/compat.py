@@ -72,7 +72,6 @@ from aioquic.h3.connection import (
 )
 from aioquic.h3.events import H3Event
 from aioquic.quic import events
-from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import (
     CONNECTION_LIMIT_FRAME_CAPACITY,
     Limit,
@@ -83,7 +82,7 @@ from aioquic.quic.connection import (
     stream_is_client_initiated,
     stream_is_unidirectional,
 )
-from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicProtocolVersion, QuicStreamFrame
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicStreamFrame
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import FinalSizeError, QuicStream, QuicStreamReceiver
@@ -557,7 +556,7 @@ class ServerQuicConnection(QuicConnection):
             "TERMINATED",
         )
 
-    # -- 11. the connection's send budget (transport/quic.py waits on it) ----------------
+    # -- 11. the connection's send budget (connection/quic.py waits on it) ----------------
 
     def held_bytes(self) -> int:
         """Bytes aioquic holds for the peer on the whole connection: every stream's
@@ -702,26 +701,6 @@ class ServerQuicConnection(QuicConnection):
                 reason_phrase="Cannot retire a connection ID that was not sent",
             )
         super()._handle_retire_connection_id_frame(context, frame_type, buf)
-
-
-def quic_configuration(
-    config: Config, *, max_datagram_size: int | None = None
-) -> QuicConfiguration:
-    """The server's :class:`QuicConfiguration` for HTTP/3."""
-    configuration = QuicConfiguration(
-        is_client=False,
-        alpn_protocols=["h3"],
-        idle_timeout=config.quic_idle_timeout,
-        max_datagram_size=max_datagram_size or config.quic_max_datagram_size,
-        congestion_control_algorithm=config.quic_congestion_control,
-        supported_versions=[QuicProtocolVersion.VERSION_1, QuicProtocolVersion.VERSION_2],
-        max_data=config.quic_max_data,
-        max_stream_data=config.quic_stream_window_size,
-    )
-    if config.webtransport:
-        # QUIC DATAGRAM frames (RFC 9221) carry WebTransport's HTTP Datagrams.
-        configuration.max_datagram_frame_size = 65536
-    return configuration
 
 
 class ExcessiveLoad(ProtocolError):
@@ -945,5 +924,4 @@ __all__ = [
     "GuardedDecoder",
     "ServerH3Connection",
     "ServerQuicConnection",
-    "quic_configuration",
 ]

@@ -56,10 +56,8 @@ the connection. Nothing is misrouted because of it.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..addresses import MAX_WORKER_SLOTS, parse_server_id
@@ -70,7 +68,6 @@ __all__ = [
     "NONCE_LENGTH",
     "CidLayout",
     "RoutingTable",
-    "attach_cbpf",
     "cbpf_program",
     "route",
 ]
@@ -211,8 +208,6 @@ _JMP_JSET_K = 0x45
 _RET_K = 0x06
 _RET_A = 0x16
 
-#: setsockopt(SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF) from asm-generic/socket.h.
-SO_ATTACH_REUSEPORT_CBPF = 51
 
 Instruction = tuple[int, int, int, int]
 
@@ -275,21 +270,3 @@ def cbpf_program(layout: CidLayout, table: RoutingTable) -> list[Instruction]:
             raise ValueError("BPF jump out of range")
         program.append((opcode, offsets[0], offsets[1], k))
     return program
-
-
-def attach_cbpf(fileno: int, program: Sequence[Instruction]) -> None:
-    """Attach ``program`` to the ``SO_REUSEPORT`` group of socket ``fileno`` (Linux).
-
-    Raises ``OSError`` where the kernel does not support it; replacing a program that is
-    attached already is allowed (the group keeps its sockets and their order).
-    """
-    import socket
-
-    raw = b"".join(struct.pack("=HBBI", opcode, jt, jf, k) for opcode, jt, jf, k in program)
-    filters = ctypes.create_string_buffer(raw, len(raw))
-    fprog = struct.pack("@HP", len(program), ctypes.addressof(filters))
-    sock = socket.socket(fileno=fileno)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
-    finally:
-        sock.detach()

@@ -35,11 +35,14 @@ by ``SO_TYPE``.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import os
 import socket
 import stat
+import struct
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -387,3 +390,23 @@ class _AsyncioSocketStream(anyio.abc.SocketStream):
             self._closed = True
             self._transport.close()
             self._protocol._wake_reader()
+
+
+#: setsockopt(SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF) from asm-generic/socket.h.
+SO_ATTACH_REUSEPORT_CBPF = 51
+
+
+def attach_cbpf(fileno: int, program: Sequence[tuple[int, int, int, int]]) -> None:
+    """Attach ``program`` to the ``SO_REUSEPORT`` group of socket ``fileno`` (Linux).
+
+    Raises ``OSError`` where the kernel does not support it; replacing a program that is
+    attached already is allowed (the group keeps its sockets and their order).
+    """
+    raw = b"".join(struct.pack("=HBBI", opcode, jt, jf, k) for opcode, jt, jf, k in program)
+    filters = ctypes.create_string_buffer(raw, len(raw))
+    fprog = struct.pack("@HP", len(program), ctypes.addressof(filters))
+    sock = socket.socket(fileno=fileno)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+    finally:
+        sock.detach()

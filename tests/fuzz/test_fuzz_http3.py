@@ -41,7 +41,8 @@ from quicserve.events import (
     StreamReset,
 )
 from quicserve.protocol.http3 import H3Protocol
-from quicserve.quic.compat import ServerQuicConnection, quic_configuration
+from quicserve.quic.compat import ServerQuicConnection
+from quicserve.tls import quic_configuration
 
 from .support import fuzz_settings, mostly, mutated, stat
 

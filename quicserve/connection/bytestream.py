@@ -1,6 +1,6 @@
-"""ByteStreamConnection: one sans-IO protocol driven over one anyio byte stream.
+"""The byte-stream driver: HTTP/1.1 or HTTP/2 over one connected TCP, TLS or Unix stream.
 
-This is the glue between a TCP (or TLS) byte stream, the HTTP/1.1 or HTTP/2 protocol
+It is the glue between a TCP (or TLS) byte stream, the HTTP/1.1 or HTTP/2 protocol
 object that parses it, and the streams that run the app. It owns:
 
 * the read loop: bytes in -> ``protocol.receive_data`` -> events dispatched to streams;
@@ -16,44 +16,41 @@ object that parses it, and the streams that run the app. It owns:
 * one task per request (or pushed request) in the connection's task group;
 * the switch from HTTP/1.1 to HTTP/2 on ``Upgrade: h2c``.
 
-It never parses HTTP itself, and never opens sockets: the transport hands it a connected
-stream. Everything it does to a peer is bounded by the protocol's timers and limits.
+It never parses HTTP itself, and never opens sockets: the TCP endpoint
+(``transport/tcp.py``) hands :func:`serve_connection` an accepted stream, which does the TLS
+handshake (bounded by ``header_read_timeout``) and picks the protocol: ALPN on TLS, the
+HTTP/2 connection preface on cleartext. Everything it does to a peer is bounded by the
+protocol's timers and limits.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import ssl
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
+from anyio.streams.tls import TLSAttribute, TLSStream
 
-from .connection_info import HTTP2_CAPABILITIES, ConnectionInfo
-from .events import (
-    BodyEnded,
-    BodyReceived,
-    ConnectionClosed,
-    Headers,
-    RequestReceived,
-    StreamReset,
-    StreamWritable,
-)
-from .lowlevel import Wakeup, wakeup_factory
-from .protocol.http1 import H2CUpgrade, switching_response
-from .streams.http import HTTPStream, connection_extensions
-from .streams.websocket import WebSocketStream, is_websocket_request
-from .streams.webtransport import WebTransportSession, is_webtransport_request
+from ..addresses import peer_address
+from ..connection_info import HTTP1_CAPABILITIES, HTTP2_CAPABILITIES, ConnectionInfo
+from ..lowlevel import Wakeup
+from ..protocol.http1 import H1Protocol, H2CUpgrade, switching_response
+from .driver import ConnectionDriver
 
 if TYPE_CHECKING:
-    from .registry import ConnectionRecord
-    from .server import ServerContext
+    from ..registry import ConnectionRecord
+    from ..transport.tcp import TCPEndpoint
+    from .context import ServerContext
 
 logger = logging.getLogger("quicserve.error")
 
+# RFC 9113 §3.4: the client connection preface.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _READ_SIZE = 65536
 #: A reader whose peer keeps its socket full never waits in ``receive`` on asyncio (the
 #: bytes are there already), so it lets the other tasks run at least this often (s).
@@ -64,262 +61,102 @@ _READ_SLICE = 0.005
 #: 1 MiB budget with PING ACKs would take 2 s of CPU.
 _READ_PAUSE = 64 * 1024
 
-AnyStream = HTTPStream | WebSocketStream | WebTransportSession
-
-# Protocol timers only need a monotonic clock, and every sleep is relative; calling
-# anyio.current_time() looks the backend up on each call (6% of an HTTP/1.1 request).
 _current_time = time.monotonic
 
 
-class StreamDispatcher:
-    """What every connection driver shares, TCP or QUIC: it hands protocol events to
-    :class:`HTTPStream` objects and is the :class:`~quicserve.streams.http.StreamHost` they
-    answer through. Subclasses supply the I/O: ``_write_out`` (send what the protocol
-    produced), ``_poke_reader`` (the protocol's state changed outside the read path) and
-    ``_on_credit`` (the app consumed request body)."""
-
-    def __init__(
-        self, context: ServerContext, info: ConnectionInfo, protocol: Any, record: ConnectionRecord
-    ) -> None:
-        self.context = context
-        self.config = context.config
-        self.protocol = protocol
-        self.new_wakeup = wakeup_factory()
-        self._extensions: dict[str, Any] = {}
-        self._extensions_info: ConnectionInfo | None = None
-        self._info = info
-        self._record = record
-        self._streams: dict[int, AnyStream] = {}
-        self._writable: dict[int, Wakeup] = {}
-        self._buffer_limit = context.config.write_buffer_size
-        #: Bytes the connection may hold for its peer before sends wait (see
-        #: ``_over_budget``), and the tasks waiting for it to drain.
-        self._budget = context.config.connection_write_buffer_size
-        self._budget_waiters: list[Wakeup] = []
-        #: Streams reset while sends waited on the budget: those sends stop waiting.
-        self._budget_reset: set[int] = set()
-        self._status_counts = context.registry.status_counts
-        self._broken = False
-        self._closing = False
-        self._task_group: anyio.abc.TaskGroup | None = None
-        self._queue: deque[AnyStream] = deque()
-        self._idle_workers: list[Wakeup] = []
-        self._workers = 0
-        self._max_workers = 1_000_000 if info.capabilities.multiplexed else 1
-
-    def extensions_for(self, info: ConnectionInfo) -> dict[str, Any]:
-        """The base ASGI extensions for ``info``, built once and kept with the connection
-        (rebuilt if the info changes: an h2c upgrade, a QUIC migration)."""
-        if self._extensions_info is not info:
-            self._extensions = connection_extensions(info)
-            self._extensions_info = info
-        return self._extensions
-
-    async def _write_out(self) -> None:
-        raise NotImplementedError
-
-    def _poke_reader(self) -> None:
-        raise NotImplementedError
-
-    def _on_credit(self) -> None:
-        """Request-body credit went back to the protocol (reading may resume)."""
-
-    def _on_other_event(self, event: object) -> None:
-        """A protocol-specific event the dispatcher does not know."""
-
-    def _dispatch(self) -> None:
-        """Hand every pending protocol event to its stream."""
-        protocol = self.protocol
-        streams = self._streams
-        while True:
-            event = protocol.next_event()
-            if event is None:
-                return
-            cls = type(event)
-            if cls is BodyReceived:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.body_received(event.data)
-                else:
-                    # A finished stream's late body: discard, but give the credit back.
-                    protocol.ack_body(event.stream_id, len(event.data))
-            elif cls is RequestReceived:
-                self._start_stream(event)
-            elif cls is BodyEnded:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.body_ended()
-            elif cls is StreamWritable:
-                waiter = self._writable.pop(event.stream_id, None)
-                if waiter is not None:
-                    waiter.set()
-            elif cls is StreamReset:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.reset()
-                waiter = self._writable.pop(event.stream_id, None)
-                if waiter is not None:
-                    waiter.set()
-                if self._budget_waiters and stream is not None:
-                    self._budget_reset.add(event.stream_id)
-                    self._release_budget_waiters()
-            elif cls is ConnectionClosed:
-                for stream in streams.values():
-                    stream.reset()
-                self._wake_all_senders()
-            else:
-                self._on_other_event(event)
-
-    def _start_stream(self, request: RequestReceived) -> None:
-        stream: AnyStream
-        kind: type[AnyStream] = HTTPStream
-        if request.websocket_upgrade or request.protocol is not None:
-            if is_websocket_request(request):
-                kind = WebSocketStream
-            elif self.config.webtransport and is_webtransport_request(request):
-                kind = WebTransportSession
-        stream = kind(self.context.app, self, self._info, request, self.context.lifespan_state)
-        self._streams[request.stream_id] = stream
-        self._record.requests += 1
-        self._launch(stream)
-
-    def _launch(self, stream: AnyStream) -> None:
-        """Run a registered stream's app call on one of the connection's workers.
-
-        Workers are long-lived tasks that take streams from a queue, because waking an
-        idle task is much cheaper than spawning one per request (anyio's spawn was 9-12%
-        of a request's time). HTTP/1.1 has one worker, so its requests run in order;
-        multiplexed protocols grow a worker per concurrent stream and keep them."""
-        assert self._task_group is not None
-        self._queue.append(stream)
-        if self._idle_workers:
-            self._idle_workers.pop().set()
-        elif self._workers < self._max_workers:
-            self._workers += 1
-            self._task_group.start_soon(self._worker)
-
-    async def _worker(self) -> None:
-        queue = self._queue
-        try:
-            while True:
-                while queue:
-                    await queue.popleft().run()
-                if self.protocol.closed or self._broken or self._closing:
+async def serve_connection(
+    stream: anyio.abc.SocketStream, endpoint: TCPEndpoint, context: ServerContext
+) -> None:
+    """Handshake, choose HTTP/1.1 or HTTP/2, and serve the connection to its end."""
+    config = context.config
+    try:
+        client = peer_address(stream.extra(anyio.abc.SocketAttribute.remote_address))
+        server = peer_address(stream.extra(anyio.abc.SocketAttribute.local_address))
+    except Exception:
+        # The peer already hung up (reset, or closed before we looked): nothing to serve.
+        context.registry.release_slot()
+        await _aclose(stream)
+        return
+    record = context.registry.add("tcp", "tls" if endpoint.ssl_context else "tcp", client, server)
+    try:
+        byte_stream: anyio.abc.ByteStream = stream
+        initial = b""
+        tls = None
+        alt_svc = None
+        with anyio.move_on_after(config.header_read_timeout) as scope:
+            if endpoint.ssl_context is not None:
+                try:
+                    tls_stream = await TLSStream.wrap(
+                        stream,
+                        server_side=True,
+                        ssl_context=endpoint.ssl_context,
+                        standard_compatible=False,
+                    )
+                except (ssl.SSLError, OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+                    logger.debug("TLS handshake with %s failed: %s", client, exc)
+                    context.registry.handshake_failures["tcp"] += 1
+                    await _aclose(stream)
                     return
-                wakeup = self.new_wakeup()
-                self._idle_workers.append(wakeup)
-                await wakeup.wait()
-        finally:
-            self._workers -= 1
-
-    def _shutdown_streams(self) -> None:
-        """Graceful shutdown reached this connection: open WebSockets close with 1001
-        (requests just finish). The caller writes out what that produced."""
-        for stream in list(self._streams.values()):
-            stream.server_shutdown()
-
-    def _stop_workers(self) -> None:
-        """Let idle workers end (the connection is closing)."""
-        self._closing = True
-        for wakeup in self._idle_workers:
-            wakeup.set()
-        self._idle_workers.clear()
-
-    async def flush(self, stream_id: int) -> None:
-        """Write what the protocol produced; wait while ``stream_id`` has too much queued,
-        then while the connection holds more than its budget for the peer."""
-        await self._write_out()
-        protocol = self.protocol
-        limit = self._buffer_limit
-        while (
-            protocol.buffered_amount(stream_id) > limit and not self._broken and not protocol.closed
-        ):
-            waiter = self._writable.get(stream_id)
-            if waiter is None:
-                waiter = self._writable[stream_id] = self.new_wakeup()
-            await waiter.wait()
-            await self._write_out()
-        if self._over_budget(stream_id):
-            await self._wait_for_budget(stream_id)
-
-    # -- the per-connection write budget -------------------------------------------------
-
-    def _over_budget(self, stream_id: int) -> bool:
-        """Whether a send on ``stream_id`` (0: the connection's own reader) must wait
-        because the connection holds more than ``_budget`` bytes for its peer."""
-        return False
-
-    async def _wait_for_budget(self, stream_id: int) -> None:
-        """Wait until the connection's held bytes drain to the budget (or it closes).
-
-        Each waiter checks again when woken, so a waiter that was woken while another
-        refilled the buffer waits again: a stream is at most one send over budget."""
-        while (
-            not self._broken
-            and not self.protocol.closed
-            and stream_id not in self._budget_reset
-            and self._over_budget(stream_id)
-        ):
-            waiter = self.new_wakeup()
-            self._budget_waiters.append(waiter)
-            await waiter.wait()
-
-    def _wake_all_senders(self) -> None:
-        """Nothing more will leave this connection: every send waiting for its stream to
-        drain, or for the connection's budget, wakes (and finds the connection gone)."""
-        for waiter in self._writable.values():
-            waiter.set()
-        self._writable.clear()
-        self._release_budget_waiters()
-
-    def _release_budget_waiters(self) -> None:
-        waiters = self._budget_waiters
-        if waiters:
-            self._budget_waiters = []
-            for waiter in waiters:
-                waiter.set()
-
-    def ack_body(self, stream_id: int, amount: int) -> None:
-        """Give flow-control credit back; resume reading if the protocol paused it."""
-        self.protocol.ack_body(stream_id, amount)
-        self._on_credit()
-
-    async def stream_finished(self, stream_id: int) -> None:
-        """A stream's app call is over: release it and let the protocol move on."""
-        stream = self._streams.pop(stream_id, None)
-        if stream is not None:
-            self._status_counts[stream.status] += 1
-        self._writable.pop(stream_id, None)
-        if self._budget_reset:
-            self._budget_reset.discard(stream_id)
-        protocol = self.protocol
-        protocol.stream_done(stream_id, _current_time())
-        self._dispatch()
-        await self._write_out()
-        self._poke_reader()
-
-    def push(self, parent: RequestReceived, path: bytes, headers: Headers) -> None:
-        """Promise and serve a pushed resource (only HTTP/2 offers push)."""
-        push_promise = getattr(self.protocol, "push_promise", None)
-        if push_promise is None:
+                byte_stream = tls_stream
+                alpn = tls_stream.extra(TLSAttribute.alpn_protocol, None)
+                assert endpoint.tls_info is not None
+                tls = endpoint.tls_info.build(tls_stream.extra(TLSAttribute.ssl_object))
+                use_h2 = alpn == "h2"
+                alt_svc = context.alt_svc
+            else:
+                initial, use_h2 = await _sniff_preface(stream)
+        if scope.cancelled_caught:
+            await _aclose(byte_stream)
             return
-        stream_id = push_promise(parent.stream_id, path, headers)
-        if stream_id is None:
-            return
-        request = RequestReceived(
-            stream_id=stream_id,
-            method=b"GET",
-            raw_path=path,
-            headers=headers,
-            scheme=parent.scheme,
-            authority=parent.authority,
+        now = _current_time()
+        base = ConnectionInfo(
+            http_version="1.1",
+            scheme="https" if tls is not None else "http",
+            client=client,
+            server=server,
+            capabilities=HTTP1_CAPABILITIES,
+            tls=tls,
+            alt_svc=alt_svc,
         )
-        self._start_stream(request)
-        stream = self._streams[stream_id]
-        stream.body_ended()
+        if use_h2:
+            from ..protocol.http2 import H2Protocol
+
+            info = base.with_protocol("2", HTTP2_CAPABILITIES)
+            protocol: object = H2Protocol(config, now)
+            record.protocol = "h2" if tls is not None else "h2c"
+        else:
+            info = base
+            protocol = H1Protocol(config, now, allow_h2c=tls is None)
+            record.protocol = "http/1.1"
+        connection = ByteStreamDriver(context, byte_stream, info, protocol, record)
+        context.registry.attach(record, connection)
+        await connection.run(initial)
+    except Exception:
+        # A bug in one connection must not take the server down: log it, drop only
+        # this connection.
+        logger.exception("Unexpected error on connection from %s", client)
+        await _aclose(stream)
+    finally:
+        context.registry.remove(record)
 
 
-class ByteStreamConnection(StreamDispatcher):
+async def _sniff_preface(stream: anyio.abc.SocketStream) -> tuple[bytes, bool]:
+    """Read until the first bytes tell HTTP/2 prior knowledge from HTTP/1.1."""
+    data = b""
+    while True:
+        try:
+            chunk = await stream.receive(65536)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            return data, False
+        data += chunk
+        size = min(len(data), len(_H2_PREFACE))
+        if data[:size] != _H2_PREFACE[:size]:
+            return data, False
+        if size == len(_H2_PREFACE):
+            return data, True
+
+
+class ByteStreamDriver(ConnectionDriver):
     """Serves HTTP/1.1 or HTTP/2 on one connected byte stream until it closes."""
 
     def __init__(
@@ -470,7 +307,7 @@ class ByteStreamConnection(StreamDispatcher):
 
     async def _switch_to_h2c(self) -> None:
         # RFC 7540 §3.2: 101, then the server preface; the request becomes stream 1.
-        from .protocol.http2 import H2Protocol
+        from ..protocol.http2 import H2Protocol
 
         upgrade = self._upgrade
         assert upgrade is not None
@@ -494,7 +331,7 @@ class ByteStreamConnection(StreamDispatcher):
     # -- the StreamHost interface used by HTTPStream ----------------------------------
 
     async def flush(self, stream_id: int) -> None:
-        """As :meth:`StreamDispatcher.flush`; but on an HTTP/1.1 WebSocket tunnel, while
+        """As :meth:`ConnectionDriver.flush`; but on an HTTP/1.1 WebSocket tunnel, while
         less than the write buffer is queued, the write is left to the timer task, so
         the frames of a burst (an app echoing queued messages) leave in one write
         instead of one syscall each (py-spy: 24% of an h1 echo was those writes)."""
@@ -626,3 +463,11 @@ class ByteStreamConnection(StreamDispatcher):
                 await self._stream.aclose()
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 pass
+
+
+async def _aclose(stream: anyio.abc.AsyncResource) -> None:
+    with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+        try:
+            await stream.aclose()
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass

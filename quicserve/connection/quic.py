@@ -1,25 +1,24 @@
-"""The QUIC endpoint: one UDP socket, many QUIC connections, HTTP/3 on each.
+"""The QUIC driver: QUIC connections accepted on one UDP endpoint, HTTP/3 on each.
 
-I/O only: deciding what a datagram is (route, accept, Version Negotiation, Retry,
-stateless reset) is :class:`~quicserve.quic.endpoint.EndpointCore`'s job, QUIC itself is
-aioquic's (through :mod:`quicserve.quic.compat`), HTTP/3 is
-:class:`~quicserve.protocol.http3.H3Protocol`'s, and the requests are
-:class:`~quicserve.streams.http.HTTPStream`'s, the same as on TCP.
+:class:`QuicListener` is one ``--quic-bind`` address. It classifies every datagram with
+:class:`~quicserve.quic.endpoint.EndpointCore` (route by connection ID, accept, Version
+Negotiation, Retry, stateless reset), accepts new connections and routes the rest to their
+:class:`QuicDriver`, which drives one QUIC connection (aioquic, through
+:mod:`quicserve.quic.compat`) with HTTP/3 on it (:class:`~quicserve.protocol.http3.H3Protocol`)
+and runs its requests as the same stream objects as on TCP. The socket, timers and sends are
+the UDP endpoint's (:mod:`quicserve.transport.udp`).
 
 Rules:
 
-* Datagrams are read in batches: wait until the socket is readable, then ``recvfrom``
-  until it would block (at most ``_BATCH`` at a time, so one busy socket cannot starve
-  the loop). Sends are plain non-blocking ``sendto`` calls, which cannot interleave; if
-  the kernel buffer is full the datagram waits for writability (serialized by a lock).
-* One timer wheel per endpoint drives every connection's single deadline
-  (``get_timer``). A connection adds a wheel entry only when its deadline moves earlier;
-  a later deadline is picked up when the old entry fires. No task is
-  spawned per send or per timer.
 * Routing is by connection ID only, so a client that changes address keeps its
   connection; the ASGI ``client`` of later requests follows aioquic's validated path.
+* A connection has one deadline (``get_timer``) in the UDP endpoint's timer wheel; it adds a
+  wheel entry only when its deadline moves earlier, and a later deadline is picked up when
+  the old entry fires.
+* What a connection's streams send leaves at the flusher's next turn, batched with every
+  other stream ready in the same turn of the event loop.
 * Any exception from one connection closes that connection only and is logged; a bad
-  datagram never stops the endpoint.
+  datagram never stops the listener.
 """
 
 from __future__ import annotations
@@ -27,82 +26,45 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import math
-import os
 import socket
 import time
-from collections import OrderedDict
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.logger import QuicFileLogger
-from aioquic.tls import SessionTicket
 
-from ..addresses import parse_bind
-from ..config import Config
-from ..connection import StreamDispatcher
+from ..addresses import peer_address
 from ..connection_info import HTTP3_CAPABILITIES, ConnectionInfo
 from ..events import SessionDatagramReceived, SessionStreamDataReceived
-from ..lowlevel import Wakeup, wakeup_factory
 from ..protocol.http3 import H3Protocol
-from ..quic.compat import ServerQuicConnection, quic_configuration
+from ..quic.compat import ServerQuicConnection
 from ..quic.endpoint import Accept, EndpointCore, Reply, Route
 from ..quic.lb import CidLayout
+from ..quic.tickets import SessionTicketStore
 from ..quic.tokens import TokenAuthority
 from ..streams.webtransport import WebTransportSession
-from ..tls import TLSConfigError, load_quic_certificate
-from .sockets import BindError, inherited_socket
+from ..transport.udp import UDPEndpoint
+from .driver import ConnectionDriver
 
 if TYPE_CHECKING:
+    from aioquic.quic.configuration import QuicConfiguration
+
     from ..registry import ConnectionRecord
-    from ..server import ServerContext
-    from ..worker import DatagramRouter
+    from .context import DatagramDiverter, ServerContext
 
 logger = logging.getLogger("quicserve.error")
 
-_BATCH = 64
-# Linux UDP_SEGMENT (GSO): at most 64 segments and 64 KiB per send.
-_UDP_SEGMENT = 103
-_GSO_MAX_SEGMENTS = 64
-_GSO_MAX_BYTES = 65000
 _now = time.monotonic
 
 
-class SessionTicketStore:
-    """TLS session tickets for resumption, in memory and bounded.
+class QuicListener:
+    """One ``--quic-bind`` address: its UDP endpoint and the QUIC connections behind it."""
 
-    A ticket is handed out once (``pop``): that makes 0-RTT data single-use, the
-    anti-replay measure RFC 9001 §9.2 asks servers to consider.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self._tickets: OrderedDict[bytes, SessionTicket] = OrderedDict()
-        self._capacity = capacity
-
-    def add(self, ticket: SessionTicket) -> None:
-        """Keep a ticket we issued (the oldest goes when full)."""
-        self._tickets[ticket.ticket] = ticket
-        while len(self._tickets) > self._capacity:
-            self._tickets.popitem(last=False)
-
-    def pop(self, label: bytes) -> SessionTicket | None:
-        """The ticket a client presents, removed so it cannot be used twice."""
-        return self._tickets.pop(label, None)
-
-    def __len__(self) -> int:
-        return len(self._tickets)
-
-
-class QuicEndpoint:
-    """One ``--quic-bind`` address: the UDP socket and the connections behind it."""
-
-    def __init__(self, sock: socket.socket, context: ServerContext) -> None:
+    def __init__(
+        self, sock: socket.socket, context: ServerContext, configuration: QuicConfiguration
+    ) -> None:
         config = context.config
-        self.socket = sock
         self.context = context
         self.config = config
         # Workers (and a machine behind a QUIC-LB load balancer) issue CIDs that name them
@@ -118,7 +80,7 @@ class QuicEndpoint:
             layout = CidLayout.from_hex(config.quic_lb_server_id)
         cid_length = layout.cid_length if layout is not None else 8
         self.core = EndpointCore(
-            supported_versions=list(_configuration_versions(config)),
+            supported_versions=list(configuration.supported_versions),
             retry=config.quic_retry,
             retry_threshold=config.quic_retry_threshold,
             max_connections=config.quic_max_connections,
@@ -128,66 +90,57 @@ class QuicEndpoint:
             cid_generator=layout.generator(slot) if layout is not None else None,
             tokens=tokens,
         )
-        self.configuration = build_quic_configuration(config)
-        self.configuration.connection_id_length = cid_length
+        # One configuration (one certificate load) for every listener; each gets its copy
+        # with this machine's CID length.
+        self.configuration = replace(configuration, connection_id_length=cid_length)
         #: With workers: sends datagrams that belong to another worker there.
-        self.router: DatagramRouter | None = None
-        self._read_scope: anyio.CancelScope | None = None
+        self.router: DatagramDiverter | None = None
         self.tickets = SessionTicketStore(config.quic_session_tickets)
-        self.handlers: dict[int, QuicConnectionHandler] = {}
+        self.drivers: dict[int, QuicDriver] = {}
+        self.udp = UDPEndpoint(sock, self.drivers, self._on_datagram)
         self._ids = itertools.count(1)
-        self._heap: list[tuple[float, int, int]] = []
-        self._heap_seq = itertools.count()
-        self._wheel_target = math.inf
-        self._wheel_wakeup: anyio.Event | None = None
-        self._send_lock = anyio.Lock()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._closing = False
-        # Connections with output to send at the next turn of the flusher task.
-        self._dirty: dict[int, QuicConnectionHandler] = {}
-        self._flush_wakeup: Wakeup | None = None
-        self.stats = {
-            "datagrams_in": 0,
-            "datagrams_out": 0,
-            "send_blocked": 0,
-            "gso_sends": 0,
-            # Connections that ended before their handshake completed.
-            "handshake_failures": 0,
-            # Requests on a new path (the ASGI client changed), and 0-RTT requests.
-            "migrations": 0,
-            "early_data_requests": 0,
-        }
-        self._gso = hasattr(socket.socket, "sendmsg") and os.name == "posix"
+        self.stats = self.udp.stats
+        # Connections that ended before their handshake completed; requests on a new path
+        # (the ASGI client changed), and 0-RTT requests.
+        self.stats.update(handshake_failures=0, migrations=0, early_data_requests=0)
 
     @property
     def address(self) -> tuple[str, int]:
         """The bound (host, port)."""
-        name = self.socket.getsockname()
-        return (str(name[0]), int(name[1]))
+        return self.udp.address
 
     @property
     def gso_enabled(self) -> bool:
         """Whether datagram runs still go out with UDP segmentation offload."""
-        return self._gso
+        return self.udp.gso_enabled
 
-    # -- receiving ----------------------------------------------------------------------
+    @property
+    def timer_entries(self) -> int:
+        """Entries in the UDP endpoint's timer wheel (a few per connection)."""
+        return self.udp.timer_entries
 
     async def serve(self, task_group: anyio.abc.TaskGroup) -> None:
         """Read datagrams until cancelled or :meth:`stop_reading`; connections run in
         ``task_group``."""
         self._task_group = task_group
-        task_group.start_soon(self._timer_wheel)
-        task_group.start_soon(self._flusher)
         if self.context.worker is not None:
-            self.context.worker.attach(self)
-        with anyio.CancelScope() as self._read_scope:
-            await self._read_loop()
+            self.router = self.context.worker.attach(self)
+        await self.udp.serve(task_group)
 
     def stop_reading(self) -> None:
         """Stop reading the UDP socket (a worker handing its socket to its successor);
         sending, timers and datagrams forwarded to us go on."""
-        if self._read_scope is not None:
-            self._read_scope.cancel()
+        self.udp.stop_reading()
+
+    def close(self) -> None:
+        """Close the UDP socket."""
+        self.udp.close()
+
+    def owns(self, dcid: bytes) -> bool:
+        """Whether one of our connections has issued ``dcid``."""
+        return self.core.lookup(dcid) is not None
 
     def receive(self, data: bytes, addr: Any) -> None:
         """One datagram from ``addr`` that reached us some other way (forwarded)."""
@@ -197,39 +150,24 @@ class QuicEndpoint:
         except Exception:
             logger.exception("Unexpected error handling a datagram from %s", addr)
 
-    async def _read_loop(self) -> None:
-        sock = self.socket
+    def _on_datagram(self, data: bytes, addr: Any) -> None:
         router = self.router
-        while True:
-            await anyio.wait_readable(sock)
-            for _ in range(_BATCH):
-                try:
-                    data, addr = sock.recvfrom(65536)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    # ICMP errors surface here on Linux (e.g. port unreachable): ignore.
-                    continue
-                self.stats["datagrams_in"] += 1
-                if router is not None and router.divert(data, addr):
-                    continue
-                try:
-                    self._datagram_received(data, addr)
-                except Exception:
-                    logger.exception("Unexpected error handling a datagram from %s", addr)
+        if router is not None and router.divert(data, addr):
+            return
+        self._datagram_received(data, addr)
 
     def _datagram_received(self, data: bytes, addr: Any) -> None:
         now = _now()
         decision: Any = self.core.classify(data, addr, now)
         cls = type(decision)
         if cls is Route:
-            handler = self.handlers.get(decision.key)
-            if handler is not None:
-                handler.datagram_received(data, addr, now)
+            driver = self.drivers.get(decision.key)
+            if driver is not None:
+                driver.datagram_received(data, addr, now)
         elif cls is Accept:
             self._accept(decision, data, addr, now)
         elif cls is Reply:
-            self.sendto(decision.datagram, addr)
+            self.udp.sendto(decision.datagram, addr)
 
     def _accept(self, decision: Accept, data: bytes, addr: Any, now: float) -> None:
         if self._closing or self._task_group is None:
@@ -254,10 +192,10 @@ class QuicEndpoint:
             max_crypto_buffer=self.config.quic_max_crypto_buffer,
             max_ack_frames_per_packet=self.config.quic_max_ack_frames_per_packet,
         )
-        record = registry.add("udp", "h3", _address(addr), self.address)
-        handler = QuicConnectionHandler(self, key, quic, record)
-        registry.attach(record, handler)
-        self.handlers[key] = handler
+        record = registry.add("udp", "h3", peer_address(addr), self.address)
+        driver = QuicDriver(self, key, quic, record)
+        registry.attach(record, driver)
+        self.drivers[key] = driver
         core = self.core
         core.register_cid(decision.dcid, key)
         for cid in quic.host_connection_ids():
@@ -265,177 +203,35 @@ class QuicEndpoint:
         # Per-address accounting only for addresses Retry validated (a spoofed Initial
         # must not use up someone else's allowance), or for all without Retry.
         validated = decision.retry_scid is not None or self.config.quic_retry == "never"
-        core.handshake_started(key, _address(addr) if validated else None)
-        self._task_group.start_soon(handler.run)
-        handler.datagram_received(data, addr, now)
+        core.handshake_started(key, peer_address(addr) if validated else None)
+        self._task_group.start_soon(driver.run)
+        driver.datagram_received(data, addr, now)
 
-    def connection_finished(self, handler: QuicConnectionHandler) -> None:
+    def connection_finished(self, driver: QuicDriver) -> None:
         """A connection is gone: forget its CIDs, timers and slot."""
-        self.handlers.pop(handler.key, None)
-        if not handler.handshake_reported:
+        self.drivers.pop(driver.key, None)
+        if not driver.handshake_reported:
             self.stats["handshake_failures"] += 1
             self.context.registry.handshake_failures["udp"] += 1
-        self.core.forget(handler.key)
-        self.context.registry.remove(handler.record)
-
-    # -- sending ------------------------------------------------------------------------
-
-    def send_many(self, datagrams: list[tuple[bytes, Any]]) -> None:
-        """Send a connection's datagrams, in runs of one ``sendmsg`` each where possible.
-
-        With UDP generic segmentation offload (Linux ``UDP_SEGMENT``) a run of datagrams
-        of one size to one address (the last may be shorter) goes to the kernel as one
-        buffer that it splits: one syscall instead of one per ~1350 bytes, which was 14% of
-        a bulk download's time. Where the kernel refuses, we fall back to ``sendto``.
-        """
-        count = len(datagrams)
-        if not self._gso or count < 2:
-            for data, addr in datagrams:
-                self.sendto(data, addr)
-            return
-        i = 0
-        while i < count:
-            data, addr = datagrams[i]
-            size = len(data)
-            total = size
-            j = i + 1
-            while j < count and j - i < _GSO_MAX_SEGMENTS:
-                following, to = datagrams[j]
-                length = len(following)
-                if to != addr or length > size or total + length > _GSO_MAX_BYTES:
-                    break
-                total += length
-                j += 1
-                if length < size:
-                    break  # only the last segment may be shorter
-            if j - i == 1 or not self._send_segments(datagrams[i:j], size, addr):
-                for one, to in datagrams[i:j]:
-                    self.sendto(one, to)
-            i = j
-
-    def _send_segments(self, run: list[tuple[bytes, Any]], size: int, addr: Any) -> bool:
-        try:
-            self.socket.sendmsg(
-                [b"".join(data for data, _ in run)],
-                [(socket.SOL_UDP, _UDP_SEGMENT, size.to_bytes(2, "little"))],
-                0,
-                addr,
-            )
-        except BlockingIOError:
-            return False
-        except OSError as exc:
-            logger.info("UDP segmentation offload unavailable (%s); sending datagrams singly", exc)
-            self._gso = False
-            return False
-        self.stats["datagrams_out"] += len(run)
-        self.stats["gso_sends"] += 1
-        return True
-
-    def sendto(self, data: bytes, addr: Any) -> None:
-        """Send one datagram now; if the kernel buffer is full, send it when writable."""
-        try:
-            self.socket.sendto(data, addr)
-            self.stats["datagrams_out"] += 1
-        except BlockingIOError:
-            self.stats["send_blocked"] += 1
-            if self._task_group is not None:
-                self._task_group.start_soon(self._send_when_writable, data, addr)
-        except OSError as exc:
-            logger.debug("sendto %s failed: %s", addr, exc)
-
-    async def _send_when_writable(self, data: bytes, addr: Any) -> None:
-        # anyio sockets allow one waiting sender at a time: serialize.
-        async with self._send_lock:
-            for _ in range(100):
-                await anyio.wait_writable(self.socket)
-                try:
-                    self.socket.sendto(data, addr)
-                    self.stats["datagrams_out"] += 1
-                    return
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    return
-
-    def request_transmit(self, handler: QuicConnectionHandler) -> None:
-        """Send ``handler``'s datagrams at the flusher's next turn, not now.
-
-        Apps' ``send()`` calls only mark their connection: everything the streams of all
-        connections produce until the event loop runs the flusher leaves together, so
-        a WebSocket echoing a burst of messages sends a few full packets rather than a
-        packet per message.
-        """
-        self._dirty[handler.key] = handler
-        wakeup = self._flush_wakeup
-        if wakeup is not None:
-            self._flush_wakeup = None
-            wakeup.set()
-
-    def forget_transmit(self, handler: QuicConnectionHandler) -> None:
-        """``handler`` is sending its output itself right now."""
-        self._dirty.pop(handler.key, None)
-
-    async def _flusher(self) -> None:
-        new_wakeup = wakeup_factory()
-        while True:
-            if not self._dirty:
-                wakeup = self._flush_wakeup = new_wakeup()
-                await wakeup.wait()
-            dirty, self._dirty = self._dirty, {}
-            now = _now()
-            for handler in dirty.values():
-                handler.transmit_now(now)
-            await anyio.lowlevel.checkpoint()
-
-    # -- timers -------------------------------------------------------------------------
-
-    def arm(self, key: int, deadline: float) -> None:
-        """Make the wheel call the connection's ``timer_fired`` at ``deadline``.
-
-        The heap holds connection keys, not connections: a finished connection is gone
-        from ``handlers`` at once, and its entries cost a tuple until they expire.
-        """
-        heapq.heappush(self._heap, (deadline, next(self._heap_seq), key))
-        if deadline < self._wheel_target and self._wheel_wakeup is not None:
-            self._wheel_wakeup.set()
-
-    @property
-    def timer_entries(self) -> int:
-        """Entries in the timer wheel (a few per connection)."""
-        return len(self._heap)
-
-    async def _timer_wheel(self) -> None:
-        heap = self._heap
-        handlers = self.handlers
-        while True:
-            now = _now()
-            while heap and heap[0][0] <= now:
-                _, _, key = heapq.heappop(heap)
-                handler = handlers.get(key)
-                if handler is not None:
-                    handler.timer_fired(now)
-            self._wheel_target = heap[0][0] if heap else math.inf
-            wakeup = self._wheel_wakeup = anyio.Event()
-            delay = self._wheel_target - now if heap else 3600.0
-            with anyio.move_on_after(max(delay, 0.0)):
-                await wakeup.wait()
+        self.core.forget(driver.key)
+        self.context.registry.remove(driver.record)
 
     def shutdown(self) -> None:
         """Stop accepting connections (existing ones drain through the registry)."""
         self._closing = True
 
 
-class QuicConnectionHandler(StreamDispatcher):
+class QuicDriver(ConnectionDriver):
     """Drives one QUIC connection: datagrams in, HTTP/3 streams, datagrams out."""
 
     def __init__(
         self,
-        endpoint: QuicEndpoint,
+        listener: QuicListener,
         key: int,
         quic: ServerQuicConnection,
         record: ConnectionRecord,
     ) -> None:
-        context = endpoint.context
+        context = listener.context
         protocol = H3Protocol(quic, context.config)
         info = ConnectionInfo(
             http_version="3",
@@ -453,7 +249,8 @@ class QuicConnectionHandler(StreamDispatcher):
             },
         )
         super().__init__(context, info, protocol, record)
-        self.endpoint = endpoint
+        self.listener = listener
+        self._udp = listener.udp
         self.key = key
         self.record = record
         self.quic = quic
@@ -494,9 +291,9 @@ class QuicConnectionHandler(StreamDispatcher):
             self._fail("serving a stream")
         finally:
             self._task_group = None
-            self.endpoint.connection_finished(self)
+            self.listener.connection_finished(self)
 
-    # -- from the endpoint --------------------------------------------------------------
+    # -- from the listener --------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Any, now: float) -> None:
         """One datagram for this connection."""
@@ -539,11 +336,11 @@ class QuicConnectionHandler(StreamDispatcher):
         entries = self.scheduled
         if not entries or deadline < entries[0]:
             heapq.heappush(entries, deadline)
-            self.endpoint.arm(self.key, deadline)
+            self._udp.arm(self.key, deadline)
 
     def _after_input(self, now: float) -> None:
         protocol = self.protocol
-        core = self.endpoint.core
+        core = self.listener.core
         if protocol.issued_cids:
             for cid in protocol.issued_cids:
                 core.register_cid(cid, self.key)
@@ -587,10 +384,9 @@ class QuicConnectionHandler(StreamDispatcher):
             self._writable.pop(stream_id).set()
 
     def _transmit(self, now: float) -> None:
-        endpoint = self.endpoint
         datagrams = self.protocol.datagrams_to_send(now)
         if datagrams:
-            endpoint.send_many(datagrams)
+            self._udp.send_many(datagrams)
             self.record.bytes_out += sum(len(data) for data, _ in datagrams)
         deadline = self.protocol.get_timer()
         self.deadline = deadline
@@ -611,16 +407,16 @@ class QuicConnectionHandler(StreamDispatcher):
         self._release_budget_waiters()
         self._finished.set()
 
-    # -- StreamDispatcher hooks ---------------------------------------------------------
+    # -- ConnectionDriver hooks ---------------------------------------------------------
 
     def _start_stream(self, request: Any) -> None:
         # Migration: new requests report the path the connection is on now.
-        peer = _address(self.quic.peer_address)
+        peer = peer_address(self.quic.peer_address)
         if peer is not None and peer != self._info.client:
             self._info = replace(self._info, client=peer)
-            self.endpoint.stats["migrations"] += 1
+            self.listener.stats["migrations"] += 1
         if request.early_data:
-            self.endpoint.stats["early_data_requests"] += 1
+            self.listener.stats["early_data_requests"] += 1
         super()._start_stream(request)
 
     def _on_other_event(self, event: object) -> None:
@@ -647,13 +443,13 @@ class QuicConnectionHandler(StreamDispatcher):
     async def _write_out(self) -> None:
         # The endpoint's flusher sends it, after every stream that is ready in this turn
         # of the event loop has added its data (shared packets, not one per send).
-        self.endpoint.request_transmit(self)
+        self._udp.request_transmit(self.key, self)
 
     async def stream_finished(self, stream_id: int) -> None:
         # What the stream produced leaves now: finishing the last stream after a GOAWAY
         # closes the connection, and aioquic sends nothing but CONNECTION_CLOSE after that.
         if self.protocol.draining:
-            self.endpoint.forget_transmit(self)
+            self._udp.forget_transmit(self.key)
             self._transmit(_now())
         await super().stream_finished(stream_id)
 
@@ -689,75 +485,3 @@ class QuicConnectionHandler(StreamDispatcher):
         self.protocol.shutdown()
         self._shutdown_streams()
         self._transmit(_now())
-
-
-def build_quic_configuration(config: Config) -> QuicConfiguration:
-    """The server's QUIC configuration with certificate, qlog and key log."""
-    configuration = quic_configuration(config)
-    load_quic_certificate(configuration, config)
-    if config.quic_qlog_dir:
-        os.makedirs(config.quic_qlog_dir, exist_ok=True)
-        configuration.quic_logger = QuicFileLogger(config.quic_qlog_dir)
-    keylog = config.ssl_keylog_file or os.environ.get("SSLKEYLOGFILE")
-    if keylog:
-        configuration.secrets_log_file = open(keylog, "a")
-    return configuration
-
-
-def _configuration_versions(config: Config) -> list[int]:
-    return list(quic_configuration(config).supported_versions)
-
-
-def open_udp_socket(bind: str, *, reuse_port: bool = False) -> socket.socket:
-    """A bound non-blocking UDP socket for ``bind`` (``HOST:PORT`` or an inherited
-    ``fd://N``); :class:`BindError` if impossible. ``reuse_port`` joins the socket to the
-    ``SO_REUSEPORT`` group of the address (for workers)."""
-    if bind.startswith("fd://"):
-        return inherited_socket(bind, socket.SOCK_DGRAM)
-    if bind.startswith("unix:"):
-        raise BindError(f"{bind}: QUIC needs a UDP address or fd://N, not a Unix socket")
-    try:
-        host, port = parse_bind(bind)
-    except ValueError as exc:
-        raise BindError(str(exc)) from None
-    try:
-        family, _, _, _, sockaddr = socket.getaddrinfo(
-            host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
-        )[0]
-    except socket.gaierror as exc:
-        raise BindError(f"cannot listen on {bind} (UDP): {exc.strerror}") from None
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
-            except OSError:
-                pass
-        sock.bind(sockaddr)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise BindError(
-            f"cannot listen on {bind} (UDP): {(exc.strerror or str(exc)).lower()}"
-        ) from None
-    return sock
-
-
-def _address(value: Any) -> tuple[str, int] | None:
-    if isinstance(value, tuple) and len(value) >= 2:
-        return (str(value[0]), int(value[1]))
-    return None
-
-
-__all__ = [
-    "QuicConnectionHandler",
-    "QuicEndpoint",
-    "SessionTicketStore",
-    "TLSConfigError",
-    "build_quic_configuration",
-    "open_udp_socket",
-]

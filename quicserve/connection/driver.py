@@ -1,0 +1,315 @@
+"""The connection driver: what every connection shares, whatever its transport.
+
+:class:`ConnectionDriver` takes the neutral events a protocol produced (``quicserve.events``)
+and hands them to the stream objects that run the app (``HTTPStream``, ``WebSocketStream``,
+``WebTransportSession``), and is the :class:`~quicserve.streams.http.StreamHost` they answer
+through. Its two subclasses add the I/O: :class:`~quicserve.connection.bytestream.ByteStreamDriver`
+(HTTP/1.1 and HTTP/2 over TCP, TLS or a Unix socket) and
+:class:`~quicserve.connection.quic.QuicDriver` (HTTP/3 over one QUIC connection).
+
+Rules:
+
+* One task per request (or pushed request) in the connection's task group; HTTP/1.1 runs
+  one at a time, multiplexed protocols as many as the protocol's limits allow.
+* ``flush`` never lets one stream or one connection hold more than its write budget for a
+  peer that is not reading: sends wait (``Config.write_buffer_size`` per stream,
+  ``Config.connection_write_buffer_size`` per connection).
+* Request bodies are acknowledged to the protocol (``ack_body``) only as the app receives
+  them, so a slow app never makes the server buffer unbounded data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from ..connection_info import ConnectionInfo
+from ..events import (
+    BodyEnded,
+    BodyReceived,
+    ConnectionClosed,
+    Headers,
+    RequestReceived,
+    StreamReset,
+    StreamWritable,
+)
+from ..lowlevel import Wakeup, wakeup_factory
+from ..streams.http import HTTPStream, connection_extensions
+from ..streams.websocket import WebSocketStream, is_websocket_request
+from ..streams.webtransport import WebTransportSession, is_webtransport_request
+
+if TYPE_CHECKING:
+    from ..registry import ConnectionRecord
+    from .context import ServerContext
+
+logger = logging.getLogger("quicserve.error")
+
+_READ_SIZE = 65536
+#: A reader whose peer keeps its socket full never waits in ``receive`` on asyncio (the
+#: bytes are there already), so it lets the other tasks run at least this often (s).
+_READ_SLICE = 0.005
+#: HTTP/2 reads no more from a peer while this much (or the write budget, if smaller) of
+#: what it asked for is framed or being written and it does not read. Low, because each
+#: PING or SETTINGS it sends costs ~30 us of h2 and makes a frame to answer: filling a
+#: 1 MiB budget with PING ACKs would take 2 s of CPU.
+_READ_PAUSE = 64 * 1024
+
+AnyStream = HTTPStream | WebSocketStream | WebTransportSession
+
+# Protocol timers only need a monotonic clock, and every sleep is relative; calling
+# anyio.current_time() looks the backend up on each call (6% of an HTTP/1.1 request).
+_current_time = time.monotonic
+
+
+class ConnectionDriver:
+    """What every connection driver shares, TCP or QUIC: it hands protocol events to
+    :class:`HTTPStream` objects and is the :class:`~quicserve.streams.http.StreamHost` they
+    answer through. Subclasses supply the I/O: ``_write_out`` (send what the protocol
+    produced), ``_poke_reader`` (the protocol's state changed outside the read path) and
+    ``_on_credit`` (the app consumed request body)."""
+
+    def __init__(
+        self, context: ServerContext, info: ConnectionInfo, protocol: Any, record: ConnectionRecord
+    ) -> None:
+        self.context = context
+        self.config = context.config
+        self.protocol = protocol
+        self.new_wakeup = wakeup_factory()
+        self._extensions: dict[str, Any] = {}
+        self._extensions_info: ConnectionInfo | None = None
+        self._info = info
+        self._record = record
+        self._streams: dict[int, AnyStream] = {}
+        self._writable: dict[int, Wakeup] = {}
+        self._buffer_limit = context.config.write_buffer_size
+        #: Bytes the connection may hold for its peer before sends wait (see
+        #: ``_over_budget``), and the tasks waiting for it to drain.
+        self._budget = context.config.connection_write_buffer_size
+        self._budget_waiters: list[Wakeup] = []
+        #: Streams reset while sends waited on the budget: those sends stop waiting.
+        self._budget_reset: set[int] = set()
+        self._status_counts = context.registry.status_counts
+        self._broken = False
+        self._closing = False
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._queue: deque[AnyStream] = deque()
+        self._idle_workers: list[Wakeup] = []
+        self._workers = 0
+        self._max_workers = 1_000_000 if info.capabilities.multiplexed else 1
+
+    def extensions_for(self, info: ConnectionInfo) -> dict[str, Any]:
+        """The base ASGI extensions for ``info``, built once and kept with the connection
+        (rebuilt if the info changes: an h2c upgrade, a QUIC migration)."""
+        if self._extensions_info is not info:
+            self._extensions = connection_extensions(info)
+            self._extensions_info = info
+        return self._extensions
+
+    async def _write_out(self) -> None:
+        raise NotImplementedError
+
+    def _poke_reader(self) -> None:
+        raise NotImplementedError
+
+    def _on_credit(self) -> None:
+        """Request-body credit went back to the protocol (reading may resume)."""
+
+    def _on_other_event(self, event: object) -> None:
+        """A protocol-specific event the dispatcher does not know."""
+
+    def _dispatch(self) -> None:
+        """Hand every pending protocol event to its stream."""
+        protocol = self.protocol
+        streams = self._streams
+        while True:
+            event = protocol.next_event()
+            if event is None:
+                return
+            cls = type(event)
+            if cls is BodyReceived:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.body_received(event.data)
+                else:
+                    # A finished stream's late body: discard, but give the credit back.
+                    protocol.ack_body(event.stream_id, len(event.data))
+            elif cls is RequestReceived:
+                self._start_stream(event)
+            elif cls is BodyEnded:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.body_ended()
+            elif cls is StreamWritable:
+                waiter = self._writable.pop(event.stream_id, None)
+                if waiter is not None:
+                    waiter.set()
+            elif cls is StreamReset:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.reset()
+                waiter = self._writable.pop(event.stream_id, None)
+                if waiter is not None:
+                    waiter.set()
+                if self._budget_waiters and stream is not None:
+                    self._budget_reset.add(event.stream_id)
+                    self._release_budget_waiters()
+            elif cls is ConnectionClosed:
+                for stream in streams.values():
+                    stream.reset()
+                self._wake_all_senders()
+            else:
+                self._on_other_event(event)
+
+    def _start_stream(self, request: RequestReceived) -> None:
+        stream: AnyStream
+        kind: type[AnyStream] = HTTPStream
+        if request.websocket_upgrade or request.protocol is not None:
+            if is_websocket_request(request):
+                kind = WebSocketStream
+            elif self.config.webtransport and is_webtransport_request(request):
+                kind = WebTransportSession
+        stream = kind(self.context.app, self, self._info, request, self.context.lifespan_state)
+        self._streams[request.stream_id] = stream
+        self._record.requests += 1
+        self._launch(stream)
+
+    def _launch(self, stream: AnyStream) -> None:
+        """Run a registered stream's app call on one of the connection's workers.
+
+        Workers are long-lived tasks that take streams from a queue, because waking an
+        idle task is much cheaper than spawning one per request (anyio's spawn was 9-12%
+        of a request's time). HTTP/1.1 has one worker, so its requests run in order;
+        multiplexed protocols grow a worker per concurrent stream and keep them."""
+        assert self._task_group is not None
+        self._queue.append(stream)
+        if self._idle_workers:
+            self._idle_workers.pop().set()
+        elif self._workers < self._max_workers:
+            self._workers += 1
+            self._task_group.start_soon(self._worker)
+
+    async def _worker(self) -> None:
+        queue = self._queue
+        try:
+            while True:
+                while queue:
+                    await queue.popleft().run()
+                if self.protocol.closed or self._broken or self._closing:
+                    return
+                wakeup = self.new_wakeup()
+                self._idle_workers.append(wakeup)
+                await wakeup.wait()
+        finally:
+            self._workers -= 1
+
+    def _shutdown_streams(self) -> None:
+        """Graceful shutdown reached this connection: open WebSockets close with 1001
+        (requests just finish). The caller writes out what that produced."""
+        for stream in list(self._streams.values()):
+            stream.server_shutdown()
+
+    def _stop_workers(self) -> None:
+        """Let idle workers end (the connection is closing)."""
+        self._closing = True
+        for wakeup in self._idle_workers:
+            wakeup.set()
+        self._idle_workers.clear()
+
+    async def flush(self, stream_id: int) -> None:
+        """Write what the protocol produced; wait while ``stream_id`` has too much queued,
+        then while the connection holds more than its budget for the peer."""
+        await self._write_out()
+        protocol = self.protocol
+        limit = self._buffer_limit
+        while (
+            protocol.buffered_amount(stream_id) > limit and not self._broken and not protocol.closed
+        ):
+            waiter = self._writable.get(stream_id)
+            if waiter is None:
+                waiter = self._writable[stream_id] = self.new_wakeup()
+            await waiter.wait()
+            await self._write_out()
+        if self._over_budget(stream_id):
+            await self._wait_for_budget(stream_id)
+
+    # -- the per-connection write budget -------------------------------------------------
+
+    def _over_budget(self, stream_id: int) -> bool:
+        """Whether a send on ``stream_id`` (0: the connection's own reader) must wait
+        because the connection holds more than ``_budget`` bytes for its peer."""
+        return False
+
+    async def _wait_for_budget(self, stream_id: int) -> None:
+        """Wait until the connection's held bytes drain to the budget (or it closes).
+
+        Each waiter checks again when woken, so a waiter that was woken while another
+        refilled the buffer waits again: a stream is at most one send over budget."""
+        while (
+            not self._broken
+            and not self.protocol.closed
+            and stream_id not in self._budget_reset
+            and self._over_budget(stream_id)
+        ):
+            waiter = self.new_wakeup()
+            self._budget_waiters.append(waiter)
+            await waiter.wait()
+
+    def _wake_all_senders(self) -> None:
+        """Nothing more will leave this connection: every send waiting for its stream to
+        drain, or for the connection's budget, wakes (and finds the connection gone)."""
+        for waiter in self._writable.values():
+            waiter.set()
+        self._writable.clear()
+        self._release_budget_waiters()
+
+    def _release_budget_waiters(self) -> None:
+        waiters = self._budget_waiters
+        if waiters:
+            self._budget_waiters = []
+            for waiter in waiters:
+                waiter.set()
+
+    def ack_body(self, stream_id: int, amount: int) -> None:
+        """Give flow-control credit back; resume reading if the protocol paused it."""
+        self.protocol.ack_body(stream_id, amount)
+        self._on_credit()
+
+    async def stream_finished(self, stream_id: int) -> None:
+        """A stream's app call is over: release it and let the protocol move on."""
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            self._status_counts[stream.status] += 1
+        self._writable.pop(stream_id, None)
+        if self._budget_reset:
+            self._budget_reset.discard(stream_id)
+        protocol = self.protocol
+        protocol.stream_done(stream_id, _current_time())
+        self._dispatch()
+        await self._write_out()
+        self._poke_reader()
+
+    def push(self, parent: RequestReceived, path: bytes, headers: Headers) -> None:
+        """Promise and serve a pushed resource (only HTTP/2 offers push)."""
+        push_promise = getattr(self.protocol, "push_promise", None)
+        if push_promise is None:
+            return
+        stream_id = push_promise(parent.stream_id, path, headers)
+        if stream_id is None:
+            return
+        request = RequestReceived(
+            stream_id=stream_id,
+            method=b"GET",
+            raw_path=path,
+            headers=headers,
+            scheme=parent.scheme,
+            authority=parent.authority,
+        )
+        self._start_stream(request)
+        stream = self._streams[stream_id]
+        stream.body_ended()
