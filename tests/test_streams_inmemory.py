@@ -216,14 +216,14 @@ async def test_425_for_an_unsafe_method_in_0rtt(
     tickets = TicketStore()
     async with serve(proto, app, config, tls_files, tickets=tickets) as first:
         await first.request(b"GET", b"/")
-        assert isinstance(first.client.tickets, list) and first.client.tickets  # type: ignore[attr-defined]
-        ticket = first.client.tickets[-1]  # type: ignore[attr-defined]
+        assert first.quic_pair is not None and first.quic_pair.client.tickets
+        ticket = first.quic_pair.client.tickets[-1]
     seen.clear()
     early = [(b"POST", b"/unsafe"), (b"GET", b"/safe")]
     async with serve(
         proto, app, config, tls_files, tickets=tickets, session_ticket=ticket, early_requests=early
     ) as second:
-        assert second.client.early_data_accepted  # type: ignore[attr-defined]
+        assert second.quic_pair is not None and second.quic_pair.client.early_data_accepted
         post_id, get_id = second.early_stream_ids
         post = second.client.observed(post_id)
         get = second.client.observed(get_id)
