@@ -69,9 +69,10 @@ from quicserve.lowlevel import Wakeup, wakeup_factory
 from quicserve.protocol.http1 import H1Protocol
 from quicserve.protocol.http2 import H2Protocol
 from quicserve.protocol.http3 import H3Protocol
-from quicserve.quic.compat import ServerQuicConnection, quic_configuration
+from quicserve.quic.compat import ServerQuicConnection
 from quicserve.streams.http import HTTPStream, connection_extensions
 from quicserve.streams.websocket import WebSocketStream, is_websocket_request
+from quicserve.tls import quic_configuration
 from quicserve.types import ASGIApp
 
 Proto = Literal["h1", "h2", "h3"]

@@ -20,10 +20,9 @@ A module fails when that walk reaches ``anyio``, ``asyncio``, ``trio``, ``socket
 the walk reaches by construction); the message shows the chain of imports. A sans-IO
 module also never awaits.
 
-Violations that exist today are listed in ``KNOWN_VIOLATIONS`` (one import each, with
-why it is wrong); the walk does not follow those imports, so anything new still fails,
-and a strict ``xfail`` test per entry turns into a failure the day it is fixed, so the
-entry is removed then.
+There are no exceptions: ``config.check`` once reached ``transport/sockets.py`` for a
+pure parser (now ``addresses.py``) and ``quic/lb.py`` attached its BPF program to a
+socket itself (now ``transport/sockets.attach_cbpf``).
 """
 
 from __future__ import annotations
@@ -60,22 +59,6 @@ NAMED_SANS_IO = frozenset(
 
 #: ``(importer, imported): why it is wrong`` for the I/O imports sans-IO modules reach
 #: today. Each is a real violation of the rule, reported in issue 10, not an exception.
-KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-    (
-        "quicserve.config",
-        "quicserve.transport.sockets",
-    ): "config.check() imports parse_unix_mode (a pure octal parser) from"
-    " transport/sockets.py, which imports anyio, asyncio, socket and sniffio; config.py"
-    " is imported by protocol/http1.py, http2.py, http3.py and quic/compat.py",
-    (
-        "quicserve.quic.lb",
-        "socket",
-    ): "quic/lb.py's attach_cbpf() imports socket to attach the SO_REUSEPORT BPF"
-    " program to a socket: that I/O belongs in worker.py or transport/, next to the"
-    " sockets; lb.py should only build the program",
-}
-
-
 def module_file(name: str) -> Path | None:
     """The file of quicserve module ``name``, or ``None`` if there is none."""
     if name != PACKAGE and not name.startswith(PACKAGE + "."):
@@ -205,13 +188,12 @@ def violations(start: str, sources: Mapping[str, str] | None = None) -> list[str
             top = imp.target.split(".")[0]
             note = f" (line {imp.line}" + ("" if imp.where == "module" else f", {imp.where}") + ")"
             if top in FORBIDDEN:
-                if (module, top) not in KNOWN_VIOLATIONS:
-                    found.append(f"{chain[module]} -> {imp.target}{note}")
+                found.append(f"{chain[module]} -> {imp.target}{note}")
                 continue
             if top != PACKAGE:
                 continue
             for target in _quicserve_modules(imp.target):
-                if target in chain or (module, target) in KNOWN_VIOLATIONS:
+                if target in chain:
                     continue
                 chain[target] = f"{chain[module]} -> {target}{note}"
                 queue.append(target)
@@ -243,22 +225,6 @@ def test_module_is_sans_io(module: str) -> None:
     chains = violations(module)
     assert not chains, f"{module} reaches I/O:\n  " + "\n  ".join(chains)
     assert not _awaits(module), f"{module} awaits (lines {_awaits(module)})"
-
-
-@pytest.mark.parametrize(
-    "edge",
-    [
-        pytest.param(
-            edge, id=f"{edge[0]}->{edge[1]}", marks=pytest.mark.xfail(strict=True, reason=why)
-        )
-        for edge, why in KNOWN_VIOLATIONS.items()
-    ],
-)
-def test_known_violation_is_fixed(edge: tuple[str, str]) -> None:
-    importer, imported = edge
-    targets = {imp.target for imp in imports_of(importer)}
-    targets |= {t.split(".")[0] for t in targets}
-    assert imported not in targets, f"{importer} still imports {imported}"
 
 
 # -- the checker itself -------------------------------------------------------------------
