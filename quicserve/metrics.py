@@ -76,7 +76,7 @@ def render(server: StatsSource) -> str:
     registry = server.registry
     live: dict[str, list[int]] = {}  # protocol -> [open, streams, requests, in, out]
     for record in registry.records():
-        row = live.setdefault(record.protocol, [0, 0, 0, 0, 0])
+        row = live.setdefault(record.alpn, [0, 0, 0, 0, 0])
         row[0] += 1
         row[1] += getattr(getattr(record.owner, "protocol", None), "open_streams", 0)
         row[2] += record.requests

@@ -39,7 +39,9 @@ class ConnectionRecord:
 
     id: int
     transport: str
-    protocol: str
+    #: The HTTP version in ALPN's words: ``http/1.1``, ``h2``, ``h2c`` or ``h3`` (``tls`` or
+    #: ``tcp`` until a byte stream's protocol is chosen). Metrics and logs group by it.
+    alpn: str
     client: tuple[str, int] | None
     server: tuple[str, int] | None
     opened_at: float = field(default_factory=time.monotonic)
@@ -54,7 +56,7 @@ class ConnectionRecord:
         return {
             "id": self.id,
             "transport": self.transport,
-            "protocol": self.protocol,
+            "protocol": self.alpn,
             "client": self.client,
             "server": self.server,
             "age": round(time.monotonic() - self.opened_at, 3),
@@ -101,12 +103,12 @@ class ConnectionRegistry:
     def add(
         self,
         transport: str,
-        protocol: str,
+        alpn: str,
         client: tuple[str, int] | None,
         server: tuple[str, int] | None,
     ) -> ConnectionRecord:
         """Register a freshly accepted connection (its slot is already taken)."""
-        record = ConnectionRecord(next(self._ids), transport, protocol, client, server)
+        record = ConnectionRecord(next(self._ids), transport, alpn, client, server)
         self._records[record.id] = record
         self.total_accepted += 1
         return record
@@ -115,9 +117,9 @@ class ConnectionRegistry:
         """Forget a closed connection and free its slot."""
         if self._records.pop(record.id, None) is not None:
             self._slots.release()
-            totals = self.closed_totals.get(record.protocol)
+            totals = self.closed_totals.get(record.alpn)
             if totals is None:
-                totals = self.closed_totals[record.protocol] = [0, 0, 0, 0]
+                totals = self.closed_totals[record.alpn] = [0, 0, 0, 0]
             totals[0] += 1
             totals[1] += record.requests
             totals[2] += record.bytes_in
@@ -165,7 +167,7 @@ class ConnectionRegistry:
 
     def stats(self) -> dict[str, Any]:
         """Counts by transport and protocol."""
-        by_protocol = Counter(record.protocol for record in self._records.values())
+        by_protocol = Counter(record.alpn for record in self._records.values())
         by_transport = Counter(record.transport for record in self._records.values())
         return {
             "open": len(self._records),

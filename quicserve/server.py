@@ -1,13 +1,15 @@
-"""serve(): one anyio task group running the endpoints, lifespan and graceful shutdown.
+"""Server.serve(): one anyio task group running the endpoints, lifespan and graceful shutdown.
 
 Order of events:
 
-1. lifespan startup (a failure stops here, before anything listens);
-2. every endpoint is bound; ``task_status.started`` reports the bound addresses, so tests
-   and embedders can ``await tg.start(server.serve)`` and learn the ports;
-3. connections are served until :meth:`Server.shutdown` is called (the CLI calls it on
+1. TLS is loaded once (``tls.build_server_tls``) and every endpoint is bound; a bad
+   certificate or a busy address stops here;
+2. lifespan startup (a failure closes the sockets before anything was accepted);
+3. ``task_status.started`` reports the bound addresses, so tests and embedders can
+   ``await tg.start(server.serve)`` and learn the ports;
+4. connections are served until :meth:`Server.shutdown` is called (the CLI calls it on
    SIGINT/SIGTERM);
-4. shutdown: stop accepting, ask every registered connection to close gracefully (GOAWAY
+5. shutdown: stop accepting, ask every registered connection to close gracefully (GOAWAY
    on HTTP/2, close idle keep-alives), wait up to ``graceful_timeout`` for in-flight
    requests, then cancel what is left; finally lifespan shutdown.
 """
@@ -263,14 +265,3 @@ def alt_svc_value(config: Config, quic_listeners: list[QuicListener]) -> bytes |
     if not quic_listeners:
         return None
     return b'h3=":%d"; ma=86400' % quic_listeners[0].address[1]
-
-
-async def serve(
-    app: ASGIApp,
-    config: Config,
-    *,
-    task_status: anyio.abc.TaskStatus[list[BoundAddress]] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve ``app`` until cancelled. Reports the bound addresses through ``task_status``."""
-    server = Server(app, config)
-    await server.serve(task_status=task_status)

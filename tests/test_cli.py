@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -287,6 +288,8 @@ def test_version(env: dict[str, str]) -> None:
     result = run_cli(env, "--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"quicserve {quicserve.__version__}"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["version"] == quicserve.__version__
 
 
 # -- 2. errors a person can act on ---------------------------------------------------------

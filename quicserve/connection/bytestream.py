@@ -123,11 +123,11 @@ async def serve_connection(
 
             info = base.with_protocol("2", HTTP2_CAPABILITIES)
             protocol: object = H2Protocol(config, now)
-            record.protocol = "h2" if tls is not None else "h2c"
+            record.alpn = "h2" if tls is not None else "h2c"
         else:
             info = base
             protocol = H1Protocol(config, now, allow_h2c=tls is None)
-            record.protocol = "http/1.1"
+            record.alpn = "http/1.1"
         connection = ByteStreamDriver(context, byte_stream, info, protocol, record)
         context.registry.attach(record, connection)
         await connection.run(initial)
@@ -202,7 +202,7 @@ class ByteStreamDriver(ConnectionDriver):
                 # before the connection closes.
                 await self._write_out()
                 # Streams still running finish (or see their reset) before we close.
-                self._stop_workers()
+                self._stop_runners()
                 self._wake_timer()
         finally:
             self._task_group = None
@@ -317,12 +317,12 @@ class ByteStreamDriver(ConnectionDriver):
         request = upgrade.request
         self._batch_writes = True
         self._h1_tunnel_possible = False
-        self._max_workers = 1_000_000
+        self._max_runners = 1_000_000
         self.protocol = H2Protocol.from_h2c_upgrade(
             self.config, _current_time(), upgrade.settings, request
         )
         self._info = self._info.with_protocol("2", HTTP2_CAPABILITIES)
-        self._record.protocol = "h2c"
+        self._record.alpn = "h2c"
         self._dispatch()
         if upgrade.trailing_data:
             self._receive(upgrade.trailing_data)

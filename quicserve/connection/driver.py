@@ -99,9 +99,9 @@ class ConnectionDriver:
         self._closing = False
         self._task_group: anyio.abc.TaskGroup | None = None
         self._queue: deque[AnyStream] = deque()
-        self._idle_workers: list[Wakeup] = []
-        self._workers = 0
-        self._max_workers = 1_000_000 if info.capabilities.multiplexed else 1
+        self._idle_runners: list[Wakeup] = []
+        self._runners = 0
+        self._max_runners = 1_000_000 if info.capabilities.multiplexed else 1
 
     def extensions_for(self, info: ConnectionInfo) -> dict[str, Any]:
         """The base ASGI extensions for ``info``, built once and kept with the connection
@@ -180,21 +180,21 @@ class ConnectionDriver:
         self._launch(stream)
 
     def _launch(self, stream: AnyStream) -> None:
-        """Run a registered stream's app call on one of the connection's workers.
+        """Run a registered stream's app call on one of the connection's stream runners.
 
-        Workers are long-lived tasks that take streams from a queue, because waking an
+        Runners are long-lived tasks that take streams from a queue, because waking an
         idle task is much cheaper than spawning one per request (anyio's spawn was 9-12%
-        of a request's time). HTTP/1.1 has one worker, so its requests run in order;
-        multiplexed protocols grow a worker per concurrent stream and keep them."""
+        of a request's time). HTTP/1.1 has one runner, so its requests run in order;
+        multiplexed protocols grow a runner per concurrent stream and keep them."""
         assert self._task_group is not None
         self._queue.append(stream)
-        if self._idle_workers:
-            self._idle_workers.pop().set()
-        elif self._workers < self._max_workers:
-            self._workers += 1
-            self._task_group.start_soon(self._worker)
+        if self._idle_runners:
+            self._idle_runners.pop().set()
+        elif self._runners < self._max_runners:
+            self._runners += 1
+            self._task_group.start_soon(self._runner)
 
-    async def _worker(self) -> None:
+    async def _runner(self) -> None:
         queue = self._queue
         try:
             while True:
@@ -203,10 +203,10 @@ class ConnectionDriver:
                 if self.protocol.closed or self._broken or self._closing:
                     return
                 wakeup = self.new_wakeup()
-                self._idle_workers.append(wakeup)
+                self._idle_runners.append(wakeup)
                 await wakeup.wait()
         finally:
-            self._workers -= 1
+            self._runners -= 1
 
     def _shutdown_streams(self) -> None:
         """Graceful shutdown reached this connection: open WebSockets close with 1001
@@ -214,12 +214,12 @@ class ConnectionDriver:
         for stream in list(self._streams.values()):
             stream.server_shutdown()
 
-    def _stop_workers(self) -> None:
-        """Let idle workers end (the connection is closing)."""
+    def _stop_runners(self) -> None:
+        """Let idle stream runners end (the connection is closing)."""
         self._closing = True
-        for wakeup in self._idle_workers:
+        for wakeup in self._idle_runners:
             wakeup.set()
-        self._idle_workers.clear()
+        self._idle_runners.clear()
 
     async def flush(self, stream_id: int) -> None:
         """Write what the protocol produced; wait while ``stream_id`` has too much queued,

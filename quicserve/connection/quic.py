@@ -283,7 +283,7 @@ class QuicDriver(ConnectionDriver):
                     super()._launch(stream)
                 self._early_streams.clear()
                 await self._finished.wait()
-                self._stop_workers()
+                self._stop_runners()
         except Exception:
             # A bug while serving one of its streams (the app's own exceptions never get
             # here) must not reach the endpoint's task group and stop every connection:

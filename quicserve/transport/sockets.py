@@ -1,7 +1,7 @@
 """Listening sockets and the byte streams of accepted connections.
 
-This is the one place where the event loop in use matters (DESIGN.md invariant 3):
-:func:`open_listener` returns a :class:`Listener` whose ``accept`` gives an
+This is where the event loop in use matters for sockets (``lowlevel.py`` picks the
+one-shot wake-up for it): a :class:`Listener`'s ``accept`` gives an
 ``anyio.abc.SocketStream`` either way.
 
 * On trio (and anything else) it is anyio's own socket stream.
@@ -16,7 +16,7 @@ Both behave the same to callers: cancel-safe ``receive``/``send``, ``EndOfStream
 ``BrokenResourceError`` once the connection is lost. The whole test suite runs on both.
 
 It also turns a bind string into a socket (:func:`open_stream_socket`,
-:func:`open_datagram_socket`). A bind is one of
+:func:`~quicserve.transport.udp.open_udp_socket`). A bind is one of
 
 * ``HOST:PORT`` (``[::1]:PORT`` for IPv6): we create and bind the socket;
 * ``unix:/path``: a stream socket on a Unix path (TCP-style: HTTP/1.1 and HTTP/2, TLS
