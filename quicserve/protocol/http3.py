@@ -30,7 +30,7 @@ Rules:
   9114 §4.2.2), advertised as SETTINGS_MAX_FIELD_SECTION_SIZE. A larger request head gets
   431 and the connection carries on; larger trailers reset their stream with
   H3_EXCESSIVE_LOAD. Sections bounded far above the limit are refused before they are
-  decoded (``quic/compat.py`` with ``qpack_guard.py``: the QPACK bomb).
+  decoded (``quic/compat.py`` with ``quic/qpack_guard.py``: the QPACK bomb).
 * A request whose STREAM frames arrived in 0-RTT is flagged ``early_data`` (RFC 8470).
 * After the peer's STOP_SENDING on a request stream (QUIC resets our side, RFC 9000 §3.5)
   the response methods are silent no-ops, as on HTTP/2; a request whose STOP_SENDING came

@@ -39,7 +39,7 @@ upgrade should touch only this file.
 9. **Field-section limits** (:class:`ServerH3Connection`, :class:`GuardedDecoder`): our
    SETTINGS carry SETTINGS_MAX_FIELD_SECTION_SIZE and our QPACK limits, oversized HEADERS
    frames are refused at their header, and every field section is bounded by
-   ``protocol/qpack_guard.py`` before pylsqpack may expand it (the QPACK bomb).
+   ``quic/qpack_guard.py`` before pylsqpack may expand it (the QPACK bomb).
 10. **Guards against abusive peers** (the last section of the class): CRYPTO data held
     (RFC 9000 §7.5), ACK frames per packet and ACKs of packets never sent (§21.9, §13.1),
     RETIRE_CONNECTION_ID for CIDs never sent (§19.16); each override says what aioquic
@@ -89,7 +89,7 @@ from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import FinalSizeError, QuicStream, QuicStreamReceiver
 
 from ..config import Config
-from ..protocol.qpack_guard import (
+from .qpack_guard import (
     QpackEncoderError,
     QpackGuard,
     QpackLoadError,
