@@ -1,7 +1,7 @@
 """HTTP/1.1 server protocol: h11 events in, neutral stream events out.
 
 Sans-IO: the driver feeds bytes with ``receive_data(data, now)`` and writes what
-``data_to_send()`` returns. It implements :class:`quicserve.protocol.base.ServerProtocol`.
+``data_to_send()`` returns. It implements :class:`quicserve.protocol.base.ByteStreamProtocol`.
 
 Rules this module keeps:
 

@@ -60,7 +60,7 @@ from typing import Any
 
 import pylsqpack
 from aioquic import tls
-from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+from aioquic.buffer import Buffer, encode_uint_var  # type: ignore[attr-defined]
 from aioquic.h3.connection import (
     ErrorCode,
     FrameType,
@@ -69,6 +69,7 @@ from aioquic.h3.connection import (
     MessageError,
     ProtocolError,
     Setting,
+    encode_frame,
 )
 from aioquic.h3.events import H3Event
 from aioquic.quic import events
@@ -862,6 +863,15 @@ class ServerH3Connection(H3Connection):
         if not stream.receiving_ended or stream.blocked:
             super()._receive_stream_reset(stream_id)
         self._stream.pop(stream_id, None)
+
+    def send_goaway(self, first_refused: int) -> None:
+        """Send a GOAWAY frame (RFC 9114 §5.2) on our control stream: requests from stream
+        ``first_refused`` on will not be processed. aioquic has no public call for it (its
+        control stream id is internal)."""
+        control = self._local_control_stream_id
+        if control is not None:
+            frame = encode_frame(FrameType.GOAWAY, encode_uint_var(first_refused))
+            self._server_quic.send_stream_data(control, frame)
 
     def reject(self, stream_id: int) -> None:
         """Ignore whatever else arrives on ``stream_id`` (the caller reset it): its data is

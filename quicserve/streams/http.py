@@ -39,6 +39,7 @@ from ..config import Config
 from ..connection_info import ConnectionInfo
 from ..events import Headers, RequestReceived
 from ..lowlevel import Wakeup
+from ..protocol.base import StreamProtocol
 from ..types import ASGIApp, Message, Scope
 
 logger = logging.getLogger("quicserve.error")
@@ -60,8 +61,9 @@ class StreamHost(Protocol):
     """What a stream needs from the connection it lives on (TCP or QUIC)."""
 
     config: Config
-    #: The sans-IO protocol object whose ``send_*`` methods produce the response.
-    protocol: Any
+    #: The sans-IO protocol object whose ``send_*`` methods produce the response (its
+    #: stream side; a WebTransport session also checks for the HTTP/3 extras).
+    protocol: StreamProtocol
     #: Makes the one-shot wake-ups a stream waits on (see ``quicserve.lowlevel``).
     new_wakeup: Callable[[], Wakeup]
 

@@ -37,6 +37,7 @@ from typing import Any
 from ..connection_info import ConnectionInfo
 from ..events import RequestReceived
 from ..lowlevel import Wakeup
+from ..protocol.base import WebTransportProtocol
 from ..types import ASGIApp, Message, Scope
 from .http import (
     StreamHost,
@@ -85,6 +86,9 @@ class WebTransportSession:
         self._reply_streams: dict[int, int] = {}
         self._status = 0
         self.dropped_datagrams = 0
+        # The calls only a protocol that carries WebTransport has (HTTP/3); checked once.
+        protocol = host.protocol
+        self._session_protocol = protocol if isinstance(protocol, WebTransportProtocol) else None
 
     @property
     def status(self) -> int:
@@ -240,22 +244,31 @@ class WebTransportSession:
         elif msg_type == "webtransport.datagram.send":
             if self._state != _OPEN:
                 raise ClientDisconnected("the WebTransport session is not open")
-            protocol.send_datagram(self.stream_id, bytes(message["data"]))
+            self._extras().send_datagram(self.stream_id, bytes(message["data"]))
             await self._host.flush(self.stream_id)
         elif msg_type == "webtransport.stream.send":
             if self._state != _OPEN:
                 raise ClientDisconnected("the WebTransport session is not open")
+            session_protocol = self._extras()
             stream_id = int(message["stream"])
             if stream_id % 4 == 2:
                 # The client opened it unidirectionally: reply on a stream of our own.
                 reply = self._reply_streams.get(stream_id)
                 if reply is None:
-                    reply = protocol.open_session_stream(self.stream_id, True)
+                    reply = session_protocol.open_session_stream(self.stream_id, True)
                     self._reply_streams[stream_id] = reply
                 stream_id = reply
-            protocol.send_stream_data(
+            session_protocol.send_stream_data(
                 stream_id, bytes(message.get("data", b"")), bool(message.get("end", False))
             )
             await self._host.flush(stream_id)
         else:
             raise RuntimeError(f"unexpected ASGI message type {msg_type!r}")
+
+    def _extras(self) -> WebTransportProtocol:
+        session_protocol = self._session_protocol
+        if session_protocol is None:
+            # An extended CONNECT for webtransport on a protocol without WebTransport
+            # (HTTP/2): it can be answered, but carries no datagrams or streams.
+            raise RuntimeError("WebTransport datagrams and streams need HTTP/3")
+        return session_protocol

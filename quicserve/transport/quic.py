@@ -47,6 +47,7 @@ from ..connection import StreamDispatcher
 from ..connection_info import HTTP3_CAPABILITIES, ConnectionInfo
 from ..events import SessionDatagramReceived, SessionStreamDataReceived
 from ..lowlevel import Wakeup, wakeup_factory
+from ..protocol.base import DatagramProtocol
 from ..protocol.http3 import H3Protocol
 from ..quic.compat import ServerQuicConnection, quic_configuration
 from ..quic.endpoint import Accept, EndpointCore, Reply, Route
@@ -435,7 +436,7 @@ class QuicConnectionHandler(StreamDispatcher):
         record: ConnectionRecord,
     ) -> None:
         context = endpoint.context
-        protocol = H3Protocol(quic, context.config)
+        protocol: DatagramProtocol = H3Protocol(quic, context.config)
         info = ConnectionInfo(
             http_version="3",
             scheme="https",

@@ -27,6 +27,7 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 
 from ..connection import ByteStreamConnection
 from ..connection_info import HTTP1_CAPABILITIES, HTTP2_CAPABILITIES, ConnectionInfo
+from ..protocol.base import ByteStreamProtocol
 from ..protocol.http1 import H1Protocol
 from ..tls import TLSInfoBuilder
 from .sockets import BindError, Listener, open_stream_socket
@@ -152,7 +153,7 @@ async def serve_connection(
             from ..protocol.http2 import H2Protocol
 
             info = base.with_protocol("2", HTTP2_CAPABILITIES)
-            protocol: object = H2Protocol(config, now)
+            protocol: ByteStreamProtocol = H2Protocol(config, now)
             record.protocol = "h2" if tls is not None else "h2c"
         else:
             info = base
