@@ -35,7 +35,8 @@ upgrade should touch only this file.
    holds for a stream (unsent or unacknowledged), for the app's ``send()`` to wait on.
 8. **Malformed requests are stream errors** (:class:`ServerH3Connection`), not the
    connection errors aioquic makes of them; it also drops what arrives on released
-   streams and reports what it buffers per stream (``held``).
+   streams, reports what it buffers per stream (``held``), and sends GOAWAY
+   (``send_goaway``: aioquic keeps its control stream's id private and has no call for it).
 9. **Field-section limits** (:class:`ServerH3Connection`, :class:`GuardedDecoder`): our
    SETTINGS carry SETTINGS_MAX_FIELD_SECTION_SIZE and our QPACK limits, oversized HEADERS
    frames are refused at their header, and every field section is bounded by
