@@ -20,7 +20,7 @@ import pylsqpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quicserve.protocol.qpack_guard import QpackGuard
+from quicserve.quic.qpack_guard import QpackGuard
 
 HEADERS = [
     (b":method", b"GET"),

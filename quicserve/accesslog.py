@@ -26,8 +26,13 @@ Rules:
 
 * A format is checked once, when the configuration is (:func:`compile_format` raises
   ``ValueError`` for an unknown atom or a broken template), never per request.
+* Every stream type (HTTP, WebSocket, WebTransport) logs through one function,
+  ``StreamBase._log_access`` in ``streams/base.py``, so a format applies to all of them;
+  that module says which status and bytes a WebSocket or WebTransport session reports.
 * Without ``--access-log-format`` the stream logs its built-in line with logging's lazy
-  arguments, which :data:`DEFAULT_FORMAT` reproduces atom for atom.
+  arguments, which :data:`DEFAULT_FORMAT` reproduces atom for atom (a WebSocket's line
+  then ends with `` (WebSocket <close code>)``, a WebTransport session's with
+  `` (WebTransport)``).
 * The line shows the peer the request came from; behind a proxy, log
   ``%({x-forwarded-for}i)s`` (the proxy middleware rewrites the ASGI scope, not the log).
 """

@@ -18,6 +18,13 @@ from dataclasses import dataclass, field
 
 Headers = list[tuple[bytes, bytes]]
 
+#: What each field line counts besides its name and value when a field section is sized
+#: (RFC 9113 §6.5.2, RFC 9114 §4.2.2), and what a QPACK table entry counts besides its
+#: name and value (RFC 9204 §3.2.1): 32 octets. Here, on the ground floor, because both the
+#: request field rules (``protocol/fields.py``) and the QPACK guard (``quic/qpack_guard.py``)
+#: use it, and ``quic/`` is below ``protocol/``.
+FIELD_LINE_OVERHEAD = 32
+
 
 @dataclass(frozen=True, slots=True)
 class RequestReceived:

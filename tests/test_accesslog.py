@@ -1,21 +1,28 @@
 """``--access-log-format`` atoms and ``--log-config``: the renderer's rules, then the real
-command writing custom lines to stderr and, through a dictConfig file, to a log file."""
+command writing custom lines to stderr and, through a dictConfig file, to a log file, then
+the format applied to WebSocket (h1, h2, h3) and WebTransport sessions on every backend."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from quicserve.accesslog import ATOMS, DEFAULT_FORMAT, compile_format, render
+from quicserve.certs import DevCertificate
 from quicserve.connection_info import ConnectionInfo
 from quicserve.events import RequestReceived
 
 from . import test_cli as cli
+from .helpers import running_server
+from .test_webtransport import EchoApp, quic_port
+from .wsclient import WSApp, WSClient, open_h3, serve, tunnel_for, wait_for
 
 env = cli.env
 spawn = cli.spawn
@@ -161,3 +168,84 @@ def test_bad_log_config_is_one_line(
 def test_bad_format_is_one_line(env: dict[str, str]) -> None:
     result = cli.run_cli(env, cli.APP, "--access-log-format", "%(zz)s")
     cli.assert_one_line_error(result, "--access-log-format", "%(zz)s")
+
+
+# -- WebSocket and WebTransport sessions (in-process servers, every backend) -----------------
+
+SESSION_FORMAT = "SESSION %(P)s %(M)s %(U)s q=%(q)s %(s)s %(b)s ua=%({user-agent}i)s"
+
+
+def _session_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "quicserve.access" and r.getMessage().startswith("SESSION ")
+    ]
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", ["h1", "h2", "h3"])
+async def test_custom_format_applies_to_websockets(
+    anyio_backend: object,
+    transport: str,
+    tls_files: DevCertificate,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The format used to apply to HTTP requests only: WebSockets logged their own line.
+    caplog.set_level(logging.INFO, logger="quicserve.access")
+    user_agent = [(b"user-agent", b"t/1")]
+    app = WSApp()
+    async with serve(app, tls_files, access_log_format=SESSION_FORMAT) as srv:
+        async with tunnel_for(transport, srv, tls_files, "/echo?room=7", headers=user_agent) as t:
+            client = WSClient(t)
+            await client.send_text("hello")
+            assert await client.receive_message() == "hello"
+            await client.close(1000)
+            assert await client.expect_close() == (1000, "")
+        async with tunnel_for(transport, srv, tls_files, "/forbid", headers=user_agent) as t:
+            assert t.status == 403
+        await wait_for(lambda: len(_session_lines(caplog)) == 2)
+    method, accepted = ("GET", 101) if transport == "h1" else ("CONNECT", 200)
+    # Bytes sent: the echoed text frame (2 + 5) and the close frame answering ours (2 + 2).
+    assert _session_lines(caplog) == [
+        f"SESSION {transport} {method} /echo q=room=7 {accepted} 11 ua=t/1",
+        f"SESSION {transport} {method} /forbid q= 403 0 ua=t/1",
+    ]
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(60)
+async def test_custom_format_applies_to_webtransport(
+    anyio_backend: object, tls_files: DevCertificate, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="quicserve.access")
+    app = EchoApp()
+    async with running_server(
+        app,
+        tls=tls_files,
+        quic_bind=("127.0.0.1:0",),
+        webtransport=True,
+        access_log_format=SESSION_FORMAT,
+    ) as srv:
+        options: dict[str, Any] = {
+            "cafile": str(tls_files.ca_certfile),
+            "protocol": b"webtransport",
+            "webtransport": True,
+            "headers": [(b"user-agent", b"t/1")],
+        }
+        async with open_h3(quic_port(srv), "/wt?x=1", **options) as session:
+            uni = session.h3.create_webtransport_stream(session.stream_id, is_unidirectional=True)
+            session.quic.send_stream_data(uni, b"one way", end_stream=True)
+            await session.transmit()
+            await wait_for(lambda: any(ended for _, ended in session.wt_streams.values()))
+            await session.send(b"", end=True)
+            await wait_for(lambda: app.finished == 1)
+        async with open_h3(quic_port(srv), "/refuse", **options) as session:
+            assert session.status == 403
+        await wait_for(lambda: len(_session_lines(caplog)) == 2)
+    # Bytes sent: the app's reply on its stream, b"echo one way".
+    assert _session_lines(caplog) == [
+        "SESSION h3 CONNECT /wt q=x=1 200 12 ua=t/1",
+        "SESSION h3 CONNECT /refuse q= 403 0 ua=t/1",
+    ]

@@ -10,13 +10,13 @@ from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 
 from quicserve.protocol.fields import field_section_size
-from quicserve.protocol.qpack_guard import (
+from quicserve.quic.compat import ExcessiveLoad, GuardedDecoder
+from quicserve.quic.qpack_guard import (
     QpackEncoderError,
     QpackGuard,
     QpackLoadError,
     QpackSectionError,
 )
-from quicserve.quic.compat import ExcessiveLoad, GuardedDecoder
 
 from .adversarial.h3_raw_client import (
     qpack_indexed_dynamic,

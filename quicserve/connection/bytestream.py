@@ -39,6 +39,7 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 from ..addresses import peer_address
 from ..connection_info import HTTP1_CAPABILITIES, HTTP2_CAPABILITIES, ConnectionInfo
 from ..lowlevel import Wakeup
+from ..protocol.base import ByteStreamProtocol
 from ..protocol.http1 import H1Protocol, H2CUpgrade, switching_response
 from .driver import ConnectionDriver
 
@@ -122,7 +123,7 @@ async def serve_connection(
             from ..protocol.http2 import H2Protocol
 
             info = base.with_protocol("2", HTTP2_CAPABILITIES)
-            protocol: object = H2Protocol(config, now)
+            protocol: ByteStreamProtocol = H2Protocol(config, now)
             record.alpn = "h2" if tls is not None else "h2c"
         else:
             info = base

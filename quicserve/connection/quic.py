@@ -37,6 +37,7 @@ import anyio.abc
 from ..addresses import peer_address
 from ..connection_info import HTTP3_CAPABILITIES, ConnectionInfo
 from ..events import SessionDatagramReceived, SessionStreamDataReceived
+from ..protocol.base import DatagramProtocol
 from ..protocol.http3 import H3Protocol
 from ..quic.compat import ServerQuicConnection
 from ..quic.endpoint import Accept, EndpointCore, Reply, Route
@@ -232,7 +233,7 @@ class QuicDriver(ConnectionDriver):
         record: ConnectionRecord,
     ) -> None:
         context = listener.context
-        protocol = H3Protocol(quic, context.config)
+        protocol: DatagramProtocol = H3Protocol(quic, context.config)
         info = ConnectionInfo(
             http_version="3",
             scheme="https",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from ..events import Headers
+from ..events import FIELD_LINE_OVERHEAD, Headers
 
 #: RFC 9113 §8.2.2: connection-specific fields, never sent or accepted in HTTP/2 or HTTP/3
 #: (RFC 9114 §4.2 says the same).
@@ -39,9 +39,6 @@ _TOKEN_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijkl
 _BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
 
 _SCHEMES = {b"http": "http", b"https": "https"}
-
-#: RFC 9113 §6.5.2, RFC 9114 §4.2.2: each field line counts 32 octets besides its bytes.
-FIELD_LINE_OVERHEAD = 32
 
 
 def field_section_size(fields: Iterable[tuple[bytes, bytes]]) -> int:

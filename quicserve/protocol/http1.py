@@ -1,7 +1,7 @@
 """HTTP/1.1 server protocol: h11 events in, neutral stream events out.
 
 Sans-IO: the driver feeds bytes with ``receive_data(data, now)`` and writes what
-``data_to_send()`` returns. It implements :class:`quicserve.protocol.base.ServerProtocol`.
+``data_to_send()`` returns. It implements :class:`quicserve.protocol.base.ByteStreamProtocol`.
 
 Rules this module keeps:
 
@@ -56,6 +56,7 @@ from h11._receivebuffer import ReceiveBuffer
 
 from ..config import Config
 from ..events import (
+    FIELD_LINE_OVERHEAD,
     BodyEnded,
     BodyReceived,
     ConnectionClosed,
@@ -64,7 +65,7 @@ from ..events import (
     StreamEvent,
     StreamReset,
 )
-from .fields import FIELD_LINE_OVERHEAD, field_section_size
+from .fields import field_section_size
 
 #: ``:method`` and ``:path`` field lines: their names and 32 octets each (RFC 9113 §6.5.2).
 _REQUEST_LINE_SIZE = len(b":method") + len(b":path") + 2 * FIELD_LINE_OVERHEAD

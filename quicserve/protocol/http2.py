@@ -1,7 +1,7 @@
 """HTTP/2 server protocol: h2 events in, neutral stream events out, and back.
 
-:class:`H2Protocol` implements :class:`quicserve.protocol.base.ServerProtocol` on top of the
-sans-IO ``h2`` package. The driver feeds bytes with ``receive_data(data, now)``, drains
+:class:`H2Protocol` implements :class:`quicserve.protocol.base.ByteStreamProtocol` on top of
+the sans-IO ``h2`` package. The driver feeds bytes with ``receive_data(data, now)``, drains
 ``next_event()``, writes ``data_to_send()`` and calls ``handle_timer(now)`` when
 ``get_timer()`` has passed.
 
@@ -306,7 +306,7 @@ class _Stream:
 
 
 class H2Protocol:
-    """An HTTP/2 server connection, sans-IO, implementing ``ServerProtocol``.
+    """An HTTP/2 server connection, sans-IO, implementing ``ByteStreamProtocol``.
 
     ``H2Protocol(config, now)`` queues the server preface (SETTINGS from ``config`` and a
     connection WINDOW_UPDATE) at once; write ``data_to_send()`` before reading.

@@ -1,10 +1,13 @@
 """HTTP/3 server protocol: one QUIC connection's aioquic.h3 events in, neutral events out.
 
-Sans-IO like the other protocol modules, but fed datagrams instead of bytes: the QUIC
-driver calls ``receive_datagram(data, addr, now)``, drains ``next_event()``, sends
-``datagrams_to_send(now)`` and honours ``get_timer()``/``handle_timer(now)``. The response
-side is the same interface as HTTP/1.1 and HTTP/2 (``send_response``, ``send_data`` ...),
-so :class:`~quicserve.streams.http.HTTPStream` serves HTTP/3 unchanged.
+Sans-IO like the other protocol modules, but fed datagrams instead of bytes: it
+implements :class:`~quicserve.protocol.base.DatagramProtocol` (the QUIC driver calls
+``receive_datagram(data, addr, now)``, drains ``next_event()``, sends
+``datagrams_to_send(now)`` and honours ``get_timer()``/``handle_timer(now)``). The stream
+side is :class:`~quicserve.protocol.base.StreamProtocol`, the same as HTTP/1.1's and
+HTTP/2's (``send_response``, ``send_data`` ...), so
+:class:`~quicserve.streams.http.HTTPStream` serves HTTP/3 unchanged; WebTransport sessions
+also use its :class:`~quicserve.protocol.base.WebTransportProtocol` methods.
 
 Rules:
 
@@ -30,7 +33,7 @@ Rules:
   9114 §4.2.2), advertised as SETTINGS_MAX_FIELD_SECTION_SIZE. A larger request head gets
   431 and the connection carries on; larger trailers reset their stream with
   H3_EXCESSIVE_LOAD. Sections bounded far above the limit are refused before they are
-  decoded (``quic/compat.py`` with ``qpack_guard.py``: the QPACK bomb).
+  decoded (``quic/compat.py`` with ``quic/qpack_guard.py``: the QPACK bomb).
 * A request whose STREAM frames arrived in 0-RTT is flagged ``early_data`` (RFC 8470).
 * After the peer's STOP_SENDING on a request stream (QUIC resets our side, RFC 9000 §3.5)
   the response methods are silent no-ops, as on HTTP/2; a request whose STOP_SENDING came
@@ -46,8 +49,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from aioquic.buffer import encode_uint_var
-from aioquic.h3.connection import ErrorCode, FrameType, encode_frame
+from aioquic.h3.connection import ErrorCode
 from aioquic.h3.events import (
     DatagramReceived,
     DataReceived,
@@ -437,25 +439,14 @@ class H3Protocol:
         if self._goaway_sent or self._terminated:
             return
         self._goaway_sent = True
-        control = self._h3._local_control_stream_id
-        if control is not None:
-            # The first request id we will not process (RFC 9114 §5.2).
-            frame = encode_frame(FrameType.GOAWAY, encode_uint_var(self._highest_request + 4))
-            self.quic.send_stream_data(control, frame)
+        # The first request id we will not process (RFC 9114 §5.2).
+        self._h3.send_goaway(self._highest_request + 4)
         if not self._requests:
             self._close()
 
     def _close(self) -> None:
         if not self._terminated:
             self.quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="shutting down")
-
-    def wants_read(self) -> bool:
-        """Datagrams are always processed (flow control is QUIC's own)."""
-        return not self._terminated
-
-    def data_to_send(self) -> bytes:
-        """Not used: HTTP/3 sends datagrams (see ``datagrams_to_send``)."""
-        return b""
 
     @property
     def draining(self) -> bool:

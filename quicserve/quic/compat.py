@@ -35,11 +35,12 @@ upgrade should touch only this file.
    holds for a stream (unsent or unacknowledged), for the app's ``send()`` to wait on.
 8. **Malformed requests are stream errors** (:class:`ServerH3Connection`), not the
    connection errors aioquic makes of them; it also drops what arrives on released
-   streams and reports what it buffers per stream (``held``).
+   streams, reports what it buffers per stream (``held``), and sends GOAWAY
+   (``send_goaway``: aioquic keeps its control stream's id private and has no call for it).
 9. **Field-section limits** (:class:`ServerH3Connection`, :class:`GuardedDecoder`): our
    SETTINGS carry SETTINGS_MAX_FIELD_SECTION_SIZE and our QPACK limits, oversized HEADERS
    frames are refused at their header, and every field section is bounded by
-   ``protocol/qpack_guard.py`` before pylsqpack may expand it (the QPACK bomb).
+   ``quic/qpack_guard.py`` before pylsqpack may expand it (the QPACK bomb).
 10. **Guards against abusive peers** (the last section of the class): CRYPTO data held
     (RFC 9000 §7.5), ACK frames per packet and ACKs of packets never sent (§21.9, §13.1),
     RETIRE_CONNECTION_ID for CIDs never sent (§19.16); each override says what aioquic
@@ -60,7 +61,7 @@ from typing import Any
 
 import pylsqpack
 from aioquic import tls
-from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+from aioquic.buffer import Buffer, encode_uint_var  # type: ignore[attr-defined]
 from aioquic.h3.connection import (
     ErrorCode,
     FrameType,
@@ -69,6 +70,7 @@ from aioquic.h3.connection import (
     MessageError,
     ProtocolError,
     Setting,
+    encode_frame,
 )
 from aioquic.h3.events import H3Event
 from aioquic.quic import events
@@ -88,7 +90,7 @@ from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import FinalSizeError, QuicStream, QuicStreamReceiver
 
 from ..config import Config
-from ..protocol.qpack_guard import (
+from .qpack_guard import (
     QpackEncoderError,
     QpackGuard,
     QpackLoadError,
@@ -841,6 +843,15 @@ class ServerH3Connection(H3Connection):
         if not stream.receiving_ended or stream.blocked:
             super()._receive_stream_reset(stream_id)
         self._stream.pop(stream_id, None)
+
+    def send_goaway(self, first_refused: int) -> None:
+        """Send a GOAWAY frame (RFC 9114 §5.2) on our control stream: requests from stream
+        ``first_refused`` on will not be processed. aioquic has no public call for it (its
+        control stream id is internal)."""
+        control = self._local_control_stream_id
+        if control is not None:
+            frame = encode_frame(FrameType.GOAWAY, encode_uint_var(first_refused))
+            self._server_quic.send_stream_data(control, frame)
 
     def reject(self, stream_id: int) -> None:
         """Ignore whatever else arrives on ``stream_id`` (the caller reset it): its data is

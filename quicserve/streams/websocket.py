@@ -62,13 +62,8 @@ from ..connection_info import ConnectionInfo
 from ..events import Headers, RequestReceived
 from ..lowlevel import Wakeup
 from ..types import ASGIApp, Message, Scope
-from .http import (
-    SAFE_METHODS,
-    StreamHost,
-    access_logger,
-    response_headers,
-    upgrade_scope,
-)
+from .base import StreamBase, StreamHost, access_logger
+from .http import SAFE_METHODS, response_headers, upgrade_scope
 
 logger = logging.getLogger("quicserve.error")
 
@@ -93,8 +88,42 @@ def is_websocket_request(request: RequestReceived) -> bool:
     return request.websocket_upgrade and request.method == b"GET"
 
 
-class WebSocketStream:
-    """One WebSocket and the ASGI app call that serves it."""
+class WebSocketStream(StreamBase):
+    """One WebSocket and the ASGI app call that serves it.
+
+    ``status`` is the handshake's: 101 or 200 once accepted, the denial's status, or 0.
+    The bytes it logs are the WebSocket's frames as sent (or the denial's body)."""
+
+    __slots__ = (
+        "_app_busy",
+        "_app_closed",
+        "_backlog",
+        "_close_code",
+        "_close_deadline",
+        "_close_reason",
+        "_close_timeout",
+        "_connect_delivered",
+        "_failure",
+        "_failure_deadline",
+        "_fragment_size",
+        "_fragments",
+        "_inbox",
+        "_keeper_wakeup",
+        "_last_received",
+        "_max_queue",
+        "_max_size",
+        "_ping_interval",
+        "_ping_payload",
+        "_ping_sent",
+        "_queue",
+        "_remote_ended",
+        "_response_headers",
+        "_slice",
+        "_state",
+        "_task_group",
+        "_transport_ended",
+        "_ws",
+    )
 
     def __init__(
         self,
@@ -104,12 +133,7 @@ class WebSocketStream:
         request: RequestReceived,
         state: dict[str, Any] | None,
     ) -> None:
-        self._app = app
-        self._host = host
-        self._info = info
-        self.request = request
-        self.stream_id = request.stream_id
-        self._lifespan_state = state
+        super().__init__(app, host, info, request, state)
         config = host.config
         self._max_size = config.ws_max_size
         self._max_queue = max(1, config.ws_max_queue)
@@ -132,7 +156,6 @@ class WebSocketStream:
         self._close_code = _ABNORMAL
         self._close_reason = ""
         self._transport_ended = False
-        self._waiter: Wakeup | None = None
         self._keeper_wakeup: Wakeup | None = None
         self._close_deadline = 0.0
         self._last_received = time.monotonic()
@@ -144,15 +167,8 @@ class WebSocketStream:
         #: The app took a message and has not called ``receive`` since.
         self._app_busy = False
         self._ping_sent = 0.0
-        self._status = 0
         self._response_headers: Headers | None = None
-        self._bytes_out = 0
         self._task_group: anyio.abc.TaskGroup | None = None
-
-    @property
-    def status(self) -> int:
-        """The handshake's status: 101 or 200 once accepted, the denial's status, or 0."""
-        return self._status
 
     # -- events from the connection ----------------------------------------------------
 
@@ -328,7 +344,7 @@ class WebSocketStream:
         # The connection writes it out after the current event batch, or the caller
         # flushes (the app's send path).
         if data and not self._transport_ended:
-            self._bytes_out += len(data)
+            self._bytes_sent += len(data)
             self._host.protocol.send_data(self.stream_id, data)
 
     def _end_transport(self) -> None:
@@ -336,11 +352,6 @@ class WebSocketStream:
         if not self._transport_ended:
             self._transport_ended = True
             self._host.protocol.send_data(self.stream_id, b"", True)
-
-    def _wake(self) -> None:
-        if self._waiter is not None:
-            self._waiter.set()
-            self._waiter = None
 
     def _wake_keeper(self) -> None:
         if self._keeper_wakeup is not None:
@@ -409,7 +420,8 @@ class WebSocketStream:
 
     async def run(self) -> None:
         """Check the handshake, call the app, close cleanly whatever it does."""
-        started = time.perf_counter()
+        logged = access_logger.isEnabledFor(logging.INFO)
+        started = time.perf_counter() if logged else 0.0
         host = self._host
         try:
             refusal = self._check_handshake()
@@ -441,8 +453,9 @@ class WebSocketStream:
                     host.protocol.send_data(self.stream_id, b"", True)
             with anyio.CancelScope(shield=True):
                 await host.stream_finished(self.stream_id)
-            if access_logger.isEnabledFor(logging.INFO):
-                self._log_access(time.perf_counter() - started)
+            if logged:
+                duration = time.perf_counter() - started
+                self._log_access(duration, f" (WebSocket {self._close_code})")
 
     def _check_handshake(self) -> tuple[int, Headers, bytes] | None:
         request = self.request
@@ -491,8 +504,7 @@ class WebSocketStream:
     async def _wait_closed(self) -> None:
         # The keeper task (running since accept) ends a handshake that times out.
         while self._state == _CLOSING:
-            wakeup = self._waiter = self._host.new_wakeup()
-            await wakeup.wait()
+            await self._arm().wait()
 
     async def _send_http_error(self, status: int, headers: Headers, body: bytes) -> None:
         """Answer the handshake with an HTTP error instead of a WebSocket."""
@@ -512,7 +524,7 @@ class WebSocketStream:
         protocol = self._host.protocol
         protocol.send_response(self.stream_id, status, head)
         protocol.send_data(self.stream_id, body, True)
-        self._bytes_out = len(body)
+        self._bytes_sent = len(body)
         await self._host.flush(self.stream_id)
         self._wake()
 
@@ -547,8 +559,7 @@ class WebSocketStream:
                     "code": self._close_code,
                     "reason": self._close_reason,
                 }
-            waiter = self._waiter = self._host.new_wakeup()
-            await waiter.wait()
+            await self._arm().wait()
 
     # -- send --------------------------------------------------------------------------
 
@@ -653,27 +664,12 @@ class WebSocketStream:
         if self._response_headers is not None:
             head, self._response_headers = self._response_headers, None
             protocol.send_response(self.stream_id, self._status, head)
-        self._bytes_out += len(body)
+        self._bytes_sent += len(body)
         protocol.send_data(self.stream_id, bytes(body), not more_body)
         if not more_body:
             self._transport_ended = True
             self._finish(self._close_code, "")
         await self._host.flush(self.stream_id)
-
-    def _log_access(self, duration: float) -> None:
-        request = self.request
-        client = self._info.client
-        access_logger.info(
-            '%s - "%s %s HTTP/%s" %d %d %.1fms (WebSocket %d)',
-            f"{client[0]}:{client[1]}" if client else "-",
-            request.method.decode("ascii", "replace"),
-            request.raw_path.decode("latin-1"),
-            self._info.http_version,
-            self._status,
-            self._bytes_out,
-            duration * 1000,
-            self._close_code,
-        )
 
 
 def _negotiate_deflate(headers: Headers) -> tuple[PerMessageDeflate | None, bytes]:

@@ -36,14 +36,10 @@ from typing import Any
 
 from ..connection_info import ConnectionInfo
 from ..events import RequestReceived
-from ..lowlevel import Wakeup
+from ..protocol.base import WebTransportProtocol
 from ..types import ASGIApp, Message, Scope
-from .http import (
-    StreamHost,
-    access_logger,
-    response_headers,
-    upgrade_scope,
-)
+from .base import StreamBase, StreamHost, access_logger
+from .http import response_headers, upgrade_scope
 from .websocket import ClientDisconnected
 
 logger = logging.getLogger("quicserve.error")
@@ -57,8 +53,23 @@ def is_webtransport_request(request: RequestReceived) -> bool:
     return request.method == b"CONNECT" and request.protocol == "webtransport"
 
 
-class WebTransportSession:
-    """One session and the ASGI app call that serves it."""
+class WebTransportSession(StreamBase):
+    """One session and the ASGI app call that serves it.
+
+    ``status`` is the CONNECT's: 200 once accepted, 403 or 500 if refused, or 0. The bytes
+    it logs are the payloads of the datagrams and stream data the app sent."""
+
+    __slots__ = (
+        "_connect_delivered",
+        "_datagrams",
+        "_disconnect_delivered",
+        "_max_datagrams",
+        "_queue",
+        "_reply_streams",
+        "_session_protocol",
+        "_state",
+        "dropped_datagrams",
+    )
 
     def __init__(
         self,
@@ -68,28 +79,19 @@ class WebTransportSession:
         request: RequestReceived,
         state: dict[str, Any] | None,
     ) -> None:
-        self._app = app
-        self._host = host
-        self._info = info
-        self.request = request
-        self.stream_id = request.stream_id
-        self._lifespan_state = state
+        super().__init__(app, host, info, request, state)
         self._state = _CONNECTING
         self._connect_delivered = False
         self._disconnect_delivered = False
         self._queue: deque[Message] = deque()
         self._datagrams = 0
         self._max_datagrams = max(1, host.config.ws_max_queue)
-        self._waiter: Wakeup | None = None
         #: client unidirectional stream -> the server stream its replies go on
         self._reply_streams: dict[int, int] = {}
-        self._status = 0
         self.dropped_datagrams = 0
-
-    @property
-    def status(self) -> int:
-        """The handshake's status: 101 or 200 once accepted, the denial's status, or 0."""
-        return self._status
+        # The calls only a protocol that carries WebTransport has (HTTP/3); checked once.
+        protocol = host.protocol
+        self._session_protocol = protocol if isinstance(protocol, WebTransportProtocol) else None
 
     # -- events from the connection ----------------------------------------------------
 
@@ -135,11 +137,6 @@ class WebTransportSession:
             self._state = _CLOSED
             self._wake()
 
-    def _wake(self) -> None:
-        if self._waiter is not None:
-            self._waiter.set()
-            self._waiter = None
-
     # -- the ASGI call -----------------------------------------------------------------
 
     def build_scope(self) -> Scope:
@@ -157,7 +154,9 @@ class WebTransportSession:
         return scope
 
     async def run(self) -> None:
-        started = time.perf_counter()
+        """Call the app; refuse the session if it neither accepts nor closes it."""
+        logged = access_logger.isEnabledFor(logging.INFO)
+        started = time.perf_counter() if logged else 0.0
         host = self._host
         try:
             await self._app(self.build_scope(), self.receive, self.send)
@@ -181,15 +180,8 @@ class WebTransportSession:
                     host.ack_body(message["stream"], len(message["data"]))
             self._queue.clear()
             await host.stream_finished(self.stream_id)
-            if access_logger.isEnabledFor(logging.INFO):
-                client = self._info.client
-                access_logger.info(
-                    '%s - "CONNECT %s HTTP/3" %d (WebTransport) %.1fms',
-                    f"{client[0]}:{client[1]}" if client else "-",
-                    self.request.raw_path.decode("latin-1"),
-                    self._status,
-                    (time.perf_counter() - started) * 1000,
-                )
+            if logged:
+                self._log_access(time.perf_counter() - started, " (WebTransport)")
 
     async def _respond(self, status: int) -> None:
         self._status = status
@@ -216,8 +208,7 @@ class WebTransportSession:
                     raise ClientDisconnected("the WebTransport session is over")
                 self._disconnect_delivered = True
                 return {"type": "webtransport.disconnect"}
-            waiter = self._waiter = self._host.new_wakeup()
-            await waiter.wait()
+            await self._arm().wait()
 
     async def send(self, message: Message) -> None:
         msg_type = message["type"]
@@ -240,22 +231,33 @@ class WebTransportSession:
         elif msg_type == "webtransport.datagram.send":
             if self._state != _OPEN:
                 raise ClientDisconnected("the WebTransport session is not open")
-            protocol.send_datagram(self.stream_id, bytes(message["data"]))
+            data = bytes(message["data"])
+            self._bytes_sent += len(data)
+            self._extras().send_datagram(self.stream_id, data)
             await self._host.flush(self.stream_id)
         elif msg_type == "webtransport.stream.send":
             if self._state != _OPEN:
                 raise ClientDisconnected("the WebTransport session is not open")
+            session_protocol = self._extras()
             stream_id = int(message["stream"])
             if stream_id % 4 == 2:
                 # The client opened it unidirectionally: reply on a stream of our own.
                 reply = self._reply_streams.get(stream_id)
                 if reply is None:
-                    reply = protocol.open_session_stream(self.stream_id, True)
+                    reply = session_protocol.open_session_stream(self.stream_id, True)
                     self._reply_streams[stream_id] = reply
                 stream_id = reply
-            protocol.send_stream_data(
-                stream_id, bytes(message.get("data", b"")), bool(message.get("end", False))
-            )
+            data = bytes(message.get("data", b""))
+            self._bytes_sent += len(data)
+            session_protocol.send_stream_data(stream_id, data, bool(message.get("end", False)))
             await self._host.flush(stream_id)
         else:
             raise RuntimeError(f"unexpected ASGI message type {msg_type!r}")
+
+    def _extras(self) -> WebTransportProtocol:
+        session_protocol = self._session_protocol
+        if session_protocol is None:
+            # An extended CONNECT for webtransport on a protocol without WebTransport
+            # (HTTP/2): it can be answered, but carries no datagrams or streams.
+            raise RuntimeError("WebTransport datagrams and streams need HTTP/3")
+        return session_protocol

@@ -87,6 +87,8 @@ class FakeHost:
         self.new_wakeup = wakeup_factory()
         self.acked = 0
         self.finished = False
+        #: The most messages the stream's queue held (set by run_stream).
+        self.peak_queue = 0
 
     def extensions_for(self, info: ConnectionInfo) -> dict[str, Any]:
         return {}
@@ -173,7 +175,7 @@ def run_stream(
     finally:
         logger.removeHandler(errors)
     host, stream = made[0]
-    stream.peak_queue = peak[0]  # type: ignore[attr-defined]
+    host.peak_queue = peak[0]
     assert not errors.records, [r.getMessage() for r in errors.records]
     assert host.finished
     if end:  # (after reset() the transport is gone: nothing more is written)

@@ -10,7 +10,7 @@ without expanding anything, so the caller can refuse a section before decoding i
 Rules:
 
 * The size of a field section is the sum over its field lines of name + value + 32 bytes
-  (RFC 9114 §4.2.2; ``fields.field_section_size`` for a decoded one).
+  (RFC 9114 §4.2.2; ``protocol/fields.py``'s ``field_section_size`` for a decoded one).
 * Encoder instructions (RFC 9204 §4.3: Set Dynamic Table Capacity, Insert with Name
   Reference, Insert with Literal Name, Duplicate) are parsed as they arrive; an
   instruction split across reads waits in a buffer bounded by the table capacity.
@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from .fields import FIELD_LINE_OVERHEAD
+from ..events import FIELD_LINE_OVERHEAD
 
 __all__ = [
     "ENTRY_OVERHEAD",
