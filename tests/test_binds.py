@@ -18,11 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
+from clientkit.h3 import H3Request, h3_fetch
 from quicserve.certs import DevCertificate
 
 from . import test_cli
-from .h3client import H3Request, h3_fetch
 from .helpers import CURL
 from .test_cli import Spawn, assert_one_line_error, run_cli
 

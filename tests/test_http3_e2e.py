@@ -22,11 +22,11 @@ import anyio.to_thread
 import httpx
 import pytest
 from aioquic.quic.packet import QuicProtocolVersion, encode_quic_version_negotiation
-
+from clientkit.h3 import H3Request, H3Result, h3_fetch
+from clientkit.net import ipv6_loopback
 from quicserve.certs import DevCertificate
 
 from .apps import echo_app, respond
-from .h3client import H3Request, H3Result, h3_fetch
 from .helpers import client_ssl_context, curl, running_server
 
 pytestmark = pytest.mark.anyio
@@ -219,7 +219,7 @@ async def test_nat_rebinding_keeps_the_connection(
                 relay.front.getsockname()[1],
                 [H3Request("/scope"), H3Request("/scope"), H3Request("/scope")],
                 tls_files,
-                between=lambda client: relay.rebind(),
+                after_first=lambda client: relay.rebind(),
             )
             tg.cancel_scope.cancel()
         clients = [__import__("json").loads(r.body)["client"][1] for r in result.responses]
@@ -379,16 +379,7 @@ async def test_100mib_download_and_upload_intact(
         assert upload.body.decode() == f"{size} {hashlib.sha256(payload).hexdigest()}"
 
 
-def _ipv6_available() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _ipv6_available(), reason="no IPv6 loopback on this machine")
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
 async def test_ipv6_quic_bind(anyio_backend: object, tls_files: DevCertificate) -> None:
     async with running_server(
         echo_app, tls=tls_files, quic_bind=("[::1]:0",), bind=("[::1]:0",), insecure_bind=()
@@ -441,8 +432,7 @@ async def test_vanished_client_is_dropped_after_idle_timeout(
     anyio_backend: object, tls_files: DevCertificate
 ) -> None:
     from aioquic.quic.connection import QuicConnection
-
-    from .h3client import client_configuration
+    from clientkit.h3 import client_configuration
 
     async with quic_server(echo_app, tls_files, quic_idle_timeout=0.5) as srv:
         port = udp_port(srv)

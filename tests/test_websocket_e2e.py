@@ -2,7 +2,7 @@
 
 The independent client is the ``websockets`` package (HTTP/1.1, with and without
 permessage-deflate). For HTTP/2 and HTTP/3, which no packaged Python client speaks, the
-tunnels of ``tests/wsclient.py`` (on the h2 package and on aioquic) carry wsproto's client
+tunnels of ``clientkit/ws.py`` (on the h2 package and on aioquic) carry wsproto's client
 framing; the same cases run over all three transports, on asyncio, uvloop and trio:
 echo, subprotocols, scope, close codes both ways, oversized messages (1009), invalid UTF-8
 (1007), denial responses, app errors, abrupt disconnects, keepalive pings, backpressure and
@@ -17,12 +17,12 @@ from typing import Any
 import anyio
 import pytest
 import websockets
+from clientkit.ws import WSClient, open_h2, open_h3
+from quicserve.certs import DevCertificate
 from websockets.asyncio.client import connect as ws_connect
 
-from quicserve.certs import DevCertificate
-
-from .helpers import client_ssl_context
-from .wsclient import WSApp, WSClient, open_h2, open_h3, serve, tunnel_for, wait_for
+from .helpers import client_ssl_context, wait_for
+from .wsapp import WSApp, serve, tunnel_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -106,7 +106,7 @@ async def test_oversized_message_closes_1009(
 async def test_invalid_utf8_closes_1007(
     anyio_backend: object, transport: str, tls_files: DevCertificate
 ) -> None:
-    from .wsclient import raw_frame
+    from clientkit.ws import raw_frame
 
     app = WSApp()
     async with serve(app, tls_files) as srv:

@@ -1,0 +1,16 @@
+"""Clients for driving a real quicserve, shared by ``tests/`` and ``interop/``.
+
+Not shipped: the wheel holds only ``quicserve`` (see ``[tool.setuptools.packages.find]``).
+Both ``tests/`` and ``interop/`` import from here, so a client is written once:
+
+- :mod:`clientkit.h3`: an HTTP/3 client on aioquic (1xx, trailers, request headers,
+  resumption, 0-RTT, Retry, key update, connection migration).
+- :mod:`clientkit.ws`: WebSocket tunnels on HTTP/1.1, HTTP/2 (RFC 8441) and HTTP/3
+  (RFC 9220), with wsproto's client framing and a raw-frame writer.
+- :mod:`clientkit.net`: the IPv6 loopback probe and the dual-stack UDP socket.
+
+Rules: nothing here imports ``tests`` or ``interop`` (they import this), nor anything of
+``quicserve`` beyond what a client would know (so a server refactor never breaks a
+client); clients are written against the RFCs and the protocol libraries, not against
+quicserve's internals.
+"""
