@@ -7,6 +7,8 @@ Both ``tests/`` and ``interop/`` import from here, so a client is written once:
   resumption, 0-RTT, Retry, key update, connection migration).
 - :mod:`clientkit.ws`: WebSocket tunnels on HTTP/1.1, HTTP/2 (RFC 8441) and HTTP/3
   (RFC 9220), with wsproto's client framing and a raw-frame writer.
+- :mod:`clientkit.chromium`: headless Chromium's command line, launch helpers and the
+  browser page both use.
 - :mod:`clientkit.net`: the IPv6 loopback probe and the dual-stack UDP socket.
 
 Rules: nothing here imports ``tests`` or ``interop`` (they import this), nor anything of
