@@ -10,9 +10,16 @@ Both ``tests/`` and ``interop/`` import from here, so a client is written once:
 - :mod:`clientkit.chromium`: headless Chromium's command line, launch helpers and the
   browser page both use.
 - :mod:`clientkit.net`: the IPv6 loopback probe and the dual-stack UDP socket.
+- :mod:`clientkit.require`: which outside clients this machine has, and the one rule
+  for a missing one (skip locally, fail where ``QUICSERVE_REQUIRE_CLIENTS=1``).
 
-Rules: nothing here imports ``tests`` or ``interop`` (they import this), nor anything of
-``quicserve`` beyond what a client would know (so a server refactor never breaks a
-client); clients are written against the RFCs and the protocol libraries, not against
-quicserve's internals.
+Rules: nothing here imports ``tests`` or ``interop`` (they import this), nor
+``quicserve``: clients are written against the RFCs and the protocol libraries, so a
+server refactor never breaks a client.
 """
+
+from __future__ import annotations
+
+from .require import REQUIRE_CLIENTS, missing, require
+
+__all__ = ["REQUIRE_CLIENTS", "missing", "require"]

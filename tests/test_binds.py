@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from clientkit.h3 import H3Request, h3_fetch
 from quicserve.certs import DevCertificate
 
@@ -32,7 +33,7 @@ spawn = test_cli.spawn
 
 APP = "tests.apps:echo_app"
 
-pytestmark = pytest.mark.skipif(CURL is None, reason="curl is not installed")
+pytestmark = pytest.mark.client("curl")
 
 
 def curl_sync(*args: str) -> tuple[int, str]:

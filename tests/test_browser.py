@@ -7,14 +7,13 @@
 What counts is what the server saw (``http_version`` of each request), not what the page
 says. Chromium trusts the test certificate through ``--ignore-certificate-errors-spki-list``
 (the SPKI hash of the leaf). The command line, the launch helpers and the page are
-:mod:`clientkit.chromium`'s, shared with ``interop/``. Skipped, with the reason, only where
-chromium is not installed; ``.ci/run`` installs it.
+:mod:`clientkit.chromium`'s, shared with ``interop/``. Needs ``chromium``
+(``@pytest.mark.client``: skipped where it is missing, a failure in CI, which installs it).
 """
 
 from __future__ import annotations
 
 import functools
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,7 @@ from quicserve.certs import DevCertificate, spki_sha256_base64
 
 from .helpers import running_server
 
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.skipif(
-        shutil.which("chromium") is None, reason="chromium not installed (apt-get install chromium)"
-    ),
-    pytest.mark.timeout(120),
-]
+pytestmark = [pytest.mark.anyio, pytest.mark.client("chromium"), pytest.mark.timeout(120)]
 
 
 class RecordingApp:

@@ -12,7 +12,6 @@ import contextlib
 import functools
 import hashlib
 import os
-import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import anyio.to_thread
 import httpx
 import pytest
 from aioquic.quic.packet import QuicProtocolVersion, encode_quic_version_negotiation
+
 from clientkit.h3 import H3Request, H3Result, h3_fetch
 from clientkit.net import ipv6_loopback
 from quicserve.certs import DevCertificate
@@ -228,9 +228,7 @@ async def test_nat_rebinding_keeps_the_connection(
         assert srv.server.registry.stats()["accepted"] == 1  # one connection throughout
 
 
-@pytest.mark.skipif(
-    __import__("importlib").util.find_spec("curl_cffi") is None, reason="curl_cffi not installed"
-)
+@pytest.mark.client("curl_cffi")
 async def test_curl_cffi_http3(anyio_backend: object, tls_files: DevCertificate) -> None:
     from curl_cffi import CurlHttpVersion
     from curl_cffi import requests as curl_requests
@@ -253,10 +251,7 @@ async def test_curl_cffi_http3(anyio_backend: object, tls_files: DevCertificate)
         assert download.content == b"x" * 5_000_000
 
 
-@pytest.mark.skipif(
-    shutil.which("gtlsclient") is None,
-    reason="gtlsclient not installed (apt-get install ngtcp2-client)",
-)
+@pytest.mark.client("gtlsclient")
 async def test_gtlsclient(anyio_backend: object, tls_files: DevCertificate, tmp_path: Path) -> None:
     async with quic_server(echo_app, tls_files) as srv:
         port = udp_port(srv)
@@ -432,6 +427,7 @@ async def test_vanished_client_is_dropped_after_idle_timeout(
     anyio_backend: object, tls_files: DevCertificate
 ) -> None:
     from aioquic.quic.connection import QuicConnection
+
     from clientkit.h3 import client_configuration
 
     async with quic_server(echo_app, tls_files, quic_idle_timeout=0.5) as srv:
@@ -541,6 +537,7 @@ async def test_a_server_bug_after_a_request_closes_only_its_connection(
     assert any("Unexpected error serving a stream" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.client("curl", "curl_cffi")
 async def test_head_has_no_body_on_every_protocol(
     anyio_backend: object, tls_files: DevCertificate
 ) -> None:
@@ -597,6 +594,7 @@ async def test_malformed_request_resets_only_its_stream(
         assert srv.server.registry.stats()["accepted"] == 1
 
 
+@pytest.mark.client("curl")
 async def test_connection_specific_response_fields_are_not_sent(
     anyio_backend: object, tls_files: DevCertificate
 ) -> None:

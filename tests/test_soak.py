@@ -50,10 +50,10 @@ import anyio.to_thread
 import httpx
 import pytest
 import sniffio
+
 from clientkit.h3 import H3Request, h3_fetch
 from clientkit.ws import WSClient, open_h2, open_h3
 from quicserve.certs import DevCertificate
-from websockets.asyncio.client import connect as ws_connect
 
 from .helpers import CURL, client_ssl_context, running_server
 
@@ -519,6 +519,8 @@ class Clients:
 
     async def websockets_h1(self) -> None:
         # The websockets package runs on asyncio only: it gets a loop in a worker thread.
+        from websockets.asyncio.client import connect as ws_connect
+
         url = self.https.replace("https://", "wss://").replace("127.0.0.1", "localhost")
         context = client_ssl_context(self.tls)
         soak = self.soak
@@ -579,6 +581,7 @@ class Clients:
         self.soak.end(op_id, count)
 
 
+@pytest.mark.client("curl", "websockets")
 @pytest.mark.timeout(SOAK_SECONDS + 120)
 async def test_soak(anyio_backend: object, tls_files: DevCertificate, tmp_path: Path) -> None:
     """Everything at once for ``QUICSERVE_SOAK_SECONDS``: no operation may stall for 10 s,

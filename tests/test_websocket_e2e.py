@@ -16,10 +16,9 @@ from typing import Any
 
 import anyio
 import pytest
-import websockets
+
 from clientkit.ws import WSClient, open_h2, open_h3
 from quicserve.certs import DevCertificate
-from websockets.asyncio.client import connect as ws_connect
 
 from .helpers import client_ssl_context, wait_for
 from .wsapp import WSApp, serve, tunnel_for
@@ -257,6 +256,7 @@ async def test_wrong_version_gets_426(
 # -- the independent client: the websockets package (HTTP/1.1) -------------------------
 
 
+@pytest.mark.client("websockets")
 @pytest.mark.parametrize("compression", [None, "deflate"])
 async def test_websockets_client(
     anyio_backend: object, tls_files: DevCertificate, compression: str | None
@@ -265,6 +265,8 @@ async def test_websockets_client(
 
     def client_session() -> tuple[Any, ...]:
         import asyncio
+
+        from websockets.asyncio.client import connect as ws_connect
 
         async def main() -> tuple[Any, ...]:
             url = f"wss://localhost:{port}/echo"
@@ -300,6 +302,7 @@ async def test_websockets_client(
     assert app.disconnects == [("/echo", 4100, "bye")]
 
 
+@pytest.mark.client("websockets")
 async def test_websockets_client_sees_1009_and_plain_http_still_works(
     anyio_backend: object, tls_files: DevCertificate
 ) -> None:
@@ -307,6 +310,9 @@ async def test_websockets_client_sees_1009_and_plain_http_still_works(
 
     def client_session() -> int | None:
         import asyncio
+
+        import websockets
+        from websockets.asyncio.client import connect as ws_connect
 
         async def main() -> int | None:
             async with ws_connect(

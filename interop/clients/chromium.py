@@ -8,10 +8,9 @@ line and the DOM reading are :mod:`clientkit.chromium`'s, shared with the tests.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 
-from clientkit import chromium
+from clientkit import chromium, missing
 
 from ..cases import Result, Server, fail, passed
 
@@ -22,7 +21,7 @@ WS_WANT = "proto:{} text:ok binary:ok close:4321"
 
 
 def available() -> str | None:
-    return None if shutil.which("chromium") else "apt-get install chromium"
+    return missing("chromium")
 
 
 def supports(case: str) -> bool:
