@@ -12,7 +12,8 @@ came back, never from the absence of errors:
   address as the server sees it now (it follows NAT rebinding).
 - ``GET /early``: ``1`` when quicserve marked the request as received in 0-RTT
   (``early-data: 1``, RFC 8470 §5.1), else ``0``.
-- ``GET /page``: an HTML page for browsers that fetches ``/proto`` until it reads ``3``.
+- ``GET /page``: an HTML page for browsers that fetches ``/proto`` until it reads ``3``
+  (``clientkit.chromium.PROTO_PAGE``, the page of tests/test_browser.py too).
 - WebSocket ``/ws``: first sends ``proto:<http_version>``, then echoes every message as it
   came (text as text, bytes as bytes); the text ``close:<code>`` makes the app close with
   that code (reason ``asked``), so the client sees a close code the *server* chose.
@@ -30,21 +31,9 @@ import json
 from functools import lru_cache
 from typing import Any
 
-_BLOCK = hashlib.sha256(b"quicserve interop").digest() * 2048  # 64 KiB, never all one byte
+from clientkit.chromium import PROTO_PAGE
 
-PAGE = b"""<!doctype html><html><body><pre id="out">loading</pre><script>
-async function go() {
-  const seen = [];
-  for (let i = 0; i < 300; i++) {
-    const response = await fetch('/proto?i=' + i, {cache: 'no-store'});
-    seen.push(await response.text());
-    if (seen[seen.length - 1] === '3') break;
-    await new Promise(resolve => setTimeout(resolve, 20));
-  }
-  document.getElementById('out').textContent = 'protocols:' + seen.join(',');
-}
-go();
-</script></body></html>"""
+_BLOCK = hashlib.sha256(b"quicserve interop").digest() * 2048  # 64 KiB, never all one byte
 
 WS_PAGE = b"""<!doctype html><html><body><pre id="out">loading</pre><script>
 const show = text => { document.getElementById('out').textContent = text; };
@@ -248,7 +237,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await _respond(send, 200, b"1" if early else b"0")
         return
     if path == "/page":
-        await _respond(send, 200, PAGE, b"text/html")
+        await _respond(send, 200, PROTO_PAGE, b"text/html")
         return
     if path == "/wspage":
         await _respond(send, 200, WS_PAGE, b"text/html")

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from clientkit.net import ipv6_loopback
 
 from .cases import CASES, Result, Server
 from .clients import ALL as CLIENTS
@@ -60,23 +61,13 @@ class Cell:
     seconds: float = 0.0
 
 
-def ipv6_available() -> bool:
-    """True when this machine can bind UDP on ::1."""
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
 class ServerProcess:
     """quicserve running the interop app in a subprocess, for one backend and profile."""
 
     def __init__(self, backend: str, profile: str, certs: Any, workdir: Path) -> None:
         self.backend, self.profile, self.certs = backend, profile, certs
         self.log = workdir / f"server-{backend}-{profile}.log"
-        self.v6 = ipv6_available()
+        self.v6 = ipv6_loopback()
         command = [
             sys.executable,  # the real interpreter (not a pyenv shim), so the PID is ours
             "-m",

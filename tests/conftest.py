@@ -5,15 +5,18 @@
 * ``tls_files`` makes a throwaway CA and localhost certificate at run time (nothing
   secret is committed).
 * :func:`tests.helpers.running_server` starts a real server on loopback in-process.
+* ``@pytest.mark.client("curl", ...)`` names the outside clients a test drives: where one
+  is missing the test is skipped, or fails where ``QUICSERVE_REQUIRE_CLIENTS=1`` (CI), by
+  :func:`clientkit.require`, before any fixture starts a server.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from clientkit import require
 from quicserve.certs import DevCertificate, make_test_certificates
 
 _BACKENDS = [
@@ -21,12 +24,19 @@ _BACKENDS = [
     pytest.param(
         ("asyncio", {"use_uvloop": True}),
         id="uvloop",
-        marks=pytest.mark.skipif(
-            importlib.util.find_spec("uvloop") is None, reason="uvloop is not installed"
-        ),
+        marks=pytest.mark.client("uvloop"),
     ),
     pytest.param(("trio", {}), id="trio"),
 ]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Check every ``client`` mark before the test's fixtures run (a skip raised later,
+    inside a server's task group, would reach pytest as an error)."""
+    for mark in item.iter_markers("client"):
+        for name in mark.args:
+            require(name)
 
 
 @pytest.fixture(params=_BACKENDS)

@@ -94,3 +94,10 @@ async def raw_exchange(port: int, data: bytes, *, read_timeout: float = 5.0) -> 
                 except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                     break
         return b"".join(chunks)
+
+
+async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds."""
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.01)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from clientkit.h3 import H3Request, h3_fetch
 from quicserve.certs import DevCertificate
 
 from . import test_cli
-from .h3client import H3Request, h3_fetch
 from .helpers import CURL
 from .test_cli import Spawn, assert_one_line_error, run_cli
 
@@ -33,7 +33,7 @@ spawn = test_cli.spawn
 
 APP = "tests.apps:echo_app"
 
-pytestmark = pytest.mark.skipif(CURL is None, reason="curl is not installed")
+pytestmark = pytest.mark.client("curl")
 
 
 def curl_sync(*args: str) -> tuple[int, str]:

@@ -6,48 +6,32 @@
 
 What counts is what the server saw (``http_version`` of each request), not what the page
 says. Chromium trusts the test certificate through ``--ignore-certificate-errors-spki-list``
-(the SPKI hash of the leaf). Skipped, with the reason, only where chromium is not installed;
-``.ci/run`` installs it.
+(the SPKI hash of the leaf). The command line, the launch helpers and the page are
+:mod:`clientkit.chromium`'s, shared with ``interop/``. Needs ``chromium``
+(``@pytest.mark.client``: skipped where it is missing, a failure in CI, which installs it).
 """
 
 from __future__ import annotations
 
-import shutil
+import functools
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 
+from clientkit import chromium
 from quicserve.certs import DevCertificate, spki_sha256_base64
 
 from .helpers import running_server
 
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.skipif(
-        shutil.which("chromium") is None, reason="chromium not installed (apt-get install chromium)"
-    ),
-    pytest.mark.timeout(120),
-]
-
-PAGE = b"""<!doctype html><html><body><pre id="out">loading</pre><script>
-async function go() {
-  const seen = [];
-  for (let i = 0; i < 300; i++) {
-    const response = await fetch('/proto?i=' + i, {cache: 'no-store'});
-    seen.push(await response.text());
-    if (seen[seen.length - 1] === '3') break;
-    await new Promise(resolve => setTimeout(resolve, 20));
-  }
-  document.getElementById('out').textContent = 'protocols:' + seen.join(',');
-}
-go();
-</script></body></html>"""
+pytestmark = [pytest.mark.anyio, pytest.mark.client("chromium"), pytest.mark.timeout(120)]
 
 
 class RecordingApp:
-    """Serves PAGE at / and the request's http_version at /proto, and remembers both."""
+    """Serves chromium.PROTO_PAGE at / and the request's http_version at /proto, and
+    remembers both."""
 
     def __init__(self) -> None:
         self.versions: list[tuple[str, str]] = []
@@ -59,7 +43,7 @@ class RecordingApp:
         if scope["path"] == "/proto":
             body, kind = scope["http_version"].encode(), b"text/plain"
         else:
-            body, kind = PAGE, b"text/html"
+            body, kind = chromium.PROTO_PAGE, b"text/html"
         await send(
             {
                 "type": "http.response.start",
@@ -68,26 +52,6 @@ class RecordingApp:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-def chromium_command(url: str, tls: DevCertificate, profile: Path, *flags: str) -> list[str]:
-    """Headless Chromium trusting the test certificate, with ``flags``, opening ``url``."""
-    return [
-        "chromium",
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--enable-quic",
-        f"--ignore-certificate-errors-spki-list={spki_sha256_base64(tls.certfile)}",
-        "--host-resolver-rules=MAP localhost 127.0.0.1",
-        *flags,
-        url,
-    ]
 
 
 async def read_body(receive: Any) -> str:
@@ -102,26 +66,18 @@ async def read_body(receive: Any) -> str:
 async def run_chromium_until(
     reported: anyio.Event, url: str, tls: DevCertificate, profile: Path, *flags: str
 ) -> None:
-    """Run Chromium on ``url`` until the page reports to the app (``reported`` is set);
-    for pages whose work --dump-dom's virtual time would not wait for (WebSockets,
-    WebTransport). The browser is stopped afterwards."""
-    command = chromium_command(url, tls, profile, *flags)
-    async with await anyio.open_process(command) as browser:
-        try:
-            with anyio.fail_after(60):
-                await reported.wait()
-        finally:
-            browser.terminate()
+    """Chromium on ``url`` until the page reports to the app (``reported`` is set); for
+    pages whose work --dump-dom's virtual time would not wait for (WebSockets,
+    WebTransport)."""
+    spki = spki_sha256_base64(tls.certfile)
+    await chromium.run_until(reported, url, spki, profile, *flags)
 
 
 async def run_chromium(url: str, tls: DevCertificate, profile: Path, *flags: str) -> str:
     """Load ``url`` headless and return the DOM after the page's script ran."""
-    command = chromium_command(
-        url, tls, profile, "--virtual-time-budget=20000", *flags, "--dump-dom"
-    )
-    with anyio.fail_after(90):
-        result = await anyio.run_process(command, check=False)
-    return result.stdout.decode(errors="replace")
+    spki = spki_sha256_base64(tls.certfile)
+    load = functools.partial(chromium.dump_dom, url, spki, profile, *flags, timeout=90)
+    return await anyio.to_thread.run_sync(load)
 
 
 async def test_page_loads_over_http3(
@@ -134,7 +90,7 @@ async def test_page_loads_over_http3(
             f"https://localhost:{port}/",
             tls_files,
             tmp_path,
-            f"--origin-to-force-quic-on=localhost:{port}",
+            chromium.force_quic(port),
         )
     assert 'id="out">protocols:3<' in dom, dom[-500:]
     assert app.versions[0] == ("/", "3")  # the navigation itself came over HTTP/3
@@ -150,7 +106,7 @@ async def test_alt_svc_moves_chromium_from_h2_to_h3(
             f"https://localhost:{port}/",
             tls_files,
             tmp_path,
-            "--origin-to-force-quic-on=localhost:9",  # QUIC allowed, but nothing forced here
+            chromium.QUIC_ALLOWED,  # QUIC allowed, but nothing forced here
         )
     assert app.versions[0] == ("/", "2"), app.versions[:3]  # first navigation: h2 over TCP
     later = [version for _, version in app.versions[1:]]
@@ -158,7 +114,7 @@ async def test_alt_svc_moves_chromium_from_h2_to_h3(
     # The page's own fetches end on h3. Its first fetch may already be h3: Chromium starts
     # the QUIC handshake as soon as it reads alt-svc on the navigation, and on a fast
     # loopback that can finish before the script's first fetch (seen in CI).
-    shown = dom.split('id="out">', 1)[1].split("<", 1)[0]
+    shown = chromium.shown(dom) or ""
     assert shown.startswith("protocols:") and shown.endswith("3"), shown
 
 
@@ -244,8 +200,8 @@ async def test_websocket_over_http3_then_more_http3(
     async with running_server(app, tls=tls_files, quic_bind=("127.0.0.1:0",)) as srv:
         port = next(a.port for a in srv.addresses if a.transport == "udp")
         flags = (
-            f"--origin-to-force-quic-on=localhost:{port}",
-            "--enable-features=EnableWebsocketsOverHttp3",
+            chromium.force_quic(port),
+            chromium.WEBSOCKETS_OVER_HTTP3,
         )
         url = f"https://localhost:{port}/"
         await run_chromium_until(app.reported, url, tls_files, tmp_path, *flags)
@@ -357,7 +313,7 @@ async def test_webtransport_page(
             f"https://localhost:{port}/",
             tls_files,
             tmp_path,
-            f"--origin-to-force-quic-on=localhost:{port}",
+            chromium.force_quic(port),
         )
     assert app.report == "datagram:echo datagram from chromium stream:echo stream from chromium"
     assert [s["path"] for s in app.sessions] == ["/wt"]

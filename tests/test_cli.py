@@ -19,7 +19,6 @@ Rules the tests hold the command to:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -57,9 +56,7 @@ BACKENDS = [
     pytest.param("asyncio"),
     pytest.param(
         "uvloop",
-        marks=pytest.mark.skipif(
-            importlib.util.find_spec("uvloop") is None, reason="uvloop is not installed"
-        ),
+        marks=pytest.mark.client("uvloop"),
     ),
     pytest.param("trio"),
 ]
@@ -611,7 +608,7 @@ def curl_dev(ca: Path, *args: str) -> tuple[str, str]:
     return body, version
 
 
-@pytest.mark.skipif(CURL is None, reason="curl is not installed")
+@pytest.mark.client("curl")
 def test_development_default_makes_and_reuses_a_ca(
     spawn: Spawn, backend: str, env: dict[str, str]
 ) -> None:

@@ -23,6 +23,7 @@ from .helpers import client_ssl_context, curl, raw_exchange, running_server
 pytestmark = pytest.mark.anyio
 
 
+@pytest.mark.client("curl")
 async def test_curl_get_and_post(anyio_backend: object) -> None:
     async with running_server(echo_app) as srv:
         code, out, err = await curl("--http1.1", "-i", srv.url("/"))
@@ -35,6 +36,7 @@ async def test_curl_get_and_post(anyio_backend: object) -> None:
         assert (code, out) == (0, b"payload-123")
 
 
+@pytest.mark.client("curl")
 async def test_curl_chunked_upload_and_tls(
     anyio_backend: object, tls_files: DevCertificate
 ) -> None:
@@ -139,6 +141,7 @@ async def test_expect_100_continue(anyio_backend: object) -> None:
             assert reply.startswith(b"HTTP/1.1 200 OK")
 
 
+@pytest.mark.client("curl")
 async def test_expect_100_continue_body_right_after_100(
     anyio_backend: object, tmp_path: Path
 ) -> None:
@@ -180,6 +183,7 @@ async def test_expect_100_continue_body_right_after_100(
                 tg.start_soon(client)
 
 
+@pytest.mark.client("curl")
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [
@@ -256,6 +260,7 @@ async def test_keep_alive_timeout(anyio_backend: object) -> None:
                     await stream.receive()
 
 
+@pytest.mark.client("curl")
 async def test_request_body_limit_413(anyio_backend: object) -> None:
     async with running_server(echo_app, max_request_body_size=1000) as srv:
         _, out, _ = await curl("-i", "--data-binary", "x" * 2000, srv.url("/echo"))
@@ -327,6 +332,7 @@ async def test_slow_app_reader_backpressure(anyio_backend: object) -> None:
         assert state["total"] == size
 
 
+@pytest.mark.client("curl")
 async def test_lifespan_state_reaches_requests(anyio_backend: object) -> None:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":

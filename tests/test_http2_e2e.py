@@ -8,7 +8,6 @@ runs on asyncio, uvloop and trio.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import ssl
 from typing import Any
 
@@ -116,6 +115,7 @@ class H2Client:
                 await self.flush()
 
 
+@pytest.mark.client("curl")
 async def test_curl_http2_over_tls(anyio_backend: object, tls_files: DevCertificate) -> None:
     async with running_server(echo_app, tls=tls_files) as srv:
         code, out, err = await curl(
@@ -135,6 +135,7 @@ async def test_curl_http2_over_tls(anyio_backend: object, tls_files: DevCertific
         assert (code, out) == (0, b"abc" * 1000), err
 
 
+@pytest.mark.client("curl")
 async def test_curl_h2c_prior_knowledge_and_upgrade(anyio_backend: object) -> None:
     async with running_server(echo_app) as srv:
         code, out, err = await curl("--http2-prior-knowledge", "-i", srv.url("/scope"))
@@ -192,6 +193,7 @@ async def test_large_transfers_with_flow_control(
             assert response.text == f"{size} {hashlib.sha256(payload).hexdigest()}"
 
 
+@pytest.mark.client("curl")
 async def test_upload_to_a_slow_app_reopens_the_window(
     anyio_backend: object, tmp_path: Any
 ) -> None:
@@ -320,6 +322,7 @@ async def test_app_error_resets_only_its_stream(anyio_backend: object) -> None:
         await client.stream.aclose()
 
 
+@pytest.mark.client("curl")
 async def test_graceful_shutdown_sends_goaway_and_finishes_in_flight(anyio_backend: object) -> None:
     started = anyio.Event()
 
@@ -355,9 +358,7 @@ async def test_graceful_shutdown_sends_goaway_and_finishes_in_flight(anyio_backe
         await idle.stream.aclose()
 
 
-@pytest.mark.skipif(
-    shutil.which("h2load") is None, reason="h2load not installed (apt-get install nghttp2-client)"
-)
+@pytest.mark.client("h2load")
 async def test_h2load_smoke(anyio_backend: object, tls_files: DevCertificate) -> None:
     async with running_server(echo_app, tls=tls_files) as srv:
         result = await anyio.run_process(

@@ -12,7 +12,6 @@ import contextlib
 import functools
 import hashlib
 import os
-import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,11 @@ import httpx
 import pytest
 from aioquic.quic.packet import QuicProtocolVersion, encode_quic_version_negotiation
 
+from clientkit.h3 import H3Request, H3Result, h3_fetch
+from clientkit.net import ipv6_loopback
 from quicserve.certs import DevCertificate
 
 from .apps import echo_app, respond
-from .h3client import H3Request, H3Result, h3_fetch
 from .helpers import client_ssl_context, curl, running_server
 
 pytestmark = pytest.mark.anyio
@@ -219,7 +219,7 @@ async def test_nat_rebinding_keeps_the_connection(
                 relay.front.getsockname()[1],
                 [H3Request("/scope"), H3Request("/scope"), H3Request("/scope")],
                 tls_files,
-                between=lambda client: relay.rebind(),
+                after_first=lambda client: relay.rebind(),
             )
             tg.cancel_scope.cancel()
         clients = [__import__("json").loads(r.body)["client"][1] for r in result.responses]
@@ -228,9 +228,7 @@ async def test_nat_rebinding_keeps_the_connection(
         assert srv.server.registry.stats()["accepted"] == 1  # one connection throughout
 
 
-@pytest.mark.skipif(
-    __import__("importlib").util.find_spec("curl_cffi") is None, reason="curl_cffi not installed"
-)
+@pytest.mark.client("curl_cffi")
 async def test_curl_cffi_http3(anyio_backend: object, tls_files: DevCertificate) -> None:
     from curl_cffi import CurlHttpVersion
     from curl_cffi import requests as curl_requests
@@ -253,10 +251,7 @@ async def test_curl_cffi_http3(anyio_backend: object, tls_files: DevCertificate)
         assert download.content == b"x" * 5_000_000
 
 
-@pytest.mark.skipif(
-    shutil.which("gtlsclient") is None,
-    reason="gtlsclient not installed (apt-get install ngtcp2-client)",
-)
+@pytest.mark.client("gtlsclient")
 async def test_gtlsclient(anyio_backend: object, tls_files: DevCertificate, tmp_path: Path) -> None:
     async with quic_server(echo_app, tls_files) as srv:
         port = udp_port(srv)
@@ -379,16 +374,7 @@ async def test_100mib_download_and_upload_intact(
         assert upload.body.decode() == f"{size} {hashlib.sha256(payload).hexdigest()}"
 
 
-def _ipv6_available() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _ipv6_available(), reason="no IPv6 loopback on this machine")
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
 async def test_ipv6_quic_bind(anyio_backend: object, tls_files: DevCertificate) -> None:
     async with running_server(
         echo_app, tls=tls_files, quic_bind=("[::1]:0",), bind=("[::1]:0",), insecure_bind=()
@@ -442,7 +428,7 @@ async def test_vanished_client_is_dropped_after_idle_timeout(
 ) -> None:
     from aioquic.quic.connection import QuicConnection
 
-    from .h3client import client_configuration
+    from clientkit.h3 import client_configuration
 
     async with quic_server(echo_app, tls_files, quic_idle_timeout=0.5) as srv:
         port = udp_port(srv)
@@ -551,6 +537,7 @@ async def test_a_server_bug_after_a_request_closes_only_its_connection(
     assert any("Unexpected error serving a stream" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.client("curl", "curl_cffi")
 async def test_head_has_no_body_on_every_protocol(
     anyio_backend: object, tls_files: DevCertificate
 ) -> None:
@@ -607,6 +594,7 @@ async def test_malformed_request_resets_only_its_stream(
         assert srv.server.registry.stats()["accepted"] == 1
 
 
+@pytest.mark.client("curl")
 async def test_connection_specific_response_fields_are_not_sent(
     anyio_backend: object, tls_files: DevCertificate
 ) -> None:

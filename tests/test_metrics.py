@@ -48,6 +48,7 @@ async def scrape(url: str) -> dict[str, int]:
     return parse(response.text)
 
 
+@pytest.mark.client("curl")
 @pytest.mark.anyio
 async def test_counts_every_protocol(anyio_backend: object, tls_files: DevCertificate) -> None:
     async with running_server(
@@ -84,6 +85,7 @@ async def test_counts_every_protocol(anyio_backend: object, tls_files: DevCertif
     assert after["quicserve_worker_restarts_total"] == 0
 
 
+@pytest.mark.client("curl")
 @pytest.mark.anyio
 async def test_handshake_failures_and_other_paths(
     anyio_backend: object, tls_files: DevCertificate

@@ -202,6 +202,7 @@ async def test_off_by_default(anyio_backend: object) -> None:
     assert response.json()["client"][0] == "127.0.0.1"
 
 
+@pytest.mark.client("curl")
 @pytest.mark.anyio
 async def test_forwarded_over_http2(anyio_backend: object, tls_files: DevCertificate) -> None:
     async with running_server(scope_app, tls=tls_files, proxy_headers=True) as srv:

@@ -3,9 +3,9 @@
 One in-process server (TLS, cleartext and QUIC binds) serves uploads, downloads and
 WebSocket echoes from real clients running together: curl (HTTP/1.1 plain and TLS with
 ``Expect: 100-continue``, HTTP/2 over TLS, h2c prior knowledge, h2c Upgrade), httpx
-(HTTP/2, several streams on one connection), aioquic's client (``tests/h3client.py``,
+(HTTP/2, several streams on one connection), aioquic's client (``clientkit/h3.py``,
 HTTP/3, in a worker thread), the ``websockets`` package (HTTP/1.1, in a worker thread)
-and ``tests/wsclient.py``'s RFC 8441 / RFC 9220 tunnels (WebSockets on HTTP/2 and 3).
+and ``clientkit/ws.py``'s RFC 8441 / RFC 9220 tunnels (WebSockets on HTTP/2 and 3).
 
 Every request and every WebSocket is an *operation* with a progress stamp: the app
 stamps it each time it receives or sends a piece, and clients stamp it where they see
@@ -50,13 +50,12 @@ import anyio.to_thread
 import httpx
 import pytest
 import sniffio
-from websockets.asyncio.client import connect as ws_connect
 
+from clientkit.h3 import H3Request, h3_fetch
+from clientkit.ws import WSClient, open_h2, open_h3
 from quicserve.certs import DevCertificate
 
-from .h3client import H3Request, h3_fetch
 from .helpers import CURL, client_ssl_context, running_server
-from .wsclient import WSClient, open_h2, open_h3
 
 pytestmark = pytest.mark.anyio
 
@@ -357,8 +356,8 @@ class Clients:
             ("httpx h2 streams", self.httpx_h2),
             ("aioquic h3 streams", self.h3),
             ("websockets h1", self.websockets_h1),
-            ("wsclient h2 WebSocket", self.ws_h2),
-            ("wsclient h3 WebSocket", self.ws_h3),
+            ("clientkit h2 WebSocket", self.ws_h2),
+            ("clientkit h3 WebSocket", self.ws_h3),
         ]
 
     async def run(self, name: str, worker: Callable[[], Awaitable[None]]) -> None:
@@ -520,6 +519,8 @@ class Clients:
 
     async def websockets_h1(self) -> None:
         # The websockets package runs on asyncio only: it gets a loop in a worker thread.
+        from websockets.asyncio.client import connect as ws_connect
+
         url = self.https.replace("https://", "wss://").replace("127.0.0.1", "localhost")
         context = client_ssl_context(self.tls)
         soak = self.soak
@@ -551,13 +552,13 @@ class Clients:
         context = client_ssl_context(self.tls)
         port = int(self.https.rsplit(":", 1)[1])
         while not self.soak.over():
-            op_id = self.soak.begin("ws-h2", "wsclient h2 (RFC 8441) echo session")
+            op_id = self.soak.begin("ws-h2", "clientkit h2 (RFC 8441) echo session")
             async with open_h2(port, f"/ws?id={op_id}", tls=context) as tunnel:
                 await self._ws_session(op_id, WSClient(tunnel))
 
     async def ws_h3(self) -> None:
         while not self.soak.over():
-            op_id = self.soak.begin("ws-h3", "wsclient h3 (RFC 9220) echo session")
+            op_id = self.soak.begin("ws-h3", "clientkit h3 (RFC 9220) echo session")
             async with open_h3(
                 self.quic_port, f"/ws?id={op_id}", cafile=str(self.tls.ca_certfile)
             ) as tunnel:
@@ -580,6 +581,7 @@ class Clients:
         self.soak.end(op_id, count)
 
 
+@pytest.mark.client("curl", "websockets")
 @pytest.mark.timeout(SOAK_SECONDS + 120)
 async def test_soak(anyio_backend: object, tls_files: DevCertificate, tmp_path: Path) -> None:
     """Everything at once for ``QUICSERVE_SOAK_SECONDS``: no operation may stall for 10 s,

@@ -17,9 +17,10 @@ import pytest
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Pong, TextMessage
 
+from clientkit.ws import WSClient, raw_frame
 from quicserve.certs import DevCertificate
 
-from .wsclient import WSApp, WSClient, raw_frame, serve, tunnel_for
+from .wsapp import WSApp, serve, tunnel_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 

@@ -2,7 +2,7 @@
 
 The independent client is the ``websockets`` package (HTTP/1.1, with and without
 permessage-deflate). For HTTP/2 and HTTP/3, which no packaged Python client speaks, the
-tunnels of ``tests/wsclient.py`` (on the h2 package and on aioquic) carry wsproto's client
+tunnels of ``clientkit/ws.py`` (on the h2 package and on aioquic) carry wsproto's client
 framing; the same cases run over all three transports, on asyncio, uvloop and trio:
 echo, subprotocols, scope, close codes both ways, oversized messages (1009), invalid UTF-8
 (1007), denial responses, app errors, abrupt disconnects, keepalive pings, backpressure and
@@ -16,13 +16,12 @@ from typing import Any
 
 import anyio
 import pytest
-import websockets
-from websockets.asyncio.client import connect as ws_connect
 
+from clientkit.ws import WSClient, open_h2, open_h3
 from quicserve.certs import DevCertificate
 
-from .helpers import client_ssl_context
-from .wsclient import WSApp, WSClient, open_h2, open_h3, serve, tunnel_for, wait_for
+from .helpers import client_ssl_context, wait_for
+from .wsapp import WSApp, serve, tunnel_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -106,7 +105,7 @@ async def test_oversized_message_closes_1009(
 async def test_invalid_utf8_closes_1007(
     anyio_backend: object, transport: str, tls_files: DevCertificate
 ) -> None:
-    from .wsclient import raw_frame
+    from clientkit.ws import raw_frame
 
     app = WSApp()
     async with serve(app, tls_files) as srv:
@@ -257,6 +256,7 @@ async def test_wrong_version_gets_426(
 # -- the independent client: the websockets package (HTTP/1.1) -------------------------
 
 
+@pytest.mark.client("websockets")
 @pytest.mark.parametrize("compression", [None, "deflate"])
 async def test_websockets_client(
     anyio_backend: object, tls_files: DevCertificate, compression: str | None
@@ -265,6 +265,8 @@ async def test_websockets_client(
 
     def client_session() -> tuple[Any, ...]:
         import asyncio
+
+        from websockets.asyncio.client import connect as ws_connect
 
         async def main() -> tuple[Any, ...]:
             url = f"wss://localhost:{port}/echo"
@@ -300,6 +302,7 @@ async def test_websockets_client(
     assert app.disconnects == [("/echo", 4100, "bye")]
 
 
+@pytest.mark.client("websockets")
 async def test_websockets_client_sees_1009_and_plain_http_still_works(
     anyio_backend: object, tls_files: DevCertificate
 ) -> None:
@@ -307,6 +310,9 @@ async def test_websockets_client_sees_1009_and_plain_http_still_works(
 
     def client_session() -> int | None:
         import asyncio
+
+        import websockets
+        from websockets.asyncio.client import connect as ws_connect
 
         async def main() -> int | None:
             async with ws_connect(

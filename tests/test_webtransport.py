@@ -16,10 +16,10 @@ import anyio
 import pytest
 from aioquic.h3.connection import Setting
 
+from clientkit.ws import open_h3
 from quicserve.certs import DevCertificate
 
-from .helpers import running_server
-from .wsclient import open_h3, wait_for
+from .helpers import running_server, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 

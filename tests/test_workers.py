@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import socket
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -28,10 +27,10 @@ import httpx
 import pytest
 from aioquic.asyncio.client import connect
 
+from clientkit.h3 import H3Client, H3Request, client_configuration, migrate
 from quicserve.certs import DevCertificate
 
 from . import test_cli
-from .h3client import H3Request, _Client, client_configuration
 from .helpers import client_ssl_context
 from .test_cli import CLIServer, Spawn
 
@@ -42,30 +41,6 @@ spawn = test_cli.spawn
 APP = "tests.worker_apps:app"
 READY = re.compile(r"Worker (\d+) ready \(pid (\d+)\)")
 T = TypeVar("T")
-
-
-class _Forward(asyncio.DatagramProtocol):
-    """Feeds what the client's new socket receives to its QUIC connection."""
-
-    def __init__(self, client: _Client) -> None:
-        self.client = client
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.client.datagram_received(data, addr)
-
-
-async def migrate(client: _Client) -> None:
-    """Active migration: a new peer CID and a new local UDP port (RFC 9000 §9.2, §9.5)."""
-    client._quic.change_connection_id()
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)  # dual-stack, like connect()
-    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    sock.bind(("::", 0, 0, 0))
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(lambda: _Forward(client), sock=sock)
-    old, client._transport = client._transport, transport
-    assert old is not None
-    old.close()
-    client.transmit()
 
 
 class H3Clients:
@@ -84,19 +59,19 @@ class H3Clients:
     def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    async def open(self) -> tuple[_Client, Any]:
+    async def open(self) -> tuple[H3Client, Any]:
         """A connected client (and the context manager to close it with)."""
         manager = connect(
             "127.0.0.1",
             self.port,
             configuration=client_configuration(self.cafile),
-            create_protocol=_Client,
+            create_protocol=H3Client,
         )
         client = await manager.__aenter__()
-        assert isinstance(client, _Client)
+        assert isinstance(client, H3Client)
         return client, manager
 
-    async def get(self, client: _Client, path: str = "/pid") -> dict[str, Any]:
+    async def get(self, client: H3Client, path: str = "/pid") -> dict[str, Any]:
         response = await asyncio.wait_for(client.request(H3Request(path), "localhost"), 30)
         assert response.status == 200, response
         answer: dict[str, Any] = json.loads(response.body)

@@ -194,6 +194,7 @@ async def test_thread_limit(anyio_backend: object) -> None:
     assert probe.most == 2
 
 
+@pytest.mark.client("curl")
 async def test_body_limit_and_http2(anyio_backend: object, tls_files: DevCertificate) -> None:
     async with running_server(
         make_app(Probe()), tls=tls_files, interface="wsgi", max_request_body_size=1000

@@ -7,6 +7,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from clientkit.h3 import H3Request
+
 from ..app import file_sha256
 from ..cases import (
     AMPLIFICATION_WATCH,
@@ -90,15 +92,16 @@ def run(case: str, server: Server) -> Result:
     from aioquic.quic.packet import QuicProtocolVersion
     from aioquic.tls import CipherSuite
 
-    from ..h3 import Request, fetch
+    from clientkit.h3 import h3_fetch
 
-    def go(port: int = server.h3_port, requests: list[Request] | None = None, **kw: Any) -> Any:
-        return fetch(port, requests or [Request("/proto")], cafile=server.ca_certfile, **kw)
+    def go(port: int = server.h3_port, requests: list[H3Request] | None = None, **kw: Any) -> Any:
+        kw.setdefault("timeout", 60.0)
+        return h3_fetch(port, requests or [H3Request("/proto")], cafile=server.ca_certfile, **kw)
 
     if case == "ws-h3":
-        from .. import ws
+        from . import ws_tunnel
 
-        return ws.run(case, server)
+        return ws_tunnel.run(case, server)
     if case in ("handshake", "http3"):
         out = go()
         body = out.responses[0].body
@@ -107,12 +110,12 @@ def run(case: str, server: Server) -> Result:
         return passed(f"/proto over QUIC v{out.version:#x}: 200, server http_version {body!r}")
     if case == "transfer":
         sizes = list(TRANSFER_SIZES)
-        out = go(requests=[Request(f"/files/{s}") for s in sizes])
+        out = go(requests=[H3Request(f"/files/{s}") for s in sizes])
         problem = _check_files(out.responses, sizes)
         return fail(problem) if problem else passed(f"sha256 of {sizes} bytes all match")
     if case == "multiplexing":
         sizes = [MULTIPLEX_SIZE + i for i in range(MULTIPLEX_STREAMS)]
-        out = go(requests=[Request(f"/files/{s}") for s in sizes], concurrent=True)
+        out = go(requests=[H3Request(f"/files/{s}") for s in sizes], concurrent=True)
         problem = _check_files(out.responses, sizes)
         if problem:
             return fail(problem)
@@ -131,7 +134,7 @@ def run(case: str, server: Server) -> Result:
         if case == "zerortt" and first.session_ticket.max_early_data_size is None:
             return fail("the ticket does not allow early data")
         second = go(
-            requests=[Request("/files/5000"), Request("/early")],
+            requests=[H3Request("/files/5000"), H3Request("/early")],
             session_ticket=first.session_ticket,
             concurrent=True,
         )
@@ -165,7 +168,7 @@ def run(case: str, server: Server) -> Result:
     if case == "keyupdate":
         size = 10_000_000
         out = go(
-            requests=[Request(f"/files/{size}")],
+            requests=[H3Request(f"/files/{size}")],
             during_first=lambda client: client._quic.request_key_update(),
         )
         problem = _check_files(out.responses, [size])
@@ -178,7 +181,7 @@ def run(case: str, server: Server) -> Result:
     if case == "ipv6":
         if server.h3_port6 is None:
             return fail("no IPv6 loopback on this machine")
-        out = go(port=server.h3_port6, requests=[Request("/client")], host="::1")
+        out = go(port=server.h3_port6, requests=[H3Request("/client")], host="::1")
         seen = json.loads(out.responses[0].body)
         if seen["client"][0] != "::1" or seen["http_version"] != "3":
             return fail(f"server saw {seen}")
@@ -189,7 +192,7 @@ def run(case: str, server: Server) -> Result:
         with Relay(server.h3_port) as relay:
             out = go(
                 port=relay.port,
-                requests=[Request("/client"), Request("/files/2000000"), Request("/client")],
+                requests=[H3Request("/client"), H3Request("/files/2000000"), H3Request("/client")],
                 after_first=lambda client: relay.rebind(),
             )
         first, transfer, last = out.responses
@@ -204,7 +207,7 @@ def run(case: str, server: Server) -> Result:
         return IMPAIRED[case](case, server, go)
     if case == "post-streaming":
         payload = hashlib.sha512(b"upload").digest() * (UPLOAD_SIZE // 64)
-        out = go(requests=[Request("/sha256", "POST", payload)])
+        out = go(requests=[H3Request("/sha256", "POST", payload)])
         expected = f"{len(payload)} {_sha(payload)}".encode()
         if out.responses[0].body != expected:
             return fail(f"server echoed {out.responses[0].body[:80]!r}")
@@ -227,11 +230,10 @@ def _still_serving(go: Go) -> str | None:
 
 
 def _longrtt(case: str, server: Server, go: Go) -> Result:
-    from ..h3 import Request
     from ..relay import Relay
 
     with Relay(server.h3_port, impairment(case)) as relay:
-        out = go(port=relay.port, requests=[Request(f"/files/{LONGRTT_SIZE}")], timeout=80)
+        out = go(port=relay.port, requests=[H3Request(f"/files/{LONGRTT_SIZE}")], timeout=80)
     problem = _check_files(out.responses, [LONGRTT_SIZE])
     if problem:
         return fail(problem)
@@ -245,13 +247,12 @@ def _longrtt(case: str, server: Server, go: Go) -> Result:
 
 
 def _handshakes(case: str, server: Server, go: Go) -> Result:
-    from ..h3 import Request
     from ..relay import Relay
 
     hit = 0
     for attempt in range(HANDSHAKE_CONNECTIONS):
         with Relay(server.h3_port, impairment(case, attempt)) as relay:
-            out = go(port=relay.port, requests=[Request("/files/1000")], timeout=30)
+            out = go(port=relay.port, requests=[H3Request("/files/1000")], timeout=30)
         problem = _check_files(out.responses, [1000])
         if problem:
             return fail(f"connection {attempt}: {problem}")
@@ -273,13 +274,12 @@ def _handshakes(case: str, server: Server, go: Go) -> Result:
 
 
 def _transfer(case: str, server: Server, go: Go) -> Result:
-    from ..h3 import Request
     from ..relay import Relay
 
     with Relay(server.h3_port, impairment(case)) as relay:
         if case == "blackhole":
             relay.when(BLACKHOLE_AFTER, lambda: relay.blackhole(BLACKHOLE_SECONDS))
-        out = go(port=relay.port, requests=[Request(f"/files/{IMPAIRED_SIZE}")], timeout=80)
+        out = go(port=relay.port, requests=[H3Request(f"/files/{IMPAIRED_SIZE}")], timeout=80)
     problem = _check_files(out.responses, [IMPAIRED_SIZE])
     if problem:
         return fail(f"{problem}; relay: {relay.stats}")
@@ -325,13 +325,12 @@ def _amplification(case: str, server: Server, go: Go) -> Result:
 
 
 def _addressrebinding(case: str, server: Server, go: Go) -> Result:
-    from ..h3 import Request
     from ..relay import Relay
 
     with Relay(server.h3_port, impairment(case)) as relay:
         out = go(
             port=relay.port,
-            requests=[Request("/client"), Request("/files/2000000"), Request("/client")],
+            requests=[H3Request("/client"), H3Request("/files/2000000"), H3Request("/client")],
             after_first=lambda client: relay.rebind(NEW_ADDRESS),
         )
     first, transfer, last = out.responses
@@ -348,10 +347,10 @@ def _addressrebinding(case: str, server: Server, go: Go) -> Result:
 
 
 def _migration(case: str, server: Server, go: Go) -> Result:
-    from ..h3 import Request, migrate
+    from clientkit.h3 import migrate
 
     out = go(
-        requests=[Request("/client"), Request("/files/2000000"), Request("/client")],
+        requests=[H3Request("/client"), H3Request("/files/2000000"), H3Request("/client")],
         after_first=migrate,
     )
     first, transfer, last = out.responses

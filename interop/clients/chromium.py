@@ -2,14 +2,15 @@
 
 The page (``/page`` of the interop app) fetches ``/proto`` until it reads ``3`` and writes
 every answer into the DOM, which ``--dump-dom`` prints: each answer is the http_version
-the *server* saw. Chromium trusts the throwaway leaf through its SPKI hash.
+the *server* saw. Chromium trusts the throwaway leaf through its SPKI hash. The command
+line and the DOM reading are :mod:`clientkit.chromium`'s, shared with the tests.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import tempfile
+
+from clientkit import chromium, missing
 
 from ..cases import Result, Server, fail, passed
 
@@ -20,7 +21,7 @@ WS_WANT = "proto:{} text:ok binary:ok close:4321"
 
 
 def available() -> str | None:
-    return None if shutil.which("chromium") else "apt-get install chromium"
+    return missing("chromium")
 
 
 def supports(case: str) -> bool:
@@ -30,42 +31,16 @@ def supports(case: str) -> bool:
 def _dump_dom(url: str, server: Server, *flags: str) -> str:
     from quicserve.certs import spki_sha256_base64
 
+    spki = spki_sha256_base64(server.certfile)
     with tempfile.TemporaryDirectory(dir=server.workdir or None) as profile:
-        command = [
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            "--enable-quic",
-            f"--ignore-certificate-errors-spki-list={spki_sha256_base64(server.certfile)}",
-            "--host-resolver-rules=MAP localhost 127.0.0.1",
-            "--virtual-time-budget=20000",
-            *flags,
-            "--dump-dom",
-            url,
-        ]
-        done = subprocess.run(command, capture_output=True, timeout=120, check=False)
-    return done.stdout.decode(errors="replace")
-
-
-def _shown(dom: str) -> str | None:
-    if 'id="out">' not in dom:
-        return None
-    return dom.split('id="out">', 1)[1].split("<", 1)[0]
+        return chromium.dump_dom(url, spki, profile, *flags, timeout=120)
 
 
 def run(case: str, server: Server) -> Result:
     if case == "http3":
         port = server.h3_port
-        dom = _dump_dom(
-            f"https://localhost:{port}/page", server, f"--origin-to-force-quic-on=localhost:{port}"
-        )
-        shown = _shown(dom)
+        dom = _dump_dom(f"https://localhost:{port}/page", server, chromium.force_quic(port))
+        shown = chromium.shown(dom)
         if shown != "protocols:3":
             return fail(f"page shows {shown!r} (dom tail {dom[-120:]!r})")
         return passed("page loaded over QUIC; its fetch('/proto') answered 3 by the server")
@@ -73,9 +48,9 @@ def run(case: str, server: Server) -> Result:
         dom = _dump_dom(
             f"https://localhost:{server.https_port}/page",
             server,
-            "--origin-to-force-quic-on=localhost:9",  # QUIC allowed, nothing forced here
+            chromium.QUIC_ALLOWED,  # QUIC allowed, nothing forced here
         )
-        shown = _shown(dom) or ""
+        shown = chromium.shown(dom) or ""
         seen = shown.removeprefix("protocols:").split(",")
         if not shown.startswith("protocols:") or seen[0] != "2" or seen[-1] != "3":
             return fail(f"page shows {shown[:80]!r}, wanted 2 first and 3 last")
@@ -84,11 +59,11 @@ def run(case: str, server: Server) -> Result:
         return _websocket(case, server)
     if case == "webtransport":
         port = server.h3_port
-        shown = _shown(
+        shown = chromium.shown(
             _dump_dom(
                 f"https://localhost:{port}/wtpage",
                 server,
-                f"--origin-to-force-quic-on=localhost:{port}",
+                chromium.force_quic(port),
             )
         )
         if shown != "datagram:ok stream:ok":
@@ -117,11 +92,11 @@ def _websocket(case: str, server: Server) -> Result:
         port = server.h3_port
         url = f"https://localhost:{port}/wspage"
         flags = (
-            f"--origin-to-force-quic-on=localhost:{port}",
-            "--enable-features=EnableWebsocketsOverHttp3",
+            chromium.force_quic(port),
+            chromium.WEBSOCKETS_OVER_HTTP3,
         )
     version = {"ws-h1": "1.1", "ws-h2": "2", "ws-h3": "3"}[case]
-    shown = _shown(_dump_dom(url, server, *flags))
+    shown = chromium.shown(_dump_dom(url, server, *flags))
     if shown != WS_WANT.format(version):
         return fail(f"page shows {shown!r}, wanted {WS_WANT.format(version)!r}")
     return passed(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
+
+from clientkit import missing
 
 from ..cases import UPLOAD_SIZE, Result, Server, fail, passed
 
@@ -19,7 +20,7 @@ UNSUPPORTED = {
 
 
 def available() -> str | None:
-    return None if shutil.which("curl") else "apt-get install curl"
+    return missing("curl")
 
 
 def supports(case: str) -> bool:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from clientkit import missing
 
 from ..app import file_sha256
 from ..cases import (
@@ -69,7 +70,7 @@ CHACHA = "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+CHACHA20-POLY1305"
 
 
 def available() -> str | None:
-    return None if shutil.which("gtlsclient") else "apt-get install ngtcp2-client"
+    return missing("gtlsclient")
 
 
 def supports(case: str) -> bool:

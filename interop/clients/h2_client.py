@@ -1,4 +1,4 @@
-"""The ``h2`` package as a WebSocket client: RFC 8441 extended CONNECT (interop/ws.py).
+"""The ``h2`` package as a WebSocket client: RFC 8441 extended CONNECT (clientkit/ws.py).
 
 Only the ws-h2 case: the HTTP/2 request cases already have independent clients (curl,
 curl_cffi, httpx, h2load), while no packaged Python client speaks RFC 8441.
@@ -27,6 +27,6 @@ def supports(case: str) -> bool:
 
 
 def run(case: str, server: Server) -> Result:
-    from .. import ws
+    from . import ws_tunnel
 
-    return ws.run(case, server)
+    return ws_tunnel.run(case, server)

@@ -6,8 +6,9 @@ Debian's h2load is built without HTTP/3, so it has no QUIC column.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
+
+from clientkit import missing
 
 from ..cases import Result, Server, fail, passed
 
@@ -23,7 +24,7 @@ REQUESTS, CLIENTS, STREAMS = 2000, 4, 10
 
 
 def available() -> str | None:
-    return None if shutil.which("h2load") else "apt-get install nghttp2-client"
+    return missing("h2load")
 
 
 def supports(case: str) -> bool:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from ..test_cli import env, spawn  # noqa: F401  (fixtures)
@@ -12,9 +10,7 @@ BACKENDS = [
     "asyncio",
     pytest.param(
         "uvloop",
-        marks=pytest.mark.skipif(
-            importlib.util.find_spec("uvloop") is None, reason="uvloop is not installed"
-        ),
+        marks=pytest.mark.client("uvloop"),
     ),
     "trio",
 ]

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from clientkit.h3 import H3Request, h3_fetch
 from quicserve.certs import DevCertificate
 
-from ..h3client import H3Request, h3_fetch
 from ..test_cli import ROOT, CLIServer, Spawn
 
 APP = "tests.adversarial.app:app"

@@ -149,7 +149,7 @@ def test_session_ticket_store_is_bounded_and_single_use(
     """A client that collects tickets cannot grow the store past --quic-session-tickets:
     the oldest ticket is forgotten (its resumption is a full handshake), and a ticket
     resumes at most once."""
-    from ..h3client import H3Request, h3_fetch
+    from clientkit.h3 import H3Request, h3_fetch
 
     capacity = 3
     cafile = str(tls_files.ca_certfile)

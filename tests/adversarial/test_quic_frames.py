@@ -20,9 +20,9 @@ from aioquic import tls
 from aioquic.quic.connection import QuicConnectionId
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
+from clientkit.h3 import H3Request, h3_fetch
 from quicserve.certs import DevCertificate
 
-from ..h3client import H3Request, h3_fetch
 from ..test_cli import Spawn
 from .harness import MAX_RSS_GROWTH_MIB, Prober, Target, serve
 from .quic_attacker import Frame, RawQuicClient, ack_frame, cpu_seconds, varint

@@ -26,9 +26,9 @@ from aioquic.h3.connection import ErrorCode, H3Connection
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
 
+from clientkit.h3 import client_configuration
 from quicserve.certs import DevCertificate
 
-from ..h3client import client_configuration
 from ..test_cli import Spawn
 from .harness import MAX_RSS_GROWTH_MIB, Prober, Target, serve
 

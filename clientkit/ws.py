@@ -1,4 +1,4 @@
-"""WebSocket test clients for HTTP/1.1, HTTP/2 (RFC 8441) and HTTP/3 (RFC 9220).
+"""WebSocket clients for HTTP/1.1, HTTP/2 (RFC 8441) and HTTP/3 (RFC 9220).
 
 The ``websockets`` package is the independent HTTP/1.1 client of the tests; it speaks
 neither RFC 8441 nor RFC 9220, and it will not send broken frames on purpose. So this
@@ -6,13 +6,13 @@ module opens a WebSocket *tunnel* on each transport, built on the protocol libra
 (h11 for the HTTP/1.1 handshake, the ``h2`` package, aioquic's QUIC and HTTP/3), and
 :class:`WSClient` runs wsproto's client framing over any tunnel, plus a raw-frame writer
 for the RFC 6455 conformance cases. Everything is anyio, so it runs on every backend the
-server is tested on.
+server is tested on (tests) and under ``anyio.run`` in a worker thread (interop's ws-h2
+and ws-h3 cases).
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import os
 import socket
 import ssl
@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import anyio.streams.tls
 import h2.config
 import h2.connection
 import h2.events
@@ -42,11 +43,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, StreamReset
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
-from wsproto.extensions import PerMessageDeflate
-
-from quicserve.certs import DevCertificate
-
-from .helpers import client_ssl_context, running_server
+from wsproto.extensions import Extension, PerMessageDeflate
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -106,6 +103,15 @@ def _handshake_headers(
     return headers + extra
 
 
+async def _connect(port: int, tls: ssl.SSLContext | None) -> anyio.abc.ByteStream:
+    """A TCP connection to 127.0.0.1:``port``, in TLS when ``tls`` is given."""
+    if tls is None:
+        return await anyio.connect_tcp("127.0.0.1", port)
+    return await anyio.connect_tcp(
+        "127.0.0.1", port, ssl_context=tls, tls_standard_compatible=False
+    )
+
+
 # -- HTTP/1.1 ------------------------------------------------------------------------
 
 
@@ -142,9 +148,7 @@ async def open_h1(
     version: bytes = b"13",
 ) -> AsyncIterator[Tunnel]:
     """An RFC 6455 handshake on a fresh TCP (or TLS) connection."""
-    stream: anyio.abc.ByteStream = await anyio.connect_tcp(
-        "127.0.0.1", port, ssl_context=tls, tls_standard_compatible=False
-    )
+    stream = await _connect(port, tls)
     key = base64.b64encode(os.urandom(16))
     request_headers = [
         (b"host", b"localhost:%d" % port),
@@ -203,6 +207,7 @@ class _H2Tunnel(Tunnel):
         self.connect_protocol_enabled = False
         self.lock = anyio.Lock()
         self.goaway_seen = False
+        self.alpn: str | None = None  # what TLS negotiated (None on h2c)
         self._pending = bytearray()
 
     async def flush(self) -> None:
@@ -300,14 +305,14 @@ async def open_h2(
     prior-knowledge h2c)."""
     if tls is not None:
         tls.set_alpn_protocols(["h2"])
-    stream: anyio.abc.ByteStream = await anyio.connect_tcp(
-        "127.0.0.1", port, ssl_context=tls, tls_standard_compatible=False
-    )
+    stream = await _connect(port, tls)
     conn = h2.connection.H2Connection(
         h2.config.H2Configuration(client_side=True, header_encoding=None)
     )
     conn.initiate_connection()
     tunnel = _H2Tunnel(stream, conn)
+    if tls is not None:
+        tunnel.alpn = stream.extra(anyio.streams.tls.TLSAttribute.alpn_protocol, None)
     async with anyio.create_task_group() as tg:
         tg.start_soon(tunnel.pump)
         try:
@@ -577,7 +582,7 @@ class WSClient:
 
     def __init__(self, tunnel: Tunnel, deflate: bool = False) -> None:
         self.tunnel = tunnel
-        extensions = []
+        extensions: list[Extension] = []
         offered = tunnel.header(b"sec-websocket-extensions")
         if deflate and offered:
             extension = PerMessageDeflate()
@@ -612,11 +617,10 @@ class WSClient:
                         self._fragments.append(event.data)
                         if not event.message_finished:
                             continue
-                        joined = ("" if isinstance(event, TextMessage) else b"").join(
-                            self._fragments
-                        )
-                        self._fragments.clear()
-                        return type(event)(data=joined)
+                        fragments, self._fragments = self._fragments, []
+                        if isinstance(event, TextMessage):
+                            return TextMessage(data="".join(fragments))
+                        return BytesMessage(data=b"".join(fragments))
                     return event
                 if self.ended:
                     return None
@@ -630,7 +634,8 @@ class WSClient:
         """The next data message (answering nothing: pongs are returned as events)."""
         event = await self.next_event(timeout)
         assert isinstance(event, TextMessage | BytesMessage), event
-        return event.data
+        data = event.data
+        return data if isinstance(data, str) else bytes(data)
 
     async def expect_close(self, timeout: float = 10) -> tuple[int, str]:
         """Read until the server's close frame; return its code and reason."""
@@ -644,120 +649,3 @@ class WSClient:
         event = await self.next_event(timeout)
         assert isinstance(event, Pong), event
         return bytes(event.payload)
-
-
-# -- what the WebSocket tests share ----------------------------------------------------
-
-
-class WSApp:
-    """One app for every case, chosen by path; it records what it saw."""
-
-    def __init__(self) -> None:
-        self.disconnects: list[tuple[str, int, str]] = []
-        self.scopes: list[dict[str, Any]] = []
-        self.send_errors: list[str] = []
-        self.finished = 0
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            await send({"type": "http.response.start", "status": 200, "headers": []})
-            await send({"type": "http.response.body", "body": b"plain http"})
-            return
-        assert scope["type"] == "websocket"
-        self.scopes.append(scope)
-        try:
-            await self._serve(scope, receive, send)
-        finally:
-            self.finished += 1
-
-    async def _serve(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        path = scope["path"]
-        assert (await receive())["type"] == "websocket.connect"
-        if path == "/deny":
-            await send(
-                {
-                    "type": "websocket.http.response.start",
-                    "status": 401,
-                    "headers": [(b"content-type", b"text/plain"), (b"x-why", b"token")],
-                }
-            )
-            await send({"type": "websocket.http.response.body", "body": b"no ", "more_body": True})
-            await send({"type": "websocket.http.response.body", "body": b"entry"})
-            return
-        if path == "/forbid":
-            await send({"type": "websocket.close"})
-            return
-        if path == "/boom-before":
-            raise RuntimeError("app fails before accepting")
-        subprotocols = scope["subprotocols"]
-        await send(
-            {
-                "type": "websocket.accept",
-                "subprotocol": subprotocols[0] if subprotocols else None,
-                "headers": [(b"x-accepted", b"yes")],
-            }
-        )
-        if path == "/boom-after":
-            raise RuntimeError("app fails after accepting")
-        if path == "/scope":
-            info = {k: scope[k] for k in ("http_version", "scheme", "path", "query_string")}
-            info["query_string"] = info["query_string"].decode()
-            info["subprotocols"] = scope["subprotocols"]
-            info["extensions"] = sorted(scope["extensions"])
-            await send({"type": "websocket.send", "text": json.dumps(info)})
-        if path == "/server-close":
-            await send({"type": "websocket.close", "code": 4321, "reason": "done here"})
-            message = await receive()
-            self.disconnects.append((path, message["code"], message.get("reason", "")))
-            return
-        if path == "/take-one":
-            # Takes one message and then works on it for longer than the server waits.
-            await receive()
-            await anyio.sleep(2)
-            message = await receive()
-            self.disconnects.append((path, message["code"], message.get("reason", "")))
-            return
-        if path == "/sleepy":
-            # Never receives: the server may queue ws_max_queue messages, no more.
-            await anyio.sleep(30)
-            return
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                self.disconnects.append((path, message["code"], message.get("reason", "")))
-                if path == "/send-after-close":
-                    try:
-                        await send({"type": "websocket.send", "text": "too late"})
-                    except OSError as exc:
-                        self.send_errors.append(type(exc).__name__)
-                return
-            reply = {k: message[k] for k in ("text", "bytes") if message.get(k) is not None}
-            if path == "/slow-echo":
-                await anyio.sleep(0.3)  # still answering when the next frames arrive
-            await send({"type": "websocket.send", **reply})
-
-
-@asynccontextmanager
-async def tunnel_for(
-    transport: str, srv: Any, tls: DevCertificate, path: str, **options: Any
-) -> AsyncIterator[Tunnel]:
-    """A WebSocket handshake to ``path`` on the chosen transport (TLS on all three)."""
-    if transport == "h1":
-        opener = open_h1(srv.port("https"), path, tls=client_ssl_context(tls), **options)
-    elif transport == "h2":
-        opener = open_h2(srv.port("https"), path, tls=client_ssl_context(tls), **options)
-    else:
-        udp = next(a.port for a in srv.addresses if a.transport == "udp")
-        opener = open_h3(udp, path, cafile=str(tls.ca_certfile), **options)
-    async with opener as tunnel:
-        yield tunnel
-
-
-def serve(app: Any, tls: DevCertificate, **options: Any) -> Any:
-    return running_server(app, tls=tls, quic_bind=("127.0.0.1:0",), **options)
-
-
-async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.01)

@@ -1,17 +1,18 @@
-"""A small HTTP/3 client on aioquic, for the aioquic adapter.
+"""An HTTP/3 client on aioquic's own asyncio client, for tests and interop.
 
-Adapted from ``tests/h3client.py`` (not imported: ``tests/`` is not a package we ship),
-plus the knobs the interop cases need: cipher suites, a hook that runs while the first
-response is still arriving (key update, NAT rebinding), and the facts of the QUIC
-connection afterwards (resumed, early data, version, Retry, cipher, key phase).
-Everything runs in :func:`fetch`, which makes its own event loop.
+aioquic's client runs on asyncio only, so callers run :func:`h3_fetch` in a worker thread
+(``anyio.to_thread.run_sync`` in tests, the interop harness's thread): the client gets
+its own event loop there, and the server under test keeps running on whichever backend
+it uses. Besides responses (1xx, headers, body, trailers, resets) it reports what the
+QUIC connection learned: resumption, early data, version, Retry, cipher suite, key
+phases, and a hook that can act while the first response arrives or once it is done
+(key update, NAT rebinding, :func:`migrate`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -26,50 +27,59 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import HandshakeCompleted, QuicEvent, StreamReset
 from aioquic.tls import CipherSuite, Epoch, SessionTicket
 
+from .net import dual_stack_udp_socket
+
 
 @dataclass
-class Response:
+class H3Response:
     """What came back on one request stream."""
 
     status: int = 0
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     body: bytes = b""
     chunks: list[bytes] = field(default_factory=list, repr=False)
+    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    informational: list[int] = field(default_factory=list)
     reset: int | None = None
 
 
 @dataclass
-class Request:
+class H3Request:
     """One request to make on the connection."""
 
     path: str
     method: str = "GET"
     body: bytes = b""
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 @dataclass
-class Outcome:
+class H3Result:
     """The responses, plus what the QUIC connection learned."""
 
-    responses: list[Response]
+    responses: list[H3Response]
     session_ticket: SessionTicket | None = None
     resumed: bool = False
     early_data_accepted: bool = False
     version: int | None = None
     retry_seen: bool = False
     cipher_suite: int | None = None
-    key_phases: list[int] = field(default_factory=list)  # 1-RTT key phase before/after hook
+    #: 1-RTT key phase before and after ``during_first``, and at the end
+    key_phases: list[int] = field(default_factory=list)
     handshake_seconds: float = 0.0  # connect() until the handshake completed
     handshakes: int = 0  # HandshakeCompleted events seen on this connection (1 expected)
     hook_result: Any = None  # what after_first returned (awaited if it was awaitable)
 
 
-class _Client(QuicConnectionProtocol):
+class H3Client(QuicConnectionProtocol):
+    """aioquic's connection protocol with an H3 connection and one response per stream."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.h3 = H3Connection(self._quic)
         self.waiters: dict[int, asyncio.Future[None]] = {}
-        self.responses: dict[int, Response] = {}
+        self.responses: dict[int, H3Response] = {}
+        #: called once, when the next DATA arrives (then cleared)
         self.on_data: Callable[[], None] | None = None
         self.handshakes = 0
 
@@ -83,21 +93,26 @@ class _Client(QuicConnectionProtocol):
             self._h3_event(h3_event)
 
     def _h3_event(self, event: H3Event) -> None:
-        response = self.responses.get(getattr(event, "stream_id", -1))
+        stream_id: int = getattr(event, "stream_id", -1)
+        response = self.responses.get(stream_id)
         if response is None:
             return
         if isinstance(event, HeadersReceived):
             status = dict(event.headers).get(b":status")
-            if status is not None and not status.startswith(b"1"):
+            if status is not None and status.startswith(b"1"):
+                response.informational.append(int(status))
+            elif status is not None:
                 response.status = int(status)
                 response.headers = [(n, v) for n, v in event.headers if not n.startswith(b":")]
+            else:
+                response.trailers = list(event.headers)
         elif isinstance(event, DataReceived):
-            response.chunks.append(event.data)
+            response.chunks.append(event.data)  # joined once at the end: += is quadratic
             if self.on_data is not None:
                 hook, self.on_data = self.on_data, None
                 hook()
         if getattr(event, "stream_ended", False):
-            self._done(event.stream_id)
+            self._done(stream_id)
 
     def _done(self, stream_id: int) -> None:
         response = self.responses.get(stream_id)
@@ -108,9 +123,10 @@ class _Client(QuicConnectionProtocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def request(self, request: Request, authority: str) -> Response:
+    async def request(self, request: H3Request, authority: str) -> H3Response:
+        """Send ``request`` on a new stream and wait for its whole response."""
         stream_id = self._quic.get_next_available_stream_id()
-        self.responses[stream_id] = response = Response()
+        self.responses[stream_id] = response = H3Response()
         self.waiters[stream_id] = asyncio.get_running_loop().create_future()
         self.h3.send_headers(
             stream_id,
@@ -119,6 +135,7 @@ class _Client(QuicConnectionProtocol):
                 (b":scheme", b"https"),
                 (b":authority", authority.encode()),
                 (b":path", request.path.encode()),
+                *request.headers,
             ],
             end_stream=not request.body,
         )
@@ -129,91 +146,114 @@ class _Client(QuicConnectionProtocol):
         return response
 
 
-def _key_phase(client: _Client) -> int:
-    return int(client._quic._cryptos[Epoch.ONE_RTT].key_phase)
-
-
-async def fetch_async(
-    port: int,
-    requests: list[Request],
+def client_configuration(
+    cafile: str | None = None,
     *,
-    cafile: str,
-    host: str = "127.0.0.1",
     session_ticket: SessionTicket | None = None,
     version: int | None = None,
     cipher_suites: list[CipherSuite] | None = None,
-    concurrent: bool = False,
-    during_first: Callable[[Any], None] | None = None,
-    after_first: Callable[[Any], Any] | None = None,
-    timeout: float = 60.0,
-) -> Outcome:
-    """Open one HTTP/3 connection, make ``requests`` (in order, or all at once), close.
-
-    ``during_first(client)`` runs when the first response's first data arrives;
-    ``after_first(client)`` once the first response is complete (sequential mode only);
-    if it returns an awaitable, that is awaited before the next request.
-    """
+) -> QuicConfiguration:
+    """A client configuration that trusts ``cafile`` (or nothing, if None)."""
     configuration = QuicConfiguration(
         is_client=True, alpn_protocols=H3_ALPN, server_name="localhost"
     )
-    configuration.load_verify_locations(cafile)
-    configuration.verify_mode = ssl.CERT_REQUIRED
+    if cafile:
+        configuration.load_verify_locations(cafile)
+        configuration.verify_mode = ssl.CERT_REQUIRED
+    else:
+        configuration.verify_mode = ssl.CERT_NONE
     configuration.session_ticket = session_ticket
     if version is not None:
         configuration.supported_versions = [version]
         configuration.original_version = version
     if cipher_suites is not None:
         configuration.cipher_suites = cipher_suites
+    return configuration
+
+
+def _key_phase(client: H3Client) -> int:
+    return int(client._quic._cryptos[Epoch.ONE_RTT].key_phase)
+
+
+async def h3_fetch_async(
+    port: int,
+    requests: list[H3Request],
+    *,
+    cafile: str | None = None,
+    host: str = "127.0.0.1",
+    session_ticket: SessionTicket | None = None,
+    version: int | None = None,
+    cipher_suites: list[CipherSuite] | None = None,
+    concurrent: bool = False,
+    during_first: Callable[[H3Client], None] | None = None,
+    after_first: Callable[[H3Client], Any] | None = None,
+    timeout: float = 20.0,
+) -> H3Result:
+    """Open one HTTP/3 connection, make ``requests`` (in order, or all at once), close.
+
+    ``during_first(client)`` runs when the first response's first data arrives;
+    ``after_first(client)`` once the first response is complete (sequential mode only);
+    if it returns an awaitable, that is awaited before the next request.
+    """
+    configuration = client_configuration(
+        cafile, session_ticket=session_ticket, version=version, cipher_suites=cipher_suites
+    )
     tickets: list[SessionTicket] = []
-    outcome = Outcome(responses=[])
+    result = H3Result(responses=[])
     started = time.monotonic()
     async with asyncio.timeout(timeout):
         async with connect(
             host,
             port,
             configuration=configuration,
-            create_protocol=_Client,
+            create_protocol=H3Client,
             session_ticket_handler=tickets.append,
             wait_connected=session_ticket is None,
         ) as client:
-            assert isinstance(client, _Client)
-            outcome.handshake_seconds = time.monotonic() - started
+            assert isinstance(client, H3Client)
+            result.handshake_seconds = time.monotonic() - started
             if during_first is not None:
+                hook_during = during_first
 
                 def hook() -> None:
-                    outcome.key_phases.append(_key_phase(client))
-                    during_first(client)
-                    outcome.key_phases.append(_key_phase(client))
+                    result.key_phases.append(_key_phase(client))
+                    hook_during(client)
+                    result.key_phases.append(_key_phase(client))
 
                 client.on_data = hook
             if concurrent:
-                outcome.responses = list(
+                result.responses = list(
                     await asyncio.gather(*(client.request(r, "localhost") for r in requests))
                 )
             else:
                 for i, request in enumerate(requests):
-                    outcome.responses.append(await client.request(request, "localhost"))
+                    result.responses.append(await client.request(request, "localhost"))
                     if after_first is not None and i == 0:
-                        result = after_first(client)
-                        if inspect.isawaitable(result):
-                            result = await result
-                        outcome.hook_result = result
+                        returned = after_first(client)
+                        if inspect.isawaitable(returned):
+                            returned = await returned
+                        result.hook_result = returned
             quic = client._quic
             if during_first is not None:
-                outcome.key_phases.append(_key_phase(client))
-            outcome.resumed = bool(quic.tls.session_resumed)
-            outcome.early_data_accepted = bool(quic.tls.early_data_accepted)
-            outcome.version = quic._version
-            outcome.retry_seen = quic._retry_source_connection_id is not None
+                result.key_phases.append(_key_phase(client))
+            result.resumed = bool(quic.tls.session_resumed)
+            result.early_data_accepted = bool(quic.tls.early_data_accepted)
+            result.version = quic._version
+            result.retry_seen = quic._retry_source_connection_id is not None
             schedule = quic.tls.key_schedule
-            outcome.cipher_suite = schedule.cipher_suite if schedule is not None else None
-            outcome.handshakes = client.handshakes
+            result.cipher_suite = schedule.cipher_suite if schedule is not None else None
+            result.handshakes = client.handshakes
             client.close()
             await client.wait_closed()
             if client._transport is not None:  # the migrated-to socket, if any
                 client._transport.close()
-    outcome.session_ticket = tickets[-1] if tickets else None
-    return outcome
+    result.session_ticket = tickets[-1] if tickets else None
+    return result
+
+
+def h3_fetch(port: int, requests: list[H3Request], **kwargs: Any) -> H3Result:
+    """:func:`h3_fetch_async` in a fresh event loop (call it from a worker thread)."""
+    return asyncio.run(h3_fetch_async(port, requests, **kwargs))
 
 
 class _Forward(asyncio.DatagramProtocol):
@@ -226,34 +266,29 @@ class _Forward(asyncio.DatagramProtocol):
         self.client.datagram_received(data, addr)
 
 
-async def migrate(client: Any) -> dict[str, Any]:
+async def migrate(client: QuicConnectionProtocol) -> dict[str, Any]:
     """Actively migrate ``client`` (RFC 9000 §9.2): new peer connection ID, new local port.
 
     The asyncio client sends through ``client._transport``; a new UDP socket (dual-stack,
     like the one aioquic's ``connect`` made, as the peer address is IPv4-mapped) replaces
     it, the old one is closed so nothing more leaves from the old port, and the new
     socket's datagrams are fed to the same QuicConnection. The server must validate the
-    new path and answer there. Returns the old and new peer CIDs and the new local port.
+    new path and answer there. Whoever made the connection closes the new transport
+    (:func:`h3_fetch_async` does). Returns the old and new peer CIDs and the new local port.
     """
     quic = client._quic
     old_cid = quic._peer_cid.cid.hex()
     quic.change_connection_id()  # RFC 9000 §9.5: a new CID on the new path
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    sock.bind(("::", 0, 0, 0))
+    sock = dual_stack_udp_socket()
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(lambda: _Forward(client), sock=sock)
     old_transport = client._transport
-    client._transport = transport  # fetch_async closes it after the connection
-    old_transport.close()
+    client._transport = transport
+    if old_transport is not None:
+        old_transport.close()
     client.transmit()
     return {
         "old_cid": old_cid,
         "new_cid": quic._peer_cid.cid.hex(),
         "port": sock.getsockname()[1],
     }
-
-
-def fetch(port: int, requests: list[Request], **kwargs: Any) -> Outcome:
-    """:func:`fetch_async` in a fresh event loop (call it from a worker thread)."""
-    return asyncio.run(fetch_async(port, requests, **kwargs))
