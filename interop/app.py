@@ -44,9 +44,9 @@ const ws = new WebSocket(scheme + location.host + '/ws');
 ws.binaryType = 'arraybuffer';
 let step = 0;
 ws.onmessage = event => {
-  if (step === 0) { seen.push(event.data); ws.send('h\u00e9llo, interop \u2713'); }
+  if (step === 0) { seen.push(event.data); ws.send('h\\u00e9llo, interop \\u2713'); }
   else if (step === 1) {
-    seen.push(event.data === 'h\u00e9llo, interop \u2713' ? 'text:ok' : 'text:bad');
+    seen.push(event.data === 'h\\u00e9llo, interop \\u2713' ? 'text:ok' : 'text:bad');
     ws.send(binary);
   } else if (step === 2) {
     const got = new Uint8Array(event.data);
@@ -83,7 +83,7 @@ async function go() {
   }
   const stream = await wt.createBidirectionalStream();
   const streamWriter = stream.writable.getWriter();
-  await streamWriter.write(encode('interop stream \u2713'));
+  await streamWriter.write(encode('interop stream \\u2713'));
   await streamWriter.close();
   let echoed = '';
   const streamReader = stream.readable.getReader();
@@ -94,7 +94,7 @@ async function go() {
   }
   wt.close();
   return 'datagram:' + (datagram && datagram.startsWith('echo:datagram ') ? 'ok' : datagram)
-    + ' stream:' + (echoed === 'echo:interop stream \u2713' ? 'ok' : echoed);
+    + ' stream:' + (echoed === 'echo:interop stream \\u2713' ? 'ok' : echoed);
 }
 go().catch(error => 'error:' + error).then(text => { show(text); done = true; });
 // As on /wspage: a pending fetch holds --dump-dom's virtual time until the session ends.
