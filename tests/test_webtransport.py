@@ -16,10 +16,10 @@ import anyio
 import pytest
 from aioquic.h3.connection import Setting
 
-from clientkit.ws import open_h3
+from clientkit.ws import open_h2, open_h3
 from quicserve.certs import DevCertificate
 
-from .helpers import running_server, wait_for
+from .helpers import client_ssl_context, running_server, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -136,6 +136,22 @@ async def test_refused_session_and_option_off(
         ) as session:
             assert session.h3.received_settings.get(Setting.ENABLE_WEBTRANSPORT) is None
             assert session.status == 501
+    assert app.finished == 0
+
+
+async def test_webtransport_over_http2_is_an_unknown_protocol(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    # quicserve speaks WebTransport over HTTP/3 only: an HTTP/2 extended CONNECT for it gets
+    # 501 and the app is not called (it used to get a session whose sends failed).
+    app = EchoApp()
+    async with running_server(
+        app, tls=tls_files, quic_bind=("127.0.0.1:0",), webtransport=True
+    ) as srv:
+        async with open_h2(
+            srv.port("https"), "/wt", tls=client_ssl_context(tls_files), protocol=b"webtransport"
+        ) as tunnel:
+            assert tunnel.status == 501
     assert app.finished == 0
 
 

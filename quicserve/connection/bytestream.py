@@ -29,7 +29,7 @@ import logging
 import math
 import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -160,12 +160,14 @@ async def _sniff_preface(stream: anyio.abc.SocketStream) -> tuple[bytes, bool]:
 class ByteStreamDriver(ConnectionDriver):
     """Serves HTTP/1.1 or HTTP/2 on one connected byte stream until it closes."""
 
+    protocol: ByteStreamProtocol
+
     def __init__(
         self,
         context: ServerContext,
         stream: anyio.abc.ByteStream,
         info: ConnectionInfo,
-        protocol: Any,
+        protocol: ByteStreamProtocol,
         record: ConnectionRecord,
     ) -> None:
         super().__init__(context, info, protocol, record)
@@ -339,6 +341,7 @@ class ByteStreamDriver(ConnectionDriver):
         protocol = self.protocol
         if (
             self._h1_tunnel_possible
+            and isinstance(protocol, H1Protocol)
             and protocol.tunnel
             and protocol.pending() < self._buffer_limit
             and not self._broken

@@ -40,6 +40,7 @@ from ..events import (
     StreamWritable,
 )
 from ..lowlevel import Wakeup, wakeup_factory
+from ..protocol.base import PushProtocol, ServerProtocol, WebTransportProtocol
 from ..streams.http import HTTPStream, connection_extensions
 from ..streams.websocket import WebSocketStream, is_websocket_request
 from ..streams.webtransport import WebTransportSession, is_webtransport_request
@@ -75,7 +76,11 @@ class ConnectionDriver:
     ``_on_credit`` (the app consumed request body)."""
 
     def __init__(
-        self, context: ServerContext, info: ConnectionInfo, protocol: Any, record: ConnectionRecord
+        self,
+        context: ServerContext,
+        info: ConnectionInfo,
+        protocol: ServerProtocol,
+        record: ConnectionRecord,
     ) -> None:
         self.context = context
         self.config = context.config
@@ -131,25 +136,24 @@ class ConnectionDriver:
             event = protocol.next_event()
             if event is None:
                 return
-            cls = type(event)
-            if cls is BodyReceived:
+            if type(event) is BodyReceived:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
                     stream.body_received(event.data)
                 else:
                     # A finished stream's late body: discard, but give the credit back.
                     protocol.ack_body(event.stream_id, len(event.data))
-            elif cls is RequestReceived:
+            elif type(event) is RequestReceived:
                 self._start_stream(event)
-            elif cls is BodyEnded:
+            elif type(event) is BodyEnded:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
                     stream.body_ended()
-            elif cls is StreamWritable:
+            elif type(event) is StreamWritable:
                 waiter = self._writable.pop(event.stream_id, None)
                 if waiter is not None:
                     waiter.set()
-            elif cls is StreamReset:
+            elif type(event) is StreamReset:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
                     stream.reset()
@@ -159,7 +163,7 @@ class ConnectionDriver:
                 if self._budget_waiters and stream is not None:
                     self._budget_reset.add(event.stream_id)
                     self._release_budget_waiters()
-            elif cls is ConnectionClosed:
+            elif type(event) is ConnectionClosed:
                 for stream in streams.values():
                     stream.reset()
                 self._wake_all_senders()
@@ -172,7 +176,13 @@ class ConnectionDriver:
         if request.websocket_upgrade or request.protocol is not None:
             if is_websocket_request(request):
                 kind = WebSocketStream
-            elif self.config.webtransport and is_webtransport_request(request):
+            elif (
+                self.config.webtransport
+                and is_webtransport_request(request)
+                and isinstance(self.protocol, WebTransportProtocol)
+            ):
+                # Only HTTP/3 carries WebTransport here; elsewhere it is an unknown
+                # :protocol (501), as it is with --webtransport off.
                 kind = WebTransportSession
         stream = kind(self.context.app, self, self._info, request, self.context.lifespan_state)
         self._streams[request.stream_id] = stream
@@ -296,10 +306,10 @@ class ConnectionDriver:
 
     def push(self, parent: RequestReceived, path: bytes, headers: Headers) -> None:
         """Promise and serve a pushed resource (only HTTP/2 offers push)."""
-        push_promise = getattr(self.protocol, "push_promise", None)
-        if push_promise is None:
+        protocol = self.protocol
+        if not isinstance(protocol, PushProtocol):
             return
-        stream_id = push_promise(parent.stream_id, path, headers)
+        stream_id = protocol.push_promise(parent.stream_id, path, headers)
         if stream_id is None:
             return
         request = RequestReceived(

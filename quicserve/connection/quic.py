@@ -28,6 +28,7 @@ import itertools
 import logging
 import socket
 import time
+from collections.abc import Hashable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,7 @@ import anyio.abc
 
 from ..addresses import peer_address
 from ..connection_info import HTTP3_CAPABILITIES, ConnectionInfo
-from ..events import SessionDatagramReceived, SessionStreamDataReceived
+from ..events import RequestReceived, SessionDatagramReceived, SessionStreamDataReceived
 from ..protocol.base import DatagramProtocol
 from ..protocol.http3 import H3Protocol
 from ..quic.compat import ServerQuicConnection
@@ -46,7 +47,7 @@ from ..quic.tickets import SessionTicketStore
 from ..quic.tokens import TokenAuthority
 from ..streams.webtransport import WebTransportSession
 from ..transport.udp import UDPEndpoint
-from .driver import ConnectionDriver
+from .driver import AnyStream, ConnectionDriver
 
 if TYPE_CHECKING:
     from aioquic.quic.configuration import QuicConfiguration
@@ -97,7 +98,7 @@ class QuicListener:
         #: With workers: sends datagrams that belong to another worker there.
         self.router: DatagramDiverter | None = None
         self.tickets = SessionTicketStore(config.quic_session_tickets)
-        self.drivers: dict[int, QuicDriver] = {}
+        self.drivers: dict[Hashable, QuicDriver] = {}
         self.udp = UDPEndpoint(sock, self.drivers, self._on_datagram)
         self._ids = itertools.count(1)
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -159,15 +160,14 @@ class QuicListener:
 
     def _datagram_received(self, data: bytes, addr: Any) -> None:
         now = _now()
-        decision: Any = self.core.classify(data, addr, now)
-        cls = type(decision)
-        if cls is Route:
+        decision = self.core.classify(data, addr, now)
+        if type(decision) is Route:
             driver = self.drivers.get(decision.key)
             if driver is not None:
                 driver.datagram_received(data, addr, now)
-        elif cls is Accept:
+        elif type(decision) is Accept:
             self._accept(decision, data, addr, now)
-        elif cls is Reply:
+        elif type(decision) is Reply:
             self.udp.sendto(decision.datagram, addr)
 
     def _accept(self, decision: Accept, data: bytes, addr: Any, now: float) -> None:
@@ -225,6 +225,8 @@ class QuicListener:
 class QuicDriver(ConnectionDriver):
     """Drives one QUIC connection: datagrams in, HTTP/3 streams, datagrams out."""
 
+    protocol: DatagramProtocol
+
     def __init__(
         self,
         listener: QuicListener,
@@ -270,7 +272,7 @@ class QuicDriver(ConnectionDriver):
         self._finished = anyio.Event()
         self.handshake_reported = False
         self._peer = record.client
-        self._early_streams: list[Any] = []
+        self._early_streams: list[AnyStream] = []
         self._in_input = False
 
     async def run(self) -> None:
@@ -410,7 +412,7 @@ class QuicDriver(ConnectionDriver):
 
     # -- ConnectionDriver hooks ---------------------------------------------------------
 
-    def _start_stream(self, request: Any) -> None:
+    def _start_stream(self, request: RequestReceived) -> None:
         # Migration: new requests report the path the connection is on now.
         peer = peer_address(self.quic.peer_address)
         if peer is not None and peer != self._info.client:
@@ -433,7 +435,7 @@ class QuicDriver(ConnectionDriver):
             else:
                 self.protocol.ack_body(event.stream_id, len(event.data))
 
-    def _launch(self, stream: Any) -> None:
+    def _launch(self, stream: AnyStream) -> None:
         # The stream is registered (its body events are not lost); its task starts
         # once run() has a task group.
         if self._task_group is None:

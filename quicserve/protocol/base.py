@@ -99,6 +99,15 @@ class WebTransportProtocol(StreamProtocol, Protocol):
         """Raw data on one of a session's streams (no HTTP framing)."""
 
 
+@runtime_checkable
+class PushProtocol(StreamProtocol, Protocol):
+    """A protocol that can push (HTTP/2, RFC 9113 §8.4)."""
+
+    def push_promise(self, stream_id: int, path: bytes, headers: Headers) -> int | None:
+        """Promise a pushed ``GET path`` on ``stream_id``; the promised stream's id, or
+        ``None`` when the client disabled push."""
+
+
 class ServerProtocol(StreamProtocol, Protocol):
     """What every connection driver needs from its protocol, whatever feeds it."""
 

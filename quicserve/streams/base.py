@@ -51,9 +51,12 @@ class StreamHost(Protocol):
     """What a stream needs from the connection it lives on (TCP or QUIC)."""
 
     config: Config
-    #: The sans-IO protocol object whose ``send_*`` methods produce the response (its
-    #: stream side; a WebTransport session also checks for the HTTP/3 extras).
-    protocol: StreamProtocol
+
+    @property
+    def protocol(self) -> StreamProtocol:
+        """The sans-IO protocol object whose ``send_*`` methods produce the response (its
+        stream side; a WebTransport session also checks for the HTTP/3 extras)."""
+
     #: Makes the one-shot wake-ups a stream waits on (see ``quicserve.lowlevel``).
     new_wakeup: Callable[[], Wakeup]
 

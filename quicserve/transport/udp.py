@@ -26,7 +26,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Protocol
 
 import anyio
@@ -63,7 +63,7 @@ class UDPEndpoint:
     def __init__(
         self,
         sock: socket.socket,
-        peers: Mapping[int, DatagramPeer],
+        peers: Mapping[Hashable, DatagramPeer],
         on_datagram: Callable[[bytes, Any], None],
     ) -> None:
         self.socket = sock
@@ -74,12 +74,12 @@ class UDPEndpoint:
         self._read_scope: anyio.CancelScope | None = None
         self._send_lock = anyio.Lock()
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._heap: list[tuple[float, int, int]] = []
+        self._heap: list[tuple[float, int, Hashable]] = []
         self._heap_seq = itertools.count()
         self._wheel_target = math.inf
         self._wheel_wakeup: anyio.Event | None = None
         # Peers with output to send at the next turn of the flusher task.
-        self._dirty: dict[int, DatagramPeer] = {}
+        self._dirty: dict[Hashable, DatagramPeer] = {}
         self._flush_wakeup: Wakeup | None = None
 
     @property
@@ -210,7 +210,7 @@ class UDPEndpoint:
                 except OSError:
                     return
 
-    def request_transmit(self, key: int, peer: DatagramPeer) -> None:
+    def request_transmit(self, key: Hashable, peer: DatagramPeer) -> None:
         """Call ``peer.transmit_now`` at the flusher's next turn, not now.
 
         Apps' ``send()`` calls only mark their connection: everything the streams of all
@@ -224,7 +224,7 @@ class UDPEndpoint:
             self._flush_wakeup = None
             wakeup.set()
 
-    def forget_transmit(self, key: int) -> None:
+    def forget_transmit(self, key: Hashable) -> None:
         """The peer under ``key`` is sending its output itself right now."""
         self._dirty.pop(key, None)
 
@@ -242,7 +242,7 @@ class UDPEndpoint:
 
     # -- timers -------------------------------------------------------------------------
 
-    def arm(self, key: int, deadline: float) -> None:
+    def arm(self, key: Hashable, deadline: float) -> None:
         """Call ``timer_fired`` on the peer registered under ``key`` at ``deadline``."""
         heapq.heappush(self._heap, (deadline, next(self._heap_seq), key))
         if deadline < self._wheel_target and self._wheel_wakeup is not None:
