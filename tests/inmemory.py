@@ -137,7 +137,7 @@ def server_quic(
     config: Config, tls: DevCertificate, original_dcid: bytes, tickets: TicketStore
 ) -> H3Protocol:
     """The server's QUIC connection for a client's first Initial, wrapped in HTTP/3 (as
-    ``transport/quic.py`` builds them; the endpoint's CID routing is not involved)."""
+    ``connection/quic.py`` builds them; the endpoint's CID routing is not involved)."""
     configuration = quic_configuration(config)
     configuration.load_cert_chain(str(tls.certfile), str(tls.keyfile))
     quic = ServerQuicConnection(

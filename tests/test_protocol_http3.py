@@ -1,7 +1,7 @@
 """``H3Protocol`` against aioquic's client, in memory with an explicit clock.
 
 The server is quicserve's QUIC connection (``ServerQuicConnection`` from
-``quic/compat.py``, built as ``transport/quic.py`` builds it) wrapped in
+``quic/compat.py``, built as ``connection/quic.py`` builds it) wrapped in
 :class:`H3Protocol`; the client is aioquic's ``QuicConnection`` + ``H3Connection``,
 verifying a certificate made for this test session. Datagrams move through
 :class:`tests.inmemory.QuicPair`. The test plays the stream type: it reads the neutral
