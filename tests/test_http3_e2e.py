@@ -634,3 +634,44 @@ async def test_connection_specific_response_fields_are_not_sent(
         )
         assert code == 0, err
         assert b"x-ok: 1" in out and b"connection:" not in out.lower()
+
+
+async def test_the_certificate_and_key_log_are_loaded_once(
+    anyio_backend: object,
+    tls_files: DevCertificate,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # TCP and two QUIC listeners share one TLS setup: the certificate used to be read for
+    # the TLS context, once more to check it, and once per QUIC listener; the key log was
+    # opened once per QUIC configuration.
+    from aioquic.quic.configuration import QuicConfiguration
+
+    loads: list[str] = []
+    original = QuicConfiguration.load_cert_chain
+
+    def counting(self: QuicConfiguration, *args: Any, **kwargs: Any) -> None:
+        loads.append(str(args[0]))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(QuicConfiguration, "load_cert_chain", counting)
+    keylog = tmp_path / "keys.log"
+    async with running_server(
+        echo_app,
+        tls=tls_files,
+        quic_bind=("127.0.0.1:0", "127.0.0.1:0"),
+        ssl_keylog_file=str(keylog),
+    ) as srv:
+        ports = [a.port for a in srv.addresses if a.transport == "udp"]
+        assert len(ports) == 2
+        for port in ports:
+            result = await fetch(port, [H3Request("/scope")], tls_files)
+            assert result.responses[0].status == 200
+        configurations = {id(listener.configuration) for listener in srv.server._quic_listeners}
+        files = {
+            id(listener.configuration.secrets_log_file) for listener in srv.server._quic_listeners
+        }
+    assert loads == [str(tls_files.certfile)]
+    assert len(configurations) == 2 and len(files) == 1
+    # Both connections' secrets went to the one file.
+    assert keylog.read_text().count("CLIENT_HANDSHAKE_TRAFFIC_SECRET") == 2
