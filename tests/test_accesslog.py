@@ -14,15 +14,16 @@ from typing import Any
 import httpx
 import pytest
 
+from clientkit.ws import WSClient, open_h3
 from quicserve.accesslog import ATOMS, DEFAULT_FORMAT, compile_format, render
 from quicserve.certs import DevCertificate
 from quicserve.connection_info import ConnectionInfo
 from quicserve.events import RequestReceived
 
 from . import test_cli as cli
-from .helpers import running_server
+from .helpers import running_server, wait_for
 from .test_webtransport import EchoApp, quic_port
-from .wsclient import WSApp, WSClient, open_h3, serve, tunnel_for, wait_for
+from .wsapp import WSApp, serve, tunnel_for
 
 env = cli.env
 spawn = cli.spawn
