@@ -406,6 +406,9 @@ class Supervisor:
             return
         if self.pending.get(slot) is worker:
             del self.pending[slot]
+            owner = self.owners[slot] if slot < len(self.owners) else None
+            if owner is not None:
+                owner.send(successor=None)
             logger.error(
                 "New worker %d (pid %d) exited with code %s before it was ready; keeping "
                 "the old one%s",
@@ -451,7 +454,10 @@ class Supervisor:
         if old is None or slot == self.retiring or not old.ready:
             return
         logger.info("Replacing worker %d (pid %d)", slot, old.proc.pid)
-        self.pending[slot] = self._spawn(slot, predecessor=old)
+        successor = self.pending[slot] = self._spawn(slot, predecessor=old)
+        # Both will read the slot's socket until the old one hands over: each sends the
+        # other what it does not know (worker.py, DatagramRouter).
+        old.send(successor=successor.path)
 
     def _add_slot(self) -> None:
         if len(self.owners) >= MAX_SLOTS or self.retiring is not None:

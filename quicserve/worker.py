@@ -31,7 +31,9 @@ socket of the same group, so they carry the same source address. Two reasons to 
 2. **Handover** (reload, ``--max-requests``): a new worker takes the slot's socket while
    the old one drains. A datagram whose CID the new worker does not know and that is not a
    client Initial belongs to an old connection: it goes to the predecessor (kind
-   ``FINAL``: handled there, never forwarded again, so nothing can loop).
+   ``FINAL``: handled there, never forwarded again, so nothing can loop). Until the old
+   worker hands over, it reads the socket too, and sends the new worker what it does not
+   know in the same way (the supervisor tells it the ``successor``'s path).
 
 If forwarding fails (the target is gone), the datagram is handled here; for a CID we do
 not know that means a stateless reset, as for any unknown connection.
@@ -69,7 +71,7 @@ logger = logging.getLogger("quicserve.error")
 
 #: Forwarded by routing: the receiver may still pass it on to its predecessor.
 ROUTED = 0
-#: Forwarded to a predecessor: handle it, never forward again.
+#: Forwarded to a predecessor or successor: handle it, never forward again.
 FINAL = 1
 
 _QUIC_V2 = 0x6B3343CF
@@ -112,6 +114,8 @@ class WorkerLink:
         self.routing: list[str] = list(init["routing"])
         self.forward_dir: str = init["forward_dir"]
         self.predecessor: str | None = init["predecessor"]
+        #: The forwarding path of the worker starting to replace us, until it took over.
+        self.successor: str | None = None
         self.max_requests: int = init["max_requests"]
         self.endpoints: list[RoutedEndpoint] = []
         self.routers: list[DatagramRouter] = []
@@ -192,6 +196,8 @@ class WorkerLink:
             self.table = RoutingTable(table["slots"], tuple(table["active"]))
         if "predecessor" in message:
             self.predecessor = message["predecessor"]
+        if "successor" in message:
+            self.successor = message["successor"]
         if message.get("handover"):
             logger.info("Worker %d handing over to its successor; draining", self.slot)
             server.handover()
@@ -267,15 +273,30 @@ class DatagramRouter:
                 path = slot_path(link.forward_dir, target)
                 if link.forward(path, self.index, ROUTED, data, addr):
                     return True
-        if link.predecessor is None:
-            return False
-        return self.to_predecessor(data, addr)
+        if link.predecessor is not None:
+            return self.to_predecessor(data, addr)
+        if link.successor is not None:
+            return self._to_other_generation(link.successor, data, addr)
+        return False
 
     def to_predecessor(self, data: bytes, addr: Any) -> bool:
         """Send a datagram of a connection our predecessor still serves to it."""
+        predecessor = self.link.predecessor
+        if predecessor is None:
+            return False
+        return self._to_other_generation(predecessor, data, addr)
+
+    def _to_other_generation(self, path: str, data: bytes, addr: Any) -> bool:
+        """Send a datagram whose connection we do not know to the other worker reading our
+        socket (predecessor or successor), which may know it; Initials stay with us.
+
+        While a worker is replaced both generations read the slot's socket for a moment,
+        so each can read the other's packets. Answered here, an unknown connection ID gets
+        a stateless reset, and with the machine's shared secret that reset is valid: it
+        ended the other worker's connection (seen as an HTTP/3 request that never got an
+        answer during a --max-requests replacement)."""
         link = self.link
-        predecessor = link.predecessor
-        if predecessor is None or len(data) < 7:
+        if len(data) < 7:
             return False
         first = data[0]
         if first & 0x80:
@@ -288,4 +309,4 @@ class DatagramRouter:
             dcid = data[1 : 1 + link.layout.cid_length]
         if self.endpoint.owns(dcid):
             return False
-        return link.forward(predecessor, self.index, FINAL, data, addr)
+        return link.forward(path, self.index, FINAL, data, addr)

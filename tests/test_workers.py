@@ -307,3 +307,61 @@ def test_a_worker_that_cannot_start_is_one_error_line(env: dict[str, str]) -> No
     )
     test_cli.assert_one_line_error(result, "no_such_module_xyz", "not found")
     assert "Traceback" not in result.stderr
+
+
+class _Listener:
+    """A QUIC listener as the worker link sees it: knows one connection ID."""
+
+    def __init__(self, known: bytes) -> None:
+        self.known = known
+        self.received: list[bytes] = []
+
+    def receive(self, data: bytes, addr: Any) -> None:
+        self.received.append(data)
+
+    def owns(self, dcid: bytes) -> bool:
+        return dcid == self.known
+
+
+def test_the_old_worker_sends_its_successor_what_it_does_not_know(tmp_path: Any) -> None:
+    # While a worker is replaced, both generations read the slot's socket. A packet of a
+    # connection the new worker accepted, read by the old one, used to get a stateless
+    # reset there (valid: the machine shares the reset secret), which ended the connection.
+    import socket
+
+    from quicserve.worker import FINAL, WorkerLink, decode_forward, worker_path
+
+    control, _peer = socket.socketpair()
+    init = {
+        "slot": 0,
+        "generation": 1,
+        "secret": "00" * 32,
+        "server_id": "",
+        "table": {"slots": 1, "active": [0]},
+        "routing": ["bpf"],
+        "forward_dir": str(tmp_path),
+        "predecessor": None,
+        "max_requests": 0,
+    }
+    link = WorkerLink(control, init)
+    successor = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    successor.bind(worker_path(str(tmp_path), 0, 2))
+    successor.settimeout(1)
+    try:
+        ours, theirs = b"A" * 8, b"B" * 8
+        listener = _Listener(known=ours)
+        router = link.attach(listener)
+        short = b"\x40" + theirs + b"p" * 40
+        initial = b"\xc0\x00\x00\x00\x01\x08" + theirs + b"\x00" + b"p" * 1200
+        assert not router.divert(short, ("127.0.0.1", 9))  # no successor yet: ours to answer
+        link._handle({"successor": worker_path(str(tmp_path), 0, 2)}, server=None)  # type: ignore[arg-type]
+        assert router.divert(short, ("127.0.0.1", 9))
+        assert decode_forward(successor.recv(70000))[1:] == (FINAL, ("127.0.0.1", 9), short)
+        assert not router.divert(b"\x40" + ours + b"p" * 40, ("127.0.0.1", 9))  # known: ours
+        assert not router.divert(initial, ("127.0.0.1", 9))  # a new connection: ours to take
+        link._handle({"successor": None}, server=None)  # type: ignore[arg-type]
+        assert not router.divert(short, ("127.0.0.1", 9))
+    finally:
+        successor.close()
+        link.close()
+        _peer.close()
