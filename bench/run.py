@@ -60,6 +60,7 @@ from bench.loaders import (  # noqa: E402
 )
 from bench.report import Report, Trial, format_trial  # noqa: E402
 from bench.servers import (  # noqa: E402
+    ALIASES,
     VARIANTS,
     Listen,
     ServerProcess,
@@ -92,17 +93,21 @@ def _csv(choices: Sequence[str]) -> Callable[[str], list[str]]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI."""
-    server_tokens = list(dict.fromkeys([v.family for v in VARIANTS] + [v.name for v in VARIANTS]))
+    server_tokens = list(
+        dict.fromkeys([v.family for v in VARIANTS] + [v.name for v in VARIANTS] + [*ALIASES])
+    )
     p = argparse.ArgumentParser(
         prog="python -m bench.run",
-        description="Benchmark quicserve, Hypercorn and Uvicorn side by side on bench.app.",
+        description="Benchmark quicserve, Hypercorn, Uvicorn and Granian side by side on "
+        "bench.app.",
     )
     p.add_argument(
         "--servers",
         type=_csv(server_tokens),
-        default=["quicserve", "hypercorn", "uvicorn"],
-        help=f"comma list from: {', '.join(server_tokens)} (default: quicserve,hypercorn,uvicorn;"
-        " 'uvicorn' also adds the uvicorn-httptools row when httptools is importable)",
+        default=["quicserve", "hypercorn", "uvicorn", "granian"],
+        help=f"comma list from: {', '.join(server_tokens)} (default: quicserve,hypercorn,uvicorn,"
+        "granian; 'uvicorn' means the uvicorn (h11), uvicorn-wsproto and, when httptools is "
+        "importable, uvicorn-std rows)",
     )
     p.add_argument(
         "--protocols",
@@ -175,6 +180,7 @@ def select_variants(tokens: Sequence[str], skipped: list[str]) -> list[ServerVar
     """Expand --servers tokens into variants, noting those that are not installed."""
     chosen: list[ServerVariant] = []
     for token in tokens:
+        token = ALIASES.get(token, token)
         exact = [v for v in VARIANTS if v.name == token]
         for v in exact or [v for v in VARIANTS if v.family == token]:
             if v in chosen:
@@ -398,7 +404,16 @@ def collect_meta(args: argparse.Namespace, servers: list[ServerVariant]) -> dict
             "quicserve commit": _git_commit(),
             **{
                 d: _version(d)
-                for d in ("quicserve", "hypercorn", "uvicorn", "uvloop", "httptools", "trio")
+                for d in (
+                    "quicserve",
+                    "hypercorn",
+                    "uvicorn",
+                    "granian",
+                    "uvloop",
+                    "httptools",
+                    "websockets",
+                    "trio",
+                )
             },
         },
         "tools": [
@@ -473,9 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if v.supports(proto, backend):
                     runnable.append(v)
                 elif proto not in v.protocols:
-                    skipped.append(
-                        f"{v.name} {proto}/{backend}: {v.family} does not serve {spec.http}"
-                    )
+                    why = v.reason_not_served(proto) or f"{v.family} does not serve {spec.http}"
+                    skipped.append(f"{v.name} {proto}/{backend}: {why}")
                 else:
                     skipped.append(f"{v.name} {proto}/{backend}: no {backend} backend")
             if runnable:
