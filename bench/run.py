@@ -48,6 +48,8 @@ if __package__ in (None, ""):  # run as `python bench/run.py`: make `bench` impo
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.app import HELLO_BODY  # noqa: E402
+from bench.chart import DEFAULT_PATH as CHART_PATH  # noqa: E402
+from bench.chart import draw  # noqa: E402
 from bench.loaders import (  # noqa: E402
     MIB,
     PROTOCOLS,
@@ -73,6 +75,7 @@ from bench.servers import (  # noqa: E402
 from bench.tls import make_self_signed  # noqa: E402
 
 BACKENDS = ("asyncio", "trio", "uvloop")
+DEFAULT_CHART = REPO_ROOT / CHART_PATH
 HOST = "127.0.0.1"
 
 
@@ -156,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--warmup", type=int, default=2, help="warm-up seconds before each trial")
     p.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write JSON here")
+    p.add_argument(
+        "--chart",
+        type=Path,
+        default=DEFAULT_CHART,
+        metavar="OUT.png",
+        help=f"PNG chart of req/s and CPU per request (default {DEFAULT_CHART}; needs "
+        "matplotlib, skipped with a note without it)",
+    )
+    p.add_argument("--no-chart", action="store_true", help="do not draw the chart")
     p.add_argument(
         "--reference",
         default="quicserve",
@@ -533,6 +545,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
         print(f"JSON written to {args.json}", file=sys.stderr)
+    if not args.no_chart and report.trials and draw(report.to_json(), args.chart) is not None:
+        print(f"chart written to {args.chart}", file=sys.stderr)
     failed = any(not t.ok for t in report.trials)
     return 1 if failed or interrupted or not report.trials else 0
 
