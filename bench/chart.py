@@ -13,7 +13,8 @@ Rules:
   backend. Without matplotlib `draw` says so in one line on stderr and returns None: a
   benchmark run never fails for want of a chart.
 * Every server keeps one colour in every panel (the order servers were run), and a server
-  whose trials all failed shows as "FAILED" in its slot, never as a zero bar.
+  whose trials all failed shows as "FAILED" in its slot, never as a zero bar; a bar from
+  only some of the repeats is labelled "k/n ok".
 * The title carries the date, the machine and the load average: absolute numbers do not
   travel between machines; ratios within one run do.
 
@@ -42,6 +43,8 @@ class Bar:
     low: float | None
     high: float | None
     cpu: float | None  # CPU ms per 1000 requests (per MiB for bulk)
+    ok: int = 0  # trials that succeeded
+    trials: int = 0  # trials run
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,8 @@ def panels(summaries: Sequence[Mapping[str, Any]], bulk: Sequence[str] = ()) -> 
                 low=rate["low"] if ok else None,
                 high=rate["high"] if ok else None,
                 cpu=cpu["median"] if ok else None,
+                ok=s["ok"],
+                trials=s.get("trials", s["ok"]),
             )
         )
     return [
@@ -120,6 +125,7 @@ def draw(report_json: Mapping[str, Any], path: Path) -> Path | None:
         len(backends),
         figsize=(4.2 * len(backends), 2.9 * len(protocols)),
         squeeze=False,
+        layout="constrained",  # makes room for the suptitle and the legend above the panels
     )
     by_cell = {(p.protocol, p.backend): p for p in todo}
     for row, protocol in enumerate(protocols):
@@ -134,10 +140,9 @@ def draw(report_json: Mapping[str, Any], path: Path) -> Path | None:
     fig.legend(
         handles,
         names,
-        loc="upper center",
+        loc="outside lower center",  # at the top it would cover the suptitle
         ncol=min(len(names), 6),
         frameon=False,
-        bbox_to_anchor=(0.5, 0.965),
     )
     fig.suptitle(
         f"{meta.get('date', '?')} | {meta.get('machine', '?')} | "
@@ -147,7 +152,6 @@ def draw(report_json: Mapping[str, Any], path: Path) -> Path | None:
         "Compare servers within one run.",
         fontsize=8,
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.91))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -169,6 +173,11 @@ def _draw_panel(ax: Any, panel: Panel, colours: Mapping[str, Any]) -> None:
             capsize=3,
             ecolor="0.2",
         )
+        if bar.ok < bar.trials:  # a bar of fewer repeats than the others: say so on it
+            ax.text(
+                x, bar.median, f"{bar.ok}/{bar.trials} ok", ha="center", va="bottom", fontsize=7
+            )
+    ax.set_xlim(-0.6, len(panel.bars) - 0.4)  # keep a FAILED slot (no bar) in view
     ax.set_title(f"{panel.protocol} / {panel.backend}", fontsize=9)
     ax.set_xticks(list(xs))
     ax.set_xticklabels([b.server for b in panel.bars], fontsize=7, rotation=20)

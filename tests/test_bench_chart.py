@@ -18,6 +18,7 @@ def _summary(protocol: str, backend: str, server: str, ok: int, **kw: Any) -> di
         "backend": backend,
         "server": server,
         "ok": ok,
+        "trials": 3,
         "rps": kw.get("rps", none),
         "cpu_ms_per_1k": kw.get("cpu", none),
         "mib_per_s": kw.get("mib", none),
@@ -48,6 +49,7 @@ def test_panels_group_by_scenario_in_run_order_and_keep_failures() -> None:
     assert [b.server for b in h1.bars] == ["quicserve", "granian"]
     assert (h1.bars[0].median, h1.bars[0].low, h1.bars[0].high, h1.bars[0].cpu) == (10, 9, 11, 50)
     assert h1.bars[1].median is None and h1.bars[1].cpu is None  # FAILED, not a zero bar
+    assert (h1.bars[0].ok, h1.bars[0].trials) == (3, 3)
     bulk = got[2]
     assert bulk.bulk and bulk.rate_label == "MiB/s" and bulk.bars[0].cpu == 7
     assert not h1.bulk and h1.cpu_label == "server CPU ms / 1k req"
