@@ -48,6 +48,8 @@ if __package__ in (None, ""):  # run as `python bench/run.py`: make `bench` impo
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.app import HELLO_BODY  # noqa: E402
+from bench.chart import DEFAULT_PATH as CHART_PATH  # noqa: E402
+from bench.chart import draw  # noqa: E402
 from bench.loaders import (  # noqa: E402
     MIB,
     PROTOCOLS,
@@ -60,6 +62,7 @@ from bench.loaders import (  # noqa: E402
 )
 from bench.report import Report, Trial, format_trial  # noqa: E402
 from bench.servers import (  # noqa: E402
+    ALIASES,
     VARIANTS,
     Listen,
     ServerProcess,
@@ -72,6 +75,7 @@ from bench.servers import (  # noqa: E402
 from bench.tls import make_self_signed  # noqa: E402
 
 BACKENDS = ("asyncio", "trio", "uvloop")
+DEFAULT_CHART = REPO_ROOT / CHART_PATH
 HOST = "127.0.0.1"
 
 
@@ -92,17 +96,21 @@ def _csv(choices: Sequence[str]) -> Callable[[str], list[str]]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI."""
-    server_tokens = list(dict.fromkeys([v.family for v in VARIANTS] + [v.name for v in VARIANTS]))
+    server_tokens = list(
+        dict.fromkeys([v.family for v in VARIANTS] + [v.name for v in VARIANTS] + [*ALIASES])
+    )
     p = argparse.ArgumentParser(
         prog="python -m bench.run",
-        description="Benchmark quicserve, Hypercorn and Uvicorn side by side on bench.app.",
+        description="Benchmark quicserve, Hypercorn, Uvicorn and Granian side by side on "
+        "bench.app.",
     )
     p.add_argument(
         "--servers",
         type=_csv(server_tokens),
-        default=["quicserve", "hypercorn", "uvicorn"],
-        help=f"comma list from: {', '.join(server_tokens)} (default: quicserve,hypercorn,uvicorn;"
-        " 'uvicorn' also adds the uvicorn-httptools row when httptools is importable)",
+        default=["quicserve", "hypercorn", "uvicorn", "granian"],
+        help=f"comma list from: {', '.join(server_tokens)} (default: quicserve,hypercorn,uvicorn,"
+        "granian; 'uvicorn' means the uvicorn (h11), uvicorn-wsproto and, when httptools is "
+        "importable, uvicorn-std rows)",
     )
     p.add_argument(
         "--protocols",
@@ -152,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="warm-up seconds before each trial")
     p.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write JSON here")
     p.add_argument(
+        "--chart",
+        type=Path,
+        default=DEFAULT_CHART,
+        metavar="OUT.png",
+        help=f"PNG chart of req/s and CPU per request (default {DEFAULT_CHART}; needs "
+        "matplotlib, skipped with a note without it)",
+    )
+    p.add_argument("--no-chart", action="store_true", help="do not draw the chart")
+    p.add_argument(
         "--reference",
         default="quicserve",
         help="server that ratios are computed for (default: quicserve; if it is not run, "
@@ -175,6 +192,7 @@ def select_variants(tokens: Sequence[str], skipped: list[str]) -> list[ServerVar
     """Expand --servers tokens into variants, noting those that are not installed."""
     chosen: list[ServerVariant] = []
     for token in tokens:
+        token = ALIASES.get(token, token)
         exact = [v for v in VARIANTS if v.name == token]
         for v in exact or [v for v in VARIANTS if v.family == token]:
             if v in chosen:
@@ -398,7 +416,16 @@ def collect_meta(args: argparse.Namespace, servers: list[ServerVariant]) -> dict
             "quicserve commit": _git_commit(),
             **{
                 d: _version(d)
-                for d in ("quicserve", "hypercorn", "uvicorn", "uvloop", "httptools", "trio")
+                for d in (
+                    "quicserve",
+                    "hypercorn",
+                    "uvicorn",
+                    "granian",
+                    "uvloop",
+                    "httptools",
+                    "websockets",
+                    "trio",
+                )
             },
         },
         "tools": [
@@ -473,9 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if v.supports(proto, backend):
                     runnable.append(v)
                 elif proto not in v.protocols:
-                    skipped.append(
-                        f"{v.name} {proto}/{backend}: {v.family} does not serve {spec.http}"
-                    )
+                    why = v.reason_not_served(proto) or f"{v.family} does not serve {spec.http}"
+                    skipped.append(f"{v.name} {proto}/{backend}: {why}")
                 else:
                     skipped.append(f"{v.name} {proto}/{backend}: no {backend} backend")
             if runnable:
@@ -519,6 +545,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
         print(f"JSON written to {args.json}", file=sys.stderr)
+    if not args.no_chart and report.trials and draw(report.to_json(), args.chart) is not None:
+        print(f"chart written to {args.chart}", file=sys.stderr)
     failed = any(not t.ok for t in report.trials)
     return 1 if failed or interrupted or not report.trials else 0
 

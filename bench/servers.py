@@ -1,16 +1,18 @@
 """Servers under test: their command lines, and the lifecycle of one server process.
 
 Job: know, for each server variant (quicserve, quicserve-metrics, quicserve-base, hypercorn,
-uvicorn, uvicorn-httptools), which (protocol, backend) pairs it can serve and the exact
-command that serves ``bench.app:app`` that way; start that command pinned to the server
-CPU, wait until its port accepts, read its CPU time, and stop it.
+uvicorn, uvicorn-wsproto, uvicorn-std, granian), which (protocol, backend) pairs it can serve
+and the exact command that serves ``bench.app:app`` that way; start that command pinned to
+the server CPU, wait until its port accepts, read its CPU time, and stop it.
 
 Rules:
 
 * Same app, one worker (two for the ``-2w`` rows), access log off, log level ``warning``
   for every server, started from the repository root with the interpreter running this harness.
-* A variant that cannot serve a pair (uvicorn: no HTTP/2, no trio) says so in `supports`; the
-  harness lists the pair as not applicable instead of running something not comparable.
+* A variant that cannot serve a pair (uvicorn: no HTTP/2, no trio; granian: no trio, no
+  HTTP/3, no WebSocket over HTTP/2) says so in `supports` and, where "does not serve HTTP/x"
+  would mislead, in `why_not`; the harness lists the pair as not applicable instead of running
+  something not comparable.
 * Server CPU time is the whole process tree's (``utime+stime`` of the root and every live
   descendant, plus the children they reaped), read from ``/proc``: Hypercorn serves from a
   spawned worker process even with one worker.
@@ -66,6 +68,11 @@ class ServerVariant:
     protocols: frozenset[str]
     build: Callable[[str, Listen], list[str]]  # (python executable, listen) -> argv
     requires_module: str | None = None  # importable module needed (e.g. httptools)
+    why_not: tuple[tuple[str, str], ...] = ()  # (protocol, reason it is not served)
+
+    def reason_not_served(self, protocol: str) -> str | None:
+        """Why this variant does not serve ``protocol``, when that needs saying."""
+        return dict(self.why_not).get(protocol)
 
     def supports(self, protocol: str, backend: str) -> bool:
         """Whether this variant can serve ``protocol`` on ``backend`` at all."""
@@ -159,6 +166,41 @@ def _hypercorn(python: str, listen: Listen) -> list[str]:
     return argv
 
 
+def _granian(python: str, listen: Listen) -> list[str]:
+    # Granian's ASGI interface (its default is RSGI), one worker, the event loop the backend
+    # names (its default, "auto", would pick uvloop when installed), and --http auto, its
+    # default: HTTP/1.1 in plaintext, HTTP/2 or HTTP/1.1 by ALPN over TLS. It serves from a
+    # spawned worker process, counted in the server tree's CPU like Hypercorn's.
+    argv = [
+        python,
+        "-m",
+        "granian",
+        "--interface",
+        "asgi",
+        "--host",
+        listen.host,
+        "--port",
+        str(listen.port),
+        "--workers",
+        "1",
+        "--loop",
+        "uvloop" if listen.backend == "uvloop" else "asyncio",
+        "--http",
+        "auto",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    if listen.tls is not None:
+        argv += [
+            "--ssl-certificate",
+            str(listen.tls.certfile),
+            "--ssl-keyfile",  # PKCS#8 only: quicserve.certs writes "BEGIN PRIVATE KEY"
+            str(listen.tls.keyfile),
+        ]
+    return [*argv, APP]
+
+
 def _uvicorn(http: str, ws: str = "websockets") -> Callable[[str, Listen], list[str]]:
     def build(python: str, listen: Listen) -> list[str]:
         loop = "uvloop" if listen.backend == "uvloop" else "asyncio"
@@ -229,15 +271,40 @@ VARIANTS: tuple[ServerVariant, ...] = (
         frozenset({"ws"}),
         _uvicorn("h11", "wsproto"),
     ),
+    # What `pip install 'uvicorn[standard]'` and a plain `uvicorn app` run: httptools for
+    # HTTP/1.1 and the `websockets` package for WebSockets, on uvloop (the uvloop backend; on
+    # the asyncio backend the same row runs asyncio's own loop, so it meets quicserve on the
+    # same loop). It replaces the old h1-only `uvicorn-httptools` row (that name still
+    # selects it, see ALIASES).
     ServerVariant(
-        "uvicorn-httptools",
+        "uvicorn-std",
         "uvicorn",
         frozenset({"asyncio", "uvloop"}),
-        frozenset({"h1"}),
-        _uvicorn("httptools"),
+        frozenset({"h1", "ws"}),
+        _uvicorn("httptools", "websockets"),
         requires_module="httptools",
     ),
+    # Granian, a Rust server (hyper + tokio) with an ASGI interface: the native reference.
+    # No trio, no HTTP/3; its WebSockets are HTTP/1.1 only: an RFC 8441 extended CONNECT over
+    # HTTP/2 fails (checked with bench/wsload.py against granian 2.8.9).
+    ServerVariant(
+        "granian",
+        "granian",
+        frozenset({"asyncio", "uvloop"}),
+        frozenset({"h1", "h2", "ws"}),
+        _granian,
+        requires_module="granian",
+        why_not=(
+            ("ws-h2", "no WebSocket over HTTP/2 (RFC 8441 extended CONNECT fails)"),
+            ("h3", "no HTTP/3"),
+            ("h3bulk", "no HTTP/3"),
+            ("ws-h3", "no HTTP/3"),
+        ),
+    ),
 )
+
+#: Old row names that still select a row: --servers token -> row name.
+ALIASES: dict[str, str] = {"uvicorn-httptools": "uvicorn-std"}
 
 
 def free_port(host: str, udp_too: bool = False) -> int:
