@@ -435,21 +435,24 @@ class _SendFirstSocketStream(anyio.abc.SocketStream):
         if self._sending or self._closed or not item:
             await self._stream.send(item)
             return
+        # Until the whole item is out, a concurrent sender must not write around it (it goes
+        # to the wrapped stream, which refuses a second sender as before).
         self._sending = True
         try:
-            sent = self._socket.send(item)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            sent = 0  # the wrapped stream raises it as anyio's error
+            try:
+                sent = self._socket.send(item)
+            except OSError:
+                # Would block, interrupted, or broken: the wrapped stream waits, retries or
+                # raises anyio's error for it.
+                sent = 0
+            if sent < len(item):
+                # anyio's streams take any buffer (they wrap it in a memoryview): no copy.
+                rest = cast(bytes, memoryview(item)[sent:])
+                await self._stream.send(rest)
+                self._yield_at = time.monotonic() + _SEND_SLICE
+                return
         finally:
             self._sending = False
-        if sent < len(item):
-            # anyio's streams take any buffer (they wrap it in a memoryview): no copy.
-            rest = cast(bytes, memoryview(item)[sent:])
-            await self._stream.send(rest)
-            self._yield_at = time.monotonic() + _SEND_SLICE
-            return
         now = time.monotonic()
         if now >= self._yield_at:
             self._yield_at = now + _SEND_SLICE
