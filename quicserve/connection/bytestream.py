@@ -184,8 +184,6 @@ class ByteStreamDriver(ConnectionDriver):
         self._timer_target = math.inf
         self._flush_requested = False
         self._upgrade: H2CUpgrade | None = None
-        # Only HTTP/1.1 turns into a WebSocket tunnel (checked per flush, cheaply).
-        self._h1_tunnel_possible = not info.capabilities.multiplexed
 
     # -- the read loop -----------------------------------------------------------------
 
@@ -319,7 +317,6 @@ class ByteStreamDriver(ConnectionDriver):
         await self._send(switching_response())
         request = upgrade.request
         self._batch_writes = True
-        self._h1_tunnel_possible = False
         self._max_runners = 1_000_000
         self.protocol = H2Protocol.from_h2c_upgrade(
             self.config, _current_time(), upgrade.settings, request
@@ -340,8 +337,8 @@ class ByteStreamDriver(ConnectionDriver):
         instead of one syscall each (py-spy: 24% of an h1 echo was those writes)."""
         protocol = self.protocol
         if (
-            self._h1_tunnel_possible
-            and isinstance(protocol, H1Protocol)
+            # Only HTTP/1.1 turns into a WebSocket tunnel.
+            isinstance(protocol, H1Protocol)
             and protocol.tunnel
             and protocol.pending() < self._buffer_limit
             and not self._broken

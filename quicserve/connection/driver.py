@@ -51,16 +51,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("quicserve.error")
 
-_READ_SIZE = 65536
-#: A reader whose peer keeps its socket full never waits in ``receive`` on asyncio (the
-#: bytes are there already), so it lets the other tasks run at least this often (s).
-_READ_SLICE = 0.005
-#: HTTP/2 reads no more from a peer while this much (or the write budget, if smaller) of
-#: what it asked for is framed or being written and it does not read. Low, because each
-#: PING or SETTINGS it sends costs ~30 us of h2 and makes a frame to answer: filling a
-#: 1 MiB budget with PING ACKs would take 2 s of CPU.
-_READ_PAUSE = 64 * 1024
-
 AnyStream = HTTPStream | WebSocketStream | WebTransportSession
 
 # Protocol timers only need a monotonic clock, and every sleep is relative; calling
