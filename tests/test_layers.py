@@ -14,6 +14,8 @@ import ast
 import sys
 from pathlib import Path
 
+from .importscan import resolve_relative
+
 PACKAGE = Path(__file__).resolve().parent.parent / "quicserve"
 
 #: Lowest first. A module may import from its own floor or any floor below it. A key that
@@ -70,11 +72,10 @@ def floor_of(module: str) -> int | None:
 def _resolve(module: str, node: ast.ImportFrom, known: set[str]) -> list[str]:
     """The package modules one ``from ... import ...`` names."""
     if node.level:
-        parts = module.split(".")
-        # Relative to the importing module's package: drop the module's own name, then one
-        # more part per extra dot.
-        base = parts[: len(parts) - node.level]
-        target = ".".join(base + ([node.module] if node.module else []))
+        # Names here leave out the package (``connection.quic``) and a folder's own file
+        # is ``connection.__init__``, so its package is its name without the last part.
+        absolute = resolve_relative(f"quicserve.{module}", False, node.level, node.module)
+        target = absolute[len("quicserve") :].lstrip(".")
     elif node.module and (node.module == "quicserve" or node.module.startswith("quicserve.")):
         target = node.module[len("quicserve") :].lstrip(".")
     else:
@@ -275,4 +276,3 @@ def report(root: Path) -> str:
 
 if __name__ == "__main__":
     print(report(Path(sys.argv[1]) if len(sys.argv) > 1 else PACKAGE))
-

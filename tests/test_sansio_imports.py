@@ -38,6 +38,8 @@ import pytest
 
 import quicserve
 
+from .importscan import resolve_relative
+
 PACKAGE = "quicserve"
 ROOT = Path(quicserve.__file__).parent
 FORBIDDEN = frozenset({"anyio", "asyncio", "trio", "socket", "selectors", "sniffio", "uvloop"})
@@ -56,6 +58,7 @@ NAMED_SANS_IO = frozenset(
         "quicserve.quic.tokens",
     }
 )
+
 
 #: ``(importer, imported): why it is wrong`` for the I/O imports sans-IO modules reach
 #: today. Each is a real violation of the rule, reported in issue 10, not an exception.
@@ -101,16 +104,6 @@ def _where(node: ast.AST, parents: Mapping[ast.AST, ast.AST]) -> str:
     return "module"
 
 
-def _resolve_relative(importer: str, is_package: bool, level: int, module: str | None) -> str:
-    # PEP 328: level 1 is the importer's own package (an __init__ is its own package).
-    package = importer if is_package else importer.rpartition(".")[0]
-    parts = package.split(".")
-    if level - 1 >= len(parts):
-        raise ValueError(f"{importer}: relative import beyond the top-level package")
-    base = ".".join(parts[: len(parts) - (level - 1)])
-    return f"{base}.{module}" if module else base
-
-
 def imports_of(name: str, source: str | None = None) -> tuple[Import, ...]:
     """Every import in module ``name`` (``source`` overrides its file's text)."""
     if source is None:
@@ -137,7 +130,7 @@ def _parse_imports(name: str, source: str) -> Iterator[Import]:
                 yield Import(alias.name, node.lineno, _where(node, parents))
         elif isinstance(node, ast.ImportFrom):
             base = (
-                _resolve_relative(name, is_package, node.level, node.module)
+                resolve_relative(name, is_package, node.level, node.module)
                 if node.level
                 else node.module or ""
             )
@@ -260,10 +253,10 @@ def test_chains_go_through_clean_looking_modules() -> None:
 
 
 def test_relative_import_resolution() -> None:
-    assert _resolve_relative("quicserve.protocol.http1", False, 1, "fields") == (
+    assert resolve_relative("quicserve.protocol.http1", False, 1, "fields") == (
         "quicserve.protocol.fields"
     )
-    assert _resolve_relative("quicserve.protocol.http1", False, 2, None) == "quicserve"
-    assert _resolve_relative("quicserve.protocol", True, 1, "base") == "quicserve.protocol.base"
+    assert resolve_relative("quicserve.protocol.http1", False, 2, None) == "quicserve"
+    assert resolve_relative("quicserve.protocol", True, 1, "base") == "quicserve.protocol.base"
     with pytest.raises(ValueError):
-        _resolve_relative("quicserve.protocol.http1", False, 3, None)
+        resolve_relative("quicserve.protocol.http1", False, 3, None)
