@@ -52,8 +52,8 @@ upgrade should touch only this file.
 
 12. **Field validation without a Python loop per byte.** aioquic checks every request's
     field names and values byte by byte in Python (``validate_header_name``,
-    ``validate_header_value`` in ``aioquic/h3/connection.py``): a tenth of the server's
-    time per small HTTP/3 request. ``install_fast_field_checks`` replaces those two module
+    ``validate_header_value`` in ``aioquic/h3/connection.py``), ~0.5 µs a field, a few
+    µs of every request. ``install_fast_field_checks`` replaces those two module
     functions (aioquic calls them through its module globals; there is no per-connection
     hook) with checks that scan in C (``bytes.translate``, ``in``) and hand any field they
     flag to aioquic's own function, which raises the very ``MessageError`` it always did.
