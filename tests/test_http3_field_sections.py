@@ -7,14 +7,17 @@ field sections and encoder instructions are exactly what each test says.
 from __future__ import annotations
 
 import os
+import random
 from typing import Any
 
+import aioquic.h3.connection as aioquic_h3
 import pytest
 from aioquic.buffer import Buffer
 from aioquic.h3.connection import (
     H3_ALPN,
     ErrorCode,
     FrameType,
+    MessageError,
     Setting,
     encode_frame,
     parse_settings,
@@ -28,6 +31,7 @@ from quicserve.config import Config
 from quicserve.events import BodyEnded, RequestReceived
 from quicserve.events import StreamReset as AppStreamReset
 from quicserve.protocol.http3 import H3Protocol
+from quicserve.quic import compat
 from quicserve.quic.compat import ServerQuicConnection
 from quicserve.tls import quic_configuration
 
@@ -211,3 +215,38 @@ def test_a_bomb_blocked_on_the_encoder_stream_is_refused_when_it_resumes(pair: P
 def test_headers_frame_past_twice_the_limit_is_refused_at_its_header(pair: Pair) -> None:
     pair.request(b"\x01\x80\x00\x20\x00" + b"\x00" * 100, end=False)  # announces 8192
     assert pair.close_code() == ErrorCode.H3_EXCESSIVE_LOAD
+
+
+# -- aioquic's field checks, scanned in C (quic/compat.py item 12) ----------------------
+
+
+def _outcome(check: Any, *args: bytes) -> str | None:
+    try:
+        check(*args)
+    except MessageError as exc:
+        return str(exc)
+    return None
+
+
+def test_fast_field_checks_are_installed_and_agree_with_aioquic() -> None:
+    """Every name and value the C-speed checks see gets aioquic's verdict and message:
+    all single bytes, every byte before and after the interesting ones, and seeded
+    random fields drawn mostly from the bytes the rules single out."""
+    assert aioquic_h3.validate_header_name is compat.validate_header_name
+    assert aioquic_h3.validate_header_value is compat.validate_header_value
+    special = [0x00, 0x09, 0x0A, 0x0D, 0x20, 0x21, 0x3A, 0x40, 0x41, 0x5A, 0x5B, 0x61, 0x7E, 0x7F]
+    fields = [b"", b":path", b"::", b"a:b", b"content-length", b"x-Upper", b" a", b"a "]
+    fields += [bytes([a]) for a in range(256)]
+    fields += [bytes([a, b]) for a in range(256) for b in special]
+    fields += [bytes([b, a]) for a in range(256) for b in special]
+    rng = random.Random(11)
+    pool = [*special, 0x30, 0x62, 0x7A, 0x80, 0xFF]
+    fields += [bytes(rng.choice(pool) for _ in range(rng.randrange(1, 12))) for _ in range(5000)]
+    refused = 0
+    for field in fields:
+        name = _outcome(compat.validate_header_name, field)
+        assert name == _outcome(compat.aioquic_validate_header_name, field), field
+        value = _outcome(compat.validate_header_value, b"k", field)
+        assert value == _outcome(compat.aioquic_validate_header_value, b"k", field), field
+        refused += (name is not None) + (value is not None)
+    assert refused > len(fields) // 2  # the refusing branches ran, not only the fast path

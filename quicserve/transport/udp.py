@@ -169,7 +169,7 @@ class UDPEndpoint:
     def _send_segments(self, run: list[tuple[bytes, Any]], size: int, addr: Any) -> bool:
         try:
             self.socket.sendmsg(
-                [b"".join(data for data, _ in run)],
+                [data for data, _ in run],  # gathered by the kernel, not joined here
                 [(socket.SOL_UDP, _UDP_SEGMENT, size.to_bytes(2, "little"))],
                 0,
                 addr,
