@@ -1,21 +1,35 @@
-"""HTTP/1.1 protocol in memory, with an explicit clock: no sockets, no event loop."""
+"""HTTP/1.1 protocol in memory, with an explicit clock: no sockets, no event loop.
+
+Every case runs on each HTTP/1.1 engine (h11, httptools): the ``make`` fixture.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from quicserve.config import Config
 from quicserve.events import BodyEnded, BodyReceived, ConnectionClosed, RequestReceived, StreamReset
-from quicserve.protocol.http1 import H1Protocol, H2CUpgrade
+from quicserve.protocol.engines import HTTP1Factory, http1_engine
+from quicserve.protocol.http1 import H2CUpgrade
 
 
-def events(protocol: H1Protocol) -> list[object]:
+@pytest.fixture
+def make(h1_engine: str) -> HTTP1Factory:
+    """The protocol class of the engine under test (every case runs on each)."""
+    return http1_engine(h1_engine)[1]
+
+
+def events(protocol: Any) -> list[object]:
     out = []
     while (event := protocol.next_event()) is not None:
         out.append(event)
     return out
 
 
-def test_request_fields_and_response_bytes() -> None:
-    p = H1Protocol(Config(), now=0.0)
+def test_request_fields_and_response_bytes(make: HTTP1Factory) -> None:
+    p = make(Config(), now=0.0)
     p.receive_data(b"GET /a?b=1 HTTP/1.1\r\nHost: example\r\nX-One: 1\r\n\r\n", 1.0)
     request, ended = events(p)
     assert isinstance(request, RequestReceived)
@@ -31,8 +45,8 @@ def test_request_fields_and_response_bytes() -> None:
     assert not p.closed
 
 
-def test_pipelined_request_waits_for_previous_response() -> None:
-    p = H1Protocol(Config(), now=0.0)
+def test_pipelined_request_waits_for_previous_response(make: HTTP1Factory) -> None:
+    p = make(Config(), now=0.0)
     p.receive_data(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n", 1.0)
     first = events(p)
     assert [type(e) for e in first] == [RequestReceived, BodyEnded]
@@ -45,8 +59,8 @@ def test_pipelined_request_waits_for_previous_response() -> None:
     assert second[0].stream_id == 2
 
 
-def test_body_backpressure_through_ack() -> None:
-    p = H1Protocol(Config(), now=0.0)
+def test_body_backpressure_through_ack(make: HTTP1Factory) -> None:
+    p = make(Config(), now=0.0)
     p.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n", 0.0)
     p.receive_data(b"a" * 100_000, 0.0)
     received = [e for e in events(p) if isinstance(e, BodyReceived)]
@@ -56,8 +70,8 @@ def test_body_backpressure_through_ack() -> None:
     assert p.wants_read()
 
 
-def test_smuggling_shape_rejected() -> None:
-    p = H1Protocol(Config(), now=0.0)
+def test_smuggling_shape_rejected(make: HTTP1Factory) -> None:
+    p = make(Config(), now=0.0)
     p.receive_data(
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
         0.0,
@@ -67,8 +81,8 @@ def test_smuggling_shape_rejected() -> None:
     assert events(p) == [ConnectionClosed()]
 
 
-def _feed_bytewise(data: bytes) -> tuple[list[object], bytes]:
-    p = H1Protocol(Config(), now=0.0)
+def _feed_bytewise(make: HTTP1Factory, data: bytes) -> tuple[list[object], bytes]:
+    p = make(Config(), now=0.0)
     out = b""
     for i in range(len(data)):
         p.receive_data(data[i : i + 1], 0.0)
@@ -76,12 +90,12 @@ def _feed_bytewise(data: bytes) -> tuple[list[object], bytes]:
     return events(p), out
 
 
-def test_strict_framing_holds_when_bytes_arrive_one_at_a_time() -> None:
+def test_strict_framing_holds_when_bytes_arrive_one_at_a_time(make: HTTP1Factory) -> None:
     """The bare CR/LF scan of a head resumes where it stopped: a CRLF or a CRLFCRLF
     split between two reads is still recognised, a bare LF is still found."""
     head = b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     body = b'5;a="b c";d=e\r\nhello\r\n0\r\nX-T: 1\r\n\r\n'
-    got, out = _feed_bytewise(head + body)
+    got, out = _feed_bytewise(make, head + body)
     assert [type(e) for e in got] == [RequestReceived] + [BodyReceived] * 5 + [BodyEnded]
     assert got[-1] == BodyEnded(1, [(b"x-t", b"1")]) and out == b""
     for bad in (
@@ -91,14 +105,14 @@ def test_strict_framing_holds_when_bytes_arrive_one_at_a_time() -> None:
         head + body.replace(b"X-T: 1\r\n", b"X-T: 1\n"),
         head + body.replace(b";d=e", b";d=e\r"),
     ):
-        got, out = _feed_bytewise(bad)
+        got, out = _feed_bytewise(make, bad)
         assert out.startswith(b"HTTP/1.1 400 "), (bad, out)
         assert got[-1] == ConnectionClosed(), bad
 
 
-def test_header_timeout_sends_408_and_idle_close_is_silent() -> None:
+def test_header_timeout_sends_408_and_idle_close_is_silent(make: HTTP1Factory) -> None:
     config = Config(header_read_timeout=10.0, keep_alive_timeout=5.0)
-    p = H1Protocol(config, now=0.0)
+    p = make(config, now=0.0)
     assert p.get_timer() == 10.0
     p.receive_data(b"GET / HTTP/1.1\r\nHo", 1.0)
     p.handle_timer(9.0)
@@ -107,39 +121,39 @@ def test_header_timeout_sends_408_and_idle_close_is_silent() -> None:
     assert p.data_to_send().startswith(b"HTTP/1.1 408 ")
     assert p.closed
 
-    q = H1Protocol(config, now=0.0)
+    q = make(config, now=0.0)
     q.handle_timer(10.0)
     assert q.closed and q.data_to_send() == b""
 
 
-def test_peer_eof_during_request_resets_stream() -> None:
-    p = H1Protocol(Config(), now=0.0)
+def test_peer_eof_during_request_resets_stream(make: HTTP1Factory) -> None:
+    p = make(Config(), now=0.0)
     p.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
     events(p)
     p.receive_data(b"", 1.0)
     assert events(p) == [StreamReset(1), ConnectionClosed()]
 
 
-def test_h2c_upgrade_only_on_cleartext_and_without_body() -> None:
+def test_h2c_upgrade_only_on_cleartext_and_without_body(make: HTTP1Factory) -> None:
     upgrade = (
         b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
         b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
     )
-    p = H1Protocol(Config(), now=0.0, allow_h2c=True)
+    p = make(Config(), now=0.0, allow_h2c=True)
     p.receive_data(upgrade, 0.0)
     (event,) = events(p)
     assert isinstance(event, H2CUpgrade) and event.request.raw_path == b"/"
     assert not p.wants_read()
-    tls = H1Protocol(Config(), now=0.0, allow_h2c=False)
+    tls = make(Config(), now=0.0, allow_h2c=False)
     tls.receive_data(upgrade, 0.0)
     assert isinstance(events(tls)[0], RequestReceived)
 
 
-def test_shutdown_closes_idle_and_marks_busy_connection_close() -> None:
-    idle = H1Protocol(Config(), now=0.0)
+def test_shutdown_closes_idle_and_marks_busy_connection_close(make: HTTP1Factory) -> None:
+    idle = make(Config(), now=0.0)
     idle.shutdown()
     assert idle.closed
-    busy = H1Protocol(Config(), now=0.0)
+    busy = make(Config(), now=0.0)
     busy.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
     events(busy)
     busy.shutdown()
@@ -150,8 +164,8 @@ def test_shutdown_closes_idle_and_marks_busy_connection_close() -> None:
     assert busy.closed
 
 
-def test_head_response_has_no_body() -> None:
-    p = H1Protocol(Config(), now=0.0)
+def test_head_response_has_no_body(make: HTTP1Factory) -> None:
+    p = make(Config(), now=0.0)
     p.receive_data(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
     events(p)
     p.send_response(1, 200, [(b"content-length", b"5")])
@@ -169,10 +183,10 @@ def _head(size: int) -> bytes:
     return b"GET / HTTP/1.1\r\nhost: x\r\nx-pad: %s\r\n\r\n" % (b"p" * (size - used))
 
 
-def test_head_size_limit_counts_like_http2() -> None:
+def test_head_size_limit_counts_like_http2(make: HTTP1Factory) -> None:
     config = Config(max_header_bytes=2000)
     for size, served in ((1999, True), (2000, True), (2001, False)):
-        p = H1Protocol(config, now=0.0)
+        p = make(config, now=0.0)
         p.receive_data(_head(size), 1.0)
         got = events(p)
         if served:
@@ -182,11 +196,11 @@ def test_head_size_limit_counts_like_http2() -> None:
             assert p.data_to_send().startswith(b"HTTP/1.1 431 "), size
 
 
-def test_trailers_obey_the_same_limit() -> None:
+def test_trailers_obey_the_same_limit(make: HTTP1Factory) -> None:
     config = Config(max_header_bytes=2000)
     head = b"POST /u HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n"
     for size, served in ((2000, True), (2001, False)):
-        p = H1Protocol(config, now=0.0)
+        p = make(config, now=0.0)
         trailer = b"x-pad: " + b"p" * (size - 5 - 32) + b"\r\n\r\n"
         p.receive_data(head + trailer, 1.0)
         got = events(p)
