@@ -3,7 +3,8 @@
 Sans-IO: the driver feeds bytes with ``receive_data(data, now)`` and writes what
 ``data_to_send()`` returns. It implements :class:`quicserve.protocol.base.ByteStreamProtocol`.
 
-Rules this module keeps:
+Rules this module keeps (the checks of a parsed head are ``http1_rules.inspect_request``,
+shared with the httptools engine in ``http1_httptools.py``, so both refuse alike):
 
 * One request at a time (h11's model). Pipelined requests wait in h11's buffer and are
   parsed only once the previous response is complete, so they are answered in order.

@@ -121,13 +121,27 @@ class _HeadReader:
         self.fields.append((name.lower(), value.rstrip(b" \t")))
 
 
+#: Field lines already checked and encoded: an app sends the same few fields (its
+#: content type, the date of this second) on every response. Emptied when full.
+_LINES: dict[tuple[bytes, bytes], bytes] = {}
+_LINES_KEPT = 512
+
+
 def _field_lines(headers: Headers) -> list[bytes]:
     """``name: value`` lines of response fields; refuses what h11 refuses."""
     lines = []
-    for name, value in headers:
-        if not name or name.translate(None, TOKEN_BYTES) or _BAD_VALUE.search(value):
-            raise LocalProtocolError(f"invalid response field {name!r}: {value!r}")
-        lines.append(b"%s: %s\r\n" % (name, value))
+    cache = _LINES
+    for field in headers:
+        line = cache.get(field)
+        if line is None:
+            name, value = field
+            if not name or name.translate(None, TOKEN_BYTES) or _BAD_VALUE.search(value):
+                raise LocalProtocolError(f"invalid response field {name!r}: {value!r}")
+            line = b"%s: %s\r\n" % (name, value)
+            if len(cache) >= _LINES_KEPT:
+                cache.clear()
+            cache[field] = line
+        lines.append(line)
     return lines
 
 
@@ -326,9 +340,15 @@ class HttptoolsH1Protocol(HTTP1Connection):
         head = buf[:end]
         self._buf = buf[end:]
         self._scan = 0
-        line_end = head.find(b"\r\n")
-        if head.count(b" ", 0, line_end) != 2 or BARE_CR_LF.search(head) is not None:
-            self._send_error(400)  # RFC 9112 §3: method SP target SP version
+        # RFC 9112 §3: method SP target SP version; and (llhttp refuses them too) no CR or
+        # LF outside a CRLF: each CR and each LF counted is one of a CRLF.
+        crlf = head.count(b"\r\n")
+        if (
+            head.count(b" ", 0, head.find(b"\r\n")) != 2
+            or head.count(b"\r") != crlf
+            or head.count(b"\n") != crlf
+        ):
+            self._send_error(400)
             return False
         reader = self._reader
         reader.fields = []
