@@ -211,3 +211,118 @@ def test_trailers_obey_the_same_limit(make: HTTP1Factory) -> None:
             # The app sees a reset; no response had started, so the peer gets 431.
             assert got[2:] == [StreamReset(1), ConnectionClosed()]
             assert p.data_to_send().startswith(b"HTTP/1.1 431 ")
+
+
+# -- response framing: the same bytes from every engine (h11's rules) ------------------
+
+_GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+_FRAMING_CASES = {
+    # No Content-Length: chunked for HTTP/1.1 ...
+    "chunked": (
+        _GET,
+        [("send_response", 200, []), ("send_data", b"ab"), ("send_data", b"", True)],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+        False,
+    ),
+    # ... and delimited by the close for HTTP/1.0 (RFC 9112 §6.3).
+    "http/1.0-until-close": (
+        b"GET / HTTP/1.0\r\n\r\n",
+        [("send_response", 200, []), ("send_data", b"ab", True)],
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nab",
+        True,
+    ),
+    # HTTP/1.0 closes even when it asks to keep alive (h11's rule).
+    "http/1.0-keep-alive": (
+        b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        [("send_response", 200, [(b"content-length", b"2")]), ("send_data", b"ab", True)],
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nConnection: close\r\n\r\nab",
+        True,
+    ),
+    # RFC 9110 §9.3.2: HEAD gets the GET answer's fields and no content.
+    "head": (
+        b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n",
+        [("send_response", 200, []), ("send_data", b"ab", True)],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        False,
+    ),
+    "204": (_GET, [("send_response", 204, [], True)], b"HTTP/1.1 204 No Content\r\n\r\n", False),
+    "request-close": (
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        [("send_response", 200, [(b"content-length", b"2")]), ("send_data", b"ab", True)],
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nConnection: close\r\n\r\nab",
+        True,
+    ),
+    "response-close": (
+        _GET,
+        [("send_response", 200, [(b"connection", b"close"), (b"content-length", b"0")], True)],
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+        True,
+    ),
+    "trailers": (
+        b"GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n",
+        [("send_response", 200, []), ("send_data", b"ab"), ("send_trailers", [(b"x-t", b"1")])],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\nx-t: 1\r\n\r\n",
+        False,
+    ),
+    "100-continue": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
+        [
+            ("send_informational", 100, []),
+            ("send_response", 200, [(b"content-length", b"0")], True),
+        ],
+        b"HTTP/1.1 100 \r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+        False,
+    ),
+    "103-early-hints": (
+        _GET,
+        [
+            ("send_informational", 103, [(b"link", b"</a>")]),
+            ("send_response", 200, [(b"content-length", b"0")], True),
+        ],
+        b"HTTP/1.1 103 \r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_FRAMING_CASES))
+def test_response_framing_is_the_same_on_every_engine(make: HTTP1Factory, case: str) -> None:
+    request, calls, expected, closes = _FRAMING_CASES[case]
+    p = make(Config(), now=0.0)
+    p.receive_data(request, 0.0)
+    events(p)
+    for method, *args in calls:
+        getattr(p, method)(1, *args)
+    assert p.data_to_send() == expected
+    p.stream_done(1, 1.0)
+    assert p.closed is closes
+
+
+@pytest.mark.parametrize(
+    "field",
+    [(b"x-a", b"1\r\nset-cookie: evil"), (b"x-a", b"a\nb"), (b"x a", b"1"), (b"x-a", b"\x00")],
+)
+def test_response_fields_that_could_split_a_response_are_refused(
+    make: HTTP1Factory, field: tuple[bytes, bytes]
+) -> None:
+    p = make(Config(), now=0.0)
+    p.receive_data(_GET, 0.0)
+    events(p)
+    with pytest.raises(Exception, match=r"(?i)header|field"):
+        p.send_response(1, 200, [field, (b"content-length", b"0")], True)
+    assert p.data_to_send() == b""
+    assert events(p) == [StreamReset(1), ConnectionClosed()]
+
+
+def test_any_token_method_is_served(make: HTTP1Factory) -> None:
+    """RFC 9110 §9.1: a method is a token; llhttp knows a fixed list, h11 takes any."""
+    p = make(Config(), now=0.0)
+    p.receive_data(b"PURGEX /a HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    request = events(p)[0]
+    assert isinstance(request, RequestReceived) and request.method == b"PURGEX"
+    p.send_response(1, 204, [], end_stream=True)
+    p.stream_done(1, 1.0)
+    p.receive_data(b"get /b HTTP/1.1\r\nHost: x\r\n\r\n", 1.0)
+    request = events(p)[0]
+    assert isinstance(request, RequestReceived) and request.method == b"get"
+    assert request.raw_path == b"/b"
