@@ -5,6 +5,7 @@ Every case runs on each HTTP/1.1 engine (h11, httptools): the ``make`` fixture.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -326,3 +327,28 @@ def test_any_token_method_is_served(make: HTTP1Factory) -> None:
     request = events(p)[0]
     assert isinstance(request, RequestReceived) and request.method == b"get"
     assert request.raw_path == b"/b"
+
+
+# -- choosing the engine (Config.http1_engine) -------------------------------------------
+
+
+def test_engine_choice_and_a_missing_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quicserve.config import ConfigError, check
+    from quicserve.protocol.engines import EngineUnavailable
+    from quicserve.protocol.http1 import H1Protocol
+
+    assert http1_engine("h11") == ("h11", H1Protocol)
+    with pytest.raises(EngineUnavailable):
+        http1_engine("zttp")
+    with pytest.raises(ConfigError, match="--http1-engine"):
+        check(Config(http1_engine="zttp"))  # type: ignore[arg-type]
+    # Without httptools: "auto" falls back to h11, naming it is a one-line startup error.
+    monkeypatch.setitem(sys.modules, "httptools", None)
+    monkeypatch.setitem(sys.modules, "quicserve.protocol.http1_httptools", None)
+    resolve = http1_engine.__wrapped__  # not the per-process cache
+    assert resolve("auto") == ("h11", H1Protocol)
+    with pytest.raises(EngineUnavailable, match="pip install"):
+        resolve("httptools")
+    with pytest.raises(ConfigError) as refused:
+        check(Config(http1_engine="httptools"))
+    assert "\n" not in str(refused.value) and "quicserve[fast]" in str(refused.value)
