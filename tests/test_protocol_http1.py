@@ -352,3 +352,21 @@ def test_engine_choice_and_a_missing_engine(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(ConfigError) as refused:
         check(Config(http1_engine="httptools"))
     assert "\n" not in str(refused.value) and "quicserve[fast]" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"GET / RTSP/1.0",  # llhttp reads RTSP request lines
+        b"GET  / HTTP/1.1",  # and runs of spaces
+        b"GET / HTTP/1.1 ",
+        b"GET / HTTP/1.10",
+        b"GET /a b HTTP/1.1",
+        b"G\x00T / HTTP/1.1",
+    ],
+)
+def test_request_lines_outside_rfc_9112_get_400(make: HTTP1Factory, line: bytes) -> None:
+    p = make(Config(), now=0.0)
+    p.receive_data(line + b"\r\nHost: x\r\n\r\n", 0.0)
+    assert p.data_to_send().startswith(b"HTTP/1.1 400 ")
+    assert events(p) == [ConnectionClosed()]

@@ -21,7 +21,8 @@ Rules this module keeps (besides those, which ``http1_rules.py`` writes once):
   we do not know, else 400). A method llhttp does not know (it has a fixed list) is read
   by swapping in ``GET`` for llhttp when the method is a valid token (RFC 9110 §9.1), as
   h11 takes any token. What h11 refuses and llhttp takes is refused here too: a request
-  line with other than two spaces, a head starting with a blank line or a byte below
+  line with other than two spaces or another protocol than ``HTTP/`` (llhttp reads
+  RTSP), a head starting with a blank line or a byte below
   ``!`` (h11 refuses those as soon as they arrive), a bare CR or LF anywhere in the head.
 * Bodies and trailers are framed here with ``http1.py``'s grammar: Content-Length
   bodies by count, chunk lines must match ``http1_rules.CHUNK_LINE`` (CRLF only, at most
@@ -86,7 +87,6 @@ _LENIENCIES = {
     "lenient_chunked_length": True,
     "lenient_transfer_encoding": True,
 }
-_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 #: RFC 9110 §5.5 (as h11 checks them): no NUL, CR, LF, VT or FF in a field value, and no
 #: whitespace around it.
 _BAD_VALUE = re.compile(rb"[\x00\r\n\x0b\x0c]|\A[ \t]|[ \t]\Z")
@@ -340,17 +340,23 @@ class HttptoolsH1Protocol(HTTP1Connection):
         head = buf[:end]
         self._buf = buf[end:]
         self._scan = 0
-        # RFC 9112 §3: method SP target SP version; and (llhttp refuses them too) no CR or
-        # LF outside a CRLF: each CR and each LF counted is one of a CRLF.
+        # RFC 9112 §3: method SP target SP "HTTP/" version (llhttp also takes RTSP/ and
+        # ICE/ lines, and runs of spaces); and (llhttp refuses them too) no CR or LF
+        # outside a CRLF: each CR and each LF counted is one of a CRLF.
+        line_end = head.find(b"\r\n")
         crlf = head.count(b"\r\n")
         if (
-            head.count(b" ", 0, head.find(b"\r\n")) != 2
+            head.count(b" ", 0, line_end) != 2
+            or head[line_end - 9 : line_end - 3] != b" HTTP/"
             or head.count(b"\r") != crlf
             or head.count(b"\n") != crlf
         ):
             self._send_error(400)
             return False
+        # llhttp checks the digits are "d.d" (any digits: 505 is ours to say).
+        version = head[line_end - 3 : line_end]
         reader = self._reader
+        reader.url = b""
         reader.fields = []
         parser = self._parser
         if parser is None:
@@ -369,12 +375,11 @@ class HttptoolsH1Protocol(HTTP1Connection):
                 return False
             method, parser = retried
         if method is None:
-            method = parser.get_method()
-        version = parser.get_http_version()
+            method = head[: head.find(b" ")]
         request_head = inspect_request(
             method,
             reader.url,
-            _VERSIONS.get(version) or version.encode(),
+            version,
             reader.fields,
             self._max_head,
             self._allow_h2c,
@@ -384,7 +389,7 @@ class HttptoolsH1Protocol(HTTP1Connection):
             assert isinstance(request_head, int)
             self._send_error(request_head)
             return False
-        self._http10 = version < "1.1"
+        self._http10 = version < b"1.1"
         self._keep_alive = request_head.keep_alive
         self._upgrade_asked = request_head.upgrade
         self._stream_id += 1
@@ -453,6 +458,7 @@ class HttptoolsH1Protocol(HTTP1Connection):
             return None
         if not method or method.translate(None, TOKEN_BYTES):
             return None
+        self._reader.url = b""
         self._reader.fields = []
         parser = _Parser(self._reader)
         parser.set_dangerous_leniencies(**_LENIENCIES)
