@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("quicserve.error")
 
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``quicserve APP`` parser, one flag per :class:`Config` field."""
     parser = argparse.ArgumentParser(

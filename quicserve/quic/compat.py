@@ -610,7 +610,9 @@ class ServerQuicConnection(QuicConnection):
         self._max_crypto_buffer = max_crypto_buffer
         self._max_ack_frames = max_ack_frames_per_packet
 
-    def _handle_ack_frame(self, context: QuicReceiveContext, frame_type: int, buf: Buffer) -> None:
+    def _handle_ack_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
         # RFC 9000 §21.9: a packet belongs to one number space, so one ACK frame says all
         # there is to say; more are non-productive work the peer chooses. aioquic copies
         # every unacknowledged packet number into a list for each ACK frame
