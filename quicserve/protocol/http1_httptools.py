@@ -125,6 +125,7 @@ class _HeadReader:
 #: content type, the date of this second) on every response. Emptied when full.
 _LINES: dict[tuple[bytes, bytes], bytes] = {}
 _LINES_KEPT = 512
+_LINE_VALUE_KEPT = 256
 
 
 def _field_lines(headers: Headers) -> list[bytes]:
@@ -138,9 +139,10 @@ def _field_lines(headers: Headers) -> list[bytes]:
             if not name or name.translate(None, TOKEN_BYTES) or _BAD_VALUE.search(value):
                 raise LocalProtocolError(f"invalid response field {name!r}: {value!r}")
             line = b"%s: %s\r\n" % (name, value)
-            if len(cache) >= _LINES_KEPT:
-                cache.clear()
-            cache[field] = line
+            if len(value) <= _LINE_VALUE_KEPT:
+                if len(cache) >= _LINES_KEPT:
+                    cache.clear()
+                cache[field] = line
         lines.append(line)
     return lines
 
