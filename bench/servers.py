@@ -1,9 +1,10 @@
 """Servers under test: their command lines, and the lifecycle of one server process.
 
-Job: know, for each server variant (quicserve, quicserve-metrics, quicserve-base, hypercorn,
-uvicorn, uvicorn-wsproto, uvicorn-std, granian), which (protocol, backend) pairs it can serve
-and the exact command that serves ``bench.app:app`` that way; start that command pinned to
-the server CPU, wait until its port accepts, read its CPU time, and stop it.
+Job: know, for each server variant (quicserve, quicserve-metrics, quicserve-base,
+quicserve-h11, hypercorn, uvicorn, uvicorn-wsproto, uvicorn-std, granian), which (protocol,
+backend) pairs it can serve and the exact command that serves ``bench.app:app`` that way;
+start that command pinned to the server CPU, wait until its port accepts, read its CPU time,
+and stop it.
 
 Rules:
 
@@ -126,6 +127,12 @@ def _quicserve_metrics(python: str, listen: Listen) -> list[str]:
     return [*_quicserve(python, listen), "--metrics-bind", metrics]
 
 
+def _quicserve_h11(python: str, listen: Listen) -> list[str]:
+    # The pure-Python HTTP/1.1 engine, beside the `quicserve` row (which takes httptools
+    # when it is installed, --http1-engine auto), so one run compares the two engines.
+    return [*_quicserve(python, listen), "--http1-engine", "h11"]
+
+
 #: A directory holding another quicserve tree (e.g. ``git archive BASE quicserve | tar -x``).
 BASE_ENV = "QUICSERVE_BENCH_BASE"
 
@@ -245,6 +252,10 @@ VARIANTS: tuple[ServerVariant, ...] = (
     ),
     ServerVariant(
         "quicserve-base", "quicserve-base", _ALL_BACKENDS, _ALL_PROTOCOLS, _quicserve_base
+    ),
+    # The HTTP/1.1 engines side by side: only HTTP/1.1 and its WebSockets differ.
+    ServerVariant(
+        "quicserve-h11", "quicserve-h11", _ALL_BACKENDS, frozenset({"h1", "ws"}), _quicserve_h11
     ),
     # Hypercorn serves HTTP/3 through aioquic with --quic-bind, on its asyncio and trio workers.
     ServerVariant("hypercorn", "hypercorn", _ALL_BACKENDS, _ALL_PROTOCOLS, _hypercorn),

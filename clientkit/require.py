@@ -44,6 +44,8 @@ CLIENTS: dict[str, Client] = {
     "curl_cffi": Client("module", "pip install curl_cffi"),
     "websockets": Client("module", "pip install websockets"),
     "uvloop": Client("module", "pip install uvloop"),
+    # The fast HTTP/1.1 engine (quicserve[fast]); the tests run on it and on h11.
+    "httptools": Client("module", "pip install httptools"),
 }
 
 

@@ -295,6 +295,14 @@ class Config:
             choices=["asyncio", "uvloop", "trio"],
         ),
     )
+    http1_engine: Literal["auto", "h11", "httptools"] = field(
+        default="auto",
+        metadata=_opt(
+            "HTTP/1.1 engine: httptools (llhttp in C; pip install 'quicserve[fast]') or h11"
+            " (pure Python); 'auto' takes httptools when it is installed",
+            choices=["auto", "h11", "httptools"],
+        ),
+    )
     log_level: str = field(
         default="info",
         metadata=_opt(
@@ -616,6 +624,16 @@ def check(config: Config) -> None:
     ):
         if getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if config.http1_engine not in ("auto", "h11", "httptools"):
+        raise ConfigError(f"--http1-engine: unknown engine {config.http1_engine!r}")
+    if config.http1_engine == "httptools":
+        try:
+            import httptools  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "--http1-engine httptools: httptools is not installed"
+                " (pip install 'quicserve[fast]')"
+            ) from None
     if config.workers < 1:
         raise ConfigError("--workers must be at least 1")
     if config.quic_max_crypto_buffer < 4096:  # RFC 9000 §7.5: at least 4096 bytes

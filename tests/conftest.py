@@ -2,6 +2,8 @@
 
 * ``anyio_backend`` is parametrized over asyncio, asyncio+uvloop and trio, so every test
   marked ``@pytest.mark.anyio`` that exercises the server runs on all of them.
+* ``h1_engine`` is parametrized over the HTTP/1.1 engines (h11, httptools), so the
+  HTTP/1.1 protocol and end-to-end tests that take it run on both.
 * ``tls_files`` makes a throwaway CA and localhost certificate at run time (nothing
   secret is committed).
 * :func:`tests.helpers.running_server` starts a real server on loopback in-process.
@@ -30,6 +32,15 @@ _BACKENDS = [
 ]
 
 
+#: The HTTP/1.1 engines (quicserve/protocol/engines.py): h11 always, httptools from the
+#: fast extra (CI installs it; a machine without it skips those cases, or fails them
+#: with QUICSERVE_REQUIRE_CLIENTS=1).
+H1_ENGINES = [
+    pytest.param("h11", id="h11"),
+    pytest.param("httptools", id="httptools", marks=pytest.mark.client("httptools")),
+]
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Check every ``client`` mark before the test's fixtures run (a skip raised later,
@@ -43,6 +54,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def anyio_backend(request: pytest.FixtureRequest) -> object:
     """Every async test runs on asyncio, uvloop and trio."""
     return request.param
+
+
+@pytest.fixture(params=H1_ENGINES)
+def h1_engine(request: pytest.FixtureRequest) -> str:
+    """Every HTTP/1.1 test that asks for it runs on each engine (``--http1-engine``)."""
+    return str(request.param)
 
 
 @pytest.fixture(scope="session")

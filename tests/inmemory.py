@@ -1,13 +1,13 @@
 """An in-memory harness: quicserve's protocols and stream types against sans-IO clients.
 
-No sockets and no quicserve connection driver. A real sans-IO server protocol
-(``H1Protocol``, ``H2Protocol``, or ``H3Protocol`` on a real ``ServerQuicConnection``) is
-paired with a sans-IO client (an h11 client ``Connection``, an h2 client ``H2Connection``,
-aioquic's client ``QuicConnection`` + ``H3Connection``); bytes or datagrams move between
-them in memory on an explicit clock. The real :class:`HTTPStream` and
-:class:`WebSocketStream` run the app, driven by :class:`InMemoryHost`, a minimal
-:class:`~quicserve.streams.http.StreamHost` that dispatches the protocol's neutral events
-the way the connection driver does.
+No sockets and no quicserve connection driver. A real sans-IO server protocol (the
+HTTP/1.1 engine ``Config.http1_engine`` picks, ``H2Protocol``, or ``H3Protocol`` on a real
+``ServerQuicConnection``) is paired with a sans-IO client (an h11 client ``Connection``,
+an h2 client ``H2Connection``, aioquic's client ``QuicConnection`` + ``H3Connection``);
+bytes or datagrams move between them in memory on an explicit clock. The real
+:class:`HTTPStream` and :class:`WebSocketStream` run the app, driven by
+:class:`InMemoryHost`, a minimal :class:`~quicserve.streams.http.StreamHost` that
+dispatches the protocol's neutral events the way the connection driver does.
 
 Rules:
 
@@ -66,7 +66,7 @@ from quicserve.events import (
     StreamWritable,
 )
 from quicserve.lowlevel import Wakeup, wakeup_factory
-from quicserve.protocol.http1 import H1Protocol
+from quicserve.protocol.engines import new_http1_protocol
 from quicserve.protocol.http2 import H2Protocol
 from quicserve.protocol.http3 import H3Protocol
 from quicserve.quic.compat import ServerQuicConnection
@@ -116,7 +116,7 @@ def connection_info(proto: Proto) -> ConnectionInfo:
 def byte_stream_protocol(proto: Proto, config: Config, now: float) -> Any:
     """The server side of an HTTP/1.1 or HTTP/2 connection."""
     if proto == "h1":
-        return H1Protocol(config, now)
+        return new_http1_protocol(config, now, allow_h2c=False)
     return H2Protocol(config, now)
 
 

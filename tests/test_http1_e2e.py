@@ -1,6 +1,7 @@
 """HTTP/1.1 over real sockets: curl, httpx and raw bytes against a running server.
 
-Every test runs on asyncio, uvloop and trio (see conftest.py).
+Every test runs on asyncio, uvloop and trio, and on each HTTP/1.1 engine (h11,
+httptools; see conftest.py).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.mark.client("curl")
-async def test_curl_get_and_post(anyio_backend: object) -> None:
-    async with running_server(echo_app) as srv:
+async def test_curl_get_and_post(anyio_backend: object, h1_engine: str) -> None:
+    async with running_server(echo_app, http1_engine=h1_engine) as srv:
         code, out, err = await curl("--http1.1", "-i", srv.url("/"))
         assert code == 0, err
         head, _, body = out.partition(b"\r\n\r\n")
@@ -38,9 +39,9 @@ async def test_curl_get_and_post(anyio_backend: object) -> None:
 
 @pytest.mark.client("curl")
 async def test_curl_chunked_upload_and_tls(
-    anyio_backend: object, tls_files: DevCertificate
+    anyio_backend: object, h1_engine: str, tls_files: DevCertificate
 ) -> None:
-    async with running_server(echo_app, tls=tls_files) as srv:
+    async with running_server(echo_app, tls=tls_files, http1_engine=h1_engine) as srv:
         payload = bytes(range(256)) * 4096  # 1 MiB
         code, out, err = await _curl_stdin(
             payload,
@@ -65,9 +66,11 @@ async def _curl_stdin(data: bytes, *args: str) -> tuple[int, bytes, bytes]:
 
 
 async def test_httpx_keepalive_scope_and_tls_extension(
-    anyio_backend: object, tls_files: DevCertificate
+    anyio_backend: object, h1_engine: str, tls_files: DevCertificate
 ) -> None:
-    async with running_server(echo_app, tls=tls_files, root_path="/mnt") as srv:
+    async with running_server(
+        echo_app, tls=tls_files, root_path="/mnt", http1_engine=h1_engine
+    ) as srv:
         async with httpx.AsyncClient(verify=client_ssl_context(tls_files)) as client:
             for _ in range(3):  # the same keep-alive connection serves all three
                 response = await client.get(srv.url("/scope?x=1%202", scheme="https"))
@@ -88,8 +91,8 @@ async def test_httpx_keepalive_scope_and_tls_extension(
         assert srv.server.registry.total_accepted == 1
 
 
-async def test_pipelined_requests_answered_in_order(anyio_backend: object) -> None:
-    async with running_server(echo_app) as srv:
+async def test_pipelined_requests_answered_in_order(anyio_backend: object, h1_engine: str) -> None:
+    async with running_server(echo_app, http1_engine=h1_engine) as srv:
         requests = (
             b"".join(
                 b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n%02d" % i
@@ -104,14 +107,16 @@ async def test_pipelined_requests_answered_in_order(anyio_backend: object) -> No
         assert reply.endswith(b"hello")
 
 
-async def test_chunked_response_head_and_connection_close(anyio_backend: object) -> None:
+async def test_chunked_response_head_and_connection_close(
+    anyio_backend: object, h1_engine: str
+) -> None:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         for part in (b"ab", b"cd"):
             await send({"type": "http.response.body", "body": part, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
-    async with running_server(app) as srv:
+    async with running_server(app, http1_engine=h1_engine) as srv:
         reply = await raw_exchange(
             srv.port(), b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
@@ -123,8 +128,8 @@ async def test_chunked_response_head_and_connection_close(anyio_backend: object)
         assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"\r\n\r\n")
 
 
-async def test_expect_100_continue(anyio_backend: object) -> None:
-    async with running_server(echo_app) as srv:
+async def test_expect_100_continue(anyio_backend: object, h1_engine: str) -> None:
+    async with running_server(echo_app, http1_engine=h1_engine) as srv:
         async with await anyio.connect_tcp("127.0.0.1", srv.port()) as stream:
             await stream.send(
                 b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
@@ -143,7 +148,7 @@ async def test_expect_100_continue(anyio_backend: object) -> None:
 
 @pytest.mark.client("curl")
 async def test_expect_100_continue_body_right_after_100(
-    anyio_backend: object, tmp_path: Path
+    anyio_backend: object, h1_engine: str, tmp_path: Path
 ) -> None:
     """A client that sends its body the moment it sees ``100 Continue`` (curl does) gets
     it read and echoed, every time.
@@ -160,7 +165,7 @@ async def test_expect_100_continue_body_right_after_100(
     body_file.write_bytes(payload)
     rounds = 50
 
-    async with running_server(echo_app) as srv:
+    async with running_server(echo_app, http1_engine=h1_engine) as srv:
         url = srv.url("/echo")
 
         async def client() -> None:
@@ -204,9 +209,9 @@ async def test_expect_100_continue_body_right_after_100(
     ids=["cl+te", "two-cl", "unknown-te", "garbage", "no-host", "huge-head"],
 )
 async def test_bad_requests_get_status_and_close(
-    anyio_backend: object, request_bytes: bytes, status: int
+    anyio_backend: object, h1_engine: str, request_bytes: bytes, status: int
 ) -> None:
-    async with running_server(echo_app) as srv:
+    async with running_server(echo_app, http1_engine=h1_engine) as srv:
         reply = await raw_exchange(srv.port(), request_bytes)
         assert reply.startswith(b"HTTP/1.1 %d " % status), reply[:100]
         assert b"connection: close" in reply.lower()
@@ -215,8 +220,10 @@ async def test_bad_requests_get_status_and_close(
         assert (code, out) == (0, b"hello")
 
 
-async def test_app_exception_is_500_and_server_keeps_serving(anyio_backend: object) -> None:
-    async with running_server(echo_app) as srv:
+async def test_app_exception_is_500_and_server_keeps_serving(
+    anyio_backend: object, h1_engine: str
+) -> None:
+    async with running_server(echo_app, http1_engine=h1_engine) as srv:
         async with httpx.AsyncClient() as client:
             response = await client.get(srv.url("/error"))
             assert response.status_code == 500
@@ -225,7 +232,9 @@ async def test_app_exception_is_500_and_server_keeps_serving(anyio_backend: obje
             assert response.status_code == 200
 
 
-async def test_exception_after_start_closes_connection(anyio_backend: object) -> None:
+async def test_exception_after_start_closes_connection(
+    anyio_backend: object, h1_engine: str
+) -> None:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send(
             {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]}
@@ -233,14 +242,16 @@ async def test_exception_after_start_closes_connection(anyio_backend: object) ->
         await send({"type": "http.response.body", "body": b"12345", "more_body": True})
         raise RuntimeError("fails midway (on purpose)")
 
-    async with running_server(app) as srv:
+    async with running_server(app, http1_engine=h1_engine) as srv:
         reply = await raw_exchange(srv.port(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert reply.startswith(b"HTTP/1.1 200 OK")
         assert reply.endswith(b"12345")  # truncated, and the connection was closed
 
 
-async def test_header_read_timeout_closes_slow_client(anyio_backend: object) -> None:
-    async with running_server(echo_app, header_read_timeout=0.5) as srv:
+async def test_header_read_timeout_closes_slow_client(
+    anyio_backend: object, h1_engine: str
+) -> None:
+    async with running_server(echo_app, header_read_timeout=0.5, http1_engine=h1_engine) as srv:
         with anyio.fail_after(5):
             reply = await raw_exchange(srv.port(), b"GET / HTTP/1.1\r\nHost: x\r\n")
         assert reply.startswith(b"HTTP/1.1 408 ")
@@ -248,8 +259,8 @@ async def test_header_read_timeout_closes_slow_client(anyio_backend: object) -> 
             assert await raw_exchange(srv.port(), b"") == b""
 
 
-async def test_keep_alive_timeout(anyio_backend: object) -> None:
-    async with running_server(echo_app, keep_alive_timeout=0.3) as srv:
+async def test_keep_alive_timeout(anyio_backend: object, h1_engine: str) -> None:
+    async with running_server(echo_app, keep_alive_timeout=0.3, http1_engine=h1_engine) as srv:
         async with await anyio.connect_tcp("127.0.0.1", srv.port()) as stream:
             await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             reply = b""
@@ -261,8 +272,8 @@ async def test_keep_alive_timeout(anyio_backend: object) -> None:
 
 
 @pytest.mark.client("curl")
-async def test_request_body_limit_413(anyio_backend: object) -> None:
-    async with running_server(echo_app, max_request_body_size=1000) as srv:
+async def test_request_body_limit_413(anyio_backend: object, h1_engine: str) -> None:
+    async with running_server(echo_app, max_request_body_size=1000, http1_engine=h1_engine) as srv:
         _, out, _ = await curl("-i", "--data-binary", "x" * 2000, srv.url("/echo"))
         assert out.startswith(b"HTTP/1.1 413 ")
         _, out, _ = await _curl_stdin(
@@ -279,7 +290,7 @@ async def test_request_body_limit_413(anyio_backend: object) -> None:
         assert out == b"z" * 999
 
 
-async def test_disconnect_reaches_app(anyio_backend: object) -> None:
+async def test_disconnect_reaches_app(anyio_backend: object, h1_engine: str) -> None:
     seen = anyio.Event()
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -288,7 +299,7 @@ async def test_disconnect_reaches_app(anyio_backend: object) -> None:
         if message["type"] == "http.disconnect":
             seen.set()
 
-    async with running_server(app) as srv:
+    async with running_server(app, http1_engine=h1_engine) as srv:
         async with await anyio.connect_tcp("127.0.0.1", srv.port()) as stream:
             await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             await anyio.sleep(0.1)
@@ -296,7 +307,7 @@ async def test_disconnect_reaches_app(anyio_backend: object) -> None:
             await seen.wait()
 
 
-async def test_slow_app_reader_backpressure(anyio_backend: object) -> None:
+async def test_slow_app_reader_backpressure(anyio_backend: object, h1_engine: str) -> None:
     """The server reads the body only as fast as the app receives it."""
     proceed = anyio.Event()
     state: dict[str, int] = {}
@@ -308,7 +319,7 @@ async def test_slow_app_reader_backpressure(anyio_backend: object) -> None:
         state["total"] = len(first["body"]) + len(rest)
         await respond(send, 200, b"ok")
 
-    async with running_server(app) as srv:
+    async with running_server(app, http1_engine=h1_engine) as srv:
         size = 20 * 1024 * 1024
         async with await anyio.connect_tcp("127.0.0.1", srv.port()) as stream:
             await stream.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
@@ -333,7 +344,7 @@ async def test_slow_app_reader_backpressure(anyio_backend: object) -> None:
 
 
 @pytest.mark.client("curl")
-async def test_lifespan_state_reaches_requests(anyio_backend: object) -> None:
+async def test_lifespan_state_reaches_requests(anyio_backend: object, h1_engine: str) -> None:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             message = await receive()
@@ -345,6 +356,6 @@ async def test_lifespan_state_reaches_requests(anyio_backend: object) -> None:
             return
         await respond(send, 200, json.dumps(scope["state"]).encode())
 
-    async with running_server(app, lifespan="on") as srv:
+    async with running_server(app, lifespan="on", http1_engine=h1_engine) as srv:
         _code, out, _ = await curl(srv.url("/"))
         assert json.loads(out) == {"db": "connected"}

@@ -136,8 +136,9 @@ async def test_curl_http2_over_tls(anyio_backend: object, tls_files: DevCertific
 
 
 @pytest.mark.client("curl")
-async def test_curl_h2c_prior_knowledge_and_upgrade(anyio_backend: object) -> None:
-    async with running_server(echo_app) as srv:
+async def test_curl_h2c_prior_knowledge_and_upgrade(anyio_backend: object, h1_engine: str) -> None:
+    # The Upgrade: h2c request is read by the HTTP/1.1 engine: each of them.
+    async with running_server(echo_app, http1_engine=h1_engine) as srv:
         code, out, err = await curl("--http2-prior-knowledge", "-i", srv.url("/scope"))
         assert code == 0, err
         assert out.startswith(b"HTTP/2 200")

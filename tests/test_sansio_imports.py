@@ -50,6 +50,7 @@ SANS_IO_PACKAGES = ("protocol", "quic")
 NAMED_SANS_IO = frozenset(
     {
         "quicserve.protocol.http1",
+        "quicserve.protocol.http1_httptools",
         "quicserve.protocol.http2",
         "quicserve.protocol.http3",
         "quicserve.quic.compat",

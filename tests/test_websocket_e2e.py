@@ -1,12 +1,12 @@
 """WebSockets over real sockets on HTTP/1.1, HTTP/2 (RFC 8441) and HTTP/3 (RFC 9220).
 
 The independent client is the ``websockets`` package (HTTP/1.1, with and without
-permessage-deflate). For HTTP/2 and HTTP/3, which no packaged Python client speaks, the
-tunnels of ``clientkit/ws.py`` (on the h2 package and on aioquic) carry wsproto's client
-framing; the same cases run over all three transports, on asyncio, uvloop and trio:
-echo, subprotocols, scope, close codes both ways, oversized messages (1009), invalid UTF-8
-(1007), denial responses, app errors, abrupt disconnects, keepalive pings, backpressure and
-graceful shutdown (1001).
+permessage-deflate; on each HTTP/1.1 engine, h11 and httptools). For HTTP/2 and HTTP/3,
+which no packaged Python client speaks, the tunnels of ``clientkit/ws.py`` (on the h2
+package and on aioquic) carry wsproto's client framing; the same cases run over all
+three transports, on asyncio, uvloop and trio: echo, subprotocols, scope, close codes
+both ways, oversized messages (1009), invalid UTF-8 (1007), denial responses, app
+errors, abrupt disconnects, keepalive pings, backpressure and graceful shutdown (1001).
 """
 
 from __future__ import annotations
@@ -259,7 +259,7 @@ async def test_wrong_version_gets_426(
 @pytest.mark.client("websockets")
 @pytest.mark.parametrize("compression", [None, "deflate"])
 async def test_websockets_client(
-    anyio_backend: object, tls_files: DevCertificate, compression: str | None
+    anyio_backend: object, h1_engine: str, tls_files: DevCertificate, compression: str | None
 ) -> None:
     app = WSApp()
 
@@ -290,7 +290,7 @@ async def test_websockets_client(
 
         return asyncio.run(main())
 
-    async with serve(app, tls_files) as srv:
+    async with serve(app, tls_files, http1_engine=h1_engine) as srv:
         port = srv.port("https")
         text, big_ok, subprotocol, extensions, close_code = await anyio.to_thread.run_sync(
             client_session
@@ -304,7 +304,7 @@ async def test_websockets_client(
 
 @pytest.mark.client("websockets")
 async def test_websockets_client_sees_1009_and_plain_http_still_works(
-    anyio_backend: object, tls_files: DevCertificate
+    anyio_backend: object, h1_engine: str, tls_files: DevCertificate
 ) -> None:
     app = WSApp()
 
@@ -327,6 +327,6 @@ async def test_websockets_client_sees_1009_and_plain_http_still_works(
 
         return asyncio.run(main())
 
-    async with serve(app, tls_files, ws_max_size=10000) as srv:
+    async with serve(app, tls_files, ws_max_size=10000, http1_engine=h1_engine) as srv:
         port = srv.port("https")
         assert await anyio.to_thread.run_sync(client_session) == 1009

@@ -40,7 +40,9 @@ from ..addresses import peer_address
 from ..connection_info import HTTP1_CAPABILITIES, HTTP2_CAPABILITIES, ConnectionInfo
 from ..lowlevel import Wakeup
 from ..protocol.base import ByteStreamProtocol
-from ..protocol.http1 import H1Protocol, H2CUpgrade, switching_response
+from ..protocol.engines import new_http1_protocol
+from ..protocol.http1 import H2CUpgrade, switching_response
+from ..protocol.http1_rules import HTTP1Connection
 from .driver import ConnectionDriver
 
 if TYPE_CHECKING:
@@ -127,7 +129,7 @@ async def serve_connection(
             record.alpn = "h2" if tls is not None else "h2c"
         else:
             info = base
-            protocol = H1Protocol(config, now, allow_h2c=tls is None)
+            protocol = new_http1_protocol(config, now, allow_h2c=tls is None)
             record.alpn = "http/1.1"
         connection = ByteStreamDriver(context, byte_stream, info, protocol, record)
         context.registry.attach(record, connection)
@@ -338,7 +340,7 @@ class ByteStreamDriver(ConnectionDriver):
         protocol = self.protocol
         if (
             # Only HTTP/1.1 turns into a WebSocket tunnel.
-            isinstance(protocol, H1Protocol)
+            isinstance(protocol, HTTP1Connection)
             and protocol.tunnel
             and protocol.pending() < self._buffer_limit
             and not self._broken

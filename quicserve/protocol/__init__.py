@@ -1,4 +1,4 @@
-"""Sans-IO protocol modules: h11, h2 and aioquic.h3 in, neutral stream events out.
+"""Sans-IO protocol modules: h11 or httptools, h2 and aioquic.h3 in, neutral stream events out.
 
 Nothing in this package awaits, sleeps, or touches a socket: it is fed bytes (or
 datagrams) with the current time, and is asked for events, bytes to send and its next

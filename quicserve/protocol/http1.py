@@ -3,7 +3,8 @@
 Sans-IO: the driver feeds bytes with ``receive_data(data, now)`` and writes what
 ``data_to_send()`` returns. It implements :class:`quicserve.protocol.base.ByteStreamProtocol`.
 
-Rules this module keeps:
+Rules this module keeps (the checks of a parsed head are ``http1_rules.inspect_request``,
+shared with the httptools engine in ``http1_httptools.py``, so both refuse alike):
 
 * One request at a time (h11's model). Pipelined requests wait in h11's buffer and are
   parsed only once the previous response is complete, so they are answered in order.
@@ -45,10 +46,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-import re
 from collections import deque
-from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -56,7 +54,6 @@ from h11._receivebuffer import ReceiveBuffer
 
 from ..config import Config
 from ..events import (
-    FIELD_LINE_OVERHEAD,
     BodyEnded,
     BodyReceived,
     ConnectionClosed,
@@ -66,83 +63,26 @@ from ..events import (
     StreamReset,
 )
 from .fields import field_section_size
-
-#: ``:method`` and ``:path`` field lines: their names and 32 octets each (RFC 9113 §6.5.2).
-_REQUEST_LINE_SIZE = len(b":method") + len(b":path") + 2 * FIELD_LINE_OVERHEAD
-
-# Unacknowledged request body (or pipelined bytes) we read ahead of the app.
-_READ_AHEAD = 64 * 1024
-
-_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
-
-_ERROR_REASONS = {
-    400: b"Bad Request",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    501: b"Not Implemented",
-    505: b"HTTP Version Not Supported",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class H2CUpgrade:
-    """A cleartext request asked to upgrade to HTTP/2 (``Upgrade: h2c``).
-
-    The driver must write ``101 Switching Protocols`` (``switching_response()``), then
-    continue with an HTTP/2 protocol that serves ``request`` as stream 1, fed first with
-    ``trailing_data``.
-    """
-
-    request: RequestReceived
-    settings: bytes
-    trailing_data: bytes
-
-
-#: A bare CR or LF (not part of CRLF). RFC 9112 §2.2 lets a recipient take a bare LF as
-#: a line end and a bare CR as whitespace; a proxy in front may do neither, so both end
-#: the connection instead (CVE-2025-43859 and the "funky chunks" reports of 2025).
-_BARE_CR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
-_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
-#: RFC 9110 §5.6.4: a quoted string (no CR, LF or other controls but HTAB inside).
-_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
-#: RFC 9112 §7.1 and §7.1.1: ``chunk-size *( BWS ";" BWS name [ BWS "=" BWS value ] )``.
-#: At most 15 hex digits, so the size fits a signed 64-bit integer whatever the proxy.
-_CHUNK_LINE = re.compile(
-    rb"0*[0-9A-Fa-f]{1,15}(?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|%s))?)*\r\n"
-    % (_TOKEN, _TOKEN, _QUOTED)
+from .http1_rules import (
+    BARE_CR_LF,
+    CHUNK_LINE,
+    FORBIDDEN_TRAILERS,
+    FRAMING_FIELD,
+    READ_AHEAD,
+    REASONS,
+    H2CUpgrade,
+    HTTP1Connection,
+    RequestHead,
+    error_response,
+    inspect_request,
+    switching_response,
 )
-#: A Content-Length or Transfer-Encoding field line (group 1: the name).
-_FRAMING_FIELD = re.compile(rb"\r\n(content-length|transfer-encoding):", re.IGNORECASE)
-#: RFC 9112 §3.2: ``Host = uri-host [ ":" port ]`` (IP-literal or reg-name / IPv4).
-_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[-A-Za-z0-9._~%!$&'()*+,;=]*)(?::[0-9]*)?")
-#: RFC 9110 §6.5.1: fields a recipient needs before the content (framing, routing,
-#: connection control, request modifiers, authentication); as trailers a proxy could
-#: merge them into the head, so a request that sends them is refused.
-_FORBIDDEN_TRAILERS = frozenset(
-    (
-        b"authorization",
-        b"connection",
-        b"content-encoding",
-        b"content-length",
-        b"content-range",
-        b"content-type",
-        b"cookie",
-        b"expect",
-        b"host",
-        b"keep-alive",
-        b"max-forwards",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"range",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    )
-)
+
+__all__ = ["H1Protocol", "H2CUpgrade", "switching_response"]
+
+#: Kept under their old names for the tests that read them.
+_READ_AHEAD = READ_AHEAD
+_REASONS = REASONS
 
 
 class _StrictBuffer(ReceiveBuffer):
@@ -167,7 +107,7 @@ class _StrictBuffer(ReceiveBuffer):
             limit = len(data) - 1 if data[-1:] == b"\r" else len(data)
         else:
             limit = end + 4
-        if _BARE_CR_LF.search(data, max(0, start - 1), limit) is not None:
+        if BARE_CR_LF.search(data, max(0, start - 1), limit) is not None:
             raise h11.LocalProtocolError("bare CR or LF in a header section")
         if end < 0:
             self._multiple_lines_search = len(data)
@@ -176,7 +116,7 @@ class _StrictBuffer(ReceiveBuffer):
         if b"\r\n " in head or b"\r\n\t" in head:
             raise h11.LocalProtocolError("obs-fold in a header section (RFC 9112 §5.2)")
         content_length = False
-        for match in _FRAMING_FIELD.finditer(head):
+        for match in FRAMING_FIELD.finditer(head):
             value = head[match.end() : head.index(b"\r\n", match.end())]
             if match[1][0] in b"cC":
                 # RFC 9110 §8.6: h11 folds "5, 5" and repeated equal values into one;
@@ -194,7 +134,7 @@ class _StrictBuffer(ReceiveBuffer):
     def maybe_extract_next_line(self) -> bytearray | None:
         # Only h11's chunked reader reads single lines: the chunk-size lines.
         line = super().maybe_extract_next_line()
-        if line is not None and _CHUNK_LINE.fullmatch(line) is None:
+        if line is not None and CHUNK_LINE.fullmatch(line) is None:
             raise h11.LocalProtocolError("invalid chunk line (RFC 9112 §7.1)")
         return line
 
@@ -208,35 +148,7 @@ class _StrictConnection(h11.Connection):
         self._receive_buffer = _StrictBuffer()
 
 
-def _content_length_is_zero(headers: Headers) -> bool:
-    return all(value.strip() == b"0" for name, value in headers if name == b"content-length")
-
-
-def _absolute_form(target: bytes) -> tuple[bytes, bytes] | None:
-    """``(authority, origin-form target)`` of an absolute-form http(s) target, or None."""
-    scheme, sep, rest = target.partition(b"://")
-    if not sep or scheme.lower() not in (b"http", b"https"):
-        return None
-    end = len(rest)
-    for mark in (b"/", b"?"):
-        at = rest.find(mark)
-        if 0 <= at < end:
-            end = at
-    authority = rest[:end]
-    if not authority or b"@" in authority or _HOST.fullmatch(authority) is None:
-        return None
-    path = rest[end:]
-    if path[:1] != b"/":
-        path = b"/" + path
-    return authority, path
-
-
-def switching_response() -> bytes:
-    """The ``101`` answer to an h2c upgrade."""
-    return b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
-
-
-class H1Protocol:
+class H1Protocol(HTTP1Connection):
     """One HTTP/1.1 connection, server side."""
 
     http_version = "1.1"
@@ -354,7 +266,7 @@ class H1Protocol:
                     return
                 if self._active is not None:
                     trailers = list(event.headers) if event.headers else []
-                    if trailers and any(n in _FORBIDDEN_TRAILERS for n, _ in trailers):
+                    if trailers and any(n in FORBIDDEN_TRAILERS for n, _ in trailers):
                         self._framing_error(400)
                         return
                     self._events.append(BodyEnded(self._stream_id, trailers))
@@ -378,115 +290,40 @@ class H1Protocol:
         # Known before any refusal below: an error answer to HEAD has no content.
         self._head_request = event.method == b"HEAD"
         headers: Headers = list(event.headers)
-        has_cl = has_te = False
-        host: bytes | None = None
-        hosts = 0
-        expect_continue = False
-        upgrade: bytes | None = None
-        connection_tokens = b""
-        settings: bytes | None = None
-        # The size rule of every protocol (fields.field_section_size): the request line
-        # counts as the :method and :path field lines it stands for.
-        head_size = len(event.method) + len(event.target) + _REQUEST_LINE_SIZE
-        for name, value in headers:
-            head_size += len(name) + len(value) + FIELD_LINE_OVERHEAD
-            if name == b"content-length":
-                has_cl = True
-            elif name == b"transfer-encoding":
-                has_te = True
-            elif name == b"host":
-                host = value
-                hosts += 1
-            elif name == b"expect":
-                expect_continue = value.lower() == b"100-continue"
-            elif name == b"upgrade":
-                upgrade = value.lower()
-            elif name == b"connection":
-                connection_tokens += value.lower() + b","
-            elif name == b"http2-settings":
-                settings = value
-        # h11 bounds the raw bytes of heads that arrive in pieces; the size rule is
-        # checked here (RFC 6585 §5: 431).
-        if head_size > self._config.max_header_bytes:
-            self._send_error(431)
-            return
-        # RFC 9112 §6.1: a message with both is a smuggling attempt; refuse it.
-        if has_cl and has_te:
-            self._send_error(400)
-            return
-        # RFC 9112 §2.3: h11 takes any "HTTP/d.d"; only major version 1 is ours
-        # (RFC 9110 §15.6.6: 505). "PRI * HTTP/2.0" lands here on a cleartext port.
-        if event.http_version[:2] != b"1.":
-            self._send_error(505)
-            return
-        # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing.
-        if has_te and event.http_version != b"1.1":
-            self._send_error(400)
-            return
-        # RFC 9112 §3.2: one Host, and a valid one (h11 wants one in HTTP/1.1 only).
-        if hosts > 1 or (host is not None and _HOST.fullmatch(host) is None):
-            self._send_error(400)
-            return
-        target = event.target
-        if target[:1] != b"/":
-            absolute = _absolute_form(target)
-            if absolute is not None:
-                # RFC 9112 §3.2.2: the target's authority wins over Host; a proxy that
-                # routed by Host would disagree, so they must be the same.
-                authority, target = absolute
-                if host is not None and host.lower() != authority.lower():
-                    self._send_error(400)
-                    return
-                host = authority
-            elif not (
-                (target == b"*" and event.method == b"OPTIONS") or event.method == b"CONNECT"
-            ):
-                self._send_error(400)  # §3.2: no form we know
-                return
-        if event.method == b"CONNECT":
-            # RFC 9110 §9.3.6: a 2xx answer to CONNECT turns the connection into a tunnel
-            # (h11 then refuses any body), which an ASGI app cannot serve over HTTP/1.1;
-            # a proxy in front would also take the connection for a tunnel. Refused with
-            # 501 (RFC 9110 §15.6.2) before the app can answer 2xx.
-            self._send_error(501)
+        # h11 refuses most malformed framing itself (and :class:`_StrictConnection` the
+        # rest); the rules every engine keeps are in http1_rules.
+        head = inspect_request(
+            event.method,
+            event.target,
+            event.http_version,
+            headers,
+            self._config.max_header_bytes,
+            self._allow_h2c,
+        )
+        if type(head) is not RequestHead:
+            assert isinstance(head, int)
+            self._send_error(head)
             return
         self._stream_id += 1
         self._active = self._stream_id
-        self._head_request = event.method == b"HEAD"
         self._response_started = False
         self._response_done = False
         self._stream_finished = False
         self._body_unacked = 0
         self._pipelined = 0
         self._deadline = None
-        # A body would have to end before the switch; such a request stays plain HTTP.
-        websocket = (
-            upgrade == b"websocket"
-            and b"upgrade" in connection_tokens
-            and not has_te
-            and (not has_cl or _content_length_is_zero(headers))
-        )
         request = RequestReceived(
             stream_id=self._stream_id,
             method=event.method,
-            raw_path=target,
+            raw_path=head.target,
             headers=headers,
             scheme=None,
-            authority=host,
-            expect_continue=expect_continue,
-            websocket_upgrade=websocket,
+            authority=head.authority,
+            expect_continue=head.expect_continue,
+            websocket_upgrade=head.websocket,
         )
-        if (
-            self._allow_h2c
-            and upgrade == b"h2c"
-            and settings is not None
-            and b"http2-settings" in connection_tokens
-            and not has_cl
-            and not has_te
-        ):
-            # RFC 7540 §3.2: only body-less requests are upgraded here; the rest are
-            # served over HTTP/1.1, which the RFC allows.
-            self._events.append(H2CUpgrade(request, settings, self._conn.trailing_data[0]))
+        if head.h2c_settings is not None:
+            self._events.append(H2CUpgrade(request, head.h2c_settings, self._conn.trailing_data[0]))
             # Not "closed": the connection lives on as HTTP/2. Stop parsing and reading
             # until the driver has switched protocols.
             self._upgrading = True
@@ -694,16 +531,7 @@ class H1Protocol:
             self._close()
 
     def _send_error(self, status: int) -> None:
-        reason = _ERROR_REASONS.get(status, b"Error")
-        body = reason + b"\n"
-        # RFC 9110 §9.3.2: no content in an answer to HEAD (a client would read it as the
-        # start of the next response); the header fields stay those of the GET answer.
-        content = b"" if self._head_request else body
-        self._out.append(
-            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-            % (status, reason, len(body), content)
-        )
+        self._out.append(error_response(status, self._head_request))
         self._close()
 
     def _abort_active(self) -> None:

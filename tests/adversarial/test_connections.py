@@ -50,10 +50,12 @@ def _closed_by_peer(sock: socket.socket) -> bool:
 
 
 def test_slow_heads_are_timed_out_while_others_are_served(
-    spawn: Spawn, backend: str, tls_files: DevCertificate
+    spawn: Spawn, backend: str, h1_engine: str, tls_files: DevCertificate
 ) -> None:
     with (
-        serve(spawn, backend, tls_files, "--header-read-timeout", "2") as target,
+        serve(
+            spawn, backend, tls_files, "--http1-engine", h1_engine, "--header-read-timeout", "2"
+        ) as target,
         Prober(target) as prober,
     ):
         plain = _slow_sockets(target.http, SLOW_CLIENTS // 2)

@@ -166,10 +166,13 @@ def _count(port: int, path: str) -> tuple[int, int, int]:
 
 
 def test_ambiguous_framing_is_refused_and_closes(
-    spawn: Spawn, backend: str, tls_files: DevCertificate
+    spawn: Spawn, backend: str, h1_engine: str, tls_files: DevCertificate
 ) -> None:
     wrong: list[str] = []
-    with serve(spawn, backend, tls_files) as target, Prober(target, ("h1",)) as prober:
+    with (
+        serve(spawn, backend, tls_files, "--http1-engine", h1_engine) as target,
+        Prober(target, ("h1",)) as prober,
+    ):
         for name, (request, status) in REFUSED.items():
             reply, closed = _exchange(target.http, request + SMUGGLED)
             expected = b"HTTP/1.1 %d " % status
@@ -183,10 +186,10 @@ def test_ambiguous_framing_is_refused_and_closes(
 
 
 def test_valid_framing_is_served_with_the_request_behind_it(
-    spawn: Spawn, backend: str, tls_files: DevCertificate
+    spawn: Spawn, backend: str, h1_engine: str, tls_files: DevCertificate
 ) -> None:
     wrong: list[str] = []
-    with serve(spawn, backend, tls_files) as target:
+    with serve(spawn, backend, tls_files, "--http1-engine", h1_engine) as target:
         for name, request in ACCEPTED.items():
             reply, _ = _exchange(target.http, request + AFTER)
             if reply.count(b"HTTP/1.1 200 ") != 2:
@@ -195,7 +198,7 @@ def test_valid_framing_is_served_with_the_request_behind_it(
 
 
 def test_an_invalid_http2_preface_on_cleartext_is_an_http1_request(
-    spawn: Spawn, backend: str, tls_files: DevCertificate
+    spawn: Spawn, backend: str, h1_engine: str, tls_files: DevCertificate
 ) -> None:
     """The cleartext port tells prior-knowledge h2c from HTTP/1.1 by the exact 24-byte
     preface (RFC 9113 §3.4). Anything else, even ``PRI * HTTP/2.0`` with a wrong tail,
@@ -209,7 +212,7 @@ def test_an_invalid_http2_preface_on_cleartext_is_an_http1_request(
         (b"GET / HTTP/3.0\r\nHost: x\r\n\r\n", 505),
     ]
     settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-    with serve(spawn, backend, tls_files) as target:
+    with serve(spawn, backend, tls_files, "--http1-engine", h1_engine) as target:
         for preface, status in prefaces:
             reply, closed = _exchange(target.http, preface + settings)
             assert reply.startswith(b"HTTP/1.1 %d " % status) and closed, (preface, reply)

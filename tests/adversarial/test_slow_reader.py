@@ -193,10 +193,13 @@ def test_http2_ping_flood_while_not_reading(
 
 
 def test_http1_pipelined_requests_never_read(
-    spawn: Spawn, backend: str, tls_files: DevCertificate
+    spawn: Spawn, backend: str, h1_engine: str, tls_files: DevCertificate
 ) -> None:
     request = b"GET /big?%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % BIG
-    with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
+    with (
+        serve(spawn, backend, tls_files, "--http1-engine", h1_engine) as target,
+        Prober(target) as prober,
+    ):
         _first_round(prober)
         with _connect(target, tls=False) as sock:
             # As many pipelined requests as the server takes in before it stops reading.
@@ -224,7 +227,9 @@ def _websocket_frames(count: int, size: int) -> bytes:
     return b"".join(ws.send(BytesMessage(data=payload)) for _ in range(count))
 
 
-def test_websocket_echoes_never_read(spawn: Spawn, backend: str, tls_files: DevCertificate) -> None:
+def test_websocket_echoes_never_read(
+    spawn: Spawn, backend: str, h1_engine: str, tls_files: DevCertificate
+) -> None:
     key = base64.b64encode(os.urandom(16))
     handshake = (
         b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
@@ -232,7 +237,10 @@ def test_websocket_echoes_never_read(spawn: Spawn, backend: str, tls_files: DevC
         b"Sec-WebSocket-Key: " + key + b"\r\n\r\n"
     )
     burst = _websocket_frames(16, 64 * 1024)
-    with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
+    with (
+        serve(spawn, backend, tls_files, "--http1-engine", h1_engine) as target,
+        Prober(target) as prober,
+    ):
         _first_round(prober)
         with _connect(target, tls=True) as sock:
             sock.sendall(handshake)

@@ -1,20 +1,24 @@
-"""Fuzzing quicserve/protocol/http1.py (H1Protocol) with request heads and bodies built
-from parts, pipelined, cut at random points, and with raw byte mutations.
+"""Fuzzing the HTTP/1.1 engines (quicserve/protocol/http1.py on h11, http1_httptools.py on
+llhttp; every case runs on each) with request heads and bodies built from parts,
+pipelined, cut at random points, and with raw byte mutations.
 
 The harness plays a well-behaved connection driver and app: it feeds bytes only while
 ``wants_read()``, acknowledges every body chunk, answers each request when its body ends
 (sometimes at once, before the body), switches to a tunnel on a WebSocket upgrade, and
 fires timers when they are due. Invariants: no exception escapes, every request ends,
-h11's buffer stays within the head limit plus the read-ahead, nothing is read while the
+the engine's buffer stays within the head limit plus the read-ahead, nothing is read while the
 protocol says not to, and the server's bytes parse with an h11 client.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import h11
-from hypothesis import example, given
+import pytest
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from quicserve.config import Config
@@ -26,8 +30,10 @@ from quicserve.events import (
     StreamReset,
 )
 from quicserve.protocol import http1
+from quicserve.protocol.engines import http1_engine
 from quicserve.protocol.http1 import H1Protocol, H2CUpgrade
 
+from ..conftest import H1_ENGINES
 from .support import fuzz_settings, mostly, mutated, splits, stat
 
 T0 = 1000.0
@@ -195,9 +201,23 @@ class Run:
     output: bytes = b""
 
 
-def drive(pieces: list[bytes], config: Config, *, respond_early: bool, ticks: list[float]) -> Run:
-    """Feed ``pieces`` through an H1Protocol with a well-behaved app; check as we go."""
-    proto = H1Protocol(config, T0, allow_h2c=True)
+def _buffered(proto: Any) -> int:
+    """Bytes the engine holds unparsed (h11's buffer, or the httptools engine's own)."""
+    if isinstance(proto, H1Protocol):
+        return len(proto._conn.trailing_data[0])
+    return len(proto._buf)
+
+
+def drive(
+    pieces: list[bytes],
+    config: Config,
+    *,
+    respond_early: bool,
+    ticks: list[float],
+    engine: str = "h11",
+) -> Run:
+    """Feed ``pieces`` through an HTTP/1.1 engine with a well-behaved app; check as we go."""
+    proto = http1_engine(engine)[1](config, T0, allow_h2c=True)
     run = Run()
     now = T0
     out: list[bytes] = []
@@ -286,8 +306,8 @@ def drive(pieces: list[bytes], config: Config, *, respond_early: bool, ticks: li
             raise AssertionError("protocol stopped reading with nothing left for the app")
         proto.receive_data(piece, now)
         pump()
-        buffered = len(proto._conn.trailing_data[0])
-        assert buffered <= limit, f"h11 buffers {buffered} bytes (limit {limit})"
+        buffered = _buffered(proto)
+        assert buffered <= limit, f"the engine buffers {buffered} bytes (limit {limit})"
         if i < len(ticks):
             fire_timer(ticks[i])
     if not run.closed and not run.upgraded:
@@ -369,6 +389,7 @@ CONFIGS = {
 configs = st.sampled_from(sorted(CONFIGS))
 
 
+@pytest.mark.parametrize("engine", H1_ENGINES)
 @fuzz_settings(400)
 # WebSocket upgrades: after 101 the peer's bytes (a pipelined request among them) and its
 # EOF are events of the upgrade request, past the end of its own body.
@@ -396,20 +417,62 @@ configs = st.sampled_from(sorted(CONFIGS))
     ticks=st.lists(st.floats(0, 30), max_size=3),
 )
 def test_http1_requests(
-    pieces: list[bytes], config: str, respond_early: bool, ticks: list[float]
+    engine: str, pieces: list[bytes], config: str, respond_early: bool, ticks: list[float]
 ) -> None:
-    run = drive(pieces, CONFIGS[config], respond_early=respond_early, ticks=ticks)
+    run = drive(pieces, CONFIGS[config], respond_early=respond_early, ticks=ticks, engine=engine)
     check_ends(run)
     check_output(run)
 
 
+@pytest.mark.parametrize("engine", H1_ENGINES)
 @fuzz_settings(150)
 @given(
     data=st.binary(max_size=600),
     config=configs,
     respond_early=st.booleans(),
 )
-def test_http1_raw_bytes(data: bytes, config: str, respond_early: bool) -> None:
-    run = drive([data] if data else [], CONFIGS[config], respond_early=respond_early, ticks=[])
+def test_http1_raw_bytes(engine: str, data: bytes, config: str, respond_early: bool) -> None:
+    run = drive(
+        [data] if data else [],
+        CONFIGS[config],
+        respond_early=respond_early,
+        ticks=[],
+        engine=engine,
+    )
     check_ends(run)
     check_output(run)
+
+
+#: Control bytes other than HTAB, CR and LF: llhttp refuses them in a field value (RFC 9110
+#: §5.5 lets a recipient refuse or replace them), h11 takes them; the one place the two
+#: engines differ on what they serve.
+_CONTROLS = re.compile(rb"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@pytest.mark.client("httptools")
+@fuzz_settings(200)
+@given(
+    pieces=connections(),
+    config=configs,
+    respond_early=st.booleans(),
+)
+def test_http1_engines_serve_the_same_requests(
+    pieces: list[bytes], config: str, respond_early: bool
+) -> None:
+    """Differential: on the same bytes, h11 and httptools hand the app the same requests
+    (method, target, authority, fields, upgrade flags), switch protocols alike and close
+    alike. A refusal's status may differ when a head has several faults and the parsers
+    meet them in another order (llhttp refuses an invalid target before the size rule)."""
+    assume(_CONTROLS.search(b"".join(pieces)) is None)
+    runs = [
+        drive(pieces, CONFIGS[config], respond_early=respond_early, ticks=[], engine=engine)
+        for engine in ("h11", "httptools")
+    ]
+    h11_run, httptools_run = runs
+    assert httptools_run.started == h11_run.started
+    assert (httptools_run.tunnel, httptools_run.upgraded, httptools_run.closed) == (
+        h11_run.tunnel,
+        h11_run.upgraded,
+        h11_run.closed,
+    )
+    assert httptools_run.ended == h11_run.ended
