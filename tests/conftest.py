@@ -2,6 +2,8 @@
 
 * ``anyio_backend`` is parametrized over asyncio, asyncio+uvloop and trio, so every test
   marked ``@pytest.mark.anyio`` that exercises the server runs on all of them.
+* ``ws_engine`` is parametrized over the WebSocket framing engines (``--ws-engine``
+  wsproto and websockets): a WebSocket test that takes it runs on both.
 * ``tls_files`` makes a throwaway CA and localhost certificate at run time (nothing
   secret is committed).
 * :func:`tests.helpers.running_server` starts a real server on loopback in-process.
@@ -18,6 +20,8 @@ import pytest
 
 from clientkit import require
 from quicserve.certs import DevCertificate, make_test_certificates
+
+from .helpers import WS_ENGINES
 
 _BACKENDS = [
     pytest.param(("asyncio", {}), id="asyncio"),
@@ -43,6 +47,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def anyio_backend(request: pytest.FixtureRequest) -> object:
     """Every async test runs on asyncio, uvloop and trio."""
     return request.param
+
+
+@pytest.fixture(params=WS_ENGINES)
+def ws_engine(request: pytest.FixtureRequest) -> str:
+    """The WebSocket framing engine a test's server uses: wsproto, then websockets."""
+    engine: str = request.param
+    return engine
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import pytest
 
 from quicserve.app import as_asgi3
 from quicserve.certs import DevCertificate
 from quicserve.config import Config
 from quicserve.server import BoundAddress, Server
+
+#: The WebSocket framing engines (``--ws-engine``) as pytest params: every WebSocket test
+#: runs on each (the ``ws_engine`` fixture). The websockets engine is an optional extra
+#: (``quicserve[fast]``), in the ``test`` extra too: skipped where missing, failed in CI.
+WS_ENGINES = [
+    pytest.param("wsproto", id="wsproto"),
+    pytest.param("websockets", id="websockets", marks=pytest.mark.client("websockets")),
+]
 
 
 @dataclass

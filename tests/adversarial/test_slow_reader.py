@@ -224,7 +224,9 @@ def _websocket_frames(count: int, size: int) -> bytes:
     return b"".join(ws.send(BytesMessage(data=payload)) for _ in range(count))
 
 
-def test_websocket_echoes_never_read(spawn: Spawn, backend: str, tls_files: DevCertificate) -> None:
+def test_websocket_echoes_never_read(
+    spawn: Spawn, backend: str, ws_engine: str, tls_files: DevCertificate
+) -> None:
     key = base64.b64encode(os.urandom(16))
     handshake = (
         b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
@@ -232,7 +234,10 @@ def test_websocket_echoes_never_read(spawn: Spawn, backend: str, tls_files: DevC
         b"Sec-WebSocket-Key: " + key + b"\r\n\r\n"
     )
     burst = _websocket_frames(16, 64 * 1024)
-    with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
+    with (
+        serve(spawn, backend, tls_files, "--ws-engine", ws_engine) as target,
+        Prober(target) as prober,
+    ):
         _first_round(prober)
         with _connect(target, tls=True) as sock:
             sock.sendall(handshake)
@@ -253,14 +258,17 @@ def test_websocket_echoes_never_read(spawn: Spawn, backend: str, tls_files: DevC
 
 
 def test_websocket_over_http2_echoes_never_read(
-    spawn: Spawn, backend: str, tls_files: DevCertificate
+    spawn: Spawn, backend: str, ws_engine: str, tls_files: DevCertificate
 ) -> None:
     # RFC 8441: a WebSocket is one HTTP/2 stream, next to a streaming response that
     # fills the socket. Then the attacker stops reading and sends messages blind (it
     # cannot see the WINDOW_UPDATEs any more), at a pace the server keeps up with,
     # counting on the echo app's consumption re-opening the windows (it does).
     message = _websocket_frames(1, 16000)  # one DATA frame (<= 16384, RFC 9113 §4.2)
-    with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
+    with (
+        serve(spawn, backend, tls_files, "--ws-engine", ws_engine) as target,
+        Prober(target) as prober,
+    ):
         _first_round(prober)
         with _connect(target, tls=True, alpn=["h2"]) as sock:
             conn = _h2_attacker(sock)

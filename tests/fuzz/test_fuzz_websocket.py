@@ -12,28 +12,34 @@ echoed back intact.
 Invariants: the stream ends (run() returns) whatever the input, no exception reaches the
 app's error log, what the server wrote parses as unmasked server frames, a close it
 sends carries a code a server may send, and the queue and fragment buffers stay within
-``ws_max_queue`` and ``ws_max_size``.
+``ws_max_queue`` and ``ws_max_size``. Every target runs on both framing engines
+(``--ws-engine`` wsproto and websockets), and a third feeds the same bytes to both and
+checks they agree.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import struct
 from typing import Any
 
 import anyio
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
+from clientkit import require
 from quicserve.config import Config
 from quicserve.connection_info import HTTP2_CAPABILITIES, ConnectionInfo
 from quicserve.events import RequestReceived
 from quicserve.lowlevel import wakeup_factory
 from quicserve.streams.websocket import WebSocketStream
 
+from ..helpers import WS_ENGINES
 from .support import fuzz_settings, mostly, splits, stat
 
 CONFIG = Config(ws_max_size=2048, ws_max_queue=3, ws_ping_interval=0.0, ws_ping_timeout=0.05)
@@ -81,8 +87,8 @@ class FakeProtocol:
 class FakeHost:
     """The connection side of a stream, in memory."""
 
-    def __init__(self) -> None:
-        self.config = CONFIG
+    def __init__(self, engine: str) -> None:
+        self.config = dataclasses.replace(CONFIG, ws_engine=engine)
         self.protocol = FakeProtocol()
         self.new_wakeup = wakeup_factory()
         self.acked = 0
@@ -129,9 +135,9 @@ class _Errors(logging.Handler):
 
 
 def run_stream(
-    pieces: list[bytes], *, end: bool, check_queue: bool = True
+    pieces: list[bytes], *, end: bool, engine: str, check_queue: bool = True
 ) -> tuple[FakeHost, WebSocketStream]:
-    """Run a WebSocketStream with an echo app over ``pieces``; check it ends."""
+    """Run a WebSocketStream with an echo app over ``pieces`` on ``engine``; check it ends."""
     errors = _Errors()
     logger = logging.getLogger("quicserve.error")
     logger.addHandler(errors)
@@ -139,7 +145,7 @@ def run_stream(
     peak = [0]
 
     async def scenario() -> None:
-        host = FakeHost()  # its wake-ups belong to this event loop
+        host = FakeHost(engine)  # its wake-ups belong to this event loop
         stream = WebSocketStream(echo_app, host, INFO, REQUEST, None)  # type: ignore[arg-type]
         made.append((host, stream))
         async with anyio.create_task_group() as tg:
@@ -159,7 +165,8 @@ def run_stream(
                 peak[0] = max(peak[0], len(stream._queue))
                 if check_queue:
                     assert len(stream._queue) <= CONFIG.ws_max_queue + len(piece) // 2
-                held = sum(len(f) for f in stream._fragments)
+                held = stream._framer.held() if stream._framer is not None else 0
+                assert held <= CONFIG.ws_max_size, held
                 held += sum(len(m.get("bytes") or m.get("text") or "") for m in stream._queue)
                 assert held <= CONFIG.ws_max_size * CONFIG.ws_max_queue, held
             if end:
@@ -266,11 +273,12 @@ def raw_streams(draw: st.DrawFn) -> list[bytes]:
     return draw(splits(b"".join(frames), max_pieces=10))
 
 
+@pytest.mark.parametrize("engine", WS_ENGINES)
 @fuzz_settings(120)
 @example(pieces=[b"\x81\x80\x00\x00\x00\x00\x88\x82\x00\x00\x00\x00\x0b\xb8"], end=False)
 @given(pieces=raw_streams(), end=st.booleans())
-def test_websocket_raw_frames(pieces: list[bytes], end: bool) -> None:
-    host, stream = run_stream(pieces, end=end)
+def test_websocket_raw_frames(engine: str, pieces: list[bytes], end: bool) -> None:
+    host, stream = run_stream(pieces, end=end, engine=engine)
     frames = server_frames(host.protocol.out)
     stat(f"close: {stream._close_code}")
     stat(f"frames out: {min(len(frames), 3)}")
@@ -288,15 +296,18 @@ messages = st.lists(
 )
 
 
+@pytest.mark.parametrize("engine", WS_ENGINES)
 @fuzz_settings(80)
 @given(msgs=messages, close=st.booleans(), data=st.data())
-def test_websocket_valid_messages_echo(msgs: list[Any], close: bool, data: st.DataObject) -> None:
+def test_websocket_valid_messages_echo(
+    engine: str, msgs: list[Any], close: bool, data: st.DataObject
+) -> None:
     client = Connection(ConnectionType.CLIENT)
     wire = b"".join(client.send(m) for m in msgs)
     if close:
         wire += client.send(CloseConnection(code=1000, reason="bye"))
     pieces = data.draw(splits(wire, max_pieces=8))
-    host, stream = run_stream(pieces, end=True)
+    host, stream = run_stream(pieces, end=True, engine=engine)
     echoed = Connection(ConnectionType.CLIENT)
     echoed.receive_data(bytes(host.protocol.out))
     got = [e for e in echoed.events() if isinstance(e, TextMessage | BytesMessage)]
@@ -307,3 +318,32 @@ def test_websocket_valid_messages_echo(msgs: list[Any], close: bool, data: st.Da
     assert [(type(m), m.data) for m in got] == sent[: len(got)]
     stat(f"echoed all: {len(got) == len(msgs)}")
     assert stream._close_code == (1000 if close else 1006)
+
+
+# -- the two engines agree ----------------------------------------------------------------
+
+
+def _outcome(host: FakeHost, stream: WebSocketStream) -> tuple[Any, ...]:
+    """What a peer can see of a run: the frames the server wrote (a close frame by its
+    code alone: the reason's words are each engine's own) and the code the app heard."""
+    seen: list[Any] = []
+    for frame in server_frames(host.protocol.out):
+        if frame.opcode is Opcode.CLOSE:
+            seen.append(("close", int(frame.payload[0]) if frame.payload else 1005))
+        else:
+            payload = frame.payload
+            seen.append(
+                (frame.opcode.name, payload if isinstance(payload, str) else bytes(payload))
+            )
+    return tuple(seen), stream._close_code, host.protocol.ended
+
+
+@fuzz_settings(120)
+@given(pieces=raw_streams(), end=st.booleans())
+def test_websocket_engines_agree(pieces: list[bytes], end: bool) -> None:
+    """The same bytes, cut the same way, on wsproto and on websockets: the same frames
+    come back and the app hears the same close code."""
+    require("websockets")
+    wsproto_run = _outcome(*run_stream(pieces, end=end, engine="wsproto"))
+    websockets_run = _outcome(*run_stream(pieces, end=end, engine="websockets"))
+    assert wsproto_run == websockets_run
