@@ -134,10 +134,34 @@ class _Errors(logging.Handler):
         self.records.append(record)
 
 
+async def _settle(host: FakeHost, stream: WebSocketStream) -> None:
+    """Scheduler turns until nothing has changed for 20 of them (at most 5000)."""
+    last: tuple[Any, ...] = ()
+    still = 0
+    for _ in range(5000):
+        await anyio.sleep(0)
+        now = (
+            len(host.protocol.out),
+            len(stream._queue),
+            stream._backlog,
+            len(stream._inbox),
+            stream._state,
+            stream._failure,
+        )
+        still = still + 1 if now == last else 0
+        if still >= 20:
+            return
+        last = now
+
+
 def run_stream(
-    pieces: list[bytes], *, end: bool, engine: str, check_queue: bool = True
+    pieces: list[bytes], *, end: bool, engine: str, check_queue: bool = True, settle: bool = False
 ) -> tuple[FakeHost, WebSocketStream]:
-    """Run a WebSocketStream with an echo app over ``pieces`` on ``engine``; check it ends."""
+    """Run a WebSocketStream with an echo app over ``pieces`` on ``engine``; check it ends.
+
+    With ``settle``, each piece is followed by as many scheduler turns as the stream and
+    the app need to stop making progress (so how far they got before the next piece, or
+    the end, does not depend on how many turns each engine's path takes)."""
     errors = _Errors()
     logger = logging.getLogger("quicserve.error")
     logger.addHandler(errors)
@@ -160,6 +184,8 @@ def run_stream(
                 peak[0] = max(peak[0], len(stream._queue))  # before the app can take any
                 for _ in range(5):
                     await anyio.sleep(0)  # let the app take its messages
+                if settle:
+                    await _settle(host, stream)
                 # ws_max_queue is exceeded by the messages of one read (all its events are
                 # queued; see test_regressions.py), but never by more.
                 peak[0] = max(peak[0], len(stream._queue))
@@ -222,12 +248,19 @@ payloads = st.one_of(
 )
 
 
+#: Close codes in frames: any, and for the engines to agree on, all but 1014 (Bad Gateway),
+#: which IANA registered after RFC 6455 and wsproto 1.3 does not know (it fails such a
+#: close with 1002; websockets, rightly, takes it as a close).
+any_codes = st.integers(0, 5000)
+agreed_codes = any_codes.filter(lambda code: code != 1014)
+
+
 @st.composite
-def raw_frame(draw: st.DrawFn) -> bytes:
+def raw_frame(draw: st.DrawFn, codes: st.SearchStrategy[int] = any_codes) -> bytes:
     opcode = draw(opcodes)
     payload = draw(payloads)
     if opcode == 0x8 and draw(st.booleans()):
-        code = draw(mostly(st.sampled_from([1000, 1001, 3000, 4999]), st.integers(0, 5000)))
+        code = draw(mostly(st.sampled_from([1000, 1001, 3000, 4999]), codes))
         payload = struct.pack("!H", code) + draw(payloads)[:30]
     fin = draw(mostly(st.just(True), st.just(False), odds=5))
     rsv = draw(mostly(st.just(0), st.integers(1, 7), odds=12))
@@ -249,7 +282,7 @@ def raw_frame(draw: st.DrawFn) -> bytes:
 
 
 @st.composite
-def fragmented(draw: st.DrawFn) -> bytes:
+def fragmented(draw: st.DrawFn, codes: st.SearchStrategy[int] = any_codes) -> bytes:
     """A message in fragments (a control frame maybe in between), as a client sends it."""
     client = Connection(ConnectionType.CLIENT)
     text = draw(st.booleans())
@@ -263,13 +296,13 @@ def fragmented(draw: st.DrawFn) -> bytes:
             event = BytesMessage(data=part, message_finished=last)
         out += client.send(event)
         if not last and draw(st.integers(0, 3)) == 0:
-            out += draw(raw_frame())
+            out += draw(raw_frame(codes))
     return out
 
 
 @st.composite
-def raw_streams(draw: st.DrawFn) -> list[bytes]:
-    frames = draw(st.lists(st.one_of(raw_frame(), fragmented()), min_size=1, max_size=8))
+def raw_streams(draw: st.DrawFn, codes: st.SearchStrategy[int] = any_codes) -> list[bytes]:
+    frames = draw(st.lists(st.one_of(raw_frame(codes), fragmented(codes)), min_size=1, max_size=8))
     return draw(splits(b"".join(frames), max_pieces=10))
 
 
@@ -339,11 +372,16 @@ def _outcome(host: FakeHost, stream: WebSocketStream) -> tuple[Any, ...]:
 
 
 @fuzz_settings(120)
-@given(pieces=raw_streams(), end=st.booleans())
+@example(pieces=[b"\x88\x83\x00\x00\x00\x00\xce\xba\xe1"], end=False)  # bad code and reason
+@given(pieces=raw_streams(agreed_codes), end=st.booleans())
 def test_websocket_engines_agree(pieces: list[bytes], end: bool) -> None:
     """The same bytes, cut the same way, on wsproto and on websockets: the same frames
-    come back and the app hears the same close code."""
+    come back and the app hears the same close code (each piece is let settle first: how
+    many echoes make it out before an abrupt end is a matter of scheduling)."""
     require("websockets")
-    wsproto_run = _outcome(*run_stream(pieces, end=end, engine="wsproto"))
-    websockets_run = _outcome(*run_stream(pieces, end=end, engine="websockets"))
+    runs = [
+        _outcome(*run_stream(pieces, end=end, engine=engine, settle=True))
+        for engine in ("wsproto", "websockets")
+    ]
+    wsproto_run, websockets_run = runs
     assert wsproto_run == websockets_run
