@@ -249,9 +249,13 @@ _WS_PROTOCOLS = frozenset({"ws", "ws-h2", "ws-h3"})
 VARIANTS: tuple[ServerVariant, ...] = (
     ServerVariant("quicserve", "quicserve", _ALL_BACKENDS, _ALL_PROTOCOLS, _quicserve),
     # One row per WebSocket engine: `quicserve` runs --ws-engine auto (websockets when
-    # installed, as with the bench extra), this row wsproto; --servers quicserve runs both.
+    # installed, as with the bench extra), this row wsproto (the pure-Python install's).
     ServerVariant(
-        "quicserve-wsproto", "quicserve", _ALL_BACKENDS, _WS_PROTOCOLS, _quicserve_wsproto
+        "quicserve-wsproto",
+        "quicserve-wsproto",
+        _ALL_BACKENDS,
+        _WS_PROTOCOLS,
+        _quicserve_wsproto,
     ),
     ServerVariant(
         "quicserve-metrics", "quicserve-metrics", _ALL_BACKENDS, _ALL_PROTOCOLS, _quicserve_metrics
