@@ -22,8 +22,9 @@ Rules:
 * Limits: a message larger than ``ws_max_size`` closes with 1009; at most
   ``ws_max_queue`` messages wait for the app, after which the peer's bytes are neither
   parsed nor acknowledged, so flow control (TCP, HTTP/2, QUIC) stops the peer. With
-  permessage-deflate, bytes are inflated in small slices so one read cannot inflate
-  without bound before the size check.
+  permessage-deflate, one read cannot inflate without bound before the size check (the
+  framer feeds wsproto ``feed_limit`` bytes at a time; websockets inflates at most up to
+  the limit).
 * Liveness: a ping after ``ws_ping_interval`` idle seconds; no pong within
   ``ws_ping_timeout`` closes with 1011. A closing handshake the peer does not finish
   within ``ws_ping_timeout`` (or 5 s when that is 0) ends the stream anyway.
