@@ -12,7 +12,11 @@ Rules:
 * What websockets leaves to the layer above it is done here, in ``recv_frame``: whole
   messages are assembled, and text is decoded as it arrives, fragment by fragment, so
   invalid UTF-8 fails at the first bad fragment (RFC 6455 §8.1, 1007), through websockets'
-  own error path (a ``UnicodeDecodeError`` in the parser is 1007 there).
+  own error path (a ``UnicodeDecodeError`` in the parser is 1007 there). Compressed data
+  that does not inflate is 1007 too, as on wsproto (websockets says 1002).
+* One difference from wsproto is left: with permessage-deflate, websockets also refuses
+  (1009) a compressed frame whose compressed size is over ``max_size``, which only data
+  that does not compress, within a few bytes of the limit, can reach.
 * Frames out: without an extension, text and binary frames get their head from
   :func:`_head` (what ``Frame.serialize`` would write, a fifth of its cost); with
   permessage-deflate, control frames and closes, ``Frame.serialize`` writes them.
@@ -37,6 +41,8 @@ from __future__ import annotations
 import codecs
 import logging
 import struct
+import sys
+import zlib
 from collections.abc import Generator
 from typing import Any
 
@@ -125,6 +131,10 @@ class _ServerProtocol(Protocol):
             self.failed = True
             if code == CloseCode.MESSAGE_TOO_BIG:
                 reason = f"message larger than {self.max_message} bytes"
+            elif isinstance(getattr(sys.exception(), "__cause__", None), zlib.error):
+                # A compressed message that does not inflate: 1007, as wsproto says (the
+                # data is not what the message claims), not websockets' 1002.
+                code = CloseCode.INVALID_DATA
             self.out.append(Failed(int(code), reason))
         self.parser = self._stopped()
         next(self.parser)

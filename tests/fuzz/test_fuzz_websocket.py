@@ -30,6 +30,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
+from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
 from clientkit import require
@@ -38,6 +39,7 @@ from quicserve.connection_info import HTTP2_CAPABILITIES, ConnectionInfo
 from quicserve.events import RequestReceived
 from quicserve.lowlevel import wakeup_factory
 from quicserve.streams.websocket import WebSocketStream
+from quicserve.streams.wsframing import negotiate_deflate
 
 from ..helpers import WS_ENGINES
 from .support import fuzz_settings, mostly, splits, stat
@@ -155,7 +157,13 @@ async def _settle(host: FakeHost, stream: WebSocketStream) -> None:
 
 
 def run_stream(
-    pieces: list[bytes], *, end: bool, engine: str, check_queue: bool = True, settle: bool = False
+    pieces: list[bytes],
+    *,
+    end: bool,
+    engine: str,
+    check_queue: bool = True,
+    settle: bool = False,
+    request: RequestReceived = REQUEST,
 ) -> tuple[FakeHost, WebSocketStream]:
     """Run a WebSocketStream with an echo app over ``pieces`` on ``engine``; check it ends.
 
@@ -170,7 +178,7 @@ def run_stream(
 
     async def scenario() -> None:
         host = FakeHost(engine)  # its wake-ups belong to this event loop
-        stream = WebSocketStream(echo_app, host, INFO, REQUEST, None)  # type: ignore[arg-type]
+        stream = WebSocketStream(echo_app, host, INFO, request, None)  # type: ignore[arg-type]
         made.append((host, stream))
         async with anyio.create_task_group() as tg:
             tg.start_soon(stream.run)
@@ -385,3 +393,91 @@ def test_websocket_engines_agree(pieces: list[bytes], end: bool) -> None:
     ]
     wsproto_run, websockets_run = runs
     assert wsproto_run == websockets_run
+
+
+# -- the two engines agree with permessage-deflate (RFC 7692) ------------------------------
+
+#: The same request offering permessage-deflate, and what the server accepts of it (one
+#: negotiation for both engines).
+REQUEST_DEFLATE = dataclasses.replace(
+    REQUEST,
+    headers=[
+        *REQUEST.headers,
+        (b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits"),
+    ],
+)
+ACCEPTED = negotiate_deflate(REQUEST_DEFLATE.headers)[1].decode()
+
+
+def _deflate_client() -> Connection:
+    extension = PerMessageDeflate()
+    extension.finalize(ACCEPTED)
+    return Connection(ConnectionType.CLIENT, [extension])
+
+
+@st.composite
+def deflated_streams(draw: st.DrawFn) -> list[bytes]:
+    """Messages a deflating client sends (whole or in fragments, some inflating past
+    ws_max_size), with now and then a raw frame (reserved bits, bad data, control frames)
+    between them, cut at random points."""
+    client = _deflate_client()
+    wire = b""
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.integers(0, 5))
+        if kind == 0:
+            wire += draw(raw_frame(agreed_codes))
+            continue
+        data: Any = draw(
+            st.one_of(
+                st.text(max_size=40),
+                st.binary(max_size=40),
+                st.integers(100, 3000).map(lambda n: "a" * n),
+                st.integers(100, 3000).map(lambda n: b"\x00" * n),
+            )
+        )
+        cut = draw(st.integers(0, len(data)))
+        parts = [data[:cut], data[cut:]] if kind == 1 else [data]
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(part, str):
+                event: Any = TextMessage(data=part, message_finished=last)
+            else:
+                event = BytesMessage(data=part, message_finished=last)
+            wire += client.send(event)
+    return draw(splits(wire, max_pieces=8))
+
+
+def _decoded(host: FakeHost, stream: WebSocketStream) -> tuple[Any, ...]:
+    """What a deflating client reads from the server's output, and the app's close code."""
+    reader = _deflate_client()
+    reader.receive_data(bytes(host.protocol.out))
+    seen: list[Any] = []
+    parts: list[Any] = []
+    for event in reader.events():
+        if isinstance(event, TextMessage | BytesMessage):
+            parts.append(event.data)
+            if event.message_finished:
+                seen.append("".join(parts) if isinstance(event, TextMessage) else b"".join(parts))
+                parts = []
+        elif isinstance(event, CloseConnection):
+            seen.append(("close", int(event.code)))
+        else:
+            seen.append((type(event).__name__, bytes(getattr(event, "payload", b""))))
+    return tuple(seen), stream._close_code, host.protocol.ended
+
+
+@fuzz_settings(80)
+@given(pieces=deflated_streams(), end=st.booleans())
+def test_websocket_engines_agree_with_deflate(pieces: list[bytes], end: bool) -> None:
+    """permessage-deflate both ways on both engines: the same messages come back (each
+    engine compresses its own way; what is compared is what a client inflates), and the
+    same close codes: 1009 past ws_max_size after inflation, 1007 for data that does not
+    inflate, 1002 for RSV1 where it may not be."""
+    require("websockets")
+    runs = [
+        _decoded(*run_stream(pieces, end=end, engine=e, settle=True, request=REQUEST_DEFLATE))
+        for e in ("wsproto", "websockets")
+    ]
+    assert runs[0] == runs[1]
+    stat(f"close: {runs[0][1]}")
+    stat(f"messages back: {min(sum(not isinstance(x, tuple) for x in runs[0][0]), 3)}")
