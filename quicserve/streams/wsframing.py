@@ -25,7 +25,7 @@ Rules:
   Codes: 1002 protocol error (RFC 6455 §7.4.1), 1007 invalid UTF-8 in a text message or a
   close reason (§8.1, fail-fast per fragment), 1009 a message over ``max_size`` bytes.
 * Engine-neutral on the wire: a close frame the app asks for is written the same by both
-  (1005 as an empty close, 1006 and 1015 as 1000, the reason cut to 123 bytes of UTF-8);
+  (1005, 1006 and 1015 as 1000, the reason cut to 123 bytes of UTF-8);
   a close frame inside a fragmented message ends the message and starts the closing
   handshake (§5.4: control frames may be interleaved), on both.
 * permessage-deflate (RFC 7692) is negotiated once, by :func:`negotiate_deflate` (wsproto's
@@ -148,13 +148,11 @@ def negotiate_deflate(headers: Headers) -> tuple[PerMessageDeflate | None, bytes
 
 
 def close_payload(code: int, reason: str) -> bytes:
-    """The body of a close frame the server sends (RFC 6455 §5.5.1), as wsproto writes it:
-    1005 ("no status", never sent) as no body, the other local-only codes 1006 and 1015 as
-    1000, the reason cut to the 123 bytes a control frame has room for, on a whole
+    """The body of a close frame the server sends (RFC 6455 §5.5.1), as wsproto writes it
+    for the stream's codes: the local-only codes 1005, 1006 and 1015 (§7.4.1, never sent)
+    as 1000, the reason cut to the 123 bytes a control frame has room for, on a whole
     character."""
-    if code == 1005:
-        return b""
-    if code == 1006 or code == 1015:
+    if code == 1005 or code == 1006 or code == 1015:
         code = 1000
     raw = reason.encode("utf-8")
     if len(raw) > 123:
