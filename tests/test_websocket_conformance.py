@@ -1,6 +1,7 @@
 """RFC 6455 behaviours that the standard conformance suites (Autobahn|Testsuite sections
 1-7 and 9) check, driven with hand-made frames at an echo app over HTTP/1.1, HTTP/2 and
-HTTP/3, on every backend.
+HTTP/3, on every backend and on both framing engines (``--ws-engine`` wsproto and
+websockets: the ``ws_engine`` fixture).
 
 Each case sends frames exactly as written (``raw_frame``: any opcode, reserved bits,
 fragmentation, masking) and states what a conforming server does: echo the message,

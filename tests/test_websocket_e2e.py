@@ -3,10 +3,11 @@
 The independent client is the ``websockets`` package (HTTP/1.1, with and without
 permessage-deflate). For HTTP/2 and HTTP/3, which no packaged Python client speaks, the
 tunnels of ``clientkit/ws.py`` (on the h2 package and on aioquic) carry wsproto's client
-framing; the same cases run over all three transports, on asyncio, uvloop and trio:
+framing; the same cases run over all three transports, on asyncio, uvloop and trio, and
+on both framing engines (``--ws-engine`` wsproto and websockets):
 echo, subprotocols, scope, close codes both ways, oversized messages (1009), invalid UTF-8
-(1007), denial responses, app errors, abrupt disconnects, keepalive pings, backpressure and
-graceful shutdown (1001).
+(1007), permessage-deflate and a deflate bomb (1009), denial responses, app errors, abrupt
+disconnects, keepalive pings, backpressure and graceful shutdown (1001).
 """
 
 from __future__ import annotations

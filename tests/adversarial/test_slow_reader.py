@@ -8,6 +8,7 @@ granted but nothing acknowledged; HTTP/1.1 pipelining and WebSocket echoes) and 
 server must hold at most ``--connection-write-buffer-size`` per connection: RSS stays
 flat, other clients are answered, and once the attacker goes away every app call ends.
 
+The WebSocket attacks run on both framing engines (``--ws-engine`` wsproto and websockets).
 The two HTTP/1.1 tests pass on the code before the budget too (there a second writer
 waits for the first, so one write is all a connection holds); they keep it that way.
 """
