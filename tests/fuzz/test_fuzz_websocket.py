@@ -463,10 +463,21 @@ def _decoded(host: FakeHost, stream: WebSocketStream) -> tuple[Any, ...]:
             seen.append(("close", int(event.code)))
         else:
             seen.append((type(event).__name__, bytes(getattr(event, "payload", b""))))
-    return tuple(seen), stream._close_code, host.protocol.ended
+    return tuple(seen), stream._close_code, host.protocol.ended, stream._close_reason
+
+
+#: The reasons a data frame out of its message's order gets (RFC 6455 §5.4), from the
+#: websockets engine's head check and from websockets itself.
+SEQUENCE_FAULTS = {
+    "a new message inside a fragmented one",
+    "continuation frame without a message to continue",
+    "expected a continuation frame",
+    "unexpected continuation frame",
+}
 
 
 @fuzz_settings(80)
+@example(pieces=[b"A\x81\x00\x00\x00\x00\x00\xc1\x81\xc1\xbb\xe5R\xc1"], end=False)  # wrong twice
 @given(pieces=deflated_streams(), end=st.booleans())
 def test_websocket_engines_agree_with_deflate(pieces: list[bytes], end: bool) -> None:
     """permessage-deflate both ways on both engines: the same messages come back (each
@@ -478,6 +489,16 @@ def test_websocket_engines_agree_with_deflate(pieces: list[bytes], end: bool) ->
         _decoded(*run_stream(pieces, end=end, engine=e, settle=True, request=REQUEST_DEFLATE))
         for e in ("wsproto", "websockets")
     ]
-    assert runs[0] == runs[1]
+    wsproto_run, websockets_run = runs
+    if wsproto_run[:3] != websockets_run[:3]:
+        # The one difference allowed, a frame wrong twice: a data frame out of order
+        # (§5.4) while a compressed message is open, whose payload does not inflate.
+        # websockets' engine answers the order (1002, read from the head); wsproto
+        # inflates the payload first and answers that (1007, "error in extension").
+        assert wsproto_run[3] == "error in extension", runs
+        assert websockets_run[3] in SEQUENCE_FAULTS, runs
+        as_1002 = tuple(("close", 1002) if x == ("close", 1007) else x for x in wsproto_run[0])
+        assert (as_1002, 1002, wsproto_run[2]) == websockets_run[:3], runs
+        stat("a frame wrong twice: 1007 on wsproto, 1002 on websockets")
     stat(f"close: {runs[0][1]}")
     stat(f"messages back: {min(sum(not isinstance(x, tuple) for x in runs[0][0]), 3)}")
