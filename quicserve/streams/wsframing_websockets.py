@@ -14,9 +14,12 @@ Rules:
   invalid UTF-8 fails at the first bad fragment (RFC 6455 §8.1, 1007), through websockets'
   own error path (a ``UnicodeDecodeError`` in the parser is 1007 there). Compressed data
   that does not inflate is 1007 too, as on wsproto (websockets says 1002).
-* One difference from wsproto is left: with permessage-deflate, websockets also refuses
-  (1009) a compressed frame whose compressed size is over ``max_size``, which only data
-  that does not compress, within a few bytes of the limit, can reach.
+* Two differences from wsproto are left, both with permessage-deflate: websockets also
+  refuses (1009) a compressed frame whose compressed size is over ``max_size``, which
+  only data that does not compress, within a few bytes of the limit, can reach; and a
+  data frame out of order (§5.4) while a compressed message is open, whose payload does
+  not inflate either, is a 1002 here (the order, read from the head) and a 1007 on
+  wsproto (which inflates first). tests/fuzz/test_fuzz_websocket.py allows no other.
 * Frames out: without an extension, text and binary frames get their head from
   :func:`_head` (what ``Frame.serialize`` would write, a fifth of its cost); with
   permessage-deflate, control frames and closes, ``Frame.serialize`` writes them.
