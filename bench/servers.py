@@ -1,10 +1,10 @@
 """Servers under test: their command lines, and the lifecycle of one server process.
 
-Job: know, for each server variant (quicserve, quicserve-metrics, quicserve-base,
-quicserve-h11, hypercorn, uvicorn, uvicorn-wsproto, uvicorn-std, granian), which (protocol,
-backend) pairs it can serve and the exact command that serves ``bench.app:app`` that way;
-start that command pinned to the server CPU, wait until its port accepts, read its CPU time,
-and stop it.
+Job: know, for each server variant (quicserve, quicserve-h11, quicserve-wsproto,
+quicserve-metrics, quicserve-base, hypercorn, uvicorn, uvicorn-wsproto, uvicorn-std,
+granian), which (protocol, backend) pairs it can serve and the exact command that serves
+``bench.app:app`` that way; start that command pinned to the server CPU, wait until its port
+accepts, read its CPU time, and stop it.
 
 Rules:
 
@@ -118,6 +118,12 @@ def _quicserve(python: str, listen: Listen) -> list[str]:
             str(listen.tls.keyfile),
         ]
     return [*argv, "--backend", listen.backend, "--no-access-log", "--log-level", "warning"]
+
+
+def _quicserve_wsproto(python: str, listen: Listen) -> list[str]:
+    # The same server framing WebSockets with wsproto (pure Python), the engine of the
+    # default install; the quicserve row uses --ws-engine auto: websockets when installed.
+    return [*_quicserve(python, listen), "--ws-engine", "wsproto"]
 
 
 def _quicserve_metrics(python: str, listen: Listen) -> list[str]:
@@ -244,9 +250,19 @@ def _uvicorn(http: str, ws: str = "websockets") -> Callable[[str, Listen], list[
 
 _ALL_BACKENDS = frozenset({"asyncio", "trio", "uvloop"})
 _ALL_PROTOCOLS = frozenset({"h1", "h2", "h3", "h3bulk", "ws", "ws-h2", "ws-h3"})
+_WS_PROTOCOLS = frozenset({"ws", "ws-h2", "ws-h3"})
 
 VARIANTS: tuple[ServerVariant, ...] = (
     ServerVariant("quicserve", "quicserve", _ALL_BACKENDS, _ALL_PROTOCOLS, _quicserve),
+    # One row per WebSocket engine: `quicserve` runs --ws-engine auto (websockets when
+    # installed, as with the bench extra), this row wsproto (the pure-Python install's).
+    ServerVariant(
+        "quicserve-wsproto",
+        "quicserve-wsproto",
+        _ALL_BACKENDS,
+        _WS_PROTOCOLS,
+        _quicserve_wsproto,
+    ),
     ServerVariant(
         "quicserve-metrics", "quicserve-metrics", _ALL_BACKENDS, _ALL_PROTOCOLS, _quicserve_metrics
     ),

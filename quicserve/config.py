@@ -499,6 +499,15 @@ class Config:
         default=True,
         metadata=_opt("accept the permessage-deflate WebSocket extension when a client offers it"),
     )
+    ws_engine: Literal["auto", "wsproto", "websockets"] = field(
+        default="auto",
+        metadata=_opt(
+            "WebSocket framing: 'websockets' (the websockets package, 16+, with its C "
+            "speedups; pip install 'quicserve[fast]'), 'wsproto' (pure Python), or 'auto': "
+            "websockets when installed, else wsproto",
+            choices=["auto", "wsproto", "websockets"],
+        ),
+    )
     webtransport: bool = field(
         default=False,
         metadata=_opt(

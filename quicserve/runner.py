@@ -20,6 +20,7 @@ import anyio
 
 from .config import Config, ConfigError
 from .server import Server
+from .streams.wsengine import EngineUnavailable, engine_name
 from .transport.sockets import systemd_binds
 from .types import ASGIApp
 
@@ -179,6 +180,11 @@ def run(app: ASGIApp, config: Config, worker: WorkerLink | None = None) -> None:
                 "--backend uvloop needs uvloop: pip install 'quicserve[uvloop]'"
             ) from None
         options["use_uvloop"] = True
+    try:
+        # An engine that cannot run stops us here, not at the first WebSocket.
+        logger.debug("WebSocket framing: %s", engine_name(config.ws_engine))
+    except EngineUnavailable as exc:
+        raise UsageError(str(exc)) from None
     try:
         anyio.run(_run_server, server, backend=backend, backend_options=options)
     except BaseExceptionGroup as group:

@@ -4,6 +4,8 @@
   marked ``@pytest.mark.anyio`` that exercises the server runs on all of them.
 * ``h1_engine`` is parametrized over the HTTP/1.1 engines (h11, httptools), so the
   HTTP/1.1 protocol and end-to-end tests that take it run on both.
+* ``ws_engine`` is parametrized over the WebSocket framing engines (``--ws-engine``
+  wsproto and websockets): a WebSocket test that takes it runs on both.
 * ``tls_files`` makes a throwaway CA and localhost certificate at run time (nothing
   secret is committed).
 * :func:`tests.helpers.running_server` starts a real server on loopback in-process.
@@ -20,6 +22,8 @@ import pytest
 
 from clientkit import require
 from quicserve.certs import DevCertificate, make_test_certificates
+
+from .helpers import WS_ENGINES
 
 _BACKENDS = [
     pytest.param(("asyncio", {}), id="asyncio"),
@@ -60,6 +64,13 @@ def anyio_backend(request: pytest.FixtureRequest) -> object:
 def h1_engine(request: pytest.FixtureRequest) -> str:
     """Every HTTP/1.1 test that asks for it runs on each engine (``--http1-engine``)."""
     return str(request.param)
+
+
+@pytest.fixture(params=WS_ENGINES)
+def ws_engine(request: pytest.FixtureRequest) -> str:
+    """The WebSocket framing engine a test's server uses: wsproto, then websockets."""
+    engine: str = request.param
+    return engine
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import pytest
 
 from quicserve.app import as_asgi3
 from quicserve.certs import DevCertificate
 from quicserve.config import Config
 from quicserve.server import BoundAddress, Server
+
+#: The WebSocket framing engines (``--ws-engine``) as pytest params: every WebSocket test
+#: runs on each (the ``ws_engine`` fixture). The websockets engine is an optional extra
+#: (``quicserve[fast]``), in the ``test`` extra too: skipped where missing, failed in CI.
+WS_ENGINES = [
+    pytest.param("wsproto", id="wsproto"),
+    pytest.param("websockets", id="websockets", marks=pytest.mark.client("websockets")),
+]
+
+#: The HTTP/1.1 engine a WebSocket-over-HTTP/1.1 test pairs with each framing engine, so
+#: the two installs users run are both covered without a four-way product: h11 with
+#: wsproto (pure Python), and with websockets the ``auto`` choice (httptools where the
+#: ``fast`` extra is installed, as in CI).
+H1_WITH_WS = {"wsproto": "h11", "websockets": "auto"}
 
 
 @dataclass

@@ -445,6 +445,7 @@ def test_error_before_serving(
     "args",
     [
         pytest.param([APP, "--backend", "nope"], id="bad-choice"),
+        pytest.param([APP, "--ws-engine", "nope"], id="bad-ws-engine"),
         pytest.param([APP, "--graceful-timeout", "soon"], id="not-a-number"),
         pytest.param([], id="no-app"),
         pytest.param([APP, "--no-such-flag"], id="unknown-flag"),
@@ -454,6 +455,38 @@ def test_usage_errors_exit_2(env: dict[str, str], args: list[str]) -> None:
     result = run_cli(env, *args)
     assert_one_line_error(result, exit_code=2)
     assert result.stderr.startswith("usage: quicserve")
+
+
+@pytest.fixture
+def without_websockets(tmp_path: Path) -> dict[str, str]:
+    """Extra environment that hides the websockets package (importing it fails)."""
+    hidden = tmp_path / "hide-websockets" / "websockets"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text('raise ImportError("hidden by the test")\n')
+    path = [str(hidden.parent), os.environ.get("PYTHONPATH", "")]
+    return {"PYTHONPATH": os.pathsep.join(p for p in path if p)}
+
+
+def test_error_ws_engine_websockets_not_installed(
+    env: dict[str, str], without_websockets: dict[str, str]
+) -> None:
+    args = [APP, "--insecure-bind", "127.0.0.1:0", "--ws-engine", "websockets"]
+    result = run_cli({**env, **without_websockets}, *args)
+    assert_one_line_error(result, "--ws-engine websockets", "not installed", "quicserve[fast]")
+    assert "Listening on" not in result.stderr
+
+
+@pytest.mark.client("websockets")
+def test_ws_engine_auto_is_websockets_when_installed_else_wsproto(
+    spawn: Spawn, without_websockets: dict[str, str]
+) -> None:
+    args = [APP, "--insecure-bind", "127.0.0.1:0", "--log-level", "debug"]
+    with_it = spawn(*args)
+    without_it = spawn(*args, extra_env=without_websockets)
+    assert with_it.wait_for(r"WebSocket framing: (\w+)")[1] == "websockets"
+    assert without_it.wait_for(r"WebSocket framing: (\w+)")[1] == "wsproto"
+    with_it.port()  # and both serve
+    without_it.port()
 
 
 # -- 3. --lifespan auto tolerates apps without lifespan -------------------------------------

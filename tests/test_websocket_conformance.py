@@ -1,6 +1,7 @@
 """RFC 6455 behaviours that the standard conformance suites (Autobahn|Testsuite sections
 1-7 and 9) check, driven with hand-made frames at an echo app over HTTP/1.1, HTTP/2 and
-HTTP/3, on every backend.
+HTTP/3, on every backend and on both framing engines (``--ws-engine`` wsproto and
+websockets: the ``ws_engine`` fixture).
 
 Each case sends frames exactly as written (``raw_frame``: any opcode, reserved bits,
 fragmentation, masking) and states what a conforming server does: echo the message,
@@ -139,13 +140,13 @@ CASES = [
 
 @pytest.mark.parametrize("transport", ["h1", "h2", "h3"])
 async def test_rfc6455_behaviours(
-    anyio_backend: object, transport: str, tls_files: DevCertificate
+    anyio_backend: object, ws_engine: str, transport: str, tls_files: DevCertificate
 ) -> None:
     """Every case on one server, each on a fresh WebSocket (one server start per
     transport and backend keeps the 40-odd cases quick)."""
     app = WSApp()
     failures = []
-    async with serve(app, tls_files) as srv:
+    async with serve(app, tls_files, ws_engine=ws_engine) as srv:
         for case in CASES:
             async with tunnel_for(transport, srv, tls_files, "/echo") as tunnel:
                 client = WSClient(tunnel)
@@ -255,14 +256,14 @@ async def _echo_then_close(client: WSClient, echoes: list[str | bytes], code: in
 
 @pytest.mark.parametrize("transport", ["h1", "h2", "h3"])
 async def test_failure_after_a_message_in_the_same_read_comes_after_its_echo(
-    anyio_backend: object, transport: str, tls_files: DevCertificate
+    anyio_backend: object, ws_engine: str, transport: str, tls_files: DevCertificate
 ) -> None:
     """Autobahn's "strict" behaviour: valid messages then an invalid frame in one write
     (one TCP segment, DATA frame or QUIC packet). The app gets the messages and its
     echoes go out; only then does the server fail the WebSocket (1002, or 1007)."""
     app = WSApp()
     failures = []
-    async with serve(app, tls_files) as srv:
+    async with serve(app, tls_files, ws_engine=ws_engine) as srv:
         for name, frames, bad, code in FAIL_AFTER_MESSAGES:
             async with tunnel_for(transport, srv, tls_files, "/echo") as tunnel:
                 client = WSClient(tunnel)
@@ -279,13 +280,13 @@ async def test_failure_after_a_message_in_the_same_read_comes_after_its_echo(
 
 @pytest.mark.parametrize("transport", ["h1", "h2", "h3"])
 async def test_failure_while_the_app_answers_waits_for_its_answer(
-    anyio_backend: object, transport: str, tls_files: DevCertificate
+    anyio_backend: object, ws_engine: str, transport: str, tls_files: DevCertificate
 ) -> None:
     """The invalid frame arrives in a later read, while the app is still answering the
     message it took (it sleeps 0.3 s first): the answer still goes out before the
     close frame."""
     app = WSApp()
-    async with serve(app, tls_files) as srv:
+    async with serve(app, tls_files, ws_engine=ws_engine) as srv:
         async with tunnel_for(transport, srv, tls_files, "/slow-echo") as tunnel:
             client = WSClient(tunnel)
             await client.raw(raw_frame(TEXT, b"hello"))
@@ -300,13 +301,13 @@ async def test_failure_while_the_app_answers_waits_for_its_answer(
 
 
 async def test_a_held_failure_does_not_wait_for_an_app_that_never_answers(
-    anyio_backend: object, tls_files: DevCertificate
+    anyio_backend: object, ws_engine: str, tls_files: DevCertificate
 ) -> None:
     """The app takes a message and then works on it for 2 s without calling
     ``receive``: the close frame the next frame earned is sent after
     ``ws_ping_timeout`` (0.3 s here), not when the app is done."""
     app = WSApp()
-    async with serve(app, tls_files, ws_ping_timeout=0.3) as srv:
+    async with serve(app, tls_files, ws_engine=ws_engine, ws_ping_timeout=0.3) as srv:
         async with tunnel_for("h1", srv, tls_files, "/take-one") as tunnel:
             client = WSClient(tunnel)
             await client.raw(raw_frame(TEXT, b"hello") + raw_frame(0x3, b"x"))

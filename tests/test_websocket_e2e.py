@@ -1,26 +1,30 @@
 """WebSockets over real sockets on HTTP/1.1, HTTP/2 (RFC 8441) and HTTP/3 (RFC 9220).
 
 The independent client is the ``websockets`` package (HTTP/1.1, with and without
-permessage-deflate; on each HTTP/1.1 engine, h11 and httptools). For HTTP/2 and HTTP/3,
-which no packaged Python client speaks, the tunnels of ``clientkit/ws.py`` (on the h2
-package and on aioquic) carry wsproto's client framing; the same cases run over all
-three transports, on asyncio, uvloop and trio: echo, subprotocols, scope, close codes
-both ways, oversized messages (1009), invalid UTF-8 (1007), denial responses, app
-errors, abrupt disconnects, keepalive pings, backpressure and graceful shutdown (1001).
+permessage-deflate). For HTTP/2 and HTTP/3, which no packaged Python client speaks, the
+tunnels of ``clientkit/ws.py`` (on the h2 package and on aioquic) carry wsproto's client
+framing; the same cases run over all three transports, on asyncio, uvloop and trio, and
+on both framing engines (``--ws-engine`` wsproto and websockets; the HTTP/1.1 cases pair
+them with the matching HTTP/1.1 engine, h11 with wsproto as a pure-Python install runs,
+httptools with websockets as ``quicserve[fast]`` does):
+echo, subprotocols, scope, close codes both ways, oversized messages (1009), invalid UTF-8
+(1007), permessage-deflate and a deflate bomb (1009), denial responses, app errors, abrupt
+disconnects, keepalive pings, backpressure and graceful shutdown (1001).
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Any
 
 import anyio
 import pytest
 
-from clientkit.ws import WSClient, open_h2, open_h3
+from clientkit.ws import WSClient, open_h2, open_h3, raw_frame
 from quicserve.certs import DevCertificate
 
-from .helpers import client_ssl_context, wait_for
+from .helpers import H1_WITH_WS, client_ssl_context, wait_for
 from .wsapp import WSApp, serve, tunnel_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -33,10 +37,10 @@ TRANSPORTS = ["h1", "h2", "h3"]
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_echo_subprotocol_and_scope(
-    anyio_backend: object, transport: str, tls_files: DevCertificate
+    anyio_backend: object, ws_engine: str, transport: str, tls_files: DevCertificate
 ) -> None:
     app = WSApp()
-    async with serve(app, tls_files) as srv:
+    async with serve(app, tls_files, ws_engine=ws_engine) as srv:
         async with tunnel_for(
             transport, srv, tls_files, "/scope?room=7", subprotocols=["chat.v2", "chat.v1"]
         ) as tunnel:
@@ -66,10 +70,10 @@ async def test_echo_subprotocol_and_scope(
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_server_close_code_and_reason(
-    anyio_backend: object, transport: str, tls_files: DevCertificate
+    anyio_backend: object, ws_engine: str, transport: str, tls_files: DevCertificate
 ) -> None:
     app = WSApp()
-    async with serve(app, tls_files) as srv:
+    async with serve(app, tls_files, ws_engine=ws_engine) as srv:
         async with tunnel_for(transport, srv, tls_files, "/server-close") as tunnel:
             client = WSClient(tunnel)
             assert await client.expect_close() == (4321, "done here")
@@ -81,10 +85,10 @@ async def test_server_close_code_and_reason(
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_oversized_message_closes_1009(
-    anyio_backend: object, transport: str, tls_files: DevCertificate
+    anyio_backend: object, ws_engine: str, transport: str, tls_files: DevCertificate
 ) -> None:
     app = WSApp()
-    async with serve(app, tls_files, ws_max_size=64 * 1024) as srv:
+    async with serve(app, tls_files, ws_engine=ws_engine, ws_max_size=64 * 1024) as srv:
         async with tunnel_for(transport, srv, tls_files, "/echo") as tunnel:
             client = WSClient(tunnel)
             await client.send_bytes(b"x" * (64 * 1024))  # exactly the limit: fine
@@ -102,13 +106,41 @@ async def test_oversized_message_closes_1009(
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_invalid_utf8_closes_1007(
-    anyio_backend: object, transport: str, tls_files: DevCertificate
+async def test_permessage_deflate_echo_and_bomb(
+    anyio_backend: object, ws_engine: str, transport: str, tls_files: DevCertificate
 ) -> None:
-    from clientkit.ws import raw_frame
-
+    """permessage-deflate (RFC 7692) both ways, with the same negotiated parameters on
+    either engine; a compressed message that inflates past --ws-max-size is a 1009, not
+    a megabyte in memory."""
     app = WSApp()
-    async with serve(app, tls_files) as srv:
+    async with serve(app, tls_files, ws_engine=ws_engine, ws_max_size=64 * 1024) as srv:
+        async with tunnel_for(transport, srv, tls_files, "/echo", deflate=True) as tunnel:
+            assert tunnel.header(b"sec-websocket-extensions") == (
+                b"permessage-deflate; client_max_window_bits=15"
+            )
+            client = WSClient(tunnel, deflate=True)
+            text = "déjà vu " * 4000  # 36 KB of UTF-8, a few hundred bytes compressed
+            for _ in range(2):  # the second rides on the context the first left
+                await client.send_text(text)
+                assert await client.receive_message() == text
+                await client.send_bytes(bytes(range(256)) * 200)
+                assert await client.receive_message() == bytes(range(256)) * 200
+            compressor = zlib.compressobj(wbits=-15)
+            bomb = compressor.compress(b"\0" * (1024 * 1024)) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            assert len(bomb) < 2048
+            await client.raw(raw_frame(0x2, bomb[:-4], rsv=4))  # RSV1: compressed
+            code, _ = await client.expect_close()
+            assert code == 1009
+        await wait_for(lambda: app.disconnects)
+    assert app.disconnects[0][:2] == ("/echo", 1009)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_invalid_utf8_closes_1007(
+    anyio_backend: object, ws_engine: str, transport: str, tls_files: DevCertificate
+) -> None:
+    app = WSApp()
+    async with serve(app, tls_files, ws_engine=ws_engine) as srv:
         async with tunnel_for(transport, srv, tls_files, "/echo") as tunnel:
             client = WSClient(tunnel)
             await client.raw(raw_frame(0x1, b"ok \xff\xfe"))
@@ -120,10 +152,10 @@ async def test_invalid_utf8_closes_1007(
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_abrupt_disconnect_leaves_nothing_behind(
-    anyio_backend: object, transport: str, tls_files: DevCertificate
+    anyio_backend: object, ws_engine: str, transport: str, tls_files: DevCertificate
 ) -> None:
     app = WSApp()
-    async with serve(app, tls_files) as srv:
+    async with serve(app, tls_files, ws_engine=ws_engine) as srv:
         async with tunnel_for(transport, srv, tls_files, "/send-after-close") as tunnel:
             client = WSClient(tunnel)
             await client.send_text("one")
@@ -142,10 +174,10 @@ async def test_abrupt_disconnect_leaves_nothing_behind(
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_denial_response_and_403(
-    anyio_backend: object, transport: str, tls_files: DevCertificate
+    anyio_backend: object, ws_engine: str, transport: str, tls_files: DevCertificate
 ) -> None:
     app = WSApp()
-    async with serve(app, tls_files) as srv:
+    async with serve(app, tls_files, ws_engine=ws_engine) as srv:
         async with tunnel_for(transport, srv, tls_files, "/deny") as tunnel:
             await wait_for(lambda: tunnel.body == b"no entry")
             assert tunnel.status == 401
@@ -161,10 +193,12 @@ async def test_denial_response_and_403(
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_ping_pong_and_keepalive_timeout(
-    anyio_backend: object, transport: str, tls_files: DevCertificate
+    anyio_backend: object, ws_engine: str, transport: str, tls_files: DevCertificate
 ) -> None:
     app = WSApp()
-    async with serve(app, tls_files, ws_ping_interval=0.3, ws_ping_timeout=0.3) as srv:
+    async with serve(
+        app, tls_files, ws_engine=ws_engine, ws_ping_interval=0.3, ws_ping_timeout=0.3
+    ) as srv:
         async with tunnel_for(transport, srv, tls_files, "/echo") as tunnel:
             client = WSClient(tunnel)
             await client.ping(b"are you there")
@@ -181,10 +215,10 @@ async def test_ping_pong_and_keepalive_timeout(
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_graceful_shutdown_closes_1001(
-    anyio_backend: object, transport: str, tls_files: DevCertificate
+    anyio_backend: object, ws_engine: str, transport: str, tls_files: DevCertificate
 ) -> None:
     app = WSApp()
-    async with serve(app, tls_files, graceful_timeout=5) as srv:
+    async with serve(app, tls_files, ws_engine=ws_engine, graceful_timeout=5) as srv:
         async with tunnel_for(transport, srv, tls_files, "/echo") as tunnel:
             client = WSClient(tunnel)
             await client.send_text("before")
@@ -200,14 +234,16 @@ async def test_graceful_shutdown_closes_1001(
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_queue_is_bounded_when_the_app_does_not_read(
-    anyio_backend: object, transport: str, tls_files: DevCertificate
+    anyio_backend: object, ws_engine: str, transport: str, tls_files: DevCertificate
 ) -> None:
     """An app that never receives: the server parses at most ws_max_queue messages and
     then stops acknowledging, so the peer's flow control (TCP, HTTP/2, QUIC) pushes back
     instead of the server buffering without bound."""
     app = WSApp()
     # The app never returns by itself: a short grace period ends it at shutdown.
-    async with serve(app, tls_files, ws_max_queue=4, graceful_timeout=0.3) as srv:
+    async with serve(
+        app, tls_files, ws_engine=ws_engine, ws_max_queue=4, graceful_timeout=0.3
+    ) as srv:
         async with tunnel_for(transport, srv, tls_files, "/sleepy") as tunnel:
             client = WSClient(tunnel)
             sent = 0
@@ -227,10 +263,10 @@ async def test_queue_is_bounded_when_the_app_does_not_read(
 
 
 async def test_unknown_connect_protocol_gets_501(
-    anyio_backend: object, tls_files: DevCertificate
+    anyio_backend: object, ws_engine: str, tls_files: DevCertificate
 ) -> None:
     app = WSApp()
-    async with serve(app, tls_files) as srv:
+    async with serve(app, tls_files, ws_engine=ws_engine) as srv:
         async with open_h2(
             srv.port("https"), "/", tls=client_ssl_context(tls_files), protocol=b"chat"
         ) as tunnel:
@@ -243,10 +279,10 @@ async def test_unknown_connect_protocol_gets_501(
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_wrong_version_gets_426(
-    anyio_backend: object, transport: str, tls_files: DevCertificate
+    anyio_backend: object, ws_engine: str, transport: str, tls_files: DevCertificate
 ) -> None:
     app = WSApp()
-    async with serve(app, tls_files) as srv:
+    async with serve(app, tls_files, ws_engine=ws_engine) as srv:
         async with tunnel_for(transport, srv, tls_files, "/echo", version=b"8") as tunnel:
             assert tunnel.status == 426
             assert tunnel.header(b"sec-websocket-version") == b"13"
@@ -259,7 +295,7 @@ async def test_wrong_version_gets_426(
 @pytest.mark.client("websockets")
 @pytest.mark.parametrize("compression", [None, "deflate"])
 async def test_websockets_client(
-    anyio_backend: object, h1_engine: str, tls_files: DevCertificate, compression: str | None
+    anyio_backend: object, ws_engine: str, tls_files: DevCertificate, compression: str | None
 ) -> None:
     app = WSApp()
 
@@ -290,7 +326,9 @@ async def test_websockets_client(
 
         return asyncio.run(main())
 
-    async with serve(app, tls_files, http1_engine=h1_engine) as srv:
+    async with serve(
+        app, tls_files, ws_engine=ws_engine, http1_engine=H1_WITH_WS[ws_engine]
+    ) as srv:
         port = srv.port("https")
         text, big_ok, subprotocol, extensions, close_code = await anyio.to_thread.run_sync(
             client_session
@@ -304,7 +342,7 @@ async def test_websockets_client(
 
 @pytest.mark.client("websockets")
 async def test_websockets_client_sees_1009_and_plain_http_still_works(
-    anyio_backend: object, h1_engine: str, tls_files: DevCertificate
+    anyio_backend: object, ws_engine: str, tls_files: DevCertificate
 ) -> None:
     app = WSApp()
 
@@ -327,6 +365,8 @@ async def test_websockets_client_sees_1009_and_plain_http_still_works(
 
         return asyncio.run(main())
 
-    async with serve(app, tls_files, ws_max_size=10000, http1_engine=h1_engine) as srv:
+    async with serve(
+        app, tls_files, ws_engine=ws_engine, http1_engine=H1_WITH_WS[ws_engine], ws_max_size=10000
+    ) as srv:
         port = srv.port("https")
         assert await anyio.to_thread.run_sync(client_session) == 1009

@@ -9,7 +9,8 @@ How a WebSocket opens differs per protocol, and only the handshake here knows it
 
 After that the stream is the same everywhere: the peer's bytes arrive as body events
 (``body_received``/``body_ended``), frames leave through ``protocol.send_data``, and the
-framing is wsproto's (``wsproto.connection.Connection``) on every transport.
+framing is a framer's (``wsframing.py``: wsproto's, or the websockets package's with
+``--ws-engine``), the same on every transport.
 
 Rules:
 
@@ -21,12 +22,13 @@ Rules:
 * Limits: a message larger than ``ws_max_size`` closes with 1009; at most
   ``ws_max_queue`` messages wait for the app, after which the peer's bytes are neither
   parsed nor acknowledged, so flow control (TCP, HTTP/2, QUIC) stops the peer. With
-  permessage-deflate, bytes are inflated in small slices so one read cannot inflate
-  without bound before the size check.
+  permessage-deflate, one read cannot inflate without bound before the size check (the
+  framer feeds wsproto ``feed_limit`` bytes at a time; websockets inflates at most up to
+  the limit).
 * Liveness: a ping after ``ws_ping_interval`` idle seconds; no pong within
   ``ws_ping_timeout`` closes with 1011. A closing handshake the peer does not finish
   within ``ws_ping_timeout`` (or 5 s when that is 0) ends the stream anyway.
-* Failures: invalid UTF-8 closes with 1007, protocol errors with 1002 (wsproto's codes);
+* Failures: invalid UTF-8 closes with 1007, protocol errors with 1002 (either engine);
   an app exception closes with 1011 after ``accept`` and is a 500 before it.
 * A failure the peer's bytes cause (1002, 1007, 1009) waits for the app to answer what
   came before it: while messages that arrived ahead of the bad frame are queued, or the
@@ -53,9 +55,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
-from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.utilities import generate_accept_token, split_comma_header
 
 from ..connection_info import ConnectionInfo
@@ -64,15 +63,13 @@ from ..lowlevel import Wakeup
 from ..types import ASGIApp, Message, Scope
 from .base import StreamBase, StreamHost, access_logger
 from .http import SAFE_METHODS, response_headers, upgrade_scope
+from .wsengine import framer_factory
+from .wsframing import Failed, Framer, PeerClosed, PongReceived, negotiate_deflate
 
 logger = logging.getLogger("quicserve.error")
 
 # Stream states. RESPONDING: the app is denying the handshake with an HTTP response.
 _CONNECTING, _RESPONDING, _OPEN, _CLOSING, _CLOSED = range(5)
-
-# With permessage-deflate, compressed bytes are fed to wsproto in slices this large, so
-# that one read inflates to at most about 1000x this before the size check (zlib's limit).
-_INFLATE_SLICE = 4096
 _ABNORMAL = 1006
 
 
@@ -105,8 +102,7 @@ class WebSocketStream(StreamBase):
         "_connect_delivered",
         "_failure",
         "_failure_deadline",
-        "_fragment_size",
-        "_fragments",
+        "_framer",
         "_inbox",
         "_keeper_wakeup",
         "_last_received",
@@ -118,11 +114,9 @@ class WebSocketStream(StreamBase):
         "_queue",
         "_remote_ended",
         "_response_headers",
-        "_slice",
         "_state",
         "_task_group",
         "_transport_ended",
-        "_ws",
     )
 
     def __init__(
@@ -140,16 +134,13 @@ class WebSocketStream(StreamBase):
         self._ping_interval = config.ws_ping_interval
         self._close_timeout = config.ws_ping_timeout or 5.0
         self._state = _CONNECTING
-        self._ws: Connection | None = None
-        self._slice = 0  # > 0 while permessage-deflate is on
-        #: Peer bytes not yet fed to wsproto (the queue was full, or before accept).
+        self._framer: Framer | None = None
+        #: Peer bytes not yet fed to the framer (the queue was full, or before accept).
         self._inbox: deque[bytes] = deque()
-        # wsproto still holds frames of the last read that were not parsed yet, because
+        # The framer still holds frames of the last read that were not parsed yet, because
         # the app's queue filled up (they are parsed once it has room again).
         self._backlog = False
         self._queue: deque[Message] = deque()
-        self._fragments: list[Any] = []
-        self._fragment_size = 0
         self._remote_ended = False
         self._connect_delivered = False
         self._app_closed = False
@@ -204,13 +195,14 @@ class WebSocketStream(StreamBase):
     # -- the WebSocket protocol --------------------------------------------------------
 
     def _process(self) -> None:
-        """Feed queued peer bytes to wsproto while the app's queue has room."""
-        ws = self._ws
-        assert ws is not None
+        """Feed queued peer bytes to the framer while the app's queue has room."""
+        framer = self._framer
+        assert framer is not None
         inbox = self._inbox
         host = self._host
         queue = self._queue
         max_queue = self._max_queue
+        feed_limit = framer.feed_limit
         while (
             (inbox or self._backlog)
             and len(queue) < max_queue
@@ -219,22 +211,28 @@ class WebSocketStream(StreamBase):
         ):
             if not self._backlog:
                 data = inbox.popleft()
-                if self._slice and len(data) > self._slice:
-                    inbox.appendleft(data[self._slice :])
-                    data = data[: self._slice]
+                if feed_limit and len(data) > feed_limit:
+                    inbox.appendleft(data[feed_limit:])
+                    data = data[:feed_limit]
                 host.ack_body(self.stream_id, len(data))
-                ws.receive_data(data)
-            # wsproto parses one frame per event: stop when the queue is full, and the
-            # rest of the read waits in wsproto, so --ws-max-queue bounds the messages
-            # queued, not just the reads.
-            self._backlog = False
-            for event in ws.events():
-                self._on_event(ws, event)
-                if self._state == _CLOSED or self._failure is not None:
-                    break
-                if len(queue) >= max_queue:
-                    self._backlog = True
-                    break
+                framer.receive_data(data)
+            # The framer parses at most as many messages as the queue has room for; the
+            # rest of the read waits in it, so --ws-max-queue bounds the messages parsed
+            # and queued, not just the reads.
+            events, self._backlog = framer.next_events(max_queue - len(queue))
+            self._write(framer.data_to_send())  # pongs, the answer to a close
+            for event in events:
+                cls = type(event)
+                if cls is str:
+                    queue.append({"type": "websocket.receive", "text": event})
+                elif cls is bytes:
+                    queue.append({"type": "websocket.receive", "bytes": event})
+                else:
+                    self._on_event(event)
+                    if self._state == _CLOSED or self._failure is not None:
+                        break
+            if queue:
+                self._wake()
         if self._state == _CLOSED:
             self._drop_inbox()
         elif self._remote_ended and not inbox and not self._backlog and self._failure is None:
@@ -242,47 +240,21 @@ class WebSocketStream(StreamBase):
             self._end_transport()
             self._finish(_ABNORMAL, "")
 
-    def _on_event(self, ws: Connection, event: Any) -> None:
+    def _on_event(self, event: object) -> None:
         cls = type(event)
-        if cls is TextMessage or cls is BytesMessage:
-            data = event.data
-            self._fragment_size += len(data)
-            if self._fragment_size > self._max_size:
-                self._peer_failed(1009, f"message larger than {self._max_size} bytes")
-                return
-            if not event.message_finished:
-                self._fragments.append(data)
-                return
-            if self._fragments:
-                self._fragments.append(data)
-                data = ("" if cls is TextMessage else b"").join(self._fragments)
-                self._fragments.clear()
-            self._fragment_size = 0
-            key = "text" if cls is TextMessage else "bytes"
-            if key == "bytes" and type(data) is not bytes:
-                data = bytes(data)
-            self._queue.append({"type": "websocket.receive", key: data})
-            self._wake()
-        elif cls is Ping:
-            self._write(ws.send(event.response()))
-        elif cls is Pong:
+        if cls is PongReceived:
+            assert isinstance(event, PongReceived)
             if event.payload == self._ping_payload:
                 self._ping_payload = None
-        elif cls is CloseConnection:
-            state = ws.state
-            if state is ConnectionState.REMOTE_CLOSING:
-                # The peer started the closing handshake: answer, then end our side.
-                self._write(ws.send(event.response()))
-                self._end_transport()
-                self._finish(event.code, event.reason or "")
-            elif state is ConnectionState.CLOSED:
-                # The peer answered the close we sent.
-                self._end_transport()
-                self._finish(event.code, event.reason or "")
-            else:
-                # wsproto reports a frame it could not accept as a close with the code
-                # to fail with (1002 protocol error, 1007 invalid UTF-8, ...).
-                self._peer_failed(int(event.code), event.reason or "")
+        elif cls is PeerClosed:
+            # The peer started the closing handshake (the framer answered it), or answered
+            # the close we sent: either way our side ends now.
+            assert isinstance(event, PeerClosed)
+            self._end_transport()
+            self._finish(event.code, event.reason)
+        elif cls is Failed:
+            assert isinstance(event, Failed)
+            self._peer_failed(event.code, event.reason)
 
     def _peer_failed(self, code: int, reason: str) -> None:
         """The peer's bytes broke the protocol. Fail now, unless the app has messages
@@ -307,19 +279,18 @@ class WebSocketStream(StreamBase):
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the WebSocket (RFC 6455 §7.1.7): send a close frame, end at once."""
-        ws = self._ws
-        if ws is not None and ws.state is ConnectionState.OPEN:
-            self._write(ws.send(CloseConnection(code=code, reason=reason[:120])))
+        framer = self._framer
+        if framer is not None:
+            self._write(framer.send_close(code, reason[:120]))
         self._end_transport()
         self._finish(code, reason)
 
     def _start_close(self, code: int, reason: str) -> None:
         if self._fail_held():
             return  # the peer broke the protocol: that is the close it gets
-        ws = self._ws
-        assert ws is not None
-        if ws.state is ConnectionState.OPEN:
-            self._write(ws.send(CloseConnection(code=code, reason=reason)))
+        framer = self._framer
+        assert framer is not None
+        self._write(framer.send_close(code, reason))
         self._state = _CLOSING
         self._close_code, self._close_reason = code, reason
         self._close_deadline = time.monotonic() + self._close_timeout
@@ -385,11 +356,11 @@ class WebSocketStream(StreamBase):
                 elif self._ping_payload is not None:
                     self._fail(1011, "keepalive ping timeout")
                 else:
-                    ws = self._ws
-                    assert ws is not None
+                    framer = self._framer
+                    assert framer is not None
                     self._ping_payload = os.urandom(4)
                     self._ping_sent = now
-                    self._write(ws.send(Ping(payload=self._ping_payload)))
+                    self._write(framer.send_ping(self._ping_payload))
                 await host.flush(self.stream_id)
                 continue
             wakeup = self._keeper_wakeup = host.new_wakeup()
@@ -569,16 +540,16 @@ class WebSocketStream(StreamBase):
         state = self._state
         if msg_type == "websocket.send":
             if state == _OPEN:
-                ws = self._ws
-                assert ws is not None
+                framer = self._framer
+                assert framer is not None
                 data = message.get("bytes")
                 if data is not None:
-                    frame = ws.send(BytesMessage(data=bytes(data)))
+                    frame = framer.send_bytes(data if type(data) is bytes else bytes(data))
                 else:
                     text = message.get("text")
                     if text is None:
                         raise RuntimeError("'websocket.send' needs 'bytes' or 'text'")
-                    frame = ws.send(TextMessage(data=text))
+                    frame = framer.send_text(text)
                 self._write(frame)
                 await self._host.flush(self.stream_id)
             elif state == _CONNECTING or state == _RESPONDING:
@@ -627,13 +598,12 @@ class WebSocketStream(StreamBase):
         subprotocol = message.get("subprotocol")
         if subprotocol:
             headers.append((b"sec-websocket-protocol", str(subprotocol).encode("ascii")))
-        extensions: list[Extension] = []
-        if self._host.config.ws_per_message_deflate:
-            deflate, value = _negotiate_deflate(request.headers)
+        config = self._host.config
+        deflate = None
+        if config.ws_per_message_deflate:
+            deflate, value = negotiate_deflate(request.headers)
             if deflate is not None:
-                extensions.append(deflate)
                 headers.append((b"sec-websocket-extensions", value))
-                self._slice = _INFLATE_SLICE
         key = next((v.strip() for n, v in request.headers if n == b"sec-websocket-key"), None)
         if request.websocket_upgrade:
             assert key is not None  # checked in _check_handshake
@@ -649,7 +619,7 @@ class WebSocketStream(StreamBase):
                 # RFC 8441 §5 drops the key exchange, but some clients (niquests) send a
                 # key over HTTP/2 and HTTP/3 and insist on the answer; it costs nothing.
                 headers.append((b"sec-websocket-accept", generate_accept_token(key)))
-        self._ws = Connection(ConnectionType.SERVER, extensions)
+        self._framer = framer_factory(config.ws_engine)(self._max_size, deflate)
         self._state = _OPEN
         self._host.protocol.send_response(self.stream_id, self._status, headers)
         self._last_received = time.monotonic()
@@ -670,24 +640,3 @@ class WebSocketStream(StreamBase):
             self._transport_ended = True
             self._finish(self._close_code, "")
         await self._host.flush(self.stream_id)
-
-
-def _negotiate_deflate(headers: Headers) -> tuple[PerMessageDeflate | None, bytes]:
-    """permessage-deflate (RFC 7692) for the first acceptable offer, if any."""
-    for name, value in headers:
-        if name != b"sec-websocket-extensions":
-            continue
-        for offer in split_comma_header(value):
-            if offer.split(";", 1)[0].strip() != "permessage-deflate":
-                continue
-            extension = PerMessageDeflate()
-            try:
-                accepted = extension.accept(offer)
-            except ValueError:
-                continue  # a malformed parameter: not this offer
-            if accepted is None or accepted is False:
-                continue
-            params = "" if accepted is True else str(accepted)
-            text = "permessage-deflate" + (f"; {params}" if params else "")
-            return extension, text.encode("ascii")
-    return None, b""

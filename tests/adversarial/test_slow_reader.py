@@ -8,6 +8,7 @@ granted but nothing acknowledged; HTTP/1.1 pipelining and WebSocket echoes) and 
 server must hold at most ``--connection-write-buffer-size`` per connection: RSS stays
 flat, other clients are answered, and once the attacker goes away every app call ends.
 
+The WebSocket attacks run on both framing engines (``--ws-engine`` wsproto and websockets).
 The two HTTP/1.1 tests pass on the code before the budget too (there a second writer
 waits for the first, so one write is all a connection holds); they keep it that way.
 """
@@ -35,6 +36,7 @@ from aioquic.quic.events import HandshakeCompleted
 
 from quicserve.certs import DevCertificate
 
+from ..helpers import H1_WITH_WS
 from ..test_cli import Spawn
 from .harness import MAX_RSS_GROWTH_MIB, Prober, Target, serve
 
@@ -228,7 +230,7 @@ def _websocket_frames(count: int, size: int) -> bytes:
 
 
 def test_websocket_echoes_never_read(
-    spawn: Spawn, backend: str, h1_engine: str, tls_files: DevCertificate
+    spawn: Spawn, backend: str, ws_engine: str, tls_files: DevCertificate
 ) -> None:
     key = base64.b64encode(os.urandom(16))
     handshake = (
@@ -238,7 +240,15 @@ def test_websocket_echoes_never_read(
     )
     burst = _websocket_frames(16, 64 * 1024)
     with (
-        serve(spawn, backend, tls_files, "--http1-engine", h1_engine) as target,
+        serve(
+            spawn,
+            backend,
+            tls_files,
+            "--ws-engine",
+            ws_engine,
+            "--http1-engine",
+            H1_WITH_WS[ws_engine],
+        ) as target,
         Prober(target) as prober,
     ):
         _first_round(prober)
@@ -261,14 +271,17 @@ def test_websocket_echoes_never_read(
 
 
 def test_websocket_over_http2_echoes_never_read(
-    spawn: Spawn, backend: str, tls_files: DevCertificate
+    spawn: Spawn, backend: str, ws_engine: str, tls_files: DevCertificate
 ) -> None:
     # RFC 8441: a WebSocket is one HTTP/2 stream, next to a streaming response that
     # fills the socket. Then the attacker stops reading and sends messages blind (it
     # cannot see the WINDOW_UPDATEs any more), at a pace the server keeps up with,
     # counting on the echo app's consumption re-opening the windows (it does).
     message = _websocket_frames(1, 16000)  # one DATA frame (<= 16384, RFC 9113 §4.2)
-    with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
+    with (
+        serve(spawn, backend, tls_files, "--ws-engine", ws_engine) as target,
+        Prober(target) as prober,
+    ):
         _first_round(prober)
         with _connect(target, tls=True, alpn=["h2"]) as sock:
             conn = _h2_attacker(sock)

@@ -279,8 +279,9 @@ def test_websocket_queue_holds_at_most_ws_max_queue_messages() -> None:
     empty frames queues ~10,000 messages (each a dict of a few hundred bytes) before flow
     control stops the peer: bounded by the read size, but not by ``ws_max_queue``."""
     frame = b"\x81\x80\x00\x00\x00\x00"  # a masked, empty, final text frame
-    host, _ = run_websocket([frame * 5], end=False, check_queue=False)
-    assert host.peak_queue <= 3
+    for engine in ("wsproto", "websockets"):
+        host, _ = run_websocket([frame * 5], end=False, engine=engine, check_queue=False)
+        assert host.peak_queue <= 3, engine
 
 
 def test_http3_trailers_then_fin_end_the_body_once(h3_tls: DevCertificate) -> None:
