@@ -192,9 +192,16 @@ def select_variants(tokens: Sequence[str], skipped: list[str]) -> list[ServerVar
     """Expand --servers tokens into variants, noting those that are not installed."""
     chosen: list[ServerVariant] = []
     for token in tokens:
-        token = ALIASES.get(token, token)
-        exact = [v for v in VARIANTS if v.name == token]
-        for v in exact or [v for v in VARIANTS if v.family == token]:
+        # A family of several rows (uvicorn) selects them all; an alias or any other row
+        # name selects that one row.
+        family = [v for v in VARIANTS if v.family == token]
+        if token in ALIASES:
+            rows = [v for v in VARIANTS if v.name == ALIASES[token]]
+        elif len(family) > 1:
+            rows = family
+        else:
+            rows = [v for v in VARIANTS if v.name == token] or family
+        for v in rows:
             if v in chosen:
                 continue
             if not v.installed():

@@ -331,7 +331,7 @@ VARIANTS: tuple[ServerVariant, ...] = (
 )
 
 #: Old row names that still select a row: --servers token -> row name.
-ALIASES: dict[str, str] = {"uvicorn-httptools": "uvicorn-std"}
+ALIASES: dict[str, str] = {"uvicorn-httptools": "uvicorn-std", "uvicorn-h11": "uvicorn"}
 
 
 def free_port(host: str, udp_too: bool = False) -> int:
