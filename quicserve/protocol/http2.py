@@ -40,7 +40,7 @@ from collections import deque
 from dataclasses import replace
 
 from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
+from h2.connection import ConnectionInputs, ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated as H2ConnectionTerminated
 from h2.events import DataReceived as H2DataReceived
@@ -56,6 +56,7 @@ from h2.events import UnknownFrameReceived as H2UnknownFrameReceived
 from h2.events import WindowUpdated as H2WindowUpdated
 from h2.exceptions import (
     DenialOfServiceError,
+    FlowControlError,
     FrameDataMissingError,
     FrameTooLargeError,
     H2Error,
@@ -64,7 +65,10 @@ from h2.exceptions import (
 )
 from h2.frame_buffer import FrameBuffer
 from h2.settings import ChangedSetting, SettingCodes, Settings
+from h2.stream import StreamInputs
+from hpack import Decoder, Encoder, HeaderTuple
 from hpack.exceptions import HPACKError
+from hpack.table import HeaderTable
 from hyperframe.exceptions import HyperframeError
 from hyperframe.frame import ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame
 
@@ -162,6 +166,92 @@ class _FrameBuffer(FrameBuffer):
         return super()._update_header_buffer(f)
 
 
+#: A frame header (RFC 9113 §4.1) packed as (length << 8 | type, flags, stream id).
+_FRAME_HEADER = struct.Struct(">IBI")
+_DATA, _HEADERS, _CONTINUATION = 0x0, 0x1, 0x9
+_END_STREAM, _END_HEADERS = 0x1, 0x4
+#: Header blocks remembered per connection and direction (see _CountingTable).
+_HPACK_CACHE_SIZE = 64
+
+
+class _CountingTable(HeaderTable):
+    """An HPACK dynamic table that counts its changes, so that a header block coded while
+    the count stood still can be reused as long as it still stands (RFC 7541 §2.3.2: only
+    insertions, evictions and size changes alter what a block means)."""
+
+    generation = 0
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.generation += 1
+        super().add(name, value)
+
+    @property
+    def maxsize(self) -> int:
+        return self._maxsize
+
+    @maxsize.setter
+    def maxsize(self, newmax: int) -> None:
+        self.generation += 1
+        HeaderTable.maxsize.fset(self, newmax)  # type: ignore[attr-defined]
+
+
+class _CachingEncoder(Encoder):
+    """hpack's encoder, remembering the block it made for a header list that changed
+    nothing in the table: a repeated response head (all fields indexed once they are in
+    the dynamic table) is then one dict lookup instead of a table search per field."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.header_table = _CountingTable()
+        self._cache: dict[tuple[tuple[bytes, bytes], ...], tuple[int, bytes]] = {}
+
+    def encode_block(self, headers: list[tuple[bytes, bytes]]) -> bytes:
+        table = self.header_table
+        assert isinstance(table, _CountingTable)
+        key = tuple(headers)
+        try:
+            hit = self._cache.get(key)
+        except TypeError:  # an unhashable name or value (bytearray): code it plainly
+            return self.encode(headers)
+        if hit is not None and hit[0] == table.generation and not table.resized:
+            return hit[1]
+        generation = table.generation
+        resized = table.resized
+        encoded: bytes = self.encode(headers)
+        if table.generation == generation and not resized:
+            cache = self._cache
+            if len(cache) >= _HPACK_CACHE_SIZE:
+                cache.clear()
+            cache[key] = (generation, encoded)
+        return encoded
+
+
+class _CachingDecoder(Decoder):
+    """hpack's decoder, remembering what a block that changed nothing in the table decoded
+    to: a client repeating a request sends the same all-indexed block each time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.header_table = _CountingTable()
+        self._cache: dict[bytes, tuple[int, int, list[HeaderTuple]]] = {}
+
+    def decode(self, data: bytes, raw: bool = False) -> list[HeaderTuple]:
+        table = self.header_table
+        assert isinstance(table, _CountingTable)
+        limit = self.max_header_list_size
+        hit = self._cache.get(data) if raw else None
+        if hit is not None and hit[0] == table.generation and hit[1] == limit:
+            return list(hit[2])
+        generation = table.generation
+        headers = list(super().decode(data, raw))
+        if raw and table.generation == generation:
+            cache = self._cache
+            if len(cache) >= _HPACK_CACHE_SIZE:
+                cache.clear()
+            cache[bytes(data)] = (generation, limit, list(headers))
+        return headers
+
+
 class _H2Connection(H2Connection):
     """h2's connection with four behaviours brought in line with RFC 9113, and the size
     of its outgoing buffer (``pending_output``), which h2 does not expose.
@@ -175,6 +265,12 @@ class _H2Connection(H2Connection):
         buffer = _FrameBuffer(server=True)
         buffer.max_frame_size = self.incoming_buffer.max_frame_size
         self.incoming_buffer = buffer
+        # Same fresh HPACK contexts, with block caches (nothing was coded yet).
+        self.encoder = _CachingEncoder()
+        decoder = _CachingDecoder()
+        decoder.max_header_list_size = self.decoder.max_header_list_size
+        decoder.max_allowed_table_size = self.decoder.max_allowed_table_size
+        self.decoder = decoder
         #: What HPACK may decode of one header block before the connection fails (set by
         #: H2Protocol); blocks between SETTINGS_MAX_HEADER_LIST_SIZE and this get 431.
         self.max_decoded_block = self.decoder.max_header_list_size
@@ -189,6 +285,68 @@ class _H2Connection(H2Connection):
     def pending_output(self) -> int:
         """Bytes h2 has framed that ``data_to_send`` has not handed out yet."""
         return len(self._data_to_send)
+
+    def send_head(
+        self, stream_id: int, block: list[tuple[bytes, bytes]], end_stream: bool, final: bool
+    ) -> None:
+        """``send_headers`` for a response head (``final``) or a 1xx one: the same stream
+        and connection state changes, HPACK coding and HEADERS/CONTINUATION frames
+        (RFC 9113 §6.2, §6.10) as h2 makes, without its generic header handling (the
+        block is bytes, lower-case, connection-specific fields dropped) or hyperframe
+        objects. Raises ProtocolError as h2 does on a stream that cannot send."""
+        if end_stream and not final:
+            raise ProtocolError("Cannot set END_STREAM on informational responses.")
+        stream = self._get_stream_by_id(stream_id)
+        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        stream.state_machine.process_input(
+            StreamInputs.SEND_HEADERS if final else StreamInputs.SEND_INFORMATIONAL_HEADERS
+        )
+        encoder = self.encoder
+        assert isinstance(encoder, _CachingEncoder)
+        encoded = encoder.encode_block(block)
+        flags = _END_HEADERS
+        if end_stream:
+            stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+            flags |= _END_STREAM
+        out = self._data_to_send
+        size = len(encoded)
+        limit = self.max_outbound_frame_size
+        if size <= limit:
+            out += _FRAME_HEADER.pack(size << 8 | _HEADERS, flags, stream_id)
+            out += encoded
+            return
+        # END_STREAM stays on the HEADERS frame; END_HEADERS moves to the last fragment.
+        out += _FRAME_HEADER.pack(limit << 8 | _HEADERS, flags & _END_STREAM, stream_id)
+        out += encoded[:limit]
+        for start in range(limit, size, limit):
+            piece = encoded[start : start + limit]
+            last = start + limit >= size
+            head = len(piece) << 8 | _CONTINUATION
+            out += _FRAME_HEADER.pack(head, _END_HEADERS if last else 0, stream_id)
+            out += piece
+
+    def send_data_frame(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        """``send_data`` without padding: the same flow-control and state changes and the
+        same DATA frame (RFC 9113 §6.1), without hyperframe objects. Raises ProtocolError
+        (FlowControlError, FrameTooLargeError, StreamClosedError) as h2 does."""
+        stream = self._get_stream_by_id(stream_id)
+        size = len(data)
+        if size > stream.outbound_flow_control_window or size > self.outbound_flow_control_window:
+            raise FlowControlError(f"cannot send {size} bytes: flow control window")
+        if size > self.max_outbound_frame_size:
+            raise FrameTooLargeError(f"cannot send a {size}-byte frame")
+        self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        stream.state_machine.process_input(StreamInputs.SEND_DATA)
+        flags = 0
+        if end_stream:
+            stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+            flags = _END_STREAM
+        stream.outbound_flow_control_window -= size
+        self.outbound_flow_control_window -= size
+        out = self._data_to_send
+        out += _FRAME_HEADER.pack(size << 8 | _DATA, flags, stream_id)
+        if size:
+            out += data
 
     def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[H2Event]]:
         try:
@@ -698,7 +856,7 @@ class H2Protocol:
         if end_stream:
             stream.local_ended = stream.sent_end = True
         try:
-            self._conn.send_headers(stream_id, block, end_stream=end_stream)
+            self._conn.send_head(stream_id, block, end_stream, not 100 <= status < 200)
         except ProtocolError:
             self._drop_output(stream)
 
@@ -710,7 +868,7 @@ class H2Protocol:
         block: Headers = [(b":status", _STATUS_BYTES[status])]
         block += [f for f in headers if f[0] not in DROPPED_RESPONSE_FIELDS]
         try:
-            self._conn.send_headers(stream_id, block)
+            self._conn.send_head(stream_id, block, False, False)
         except ProtocolError:
             self._drop_output(stream)
 
@@ -992,7 +1150,7 @@ class H2Protocol:
                 last = not stream.buffered and stream.end_pending and stream.trailers is None
                 if last:
                     stream.sent_end = True
-                conn.send_data(stream_id, piece, end_stream=last)
+                conn.send_data_frame(stream_id, piece, last)
                 self._data_frames_sent += 1
                 sent = True
             if stream.end_pending and not stream.sent_end:
@@ -1000,7 +1158,7 @@ class H2Protocol:
                 if stream.trailers is not None:
                     conn.send_headers(stream_id, stream.trailers, end_stream=True)
                 else:
-                    conn.send_data(stream_id, b"", end_stream=True)
+                    conn.send_data_frame(stream_id, b"", True)
         except ProtocolError:
             # The stream closed under us (h2 refuses): nothing more can be sent on it.
             self._drop_output(stream)
