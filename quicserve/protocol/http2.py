@@ -69,7 +69,8 @@ from h2.stream import StreamInputs
 from hpack import Decoder, Encoder, HeaderTuple
 from hpack.exceptions import HPACKError
 from hpack.table import HeaderTable
-from hyperframe.exceptions import HyperframeError
+from hyperframe.exceptions import HyperframeError, InvalidDataError, InvalidFrameError
+from hyperframe.flags import Flags
 from hyperframe.frame import ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame
 
 from ..config import Config
@@ -131,9 +132,63 @@ class _CompressionError(ProtocolError):
     error_code = ErrorCodes.COMPRESSION_ERROR
 
 
+def _new_flags(valid: set[str]) -> Flags:
+    """An empty hyperframe ``Flags`` for a frame type whose flag names are ``valid``,
+    without rebuilding that set for every frame (``Flags`` only ever reads it)."""
+    flags: Flags = Flags.__new__(Flags)
+    flags._valid_flags = valid
+    flags._flags = set()
+    return flags
+
+
+_HEADERS_FLAGS = {flag.name for flag in HeadersFrame.defined_flags}
+_DATA_FLAGS = {flag.name for flag in DataFrame.defined_flags}
+
+
+class _ReceivedHeadersFrame(HeadersFrame):
+    """A received HEADERS frame: hyperframe's own type, made without its generic
+    constructor chain, and with a repr that costs nothing (h2 formats every received
+    frame for its trace log, which is off). Only ever made for a non-zero stream id."""
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+        self.flags = _new_flags(_HEADERS_FLAGS)
+        self.body_len = 0
+        self.pad_length = 0
+        self.depends_on = 0
+        self.stream_weight = 0
+        self.exclusive = False
+        self.data = b""
+
+    def __repr__(self) -> str:
+        return f"<HEADERS on stream {self.stream_id}>"
+
+
+class _ReceivedDataFrame(DataFrame):
+    """A received DATA frame, made as cheaply as :class:`_ReceivedHeadersFrame`."""
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+        self.flags = _new_flags(_DATA_FLAGS)
+        self.body_len = 0
+        self.pad_length = 0
+        self.data = b""
+
+    def __repr__(self) -> str:
+        return f"<DATA on stream {self.stream_id}>"
+
+
+#: Frame types read by the fast path of _FrameBuffer.__next__ (the busy ones).
+_FAST_FRAMES: dict[int, type[_ReceivedHeadersFrame] | type[_ReceivedDataFrame]] = {
+    0x0: _ReceivedDataFrame,
+    0x1: _ReceivedHeadersFrame,
+}
+
+
 class _FrameBuffer(FrameBuffer):
-    """h2's frame reader, with the one frame-size rule it reports as PROTOCOL_ERROR, and
-    a bound on the encoded size of a header block (HEADERS + CONTINUATION)."""
+    """h2's frame reader, with the one frame-size rule it reports as PROTOCOL_ERROR, a
+    bound on the encoded size of a header block (HEADERS + CONTINUATION), and a fast
+    path for HEADERS and DATA frames (the same checks and errors as h2's reader)."""
 
     #: Encoded header-block octets refused as ENHANCE_YOUR_CALM (set by H2Protocol).
     max_header_block = 1 << 62
@@ -141,16 +196,35 @@ class _FrameBuffer(FrameBuffer):
 
     def __next__(self) -> Frame:
         data = self._data
-        if len(data) >= 9:
-            # RFC 9113 §4.2: refuse an oversized frame at its header, before buffering
-            # up to 16 MiB of body that h2 would only then check.
-            if int.from_bytes(data[0:3], "big") > self.max_frame_size:
-                raise FrameTooLargeError("frame larger than SETTINGS_MAX_FRAME_SIZE")
-            # RFC 9113 §6.5: a SETTINGS frame with ACK set and a payload is a connection
-            # error of type FRAME_SIZE_ERROR (h2 would say PROTOCOL_ERROR).
-            if data[3] == 0x4 and data[4] & 0x1 and data[0:3] != b"\0\0\0":
-                raise FrameDataMissingError("SETTINGS with ACK must have no payload")
-        return super().__next__()
+        if len(data) < 9:
+            raise StopIteration
+        # RFC 9113 §4.2: refuse an oversized frame at its header, before buffering
+        # up to 16 MiB of body that h2 would only then check.
+        length = int.from_bytes(data[0:3], "big")
+        if length > self.max_frame_size:
+            raise FrameTooLargeError("frame larger than SETTINGS_MAX_FRAME_SIZE")
+        kind = data[3]
+        # RFC 9113 §6.5: a SETTINGS frame with ACK set and a payload is a connection
+        # error of type FRAME_SIZE_ERROR (h2 would say PROTOCOL_ERROR).
+        if kind == 0x4 and data[4] & 0x1 and length:
+            raise FrameDataMissingError("SETTINGS with ACK must have no payload")
+        make = _FAST_FRAMES.get(kind)
+        stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+        if make is None or not stream_id:
+            return super().__next__()  # h2 raises for stream 0 as it should
+        if len(data) < length + 9:
+            raise StopIteration
+        frame = make(stream_id)
+        frame.parse_flags(data[4])
+        try:
+            frame.parse_body(memoryview(data[9 : 9 + length]))
+        except InvalidDataError as err:
+            raise ProtocolError("Received frame with non-compliant data") from err
+        except InvalidFrameError as err:
+            raise FrameDataMissingError("Frame data missing or invalid") from err
+        del data[: 9 + length]
+        new_frame = self._update_header_buffer(frame)
+        return new_frame if new_frame is not None else self.__next__()
 
     def _update_header_buffer(self, f: Frame | None) -> Frame | None:
         if isinstance(f, HeadersFrame | ContinuationFrame):
@@ -265,6 +339,10 @@ class _H2Connection(H2Connection):
         buffer = _FrameBuffer(server=True)
         buffer.max_frame_size = self.incoming_buffer.max_frame_size
         self.incoming_buffer = buffer
+        # The fast reader's frame types are dispatched as their hyperframe bases.
+        table = self._frame_dispatch_table
+        table[_ReceivedHeadersFrame] = table[HeadersFrame]
+        table[_ReceivedDataFrame] = table[DataFrame]
         # Same fresh HPACK contexts, with block caches (nothing was coded yet).
         self.encoder = _CachingEncoder()
         decoder = _CachingDecoder()
