@@ -1249,3 +1249,23 @@ def test_a_response_head_larger_than_a_frame_goes_out_in_continuation_frames() -
     assert frames[-1].flags == {"END_HEADERS"}
     decoded = Decoder().decode(b"".join(f.data for f in frames), raw=True)
     assert decoded == [(b":status", b"200"), *big]
+
+
+def test_a_repeated_request_gets_its_own_header_list_and_its_own_checks() -> None:
+    # The parse of a repeated header block is reused; each request still gets a list of
+    # its own, and the END_STREAM-dependent check runs every time (RFC 9113 §8.1.1).
+    pair = Pair()
+    pair.request()
+    (first,) = of_type(pair.take()[0], RequestReceived)
+    first.headers.append((b"x-added", b"by the app"))
+    pair.request()
+    (second,) = of_type(pair.take()[0], RequestReceived)
+    assert second.headers == [(b"user-agent", b"test")]
+    with_length = post_headers([(b"content-length", b"5")])
+    pair.request(with_length, end_stream=False)
+    assert of_type(pair.take()[0], RequestReceived)
+    stream_id = pair.request(with_length, end_stream=True)  # no body can follow: malformed
+    server_events, client_events = pair.take()
+    assert not of_type(server_events, RequestReceived)
+    (reset,) = of_type(client_events, h2e.StreamReset)
+    assert (reset.stream_id, reset.error_code) == (stream_id, ErrorCodes.PROTOCOL_ERROR)

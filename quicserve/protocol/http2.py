@@ -485,6 +485,11 @@ class _H2Connection(H2Connection):
         return [], [event]
 
 
+#: What ``parse_request_fields`` returns.
+_Parsed = tuple[bytes, bytes | None, bytes | None, bytes | None, bytes | None, Headers, int | None]
+#: Distinct request header lists remembered per connection, parsed.
+_PARSED_CACHE_SIZE = 32
+
 #: Streams refused for being over the concurrency limit before the connection is closed
 #: with ENHANCE_YOUR_CALM (a client that keeps resetting and reopening).
 _MAX_REFUSED = 1000
@@ -651,6 +656,8 @@ class H2Protocol:
         self._draining = False
         #: The last stream id our GOAWAY announced (RFC 9113 §6.8); ``None`` before it.
         self._last_stream_id: int | None = None
+        #: Request header blocks already checked and split (see ``_on_request``).
+        self._parsed: dict[tuple[tuple[bytes, bytes], ...], _Parsed] = {}
         self._preface_received = False
         self._preface_deadline = now + config.header_read_timeout
         #: When the last stream went (or the connection started): the keep-alive clock.
@@ -802,18 +809,32 @@ class H2Protocol:
             # processed; REFUSED_STREAM tells the client it may retry them elsewhere.
             self._h2_reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        if field_section_size(ev.headers) > self._config.max_header_bytes:
-            # RFC 9113 §10.5.1: a larger header section than we accept gets 431 (RFC 6585
-            # §5); the stream never reaches the app and the connection carries on.
-            self._conn.send_headers(stream_id, [(b":status", b"431")], end_stream=True)
-            if ev.stream_ended is None:
-                # §8.1: the response is complete; the request body is not wanted.
-                self._h2_reset(stream_id, ErrorCodes.NO_ERROR)
-            return
+        raw = ev.headers
         try:
-            method, path, scheme, authority, protocol, headers, length = parse_request_fields(
-                ev.headers
-            )
+            # A client repeating a request sends the same fields (the same all-indexed
+            # HPACK block): its checks and split are reused; the header list is copied.
+            key = tuple(raw)
+            parsed = self._parsed.get(key)
+        except TypeError:  # pragma: no cover - h2 always gives tuples of bytes
+            key, parsed = None, None
+        if parsed is None:
+            if field_section_size(raw) > self._config.max_header_bytes:
+                # RFC 9113 §10.5.1: a larger header section than we accept gets 431 (RFC
+                # 6585 §5); the stream never reaches the app and the connection carries on.
+                self._conn.send_headers(stream_id, [(b":status", b"431")], end_stream=True)
+                if ev.stream_ended is None:
+                    # §8.1: the response is complete; the request body is not wanted.
+                    self._h2_reset(stream_id, ErrorCodes.NO_ERROR)
+                return
+        try:
+            if parsed is None:
+                parsed = parse_request_fields(raw)
+                if key is not None:
+                    if len(self._parsed) >= _PARSED_CACHE_SIZE:
+                        self._parsed.clear()
+                    self._parsed[key] = parsed
+            method, path, scheme, authority, protocol, headers, length = parsed
+            headers = headers.copy()  # the app's own list, never the cached one
             if length and ev.stream_ended is not None:
                 # §8.1.1: content-length says a body follows, END_STREAM says none does.
                 raise Malformed("content-length without DATA")
