@@ -145,10 +145,21 @@ _HEADERS_FLAGS = {flag.name for flag in HeadersFrame.defined_flags}
 _DATA_FLAGS = {flag.name for flag in DataFrame.defined_flags}
 
 
+def _flag_sets(frame_type: type[Frame]) -> tuple[frozenset[str], ...]:
+    """For each flags octet, the names hyperframe's ``parse_flags`` would set (unknown
+    bits are ignored, RFC 9113 §4.1)."""
+    return tuple(
+        frozenset(flag.name for flag in frame_type.defined_flags if octet & flag.bit)
+        for octet in range(256)
+    )
+
+
 class _ReceivedHeadersFrame(HeadersFrame):
     """A received HEADERS frame: hyperframe's own type, made without its generic
     constructor chain, and with a repr that costs nothing (h2 formats every received
     frame for its trace log, which is off). Only ever made for a non-zero stream id."""
+
+    flag_sets = _flag_sets(HeadersFrame)
 
     def __init__(self, stream_id: int) -> None:
         self.stream_id = stream_id
@@ -166,6 +177,8 @@ class _ReceivedHeadersFrame(HeadersFrame):
 
 class _ReceivedDataFrame(DataFrame):
     """A received DATA frame, made as cheaply as :class:`_ReceivedHeadersFrame`."""
+
+    flag_sets = _flag_sets(DataFrame)
 
     def __init__(self, stream_id: int) -> None:
         self.stream_id = stream_id
@@ -215,7 +228,7 @@ class _FrameBuffer(FrameBuffer):
         if len(data) < length + 9:
             raise StopIteration
         frame = make(stream_id)
-        frame.parse_flags(data[4])
+        frame.flags._flags = set(make.flag_sets[data[4]])
         try:
             frame.parse_body(memoryview(data[9 : 9 + length]))
         except InvalidDataError as err:
@@ -375,7 +388,9 @@ class _H2Connection(H2Connection):
         if end_stream and not final:
             raise ProtocolError("Cannot set END_STREAM on informational responses.")
         stream = self._get_stream_by_id(stream_id)
-        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        if self.state_machine.state is not ConnectionState.SERVER_OPEN:
+            # SERVER_OPEN stays SERVER_OPEN on SEND_HEADERS; any other state decides.
+            self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
         stream.state_machine.process_input(
             StreamInputs.SEND_HEADERS if final else StreamInputs.SEND_INFORMATIONAL_HEADERS
         )
@@ -403,6 +418,17 @@ class _H2Connection(H2Connection):
             out += _FRAME_HEADER.pack(head, _END_HEADERS if last else 0, stream_id)
             out += piece
 
+    def fits(self, stream_id: int, size: int) -> bool:
+        """Whether a ``size``-byte DATA frame on ``stream_id`` fits the frame size and both
+        flow-control windows now (False for a stream that can no longer send)."""
+        stream = self.streams.get(stream_id)
+        return (
+            stream is not None
+            and size <= self.max_outbound_frame_size
+            and size <= stream.outbound_flow_control_window
+            and size <= self.outbound_flow_control_window
+        )
+
     def send_data_frame(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         """``send_data`` without padding: the same flow-control and state changes and the
         same DATA frame (RFC 9113 §6.1), without hyperframe objects. Raises ProtocolError
@@ -413,7 +439,8 @@ class _H2Connection(H2Connection):
             raise FlowControlError(f"cannot send {size} bytes: flow control window")
         if size > self.max_outbound_frame_size:
             raise FrameTooLargeError(f"cannot send a {size}-byte frame")
-        self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        if self.state_machine.state is not ConnectionState.SERVER_OPEN:
+            self.state_machine.process_input(ConnectionInputs.SEND_DATA)  # as above
         stream.state_machine.process_input(StreamInputs.SEND_DATA)
         flags = 0
         if end_stream:
@@ -980,6 +1007,25 @@ class H2Protocol:
             return
         if end_stream:
             stream.local_ended = True
+        conn = self._conn
+        if not stream.buffered and stream_id not in self._blocked:
+            # Nothing waits before it: frame it now if the windows allow (the usual case),
+            # exactly as the buffered path would, without buffering it first.
+            if type(data) is not bytes:
+                data = bytes(data)
+            if conn.fits(stream_id, len(data)):
+                try:
+                    conn.send_data_frame(stream_id, data, end_stream)
+                except ProtocolError:
+                    self._drop_output(stream)
+                    return
+                if data:
+                    self._data_frames_sent += 1
+                if end_stream:
+                    stream.end_pending = stream.sent_end = True
+                if stream.done:
+                    self._maybe_remove(stream)
+                return
         if data:
             if type(data) is not bytes:
                 data = bytes(data)  # keep no view of a buffer the caller may reuse
