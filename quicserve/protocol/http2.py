@@ -29,8 +29,17 @@ Rules of this module:
   ended): "rapid reset" (CVE-2023-44487) and "MadeYouReset" (CVE-2025-8671). A client
   that keeps getting streams refused, or keeps provoking stream errors (more than
   ``h2_max_stream_errors``), gets GOAWAY ENHANCE_YOUR_CALM.
-* Every use of private h2 members lives in :class:`_H2Connection` (and its
-  :class:`_FrameBuffer`), so an h2 upgrade has one class to re-check.
+* Every use of private h2, hyperframe and hpack members lives in :class:`_H2Connection`
+  and the helpers it installs (:class:`_FrameBuffer`, the ``_Received*Frame`` types,
+  :class:`_CountingTable` and the caching HPACK coder), so an upgrade of those packages
+  has one corner of this module to re-check.
+* The hot path skips h2's generic layers, never its rules: response HEADERS and DATA are
+  framed here with the same stream and connection state changes and flow-control
+  accounting h2 makes (``send_head``, ``send_data_frame``); received HEADERS and DATA are
+  read with the same checks and errors as h2's reader. An HPACK block is reused only
+  while the table it was coded against is unchanged (RFC 7541 §2.3.2); a request's
+  checked and split fields only for an identical field list, and the app always gets
+  its own header list.
 """
 
 from __future__ import annotations
