@@ -205,7 +205,7 @@ def select_variants(tokens: Sequence[str], skipped: list[str]) -> list[ServerVar
             if v in chosen:
                 continue
             if not v.installed():
-                skipped.append(f"{v.name}: `{v.requires_module}` is not importable")
+                skipped.append(f"{v.name}: {v.requirement}")
                 continue
             chosen.append(v)
     return chosen

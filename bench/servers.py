@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -69,6 +70,7 @@ class ServerVariant:
     protocols: frozenset[str]
     build: Callable[[str, Listen], list[str]]  # (python executable, listen) -> argv
     requires_module: str | None = None  # importable module needed (e.g. httptools)
+    requires_program: str | None = None  # executable needed on PATH (e.g. caddy)
     why_not: tuple[tuple[str, str], ...] = ()  # (protocol, reason it is not served)
 
     def reason_not_served(self, protocol: str) -> str | None:
@@ -80,10 +82,19 @@ class ServerVariant:
         return protocol in self.protocols and backend in self.backends
 
     def installed(self) -> bool:
-        """Whether the optional module this variant needs is importable here."""
+        """Whether the optional module or program this variant needs is here."""
+        if self.requires_program is not None and shutil.which(self.requires_program) is None:
+            return False
         if self.requires_module is None:
             return True
         return importlib.util.find_spec(self.requires_module) is not None
+
+    @property
+    def requirement(self) -> str:
+        """What ``installed`` looks for, for the "not run" line."""
+        if self.requires_program is not None:
+            return f"`{self.requires_program}` is not on PATH"
+        return f"`{self.requires_module}` is not importable"
 
 
 def _workers(
@@ -214,6 +225,40 @@ def _granian(python: str, listen: Listen) -> list[str]:
     return [*argv, APP]
 
 
+def _caddy(python: str, listen: Listen) -> list[str]:
+    # Caddy (Go, net/http + its own TLS) answering "Hello, world!" itself, no app: a native
+    # HTTP/2 reference for what the protocol stack costs. One Caddyfile per server, beside
+    # the run's certificate (deleted with it): the certificate of the run, no admin
+    # endpoint, HTTP/1.1 and HTTP/2 only (no QUIC listener), errors-only
+    # logging. Pinned by taskset, the Go runtime sizes GOMAXPROCS to that one CPU.
+    assert listen.tls is not None, "the caddy row serves TLS only"
+    caddyfile = listen.tls.certfile.parent / f"Caddyfile-{listen.port}"
+    caddyfile.write_text(
+        "{\n"
+        "\tadmin off\n"
+        "\tauto_https off\n"
+        "\tlog {\n\t\tlevel ERROR\n\t}\n"
+        "\tservers {\n\t\tprotocols h1 h2\n\t}\n"
+        "}\n"
+        f"https://{listen.host}:{listen.port} {{\n"
+        f"\ttls {listen.tls.certfile} {listen.tls.keyfile}\n"
+        '\trespond "Hello, world!" 200\n'
+        "}\n"
+    )
+    home = listen.tls.certfile.parent / f"caddy-{listen.port}"
+    return [
+        "env",  # exec's caddy (same PID): its autosaved config and data stay in the run dir
+        f"XDG_CONFIG_HOME={home}",
+        f"XDG_DATA_HOME={home}",
+        "caddy",
+        "run",
+        "--adapter",
+        "caddyfile",
+        "--config",
+        str(caddyfile),
+    ]
+
+
 def _uvicorn(http: str, ws: str = "websockets") -> Callable[[str, Listen], list[str]]:
     def build(python: str, listen: Listen) -> list[str]:
         loop = "uvloop" if listen.backend == "uvloop" else "asyncio"
@@ -327,6 +372,17 @@ VARIANTS: tuple[ServerVariant, ...] = (
             ("h3bulk", "no HTTP/3"),
             ("ws-h3", "no HTTP/3"),
         ),
+    ),
+    # Caddy: a Go server answering by itself (no ASGI app), the native HTTP/2 reference of
+    # issue 11. Only when named in --servers (not in the default run); needs `caddy` on PATH.
+    ServerVariant(
+        "caddy",
+        "caddy",
+        _ALL_BACKENDS,  # no event loop of ours: the same server in every backend's panel
+        frozenset({"h2"}),
+        _caddy,
+        requires_program="caddy",
+        why_not=(("h1", "served over TLS only here"),),
     ),
 )
 

@@ -969,9 +969,7 @@ def test_reset_streams_count_until_their_app_call_ends() -> None:
     events, client_events = pair.take()
     assert of_type(events, RequestReceived) == []
     resets = of_type(client_events, h2e.StreamReset)
-    assert [(r.stream_id, r.error_code) for r in resets] == [
-        (refused, ErrorCodes.REFUSED_STREAM)
-    ]
+    assert [(r.stream_id, r.error_code) for r in resets] == [(refused, ErrorCodes.REFUSED_STREAM)]
     # One app call ends: room for one more.
     pair.server.stream_done(started[0], pair.now)
     pair.request()
@@ -1181,3 +1179,93 @@ def test_streams_and_downloads_earn_control_frames() -> None:
             pair.client_events.clear()
         pair.server.stream_done(stream_id, pair.now)
     assert not pair.server.closed
+
+
+# -- direct framing and HPACK block caches (issue 11) -------------------------------------
+
+
+def test_repeated_requests_and_responses_decode_the_same_through_the_block_caches() -> None:
+    # From the second time on a head is all indexed: the same bytes, from the caches. A
+    # response with a new field shifts the dynamic indices (RFC 7541 §2.3.3), so the
+    # cached block of the earlier head must not be reused after it.
+    pair = Pair()
+    sent = [
+        [(b"date", b"Mon, 1"), (b"x-n", b"1")],
+        [(b"date", b"Mon, 1"), (b"x-n", b"1")],
+        [(b"date", b"Mon, 1"), (b"x-n", b"1")],
+        [(b"date", b"Tue, 2"), (b"x-m", b"2")],
+        [(b"date", b"Mon, 1"), (b"x-n", b"1")],
+    ]
+    for headers in sent:
+        stream_id = pair.request()
+        (request,) = of_type(pair.take()[0], RequestReceived)
+        assert (request.method, request.raw_path, request.headers) == (
+            b"GET",
+            b"/index.html?q=1",
+            [(b"user-agent", b"test")],
+        )
+        pair.server.send_response(stream_id, 200, headers)
+        pair.server.send_data(stream_id, b"ok", end_stream=True)
+        pair.server.stream_done(stream_id, pair.now)
+        pair.pump()
+        (response,) = of_type(pair.take()[1], h2e.ResponseReceived)
+        assert response.headers == [(b":status", b"200"), *headers]
+
+
+def test_a_cached_request_block_is_not_reused_after_the_table_changes() -> None:
+    # RFC 7541 §2.3.3: dynamic index 62 is the newest entry. The same bytes name another
+    # field once a later block has inserted one, so a cached decoding must not be reused.
+    pair = Pair()
+    # :method GET, :scheme https, :path / (static), :authority as a literal not indexed.
+    base = b"\x82\x87\x84" + b"\x01\x0bexample.com"
+    first = base + b"\x40\x03x-a\x011"  # inserts x-a: 1 at index 62
+    indexed = base + b"\xbe"  # index 62
+    heads = [first, indexed, indexed]
+    heads.append(base + b"\x40\x03x-b\x012")  # x-b: 2 is now index 62
+    heads.append(indexed)  # the same bytes as before: now x-b: 2
+    got: list[list[tuple[bytes, bytes]]] = []
+    for n, block in enumerate(heads):
+        stream_id = 1 + 2 * n
+        frame = HeadersFrame(stream_id, data=block, flags=["END_HEADERS", "END_STREAM"])
+        pair.server.receive_data(frame.serialize(), pair.now)
+        (request,) = of_type(pair.drain_events(), RequestReceived)
+        got.append(request.headers)
+    assert got == [[(b"x-a", b"1")]] * 3 + [[(b"x-b", b"2")]] * 2
+
+
+def test_a_response_head_larger_than_a_frame_goes_out_in_continuation_frames() -> None:
+    pair = Pair()
+    stream_id = pair.request()
+    pair.take()
+    big = [(b"x-%d" % i, b"v" * 1000) for i in range(40)]  # ~40 KB: HEADERS + 2 CONTINUATION
+    pair.server.send_response(stream_id, 200, big, end_stream=True)
+    frames = pair.server_frames()
+    assert [type(f).__name__ for f in frames] == [
+        "HeadersFrame",
+        "ContinuationFrame",
+        "ContinuationFrame",
+    ]
+    assert frames[0].flags == {"END_STREAM"}
+    assert frames[-1].flags == {"END_HEADERS"}
+    decoded = Decoder().decode(b"".join(f.data for f in frames), raw=True)
+    assert decoded == [(b":status", b"200"), *big]
+
+
+def test_a_repeated_request_gets_its_own_header_list_and_its_own_checks() -> None:
+    # The parse of a repeated header block is reused; each request still gets a list of
+    # its own, and the END_STREAM-dependent check runs every time (RFC 9113 §8.1.1).
+    pair = Pair()
+    pair.request()
+    (first,) = of_type(pair.take()[0], RequestReceived)
+    first.headers.append((b"x-added", b"by the app"))
+    pair.request()
+    (second,) = of_type(pair.take()[0], RequestReceived)
+    assert second.headers == [(b"user-agent", b"test")]
+    with_length = post_headers([(b"content-length", b"5")])
+    pair.request(with_length, end_stream=False)
+    assert of_type(pair.take()[0], RequestReceived)
+    stream_id = pair.request(with_length, end_stream=True)  # no body can follow: malformed
+    server_events, client_events = pair.take()
+    assert not of_type(server_events, RequestReceived)
+    (reset,) = of_type(client_events, h2e.StreamReset)
+    assert (reset.stream_id, reset.error_code) == (stream_id, ErrorCodes.PROTOCOL_ERROR)

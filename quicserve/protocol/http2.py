@@ -29,8 +29,17 @@ Rules of this module:
   ended): "rapid reset" (CVE-2023-44487) and "MadeYouReset" (CVE-2025-8671). A client
   that keeps getting streams refused, or keeps provoking stream errors (more than
   ``h2_max_stream_errors``), gets GOAWAY ENHANCE_YOUR_CALM.
-* Every use of private h2 members lives in :class:`_H2Connection` (and its
-  :class:`_FrameBuffer`), so an h2 upgrade has one class to re-check.
+* Every use of private h2, hyperframe and hpack members lives in :class:`_H2Connection`
+  and the helpers it installs (:class:`_FrameBuffer`, the ``_Received*Frame`` types,
+  :class:`_CountingTable` and the caching HPACK coder), so an upgrade of those packages
+  has one corner of this module to re-check.
+* The hot path skips h2's generic layers, never its rules: response HEADERS and DATA are
+  framed here with the same stream and connection state changes and flow-control
+  accounting h2 makes (``send_head``, ``send_data_frame``); received HEADERS and DATA are
+  read with the same checks and errors as h2's reader. An HPACK block is reused only
+  while the table it was coded against is unchanged (RFC 7541 §2.3.2); a request's
+  checked and split fields only for an identical field list, and the app always gets
+  its own header list.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ from collections import deque
 from dataclasses import replace
 
 from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
+from h2.connection import ConnectionInputs, ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated as H2ConnectionTerminated
 from h2.events import DataReceived as H2DataReceived
@@ -56,6 +65,7 @@ from h2.events import UnknownFrameReceived as H2UnknownFrameReceived
 from h2.events import WindowUpdated as H2WindowUpdated
 from h2.exceptions import (
     DenialOfServiceError,
+    FlowControlError,
     FrameDataMissingError,
     FrameTooLargeError,
     H2Error,
@@ -64,8 +74,12 @@ from h2.exceptions import (
 )
 from h2.frame_buffer import FrameBuffer
 from h2.settings import ChangedSetting, SettingCodes, Settings
+from h2.stream import StreamInputs
+from hpack import Decoder, Encoder, HeaderTuple
 from hpack.exceptions import HPACKError
-from hyperframe.exceptions import HyperframeError
+from hpack.table import HeaderTable
+from hyperframe.exceptions import HyperframeError, InvalidDataError, InvalidFrameError
+from hyperframe.flags import Flags
 from hyperframe.frame import ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame
 
 from ..config import Config
@@ -127,9 +141,76 @@ class _CompressionError(ProtocolError):
     error_code = ErrorCodes.COMPRESSION_ERROR
 
 
+def _new_flags(valid: set[str]) -> Flags:
+    """An empty hyperframe ``Flags`` for a frame type whose flag names are ``valid``,
+    without rebuilding that set for every frame (``Flags`` only ever reads it)."""
+    flags: Flags = Flags.__new__(Flags)
+    flags._valid_flags = valid
+    flags._flags = set()
+    return flags
+
+
+_HEADERS_FLAGS = {flag.name for flag in HeadersFrame.defined_flags}
+_DATA_FLAGS = {flag.name for flag in DataFrame.defined_flags}
+
+
+def _flag_sets(frame_type: type[Frame]) -> tuple[frozenset[str], ...]:
+    """For each flags octet, the names hyperframe's ``parse_flags`` would set (unknown
+    bits are ignored, RFC 9113 §4.1)."""
+    return tuple(
+        frozenset(flag.name for flag in frame_type.defined_flags if octet & flag.bit)
+        for octet in range(256)
+    )
+
+
+class _ReceivedHeadersFrame(HeadersFrame):
+    """A received HEADERS frame: hyperframe's own type, made without its generic
+    constructor chain, and with a repr that costs nothing (h2 formats every received
+    frame for its trace log, which is off). Only ever made for a non-zero stream id."""
+
+    flag_sets = _flag_sets(HeadersFrame)
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+        self.flags = _new_flags(_HEADERS_FLAGS)
+        self.body_len = 0
+        self.pad_length = 0
+        self.depends_on = 0
+        self.stream_weight = 0
+        self.exclusive = False
+        self.data = b""
+
+    def __repr__(self) -> str:
+        return f"<HEADERS on stream {self.stream_id}>"
+
+
+class _ReceivedDataFrame(DataFrame):
+    """A received DATA frame, made as cheaply as :class:`_ReceivedHeadersFrame`."""
+
+    flag_sets = _flag_sets(DataFrame)
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+        self.flags = _new_flags(_DATA_FLAGS)
+        self.body_len = 0
+        self.pad_length = 0
+        self.data = b""
+
+    def __repr__(self) -> str:
+        return f"<DATA on stream {self.stream_id}>"
+
+
+#: Frame types read by the fast path of _FrameBuffer.__next__ (the busy ones).
+_FAST_FRAMES: dict[int, type[_ReceivedHeadersFrame] | type[_ReceivedDataFrame]] = {
+    0x0: _ReceivedDataFrame,
+    0x1: _ReceivedHeadersFrame,
+}
+
+
 class _FrameBuffer(FrameBuffer):
-    """h2's frame reader, with the one frame-size rule it reports as PROTOCOL_ERROR, and
-    a bound on the encoded size of a header block (HEADERS + CONTINUATION)."""
+    """h2's frame reader, with the one frame-size rule it reports as PROTOCOL_ERROR, a
+    bound on the encoded size of a header block (HEADERS + CONTINUATION), and a fast
+    path for HEADERS and DATA frames (the same checks and errors as h2's reader)."""
 
     #: Encoded header-block octets refused as ENHANCE_YOUR_CALM (set by H2Protocol).
     max_header_block = 1 << 62
@@ -137,16 +218,35 @@ class _FrameBuffer(FrameBuffer):
 
     def __next__(self) -> Frame:
         data = self._data
-        if len(data) >= 9:
-            # RFC 9113 §4.2: refuse an oversized frame at its header, before buffering
-            # up to 16 MiB of body that h2 would only then check.
-            if int.from_bytes(data[0:3], "big") > self.max_frame_size:
-                raise FrameTooLargeError("frame larger than SETTINGS_MAX_FRAME_SIZE")
-            # RFC 9113 §6.5: a SETTINGS frame with ACK set and a payload is a connection
-            # error of type FRAME_SIZE_ERROR (h2 would say PROTOCOL_ERROR).
-            if data[3] == 0x4 and data[4] & 0x1 and data[0:3] != b"\0\0\0":
-                raise FrameDataMissingError("SETTINGS with ACK must have no payload")
-        return super().__next__()
+        if len(data) < 9:
+            raise StopIteration
+        # RFC 9113 §4.2: refuse an oversized frame at its header, before buffering
+        # up to 16 MiB of body that h2 would only then check.
+        length = int.from_bytes(data[0:3], "big")
+        if length > self.max_frame_size:
+            raise FrameTooLargeError("frame larger than SETTINGS_MAX_FRAME_SIZE")
+        kind = data[3]
+        # RFC 9113 §6.5: a SETTINGS frame with ACK set and a payload is a connection
+        # error of type FRAME_SIZE_ERROR (h2 would say PROTOCOL_ERROR).
+        if kind == 0x4 and data[4] & 0x1 and length:
+            raise FrameDataMissingError("SETTINGS with ACK must have no payload")
+        make = _FAST_FRAMES.get(kind)
+        stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+        if make is None or not stream_id:
+            return super().__next__()  # h2 raises for stream 0 as it should
+        if len(data) < length + 9:
+            raise StopIteration
+        frame = make(stream_id)
+        frame.flags._flags = set(make.flag_sets[data[4]])
+        try:
+            frame.parse_body(memoryview(data[9 : 9 + length]))
+        except InvalidDataError as err:
+            raise ProtocolError("Received frame with non-compliant data") from err
+        except InvalidFrameError as err:
+            raise FrameDataMissingError("Frame data missing or invalid") from err
+        del data[: 9 + length]
+        new_frame = self._update_header_buffer(frame)
+        return new_frame if new_frame is not None else self.__next__()
 
     def _update_header_buffer(self, f: Frame | None) -> Frame | None:
         if isinstance(f, HeadersFrame | ContinuationFrame):
@@ -162,6 +262,92 @@ class _FrameBuffer(FrameBuffer):
         return super()._update_header_buffer(f)
 
 
+#: A frame header (RFC 9113 §4.1) packed as (length << 8 | type, flags, stream id).
+_FRAME_HEADER = struct.Struct(">IBI")
+_DATA, _HEADERS, _CONTINUATION = 0x0, 0x1, 0x9
+_END_STREAM, _END_HEADERS = 0x1, 0x4
+#: Header blocks remembered per connection and direction (see _CountingTable).
+_HPACK_CACHE_SIZE = 64
+
+
+class _CountingTable(HeaderTable):
+    """An HPACK dynamic table that counts its changes, so that a header block coded while
+    the count stood still can be reused as long as it still stands (RFC 7541 §2.3.2: only
+    insertions, evictions and size changes alter what a block means)."""
+
+    generation = 0
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.generation += 1
+        super().add(name, value)
+
+    @property
+    def maxsize(self) -> int:
+        return self._maxsize
+
+    @maxsize.setter
+    def maxsize(self, newmax: int) -> None:
+        self.generation += 1
+        HeaderTable.maxsize.fset(self, newmax)  # type: ignore[attr-defined]
+
+
+class _CachingEncoder(Encoder):
+    """hpack's encoder, remembering the block it made for a header list that changed
+    nothing in the table: a repeated response head (all fields indexed once they are in
+    the dynamic table) is then one dict lookup instead of a table search per field."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.header_table = _CountingTable()
+        self._cache: dict[tuple[tuple[bytes, bytes], ...], tuple[int, bytes]] = {}
+
+    def encode_block(self, headers: list[tuple[bytes, bytes]]) -> bytes:
+        table = self.header_table
+        assert isinstance(table, _CountingTable)
+        key = tuple(headers)
+        try:
+            hit = self._cache.get(key)
+        except TypeError:  # an unhashable name or value (bytearray): code it plainly
+            return self.encode(headers)
+        if hit is not None and hit[0] == table.generation and not table.resized:
+            return hit[1]
+        generation = table.generation
+        resized = table.resized
+        encoded: bytes = self.encode(headers)
+        if table.generation == generation and not resized:
+            cache = self._cache
+            if len(cache) >= _HPACK_CACHE_SIZE:
+                cache.clear()
+            cache[key] = (generation, encoded)
+        return encoded
+
+
+class _CachingDecoder(Decoder):
+    """hpack's decoder, remembering what a block that changed nothing in the table decoded
+    to: a client repeating a request sends the same all-indexed block each time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.header_table = _CountingTable()
+        self._cache: dict[bytes, tuple[int, int, list[HeaderTuple]]] = {}
+
+    def decode(self, data: bytes, raw: bool = False) -> list[HeaderTuple]:
+        table = self.header_table
+        assert isinstance(table, _CountingTable)
+        limit = self.max_header_list_size
+        hit = self._cache.get(data) if raw else None
+        if hit is not None and hit[0] == table.generation and hit[1] == limit:
+            return list(hit[2])
+        generation = table.generation
+        headers = list(super().decode(data, raw))
+        if raw and table.generation == generation:
+            cache = self._cache
+            if len(cache) >= _HPACK_CACHE_SIZE:
+                cache.clear()
+            cache[bytes(data)] = (generation, limit, list(headers))
+        return headers
+
+
 class _H2Connection(H2Connection):
     """h2's connection with four behaviours brought in line with RFC 9113, and the size
     of its outgoing buffer (``pending_output``), which h2 does not expose.
@@ -175,6 +361,16 @@ class _H2Connection(H2Connection):
         buffer = _FrameBuffer(server=True)
         buffer.max_frame_size = self.incoming_buffer.max_frame_size
         self.incoming_buffer = buffer
+        # The fast reader's frame types are dispatched as their hyperframe bases.
+        table = self._frame_dispatch_table
+        table[_ReceivedHeadersFrame] = table[HeadersFrame]
+        table[_ReceivedDataFrame] = table[DataFrame]
+        # Same fresh HPACK contexts, with block caches (nothing was coded yet).
+        self.encoder = _CachingEncoder()
+        decoder = _CachingDecoder()
+        decoder.max_header_list_size = self.decoder.max_header_list_size
+        decoder.max_allowed_table_size = self.decoder.max_allowed_table_size
+        self.decoder = decoder
         #: What HPACK may decode of one header block before the connection fails (set by
         #: H2Protocol); blocks between SETTINGS_MAX_HEADER_LIST_SIZE and this get 431.
         self.max_decoded_block = self.decoder.max_header_list_size
@@ -189,6 +385,82 @@ class _H2Connection(H2Connection):
     def pending_output(self) -> int:
         """Bytes h2 has framed that ``data_to_send`` has not handed out yet."""
         return len(self._data_to_send)
+
+    def send_head(
+        self, stream_id: int, block: list[tuple[bytes, bytes]], end_stream: bool, final: bool
+    ) -> None:
+        """``send_headers`` for a response head (``final``) or a 1xx one: the same stream
+        and connection state changes, HPACK coding and HEADERS/CONTINUATION frames
+        (RFC 9113 §6.2, §6.10) as h2 makes, without its generic header handling (the
+        block is bytes, lower-case, connection-specific fields dropped) or hyperframe
+        objects. Raises ProtocolError as h2 does on a stream that cannot send."""
+        if end_stream and not final:
+            raise ProtocolError("Cannot set END_STREAM on informational responses.")
+        stream = self._get_stream_by_id(stream_id)
+        if self.state_machine.state is not ConnectionState.SERVER_OPEN:
+            # SERVER_OPEN stays SERVER_OPEN on SEND_HEADERS; any other state decides.
+            self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        stream.state_machine.process_input(
+            StreamInputs.SEND_HEADERS if final else StreamInputs.SEND_INFORMATIONAL_HEADERS
+        )
+        encoder = self.encoder
+        assert isinstance(encoder, _CachingEncoder)
+        encoded = encoder.encode_block(block)
+        flags = _END_HEADERS
+        if end_stream:
+            stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+            flags |= _END_STREAM
+        out = self._data_to_send
+        size = len(encoded)
+        limit = self.max_outbound_frame_size
+        if size <= limit:
+            out += _FRAME_HEADER.pack(size << 8 | _HEADERS, flags, stream_id)
+            out += encoded
+            return
+        # END_STREAM stays on the HEADERS frame; END_HEADERS moves to the last fragment.
+        out += _FRAME_HEADER.pack(limit << 8 | _HEADERS, flags & _END_STREAM, stream_id)
+        out += encoded[:limit]
+        for start in range(limit, size, limit):
+            piece = encoded[start : start + limit]
+            last = start + limit >= size
+            head = len(piece) << 8 | _CONTINUATION
+            out += _FRAME_HEADER.pack(head, _END_HEADERS if last else 0, stream_id)
+            out += piece
+
+    def fits(self, stream_id: int, size: int) -> bool:
+        """Whether a ``size``-byte DATA frame on ``stream_id`` fits the frame size and both
+        flow-control windows now (False for a stream that can no longer send)."""
+        stream = self.streams.get(stream_id)
+        return (
+            stream is not None
+            and size <= self.max_outbound_frame_size
+            and size <= stream.outbound_flow_control_window
+            and size <= self.outbound_flow_control_window
+        )
+
+    def send_data_frame(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        """``send_data`` without padding: the same flow-control and state changes and the
+        same DATA frame (RFC 9113 §6.1), without hyperframe objects. Raises ProtocolError
+        (FlowControlError, FrameTooLargeError, StreamClosedError) as h2 does."""
+        stream = self._get_stream_by_id(stream_id)
+        size = len(data)
+        if size > stream.outbound_flow_control_window or size > self.outbound_flow_control_window:
+            raise FlowControlError(f"cannot send {size} bytes: flow control window")
+        if size > self.max_outbound_frame_size:
+            raise FrameTooLargeError(f"cannot send a {size}-byte frame")
+        if self.state_machine.state is not ConnectionState.SERVER_OPEN:
+            self.state_machine.process_input(ConnectionInputs.SEND_DATA)  # as above
+        stream.state_machine.process_input(StreamInputs.SEND_DATA)
+        flags = 0
+        if end_stream:
+            stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+            flags = _END_STREAM
+        stream.outbound_flow_control_window -= size
+        self.outbound_flow_control_window -= size
+        out = self._data_to_send
+        out += _FRAME_HEADER.pack(size << 8 | _DATA, flags, stream_id)
+        if size:
+            out += data
 
     def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[H2Event]]:
         try:
@@ -248,6 +520,11 @@ class _H2Connection(H2Connection):
         event.additional_data = frame.additional_data or None
         return [], [event]
 
+
+#: What ``parse_request_fields`` returns.
+_Parsed = tuple[bytes, bytes | None, bytes | None, bytes | None, bytes | None, Headers, int | None]
+#: Distinct request header lists remembered per connection, parsed.
+_PARSED_CACHE_SIZE = 32
 
 #: Streams refused for being over the concurrency limit before the connection is closed
 #: with ENHANCE_YOUR_CALM (a client that keeps resetting and reopening).
@@ -415,6 +692,8 @@ class H2Protocol:
         self._draining = False
         #: The last stream id our GOAWAY announced (RFC 9113 §6.8); ``None`` before it.
         self._last_stream_id: int | None = None
+        #: Request header blocks already checked and split (see ``_on_request``).
+        self._parsed: dict[tuple[tuple[bytes, bytes], ...], _Parsed] = {}
         self._preface_received = False
         self._preface_deadline = now + config.header_read_timeout
         #: When the last stream went (or the connection started): the keep-alive clock.
@@ -566,18 +845,32 @@ class H2Protocol:
             # processed; REFUSED_STREAM tells the client it may retry them elsewhere.
             self._h2_reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        if field_section_size(ev.headers) > self._config.max_header_bytes:
-            # RFC 9113 §10.5.1: a larger header section than we accept gets 431 (RFC 6585
-            # §5); the stream never reaches the app and the connection carries on.
-            self._conn.send_headers(stream_id, [(b":status", b"431")], end_stream=True)
-            if ev.stream_ended is None:
-                # §8.1: the response is complete; the request body is not wanted.
-                self._h2_reset(stream_id, ErrorCodes.NO_ERROR)
-            return
+        raw = ev.headers
         try:
-            method, path, scheme, authority, protocol, headers, length = parse_request_fields(
-                ev.headers
-            )
+            # A client repeating a request sends the same fields (the same all-indexed
+            # HPACK block): its checks and split are reused; the header list is copied.
+            key = tuple(raw)
+            parsed = self._parsed.get(key)
+        except TypeError:  # pragma: no cover - h2 always gives tuples of bytes
+            key, parsed = None, None
+        if parsed is None:
+            if field_section_size(raw) > self._config.max_header_bytes:
+                # RFC 9113 §10.5.1: a larger header section than we accept gets 431 (RFC
+                # 6585 §5); the stream never reaches the app and the connection carries on.
+                self._conn.send_headers(stream_id, [(b":status", b"431")], end_stream=True)
+                if ev.stream_ended is None:
+                    # §8.1: the response is complete; the request body is not wanted.
+                    self._h2_reset(stream_id, ErrorCodes.NO_ERROR)
+                return
+        try:
+            if parsed is None:
+                parsed = parse_request_fields(raw)
+                if key is not None:
+                    if len(self._parsed) >= _PARSED_CACHE_SIZE:
+                        self._parsed.clear()
+                    self._parsed[key] = parsed
+            method, path, scheme, authority, protocol, headers, length = parsed
+            headers = headers.copy()  # the app's own list, never the cached one
             if length and ev.stream_ended is not None:
                 # §8.1.1: content-length says a body follows, END_STREAM says none does.
                 raise Malformed("content-length without DATA")
@@ -698,7 +991,7 @@ class H2Protocol:
         if end_stream:
             stream.local_ended = stream.sent_end = True
         try:
-            self._conn.send_headers(stream_id, block, end_stream=end_stream)
+            self._conn.send_head(stream_id, block, end_stream, not 100 <= status < 200)
         except ProtocolError:
             self._drop_output(stream)
 
@@ -710,7 +1003,7 @@ class H2Protocol:
         block: Headers = [(b":status", _STATUS_BYTES[status])]
         block += [f for f in headers if f[0] not in DROPPED_RESPONSE_FIELDS]
         try:
-            self._conn.send_headers(stream_id, block)
+            self._conn.send_head(stream_id, block, False, False)
         except ProtocolError:
             self._drop_output(stream)
 
@@ -723,6 +1016,25 @@ class H2Protocol:
             return
         if end_stream:
             stream.local_ended = True
+        conn = self._conn
+        if not stream.buffered and stream_id not in self._blocked:
+            # Nothing waits before it: frame it now if the windows allow (the usual case),
+            # exactly as the buffered path would, without buffering it first.
+            if type(data) is not bytes:
+                data = bytes(data)
+            if conn.fits(stream_id, len(data)):
+                try:
+                    conn.send_data_frame(stream_id, data, end_stream)
+                except ProtocolError:
+                    self._drop_output(stream)
+                    return
+                if data:
+                    self._data_frames_sent += 1
+                if end_stream:
+                    stream.end_pending = stream.sent_end = True
+                if stream.done:
+                    self._maybe_remove(stream)
+                return
         if data:
             if type(data) is not bytes:
                 data = bytes(data)  # keep no view of a buffer the caller may reuse
@@ -992,7 +1304,7 @@ class H2Protocol:
                 last = not stream.buffered and stream.end_pending and stream.trailers is None
                 if last:
                     stream.sent_end = True
-                conn.send_data(stream_id, piece, end_stream=last)
+                conn.send_data_frame(stream_id, piece, last)
                 self._data_frames_sent += 1
                 sent = True
             if stream.end_pending and not stream.sent_end:
@@ -1000,7 +1312,7 @@ class H2Protocol:
                 if stream.trailers is not None:
                     conn.send_headers(stream_id, stream.trailers, end_stream=True)
                 else:
-                    conn.send_data(stream_id, b"", end_stream=True)
+                    conn.send_data_frame(stream_id, b"", True)
         except ProtocolError:
             # The stream closed under us (h2 refuses): nothing more can be sent on it.
             self._drop_output(stream)

@@ -256,6 +256,32 @@ class Listener:
         transport, protocol = await loop.connect_accepted_socket(_StreamProtocol, conn)
         return _AsyncioSocketStream(transport, protocol)
 
+    def accept_nowait(self) -> socket.socket | None:
+        """A connection already waiting in the backlog, or ``None`` if there is none.
+
+        The accept loop drains the backlog with this after each ``accept``: one
+        ``accept`` a loop turn starves new clients while the server is busy, because a
+        turn then runs every busy connection's work (issue 11: under h2load's 50 TLS
+        connections the last ten waited over 2 s to be accepted). OSError (EMFILE, a
+        closed socket) propagates, as from ``accept``. Make the stream with ``open``.
+        """
+        try:
+            conn, _ = self.socket.accept()
+        except (BlockingIOError, InterruptedError):
+            return None
+        conn.setblocking(False)
+        return conn
+
+    async def open(self, conn: socket.socket) -> anyio.abc.SocketStream:
+        """The stream ``accept`` would have made of the accepted socket ``conn``."""
+        if self._inet:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not self._asyncio:
+            return _SendFirstSocketStream(await anyio.abc.SocketStream.from_socket(conn))
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.connect_accepted_socket(_StreamProtocol, conn)
+        return _AsyncioSocketStream(transport, protocol)
+
     async def aclose(self) -> None:
         """Stop listening."""
         if self._anyio_listener is not None:

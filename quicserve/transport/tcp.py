@@ -9,11 +9,14 @@ Rules:
 * A connection takes a slot in the registry before it is accepted, so the server stops
   accepting at ``max_connections`` instead of failing requests.
 * Accept errors such as EMFILE are logged and retried after a pause, never fatal.
+* Each wake-up takes every connection waiting in the backlog (up to ``_ACCEPT_BURST``
+  and the free slots), so a busy server does not make new clients wait a loop turn each.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -31,6 +34,10 @@ if TYPE_CHECKING:
     from ..registry import ConnectionRegistry
 
 logger = logging.getLogger("quicserve.error")
+
+#: Connections taken from the backlog per wake-up of the accept loop, on top of the one
+#: ``accept`` returned (asyncio's own servers take up to their backlog, 100).
+_ACCEPT_BURST = 100
 
 
 @dataclass(slots=True)
@@ -86,3 +93,36 @@ async def accept_loop(
             registry.release_slot()
             raise
         task_group.start_soon(serve, stream, endpoint)
+        # Take every connection already queued now, not one per loop turn (see
+        # Listener.accept_nowait); each makes its stream in its own task.
+        for _ in range(_ACCEPT_BURST):
+            if not registry.try_acquire_slot():
+                break
+            try:
+                conn = listener.accept_nowait()
+            except OSError:
+                conn = None  # the next accept() meets the error and reports it
+            if conn is None:
+                registry.release_slot()
+                break
+            task_group.start_soon(_open_and_serve, conn, endpoint, registry, serve)
+
+
+async def _open_and_serve(
+    conn: socket.socket,
+    endpoint: TCPEndpoint,
+    registry: ConnectionRegistry,
+    serve: Callable[[anyio.abc.SocketStream, TCPEndpoint], Coroutine[Any, Any, None]],
+) -> None:
+    try:
+        stream = await endpoint.listener.open(conn)
+    except OSError:
+        # The peer hung up before its stream was made: nothing to serve.
+        conn.close()
+        registry.release_slot()
+        return
+    except BaseException:
+        conn.close()
+        registry.release_slot()
+        raise
+    await serve(stream, endpoint)

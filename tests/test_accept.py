@@ -1,0 +1,63 @@
+"""The TCP accept loop takes every connection waiting in the backlog at once.
+
+One ``accept`` per event-loop turn made new clients of a busy server wait a turn each,
+and a turn then runs every busy connection's work: under h2load's 50 TLS connections
+(asyncio) the last ten were accepted more than 2 s after they connected, which is what
+made ``h2load -D`` hang (issue 11). Here the clients are already in the kernel's backlog;
+the loop must hand all of them to ``serve`` within a few scheduler turns, on asyncio,
+uvloop and trio, and never take more than the registry's free slots.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import pytest
+
+from quicserve.registry import ConnectionRegistry
+from quicserve.transport.sockets import Listener, create_listening_socket
+from quicserve.transport.tcp import TCPEndpoint, accept_loop
+
+pytestmark = pytest.mark.anyio
+
+#: Scheduler turns the loop gets; one accept per turn would serve only a few clients.
+_TURNS = 8
+
+
+async def _accept_waiting(clients: int, max_connections: int) -> list[anyio.abc.SocketStream]:
+    """Connect ``clients`` sockets, then give the accept loop ``_TURNS`` turns."""
+    sock = create_listening_socket("127.0.0.1", 0)
+    endpoint = TCPEndpoint(Listener(sock), None, None)
+    registry = ConnectionRegistry(max_connections)
+    served: list[anyio.abc.SocketStream] = []
+
+    async def serve(stream: anyio.abc.SocketStream, _endpoint: TCPEndpoint) -> None:
+        served.append(stream)
+
+    peers = [socket.create_connection(endpoint.address, timeout=5) for _ in range(clients)]
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(accept_loop, endpoint, registry, tg, serve)
+            for _ in range(_TURNS):
+                await anyio.lowlevel.checkpoint()
+            tg.cancel_scope.cancel()
+        for stream in served:
+            await stream.aclose()
+    finally:
+        for peer in peers:
+            peer.close()
+        await endpoint.listener.aclose()
+    return served
+
+
+async def test_the_whole_backlog_is_accepted_in_a_few_turns() -> None:
+    served = await _accept_waiting(clients=40, max_connections=1000)
+    assert len(served) == 40
+
+
+async def test_a_burst_takes_no_more_than_the_free_slots() -> None:
+    served = await _accept_waiting(clients=12, max_connections=5)
+    assert len(served) == 5
