@@ -195,7 +195,7 @@ async def test_websocket_over_http2(
     # than the default 5 s keep-alive after the page arrived, the server closed the idle
     # connection, and the WebSocket came over HTTP/1.1 (reproduced by delaying the script
     # 0.5 s with keep_alive_timeout=0.05). This test is about RFC 8441: keep it open.
-    # Even so, in 2 of about 40 loaded full-suite runs Chromium opened the WebSocket on a
+    # Even so, twice in full-suite runs on a loaded machine Chromium opened the WebSocket on a
     # fresh HTTP/1.1 connection with the page's HTTP/2 connection still open (cause inside
     # Chromium's session pool, not found; never reproduced alone). The page then tries once
     # more, and the test requires that the WebSocket it reports came over HTTP/2.
