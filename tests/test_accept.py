@@ -11,6 +11,7 @@ uvloop and trio, and never take more than the registry's free slots.
 from __future__ import annotations
 
 import socket
+import struct
 
 import anyio
 import anyio.abc
@@ -61,3 +62,43 @@ async def test_the_whole_backlog_is_accepted_in_a_few_turns() -> None:
 async def test_a_burst_takes_no_more_than_the_free_slots() -> None:
     served = await _accept_waiting(clients=12, max_connections=5)
     assert len(served) == 5
+
+
+async def test_peers_that_reset_in_the_backlog_do_not_end_the_loop() -> None:
+    """Clients that connect and reset (RST) before the server made their streams: each is
+    dropped and its slot freed, and the loop goes on to serve a well-behaved client (trio's
+    stream constructor raised ValueError for such a socket, which ended the whole server in
+    a CI run of tests/test_cli.py)."""
+    sock = create_listening_socket("127.0.0.1", 0)
+    endpoint = TCPEndpoint(Listener(sock), None, None)
+    # Three slots: had a reset peer kept its slot, the good client could not be served.
+    registry = ConnectionRegistry(3)
+    good_served = anyio.Event()
+
+    async def serve(stream: anyio.abc.SocketStream, _endpoint: TCPEndpoint) -> None:
+        # Like the real serve: it owns the slot and frees it when the connection ends.
+        try:
+            with anyio.fail_after(2):
+                if await stream.receive() == b"good":
+                    good_served.set()
+        except (anyio.BrokenResourceError, anyio.EndOfStream, OSError):
+            pass  # a reset peer
+        await stream.aclose()
+        registry.release_slot()
+
+    for _ in range(20):
+        peer = socket.create_connection(endpoint.address, timeout=5)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # RST: the server's accepted socket is no longer connected
+    good = socket.create_connection(endpoint.address, timeout=5)
+    good.sendall(b"good")
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(accept_loop, endpoint, registry, tg, serve)
+            with anyio.move_on_after(5):
+                await good_served.wait()
+            tg.cancel_scope.cancel()
+    finally:
+        good.close()
+        await endpoint.listener.aclose()
+    assert good_served.is_set()

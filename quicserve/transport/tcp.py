@@ -116,8 +116,9 @@ async def _open_and_serve(
 ) -> None:
     try:
         stream = await endpoint.listener.open(conn)
-    except OSError:
-        # The peer hung up before its stream was made: nothing to serve.
+    except (OSError, ValueError):
+        # The peer hung up before its stream was made: nothing to serve. (anyio's trio
+        # stream refuses a socket that is no longer connected with ValueError.)
         conn.close()
         registry.release_slot()
         return
