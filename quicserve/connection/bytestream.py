@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import ssl
 import time
 from typing import TYPE_CHECKING
@@ -37,13 +38,12 @@ import anyio.lowlevel
 from anyio.streams.tls import TLSAttribute, TLSStream
 
 from ..addresses import peer_address
-from ..connection_info import HTTP1_CAPABILITIES, HTTP2_CAPABILITIES, ConnectionInfo
+from ..connection_info import ConnectionInfo
 from ..lowlevel import Wakeup
 from ..protocol.base import ByteStreamProtocol
-from ..protocol.engines import new_http1_protocol
-from ..protocol.http1 import H2CUpgrade, switching_response
-from ..protocol.http1_rules import HTTP1Connection
-from .driver import ConnectionDriver
+from ..protocol.http1 import switching_response
+from .bytebase import ByteStreamBase, preface_verdict, start_protocol
+from .callback import serve_callback_connection
 
 if TYPE_CHECKING:
     from ..registry import ConnectionRecord
@@ -52,25 +52,24 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("quicserve.error")
 
-# RFC 9113 §3.4: the client connection preface.
-_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _READ_SIZE = 65536
 #: A reader whose peer keeps its socket full never waits in ``receive`` on asyncio (the
 #: bytes are there already), so it lets the other tasks run at least this often (s).
 _READ_SLICE = 0.005
-#: HTTP/2 reads no more from a peer while this much (or the write budget, if smaller) of
-#: what it asked for is framed or being written and it does not read. Low, because each
-#: PING or SETTINGS it sends costs ~30 us of h2 and makes a frame to answer: filling a
-#: 1 MiB budget with PING ACKs would take 2 s of CPU.
-_READ_PAUSE = 64 * 1024
 
 _current_time = time.monotonic
 
 
 async def serve_connection(
-    stream: anyio.abc.SocketStream, endpoint: TCPEndpoint, context: ServerContext
+    stream: anyio.abc.SocketStream | socket.socket, endpoint: TCPEndpoint, context: ServerContext
 ) -> None:
-    """Handshake, choose HTTP/1.1 or HTTP/2, and serve the connection to its end."""
+    """Handshake, choose HTTP/1.1 or HTTP/2, and serve the connection to its end.
+
+    An accepted plain socket (asyncio and uvloop) is served callback-driven
+    (``connection/callback.py``); an anyio stream (trio) by :class:`ByteStreamDriver`."""
+    if isinstance(stream, socket.socket):
+        await serve_callback_connection(stream, endpoint, context)
+        return
     config = context.config
     try:
         client = peer_address(stream.extra(anyio.abc.SocketAttribute.remote_address))
@@ -85,7 +84,6 @@ async def serve_connection(
         byte_stream: anyio.abc.ByteStream = stream
         initial = b""
         tls = None
-        alt_svc = None
         with anyio.move_on_after(config.header_read_timeout) as scope:
             if endpoint.ssl_context is not None:
                 try:
@@ -105,32 +103,12 @@ async def serve_connection(
                 assert endpoint.tls_info is not None
                 tls = endpoint.tls_info.build(tls_stream.extra(TLSAttribute.ssl_object))
                 use_h2 = alpn == "h2"
-                alt_svc = context.alt_svc
             else:
                 initial, use_h2 = await _sniff_preface(stream)
         if scope.cancelled_caught:
             await _aclose(byte_stream)
             return
-        now = _current_time()
-        base = ConnectionInfo(
-            http_version="1.1",
-            scheme="https" if tls is not None else "http",
-            client=client,
-            server=server,
-            capabilities=HTTP1_CAPABILITIES,
-            tls=tls,
-            alt_svc=alt_svc,
-        )
-        if use_h2:
-            from ..protocol.http2 import H2Protocol
-
-            info = base.with_protocol("2", HTTP2_CAPABILITIES)
-            protocol: ByteStreamProtocol = H2Protocol(config, now)
-            record.alpn = "h2" if tls is not None else "h2c"
-        else:
-            info = base
-            protocol = new_http1_protocol(config, now, allow_h2c=tls is None)
-            record.alpn = "http/1.1"
+        info, protocol = start_protocol(context, record, client, server, tls, use_h2)
         connection = ByteStreamDriver(context, byte_stream, info, protocol, record)
         context.registry.attach(record, connection)
         await connection.run(initial)
@@ -152,17 +130,13 @@ async def _sniff_preface(stream: anyio.abc.SocketStream) -> tuple[bytes, bool]:
         except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
             return data, False
         data += chunk
-        size = min(len(data), len(_H2_PREFACE))
-        if data[:size] != _H2_PREFACE[:size]:
-            return data, False
-        if size == len(_H2_PREFACE):
-            return data, True
+        verdict = preface_verdict(data)
+        if verdict is not None:
+            return data, verdict
 
 
-class ByteStreamDriver(ConnectionDriver):
-    """Serves HTTP/1.1 or HTTP/2 on one connected byte stream until it closes."""
-
-    protocol: ByteStreamProtocol
+class ByteStreamDriver(ByteStreamBase):
+    """Serves HTTP/1.1 or HTTP/2 on one connected anyio byte stream until it closes."""
 
     def __init__(
         self,
@@ -177,15 +151,12 @@ class ByteStreamDriver(ConnectionDriver):
         self._writing = False
         #: Bytes of the write in progress (handed to the socket, not yet accepted by it).
         self._in_flight = 0
-        self._read_budget = min(self._budget, _READ_PAUSE)
         self._drained: Wakeup | None = None
-        self._batch_writes = info.capabilities.multiplexed
         self._reader_scope: anyio.CancelScope | None = None
         self._read_wakeup: Wakeup | None = None
         self._timer_wakeup: Wakeup | None = None
         self._timer_target = math.inf
         self._flush_requested = False
-        self._upgrade: H2CUpgrade | None = None
 
     # -- the read loop -----------------------------------------------------------------
 
@@ -289,78 +260,30 @@ class ByteStreamDriver(ConnectionDriver):
             self._read_wakeup.set()
             self._read_wakeup = None
 
-    def _receive(self, data: bytes) -> None:
-        self.protocol.receive_data(data, _current_time())
-        self._dispatch()
-
     def _on_credit(self) -> None:
         if self._batch_writes:
             # HTTP/2: the credit became WINDOW_UPDATE frames that must be written now; a
             # peer that used up its window sends nothing until it sees them, so waiting
             # for the next write would deadlock a large upload. The timer task writes.
-            self._flush_requested = True
-            self._wake_timer()
+            self._request_flush()
         if self._read_wakeup is not None and self.protocol.wants_read():
             self._read_wakeup.set()
             self._read_wakeup = None
 
-    def _on_other_event(self, event: object) -> None:
-        if type(event) is H2CUpgrade:
-            self._upgrade = event
-
     async def _switch_to_h2c(self) -> None:
-        # RFC 7540 §3.2: 101, then the server preface; the request becomes stream 1.
-        from ..protocol.http2 import H2Protocol
-
         upgrade = self._upgrade
         assert upgrade is not None
         self._upgrade = None
         await self._write_out()  # anything h11 still had, then the 101
         await self._send(switching_response())
-        request = upgrade.request
-        self._batch_writes = True
-        self._max_runners = 1_000_000
-        self.protocol = H2Protocol.from_h2c_upgrade(
-            self.config, _current_time(), upgrade.settings, request
-        )
-        self._info = self._info.with_protocol("2", HTTP2_CAPABILITIES)
-        self._record.alpn = "h2c"
-        self._dispatch()
-        if upgrade.trailing_data:
-            self._receive(upgrade.trailing_data)
+        self._become_h2c(upgrade)
         await self._write_out()
 
-    # -- the StreamHost interface used by HTTPStream ----------------------------------
-
-    async def flush(self, stream_id: int) -> None:
-        """As :meth:`ConnectionDriver.flush`; but on an HTTP/1.1 WebSocket tunnel, while
-        less than the write buffer is queued, the write is left to the timer task, so
-        the frames of a burst (an app echoing queued messages) leave in one write
-        instead of one syscall each (py-spy: 24% of an h1 echo was those writes)."""
-        protocol = self.protocol
-        if (
-            # Only HTTP/1.1 turns into a WebSocket tunnel.
-            isinstance(protocol, HTTP1Connection)
-            and protocol.tunnel
-            and protocol.pending() < self._buffer_limit
-            and not self._broken
-        ):
-            if not self._flush_requested:
-                self._flush_requested = True
-                self._wake_timer()
-            return
-        await super().flush(stream_id)
-
-    # -- shutdown ----------------------------------------------------------------------
-
-    def shutdown(self) -> None:
-        """Begin a graceful close: GOAWAY on HTTP/2, close-when-idle on HTTP/1.1."""
-        self.protocol.shutdown()
-        self._shutdown_streams()
-        # GOAWAY (HTTP/2) is written by the timer task, which belongs to this connection.
-        self._flush_requested = True
-        self._wake_timer()
-        self._poke_reader()
+    def _request_flush(self) -> None:
+        # The timer task writes: it belongs to this connection.
+        if not self._flush_requested:
+            self._flush_requested = True
+            self._wake_timer()
 
     def _poke_reader(self) -> None:
         # The protocol's state changed outside the read loop (a response ended, a

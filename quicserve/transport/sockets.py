@@ -238,6 +238,26 @@ class Listener:
             return (os.fsdecode(name), 0)
         return (str(name[0]), int(name[1]))
 
+    @property
+    def callback_io(self) -> bool:
+        """Whether connections are served callback-driven (asyncio and uvloop: see
+        ``transport/callback.py``), accepted with :meth:`accept_socket`."""
+        return self._asyncio
+
+    async def accept_socket(self) -> socket.socket:
+        """The next connection as a plain non-blocking socket (asyncio only), with
+        TCP_NODELAY set."""
+        loop = asyncio.get_running_loop()
+        try:
+            conn, _ = await loop.sock_accept(self.socket)
+        except OSError as exc:
+            if self.socket.fileno() < 0:
+                raise anyio.ClosedResourceError from exc
+            raise
+        if self._inet:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
     async def accept(self) -> anyio.abc.SocketStream:
         """The next connection, with TCP_NODELAY set."""
         if not self._asyncio:

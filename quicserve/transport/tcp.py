@@ -72,15 +72,24 @@ async def accept_loop(
     endpoint: TCPEndpoint,
     registry: ConnectionRegistry,
     task_group: anyio.abc.TaskGroup,
-    serve: Callable[[anyio.abc.SocketStream, TCPEndpoint], Coroutine[Any, Any, None]],
+    serve: Callable[
+        [anyio.abc.SocketStream | socket.socket, TCPEndpoint], Coroutine[Any, Any, None]
+    ],
 ) -> None:
     """Accept connections until cancelled; ``serve(stream, endpoint)`` runs each in
-    ``task_group`` (it owns the registry slot taken for it)."""
+    ``task_group`` (it owns the registry slot taken for it). On asyncio and uvloop the
+    stream is the accepted socket itself, to be served callback-driven
+    (``transport/callback.py``); elsewhere an anyio socket stream."""
     listener = endpoint.listener
+    callback_io = listener.callback_io
     while True:
         await registry.acquire_slot()
         try:
-            stream = await listener.accept()
+            stream: anyio.abc.SocketStream | socket.socket
+            if callback_io:
+                stream = await listener.accept_socket()
+            else:
+                stream = await listener.accept()
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             registry.release_slot()
             return

@@ -1,0 +1,228 @@
+"""Callback-driven TCP, TLS and Unix connections on asyncio and uvloop.
+
+On asyncio an accepted socket can be served without a reader task: the loop calls
+``data_received`` as bytes arrive and ``transport.write`` takes bytes without an await, as
+Uvicorn's ``asyncio.Protocol`` does. Per request that saves the reader task's wake-up, its
+future and the stream adapter's ``receive``/``send`` (profiled with py-spy under wrk, issue
+11). :class:`CallbackConnection` is that ``asyncio.Protocol``; it knows nothing about HTTP:
+it forwards every event to the :class:`ByteSink` attached to it (the byte-stream driver in
+``connection/``), and offers the sink the few transport calls it needs (write, pause and
+resume reading, a timer, close).
+
+Before a sink is attached (during the TLS handshake, or while the first bytes tell HTTP/2
+prior knowledge from HTTP/1.1) it buffers what arrives; :meth:`CallbackConnection.receive_early`
+waits for it. :func:`open_callback_connection` wraps an accepted socket, doing the TLS
+handshake with asyncio's own SSL transport (ALPN included).
+
+Rules:
+
+* Only asyncio and uvloop come here (``Listener.callback_io``); trio keeps the anyio streams
+  of ``sockets.py``. Both feed the same driver logic; only the I/O differs.
+* ``pause_writing``/``resume_writing`` from the transport are passed to the sink, which turns
+  them into its write budget; the high-water mark is the sink's to set
+  (:meth:`CallbackConnection.set_write_limit`).
+* Writes hand the caller's object to the transport as is (no join, no copy here); asyncio's
+  own transport copies only what the socket did not take at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any, Protocol
+
+
+class ByteSink(Protocol):
+    """What a :class:`CallbackConnection` calls once a sink is attached."""
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes arrived (never empty)."""
+
+    def eof_received(self) -> None:
+        """The peer ended its side (it may still read)."""
+
+    def connection_lost(self) -> None:
+        """The connection is gone: nothing more can be written."""
+
+    def writing_paused(self) -> None:
+        """The transport holds more than the write limit."""
+
+    def writing_resumed(self) -> None:
+        """The transport drained below the low-water mark."""
+
+
+class CallbackConnection(asyncio.Protocol):
+    """One accepted connection on asyncio: events to a :class:`ByteSink`, writes to the
+    transport."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+        self.sink: ByteSink | None = None
+        self._early: list[bytes] = []
+        self._eof = False
+        self.lost = False
+        self.write_paused = False
+        #: Whether the transport reads (see :meth:`pause_reading`).
+        self.reading = True
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is not None:
+            sink.data_received(data)
+            return
+        self._early.append(data)
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self.sink is not None:
+            self.sink.eof_received()
+        else:
+            self._wake()
+        # Keep the write side open: the response to what was read still goes out (the
+        # sink closes the transport when it is done). SSL transports ignore this.
+        return True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = True
+        if self.sink is not None:
+            self.sink.connection_lost()
+        else:
+            self._wake()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.sink is not None:
+            self.sink.writing_paused()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.sink is not None:
+            self.sink.writing_resumed()
+
+    # -- before a sink is attached -----------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def receive_early(self) -> bytes:
+        """The bytes that arrived so far, waiting for some; ``b""`` at EOF or loss."""
+        while not self._early:
+            if self._eof or self.lost:
+                return b""
+            waiter = self._waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        data = b"".join(self._early)
+        self._early.clear()
+        return data
+
+    def attach(self, sink: ByteSink) -> None:
+        """From now on every event goes to ``sink``; an EOF or a loss that came before is
+        delivered at once (bytes taken with :meth:`receive_early` are the caller's)."""
+        self.sink = sink
+        if self._early:
+            data = b"".join(self._early)
+            self._early.clear()
+            sink.data_received(data)
+        if self.lost:
+            sink.connection_lost()
+        elif self._eof:
+            sink.eof_received()
+        elif self.write_paused:
+            sink.writing_paused()
+
+    # -- what the sink calls -----------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` (the transport writes what the socket takes now)."""
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def write_buffer_size(self) -> int:
+        """Bytes the transport holds, not yet taken by the socket."""
+        assert self.transport is not None
+        return self.transport.get_write_buffer_size()
+
+    def set_write_limit(self, high: int) -> None:
+        """``pause_writing`` past ``high`` bytes held, ``resume_writing`` below a quarter."""
+        assert self.transport is not None
+        self.transport.set_write_buffer_limits(high=high, low=high // 4)
+
+    def pause_reading(self) -> None:
+        """Stop reading from the socket (idempotent)."""
+        transport = self.transport
+        if self.reading and not self.lost and transport is not None:
+            self.reading = False
+            if not transport.is_closing():
+                transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read again (idempotent)."""
+        transport = self.transport
+        if not self.reading and not self.lost and transport is not None:
+            self.reading = True
+            if not transport.is_closing():
+                transport.resume_reading()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+        """Run ``callback`` after ``delay`` seconds (cancel the handle to forget it)."""
+        return self.loop.call_later(delay, callback)
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the loop has run what is ready now."""
+        self.loop.call_soon(callback)
+
+    def extra(self, name: str) -> Any:
+        """The transport's extra info ``name`` (``ssl_object``, ``peername``...)."""
+        assert self.transport is not None
+        return self.transport.get_extra_info(name)
+
+    def close(self) -> None:
+        """Close once what is queued has been written (idempotent)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping what is queued."""
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def open_callback_connection(
+    sock: socket.socket, ssl_context: ssl.SSLContext | None, handshake_timeout: float
+) -> CallbackConnection:
+    """Serve the accepted ``sock`` through a :class:`CallbackConnection`, after the TLS
+    handshake when ``ssl_context`` is given (raises ``ssl.SSLError``/``OSError`` if it
+    fails; the socket is closed then)."""
+    loop = asyncio.get_running_loop()
+    # The instance is ours, not what connect_accepted_socket returns: with TLS, uvloop
+    # returns its SSL protocol there instead of the app's.
+    connection = CallbackConnection()
+    try:
+        if ssl_context is None:
+            await loop.connect_accepted_socket(lambda: connection, sock)
+        else:
+            await loop.connect_accepted_socket(
+                lambda: connection,
+                sock,
+                ssl=ssl_context,
+                ssl_handshake_timeout=handshake_timeout,
+            )
+    except BaseException:
+        sock.close()
+        raise
+    return connection
