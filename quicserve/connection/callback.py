@@ -58,6 +58,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("quicserve.error")
 
 _current_time = time.monotonic
+#: Bytes fed to the protocol at a time: the stream driver's read size, and on TLS one
+#: record's worth, as anyio's TLS stream returns them.
+_READ_SIZE = 65536
+_TLS_READ_SIZE = 16384
 
 
 async def serve_callback_connection(
@@ -152,6 +156,7 @@ class CallbackDriver(ByteStreamBase):
         self._flush_scheduled = False
         #: HTTP/2: reading stopped because the peer does not read what it asked for.
         self._budget_paused = False
+        self._slice = _READ_SIZE if info.tls is None else _TLS_READ_SIZE
         self._set_write_limit()
 
     def _set_write_limit(self) -> None:
@@ -181,7 +186,14 @@ class CallbackDriver(ByteStreamBase):
             self._task_group = None
             self._cancel_timer()
             connection.sink = None
-            connection.close()
+            if self._info.tls is not None and (self._broken or connection.write_paused):
+                # A TLS close waits for the peer's close_notify while it reads (and
+                # decrypts) whatever the peer sends, for up to 30 s: a peer that does not
+                # read what it is owed (a PING flood) would have us decrypt its flood
+                # all that time. Nothing more reaches it anyway: drop the connection.
+                connection.abort()
+            else:
+                connection.close()
 
     # -- ByteSink: what the connection calls -------------------------------------------
 
@@ -190,12 +202,15 @@ class CallbackDriver(ByteStreamBase):
         self._record.bytes_in += len(data)
         if self._reading_done:
             return
-        if self._stash or not self.protocol.wants_read():
+        if self._stash or self._budget_paused or not self.protocol.wants_read():
             self._stash.append(data)
             self._conn.pause_reading()
             return
         try:
-            self._feed(data)
+            if len(data) > self._slice:
+                self._feed_slices(data)
+            else:
+                self._feed(data)
         except Exception:
             self._fail()
 
@@ -249,6 +264,22 @@ class CallbackDriver(ByteStreamBase):
             self._conn.pause_reading()
         self._arm_timer()
 
+    def _feed_slices(self, data: bytes) -> None:
+        # A transport hands over all it read (TLS: decrypted) at once, 256 KiB and more:
+        # feed it as the stream driver reads, a slice (TLS: a record) at a time, so that
+        # HTTP/2 stops at its read budget (a PING flood must not be parsed past it) and
+        # HTTP/1.1 at its read-ahead.
+        view = memoryview(data)
+        size = self._slice
+        for start in range(0, len(data), size):
+            if self._reading_done:
+                return
+            if self._budget_paused or not self.protocol.wants_read():
+                self._stash.appendleft(bytes(view[start:]))
+                self._conn.pause_reading()
+                return
+            self._feed(bytes(view[start : start + size]))
+
     def _end_reading(self) -> None:
         if not self._reading_done:
             self._reading_done = True
@@ -277,7 +308,11 @@ class CallbackDriver(ByteStreamBase):
             while stash and not self._reading_done and not self._budget_paused:
                 if not self.protocol.wants_read():
                     return
-                self._feed(stash.popleft())
+                data = stash.popleft()
+                if len(data) > self._slice:
+                    self._feed_slices(data)
+                else:
+                    self._feed(data)
         except Exception:
             self._fail()
             return
