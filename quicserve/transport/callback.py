@@ -21,8 +21,9 @@ Rules:
 * ``pause_writing``/``resume_writing`` from the transport are passed to the sink, which turns
   them into its write budget; the high-water mark is the sink's to set
   (:meth:`CallbackConnection.set_write_limit`).
-* Writes hand the caller's object to the transport as is (no join, no copy here); asyncio's
-  own transport copies only what the socket did not take at once.
+* Writes never copy the caller's bytes here. On the standard library's loop a big write
+  is handed to the transport a piece at a time (:class:`_StdlibConnection`), so asyncio
+  copies at most one piece; what is not handed over yet counts in ``write_buffer_size``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import asyncio
 import socket
 import ssl
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -209,13 +211,44 @@ _READ_BUFFER = 65536
 _buffers = threading.local()
 
 
-class _BufferedCallbackConnection(CallbackConnection, asyncio.BufferedProtocol):
-    """A :class:`CallbackConnection` that asyncio reads into a buffer shared by every
-    connection of the thread (``recv_into``), instead of ``recv(256 KiB)``: CPython
-    allocates those 256 KiB for every read and glibc maps and unmaps them, 50 us for
-    a 100-byte request (measured: ``recv(262144)`` 60 us, ``recv_into`` and a copy of
-    what came 11 us). The buffer is copied out before any other code runs, so one per
-    thread is enough. uvloop reads into its own buffer and needs none of this."""
+#: The most one ``transport.write`` is handed on asyncio (see :class:`_StdlibConnection`).
+_WRITE_PIECE = 256 * 1024
+
+
+class _StdlibConnection(CallbackConnection, asyncio.BufferedProtocol):
+    """A :class:`CallbackConnection` tuned for the standard library's event loop.
+
+    * Reads go into a buffer shared by every connection of the thread (``recv_into``)
+      instead of ``recv(256 KiB)``: CPython allocates those 256 KiB for every read and
+      glibc maps and unmaps them, 50 us for a 100-byte request (measured: ``recv(262144)``
+      60 us, ``recv_into`` and a copy of what came 11 us). The buffer is copied out before
+      any other code runs, so one per thread is enough.
+    * Big writes are handed over a piece at a time. asyncio copies what the socket did not
+      take into a ``bytearray`` and, as it drains, copies the rest again each time it
+      halves: one 64 MiB body message cost 2.6x uvloop's CPU. Here the transport holds at
+      most one piece; the rest stays a view of the caller's bytes and is handed over when
+      the transport has drained (its high-water mark is 0, so it says so), and the
+      write budget counts both.
+
+    uvloop reads into its own buffer and keeps unsent bytes without copying them: it
+    needs none of this.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._backlog: deque[memoryview] = deque()
+        self._backlog_size = 0
+        self._transport_paused = False
+        self._high = 65536
+        self._low = 16384
+        self._close_when_drained = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # Told of every byte the socket did not take, and of the moment all went out.
+        # (asyncio's SSL transport pauses at ``size >= high``: 1 there.)
+        tls = transport.get_extra_info("ssl_object") is not None
+        transport.set_write_buffer_limits(high=1 if tls else 0)  # type: ignore[attr-defined]
 
     def get_buffer(self, sizehint: int) -> memoryview:
         buffer: memoryview | None = getattr(_buffers, "view", None)
@@ -225,6 +258,75 @@ class _BufferedCallbackConnection(CallbackConnection, asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(bytes(_buffers.view[:nbytes]))
+
+    def pause_writing(self) -> None:
+        self._transport_paused = True
+
+    def resume_writing(self) -> None:
+        self._transport_paused = False
+        self._pump()
+        if self.write_paused and self.write_buffer_size() <= self._low:
+            self.write_paused = False
+            if self.sink is not None:
+                self.sink.writing_resumed()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._backlog.clear()
+        self._backlog_size = 0
+        super().connection_lost(exc)
+
+    def write(self, data: bytes) -> None:
+        if self._backlog or len(data) > _WRITE_PIECE:
+            self._backlog.append(memoryview(data))
+            self._backlog_size += len(data)
+            self._pump()
+        else:
+            assert self.transport is not None
+            self.transport.write(data)
+        if (
+            self._transport_paused
+            and not self.write_paused
+            and self.write_buffer_size() > self._high
+        ):
+            self.write_paused = True
+            if self.sink is not None:
+                self.sink.writing_paused()
+
+    def _pump(self) -> None:
+        backlog = self._backlog
+        transport = self.transport
+        assert transport is not None
+        while backlog and not self._transport_paused and not self.lost:
+            view = backlog[0]
+            if len(view) > _WRITE_PIECE:
+                piece = view[:_WRITE_PIECE]
+                backlog[0] = view[_WRITE_PIECE:]
+            else:
+                piece = backlog.popleft()
+            self._backlog_size -= len(piece)
+            transport.write(piece)
+        if self._close_when_drained and not backlog:
+            self._close_when_drained = False
+            transport.close()
+
+    def write_buffer_size(self) -> int:
+        assert self.transport is not None
+        return self.transport.get_write_buffer_size() + self._backlog_size
+
+    def set_write_limit(self, high: int) -> None:
+        self._high = high
+        self._low = high // 4
+
+    def close(self) -> None:
+        if self._backlog and not self.lost:
+            self._close_when_drained = True  # the rest is handed over first
+            return
+        super().close()
+
+    def abort(self) -> None:
+        self._backlog.clear()
+        self._backlog_size = 0
+        super().abort()
 
 
 async def open_callback_connection(
@@ -237,9 +339,7 @@ async def open_callback_connection(
     # The instance is ours, not what connect_accepted_socket returns: with TLS, uvloop
     # returns its SSL protocol there instead of the app's.
     connection = (
-        CallbackConnection()
-        if type(loop).__module__.startswith("uvloop")
-        else _BufferedCallbackConnection()
+        CallbackConnection() if type(loop).__module__.startswith("uvloop") else _StdlibConnection()
     )
     try:
         if ssl_context is None:
