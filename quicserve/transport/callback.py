@@ -71,11 +71,13 @@ class CallbackConnection(asyncio.Protocol):
         #: Whether the transport reads (see :meth:`pause_reading`).
         self.reading = True
         self._waiter: asyncio.Future[None] | None = None
+        self._tls = False
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._tls = transport.get_extra_info("ssl_object") is not None
 
     def data_received(self, data: bytes) -> None:
         sink = self.sink
@@ -92,8 +94,8 @@ class CallbackConnection(asyncio.Protocol):
         else:
             self._wake()
         # Keep the write side open: the response to what was read still goes out (the
-        # sink closes the transport when it is done). SSL transports ignore this.
-        return True
+        # sink closes the transport when it is done). A TLS transport closes anyway.
+        return not self._tls
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost = True
@@ -247,8 +249,7 @@ class _StdlibConnection(CallbackConnection, asyncio.BufferedProtocol):
         super().connection_made(transport)
         # Told of every byte the socket did not take, and of the moment all went out.
         # (asyncio's SSL transport pauses at ``size >= high``: 1 there.)
-        tls = transport.get_extra_info("ssl_object") is not None
-        transport.set_write_buffer_limits(high=1 if tls else 0)  # type: ignore[attr-defined]
+        transport.set_write_buffer_limits(high=1 if self._tls else 0)  # type: ignore[attr-defined]
 
     def get_buffer(self, sizehint: int) -> memoryview:
         buffer: memoryview | None = getattr(_buffers, "view", None)
@@ -307,7 +308,9 @@ class _StdlibConnection(CallbackConnection, asyncio.BufferedProtocol):
             transport.write(piece)
         if self._close_when_drained and not backlog:
             self._close_when_drained = False
-            transport.close()
+            # Not from inside the transport's own write callback (this may be one):
+            # asyncio would then report the loss twice.
+            self.loop.call_soon(super().close)
 
     def write_buffer_size(self) -> int:
         assert self.transport is not None
