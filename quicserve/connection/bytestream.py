@@ -1,7 +1,13 @@
 """The byte-stream driver: HTTP/1.1 or HTTP/2 over one connected TCP, TLS or Unix stream.
 
-It is the glue between a TCP (or TLS) byte stream, the HTTP/1.1 or HTTP/2 protocol
-object that parses it, and the streams that run the app. It owns:
+:func:`serve_connection` is where every accepted TCP connection starts. On asyncio and
+uvloop it is a plain socket, served callback-driven by ``connection/callback.py``; on trio
+an anyio stream, served by :class:`ByteStreamDriver` here. Both are one
+:class:`~quicserve.connection.bytebase.ByteStreamBase`: the same protocol choice, events
+and streams; only the I/O differs.
+
+:class:`ByteStreamDriver` is the glue between a TCP (or TLS) byte stream, the HTTP/1.1 or
+HTTP/2 protocol object that parses it, and the streams that run the app. It owns:
 
 * the read loop: bytes in -> ``protocol.receive_data`` -> events dispatched to streams;
   reading pauses while ``protocol.wants_read()`` is false (request backpressure) and the

@@ -11,7 +11,9 @@ one-shot wake-up for it): a :class:`Listener`'s ``accept`` gives an
   chunks that put trio at 1.3x asyncio's CPU per GiB on HTTP/1.1 downloads, and the
   sync-first send brings it to 1.0-1.05x (py-spy and wrk, issue 11).
 * On asyncio and uvloop it is :class:`_AsyncioSocketStream`, a thin asyncio ``Protocol``
-  adapter. anyio's asyncio stream pauses and resumes the transport around every
+  adapter (the metrics listener's; HTTP connections there are accepted as plain sockets,
+  :meth:`Listener.accept_socket`, and served callback-driven: ``transport/callback.py``).
+  anyio's asyncio stream pauses and resumes the transport around every
   ``receive`` (two ``epoll_ctl`` calls per read) and yields to the loop on every ``send``;
   at tens of thousands of small requests a second that was a third of the server's time
   (profiled with py-spy). This adapter keeps reading until its buffer passes a high-water
