@@ -135,6 +135,13 @@ class ByteStreamBase(ConnectionDriver):
         less than the write buffer is queued, the write is left to the connection, so
         the frames of a burst (an app echoing queued messages) leave in one write
         instead of one syscall each (py-spy: 24% of an h1 echo was those writes)."""
+        if self._defer_tunnel_write():
+            return
+        await super().flush(stream_id)
+
+    def _defer_tunnel_write(self) -> bool:
+        """On an HTTP/1.1 WebSocket tunnel with less than the write buffer queued, leave
+        the write to the connection (see :meth:`flush`); whether it did."""
         protocol = self.protocol
         if (
             # Only HTTP/1.1 turns into a WebSocket tunnel.
@@ -144,8 +151,8 @@ class ByteStreamBase(ConnectionDriver):
             and not self._broken
         ):
             self._request_flush()
-            return
-        await super().flush(stream_id)
+            return True
+        return False
 
     # -- shutdown ----------------------------------------------------------------------
 

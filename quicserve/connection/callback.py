@@ -47,6 +47,7 @@ from ..protocol.base import ByteStreamProtocol
 from ..protocol.http1 import switching_response
 from ..transport.callback import CallbackConnection, open_callback_connection
 from .bytebase import ByteStreamBase, preface_verdict, start_protocol
+from .driver import ConnectionDriver
 
 if TYPE_CHECKING:
     import asyncio
@@ -400,6 +401,21 @@ class CallbackDriver(ByteStreamBase):
             self._release_budget_waiters()
         if protocol.closed:
             self._end_reading()
+
+    async def flush(self, stream_id: int) -> None:
+        """As :meth:`ByteStreamBase.flush`, with the common case (the write went out, the
+        stream and the connection are within their budgets) free of further awaits."""
+        if self._batch_writes:
+            self._request_flush()
+        elif self._defer_tunnel_write():
+            return
+        else:
+            self._write_now()
+        if self.protocol.buffered_amount(stream_id) > self._buffer_limit:
+            # Waits for the stream's flow control (HTTP/2), then for the budget.
+            await ConnectionDriver.flush(self, stream_id)
+        elif self._over_budget(stream_id):
+            await self._wait_for_budget(stream_id)
 
     async def _write_out(self) -> None:
         if self._batch_writes:
