@@ -187,11 +187,14 @@ class CallbackDriver(ByteStreamBase):
             self._task_group = None
             self._cancel_timer()
             connection.sink = None
-            if self._info.tls is not None and (self._broken or connection.write_paused):
+            if self._info.tls is not None and (
+                self._broken or connection.write_buffer_size() > self._budget
+            ):
                 # A TLS close waits for the peer's close_notify while it reads (and
                 # decrypts) whatever the peer sends, for up to 30 s: a peer that does not
-                # read what it is owed (a PING flood) would have us decrypt its flood
-                # all that time. Nothing more reaches it anyway: drop the connection.
+                # read what it is owed (more than the budget: sends wait before that, so
+                # an orderly close holds less) but floods us (PINGs) would have us decrypt
+                # its flood all that time. Nothing more reaches it anyway: drop it.
                 connection.abort()
             else:
                 connection.close()
@@ -219,7 +222,8 @@ class CallbackDriver(ByteStreamBase):
         """The peer ended its side: the protocol sees the end, answers still go out."""
         if self._reading_done:
             return
-        if self._stash:
+        if self._stash or self._budget_paused or not self.protocol.wants_read():
+            # The end comes after what the protocol has not taken yet.
             self._stash.append(b"")
             return
         try:
