@@ -256,9 +256,13 @@ class Listener:
             if self.socket.fileno() < 0:
                 raise anyio.ClosedResourceError from exc
             raise
+        self.prepare_socket(conn)
+        return conn
+
+    def prepare_socket(self, conn: socket.socket) -> None:
+        """Set what an accepted connection needs before it is served (TCP_NODELAY)."""
         if self._inet:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn
 
     async def accept(self) -> anyio.abc.SocketStream:
         """The next connection, with TCP_NODELAY set."""

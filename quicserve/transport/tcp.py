@@ -114,14 +114,21 @@ async def accept_loop(
             if conn is None:
                 registry.release_slot()
                 break
-            task_group.start_soon(_open_and_serve, conn, endpoint, registry, serve)
+            if callback_io:
+                # Served callback-driven like the one accept() gave (it owns the slot).
+                listener.prepare_socket(conn)
+                task_group.start_soon(serve, conn, endpoint)
+            else:
+                task_group.start_soon(_open_and_serve, conn, endpoint, registry, serve)
 
 
 async def _open_and_serve(
     conn: socket.socket,
     endpoint: TCPEndpoint,
     registry: ConnectionRegistry,
-    serve: Callable[[anyio.abc.SocketStream, TCPEndpoint], Coroutine[Any, Any, None]],
+    serve: Callable[
+        [anyio.abc.SocketStream | socket.socket, TCPEndpoint], Coroutine[Any, Any, None]
+    ],
 ) -> None:
     try:
         stream = await endpoint.listener.open(conn)
