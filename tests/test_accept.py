@@ -28,14 +28,18 @@ pytestmark = pytest.mark.anyio
 _TURNS = 8
 
 
-async def _accept_waiting(clients: int, max_connections: int) -> list[anyio.abc.SocketStream]:
+async def _accept_waiting(
+    clients: int, max_connections: int
+) -> list[anyio.abc.SocketStream | socket.socket]:
     """Connect ``clients`` sockets, then give the accept loop ``_TURNS`` turns."""
     sock = create_listening_socket("127.0.0.1", 0)
     endpoint = TCPEndpoint(Listener(sock), None, None)
     registry = ConnectionRegistry(max_connections)
-    served: list[anyio.abc.SocketStream] = []
+    # On asyncio and uvloop the loop hands over the accepted sockets themselves (they are
+    # served callback-driven); elsewhere anyio streams.
+    served: list[anyio.abc.SocketStream | socket.socket] = []
 
-    async def serve(stream: anyio.abc.SocketStream, _endpoint: TCPEndpoint) -> None:
+    async def serve(stream: anyio.abc.SocketStream | socket.socket, _endpoint: TCPEndpoint) -> None:
         served.append(stream)
 
     peers = [socket.create_connection(endpoint.address, timeout=5) for _ in range(clients)]
@@ -46,7 +50,10 @@ async def _accept_waiting(clients: int, max_connections: int) -> list[anyio.abc.
                 await anyio.lowlevel.checkpoint()
             tg.cancel_scope.cancel()
         for stream in served:
-            await stream.aclose()
+            if isinstance(stream, socket.socket):
+                stream.close()
+            else:
+                await stream.aclose()
     finally:
         for peer in peers:
             peer.close()
