@@ -82,16 +82,26 @@ async def test_peers_that_reset_in_the_backlog_do_not_end_the_loop() -> None:
     registry = ConnectionRegistry(3)
     good_served = anyio.Event()
 
-    async def serve(stream: anyio.abc.SocketStream, _endpoint: TCPEndpoint) -> None:
+    async def serve(stream: anyio.abc.SocketStream | socket.socket, _endpoint: TCPEndpoint) -> None:
         # Like the real serve: it owns the slot and frees it when the connection ends.
+        # (On asyncio and uvloop it gets the accepted socket itself.)
         try:
-            with anyio.fail_after(2):
-                if await stream.receive() == b"good":
-                    good_served.set()
-        except (anyio.BrokenResourceError, anyio.EndOfStream, OSError):
-            pass  # a reset peer
-        await stream.aclose()
-        registry.release_slot()
+            if isinstance(stream, socket.socket):
+                sock = stream
+                try:
+                    stream = await anyio.abc.SocketStream.from_socket(sock)
+                except (OSError, ValueError):
+                    sock.close()  # a reset peer
+                    return
+            try:
+                with anyio.fail_after(2):
+                    if await stream.receive() == b"good":
+                        good_served.set()
+            except (anyio.BrokenResourceError, anyio.EndOfStream, OSError):
+                pass  # a reset peer
+            await stream.aclose()
+        finally:
+            registry.release_slot()
 
     for _ in range(20):
         peer = socket.create_connection(endpoint.address, timeout=5)

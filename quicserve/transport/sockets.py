@@ -260,9 +260,13 @@ class Listener:
         return conn
 
     def prepare_socket(self, conn: socket.socket) -> None:
-        """Set what an accepted connection needs before it is served (TCP_NODELAY)."""
+        """Set what an accepted connection needs before it is served (TCP_NODELAY). A
+        peer that already reset is left for the server to find and drop."""
         if self._inet:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
 
     async def accept(self) -> anyio.abc.SocketStream:
         """The next connection, with TCP_NODELAY set."""
