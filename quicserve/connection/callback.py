@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import math
 import socket
-import ssl
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -89,10 +88,14 @@ async def serve_callback_connection(
                 connection = await open_callback_connection(
                     sock, endpoint.ssl_context, config.header_read_timeout
                 )
-            except (ssl.SSLError, OSError) as exc:
+            except Exception as exc:
+                # A failed handshake, or a peer that reset while its transport was being
+                # made (uvloop may report that as other than OSError): drop it quietly.
                 if endpoint.ssl_context is not None:
                     logger.debug("TLS handshake with %s failed: %s", client, exc)
                     context.registry.handshake_failures["tcp"] += 1
+                else:
+                    logger.debug("Connection from %s lost before serving: %r", client, exc)
                 return
             if endpoint.ssl_context is not None:
                 ssl_object = connection.extra("ssl_object")
