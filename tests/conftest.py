@@ -6,6 +6,12 @@
   HTTP/1.1 protocol and end-to-end tests that take it run on both.
 * ``ws_engine`` is parametrized over the WebSocket framing engines (``--ws-engine``
   wsproto and websockets): a WebSocket test that takes it runs on both.
+* Engines are sans-IO, backends only move bytes: a test that takes an engine *and* a
+  backend runs the fast engines (httptools, websockets: what CI's default ``auto`` picks)
+  on every backend and the pure-Python ones (h11, wsproto) on asyncio only
+  (:func:`pytest_collection_modifyitems` deselects the rest). The full product doubled
+  those tests' share of CI's 15-minute budget for no code path of its own; the protocol
+  and fuzz tests, which have no backend, still run every engine.
 * ``tls_files`` makes a throwaway CA and localhost certificate at run time (nothing
   secret is committed).
 * :func:`tests.helpers.running_server` starts a real server on loopback in-process.
@@ -83,3 +89,39 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> DevCertificate:
 def data_dir(tmp_path: Path) -> Path:
     """A per-test directory for files the test writes."""
     return tmp_path
+
+
+#: Engine params that run on asyncio only when a test also takes a backend (see above).
+_ASYNCIO_ONLY_ENGINES = {("h1_engine", "h11"), ("ws_engine", "wsproto")}
+_BACKEND_FIXTURES = ("anyio_backend", "backend")
+
+
+def _backend_id(params: dict[str, object]) -> str | None:
+    for name in _BACKEND_FIXTURES:
+        if name in params:
+            value = params[name]
+            if name == "anyio_backend" and isinstance(value, tuple):
+                name_, options = value
+                return "uvloop" if options else str(name_)
+            return str(value)
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the pure-Python engines on uvloop and trio (module docstring)."""
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params: dict[str, object] = dict(callspec.params) if callspec is not None else {}
+        backend = _backend_id(params)
+        pure = any(
+            (name, params.get(name)) in _ASYNCIO_ONLY_ENGINES for name, _ in _ASYNCIO_ONLY_ENGINES
+        )
+        if backend is not None and backend != "asyncio" and pure:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept

@@ -16,7 +16,7 @@ with each task's whole await chain, where ``task.print_stack()`` shows only the
 outermost frame) and every thread's stack, and fails the test. A lost wake-up shows up
 as exactly that: issue 9's upload whose body stopped being read.
 
-The CI run is short: ``QUICSERVE_SOAK_SECONDS`` (default 15) seconds of traffic per
+The CI run is short: ``QUICSERVE_SOAK_SECONDS`` (default 8) seconds of traffic per
 backend. A real soak runs longer, e.g. five minutes on trio::
 
     QUICSERVE_SOAK_SECONDS=300 python -m pytest -q tests/test_soak.py -k trio
@@ -59,7 +59,7 @@ from .helpers import CURL, client_ssl_context, running_server
 
 pytestmark = pytest.mark.anyio
 
-SOAK_SECONDS = float(os.environ.get("QUICSERVE_SOAK_SECONDS", "15"))
+SOAK_SECONDS = float(os.environ.get("QUICSERVE_SOAK_SECONDS", "8"))
 #: Run only the workloads whose name contains one of these comma-separated words.
 SOAK_ONLY = [w for w in os.environ.get("QUICSERVE_SOAK_ONLY", "").split(",") if w]
 STALL_SECONDS = 10.0

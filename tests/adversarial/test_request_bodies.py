@@ -29,7 +29,7 @@ from quicserve.certs import DevCertificate
 from ..test_cli import Spawn
 from .harness import MAX_RSS_GROWTH_MIB, Prober, Target, serve
 
-ATTACK_SECONDS = 3.0
+ATTACK_SECONDS = 2.0
 CHUNK = b"u" * 65536
 
 
