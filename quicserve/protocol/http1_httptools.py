@@ -51,11 +51,9 @@ from ..config import Config
 from ..events import (
     BodyEnded,
     BodyReceived,
-    ConnectionClosed,
     Headers,
     RequestReceived,
     StreamEvent,
-    StreamReset,
 )
 from .fields import field_section_size
 from .http1_rules import (
@@ -67,7 +65,6 @@ from .http1_rules import (
     H2CUpgrade,
     HTTP1Connection,
     RequestHead,
-    error_response,
     framing_status,
     inspect_request,
 )
@@ -513,30 +510,11 @@ class HttptoolsH1Protocol(HTTP1Connection):
             self._events.append(BodyEnded(self._stream_id, trailers))
         self._maybe_next_cycle(now)
 
-    def _framing_error(self, status: int) -> None:
-        """The peer's bytes cannot be framed: 400 (or ``status``) unless a response has
-        begun, and close, so nothing after them is read as a request."""
-        if self._active is not None:
-            self._abort_active()
-            if self._response_started:
-                self._close()
-                return
-        self._send_error(status)
-
-    def next_event(self) -> StreamEvent | H2CUpgrade | None:
-        """The next event, or ``None``."""
-        return self._events.popleft() if self._events else None
-
     def wants_read(self) -> bool:
         """False while we hold enough unconsumed body or pipelined data."""
         if self._closed or self._upgrading:
             return False
         return self._body_unacked < READ_AHEAD and self._pipelined < READ_AHEAD
-
-    def ack_body(self, stream_id: int, amount: int) -> None:
-        """The app consumed ``amount`` body bytes: reading may resume."""
-        if stream_id == self._active:
-            self._body_unacked = max(0, self._body_unacked - amount)
 
     # -- writing ------------------------------------------------------------------------
 
@@ -675,12 +653,6 @@ class HttptoolsH1Protocol(HTTP1Connection):
         if end_stream:
             self._end_response()
 
-    def send_trailers(self, stream_id: int, headers: Headers) -> None:
-        """Trailers go in the last chunk; they end the response."""
-        if stream_id != self._active or not self._response_started or self._response_done:
-            return
-        self._end_response(headers)
-
     def _end_response(self, trailers: Headers | None = None) -> None:
         self._response_done = True
         framing = self._framing
@@ -720,37 +692,6 @@ class HttptoolsH1Protocol(HTTP1Connection):
             self._deadline = now + self._config.keep_alive_timeout
             self._parse(now)
 
-    def reset_stream(self, stream_id: int) -> None:
-        """HTTP/1.1 cannot reset one request: the connection is closed."""
-        if stream_id == self._active:
-            self._close()
-
-    def buffered_amount(self, stream_id: int) -> int:
-        """Nothing is ever buffered here: TCP's own buffer is the flow control."""
-        return 0
-
-    def stream_done(self, stream_id: int, now: float) -> None:
-        """The stream type finished: parse the next (pipelined) request, or close."""
-        if stream_id != self._active or self._closed:
-            return
-        if not self._response_done or self._tunnel:
-            # The app ended without completing its response: the peer cannot know where
-            # it ends, so the connection must go.
-            self._close()
-            return
-        self._stream_finished = True
-        self._maybe_next_cycle(now)
-
-    @property
-    def tunnel(self) -> bool:
-        """The connection carries a WebSocket (after ``101``)."""
-        return self._tunnel
-
-    def pending(self) -> int:
-        """Tunnel bytes queued for the socket: the driver may let them gather (one write
-        for a burst of WebSocket frames) while this stays under its write buffer."""
-        return self._tunnel_out
-
     def data_to_send(self) -> bytes:
         """Bytes to write, clearing the buffer."""
         self._tunnel_out = 0
@@ -763,12 +704,6 @@ class HttptoolsH1Protocol(HTTP1Connection):
 
     # -- timers and closing -------------------------------------------------------------
 
-    def get_timer(self) -> float | None:
-        """Header-read or keep-alive deadline; ``None`` while a request is in flight."""
-        if self._closed or self._active is not None:
-            return None
-        return self._deadline
-
     def handle_timer(self, now: float) -> None:
         """Close an idle connection, or answer 408 to a head that never completed."""
         if self._closed or self._active is not None:
@@ -779,37 +714,3 @@ class HttptoolsH1Protocol(HTTP1Connection):
             self._send_error(408)
         else:
             self._close()
-
-    def shutdown(self) -> None:
-        """Close now if idle; otherwise after the current response (``connection: close``)."""
-        self._shutting_down = True
-        if self._active is None:
-            self._close()
-
-    def _send_error(self, status: int) -> None:
-        self._out.append(error_response(status, self._head_request))
-        self._close()
-
-    def _abort_active(self) -> None:
-        if self._active is not None and not self._response_done:
-            self._events.append(StreamReset(self._active))
-
-    def _close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._events.append(ConnectionClosed())
-
-    @property
-    def closed(self) -> bool:
-        """True once the connection must be closed after flushing."""
-        return self._closed
-
-    @property
-    def open_streams(self) -> int:
-        """1 while a request is in flight, else 0."""
-        return 0 if self._active is None else 1
-
-    @property
-    def idle(self) -> bool:
-        """No request in flight."""
-        return self._active is None

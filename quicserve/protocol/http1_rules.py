@@ -25,16 +25,27 @@ Rules:
   :data:`FORBIDDEN_TRAILERS`).
 * Error answers are :func:`error_response`: plain text, ``connection: close``, no content
   in an answer to HEAD (RFC 9110 §9.3.2).
+* Both engines derive from :class:`HTTP1Connection`, which holds the calls that read only
+  connection state they keep alike (errors and close, timers, the end of a request,
+  ``tunnel``), so those behave the same on both by construction.
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import NamedTuple
 
-from ..events import FIELD_LINE_OVERHEAD, Headers, RequestReceived
+from ..events import (
+    FIELD_LINE_OVERHEAD,
+    ConnectionClosed,
+    Headers,
+    RequestReceived,
+    StreamEvent,
+    StreamReset,
+)
 
 #: ``:method`` and ``:path`` field lines: their names and 32 octets each (RFC 9113 §6.5.2).
 REQUEST_LINE_SIZE = len(b":method") + len(b":path") + 2 * FIELD_LINE_OVERHEAD
@@ -71,15 +82,127 @@ class H2CUpgrade:
 
 
 class HTTP1Connection:
-    """What the byte-stream driver may ask of any HTTP/1.1 engine besides the protocol
-    interface: whether the connection became a WebSocket tunnel (after ``101``)."""
+    """What both HTTP/1.1 engines share: the connection state both keep under the same
+    names, and every call that reads only that state (errors and close, timers, the end
+    of a request, the tunnel flag the byte-stream driver asks about). An engine sets these
+    attributes in its ``__init__`` and supplies the parsing and the response framing,
+    including ``_end_response`` and ``_maybe_next_cycle``."""
 
-    __slots__ = ()
+    _events: deque[StreamEvent | H2CUpgrade]
+    _out: list[bytes]
+    _active: int | None
+    _head_request: bool
+    _response_started: bool
+    _response_done: bool
+    _stream_finished: bool
+    _body_unacked: int
+    _closed: bool
+    _tunnel: bool
+    _tunnel_out: int
+    _shutting_down: bool
+    _deadline: float | None
+
+    def _end_response(self, trailers: Headers | None = None) -> None:
+        raise NotImplementedError
+
+    def _maybe_next_cycle(self, now: float) -> None:
+        raise NotImplementedError
+
+    def _framing_error(self, status: int) -> None:
+        """The peer's bytes cannot be framed: 400 (or ``status``) unless a response has
+        begun, and close, so nothing after them is read as a request."""
+        if self._active is not None:
+            self._abort_active()
+            if self._response_started:
+                self._close()
+                return
+        self._send_error(status)
+
+    def next_event(self) -> StreamEvent | H2CUpgrade | None:
+        """The next event, or ``None``."""
+        return self._events.popleft() if self._events else None
+
+    def ack_body(self, stream_id: int, amount: int) -> None:
+        """The app consumed ``amount`` body bytes: reading may resume."""
+        if stream_id == self._active:
+            self._body_unacked = max(0, self._body_unacked - amount)
+
+    def send_trailers(self, stream_id: int, headers: Headers) -> None:
+        """Trailers go in the last chunk; they end the response."""
+        if stream_id != self._active or not self._response_started or self._response_done:
+            return
+        self._end_response(headers)
+
+    def reset_stream(self, stream_id: int) -> None:
+        """HTTP/1.1 cannot reset one request: the connection is closed."""
+        if stream_id == self._active:
+            self._close()
+
+    def buffered_amount(self, stream_id: int) -> int:
+        """Nothing is ever buffered here: TCP's own buffer is the flow control."""
+        return 0
+
+    def stream_done(self, stream_id: int, now: float) -> None:
+        """The stream type finished: parse the next (pipelined) request, or close."""
+        if stream_id != self._active or self._closed:
+            return
+        if not self._response_done or self._tunnel:
+            # The app ended without completing its response: the peer cannot know where
+            # it ends, so the connection must go.
+            self._close()
+            return
+        self._stream_finished = True
+        self._maybe_next_cycle(now)
 
     @property
     def tunnel(self) -> bool:
         """The connection carries a WebSocket (after ``101``)."""
-        raise NotImplementedError
+        return self._tunnel
+
+    def pending(self) -> int:
+        """Tunnel bytes queued for the socket: the driver may let them gather (one write
+        for a burst of WebSocket frames) while this stays under its write buffer."""
+        return self._tunnel_out
+
+    def get_timer(self) -> float | None:
+        """Header-read or keep-alive deadline; ``None`` while a request is in flight."""
+        if self._closed or self._active is not None:
+            return None
+        return self._deadline
+
+    def shutdown(self) -> None:
+        """Close now if idle; otherwise after the current response (``connection: close``)."""
+        self._shutting_down = True
+        if self._active is None:
+            self._close()
+
+    def _send_error(self, status: int) -> None:
+        self._out.append(error_response(status, self._head_request))
+        self._close()
+
+    def _abort_active(self) -> None:
+        if self._active is not None and not self._response_done:
+            self._events.append(StreamReset(self._active))
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._events.append(ConnectionClosed())
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection must be closed after flushing."""
+        return self._closed
+
+    @property
+    def open_streams(self) -> int:
+        """1 while a request is in flight, else 0."""
+        return 0 if self._active is None else 1
+
+    @property
+    def idle(self) -> bool:
+        """No request in flight."""
+        return self._active is None
 
 
 def switching_response() -> bytes:
