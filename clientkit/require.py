@@ -41,6 +41,9 @@ CLIENTS: dict[str, Client] = {
     "h2load": Client("program", "apt-get install nghttp2-client"),
     "gtlsclient": Client("program", "apt-get install ngtcp2-client"),
     "chromium": Client("program", "apt-get install chromium"),
+    # The second real browser; certutil (libnss3-tools) makes its profile trust the test CA.
+    "firefox-esr": Client("program", "apt-get install firefox-esr libnss3-tools"),
+    "certutil": Client("program", "apt-get install libnss3-tools"),
     "curl_cffi": Client("module", "pip install curl_cffi"),
     "websockets": Client("module", "pip install websockets"),
     "uvloop": Client("module", "pip install uvloop"),
