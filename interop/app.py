@@ -21,6 +21,12 @@ came back, never from the absence of errors:
   whether a datagram and a bidirectional stream came back echoed (``webtransport`` scope).
 - ``GET /wspage``: an HTML page that runs that script in the browser's own WebSocket
   (``wss:`` or ``ws:`` to the page's origin) and writes what it saw into the DOM.
+- ``?report=<token>`` on any of these pages: once the page shows its result, it POSTs
+  ``page:<http_version the page came over> <result>`` to ``/report/<token>``, and
+  ``GET /report/<token>`` returns it: how a browser with no ``--dump-dom`` (Firefox)
+  tells the harness what it saw (at most 64 reports of 4 KiB are kept).
+  ``?wt=<port>`` on ``/wtpage``: open the session on that (QUIC) port, for a page loaded
+  over TCP.
 - anything else: ``ok``.
 """
 
@@ -70,7 +76,9 @@ const encode = text => new TextEncoder().encode(text);
 const decode = bytes => new TextDecoder().decode(bytes);
 let done = false;
 async function go() {
-  const wt = new WebTransport('https://' + location.host + '/wt');
+  // ?wt=PORT: the QUIC port, for a page loaded over TCP (WebTransport does not follow alt-svc)
+  const port = new URLSearchParams(location.search).get('wt');
+  const wt = new WebTransport('https://' + (port ? 'localhost:' + port : location.host) + '/wt');
   await wt.ready;
   const reader = wt.datagrams.readable.getReader();
   const writer = wt.datagrams.writable.getWriter();
@@ -102,6 +110,25 @@ go().catch(error => 'error:' + error).then(text => { show(text); done = true; })
 </script></body></html>"""
 
 MAX_FILE = 200 * 1024 * 1024
+
+#: Appended to a page served with ``?report=<token>``: once the page's ``<pre id="out">``
+#: shows a result, POST ``page:<http_version the page was served over> <result>`` to
+#: ``/report/<token>`` (for browsers with no ``--dump-dom``).
+REPORT_SCRIPT = b"""<script>
+(async () => {
+  const token = new URLSearchParams(location.search).get('report');
+  const out = document.getElementById('out');
+  for (let i = 0; i < 1200 && out.textContent === 'loading'; i++) {
+    await new Promise(resolve => setTimeout(resolve, 100));
+  }
+  await fetch('/report/' + token, {method: 'POST', body: 'page:{served} ' + out.textContent});
+})();
+</script>"""
+#: Reports kept (oldest dropped first) and the bytes kept of each: a client of the
+#: interop app cannot make it hold more than this.
+MAX_REPORTS = 64
+MAX_REPORT_BYTES = 4096
+_reports: dict[str, bytes] = {}
 
 
 def file_body(size: int) -> bytes:
@@ -161,6 +188,27 @@ async def _webtransport(receive: Any, send: Any) -> None:
             await send({**reply, "data": data, "end": message["end"]})
         elif kind == "webtransport.disconnect":
             return
+
+
+async def _report(token: str, method: str, receive: Any, send: Any) -> None:
+    """``POST /report/<token>`` keeps what a page saw; ``GET`` returns it (404 until then)."""
+    token = token[:64]
+    if method != "POST":
+        said = _reports.get(token)
+        await _respond(send, 404 if said is None else 200, said or b"not reported")
+        return
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body = (body + message.get("body", b""))[:MAX_REPORT_BYTES]
+        if not message.get("more_body", False):
+            break
+    _reports[token] = body
+    while len(_reports) > MAX_REPORTS:
+        del _reports[next(iter(_reports))]
+    await _respond(send, 200, b"ok")
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -236,13 +284,14 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         early = (b"early-data", b"1") in [tuple(h) for h in scope["headers"]]
         await _respond(send, 200, b"1" if early else b"0")
         return
-    if path == "/page":
-        await _respond(send, 200, PROTO_PAGE, b"text/html")
+    pages = {"/page": PROTO_PAGE, "/wspage": WS_PAGE, "/wtpage": WT_PAGE}
+    if path in pages:
+        page = pages[path]
+        if b"report=" in scope["query_string"]:
+            page += REPORT_SCRIPT.replace(b"{served}", scope["http_version"].encode())
+        await _respond(send, 200, page, b"text/html")
         return
-    if path == "/wspage":
-        await _respond(send, 200, WS_PAGE, b"text/html")
-        return
-    if path == "/wtpage":
-        await _respond(send, 200, WT_PAGE, b"text/html")
+    if path.startswith("/report/"):
+        await _report(path.removeprefix("/report/"), scope["method"], receive, send)
         return
     await _respond(send, 200, b"ok")

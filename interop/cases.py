@@ -48,7 +48,6 @@ def impairment(case: str, attempt: int = 0) -> Impairment:
     return replace(IMPAIRMENTS[case], seed=zlib.crc32(case.encode()) + attempt)
 
 
-
 # The ws-* cases: after the server's first message ``proto:<http_version>`` the client sends
 # WS_TEXT and WS_BINARY, each must come back byte for byte, then ``close:<code>`` asks the
 # app to close with WS_CLOSE_CODE, which the client must see in the server's close frame.

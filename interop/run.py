@@ -4,7 +4,7 @@ The server role of the QUIC interop runner, without containers: for each backend
 quicserve as a subprocess on 127.0.0.1 (QUIC, TLS and cleartext binds, plus QUIC on
 [::1] when the machine has it) with a throwaway CA made at run time, run every
 (client x case) pair with a time bound in a worker thread, and print one matrix per
-backend. Rules:
+backend; the run is also written as JSON and as an HTML page (``interop/results/``). Rules:
 
 - A cell is ✓ only when the adapter checked evidence (sha256, http_version, TLS state).
 - n/a always carries a reason: tool missing (with the install hint), the client cannot
@@ -36,6 +36,7 @@ from clientkit.net import ipv6_loopback
 
 from .cases import CASES, Result, Server
 from .clients import ALL as CLIENTS
+from .html import render_page
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -48,7 +49,7 @@ PROFILES: dict[str, list[str]] = {
 QUICK_CLIENTS = ("aioquic", "curl_cffi", "curl")
 QUICK_CASES = ("handshake", "transfer", "http3", "h1-get", "h2-get", "ws-h3")
 DEFAULT_TIMEOUT = 90.0
-TIMEOUTS = {"chromium": 150.0, "h2load": 120.0}
+TIMEOUTS = {"chromium": 150.0, "firefox": 150.0, "h2load": 120.0}
 
 
 @dataclass(slots=True)
@@ -355,8 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    page = out.with_suffix(".html")
+    page.write_text(render_page(report))
     print(
-        f"{'FAIL' if any_fail else 'PASS'} in {report['seconds']}s; results: {os.path.relpath(out)}"
+        f"{'FAIL' if any_fail else 'PASS'} in {report['seconds']}s; results: "
+        f"{os.path.relpath(out)} and {os.path.relpath(page)}"
     )
     return 1 if any_fail else 0
 
