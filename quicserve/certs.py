@@ -73,6 +73,8 @@ CA_CERT_NAME = "ca.pem"
 CA_KEY_NAME = "ca-key.pem"
 LEAF_CERT_NAME = "localhost.pem"
 LEAF_KEY_NAME = "localhost-key.pem"
+#: Where the CA goes in the system store on Debian and Ubuntu (``update-ca-certificates``).
+SYSTEM_ANCHOR = "/usr/local/share/ca-certificates/quicserve-development-ca.crt"
 LOCK_NAME = ".lock"
 
 DEFAULT_HOSTNAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
@@ -248,17 +250,20 @@ def trust_instructions(cert: DevCertificate) -> str:
             f"  curl            curl --cacert {ca} https://localhost:8443/",
             f"  Python          SSL_CERT_FILE={ca}, or for httpx"
             f" verify=ssl.create_default_context(cafile='{ca}')",
-            f"  Debian/Ubuntu   sudo cp {ca} /usr/local/share/ca-certificates/quicserve-dev.crt"
-            " && sudo update-ca-certificates",
+            f"  Debian/Ubuntu   sudo cp {ca} {SYSTEM_ANCHOR} && sudo update-ca-certificates",
             "  macOS           security add-trusted-cert -r trustRoot"
             f" -k ~/Library/Keychains/login.keychain-db {ca}",
-            "  Firefox         Settings > Privacy & Security > Certificates > View Certificates"
-            " > Authorities > Import",
-            "  Chromium        Settings > Privacy and security > Security > Manage certificates"
-            " > import as an authority",
-            "Or, without trusting the CA, start Chromium with (also used to test HTTP/3 with"
-            " --origin-to-force-quic-on=localhost:PORT):",
+            "  Firefox, Chromium: quicserve certs trust (every Firefox profile, with the pref"
+            " Firefox needs for HTTP/3,",
+            "                   and ~/.pki/nssdb; --system adds the system store;"
+            " 'quicserve certs untrust' undoes it)",
+            "HTTP/3 in a browser: Firefox follows alt-svc once the CA is trusted that way."
+            " Chromium never uses QUIC",
+            "for a locally trusted root: 'quicserve certs browser chromium' starts it with"
+            " QUIC forced and the pin",
             f"  --ignore-certificate-errors-spki-list={spki}",
+            "('quicserve certs browser firefox' opens a throwaway Firefox profile set up the"
+            " same way.)",
         ]
     )
 

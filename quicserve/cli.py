@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("quicserve.error")
 
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``quicserve APP`` parser, one flag per :class:`Config` field."""
     parser = argparse.ArgumentParser(
@@ -89,20 +90,74 @@ def config_from_args(argv: Sequence[str], environ: dict[str, str] | None = None)
 
 
 def certs_command(argv: Sequence[str]) -> int:
-    """``quicserve certs``: make (if needed) and show the development certificate."""
+    """``quicserve certs [trust|untrust|browser]``: the development certificate, where it is
+    trusted, and a browser set up for local HTTP/3."""
     parser = argparse.ArgumentParser(
         prog="quicserve certs",
-        description="Create (on first use) and show the development CA and localhost certificate.",
+        description=(
+            "Create (on first use) and show the development CA and localhost certificate; "
+            "trust it in Firefox, Chromium and the system store, undo that, or open a "
+            "browser set up for local HTTP/3."
+        ),
     )
     parser.add_argument("--data-dir", help="where to keep them (default: per-user data dir)")
+    sub = parser.add_subparsers(dest="action", metavar="{trust,untrust,browser}")
+    # --data-dir after the action too; SUPPRESS keeps one given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    stores = argparse.ArgumentParser(add_help=False, parents=[common])
+    stores.add_argument(
+        "--system",
+        action="store_true",
+        help="also the system store (Debian/Ubuntu update-ca-certificates; needs root)",
+    )
+    stores.add_argument(
+        "--nss-db",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also this NSS database directory (repeatable)",
+    )
+    sub.add_parser(
+        "trust",
+        parents=[stores],
+        help="trust the CA in every Firefox profile (with the pref Firefox needs for "
+        "HTTP/3) and in Chromium's NSS database (~/.pki/nssdb)",
+    )
+    sub.add_parser("untrust", parents=[stores], help="undo 'trust' in the same places")
+    browser = sub.add_parser(
+        "browser",
+        parents=[common],
+        help="open a browser set up for local HTTP/3 (a throwaway profile, deleted after)",
+    )
+    browser.add_argument("kind", choices=("firefox", "chromium"))
+    browser.add_argument("--url", default="https://localhost:8443/", help="(default: %(default)s)")
+    browser.add_argument("--headless", action="store_true", help="no window (for scripts)")
     args = parser.parse_args(argv)
     from pathlib import Path
 
     from .certs import ensure_dev_certificate, trust_instructions
 
     cert = ensure_dev_certificate(Path(args.data_dir) if args.data_dir else None)
-    print(trust_instructions(cert))
-    return 0
+    if args.action is None:
+        print(trust_instructions(cert))
+        return 0
+    from . import trust
+
+    if args.action == "browser":
+        try:
+            return trust.run_browser(args.kind, args.url, cert, headless=args.headless)
+        except LookupError as exc:
+            print(f"quicserve certs browser: {exc}", file=sys.stderr)
+            return 2
+    home = Path.home()
+    nss_dbs = [Path(d) for d in args.nss_db]
+    if args.action == "trust":
+        lines = trust.trust(cert, home=home, system=args.system, nss_dbs=nss_dbs)
+    else:
+        lines = trust.untrust(home=home, system=args.system, nss_dbs=nss_dbs)
+    print("\n".join(lines))
+    return 1 if any(line.startswith("failed") for line in lines) else 0
 
 
 def _pop_worker_fd(args: list[str]) -> int | None:

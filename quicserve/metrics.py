@@ -40,6 +40,7 @@ class StatsSource(Protocol):
     def quic_stats(self) -> dict[str, int]:
         """Counters summed over the QUIC endpoints."""
 
+
 logger = logging.getLogger("quicserve.error")
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"

@@ -67,6 +67,7 @@ class Server(Protocol):
     def handover(self) -> None:
         """Stop reading the shared sockets and shut down gracefully."""
 
+
 logger = logging.getLogger("quicserve.error")
 
 #: Forwarded by routing: the receiver may still pass it on to its predecessor.

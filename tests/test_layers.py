@@ -46,7 +46,7 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("server", ["worker", "metrics", "server"]),
     ("processes", ["supervisor", "reload"]),
     ("runner", ["runner"]),
-    ("entry points", ["api", "cli"]),
+    ("entry points", ["api", "cli", "trust"]),
     ("package", ["__init__", "__main__"]),
 ]
 
