@@ -11,7 +11,10 @@ databases (``certutil``), real browsers and the real system store.
 * ``--system`` (as root) makes Python's default SSL context accept the server, and
   ``untrust --system`` makes it refuse again.
 
-Every test runs with ``HOME`` in a temporary directory: no real profile is touched.
+Every test runs with ``HOME`` in a temporary directory: no real profile is touched. The
+server here only answers the browser; what is tested is the client side (stores, profiles,
+command lines), so these tests run the server on asyncio alone. The same browsers against
+every backend are tests/test_firefox.py and tests/test_browser.py.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ from .helpers import running_server
 from .test_firefox import FirefoxApp
 
 pytestmark = [pytest.mark.client("certutil"), pytest.mark.timeout(120)]
+
+#: The client side is under test here (see the module docstring): one backend.
+one_backend = pytest.mark.parametrize("anyio_backend", ["asyncio"])
 
 PAGE = b"""<!doctype html><html><body><script>
 async function go() {
@@ -113,6 +119,7 @@ def test_trust_skips_a_firefox_profile_without_a_database(tmp_path: Path) -> Non
 
 
 @pytest.mark.anyio
+@one_backend
 @pytest.mark.client("firefox-esr")
 async def test_a_trusted_firefox_profile_reaches_http3(
     anyio_backend: object, tmp_path: Path
@@ -133,6 +140,7 @@ async def test_a_trusted_firefox_profile_reaches_http3(
 
 
 @pytest.mark.anyio
+@one_backend
 @pytest.mark.client("chromium")
 async def test_chromium_trusts_the_ca_through_pki_nssdb(
     anyio_backend: object, tmp_path: Path
@@ -175,6 +183,7 @@ async def run_cli_until(reported: anyio.Event, home: Path, data: Path, *args: st
 
 
 @pytest.mark.anyio
+@one_backend
 @pytest.mark.client("firefox-esr")
 async def test_certs_browser_firefox_reaches_http3(anyio_backend: object, tmp_path: Path) -> None:
     home, data = tmp_path / "home", tmp_path / "data"
@@ -189,6 +198,7 @@ async def test_certs_browser_firefox_reaches_http3(anyio_backend: object, tmp_pa
 
 
 @pytest.mark.anyio
+@one_backend
 @pytest.mark.client("chromium")
 async def test_certs_browser_chromium_reaches_http3(anyio_backend: object, tmp_path: Path) -> None:
     """QUIC forced to the URL's origin and the leaf pinned: the page itself is HTTP/3."""
@@ -219,6 +229,7 @@ def tls_handshake(port: int) -> str:
 
 
 @pytest.mark.anyio
+@one_backend
 @pytest.mark.skipif(os.geteuid() != 0, reason="the system store needs root (CI runs as root)")
 async def test_system_store(anyio_backend: object, tmp_path: Path) -> None:
     home, data = tmp_path / "home", tmp_path / "data"
