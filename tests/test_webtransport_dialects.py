@@ -38,10 +38,12 @@ from quicserve.protocol.webtransport import (
 from .helpers import running_server, wait_for
 from .wtclient import (
     CLOSE_SESSION,
+    DATA_BLOCKED,
     H3_MESSAGE_ERROR,
     H3_REQUEST_REJECTED,
     MAX_DATA,
     MAX_STREAMS_UNI,
+    STREAMS_BLOCKED_UNI,
     WT_ENABLED,
     WT_FLOW_CONTROL_ERROR,
     WT_INITIAL_MAX_DATA,
@@ -51,6 +53,7 @@ from .wtclient import (
     WT_MAX_SESSIONS_07,
     WTSession,
     capsule,
+    number,
     open_wt,
     varint,
 )
@@ -204,6 +207,39 @@ async def test_safari_gets_credit_before_its_first_stream_and_more_as_the_app_re
             assert {data for data, _ in session.wt_streams.values()} == {str(size).encode()}
             assert session.granted(MAX_DATA, 0) >= count * size
             assert session.granted(MAX_STREAMS_UNI, 0) >= count
+
+
+async def test_the_server_sends_within_the_clients_credit(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    # The client allows no unidirectional stream and 1000 bytes: the reply to its stream
+    # waits (WT_STREAMS_BLOCKED), then stops at 1000 bytes (WT_DATA_BLOCKED), and all of it
+    # arrives once the client raises WT_MAX_STREAMS and WT_MAX_DATA.
+    app = DialectApp()
+    limits = {WT_INITIAL_MAX_DATA: 1000, WT_INITIAL_MAX_STREAMS_UNI: 0}
+    async with serve(app, tls_files) as srv:
+        async with open_wt(
+            quic_port(srv),
+            "/wt",
+            cafile=str(tls_files.ca_certfile),
+            dialect="draft15",
+            settings=limits,
+        ) as session:
+            await send_uni(session, b"z" * 3000)
+            await session.wait(lambda: STREAMS_BLOCKED_UNI in dict(session.capsules()))
+            assert number(dict(session.capsules())[STREAMS_BLOCKED_UNI]) == 0
+            assert session.wt_streams == {}
+            await session.send_capsule(MAX_STREAMS_UNI, varint(1))
+            await session.wait(lambda: DATA_BLOCKED in dict(session.capsules()))
+            assert number(dict(session.capsules())[DATA_BLOCKED]) == 1000
+            await session.wait(lambda: sum(len(d) for d, _ in session.wt_streams.values()) == 1000)
+            await anyio.sleep(0.1)  # nothing more comes without credit
+            assert [len(d) for d, _ in session.wt_streams.values()] == [1000]
+            await session.send_capsule(MAX_DATA, varint(100_000))
+            await session.wait(lambda: any(ended for _, ended in session.wt_streams.values()))
+            [(data, ended)] = session.wt_streams.values()
+            assert ended and data.startswith(b"echo ")  # one echo per chunk received
+            assert data.replace(b"echo ", b"") == b"z" * 3000
 
 
 async def test_close_session_with_code_and_reason_both_ways(

@@ -42,6 +42,7 @@ MAX_DATA = 0x190B4D3D
 MAX_STREAMS_BIDI = 0x190B4D3F
 MAX_STREAMS_UNI = 0x190B4D40
 DATA_BLOCKED = 0x190B4D41
+STREAMS_BLOCKED_UNI = 0x190B4D44
 WT_FLOW_CONTROL_ERROR = 0x045D4487
 H3_MESSAGE_ERROR = 0x10E
 H3_REQUEST_REJECTED = 0x10B
@@ -104,8 +105,10 @@ def number(value: bytes) -> int:
 class DialectH3(H3Connection):
     """A client H3Connection with one dialect's SETTINGS; it logs what it saw."""
 
-    def __init__(self, quic: QuicConnection, dialect: str) -> None:
-        self._dialect_settings = DIALECTS[dialect][0]
+    def __init__(
+        self, quic: QuicConnection, dialect: str, settings: dict[int, int] | None = None
+    ) -> None:
+        self._dialect_settings = {**DIALECTS[dialect][0], **(settings or {})}
         self._draft02 = dialect == "draft02"
         self.log: list[Any] = []
         super().__init__(quic, enable_webtransport=True)
@@ -131,8 +134,15 @@ class WTSession(_H3Tunnel):
 
     h3: DialectH3
 
-    def __init__(self, sock: Any, quic: QuicConnection, port: int, dialect: str) -> None:
-        super().__init__(sock, quic, port, True, DialectH3(quic, dialect))
+    def __init__(
+        self,
+        sock: Any,
+        quic: QuicConnection,
+        port: int,
+        dialect: str,
+        settings: dict[int, int] | None = None,
+    ) -> None:
+        super().__init__(sock, quic, port, True, DialectH3(quic, dialect, settings))
         self.dialect = dialect
         self.connect_data = b""
 
@@ -201,9 +211,15 @@ class WTSession(_H3Tunnel):
 
 @asynccontextmanager
 async def open_wt(
-    port: int, path: str, *, cafile: str, dialect: str, wait_settings: bool = True
+    port: int,
+    path: str,
+    *,
+    cafile: str,
+    dialect: str,
+    settings: dict[int, int] | None = None,
 ) -> AsyncIterator[WTSession]:
-    """A QUIC connection speaking ``dialect`` with one WebTransport CONNECT to ``path``."""
+    """A QUIC connection speaking ``dialect`` with one WebTransport CONNECT to ``path``
+    (``settings`` replace some of the dialect's client SETTINGS)."""
     configuration = QuicConfiguration(
         is_client=True, alpn_protocols=H3_ALPN, max_datagram_frame_size=65536
     )
@@ -212,7 +228,7 @@ async def open_wt(
     quic = QuicConnection(configuration=configuration)
     sock = _UDPSocket(port)
     quic.connect(("127.0.0.1", port), time.monotonic())
-    session = WTSession(sock, quic, port, dialect)
+    session = WTSession(sock, quic, port, dialect, settings)
     async with anyio.create_task_group() as tg:
         tg.start_soon(session.pump)
         try:
@@ -220,9 +236,8 @@ async def open_wt(
             with anyio.fail_after(10):
                 await session.handshake_done.wait()
             assert not session.terminated, "QUIC handshake failed"
-            if wait_settings:
-                # A browser opens no session before the server's SETTINGS (d15 §3.1).
-                await session.wait(lambda: session.h3.received_settings is not None)
+            # A browser opens no session before the server's SETTINGS (d15 §3.1).
+            await session.wait(lambda: session.h3.received_settings is not None)
             session.stream_id = quic.get_next_available_stream_id()
             session.h3.send_headers(session.stream_id, session.request(path))
             await session.transmit()
