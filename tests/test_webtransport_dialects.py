@@ -162,6 +162,26 @@ async def test_each_dialect_completes_a_session(
     assert app.disconnects == [{"type": "webtransport.disconnect", "code": 0, "reason": ""}]
 
 
+async def test_a_connect_before_the_clients_settings_waits_for_them(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    # d15 §3.1: the dialect and the client's limits are in its SETTINGS, so a CONNECT that
+    # overtakes them is processed once they come (here 0.3 s later), not guessed at.
+    app = DialectApp()
+    async with serve(app, tls_files) as srv:
+        async with open_wt(
+            quic_port(srv),
+            "/wt",
+            cafile=str(tls_files.ca_certfile),
+            dialect="safari",
+            settings_after=0.3,
+        ) as session:
+            assert session.status == 200
+            assert session.header(b"sec-webtransport-http3-draft") is None
+            assert await session.send_datagram(b"late") == b"echo late"
+    assert app.scopes[0]["extensions"]["webtransport"] == {"dialect": DRAFT14}
+
+
 async def test_safari_gets_credit_before_its_first_stream_and_more_as_the_app_reads(
     anyio_backend: object, tls_files: DevCertificate
 ) -> None:

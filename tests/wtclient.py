@@ -106,12 +106,48 @@ class DialectH3(H3Connection):
     """A client H3Connection with one dialect's SETTINGS; it logs what it saw."""
 
     def __init__(
-        self, quic: QuicConnection, dialect: str, settings: dict[int, int] | None = None
+        self,
+        quic: QuicConnection,
+        dialect: str,
+        settings: dict[int, int] | None = None,
+        hold_settings: bool = False,
     ) -> None:
         self._dialect_settings = {**DIALECTS[dialect][0], **(settings or {})}
         self._draft02 = dialect == "draft02"
         self.log: list[Any] = []
+        #: with ``hold_settings``, what the control stream would carry, until
+        #: ``release_settings`` (a CONNECT that overtakes the client's SETTINGS)
+        self._held: list[bytes] | None = [] if hold_settings else None
         super().__init__(quic, enable_webtransport=True)
+
+    def _init_connection(self) -> None:
+        held = self._held
+        if held is None:
+            super()._init_connection()
+            return
+        quic = self._quic
+        send = quic.send_stream_data
+        control = quic.get_next_available_stream_id(is_unidirectional=True)
+
+        def hold(stream_id: int, data: bytes, end_stream: bool = False) -> None:
+            if stream_id == control:
+                send(stream_id, b"")  # the stream exists (the next uni stream is not it)
+                held.append(data)
+            else:
+                send(stream_id, data, end_stream)
+
+        quic.send_stream_data = hold  # type: ignore[method-assign]
+        try:
+            super()._init_connection()
+        finally:
+            del quic.send_stream_data  # back to the class's method
+
+    def release_settings(self) -> None:
+        """Send the control stream (SETTINGS) held back so far."""
+        assert self._held is not None and self._local_control_stream_id is not None
+        for data in self._held:
+            self._quic.send_stream_data(self._local_control_stream_id, data)
+        self._held = None
 
     def _get_local_settings(self) -> dict[int, int]:
         settings = super()._get_local_settings()
@@ -141,8 +177,10 @@ class WTSession(_H3Tunnel):
         port: int,
         dialect: str,
         settings: dict[int, int] | None = None,
+        hold_settings: bool = False,
     ) -> None:
-        super().__init__(sock, quic, port, True, DialectH3(quic, dialect, settings))
+        h3 = DialectH3(quic, dialect, settings, hold_settings)
+        super().__init__(sock, quic, port, True, h3)
         self.dialect = dialect
         self.connect_data = b""
 
@@ -217,9 +255,11 @@ async def open_wt(
     cafile: str,
     dialect: str,
     settings: dict[int, int] | None = None,
+    settings_after: float | None = None,
 ) -> AsyncIterator[WTSession]:
     """A QUIC connection speaking ``dialect`` with one WebTransport CONNECT to ``path``
-    (``settings`` replace some of the dialect's client SETTINGS)."""
+    (``settings`` replace some of the dialect's client SETTINGS; with ``settings_after``,
+    the client's SETTINGS leave that many seconds after the CONNECT)."""
     configuration = QuicConfiguration(
         is_client=True, alpn_protocols=H3_ALPN, max_datagram_frame_size=65536
     )
@@ -228,7 +268,7 @@ async def open_wt(
     quic = QuicConnection(configuration=configuration)
     sock = _UDPSocket(port)
     quic.connect(("127.0.0.1", port), time.monotonic())
-    session = WTSession(sock, quic, port, dialect, settings)
+    session = WTSession(sock, quic, port, dialect, settings, settings_after is not None)
     async with anyio.create_task_group() as tg:
         tg.start_soon(session.pump)
         try:
@@ -241,6 +281,10 @@ async def open_wt(
             session.stream_id = quic.get_next_available_stream_id()
             session.h3.send_headers(session.stream_id, session.request(path))
             await session.transmit()
+            if settings_after is not None:
+                await anyio.sleep(settings_after)
+                session.h3.release_settings()
+                await session.transmit()
             with anyio.fail_after(10):
                 await session.response_seen.wait()
             yield session

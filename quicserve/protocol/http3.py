@@ -100,6 +100,7 @@ from .fields import (
 from .webtransport import (
     DRAFT14,
     DRAFT15,
+    MAX_CAPSULE,
     UPGRADE_TOKENS,
     SessionError,
     SessionState,
@@ -135,6 +136,9 @@ class H3Protocol:
         # its session (the client's streams, until they are closed and consumed).
         self._wt: dict[int, SessionState] = {}
         self._wt_streams: dict[int, int] = {}
+        # WebTransport CONNECTs that came before the client's SETTINGS (d15 §3.1: not
+        # processed until then): stream id -> the request, its end, and its stashed DATA.
+        self._deferred: dict[int, tuple[RequestReceived, bool, bytearray]] = {}
         self._events: deque[StreamEvent] = deque()
         # stream id -> True once the request body has ended.
         self._requests: dict[int, bool] = {}
@@ -215,6 +219,12 @@ class H3Protocol:
                     self._on_cancel(event.stream_id)
                 elif cls is QuicStreamReset and event.stream_id in self._wt_streams:
                     self._wt_stream_reset(event.stream_id)
+                elif cls is QuicStreamReset and event.stream_id in self._deferred:
+                    # Cancelled before it was processed: it never reaches the app.
+                    del self._deferred[event.stream_id]
+                    self._unacked.pop(event.stream_id, None)
+                    self._h3.forget(event.stream_id)
+                    self.quic.forget_stream(event.stream_id)
             elif cls is ConnectionTerminated:
                 self._terminated = True
                 for stream_id in self._requests:
@@ -225,6 +235,9 @@ class H3Protocol:
                 # events produce nothing at the HTTP/3 layer.
                 for h3_event in h3.handle_event(event):
                     self._on_h3_event(h3_event)
+        if self._deferred and h3.received_settings is not None and not self._terminated:
+            touched.update(self._deferred)
+            self._release_deferred()
         if not self._terminated:
             unacked = self._unacked
             for stream_id in touched:
@@ -270,6 +283,10 @@ class H3Protocol:
         cls = type(event)
         stream_id = event.stream_id
         if cls is DataReceived:
+            deferred = self._deferred.get(stream_id)
+            if deferred is not None:
+                self._stash(stream_id, deferred, event.data, event.stream_ended)
+                return
             if self._requests.get(stream_id, True):
                 # Not a request, or its body already ended: after trailers only the FIN
                 # (and reserved frames) may follow (RFC 9114 §4.1), which must not end the
@@ -367,9 +384,12 @@ class H3Protocol:
                 self._config.webtransport
                 and request.method == b"CONNECT"
                 and request.protocol in UPGRADE_TOKENS
-                and not self._open_session(stream_id, request)
             ):
-                return
+                if self._h3.received_settings is None:
+                    self._defer(stream_id, request, bool(event.stream_ended))
+                    return
+                if not self._open_session(stream_id, request):
+                    return
             self._requests[stream_id] = bool(event.stream_ended)
             self.quic.hold_stream(stream_id)
             self._highest_request = max(self._highest_request, stream_id)
@@ -398,6 +418,55 @@ class H3Protocol:
             return False
         self._wt[stream_id] = state
         return True
+
+    def _defer(self, stream_id: int, request: RequestReceived, ended: bool) -> None:
+        # d15 §3.1: no WebTransport request is processed before the client's SETTINGS (its
+        # dialect and its flow-control limits are in them). At most as many wait as there
+        # may be sessions; more are refused as over the limit.
+        if len(self._deferred) >= self._config.webtransport_max_sessions:
+            self._refuse(stream_id, ErrorCode.H3_REQUEST_REJECTED)
+            return
+        self._deferred[stream_id] = (request, ended, bytearray())
+        self.quic.hold_stream(stream_id)
+        self._highest_request = max(self._highest_request, stream_id)
+
+    def _stash(
+        self,
+        stream_id: int,
+        deferred: tuple[RequestReceived, bool, bytearray],
+        data: bytes,
+        ended: bool,
+    ) -> None:
+        # DATA (capsules) of a deferred CONNECT: held, and not credited, until SETTINGS
+        # come; at most one capsule's worth (MAX_CAPSULE) per request.
+        request, was_ended, stash = deferred
+        stash += data
+        if data:
+            self._unacked[stream_id] = self._unacked.get(stream_id, 0) + len(data)
+        if len(stash) > MAX_CAPSULE:
+            del self._deferred[stream_id]
+            self._unacked.pop(stream_id, None)
+            self._refuse(stream_id, ErrorCode.H3_EXCESSIVE_LOAD)
+            self.quic.forget_stream(stream_id)
+            return
+        if ended and not was_ended:
+            self._deferred[stream_id] = (request, True, stash)
+
+    def _release_deferred(self) -> None:
+        # The client's SETTINGS came: its deferred CONNECTs are processed, in order.
+        deferred, self._deferred = self._deferred, {}
+        for stream_id, (request, ended, stash) in deferred.items():
+            self._unacked.pop(stream_id, None)
+            if not self._open_session(stream_id, request):
+                self.quic.forget_stream(stream_id)
+                continue
+            self._requests[stream_id] = False
+            self._events.append(request)
+            if stash:
+                self._feed_capsules(stream_id, self._wt[stream_id], bytes(stash))
+            if ended and self._requests.get(stream_id) is False:
+                self._requests[stream_id] = True
+                self._events.append(BodyEnded(stream_id))
 
     def _feed_capsules(self, session_id: int, state: SessionState, data: bytes) -> None:
         try:
