@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import pytest
 from aioquic.h3.connection import Setting
+from aioquic.quic.events import StopSendingReceived
 
 from quicserve.certs import DevCertificate
 from quicserve.protocol.webtransport import (
@@ -51,6 +52,7 @@ from .wtclient import (
     WT_INITIAL_MAX_STREAMS_UNI,
     WT_MAX_SESSIONS,
     WT_MAX_SESSIONS_07,
+    WT_SESSION_GONE,
     WTSession,
     capsule,
     number,
@@ -272,10 +274,24 @@ async def test_close_session_with_code_and_reason_both_ways(
         async with open_wt(port, "/close", cafile=cafile, dialect="draft15") as session:
             await session.wait(lambda: session.capsules() != [])
             assert session.capsules() == [(CLOSE_SESSION, (7).to_bytes(4, "big") + b"bye")]
-        # The client closes: the app's disconnect carries its code and reason.
+        # The client closes: the app's disconnect carries its code and reason, and the
+        # session's stream still open is stopped with WT_SESSION_GONE (d15 §6).
         async with open_wt(port, "/wt", cafile=cafile, dialect="safari") as session:
+            open_stream = await send_uni(session, b"unfinished", end=False)
             await session.send_capsule(CLOSE_SESSION, (42).to_bytes(4, "big") + b"done")
             await wait_for(lambda: app.finished == 2)
+            await session.wait(
+                lambda: any(
+                    isinstance(e, StopSendingReceived) and e.stream_id == open_stream
+                    for e in session.h3.log
+                )
+            )
+            [stop] = [
+                e
+                for e in session.h3.log
+                if isinstance(e, StopSendingReceived) and e.stream_id == open_stream
+            ]
+            assert stop.error_code == WT_SESSION_GONE
     assert app.disconnects == [{"type": "webtransport.disconnect", "code": 42, "reason": "done"}]
 
 

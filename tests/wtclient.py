@@ -27,7 +27,7 @@ from aioquic.h3.connection import H3_ALPN, H3Connection, Setting
 from aioquic.h3.events import H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import QuicEvent, StreamReset
+from aioquic.quic.events import QuicEvent, StopSendingReceived, StreamReset
 
 from clientkit.ws import _H3Tunnel, _UDPSocket
 
@@ -44,6 +44,7 @@ MAX_STREAMS_UNI = 0x190B4D40
 DATA_BLOCKED = 0x190B4D41
 STREAMS_BLOCKED_UNI = 0x190B4D44
 WT_FLOW_CONTROL_ERROR = 0x045D4487
+WT_SESSION_GONE = 0x170D7B68
 H3_MESSAGE_ERROR = 0x10E
 H3_REQUEST_REJECTED = 0x10B
 
@@ -158,7 +159,7 @@ class DialectH3(H3Connection):
 
     def handle_event(self, event: QuicEvent) -> list[H3Event]:
         out = super().handle_event(event)
-        if isinstance(event, StreamReset):
+        if isinstance(event, StreamReset | StopSendingReceived):
             self.log.append(event)
         self.log.extend(out)
         return out

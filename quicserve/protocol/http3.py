@@ -102,6 +102,8 @@ from .webtransport import (
     DRAFT15,
     MAX_CAPSULE,
     UPGRADE_TOKENS,
+    WT_BUFFERED_STREAM_REJECTED,
+    WT_SESSION_GONE,
     SessionError,
     SessionState,
     choose_dialect,
@@ -495,12 +497,12 @@ class H3Protocol:
         self._stopped.add(session_id)
         self._events.append(StreamReset(session_id, code))
 
-    def _drop_stream(self, stream_id: int) -> None:
-        # A stream of no live session (d15 §4.6: WT_BUFFERED_STREAM_REJECTED; nothing is
-        # buffered for sessions that do not exist yet).
+    def _drop_stream(self, stream_id: int, code: int = WT_BUFFERED_STREAM_REJECTED) -> None:
+        # A stream of no live session: nothing is buffered for sessions that do not exist
+        # (yet), so it is rejected as a buffer would be when full (d15 §4.6).
         self._wt_streams.pop(stream_id, None)
         if not self.quic.is_released(stream_id):
-            self.quic.stop_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            self.quic.stop_stream(stream_id, code)
             self.quic.release_stream(stream_id)
 
     def _wt_stream_reset(self, stream_id: int) -> None:
@@ -702,9 +704,13 @@ class H3Protocol:
         self._unacked.pop(stream_id, None)
         self._stopped.discard(stream_id)
         if self._wt.pop(stream_id, None) is not None:
-            # The session is over: its streams no longer map to it.
+            # The session is over: the client's streams of it that are still open are
+            # stopped with WT_SESSION_GONE (d15 §6), and no longer map to it.
             for wt_stream in [s for s, o in self._wt_streams.items() if o == stream_id]:
-                del self._wt_streams[wt_stream]
+                if self._terminated:
+                    del self._wt_streams[wt_stream]
+                else:
+                    self._drop_stream(wt_stream, WT_SESSION_GONE)
         if body_ended is False and not self._terminated:
             # RFC 9114 §4.1.1: the response is complete; the rest of the request body
             # is not wanted.
