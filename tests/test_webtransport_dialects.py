@@ -33,6 +33,7 @@ from quicserve.protocol.webtransport import (
     MAX_CAPSULE,
     SessionError,
     SessionState,
+    StreamRefused,
     choose_dialect,
 )
 
@@ -45,6 +46,7 @@ from .wtclient import (
     MAX_DATA,
     MAX_STREAMS_UNI,
     STREAMS_BLOCKED_UNI,
+    WT_BUFFERED_STREAM_REJECTED,
     WT_ENABLED,
     WT_FLOW_CONTROL_ERROR,
     WT_INITIAL_MAX_DATA,
@@ -357,6 +359,35 @@ async def test_attacks_on_session_bounds_end_only_that_session(
             assert session.reset is None
 
 
+async def test_streams_are_bounded_without_flow_control_too(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    # A draft-02 client has no WT_MAX_STREAMS: streams past the bound (open, or finished
+    # but not yet received by the app) are refused one by one (STOP_SENDING, where the
+    # client still sends), and the session lives on.
+    app = DialectApp()
+    async with serve(app, tls_files, webtransport_max_streams=3) as srv:
+        async with open_wt(
+            quic_port(srv), "/stall", cafile=str(tls_files.ca_certfile), dialect="draft02"
+        ) as session:
+            streams = [await send_uni(session, b"x", end=False) for _ in range(5)]
+
+            def stopped() -> dict[int, int]:
+                return {
+                    e.stream_id: e.error_code
+                    for e in session.h3.log
+                    if isinstance(e, StopSendingReceived)
+                }
+
+            await session.wait(lambda: len(stopped()) == 2)
+            assert stopped() == dict.fromkeys(streams[3:], WT_BUFFERED_STREAM_REJECTED)
+            # Once the app reads (after its second), the three others are answered.
+            await session.wait(lambda: len(session.wt_streams) == 3)
+            assert sorted(session.wt_streams.values()) == [(b"echo x", False)] * 3
+            assert await session.send_datagram(b"on") == b"echo on"
+            assert session.reset is None
+
+
 # -- the sans-IO session state, without a server ------------------------------------------
 
 
@@ -420,3 +451,12 @@ def test_receive_limits_and_credit_follow_consumption() -> None:
     state.stream_consumed(2, 600, True)  # past half the window: WT_MAX_DATA 1600
     assert capsule(MAX_DATA, varint(1600)) in state.take_output()
     assert state.max_data == 1600 and 2 not in state.streams
+    # Without flow control: at most 4 (the window) open or unreceived streams of a kind.
+    old = SessionState(DRAFT02, None, 1000, 4)
+    for stream in (2, 6, 10, 14):
+        old.stream_data(stream, 1, True)
+    with pytest.raises(StreamRefused):
+        old.stream_data(18, 1, True)
+    old.stream_consumed(2, 1, True)  # the app took one: room for one more
+    old.stream_data(18, 1, True)
+    old.stream_data(0, 1, False)  # bidirectional streams are counted apart

@@ -106,6 +106,7 @@ from .webtransport import (
     WT_SESSION_GONE,
     SessionError,
     SessionState,
+    StreamRefused,
     choose_dialect,
     close_session_capsule,
     server_settings,
@@ -319,6 +320,11 @@ class H3Protocol:
                 except SessionError as exc:
                     self._abort_session(event.session_id, exc.code)
                     self._drop_stream(stream_id)
+                    return
+                except StreamRefused:
+                    self._drop_stream(stream_id)
+                    if stream_id & 2 == 0:  # bidirectional: our side too
+                        self.quic.reset_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
                     return
                 self._wt_streams[stream_id] = event.session_id
                 self._hand(

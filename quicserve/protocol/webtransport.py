@@ -40,7 +40,10 @@ Rules:
   either has its session aborted with WT_FLOW_CONTROL_ERROR (d15 §5.6.2, §5.6.4). What we
   send is bounded the same way by the client's limits (:meth:`SessionState.send_credit`,
   :meth:`SessionState.can_open`), and WT_DATA_BLOCKED / WT_STREAMS_BLOCKED say when it
-  stops us (d15 §5.6.3, §5.6.5). Without flow control its capsules are ignored (d15 §5.1).
+  stops us (d15 §5.6.3, §5.6.5). Without flow control its capsules are ignored (d15 §5.1),
+  and a client stream beyond ``--webtransport-max-streams`` of a kind open or not yet
+  received by the app is refused alone (WT_BUFFERED_STREAM_REJECTED): a draft-02 client
+  cannot grow the app's queue one empty stream at a time.
 * Capsules (RFC 9297 §3.2) are parsed with a bounded buffer: a known capsule longer than
   its format allows is malformed (the session is aborted with H3_MESSAGE_ERROR), an unknown
   one is skipped without being held (RFC 9297 §3.2: unknown types are ignored), so a peer
@@ -203,6 +206,11 @@ class SessionError(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
+
+
+class StreamRefused(Exception):
+    """A client stream over the limit of a session without flow control: refuse that
+    stream (WT_BUFFERED_STREAM_REJECTED), not the session."""
 
 
 @dataclass(slots=True)
@@ -397,10 +405,17 @@ class SessionState:
 
     def stream_data(self, stream_id: int, size: int, ended: bool) -> None:
         """Data on one of the client's or our streams of the session. Raises
-        :class:`SessionError` when the client exceeds our limits (d15 §5.6.2, §5.6.4)."""
+        :class:`SessionError` when the client exceeds our limits (d15 §5.6.2, §5.6.4), and
+        :class:`StreamRefused` for one stream too many without flow control."""
         if stream_id not in self.streams and stream_id & 1 == 0:
             # A stream the client opened (client-initiated ids are even).
             bidi = int(stream_id & 2 == 0)
+            if not self.flow_control and self.opened[bidi] - self.closed[bidi] >= (
+                self._stream_window
+            ):
+                # No WT_MAX_STREAMS to hold the client back (draft-02/07): the streams it
+                # has open, or finished but not yet received by the app, are still bounded.
+                raise StreamRefused
             self.opened[bidi] += 1
             if self.flow_control and self.opened[bidi] > self.max_streams[bidi]:
                 raise SessionError(WT_FLOW_CONTROL_ERROR, "too many streams")

@@ -316,6 +316,9 @@ class WebTransportSession(StreamBase):
                 stream_id = reply
             data = bytes(message.get("data", b""))
             end = bool(message.get("end", False))
+            if end and stream_id != int(message["stream"]):
+                # Our reply stream is finished: forget it (a long session sees many).
+                self._reply_streams.pop(int(message["stream"]), None)
             self._bytes_sent += len(data)
             while True:
                 # The client's WT_MAX_DATA bounds what all the session's streams carry.
