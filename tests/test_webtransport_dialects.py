@@ -67,12 +67,14 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
 class DialectApp:
     """Echoes datagrams and streams (``/count``: answers each stream with its length;
-    ``/close``: closes with code 7; ``/stall``: reads nothing for a second)."""
+    ``/close``: closes with code 7; ``/stall``: reads nothing for a second; ``/gate``:
+    reads nothing until ``gate`` is set)."""
 
     def __init__(self) -> None:
         self.scopes: list[dict[str, Any]] = []
         self.disconnects: list[dict[str, Any]] = []
         self.finished = 0
+        self.gate: Any = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.scopes.append(scope)
@@ -87,6 +89,8 @@ class DialectApp:
                 return
             if scope["path"] == "/stall":
                 await anyio.sleep(1)
+            if scope["path"] == "/gate":
+                await self.gate.wait()
             totals: dict[int, int] = {}
             while True:
                 message = await receive()
@@ -386,6 +390,33 @@ async def test_streams_are_bounded_without_flow_control_too(
             assert sorted(session.wt_streams.values()) == [(b"echo x", False)] * 3
             assert await session.send_datagram(b"on") == b"echo on"
             assert session.reset is None
+
+
+async def test_tiny_frames_do_not_grow_the_apps_queue(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    # 2000 one-byte STREAM frames (one packet each) while the app reads nothing: they wait
+    # as one message, not 2000 (each would cost far more than its byte).
+    app = DialectApp()
+    app.gate = anyio.Event()
+    async with serve(app, tls_files) as srv:
+        async with open_wt(
+            quic_port(srv), "/gate", cafile=str(tls_files.ca_certfile), dialect="draft02"
+        ) as session:
+            stream = await send_uni(session, b"", end=False)
+            for _ in range(2000):
+                session.quic.send_stream_data(stream, b"t")
+                await session.transmit()
+            session.quic.send_stream_data(stream, b"", end_stream=True)
+            await session.transmit()
+            # Until QUIC has delivered it all (congestion control paces the packets).
+            sender = session.quic._streams[stream].sender
+            await session.wait(lambda: sender.is_finished)
+            app.gate.set()
+            await session.wait(lambda: any(ended for _, ended in session.wt_streams.values()))
+            [(data, _)] = session.wt_streams.values()
+            assert data.replace(b"echo ", b"") == b"t" * 2000
+            assert data.count(b"echo ") <= 3  # one per message the app received
 
 
 # -- the sans-IO session state, without a server ------------------------------------------

@@ -87,6 +87,7 @@ class WebTransportSession(StreamBase):
         "_dialect",
         "_disconnect_delivered",
         "_max_datagrams",
+        "_pending",
         "_queue",
         "_reply_streams",
         "_session_protocol",
@@ -107,6 +108,8 @@ class WebTransportSession(StreamBase):
         self._connect_delivered = False
         self._disconnect_delivered = False
         self._queue: deque[Message] = deque()
+        #: stream id -> [stream id, chunks, ended] of its message still in the queue
+        self._pending: dict[int, list[Any]] = {}
         self._datagrams = 0
         self._max_datagrams = max(1, host.config.ws_max_queue)
         #: client unidirectional stream -> the server stream its replies go on
@@ -152,9 +155,17 @@ class WebTransportSession(StreamBase):
         if self._state == _CLOSED:
             self._host.ack_body(stream_id, len(data))
             return
-        self._queue.append(
-            {"type": "webtransport.stream.receive", "stream": stream_id, "data": data, "end": ended}
-        )
+        pending = self._pending.get(stream_id)
+        if pending is not None:
+            # Still queued: the new bytes join it. One message per stream at most waits, so
+            # a client sending one-byte STREAM frames cannot grow the queue (its bytes are
+            # bounded by QUIC credit, its streams by --webtransport-max-streams).
+            pending[1].append(data)
+            pending[2] = ended
+            return
+        record: list[Any] = [stream_id, [data], ended]
+        self._pending[stream_id] = record
+        self._queue.append({"type": "webtransport.stream.receive", "_record": record})
         self._wake()
 
     def session_updated(self) -> None:
@@ -223,9 +234,9 @@ class WebTransportSession(StreamBase):
                 host.protocol.send_data(self.stream_id, b"", True)
             self._state = _CLOSED
             # Credit for stream data the app never took, so the connection is not starved.
-            for message in self._queue:
-                if message["type"] == "webtransport.stream.receive":
-                    host.ack_body(message["stream"], len(message["data"]))
+            for stream_id, chunks, _ in self._pending.values():
+                host.ack_body(stream_id, sum(map(len, chunks)))
+            self._pending.clear()
             self._queue.clear()
             await host.stream_finished(self.stream_id)
             if logged:
@@ -247,7 +258,11 @@ class WebTransportSession(StreamBase):
             if self._queue:
                 message = self._queue.popleft()
                 if message["type"] == "webtransport.stream.receive":
-                    self._host.ack_body(message["stream"], len(message["data"]))
+                    stream_id, chunks, ended = message.pop("_record")
+                    del self._pending[stream_id]
+                    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    self._host.ack_body(stream_id, len(data))
+                    message.update(stream=stream_id, data=data, end=ended)
                 else:
                     self._datagrams -= 1
                 return message
