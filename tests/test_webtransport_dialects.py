@@ -429,6 +429,9 @@ def test_choose_dialect() -> None:
     assert choose_dialect("webtransport", {WT_MAX_SESSIONS_07: 1}, []) == DRAFT07
     assert choose_dialect("webtransport", {WT_MAX_SESSIONS_07: 1}, draft02) == DRAFT02
     assert choose_dialect("webtransport", None, []) == DRAFT02
+    # Flow-control settings without a version codepoint: newer than draft-07.
+    assert choose_dialect("webtransport", {WT_INITIAL_MAX_DATA: 1}, []) == DRAFT14
+    assert SessionState(DRAFT07, {WT_INITIAL_MAX_DATA: 1}, 10, 1).flow_control
     assert choose_dialect("websocket", {WT_MAX_SESSIONS: 1}, []) is None
 
 

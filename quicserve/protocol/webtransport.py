@@ -14,7 +14,9 @@ draft02  ENABLE_WEBTRANSPORT 0x2b603742 webtransport     nothing; the 200 carrie
          (d02 §8.2)                                      ``sec-webtransport-http3-draft:
                                                          draft02`` (d02 §6)
 draft07  WEBTRANSPORT_MAX_SESSIONS      webtransport     capsules (RFC 9297 §3.2):
-         0xc671706a (d07 §8.2)                           CLOSE 0x2843 (§5), DRAIN 0x78ae
+         0xc671706a (d07 §8.2; kept                      CLOSE 0x2843 (§5), DRAIN 0x78ae;
+         until d12)                                      flow control too from a d09-d12
+                                                         client (it sends WT_INITIAL_*)
 draft14  WT_MAX_SESSIONS 0x14e9cd29     webtransport     + flow control capsules (d14 §5.6)
          (d13/d14 §9.2)
 draft15  WT_ENABLED 0x2c7cf000          webtransport-h3  the same as draft14 (d15 §5.6)
@@ -25,7 +27,9 @@ Every server setting above is sent, with SETTINGS_H3_DATAGRAM (RFC 9297 §2.1.1)
 WT_INITIAL_* flow-control settings (d14/d15 §5.5: 0x2b61 data, 0x2b64 uni, 0x2b65 bidi);
 each client announces its own and, for draft versions, "the highest version supported by
 both endpoints is selected" (d14 §7.1, d15 §7.1). :func:`choose_dialect` makes that choice
-per request from the client's SETTINGS and headers.
+per request from the client's SETTINGS and headers. Safari (26.4 on) speaks draft-14 with
+``:protocol`` webtransport, and refuses a server without WT_MAX_SESSIONS >= 1 and the
+WT_INITIAL_* settings; Chromium still chooses draft-02.
 
 Rules:
 
@@ -140,19 +144,30 @@ def choose_dialect(
         return DRAFT14
     if settings.get(SETTINGS_WEBTRANSPORT_MAX_SESSIONS_07, 0) > 0:
         return DRAFT07
+    if _declares_flow_control(settings):
+        # Flow-control settings exist from draft-09 on: a newer client than draft-07,
+        # whatever else it left out (d14 §3.1 wants WT_MAX_SESSIONS from it too).
+        return DRAFT14
     return DRAFT02
 
 
-def flow_control_enabled(dialect: str, client_settings: Mapping[int, int] | None) -> bool:
-    """d14/d15 §5.1: both endpoints declared flow control (we always do)."""
-    if dialect in (DRAFT02, DRAFT07):
-        return False
-    settings = client_settings or {}
+def _declares_flow_control(settings: Mapping[int, int]) -> bool:
     return (
         settings.get(SETTINGS_WT_INITIAL_MAX_DATA, 0) > 0
         or settings.get(SETTINGS_WT_INITIAL_MAX_STREAMS_UNI, 0) > 0
         or settings.get(SETTINGS_WT_INITIAL_MAX_STREAMS_BIDI, 0) > 0
-        or (dialect == DRAFT14 and settings.get(SETTINGS_WT_MAX_SESSIONS, 0) > 1)
+    )
+
+
+def flow_control_enabled(dialect: str, client_settings: Mapping[int, int] | None) -> bool:
+    """d14/d15 §5.1: both endpoints declared flow control (we always do). Draft-02 has
+    none; a client on the draft-07 codepoint has it when it sends the WT_INITIAL_*
+    settings (the codepoint lasted until draft-12, flow control came in draft-09)."""
+    if dialect == DRAFT02:
+        return False
+    settings = client_settings or {}
+    return _declares_flow_control(settings) or (
+        dialect == DRAFT14 and settings.get(SETTINGS_WT_MAX_SESSIONS, 0) > 1
     )
 
 
