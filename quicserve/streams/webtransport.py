@@ -357,7 +357,10 @@ class WebTransportSession(StreamBase):
         # Until the client grants more (SessionUpdated) or the session ends.
         if self._state != _OPEN:
             raise ClientDisconnected("the WebTransport session is not open")
-        waiter = self._credit_waiter = self._host.new_wakeup()
+        # One wake-up shared by every send waiting (an app may send from several tasks).
+        waiter = self._credit_waiter
+        if waiter is None:
+            waiter = self._credit_waiter = self._host.new_wakeup()
         await waiter.wait()
         if self._state != _OPEN:
             raise ClientDisconnected("the WebTransport session is not open")
