@@ -38,7 +38,9 @@ upgrade should touch only this file.
    streams, reports what it buffers per stream (``held``), and sends GOAWAY
    (``send_goaway``: aioquic keeps its control stream's id private and has no call for it).
 9. **Field-section limits** (:class:`ServerH3Connection`, :class:`GuardedDecoder`): our
-   SETTINGS carry SETTINGS_MAX_FIELD_SECTION_SIZE and our QPACK limits, oversized HEADERS
+   SETTINGS carry SETTINGS_MAX_FIELD_SECTION_SIZE and our QPACK limits (and the settings
+   of extensions aioquic does not know, given as ``extra_settings``: WebTransport's later
+   drafts, from ``protocol/webtransport.py``), oversized HEADERS
    frames are refused at their header, and every field section is bounded by
    ``quic/qpack_guard.py`` before pylsqpack may expand it (the QPACK bomb).
 10. **Guards against abusive peers** (the last section of the class): CRYPTO data held
