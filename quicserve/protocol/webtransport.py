@@ -37,7 +37,7 @@ Rules:
   the limit is reset with H3_REQUEST_REJECTED and the connection carries on (d14 §5.2 "MUST
   NOT close the connection"). A client without flow control gets one session (d14/d15 §5.1).
 * Flow control (d14/d15 §5.1) is on when the client sent a non-zero WT_INITIAL_* setting (or
-  WT_MAX_SESSIONS > 1, d14 §5.1); we always send non-zero ones. Then the client may open
+  WT_MAX_SESSIONS > 1, d14 §5.1), in any dialect but draft-02; we always send non-zero ones. Then the client may open
   ``--webtransport-max-streams`` streams of each kind and send ``--webtransport-max-data``
   bytes beyond what the app has received; a stream closed or data received grants more
   (WT_MAX_STREAMS, WT_MAX_DATA, sent once half the window is used). A client that exceeds
