@@ -35,19 +35,21 @@ Rules:
 
 * Sessions on one connection are bounded by ``--webtransport-max-sessions``; a CONNECT over
   the limit is reset with H3_REQUEST_REJECTED and the connection carries on (d14 §5.2 "MUST
-  NOT close the connection"). A client without flow control gets one session (d14/d15 §5.1).
-* Flow control (d14/d15 §5.1) is on when the client sent a non-zero WT_INITIAL_* setting (or
-  WT_MAX_SESSIONS > 1, d14 §5.1), in any dialect but draft-02; we always send non-zero ones. Then the client may open
-  ``--webtransport-max-streams`` streams of each kind and send ``--webtransport-max-data``
-  bytes beyond what the app has received; a stream closed or data received grants more
-  (WT_MAX_STREAMS, WT_MAX_DATA, sent once half the window is used). A client that exceeds
-  either has its session aborted with WT_FLOW_CONTROL_ERROR (d15 §5.6.2, §5.6.4). What we
-  send is bounded the same way by the client's limits (:meth:`SessionState.send_credit`,
-  :meth:`SessionState.can_open`), and WT_DATA_BLOCKED / WT_STREAMS_BLOCKED say when it
-  stops us (d15 §5.6.3, §5.6.5). Without flow control its capsules are ignored (d15 §5.1),
-  and a client stream beyond ``--webtransport-max-streams`` of a kind open or not yet
-  received by the app is refused alone (WT_BUFFERED_STREAM_REJECTED): a draft-02 client
-  cannot grow the app's queue one empty stream at a time.
+  NOT close the connection"). A draft-14/15 client without flow control gets one session
+  (d14/d15 §5.1).
+* Flow control (d14/d15 §5.1) is on when the client sent a non-zero WT_INITIAL_* setting
+  (or WT_MAX_SESSIONS > 1, d14 §5.1), in any dialect but draft-02; we always send non-zero
+  ones. Then the client may open ``--webtransport-max-streams`` streams of each kind and
+  send ``--webtransport-max-data`` bytes beyond what the app has received; a stream closed
+  or data received grants more (WT_MAX_STREAMS, WT_MAX_DATA, sent once half the window is
+  used). A client that exceeds either has its session aborted with WT_FLOW_CONTROL_ERROR
+  (d15 §5.6.2, §5.6.4). What we send is bounded the same way by the client's limits
+  (:meth:`SessionState.send_credit`, :meth:`SessionState.can_open`), and WT_DATA_BLOCKED /
+  WT_STREAMS_BLOCKED say when it stops us (d15 §5.6.3, §5.6.5). Without flow control its
+  capsules are ignored (d15 §5.1), and a client stream beyond
+  ``--webtransport-max-streams`` of a kind open or not yet received by the app is refused
+  alone (WT_BUFFERED_STREAM_REJECTED): a draft-02 client cannot grow the app's queue one
+  empty stream at a time.
 * Capsules (RFC 9297 §3.2) are parsed with a bounded buffer: a known capsule longer than
   its format allows is malformed (the session is aborted with H3_MESSAGE_ERROR), an unknown
   one is skipped without being held (RFC 9297 §3.2: unknown types are ignored), so a peer
