@@ -384,13 +384,19 @@ class _UDPSocket:
 
 class _H3Tunnel(Tunnel):
     def __init__(
-        self, sock: Any, quic: QuicConnection, port: int, webtransport: bool = False
+        self,
+        sock: Any,
+        quic: QuicConnection,
+        port: int,
+        webtransport: bool = False,
+        h3: H3Connection | None = None,
     ) -> None:
         super().__init__()
         self.sock = sock
         self.address = ("127.0.0.1", port)
         self.quic = quic
-        self.h3 = H3Connection(quic, enable_webtransport=webtransport)
+        # ``h3``: a client H3Connection of the caller's (e.g. one that sends other SETTINGS).
+        self.h3 = h3 if h3 is not None else H3Connection(quic, enable_webtransport=webtransport)
         #: WebTransport: datagrams, and stream id -> (data, ended)
         self.datagrams: list[bytes] = []
         self.wt_streams: dict[int, tuple[bytes, bool]] = {}

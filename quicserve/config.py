@@ -514,6 +514,27 @@ class Config:
             "experimental: accept WebTransport sessions over HTTP/3 (ASGI 'webtransport')"
         ),
     )
+    webtransport_max_sessions: int = field(
+        default=16,
+        metadata=_opt(
+            "WebTransport sessions open at once on one HTTP/3 connection at most "
+            "(SETTINGS_WT_MAX_SESSIONS); more are refused with H3_REQUEST_REJECTED"
+        ),
+    )
+    webtransport_max_data: int = field(
+        default=1024 * 1024,
+        metadata=_opt(
+            "bytes a WebTransport session's client may send on its streams beyond what "
+            "the app has received (SETTINGS_WT_INITIAL_MAX_DATA, then WT_MAX_DATA)"
+        ),
+    )
+    webtransport_max_streams: int = field(
+        default=100,
+        metadata=_opt(
+            "streams of each kind (bidirectional, unidirectional) a WebTransport session's "
+            "client may have open (SETTINGS_WT_INITIAL_MAX_STREAMS_*, then WT_MAX_STREAMS)"
+        ),
+    )
 
     @property
     def tls_enabled(self) -> bool:
@@ -630,6 +651,9 @@ def check(config: Config) -> None:
         "quic_max_fragments",
         "connection_write_buffer_size",
         "wsgi_max_threads",
+        "webtransport_max_sessions",
+        "webtransport_max_data",
+        "webtransport_max_streams",
     ):
         if getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")

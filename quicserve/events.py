@@ -109,6 +109,14 @@ class SessionStreamDataReceived:
     ended: bool
 
 
+@dataclass(frozen=True, slots=True)
+class SessionUpdated:
+    """HTTP/3 only: the client changed what the WebTransport session on ``session_id`` may
+    do (new send credit, WT_CLOSE_SESSION, WT_DRAIN_SESSION): its app call should look."""
+
+    session_id: int
+
+
 StreamEvent = (
     RequestReceived
     | BodyReceived
@@ -118,4 +126,5 @@ StreamEvent = (
     | ConnectionClosed
     | SessionDatagramReceived
     | SessionStreamDataReceived
+    | SessionUpdated
 )

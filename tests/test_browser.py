@@ -338,3 +338,5 @@ async def test_webtransport_page(
     assert app.report == "datagram:echo datagram from chromium stream:echo stream from chromium"
     assert [s["path"] for s in app.sessions] == ["/wt"]
     assert app.sessions[0]["http_version"] == "3"
+    # Chromium still speaks draft-02 when a server offers every dialect.
+    assert app.sessions[0]["extensions"]["webtransport"] == {"dialect": "draft02"}

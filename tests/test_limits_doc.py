@@ -58,6 +58,9 @@ LIMIT_FIELDS = {
     "qpack_max_table_capacity",
     "qpack_blocked_streams",
     "wsgi_max_threads",
+    "webtransport_max_sessions",
+    "webtransport_max_data",
+    "webtransport_max_streams",
 }
 
 

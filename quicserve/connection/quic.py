@@ -37,7 +37,12 @@ import anyio.abc
 
 from ..addresses import peer_address
 from ..connection_info import HTTP3_CAPABILITIES, ConnectionInfo
-from ..events import RequestReceived, SessionDatagramReceived, SessionStreamDataReceived
+from ..events import (
+    RequestReceived,
+    SessionDatagramReceived,
+    SessionStreamDataReceived,
+    SessionUpdated,
+)
 from ..protocol.base import DatagramProtocol
 from ..protocol.http3 import H3Protocol
 from ..quic.compat import ServerQuicConnection
@@ -434,6 +439,10 @@ class QuicDriver(ConnectionDriver):
                 session.stream_data_received(event.stream_id, event.data, event.ended)
             else:
                 self.protocol.ack_body(event.stream_id, len(event.data))
+        elif isinstance(event, SessionUpdated):
+            session = self._streams.get(event.session_id)
+            if isinstance(session, WebTransportSession):
+                session.session_updated()
 
     def _launch(self, stream: AnyStream) -> None:
         # The stream is registered (its body events are not lost); its task starts

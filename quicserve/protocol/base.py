@@ -86,7 +86,8 @@ class StreamProtocol(Protocol):
 
 @runtime_checkable
 class WebTransportProtocol(StreamProtocol, Protocol):
-    """The stream side of a protocol that carries WebTransport sessions (HTTP/3, draft-02):
+    """The stream side of a protocol that carries WebTransport sessions (HTTP/3, every
+    dialect of ``protocol/webtransport.py``):
     a session's datagrams and the streams it owns besides its CONNECT stream."""
 
     def send_datagram(self, session_id: int, data: bytes) -> None:
@@ -95,8 +96,34 @@ class WebTransportProtocol(StreamProtocol, Protocol):
     def open_session_stream(self, session_id: int, unidirectional: bool) -> int:
         """A new server-initiated stream of the session; its id."""
 
-    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
-        """Raw data on one of a session's streams (no HTTP framing)."""
+    def send_stream_data(
+        self,
+        stream_id: int,
+        data: bytes,
+        end_stream: bool = False,
+        session_id: int | None = None,
+    ) -> None:
+        """Raw data on one of a session's streams (no HTTP framing), counted against the
+        session's send credit when ``session_id`` is given."""
+
+    def webtransport_dialect(self, session_id: int) -> str | None:
+        """The draft the session's client speaks (``protocol/webtransport.py``)."""
+
+    def session_closed_by_peer(self, session_id: int) -> tuple[int, str] | None:
+        """The code and reason of the client's WT_CLOSE_SESSION, if any."""
+
+    def session_send_credit(self, session_id: int) -> int:
+        """Bytes the session may send on its streams now (the client's WT_MAX_DATA)."""
+
+    def session_can_open(self, session_id: int, unidirectional: bool) -> bool:
+        """Whether the client's WT_MAX_STREAMS lets the session open one more stream."""
+
+    def session_blocked(self, session_id: int, unidirectional: bool | None) -> None:
+        """Tell the client its limit holds us back (WT_DATA_BLOCKED for ``None``, else
+        WT_STREAMS_BLOCKED)."""
+
+    def close_session(self, session_id: int, code: int, reason: str) -> None:
+        """End the session with WT_CLOSE_SESSION (where the dialect has it) and FIN."""
 
 
 @runtime_checkable

@@ -42,6 +42,16 @@ Rules:
   the connection with H3_NO_ERROR.
 * CID changes are reported through ``issued_cids``/``retired_cids`` for the endpoint's
   routing table.
+* WebTransport (``--webtransport``): SETTINGS advertise every dialect
+  (``protocol/webtransport.py`` says which and why); an extended CONNECT with
+  ``:protocol`` ``webtransport`` or ``webtransport-h3`` gets the dialect its client chose,
+  is refused with H3_REQUEST_REJECTED past ``--webtransport-max-sessions`` (the connection
+  carries on), and its CONNECT stream's DATA is capsules, read here and never handed to the
+  app. Session flow control is kept here (``SessionState``): a client over its limits has
+  its session aborted (the CONNECT stream reset with the error code the draft names), and
+  WT_MAX_DATA / WT_MAX_STREAMS follow what the app received. A peer's WT_CLOSE_SESSION
+  ends our side of the CONNECT stream at once (d15 §6) and is reported as
+  ``SessionUpdated``, as is new send credit.
 """
 
 from __future__ import annotations
@@ -75,6 +85,7 @@ from ..events import (
     RequestReceived,
     SessionDatagramReceived,
     SessionStreamDataReceived,
+    SessionUpdated,
     StreamEvent,
     StreamReset,
 )
@@ -85,6 +96,20 @@ from .fields import (
     decode_token,
     field_section_size,
     parse_request_fields,
+)
+from .webtransport import (
+    DRAFT14,
+    DRAFT15,
+    MAX_CAPSULE,
+    UPGRADE_TOKENS,
+    WT_BUFFERED_STREAM_REJECTED,
+    WT_SESSION_GONE,
+    SessionError,
+    SessionState,
+    StreamRefused,
+    choose_dialect,
+    close_session_capsule,
+    server_settings,
 )
 
 _STATUS = {status: str(status).encode() for status in range(100, 600)}
@@ -98,7 +123,25 @@ class H3Protocol:
     def __init__(self, quic: ServerQuicConnection, config: Config) -> None:
         self.quic = quic
         self._config = config
-        self._h3 = ServerH3Connection(quic, config, enable_webtransport=config.webtransport)
+        extra = (
+            server_settings(
+                config.webtransport_max_sessions,
+                config.webtransport_max_data,
+                config.webtransport_max_streams,
+            )
+            if config.webtransport
+            else None
+        )
+        self._h3 = ServerH3Connection(
+            quic, config, enable_webtransport=config.webtransport, extra_settings=extra
+        )
+        # WebTransport: CONNECT stream id -> its session's state; a session's stream ->
+        # its session (the client's streams, until they are closed and consumed).
+        self._wt: dict[int, SessionState] = {}
+        self._wt_streams: dict[int, int] = {}
+        # WebTransport CONNECTs that came before the client's SETTINGS (d15 §3.1: not
+        # processed until then): stream id -> the request, its end, and its stashed DATA.
+        self._deferred: dict[int, tuple[RequestReceived, bool, bytearray]] = {}
         self._events: deque[StreamEvent] = deque()
         # stream id -> True once the request body has ended.
         self._requests: dict[int, bool] = {}
@@ -177,6 +220,14 @@ class H3Protocol:
                 if event.stream_id in self._requests:
                     self._events.append(StreamReset(event.stream_id, event.error_code))
                     self._on_cancel(event.stream_id)
+                elif cls is QuicStreamReset and event.stream_id in self._wt_streams:
+                    self._wt_stream_reset(event.stream_id)
+                elif cls is QuicStreamReset and event.stream_id in self._deferred:
+                    # Cancelled before it was processed: it never reaches the app.
+                    del self._deferred[event.stream_id]
+                    self._unacked.pop(event.stream_id, None)
+                    self._h3.forget(event.stream_id)
+                    self.quic.forget_stream(event.stream_id)
             elif cls is ConnectionTerminated:
                 self._terminated = True
                 for stream_id in self._requests:
@@ -187,6 +238,9 @@ class H3Protocol:
                 # events produce nothing at the HTTP/3 layer.
                 for h3_event in h3.handle_event(event):
                     self._on_h3_event(h3_event)
+        if self._deferred and h3.received_settings is not None and not self._terminated:
+            touched.update(self._deferred)
+            self._release_deferred()
         if not self._terminated:
             unacked = self._unacked
             for stream_id in touched:
@@ -232,18 +286,47 @@ class H3Protocol:
         cls = type(event)
         stream_id = event.stream_id
         if cls is DataReceived:
+            deferred = self._deferred.get(stream_id)
+            if deferred is not None:
+                self._stash(stream_id, deferred, event.data, event.stream_ended)
+                return
             if self._requests.get(stream_id, True):
                 # Not a request, or its body already ended: after trailers only the FIN
                 # (and reserved frames) may follow (RFC 9114 §4.1), which must not end the
                 # body a second time.
                 return
-            if event.data:
+            state = self._wt.get(stream_id)
+            if state is not None:
+                # The CONNECT stream carries capsules (RFC 9297 §3.2); they are ours, not
+                # the app's, and credited at once.
+                if event.data:
+                    self._feed_capsules(stream_id, state, event.data)
+                    if self._requests.get(stream_id, True):
+                        return  # aborted
+            elif event.data:
                 self._hand(stream_id, BodyReceived(stream_id, event.data), len(event.data))
             if event.stream_ended:
                 self._requests[stream_id] = True
                 self._events.append(BodyEnded(stream_id))
         elif cls is WebTransportStreamDataReceived:
-            if event.session_id in self._requests:
+            session = self._wt.get(event.session_id)
+            if (
+                session is not None
+                and event.session_id in self._requests
+                and event.session_id not in self._stopped
+            ):
+                try:
+                    session.stream_data(stream_id, len(event.data), event.stream_ended)
+                except SessionError as exc:
+                    self._abort_session(event.session_id, exc.code)
+                    self._drop_stream(stream_id)
+                    return
+                except StreamRefused:
+                    self._drop_stream(stream_id)
+                    if stream_id & 2 == 0:  # bidirectional: our side too
+                        self.quic.reset_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
+                    return
+                self._wt_streams[stream_id] = event.session_id
                 self._hand(
                     stream_id,
                     SessionStreamDataReceived(
@@ -251,9 +334,8 @@ class H3Protocol:
                     ),
                     len(event.data),
                 )
-            elif not self.quic.is_released(stream_id):
-                self.quic.stop_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
-                self.quic.release_stream(stream_id)
+            else:
+                self._drop_stream(stream_id)
         elif cls is DatagramReceived:
             if stream_id in self._requests:
                 self._events.append(SessionDatagramReceived(stream_id, event.data))
@@ -306,12 +388,185 @@ class H3Protocol:
             except Malformed:
                 self._refuse(stream_id, ErrorCode.H3_MESSAGE_ERROR)
                 return
+            if (
+                self._config.webtransport
+                and request.method == b"CONNECT"
+                and request.protocol in UPGRADE_TOKENS
+            ):
+                if self._h3.received_settings is None:
+                    self._defer(stream_id, request, bool(event.stream_ended))
+                    return
+                if not self._open_session(stream_id, request):
+                    return
             self._requests[stream_id] = bool(event.stream_ended)
             self.quic.hold_stream(stream_id)
             self._highest_request = max(self._highest_request, stream_id)
             self._events.append(request)
             if event.stream_ended:
                 self._events.append(BodyEnded(stream_id))
+
+    # -- WebTransport sessions (protocol/webtransport.py) --------------------------------
+
+    def _open_session(self, stream_id: int, request: RequestReceived) -> bool:
+        # The dialect the client chose; refuse the session past the limit (d14 §5.2: reset
+        # with H3_REQUEST_REJECTED, never close the connection).
+        config = self._config
+        settings = self._h3.received_settings
+        dialect = choose_dialect(request.protocol, settings, request.headers)
+        if dialect is None:
+            return True
+        state = SessionState(
+            dialect, settings, config.webtransport_max_data, config.webtransport_max_streams
+        )
+        limit = config.webtransport_max_sessions
+        if dialect in (DRAFT14, DRAFT15) and not state.flow_control:
+            limit = 1  # d14/d15 §5.1: one session without flow control
+        if len(self._wt) >= limit:
+            self._refuse(stream_id, ErrorCode.H3_REQUEST_REJECTED)
+            return False
+        self._wt[stream_id] = state
+        return True
+
+    def _defer(self, stream_id: int, request: RequestReceived, ended: bool) -> None:
+        # d15 §3.1: no WebTransport request is processed before the client's SETTINGS (its
+        # dialect and its flow-control limits are in them). At most as many wait as there
+        # may be sessions; more are refused as over the limit.
+        if len(self._deferred) >= self._config.webtransport_max_sessions:
+            self._refuse(stream_id, ErrorCode.H3_REQUEST_REJECTED)
+            return
+        self._deferred[stream_id] = (request, ended, bytearray())
+        self.quic.hold_stream(stream_id)
+        self._highest_request = max(self._highest_request, stream_id)
+
+    def _stash(
+        self,
+        stream_id: int,
+        deferred: tuple[RequestReceived, bool, bytearray],
+        data: bytes,
+        ended: bool,
+    ) -> None:
+        # DATA (capsules) of a deferred CONNECT: held, and not credited, until SETTINGS
+        # come; at most one capsule's worth (MAX_CAPSULE) per request.
+        request, was_ended, stash = deferred
+        stash += data
+        if data:
+            self._unacked[stream_id] = self._unacked.get(stream_id, 0) + len(data)
+        if len(stash) > MAX_CAPSULE:
+            del self._deferred[stream_id]
+            self._unacked.pop(stream_id, None)
+            self._refuse(stream_id, ErrorCode.H3_EXCESSIVE_LOAD)
+            self.quic.forget_stream(stream_id)
+            return
+        if ended and not was_ended:
+            self._deferred[stream_id] = (request, True, stash)
+
+    def _release_deferred(self) -> None:
+        # The client's SETTINGS came: its deferred CONNECTs are processed, in order.
+        deferred, self._deferred = self._deferred, {}
+        for stream_id, (request, ended, stash) in deferred.items():
+            self._unacked.pop(stream_id, None)
+            if not self._open_session(stream_id, request):
+                self.quic.forget_stream(stream_id)
+                continue
+            self._requests[stream_id] = False
+            self._events.append(request)
+            if stash:
+                self._feed_capsules(stream_id, self._wt[stream_id], bytes(stash))
+            if ended and self._requests.get(stream_id) is False:
+                self._requests[stream_id] = True
+                self._events.append(BodyEnded(stream_id))
+
+    def _feed_capsules(self, session_id: int, state: SessionState, data: bytes) -> None:
+        try:
+            changed = state.feed(data)
+        except SessionError as exc:
+            self._abort_session(session_id, exc.code)
+            return
+        if state.close is not None and session_id not in self._responded:
+            # d15 §6: the recipient of WT_CLOSE_SESSION closes the CONNECT stream.
+            if state.accepted and self._can_send(session_id):
+                self._h3.send_data(session_id, b"", True)
+                self._responded.add(session_id)
+        if changed:
+            self._events.append(SessionUpdated(session_id))
+
+    def _abort_session(self, session_id: int, code: int) -> None:
+        # A session error: the CONNECT stream is reset with the draft's code; the session's
+        # app call hears a reset (and its streams are dropped at stream_done).
+        if self._requests.get(session_id) is None:
+            return
+        if not self._terminated:
+            self.quic.reset_stream(session_id, code)
+            self.quic.stop_stream(session_id, code)
+            self._h3.reject(session_id)
+        self._requests[session_id] = True
+        self._stopped.add(session_id)
+        self._events.append(StreamReset(session_id, code))
+
+    def _drop_stream(self, stream_id: int, code: int = WT_BUFFERED_STREAM_REJECTED) -> None:
+        # A stream of no live session: nothing is buffered for sessions that do not exist
+        # (yet), so it is rejected as a buffer would be when full (d15 §4.6).
+        self._wt_streams.pop(stream_id, None)
+        if not self.quic.is_released(stream_id):
+            self.quic.stop_stream(stream_id, code)
+            self.quic.release_stream(stream_id)
+
+    def _wt_stream_reset(self, stream_id: int) -> None:
+        session_id = self._wt_streams.get(stream_id)
+        state = self._wt.get(session_id) if session_id is not None else None
+        if state is not None:
+            state.stream_reset(stream_id)
+            if stream_id not in state.streams:
+                self._wt_streams.pop(stream_id, None)
+            self._flush_capsules(session_id, state)  # type: ignore[arg-type]
+
+    def _flush_capsules(self, session_id: int, state: SessionState) -> None:
+        if self._can_send(session_id) and session_id not in self._responded:
+            data = state.take_output()
+            if data:
+                self._h3.send_data(session_id, data, False)
+
+    def webtransport_dialect(self, session_id: int) -> str | None:
+        """The dialect of the session on ``session_id`` (``protocol/webtransport.py``)."""
+        state = self._wt.get(session_id)
+        return state.dialect if state is not None else None
+
+    def session_closed_by_peer(self, session_id: int) -> tuple[int, str] | None:
+        """The code and message of the client's WT_CLOSE_SESSION, if it sent one."""
+        state = self._wt.get(session_id)
+        if state is None or state.close is None:
+            return None
+        return state.close.code, state.close.reason
+
+    def session_send_credit(self, session_id: int) -> int:
+        """Bytes the client's WT_MAX_DATA lets us send on the session's streams now."""
+        state = self._wt.get(session_id)
+        return state.send_credit() if state is not None else 1 << 62
+
+    def session_can_open(self, session_id: int, unidirectional: bool) -> bool:
+        """Whether the client's WT_MAX_STREAMS lets us open one more stream."""
+        state = self._wt.get(session_id)
+        return state is None or state.can_open(unidirectional)
+
+    def session_blocked(self, session_id: int, unidirectional: bool | None) -> None:
+        """We are held back by the client's limit: WT_DATA_BLOCKED (``None``) or
+        WT_STREAMS_BLOCKED."""
+        state = self._wt.get(session_id)
+        if state is not None:
+            state.blocked(unidirectional)
+            self._flush_capsules(session_id, state)
+
+    def close_session(self, session_id: int, code: int, reason: str) -> None:
+        """End the session: WT_CLOSE_SESSION with ``code`` and ``reason`` where the dialect
+        has capsules (d07 §5, d15 §6), then FIN on the CONNECT stream."""
+        state = self._wt.get(session_id)
+        if not self._can_send(session_id) or session_id in self._responded:
+            return
+        data = b""
+        if state is not None and state.capsules:
+            data = state.take_output() + close_session_capsule(code, reason)
+        self._h3.send_data(session_id, data, True)
+        self._responded.add(session_id)
 
     def _parse_request(self, stream_id: int, raw: Headers) -> RequestReceived:
         # RFC 9114 §4.2-§4.3: the same field rules as HTTP/2 (protocol/fields.py).
@@ -351,6 +606,11 @@ class H3Protocol:
             self._h3.send_headers(stream_id, block, end_stream)
             if end_stream:
                 self._responded.add(stream_id)
+            state = self._wt.get(stream_id)
+            if state is not None and 200 <= status < 300 and not end_stream:
+                # Capsules may follow now (RFC 9297 §3.2).
+                state.accepted = True
+                self._flush_capsules(stream_id, state)
 
     def send_informational(self, stream_id: int, status: int, headers: Headers) -> None:
         """An interim response (100, 103), RFC 9114 §4.1."""
@@ -381,12 +641,27 @@ class H3Protocol:
             self._h3.send_datagram(session_id, data)
 
     def open_session_stream(self, session_id: int, unidirectional: bool) -> int:
-        """A new server-initiated WebTransport stream of the session; its id."""
+        """A new server-initiated WebTransport stream of the session; its id (the caller
+        checked ``session_can_open``)."""
+        state = self._wt.get(session_id)
+        if state is not None:
+            state.stream_opened(unidirectional)
         return int(self._h3.create_webtransport_stream(session_id, unidirectional))
 
-    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
-        """Data on a WebTransport stream (no HTTP/3 framing: the stream is raw)."""
+    def send_stream_data(
+        self,
+        stream_id: int,
+        data: bytes,
+        end_stream: bool = False,
+        session_id: int | None = None,
+    ) -> None:
+        """Data on a WebTransport stream (no HTTP/3 framing: the stream is raw); counted
+        against the session's WT_MAX_DATA when ``session_id`` is given."""
         if not self._terminated:
+            if session_id is not None:
+                state = self._wt.get(session_id)
+                if state is not None:
+                    state.data_sent(len(data))
             self.quic.send_stream_data(stream_id, data, end_stream)
 
     def reset_stream(self, stream_id: int) -> None:
@@ -412,6 +687,17 @@ class H3Protocol:
             unacked = 0
         if not self._terminated:
             self.quic.credit(stream_id, self._h3.held(stream_id) + unacked)
+        session_id = self._wt_streams.get(stream_id)
+        if session_id is not None:
+            # Session credit follows what the app received (d15 §5.6.4).
+            state = self._wt.get(session_id)
+            if state is None:
+                self._wt_streams.pop(stream_id, None)
+                return
+            state.stream_consumed(stream_id, amount, unacked == 0)
+            if stream_id not in state.streams:
+                self._wt_streams.pop(stream_id, None)
+            self._flush_capsules(session_id, state)
 
     def stream_done(self, stream_id: int, now: float) -> None:
         """The stream type is finished; stop reading a body nobody will read."""
@@ -423,6 +709,14 @@ class H3Protocol:
         self._cancelled.discard(stream_id)
         self._unacked.pop(stream_id, None)
         self._stopped.discard(stream_id)
+        if self._wt.pop(stream_id, None) is not None:
+            # The session is over: the client's streams of it that are still open are
+            # stopped with WT_SESSION_GONE (d15 §6), and no longer map to it.
+            for wt_stream in [s for s, o in self._wt_streams.items() if o == stream_id]:
+                if self._terminated:
+                    del self._wt_streams[wt_stream]
+                else:
+                    self._drop_stream(wt_stream, WT_SESSION_GONE)
         if body_ended is False and not self._terminated:
             # RFC 9114 §4.1.1: the response is complete; the rest of the request body
             # is not wanted.

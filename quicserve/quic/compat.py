@@ -38,7 +38,9 @@ upgrade should touch only this file.
    streams, reports what it buffers per stream (``held``), and sends GOAWAY
    (``send_goaway``: aioquic keeps its control stream's id private and has no call for it).
 9. **Field-section limits** (:class:`ServerH3Connection`, :class:`GuardedDecoder`): our
-   SETTINGS carry SETTINGS_MAX_FIELD_SECTION_SIZE and our QPACK limits, oversized HEADERS
+   SETTINGS carry SETTINGS_MAX_FIELD_SECTION_SIZE and our QPACK limits (and the settings
+   of extensions aioquic does not know, given as ``extra_settings``: WebTransport's later
+   drafts, from ``protocol/webtransport.py``), oversized HEADERS
    frames are refused at their header, and every field section is bounded by
    ``quic/qpack_guard.py`` before pylsqpack may expand it (the QPACK bomb).
 10. **Guards against abusive peers** (the last section of the class): CRYPTO data held
@@ -845,10 +847,16 @@ class ServerH3Connection(H3Connection):
     """
 
     def __init__(
-        self, quic: ServerQuicConnection, config: Config, *, enable_webtransport: bool = False
+        self,
+        quic: ServerQuicConnection,
+        config: Config,
+        *,
+        enable_webtransport: bool = False,
+        extra_settings: dict[int, int] | None = None,
     ) -> None:
         # Read by _get_local_settings, which H3Connection.__init__ calls.
         self._limits = config
+        self._extra_settings = extra_settings or {}
         super().__init__(quic, enable_webtransport=enable_webtransport)
         self._server_quic = quic
         #: Streams reset here for a malformed message, with the error code, for the HTTP/3
@@ -871,6 +879,9 @@ class ServerH3Connection(H3Connection):
         self._blocked_streams = config.qpack_blocked_streams
         settings = super()._get_local_settings()
         settings[Setting.MAX_FIELD_SECTION_SIZE] = config.max_header_bytes
+        # Settings of extensions aioquic does not know (WebTransport's later drafts, from
+        # protocol/webtransport.py).
+        settings.update(self._extra_settings)
         return settings
 
     def held(self, stream_id: int) -> int:

@@ -1,35 +1,45 @@
 """WebTransportSession: one WebTransport session over HTTP/3 <-> one ASGI app call.
 
-Experimental, behind ``--webtransport``. The wire protocol is
-draft-ietf-webtrans-http3-02, which is what Chromium speaks to a server that advertises
-``SETTINGS_ENABLE_WEBTRANSPORT`` (aioquic sends it, with ``SETTINGS_H3_DATAGRAM``, when
-the option is on): an extended CONNECT with ``:protocol`` webtransport opens the session,
-the ``200`` carries ``sec-webtransport-http3-draft: draft02``, the session's streams start
-with its id, its datagrams are HTTP Datagrams (RFC 9297) in QUIC DATAGRAM frames
-(RFC 9221), and ending the CONNECT stream ends the session.
+Experimental, behind ``--webtransport``. Every dialect of draft-ietf-webtrans-http3 a
+browser speaks (draft-02 for Chromium, draft-13/14 for Safari, draft-15; see
+``protocol/webtransport.py``, which also keeps the capsules and session flow control): an
+extended CONNECT with ``:protocol`` ``webtransport`` or ``webtransport-h3`` opens the
+session, the session's streams start with its id, its datagrams are HTTP Datagrams
+(RFC 9297) in QUIC DATAGRAM frames (RFC 9221), and ending the CONNECT stream (or
+WT_CLOSE_SESSION, from draft-07 on) ends the session. The ``200`` carries
+``sec-webtransport-http3-draft: draft02`` for a draft-02 client only (draft-02 §6).
 
 The ASGI messages follow the prototype in aioquic's example server, so apps written for it
 keep working; the additions are marked (+):
 
-* scope ``{"type": "webtransport", "http_version": "3", "scheme": "https", "path", ...}``
+* scope ``{"type": "webtransport", "http_version": "3", "scheme": "https", "path", ...,
+  "subprotocols" (+), "extensions": {"webtransport": {"dialect"}} (+)}``: ``dialect`` is
+  ``"draft02"``, ``"draft07"``, ``"draft14"`` (draft-13/14) or ``"draft15"``;
+  ``subprotocols`` are the client's ``WT-Available-Protocols`` (draft-13 on, §3.3).
 * receive: ``webtransport.connect``; ``webtransport.datagram.receive {data}``;
-  ``webtransport.stream.receive {stream, data, end(+)}``; ``webtransport.disconnect (+)``
-  once the session is over (a later ``receive`` raises :class:`ClientDisconnected`, so an
-  app that loops on ``receive`` without knowing ``disconnect`` still ends).
-* send: ``webtransport.accept {headers(+)}``; ``webtransport.close`` (before accept: 403);
+  ``webtransport.stream.receive {stream, data, end(+)}``; ``webtransport.disconnect
+  {code, reason} (+)`` once the session is over (``code``/``reason`` from the client's
+  WT_CLOSE_SESSION, else 0 and ""); a later ``receive`` raises
+  :class:`ClientDisconnected`, so an app that loops on ``receive`` without knowing
+  ``disconnect`` still ends.
+* send: ``webtransport.accept {headers(+), subprotocol(+)}`` (``subprotocol`` becomes
+  ``WT-Protocol``); ``webtransport.close {code(+), reason(+)}`` (before accept: 403;
+  after: WT_CLOSE_SESSION with them where the dialect has capsules, then FIN);
   ``webtransport.datagram.send {data}``; ``webtransport.stream.send {stream, data,
   end(+)}``. On a bidirectional stream the data goes back on that stream; on a stream the
   client opened unidirectionally, the reply goes on one server-opened unidirectional
   stream per client stream.
 
-Limits: stream data is acknowledged into QUIC flow control only as the app receives it;
-at most ``ws_max_queue`` datagrams wait for the app (more are dropped: datagrams are
-unreliable by definition).
+Limits: stream data is acknowledged into QUIC flow control, and into the session's
+WT_MAX_DATA, only as the app receives it; at most ``ws_max_queue`` datagrams wait for the
+app (more are dropped: datagrams are unreliable by definition). ``stream.send`` waits while
+the client's WT_MAX_DATA or WT_MAX_STREAMS holds it back.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import deque
 from typing import Any
@@ -37,6 +47,7 @@ from typing import Any
 from ..connection_info import ConnectionInfo
 from ..events import RequestReceived
 from ..protocol.base import WebTransportProtocol
+from ..protocol.webtransport import DRAFT02, UPGRADE_TOKENS
 from ..types import ASGIApp, Message, Scope
 from .base import StreamBase, StreamHost, access_logger
 from .http import response_headers, upgrade_scope
@@ -49,8 +60,18 @@ _DRAFT_HEADER = (b"sec-webtransport-http3-draft", b"draft02")
 
 
 def is_webtransport_request(request: RequestReceived) -> bool:
-    """An extended CONNECT with ``:protocol`` webtransport (HTTP/3 only)."""
-    return request.method == b"CONNECT" and request.protocol == "webtransport"
+    """An extended CONNECT with ``:protocol`` ``webtransport`` or ``webtransport-h3``
+    (HTTP/3 only)."""
+    return request.method == b"CONNECT" and request.protocol in UPGRADE_TOKENS
+
+
+def _sf_strings(value: bytes) -> list[str]:
+    # The strings of a Structured Field List (RFC 9651 §3.1), e.g. WT-Available-Protocols;
+    # other members are skipped.
+    out: list[str] = []
+    for member in re.findall(rb'"((?:[^"\\]|\\.)*)"', value):
+        out.append(re.sub(rb"\\(.)", rb"\1", member).decode("ascii", "replace"))
+    return out
 
 
 class WebTransportSession(StreamBase):
@@ -61,9 +82,12 @@ class WebTransportSession(StreamBase):
 
     __slots__ = (
         "_connect_delivered",
+        "_credit_waiter",
         "_datagrams",
+        "_dialect",
         "_disconnect_delivered",
         "_max_datagrams",
+        "_pending",
         "_queue",
         "_reply_streams",
         "_session_protocol",
@@ -84,11 +108,15 @@ class WebTransportSession(StreamBase):
         self._connect_delivered = False
         self._disconnect_delivered = False
         self._queue: deque[Message] = deque()
+        #: stream id -> [stream id, chunks, ended] of its message still in the queue
+        self._pending: dict[int, list[Any]] = {}
         self._datagrams = 0
         self._max_datagrams = max(1, host.config.ws_max_queue)
         #: client unidirectional stream -> the server stream its replies go on
         self._reply_streams: dict[int, int] = {}
         self.dropped_datagrams = 0
+        self._dialect: str | None = None
+        self._credit_waiter: Any = None
         # The calls only a protocol that carries WebTransport has (HTTP/3); checked once.
         protocol = host.protocol
         self._session_protocol = protocol if isinstance(protocol, WebTransportProtocol) else None
@@ -127,15 +155,37 @@ class WebTransportSession(StreamBase):
         if self._state == _CLOSED:
             self._host.ack_body(stream_id, len(data))
             return
-        self._queue.append(
-            {"type": "webtransport.stream.receive", "stream": stream_id, "data": data, "end": ended}
-        )
+        pending = self._pending.get(stream_id)
+        if pending is not None:
+            # Still queued: the new bytes join it. One message per stream at most waits, so
+            # a client sending one-byte STREAM frames cannot grow the queue (its bytes are
+            # bounded by QUIC credit, its streams by --webtransport-max-streams).
+            pending[1].append(data)
+            pending[2] = ended
+            return
+        record: list[Any] = [stream_id, [data], ended]
+        self._pending[stream_id] = record
+        self._queue.append({"type": "webtransport.stream.receive", "_record": record})
         self._wake()
+
+    def session_updated(self) -> None:
+        """The client sent new credit, WT_CLOSE_SESSION or WT_DRAIN_SESSION."""
+        session_protocol = self._session_protocol
+        if session_protocol is not None and session_protocol.session_closed_by_peer(self.stream_id):
+            self._finish()
+        self._wake_sender()
+
+    def _wake_sender(self) -> None:
+        waiter = self._credit_waiter
+        if waiter is not None:
+            self._credit_waiter = None
+            waiter.set()
 
     def _finish(self) -> None:
         if self._state != _CLOSED:
             self._state = _CLOSED
             self._wake()
+            self._wake_sender()
 
     # -- the ASGI call -----------------------------------------------------------------
 
@@ -151,6 +201,15 @@ class WebTransportSession(StreamBase):
             {},
         )
         scope["method"] = "CONNECT"
+        session_protocol = self._session_protocol
+        if session_protocol is not None:
+            self._dialect = session_protocol.webtransport_dialect(self.stream_id)
+        scope["extensions"]["webtransport"] = {"dialect": self._dialect or DRAFT02}
+        subprotocols: list[str] = []
+        for name, value in request.headers:
+            if name == b"wt-available-protocols":
+                subprotocols += _sf_strings(value)
+        scope["subprotocols"] = subprotocols
         return scope
 
     async def run(self) -> None:
@@ -175,9 +234,9 @@ class WebTransportSession(StreamBase):
                 host.protocol.send_data(self.stream_id, b"", True)
             self._state = _CLOSED
             # Credit for stream data the app never took, so the connection is not starved.
-            for message in self._queue:
-                if message["type"] == "webtransport.stream.receive":
-                    host.ack_body(message["stream"], len(message["data"]))
+            for stream_id, chunks, _ in self._pending.values():
+                host.ack_body(stream_id, sum(map(len, chunks)))
+            self._pending.clear()
             self._queue.clear()
             await host.stream_finished(self.stream_id)
             if logged:
@@ -199,7 +258,11 @@ class WebTransportSession(StreamBase):
             if self._queue:
                 message = self._queue.popleft()
                 if message["type"] == "webtransport.stream.receive":
-                    self._host.ack_body(message["stream"], len(message["data"]))
+                    stream_id, chunks, ended = message.pop("_record")
+                    del self._pending[stream_id]
+                    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    self._host.ack_body(stream_id, len(data))
+                    message.update(stream=stream_id, data=data, end=ended)
                 else:
                     self._datagrams -= 1
                 return message
@@ -207,7 +270,11 @@ class WebTransportSession(StreamBase):
                 if self._disconnect_delivered:
                     raise ClientDisconnected("the WebTransport session is over")
                 self._disconnect_delivered = True
-                return {"type": "webtransport.disconnect"}
+                closed = None
+                if self._session_protocol is not None:
+                    closed = self._session_protocol.session_closed_by_peer(self.stream_id)
+                code, reason = closed or (0, "")
+                return {"type": "webtransport.disconnect", "code": code, "reason": reason}
             await self._arm().wait()
 
     async def send(self, message: Message) -> None:
@@ -219,13 +286,25 @@ class WebTransportSession(StreamBase):
             self._state = _OPEN
             self._status = 200
             headers = response_headers(message.get("headers", ()), self._info)
-            protocol.send_response(self.stream_id, 200, [*headers, _DRAFT_HEADER])
+            if self._dialect in (None, DRAFT02):
+                headers.append(_DRAFT_HEADER)
+            subprotocol = message.get("subprotocol")
+            if subprotocol is not None:
+                # WT-Protocol is a Structured Field String (draft-13 on, §3.3).
+                quoted = str(subprotocol).replace("\\", "\\\\").replace('"', '\\"')
+                headers.append((b"wt-protocol", f'"{quoted}"'.encode()))
+            protocol.send_response(self.stream_id, 200, headers)
             await self._host.flush(self.stream_id)
         elif msg_type == "webtransport.close":
             if self._state == _CONNECTING:
                 await self._respond(403)
             elif self._state == _OPEN:
-                protocol.send_data(self.stream_id, b"", True)
+                code = int(message.get("code", 0))
+                reason = str(message.get("reason", ""))
+                if self._session_protocol is not None:
+                    self._session_protocol.close_session(self.stream_id, code, reason)
+                else:
+                    protocol.send_data(self.stream_id, b"", True)
                 self._finish()
                 await self._host.flush(self.stream_id)
         elif msg_type == "webtransport.datagram.send":
@@ -244,15 +323,47 @@ class WebTransportSession(StreamBase):
                 # The client opened it unidirectionally: reply on a stream of our own.
                 reply = self._reply_streams.get(stream_id)
                 if reply is None:
+                    while not session_protocol.session_can_open(self.stream_id, True):
+                        session_protocol.session_blocked(self.stream_id, True)
+                        await self._wait_for_credit()
                     reply = session_protocol.open_session_stream(self.stream_id, True)
                     self._reply_streams[stream_id] = reply
                 stream_id = reply
             data = bytes(message.get("data", b""))
+            end = bool(message.get("end", False))
+            if end and stream_id != int(message["stream"]):
+                # Our reply stream is finished: forget it (a long session sees many).
+                self._reply_streams.pop(int(message["stream"]), None)
             self._bytes_sent += len(data)
-            session_protocol.send_stream_data(stream_id, data, bool(message.get("end", False)))
+            while True:
+                # The client's WT_MAX_DATA bounds what all the session's streams carry.
+                credit = session_protocol.session_send_credit(self.stream_id)
+                if credit >= len(data):
+                    session_protocol.send_stream_data(stream_id, data, end, self.stream_id)
+                    break
+                if credit:
+                    session_protocol.send_stream_data(
+                        stream_id, data[:credit], False, self.stream_id
+                    )
+                    data = data[credit:]
+                session_protocol.session_blocked(self.stream_id, None)
+                await self._host.flush(stream_id)
+                await self._wait_for_credit()
             await self._host.flush(stream_id)
         else:
             raise RuntimeError(f"unexpected ASGI message type {msg_type!r}")
+
+    async def _wait_for_credit(self) -> None:
+        # Until the client grants more (SessionUpdated) or the session ends.
+        if self._state != _OPEN:
+            raise ClientDisconnected("the WebTransport session is not open")
+        # One wake-up shared by every send waiting (an app may send from several tasks).
+        waiter = self._credit_waiter
+        if waiter is None:
+            waiter = self._credit_waiter = self._host.new_wakeup()
+        await waiter.wait()
+        if self._state != _OPEN:
+            raise ClientDisconnected("the WebTransport session is not open")
 
     def _extras(self) -> WebTransportProtocol:
         session_protocol = self._session_protocol
