@@ -57,6 +57,7 @@ from ..events import (
     BodyEnded,
     BodyReceived,
     Headers,
+    PeerHalfClosed,
     RequestReceived,
     StreamEvent,
 )
@@ -171,6 +172,7 @@ class H1Protocol(HTTP1Connection):
         #: Tunnel bytes queued and not yet taken by ``data_to_send`` (see ``pending``).
         self._tunnel_out = 0
         self._shutting_down = False
+        self._peer_eof = False
         # Fresh connection: the first head must arrive within header_read_timeout.
         self._deadline: float | None = now + config.header_read_timeout
         self._head_deadline_armed = True
@@ -190,13 +192,15 @@ class H1Protocol(HTTP1Connection):
                 self._events.append(BodyEnded(self._active))
             return
         their_state = self._conn.their_state
+        if not data:
+            # FIN: h11 is never told (it would refuse a head cut short with 400); what is
+            # buffered is parsed, and _parse closes where it needs more (_input_exhausted).
+            complete = their_state is h11.DONE or their_state is h11.MUST_CLOSE
+            self._on_peer_eof(complete)
+            if not (self._active is not None and complete):
+                self._parse(now)
+            return
         if self._active is not None and (their_state is h11.DONE or their_state is h11.MUST_CLOSE):
-            if not data:
-                # h11 reports nothing while paused between requests, but the peer is gone:
-                # the app must see http.disconnect.
-                self._abort_active()
-                self._close()
-                return
             if their_state is h11.MUST_CLOSE:
                 # RFC 9112 §9.6: after a request that closes the connection (HTTP/1.0,
                 # "Connection: close") nothing more is processed; the bytes are dropped.
@@ -229,6 +233,12 @@ class H1Protocol(HTTP1Connection):
                 self._framing_error(exc.error_status_hint)
                 return
             if event is h11.NEED_DATA:
+                if self._peer_eof:
+                    # After the FIN: a request cut short, or none, ends the connection;
+                    # a complete one (h11 says NEED_DATA once it is DONE) is answered.
+                    if self._active is None or conn.their_state is not h11.DONE:
+                        self._input_exhausted()
+                    return
                 if (
                     self._active is None
                     and not self._head_deadline_armed
@@ -267,6 +277,8 @@ class H1Protocol(HTTP1Connection):
                         self._framing_error(400)
                         return
                     self._events.append(BodyEnded(self._stream_id, trailers))
+                    if self._peer_eof:  # a pipelined request read after the FIN
+                        self._events.append(PeerHalfClosed(self._stream_id))
                 self._maybe_next_cycle(now)
             elif cls is h11.ConnectionClosed:
                 self._abort_active()

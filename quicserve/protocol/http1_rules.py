@@ -25,6 +25,8 @@ Rules:
   :data:`FORBIDDEN_TRAILERS`).
 * Error answers are :func:`error_response`: plain text, ``connection: close``, no content
   in an answer to HEAD (RFC 9110 §9.3.2).
+* A FIN from the peer (RFC 9112 §9.6) is a half-close: what it sent in full is answered,
+  then the connection closes; a request it cut short ends with no answer (not 400).
 * Both engines derive from :class:`HTTP1Connection`, which holds the calls that read only
   connection state they keep alike (errors and close, timers, the end of a request,
   ``tunnel``), so those behave the same on both by construction.
@@ -42,6 +44,7 @@ from ..events import (
     FIELD_LINE_OVERHEAD,
     ConnectionClosed,
     Headers,
+    PeerHalfClosed,
     RequestReceived,
     StreamEvent,
     StreamReset,
@@ -101,6 +104,8 @@ class HTTP1Connection:
     _tunnel_out: int
     _shutting_down: bool
     _deadline: float | None
+    #: The peer closed its sending side (FIN): what it sent in full is still answered.
+    _peer_eof: bool
 
     def _end_response(self, trailers: Headers | None = None) -> None:
         raise NotImplementedError
@@ -175,6 +180,22 @@ class HTTP1Connection:
         self._shutting_down = True
         if self._active is None:
             self._close()
+
+    def _on_peer_eof(self, request_complete: bool) -> None:
+        """The peer closed its sending side (``receive_data(b"")``). RFC 9112 §9.6: it may
+        still read, so the request it sent in full (and every complete pipelined one
+        after it, in order, §9.3.2) is answered; its app sees ``http.disconnect`` once the
+        body is read (:class:`PeerHalfClosed`). The engine then parses on and calls
+        :meth:`_input_exhausted` where it would wait for more bytes."""
+        self._peer_eof = True
+        if self._active is not None and request_complete:
+            self._events.append(PeerHalfClosed(self._active))
+
+    def _input_exhausted(self) -> None:
+        """Parsing needs bytes that will never come (the peer sent FIN): close with no
+        answer (nothing was malformed, the peer left). A request cut short is reset."""
+        self._abort_active()
+        self._close()
 
     def _send_error(self, status: int) -> None:
         self._out.append(error_response(status, self._head_request))
