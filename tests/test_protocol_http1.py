@@ -405,3 +405,34 @@ def test_request_lines_outside_rfc_9112_get_400(make: HTTP1Factory, line: bytes)
     p.receive_data(line + b"\r\nHost: x\r\n\r\n", 0.0)
     assert p.data_to_send().startswith(b"HTTP/1.1 400 ")
     assert events(p) == [ConnectionClosed()]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_large_body_piece_is_handed_out_apart_not_copied(
+    make: HTTP1Factory, chunked: bool
+) -> None:
+    """A 1 MiB body in one message is not joined to its head (a 1 MiB copy): the driver
+    gets the head, then the very same body object; a small response stays one piece."""
+    p = make(Config(), now=0.0)
+    p.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    events(p)
+    body = bytes(range(256)) * 4096
+    framing = [] if chunked else [(b"content-length", b"%d" % len(body))]
+    p.send_response(1, 200, framing)
+    p.send_data(1, body, end_stream=True)
+    pieces = []
+    while piece := p.data_to_send():
+        pieces.append(piece)
+    wire = b"".join(pieces)
+    head, _, rest = wire.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert rest == (b"100000\r\n" + body + b"\r\n0\r\n\r\n" if chunked else body)
+    if not chunked or make.__name__ != "H1Protocol":  # h11 frames a chunk in one bytes
+        assert any(piece is body for piece in pieces)
+    p.stream_done(1, 0.0)
+    p.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    events(p)
+    p.send_response(2, 200, [(b"content-length", b"2")])
+    p.send_data(2, b"ok", end_stream=True)
+    small = p.data_to_send()
+    assert small.endswith(b"\r\n\r\nok") and p.data_to_send() == b""

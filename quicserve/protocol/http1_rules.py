@@ -56,6 +56,13 @@ REQUEST_LINE_SIZE = len(b":method") + len(b":path") + 2 * FIELD_LINE_OVERHEAD
 #: Unacknowledged request body (or pipelined bytes) an engine reads ahead of the app.
 READ_AHEAD = 64 * 1024
 
+#: A response body piece at least this large is handed out by ``data_to_send`` apart
+#: from the bytes queued before it (the head) instead of joined to them: the join would
+#: copy it (a 1 MiB body sent in one message: ~85 us, 7.5 % of that response's time),
+#: while writing the head apart costs one more small send (5-17 us on loopback). Below
+#: this size the copy is the cheaper one, so smaller pieces are joined: one write.
+WRITE_APART = 512 * 1024
+
 REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 
 ERROR_REASONS = {
@@ -102,6 +109,8 @@ class HTTP1Connection:
     _closed: bool
     _tunnel: bool
     _tunnel_out: int
+    #: ``_out`` may hold a piece of ``WRITE_APART`` bytes or more.
+    _large_out: bool
     _shutting_down: bool
     _deadline: float | None
     #: The peer closed its sending side (FIN): what it sent in full is still answered.
@@ -196,6 +205,26 @@ class HTTP1Connection:
         answer (nothing was malformed, the peer left). A request cut short is reset."""
         self._abort_active()
         self._close()
+
+    def _take_out_apart(self) -> bytes:
+        """``data_to_send`` when a large piece is queued: the pieces before it joined, or
+        the large piece alone (no copy); the driver calls again for the rest."""
+        out = self._out
+        for index, piece in enumerate(out):
+            if len(piece) >= WRITE_APART:
+                if index == 0:
+                    del out[0]
+                    data = piece
+                else:
+                    data = b"".join(out[:index])
+                    del out[:index]
+                break
+        else:
+            data = b"".join(out)
+            out.clear()
+        if not out:
+            self._large_out = False
+        return data
 
     def _send_error(self, status: int) -> None:
         self._out.append(error_response(status, self._head_request))
