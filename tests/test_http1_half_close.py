@@ -94,3 +94,31 @@ async def test_fin_inside_a_request_closes_without_an_error_response(
             b"Content-Length: 10\r\n\r\n"
         ), reply
         assert b" 400 " not in reply
+
+
+async def test_websocket_upgrade_then_fin_ends_the_tunnel(
+    anyio_backend: object, h1_engine: str
+) -> None:
+    # The FIN came before the 101: after the switch the app must hear the peer is gone,
+    # not wait on a tunnel nobody can write to.
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        seen.append((await receive())["type"])
+
+    upgrade = (
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    async with running_server(app, http1_engine=h1_engine) as srv:
+        reply, closed = await _send_then_fin(srv.port(), upgrade)
+        assert reply.startswith(b"HTTP/1.1 101 "), reply
+        assert closed
+        with anyio.fail_after(5):
+            while not seen:
+                await anyio.sleep(0.01)
+    assert seen == ["websocket.disconnect"]

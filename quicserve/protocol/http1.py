@@ -51,6 +51,7 @@ from typing import Any
 
 import h11
 from h11._receivebuffer import ReceiveBuffer
+from h11._state import MIGHT_SWITCH_PROTOCOL
 
 from ..config import Config
 from ..events import (
@@ -197,7 +198,11 @@ class H1Protocol(HTTP1Connection):
         if not data:
             # FIN: h11 is never told (it would refuse a head cut short with 400); what is
             # buffered is parsed, and _parse closes where it needs more (_input_exhausted).
-            complete = their_state is h11.DONE or their_state is h11.MUST_CLOSE
+            complete = (
+                their_state is h11.DONE
+                or their_state is h11.MUST_CLOSE
+                or their_state is MIGHT_SWITCH_PROTOCOL  # a complete Upgrade request
+            )
             self._on_peer_eof(complete)
             if not (self._active is not None and complete):
                 self._parse(now)
