@@ -175,7 +175,7 @@ class H1Protocol(HTTP1Connection):
         self._tunnel_out = 0
         self._shutting_down = False
         self._peer_eof = False
-        self._large_out = False
+        self.split_output = False
         # Fresh connection: the first head must arrive within header_read_timeout.
         self._deadline: float | None = now + config.header_read_timeout
         self._head_deadline_armed = True
@@ -413,7 +413,7 @@ class H1Protocol(HTTP1Connection):
             return
         if data and not self._head_request:
             if len(data) >= WRITE_APART:
-                self._large_out = True
+                self.split_output = True
             try:
                 self._out.append(self._conn.send(h11.Data(data=data)) or b"")
             except h11.LocalProtocolError:
@@ -463,7 +463,7 @@ class H1Protocol(HTTP1Connection):
         self._tunnel_out = 0
         if not self._out:
             return b""
-        if self._large_out:
+        if self.split_output:
             return self._take_out_apart()
         out = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out.clear()

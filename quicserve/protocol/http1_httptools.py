@@ -205,7 +205,7 @@ class HttptoolsH1Protocol(HTTP1Connection):
         self._tunnel_out = 0
         self._shutting_down = False
         self._peer_eof = False
-        self._large_out = False
+        self.split_output = False
         # Fresh connection: the first head must arrive within header_read_timeout.
         self._deadline: float | None = now + config.header_read_timeout
         self._head_deadline_armed = True
@@ -638,7 +638,7 @@ class HttptoolsH1Protocol(HTTP1Connection):
             return
         if data and not self._head_request:
             if len(data) >= WRITE_APART:
-                self._large_out = True
+                self.split_output = True
             framing = self._framing
             if framing == _FIXED:
                 left = self._left - len(data)
@@ -708,7 +708,7 @@ class HttptoolsH1Protocol(HTTP1Connection):
         out = self._out
         if not out:
             return b""
-        if self._large_out:
+        if self.split_output:
             return self._take_out_apart()
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()

@@ -109,8 +109,9 @@ class HTTP1Connection:
     _closed: bool
     _tunnel: bool
     _tunnel_out: int
-    #: ``_out`` may hold a piece of ``WRITE_APART`` bytes or more.
-    _large_out: bool
+    #: ``_out`` may hold a piece of ``WRITE_APART`` bytes or more: ``data_to_send`` hands
+    #: the output out in pieces while this is true (see ``ByteStreamProtocol``).
+    split_output: bool
     _shutting_down: bool
     _deadline: float | None
     #: The peer closed its sending side (FIN): what it sent in full is still answered.
@@ -223,7 +224,7 @@ class HTTP1Connection:
             data = b"".join(out)
             out.clear()
         if not out:
-            self._large_out = False
+            self.split_output = False
         return data
 
     def _send_error(self, status: int) -> None:

@@ -136,7 +136,7 @@ class StreamBase:
 
     def peer_half_closed(self) -> None:
         """HTTP/1.1: the peer sends no more but may still read (see ``PeerHalfClosed``);
-        only a request stream cares."""
+        request and WebSocket streams act on it, others need not."""
 
     def server_shutdown(self) -> None:
         """Graceful shutdown reached the stream's connection."""
