@@ -2,10 +2,11 @@
 
 Job: turn "load this URL with C connections for D seconds" into a `LoadResult` (requests, req/s,
 p99, mean latency, error counts), one `Loader` per protocol. ``h1`` is wrk (HTTP/1.1
-plaintext), ``h2`` is h2load (HTTP/2 over TLS, ALPN ``h2``), ``h3`` and ``h3bulk`` are
-``gtlsclient`` (ngtcp2's example HTTP/3 client, Debian ngtcp2-client): Debian's h2load is built
-without ngtcp2, so ``--alpn-list=h3`` cannot be used. A new protocol is a `Loader` plus a
-`ProtocolSpec` in `PROTOCOLS`.
+plaintext), ``h1tls`` wrk against ``https://`` (HTTP/1.1 over TLS), ``h2`` is h2load (HTTP/2
+over TLS, ALPN ``h2``), ``h3`` and ``h3bulk`` are ``gtlsclient`` (ngtcp2's example HTTP/3
+client, Debian ngtcp2-client): Debian's h2load is built without ngtcp2, so
+``--alpn-list=h3`` cannot be used. A new protocol is a `Loader` plus a `ProtocolSpec` in
+`PROTOCOLS`.
 
 Rules:
 
@@ -147,7 +148,8 @@ def percentile_nearest_rank(values: list[float], pct: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class WrkLoader:
-    """HTTP/1.1 plaintext load with wrk: one thread, C keep-alive connections."""
+    """HTTP/1.1 load with wrk (plaintext or, for an https URL, TLS): one thread, C keep-alive
+    connections."""
 
     tool: str = "wrk"
 
@@ -783,6 +785,19 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         description="HTTP/1.1 plaintext, wrk",
         tls=False,
         scheme="http",
+        loader=WrkLoader(),
+        expect_app_protocol="http/1.1",
+        http="HTTP/1.1",
+    ),
+    # wrk offers no ALPN, so every server answers HTTP/1.1 on its TLS port; it keeps its
+    # connections alive (HTTP/1.1 default; the harness checks each server does too), so
+    # the handshakes happen once per connection at the start and the cost is per request.
+    "h1tls": ProtocolSpec(
+        name="h1tls",
+        description="HTTP/1.1 over TLS (no ALPN offered: HTTP/1.1 by default), wrk, "
+        "keep-alive connections",
+        tls=True,
+        scheme="https",
         loader=WrkLoader(),
         expect_app_protocol="http/1.1",
         http="HTTP/1.1",

@@ -6,7 +6,8 @@ server CPU per 1000 requests, and per-repeat ratios of the reference server agai
 other server) and optionally write it all as JSON.
 
 One trial: start the server pinned to the server CPU (``taskset``), poll-connect until its
-TCP port accepts, check one response (HTTP/1.1 plaintext; for HTTP/3 one gtlsclient GET /),
+TCP port accepts, check the response (HTTP/1.1 plaintext or TLS: two GET / on one kept-alive
+connection; for HTTP/3 one gtlsclient GET /),
 warm up with the protocol's own load generator for ``--warmup`` seconds (this also checks that
 the expected protocol was negotiated), read the server's CPU time, run the measured load pinned
 to the load CPU, read the CPU time again, stop the server (SIGTERM to its PID, SIGKILL after
@@ -36,6 +37,7 @@ import json
 import os
 import platform
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -211,19 +213,42 @@ def select_variants(tokens: Sequence[str], skipped: list[str]) -> list[ServerVar
     return chosen
 
 
-def probe_h1(port: int, timeout_s: float) -> str | None:
-    """One plaintext GET /; None if the app's exact answer came back, else what went wrong."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout_s)
+def probe_h1(port: int, timeout_s: float, tls: bool = False) -> str | None:
+    """GET / twice on one connection (over TLS with ``tls``, offering ALPN ``http/1.1``
+    only); None if both got the app's exact answer and the connection was kept alive, else
+    what went wrong. A server that closed after each response would make wrk measure
+    handshakes (TLS) or connects, not requests."""
+    conn: http.client.HTTPConnection
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the run's throwaway certificate
+        ctx.set_alpn_protocols(["http/1.1"])
+        conn = http.client.HTTPSConnection(HOST, port, timeout=timeout_s, context=ctx)
+    else:
+        conn = http.client.HTTPConnection(HOST, port, timeout=timeout_s)
     try:
-        conn.request("GET", "/")
-        resp = conn.getresponse()
-        body = resp.read()
+        first_sock = None
+        for _ in range(2):
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status != 200 or body != HELLO_BODY:
+                return f"GET / answered {resp.status} {body[:60]!r}"
+            if first_sock is None:
+                first_sock = conn.sock
+                if resp.will_close:
+                    return "GET / answered with the connection closed (no keep-alive)"
+            elif conn.sock is not first_sock:
+                return "the second GET / needed a new connection (no keep-alive)"
+        if tls and isinstance(conn.sock, ssl.SSLSocket):
+            alpn = conn.sock.selected_alpn_protocol()
+            if alpn not in (None, "http/1.1"):
+                return f"TLS negotiated ALPN {alpn!r}, expected http/1.1"
     except (OSError, http.client.HTTPException) as exc:
         return f"GET / failed: {exc!r}"
     finally:
         conn.close()
-    if resp.status != 200 or body != HELLO_BODY:
-        return f"GET / answered {resp.status} {body[:60]!r}"
     return None
 
 
@@ -263,8 +288,8 @@ def run_trial(
         not_ready = server.wait_ready(HOST, port, args.start_timeout)
         if not_ready is not None:
             return fail(f"failed to start: {not_ready}")
-        if not spec.tls:
-            bad = probe_h1(port, args.start_timeout)
+        if spec.http == "HTTP/1.1" and not spec.ws:  # h1, h1tls: answers, keeps alive
+            bad = probe_h1(port, args.start_timeout, tls=spec.tls)
             if bad is not None:
                 return fail(bad)
         url = spec.url(HOST, port)

@@ -54,7 +54,7 @@ class Listen:
 
     host: str
     port: int
-    protocol: str  # "h1", "h2", "h3", "h3bulk"
+    protocol: str  # "h1", "h1tls", "h2", "h3", "h3bulk", "ws", ...
     backend: str  # "asyncio", "trio", "uvloop"
     tls: TLSFiles | None  # set for TLS protocols (and QUIC ones)
     quic: bool = False  # serve HTTP/3 on UDP host:port (and TLS on TCP host:port)
@@ -294,7 +294,7 @@ def _uvicorn(http: str, ws: str = "websockets") -> Callable[[str, Listen], list[
 
 
 _ALL_BACKENDS = frozenset({"asyncio", "trio", "uvloop"})
-_ALL_PROTOCOLS = frozenset({"h1", "h2", "h3", "h3bulk", "ws", "ws-h2", "ws-h3"})
+_ALL_PROTOCOLS = frozenset({"h1", "h1tls", "h2", "h3", "h3bulk", "ws", "ws-h2", "ws-h3"})
 _WS_PROTOCOLS = frozenset({"ws", "ws-h2", "ws-h3"})
 
 VARIANTS: tuple[ServerVariant, ...] = (
@@ -316,7 +316,11 @@ VARIANTS: tuple[ServerVariant, ...] = (
     ),
     # The HTTP/1.1 engines side by side: only HTTP/1.1 and its WebSockets differ.
     ServerVariant(
-        "quicserve-h11", "quicserve-h11", _ALL_BACKENDS, frozenset({"h1", "ws"}), _quicserve_h11
+        "quicserve-h11",
+        "quicserve-h11",
+        _ALL_BACKENDS,
+        frozenset({"h1", "h1tls", "ws"}),
+        _quicserve_h11,
     ),
     # Hypercorn serves HTTP/3 through aioquic with --quic-bind, on its asyncio and trio workers.
     ServerVariant("hypercorn", "hypercorn", _ALL_BACKENDS, _ALL_PROTOCOLS, _hypercorn),
@@ -333,7 +337,7 @@ VARIANTS: tuple[ServerVariant, ...] = (
         "uvicorn",
         "uvicorn",
         frozenset({"asyncio", "uvloop"}),
-        frozenset({"h1", "ws"}),
+        frozenset({"h1", "h1tls", "ws"}),
         _uvicorn("h11"),
     ),
     ServerVariant(
@@ -352,7 +356,7 @@ VARIANTS: tuple[ServerVariant, ...] = (
         "uvicorn-std",
         "uvicorn",
         frozenset({"asyncio", "uvloop"}),
-        frozenset({"h1", "ws"}),
+        frozenset({"h1", "h1tls", "ws"}),
         _uvicorn("httptools", "websockets"),
         requires_module="httptools",
     ),
@@ -363,7 +367,7 @@ VARIANTS: tuple[ServerVariant, ...] = (
         "granian",
         "granian",
         frozenset({"asyncio", "uvloop"}),
-        frozenset({"h1", "h2", "ws"}),
+        frozenset({"h1", "h1tls", "h2", "ws"}),
         _granian,
         requires_module="granian",
         why_not=(
@@ -379,10 +383,10 @@ VARIANTS: tuple[ServerVariant, ...] = (
         "caddy",
         "caddy",
         _ALL_BACKENDS,  # no event loop of ours: the same server in every backend's panel
-        frozenset({"h2"}),
+        frozenset({"h1tls", "h2"}),
         _caddy,
         requires_program="caddy",
-        why_not=(("h1", "served over TLS only here"),),
+        why_not=(("h1", "served over TLS only here (h1tls)"),),
     ),
 )
 

@@ -75,6 +75,15 @@ class StreamReset:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerHalfClosed:
+    """HTTP/1.1: the peer closed its sending side (FIN) after this complete request
+    (RFC 9112 §9.6). It sends nothing more, but it may still read: the response goes
+    out; once the body is read, ``receive`` says ``http.disconnect``."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class StreamWritable:
     """Flow-control credit arrived: buffered response data may now drain further."""
 
@@ -122,6 +131,7 @@ StreamEvent = (
     | BodyReceived
     | BodyEnded
     | StreamReset
+    | PeerHalfClosed
     | StreamWritable
     | ConnectionClosed
     | SessionDatagramReceived

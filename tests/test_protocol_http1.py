@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from quicserve.config import Config
-from quicserve.events import BodyEnded, BodyReceived, ConnectionClosed, RequestReceived, StreamReset
+from quicserve.events import (
+    BodyEnded,
+    BodyReceived,
+    ConnectionClosed,
+    PeerHalfClosed,
+    RequestReceived,
+    StreamReset,
+)
 from quicserve.protocol.engines import HTTP1Factory, http1_engine
 from quicserve.protocol.http1 import H2CUpgrade
 
@@ -127,12 +134,40 @@ def test_header_timeout_sends_408_and_idle_close_is_silent(make: HTTP1Factory) -
     assert q.closed and q.data_to_send() == b""
 
 
-def test_peer_eof_during_request_resets_stream(make: HTTP1Factory) -> None:
+def test_peer_eof_after_a_complete_request_is_a_half_close(make: HTTP1Factory) -> None:
+    # RFC 9112 §9.6: the peer may still read; the answer goes out, then the close.
     p = make(Config(), now=0.0)
     p.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
     events(p)
     p.receive_data(b"", 1.0)
+    assert events(p) == [PeerHalfClosed(1)]
+    assert not p.closed
+    p.send_response(1, 200, [(b"content-length", b"2")])
+    p.send_data(1, b"ok", end_stream=True)
+    p.stream_done(1, 1.0)
+    assert p.data_to_send().endswith(b"\r\n\r\nok")
+    assert events(p) == [ConnectionClosed()] and p.closed
+
+
+def test_peer_eof_during_request_resets_stream(make: HTTP1Factory) -> None:
+    p = make(Config(), now=0.0)
+    p.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab", 0.0)
+    events(p)
+    p.receive_data(b"", 1.0)
     assert events(p) == [StreamReset(1), ConnectionClosed()]
+    assert p.data_to_send() == b""  # no 400: nothing was malformed, the peer left
+
+
+@pytest.mark.parametrize("partial", [b"", b"GET / HTTP/1.1\r\nHo", b"GET / HT"])
+def test_peer_eof_with_no_complete_request_closes_silently(
+    make: HTTP1Factory, partial: bytes
+) -> None:
+    p = make(Config(), now=0.0)
+    if partial:
+        p.receive_data(partial, 0.0)
+    p.receive_data(b"", 1.0)
+    assert events(p) == [ConnectionClosed()] and p.closed
+    assert p.data_to_send() == b""
 
 
 def test_h2c_upgrade_only_on_cleartext_and_without_body(make: HTTP1Factory) -> None:
@@ -370,3 +405,36 @@ def test_request_lines_outside_rfc_9112_get_400(make: HTTP1Factory, line: bytes)
     p.receive_data(line + b"\r\nHost: x\r\n\r\n", 0.0)
     assert p.data_to_send().startswith(b"HTTP/1.1 400 ")
     assert events(p) == [ConnectionClosed()]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_large_body_piece_is_handed_out_apart_not_copied(
+    make: HTTP1Factory, chunked: bool
+) -> None:
+    """A 1 MiB body in one message is not joined to its head (a 1 MiB copy): the driver
+    gets the head, then the very same body object; a small response stays one piece."""
+    p = make(Config(), now=0.0)
+    p.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    events(p)
+    body = bytes(range(256)) * 4096
+    framing = [] if chunked else [(b"content-length", b"%d" % len(body))]
+    p.send_response(1, 200, framing)
+    p.send_data(1, body, end_stream=True)
+    pieces = [p.data_to_send()]
+    assert p.split_output  # the driver must call again
+    while p.split_output:
+        pieces.append(p.data_to_send())
+    assert p.data_to_send() == b""
+    wire = b"".join(pieces)
+    head, _, rest = wire.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert rest == (b"100000\r\n" + body + b"\r\n0\r\n\r\n" if chunked else body)
+    if not chunked or make.__name__ != "H1Protocol":  # h11 frames a chunk in one bytes
+        assert any(piece is body for piece in pieces)
+    p.stream_done(1, 0.0)
+    p.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    events(p)
+    p.send_response(2, 200, [(b"content-length", b"2")])
+    p.send_data(2, b"ok", end_stream=True)
+    small = p.data_to_send()
+    assert small.endswith(b"\r\n\r\nok") and not p.split_output

@@ -83,6 +83,26 @@ async def test_server_close_code_and_reason(
     assert app.disconnects == [("/server-close", 4321, "done here")]
 
 
+async def test_ws_max_size_counts_bytes_of_multibyte_text(
+    anyio_backend: object, ws_engine: str, tls_files: DevCertificate
+) -> None:
+    """--ws-max-size is bytes, text or binary, on both engines: UTF-8 text of exactly the
+    limit is echoed, one byte more (half as many characters) is 1009."""
+    app = WSApp()
+    limit = 4096
+    async with serve(app, tls_files, ws_engine=ws_engine, ws_max_size=limit) as srv:
+        async with tunnel_for("h1", srv, tls_files, "/echo") as tunnel:
+            client = WSClient(tunnel)
+            at_limit = "é" * (limit // 2)
+            await client.send_text(at_limit)
+            assert await client.receive_message() == at_limit
+            await client.send_text(at_limit + "a")  # 2049 characters, 4097 bytes
+            code, _ = await client.expect_close()
+            assert code == 1009
+        await wait_for(lambda: app.disconnects)
+    assert app.disconnects[0][:2] == ("/echo", 1009)
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_oversized_message_closes_1009(
     anyio_backend: object, ws_engine: str, transport: str, tls_files: DevCertificate

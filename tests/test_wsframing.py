@@ -106,6 +106,43 @@ def test_a_failure_is_reported_not_written(engine: str) -> None:
     assert framer.send_close(1007, "invalid UTF-8")[:4] == b"\x88\x0f\x03\xef"
 
 
+@pytest.mark.parametrize("engine", WS_ENGINES)
+@pytest.mark.parametrize("fragmented", [False, True], ids=["whole", "fragmented"])
+def test_ws_max_size_counts_utf8_bytes_of_text(engine: str, fragmented: bool) -> None:
+    """--ws-max-size is bytes on both engines: multi-byte text at the limit passes, one
+    byte over it (far fewer characters than the limit) is 1009."""
+    limit = 1000
+    framer = framer_factory(engine)(limit, None)
+    at_limit = "é" * (limit // 2)  # 500 characters, 1000 bytes
+    over = at_limit + "a"  # 501 characters, 1001 bytes
+    client = Connection(ConnectionType.CLIENT)
+    if fragmented:
+        wire = b"".join(
+            client.send(TextMessage(data=part, message_finished=last))
+            for part, last in ((at_limit[:100], False), (at_limit[100:], True))
+        )
+        wire += b"".join(
+            client.send(TextMessage(data=part, message_finished=last))
+            for part, last in ((over[:300], False), (over[300:], True))
+        )
+    else:
+        wire = client.send(TextMessage(data=at_limit)) + client.send(TextMessage(data=over))
+    framer.receive_data(wire)
+    events, _ = framer.next_events(5)
+    assert events[0] == at_limit
+    assert len(events) == 2 and isinstance(events[1], Failed), events[1:]
+    assert events[1].code == 1009
+
+
+@pytest.mark.parametrize("engine", WS_ENGINES)
+def test_held_counts_bytes_of_a_fragmented_text(engine: str) -> None:
+    framer = _framer(engine)
+    client = Connection(ConnectionType.CLIENT)
+    framer.receive_data(client.send(TextMessage(data="é" * 10, message_finished=False)))
+    assert framer.next_events(5) == ([], False)
+    assert framer.held() == 20
+
+
 def test_the_default_engine_of_the_pure_python_install_is_wsproto(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

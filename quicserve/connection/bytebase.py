@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..connection_info import HTTP1_CAPABILITIES, HTTP2_CAPABILITIES, ConnectionInfo
+from ..events import PeerHalfClosed
 from ..protocol.base import ByteStreamProtocol
 from ..protocol.engines import new_http1_protocol
 from ..protocol.http1 import H2CUpgrade
@@ -111,6 +112,10 @@ class ByteStreamBase(ConnectionDriver):
     def _on_other_event(self, event: object) -> None:
         if type(event) is H2CUpgrade:
             self._upgrade = event
+        elif type(event) is PeerHalfClosed:
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream.peer_half_closed()
 
     def _become_h2c(self, upgrade: H2CUpgrade) -> None:
         """RFC 7540 §3.2: after the ``101`` (the caller writes it), the server preface; the

@@ -404,6 +404,10 @@ class CallbackDriver(ByteStreamBase):
         data = protocol.data_to_send()
         if data:
             self._write(data)
+            # HTTP/1.1 hands a large body piece apart from the head before it (no copy
+            # to join them): write the rest.
+            while protocol.split_output and (data := protocol.data_to_send()):
+                self._write(data)
         if self._budget_waiters and not self._over_budget(-1):
             self._release_budget_waiters()
         if protocol.closed:

@@ -168,6 +168,11 @@ class ServerProtocol(StreamProtocol, Protocol):
 class ByteStreamProtocol(ServerProtocol, Protocol):
     """The input side of HTTP/1.1 and HTTP/2: bytes in, bytes out."""
 
+    #: ``data_to_send`` handed out only part of the output: call it again while this is
+    #: true (HTTP/1.1 keeps a large body piece apart from its head so it is not copied;
+    #: always false on HTTP/2).
+    split_output: bool
+
     def receive_data(self, data: bytes, now: float) -> None:
         """Feed bytes read from the peer (``b""`` = the peer closed its side)."""
 

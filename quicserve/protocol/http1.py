@@ -51,12 +51,14 @@ from typing import Any
 
 import h11
 from h11._receivebuffer import ReceiveBuffer
+from h11._state import MIGHT_SWITCH_PROTOCOL
 
 from ..config import Config
 from ..events import (
     BodyEnded,
     BodyReceived,
     Headers,
+    PeerHalfClosed,
     RequestReceived,
     StreamEvent,
 )
@@ -68,6 +70,7 @@ from .http1_rules import (
     FRAMING_FIELD,
     READ_AHEAD,
     REASONS,
+    WRITE_APART,
     H2CUpgrade,
     HTTP1Connection,
     RequestHead,
@@ -171,6 +174,8 @@ class H1Protocol(HTTP1Connection):
         #: Tunnel bytes queued and not yet taken by ``data_to_send`` (see ``pending``).
         self._tunnel_out = 0
         self._shutting_down = False
+        self._peer_eof = False
+        self.split_output = False
         # Fresh connection: the first head must arrive within header_read_timeout.
         self._deadline: float | None = now + config.header_read_timeout
         self._head_deadline_armed = True
@@ -190,13 +195,19 @@ class H1Protocol(HTTP1Connection):
                 self._events.append(BodyEnded(self._active))
             return
         their_state = self._conn.their_state
+        if not data:
+            # FIN: h11 is never told (it would refuse a head cut short with 400); what is
+            # buffered is parsed, and _parse closes where it needs more (_input_exhausted).
+            complete = (
+                their_state is h11.DONE
+                or their_state is h11.MUST_CLOSE
+                or their_state is MIGHT_SWITCH_PROTOCOL  # a complete Upgrade request
+            )
+            self._on_peer_eof(complete)
+            if not (self._active is not None and complete):
+                self._parse(now)
+            return
         if self._active is not None and (their_state is h11.DONE or their_state is h11.MUST_CLOSE):
-            if not data:
-                # h11 reports nothing while paused between requests, but the peer is gone:
-                # the app must see http.disconnect.
-                self._abort_active()
-                self._close()
-                return
             if their_state is h11.MUST_CLOSE:
                 # RFC 9112 §9.6: after a request that closes the connection (HTTP/1.0,
                 # "Connection: close") nothing more is processed; the bytes are dropped.
@@ -229,6 +240,12 @@ class H1Protocol(HTTP1Connection):
                 self._framing_error(exc.error_status_hint)
                 return
             if event is h11.NEED_DATA:
+                if self._peer_eof:
+                    # After the FIN: a request cut short, or none, ends the connection;
+                    # a complete one (h11 says NEED_DATA once it is DONE) is answered.
+                    if self._active is None or conn.their_state is not h11.DONE:
+                        self._input_exhausted()
+                    return
                 if (
                     self._active is None
                     and not self._head_deadline_armed
@@ -267,6 +284,8 @@ class H1Protocol(HTTP1Connection):
                         self._framing_error(400)
                         return
                     self._events.append(BodyEnded(self._stream_id, trailers))
+                    if self._peer_eof:  # a pipelined request read after the FIN
+                        self._events.append(PeerHalfClosed(self._stream_id))
                 self._maybe_next_cycle(now)
             elif cls is h11.ConnectionClosed:
                 self._abort_active()
@@ -393,6 +412,8 @@ class H1Protocol(HTTP1Connection):
                 self._close()
             return
         if data and not self._head_request:
+            if len(data) >= WRITE_APART:
+                self.split_output = True
             try:
                 self._out.append(self._conn.send(h11.Data(data=data)) or b"")
             except h11.LocalProtocolError:
@@ -442,6 +463,8 @@ class H1Protocol(HTTP1Connection):
         self._tunnel_out = 0
         if not self._out:
             return b""
+        if self.split_output:
+            return self._take_out_apart()
         out = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out.clear()
         return out

@@ -52,6 +52,7 @@ from ..events import (
     BodyEnded,
     BodyReceived,
     Headers,
+    PeerHalfClosed,
     RequestReceived,
     StreamEvent,
 )
@@ -62,6 +63,7 @@ from .http1_rules import (
     FORBIDDEN_TRAILERS,
     READ_AHEAD,
     TOKEN_BYTES,
+    WRITE_APART,
     H2CUpgrade,
     HTTP1Connection,
     RequestHead,
@@ -202,6 +204,8 @@ class HttptoolsH1Protocol(HTTP1Connection):
         #: Tunnel bytes queued and not yet taken by ``data_to_send`` (see ``pending``).
         self._tunnel_out = 0
         self._shutting_down = False
+        self._peer_eof = False
+        self.split_output = False
         # Fresh connection: the first head must arrive within header_read_timeout.
         self._deadline: float | None = now + config.header_read_timeout
         self._head_deadline_armed = True
@@ -221,26 +225,21 @@ class HttptoolsH1Protocol(HTTP1Connection):
                 self._events.append(BodyEnded(self._active))
             return
         state = self._state
+        if not data:
+            # FIN: what is buffered was parsed as it came; a request in full is answered
+            # (then the next cycle parses on, and closes where it needs more), anything
+            # cut short ends the connection with no answer.
+            complete = self._active is not None and state >= _DONE
+            self._on_peer_eof(complete)
+            if not complete:
+                self._input_exhausted()
+            return
         if self._active is not None and state >= _DONE:
-            if not data:
-                # The peer is gone while its request is served: the app must see
-                # http.disconnect.
-                self._abort_active()
-                self._close()
-                return
             if state == _CLOSED:
                 # RFC 9112 §9.6: after a request that closes the connection (HTTP/1.0,
                 # "Connection: close") nothing more is processed; the bytes are dropped.
                 return
             self._pipelined += len(data)
-        if not data:
-            if state == _HEAD and not self._buf:
-                self._abort_active()
-                self._close()
-            else:
-                # A head or a body cut short: it cannot be framed.
-                self._framing_error(400)
-            return
         self._buf = self._buf + data if self._buf else data
         self._parse(now)
 
@@ -508,6 +507,8 @@ class HttptoolsH1Protocol(HTTP1Connection):
         self._state = _DONE if self._keep_alive else _CLOSED
         if self._active is not None:
             self._events.append(BodyEnded(self._stream_id, trailers))
+            if self._peer_eof:  # a pipelined request read after the FIN
+                self._events.append(PeerHalfClosed(self._stream_id))
         self._maybe_next_cycle(now)
 
     def wants_read(self) -> bool:
@@ -636,6 +637,8 @@ class HttptoolsH1Protocol(HTTP1Connection):
                 self._close()
             return
         if data and not self._head_request:
+            if len(data) >= WRITE_APART:
+                self.split_output = True
             framing = self._framing
             if framing == _FIXED:
                 left = self._left - len(data)
@@ -691,6 +694,13 @@ class HttptoolsH1Protocol(HTTP1Connection):
             self._head_deadline_armed = False
             self._deadline = now + self._config.keep_alive_timeout
             self._parse(now)
+            if (
+                self._peer_eof
+                and not self._closed
+                and (self._active is None or self._state < _DONE)
+            ):
+                # The bytes left after the FIN hold no complete request.
+                self._input_exhausted()
 
     def data_to_send(self) -> bytes:
         """Bytes to write, clearing the buffer."""
@@ -698,6 +708,8 @@ class HttptoolsH1Protocol(HTTP1Connection):
         out = self._out
         if not out:
             return b""
+        if self.split_output:
+            return self._take_out_apart()
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         return data

@@ -25,6 +25,8 @@ Rules:
   :data:`FORBIDDEN_TRAILERS`).
 * Error answers are :func:`error_response`: plain text, ``connection: close``, no content
   in an answer to HEAD (RFC 9110 §9.3.2).
+* A FIN from the peer (RFC 9112 §9.6) is a half-close: what it sent in full is answered,
+  then the connection closes; a request it cut short ends with no answer (not 400).
 * Both engines derive from :class:`HTTP1Connection`, which holds the calls that read only
   connection state they keep alike (errors and close, timers, the end of a request,
   ``tunnel``), so those behave the same on both by construction.
@@ -42,6 +44,7 @@ from ..events import (
     FIELD_LINE_OVERHEAD,
     ConnectionClosed,
     Headers,
+    PeerHalfClosed,
     RequestReceived,
     StreamEvent,
     StreamReset,
@@ -52,6 +55,13 @@ REQUEST_LINE_SIZE = len(b":method") + len(b":path") + 2 * FIELD_LINE_OVERHEAD
 
 #: Unacknowledged request body (or pipelined bytes) an engine reads ahead of the app.
 READ_AHEAD = 64 * 1024
+
+#: A response body piece at least this large is handed out by ``data_to_send`` apart
+#: from the bytes queued before it (the head) instead of joined to them: the join would
+#: copy it (a 1 MiB body sent in one message: ~85 us, 7.5 % of that response's time),
+#: while writing the head apart costs one more small send (5-17 us on loopback). Below
+#: this size the copy is the cheaper one, so smaller pieces are joined: one write.
+WRITE_APART = 512 * 1024
 
 REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 
@@ -99,8 +109,13 @@ class HTTP1Connection:
     _closed: bool
     _tunnel: bool
     _tunnel_out: int
+    #: ``_out`` may hold a piece of ``WRITE_APART`` bytes or more: ``data_to_send`` hands
+    #: the output out in pieces while this is true (see ``ByteStreamProtocol``).
+    split_output: bool
     _shutting_down: bool
     _deadline: float | None
+    #: The peer closed its sending side (FIN): what it sent in full is still answered.
+    _peer_eof: bool
 
     def _end_response(self, trailers: Headers | None = None) -> None:
         raise NotImplementedError
@@ -175,6 +190,42 @@ class HTTP1Connection:
         self._shutting_down = True
         if self._active is None:
             self._close()
+
+    def _on_peer_eof(self, request_complete: bool) -> None:
+        """The peer closed its sending side (``receive_data(b"")``). RFC 9112 §9.6: it may
+        still read, so the request it sent in full (and every complete pipelined one
+        after it, in order, §9.3.2) is answered; its app sees ``http.disconnect`` once the
+        body is read (:class:`PeerHalfClosed`). The engine then parses on and calls
+        :meth:`_input_exhausted` where it would wait for more bytes."""
+        self._peer_eof = True
+        if self._active is not None and request_complete:
+            self._events.append(PeerHalfClosed(self._active))
+
+    def _input_exhausted(self) -> None:
+        """Parsing needs bytes that will never come (the peer sent FIN): close with no
+        answer (nothing was malformed, the peer left). A request cut short is reset."""
+        self._abort_active()
+        self._close()
+
+    def _take_out_apart(self) -> bytes:
+        """``data_to_send`` when a large piece is queued: the pieces before it joined, or
+        the large piece alone (no copy); the driver calls again for the rest."""
+        out = self._out
+        for index, piece in enumerate(out):
+            if len(piece) >= WRITE_APART:
+                if index == 0:
+                    del out[0]
+                    data = piece
+                else:
+                    data = b"".join(out[:index])
+                    del out[:index]
+                break
+        else:
+            data = b"".join(out)
+            out.clear()
+        if not out:
+            self.split_output = False
+        return data
 
     def _send_error(self, status: int) -> None:
         self._out.append(error_response(status, self._head_request))

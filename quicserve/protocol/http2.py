@@ -590,6 +590,8 @@ class H2Protocol:
     """
 
     http_version = "2"
+    #: ``data_to_send`` always hands out all the output (``ByteStreamProtocol``).
+    split_output = False
 
     def __init__(self, config: Config, now: float) -> None:
         self._setup(config, now)

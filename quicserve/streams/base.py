@@ -134,6 +134,10 @@ class StreamBase:
         """The stream or the whole connection is gone."""
         raise NotImplementedError
 
+    def peer_half_closed(self) -> None:
+        """HTTP/1.1: the peer sends no more but may still read (see ``PeerHalfClosed``);
+        request and WebSocket streams act on it, others need not."""
+
     def server_shutdown(self) -> None:
         """Graceful shutdown reached the stream's connection."""
         raise NotImplementedError

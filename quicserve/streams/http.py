@@ -83,6 +83,7 @@ class HTTPStream(StreamBase):
         "_disconnected",
         "_final_delivered",
         "_head",
+        "_peer_half_closed",
         "_pending_headers",
         "_pending_status",
         "_response_state",
@@ -104,6 +105,7 @@ class HTTPStream(StreamBase):
         self._body_bytes = 0
         self._body_ended = False
         self._disconnected = False
+        self._peer_half_closed = False
         self._final_delivered = False
         # RFC 9110 §9.3.2: a response to HEAD carries no content, whatever the app sends.
         self._head = request.method == b"HEAD"
@@ -136,6 +138,12 @@ class HTTPStream(StreamBase):
     def reset(self) -> None:
         """The peer went away or reset the stream: the app sees ``http.disconnect``."""
         self._disconnected = True
+        self._wake()
+
+    def peer_half_closed(self) -> None:
+        """The peer sends no more (FIN after its request): once the body is read,
+        ``receive`` says ``http.disconnect``, but the response still goes out."""
+        self._peer_half_closed = True
         self._wake()
 
     def server_shutdown(self) -> None:
@@ -278,6 +286,8 @@ class HTTPStream(StreamBase):
                 if not self._final_delivered:
                     self._final_delivered = True
                     return {"type": "http.request", "body": b"", "more_body": False}
+                if self._peer_half_closed:
+                    return {"type": "http.disconnect"}
             elif (
                 self.request.expect_continue
                 and not self._continue_sent

@@ -181,6 +181,13 @@ class WebSocketStream(StreamBase):
         if self._state != _CONNECTING:
             self._process()
 
+    def peer_half_closed(self) -> None:
+        """HTTP/1.1: the peer sent its FIN right after the upgrade request: once accepted,
+        the tunnel has no peer side (the app hears of it as of any EOF)."""
+        self._remote_ended = True
+        if self._state != _CONNECTING:
+            self._process()
+
     def reset(self) -> None:
         """The stream or the whole connection is gone: no close handshake is possible."""
         if self._state != _CLOSED:

@@ -189,7 +189,11 @@ class WsprotoFramer:
             cls = type(event)
             if cls is TextMessage or cls is BytesMessage:
                 data = event.data
-                self._fragment_size += len(data)
+                # --ws-max-size counts bytes (as the websockets engine does): a text
+                # fragment's UTF-8 length, not its characters (isascii() is O(1)).
+                self._fragment_size += (
+                    len(data) if cls is BytesMessage or data.isascii() else len(data.encode())
+                )
                 if self._fragment_size > self._max_size:
                     events.append(Failed(1009, f"message larger than {self._max_size} bytes"))
                     return events, False
@@ -254,4 +258,5 @@ class WsprotoFramer:
         return frame
 
     def held(self) -> int:
-        return sum(len(fragment) for fragment in self._fragments)
+        # The bytes of the fragments held (text counted in UTF-8, as for the limit).
+        return self._fragment_size if self._fragments else 0

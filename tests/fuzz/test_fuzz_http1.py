@@ -26,6 +26,7 @@ from quicserve.events import (
     BodyEnded,
     BodyReceived,
     ConnectionClosed,
+    PeerHalfClosed,
     RequestReceived,
     StreamReset,
 )
@@ -283,6 +284,10 @@ def drive(
                 elif not answered:
                     answer(active)
                 upgrade_pending = False
+            elif isinstance(event, PeerHalfClosed):
+                # The FIN came after a complete request: it is still answered.
+                assert active is not None and event.stream_id == active.stream_id
+                assert event.stream_id in run.ended
             else:
                 assert isinstance(event, ConnectionClosed), event
                 run.closed = True

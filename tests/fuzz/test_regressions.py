@@ -15,7 +15,12 @@ from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame, S
 
 from quicserve.certs import DevCertificate
 from quicserve.config import Config
-from quicserve.events import BodyEnded, ConnectionClosed, RequestReceived, StreamReset
+from quicserve.events import (
+    BodyEnded,
+    ConnectionClosed,
+    PeerHalfClosed,
+    RequestReceived,
+)
 from quicserve.protocol.http1 import H1Protocol
 from quicserve.protocol.http2 import H2Protocol
 
@@ -68,19 +73,20 @@ def test_http1_bytes_after_a_closing_request_do_not_lose_its_response() -> None:
 
 
 def test_http1_closing_request_then_eof_still_disconnects() -> None:
-    """The fix above must not hide the peer's EOF from a request still in flight."""
+    """The fix above must not hide the peer's EOF from a request still in flight: the
+    stream hears of it (its app's ``receive`` says ``http.disconnect``); since the FIN
+    is a half-close (RFC 9112 §9.6) the answer still goes out, then the close."""
     proto = H1Protocol(Config(), T0)
     proto.receive_data(b"GET / HTTP/1.0\r\n\r\nmore", T0)
     proto.receive_data(b"", T0)
     events = []
     while (event := proto.next_event()) is not None:
         events.append(event)
-    assert [type(e) for e in events] == [
-        RequestReceived,
-        BodyEnded,
-        StreamReset,
-        ConnectionClosed,
-    ]
+    assert [type(e) for e in events] == [RequestReceived, BodyEnded, PeerHalfClosed]
+    proto.send_response(1, 200, [(b"content-length", b"0")], end_stream=True)
+    proto.stream_done(1, T0)
+    assert proto.data_to_send().startswith(b"HTTP/1.1 200 ")
+    assert proto.next_event() == ConnectionClosed() and proto.closed
 
 
 def test_http1_error_answers_to_head_have_no_content() -> None:
@@ -88,8 +94,16 @@ def test_http1_error_answers_to_head_have_no_content() -> None:
     protocol refuses (a body that never comes, two Host fields, CL and TE together,
     pipelined or not) was answered 400 *with* its "Bad Request" text. RFC 9110 §9.3.2: no
     content in an answer to HEAD; a client reads those bytes as the next response."""
+    # A body that never comes (the peer's FIN cuts it) is no longer refused: the peer
+    # left, the connection closes with no answer (RFC 9112 §9.6).
+    run = drive(
+        [b"HEAD / HTTP/1.1\r\nhost: example.com\r\ncontent-length: 5\r\n\r\n"],
+        Config(),
+        respond_early=False,
+        ticks=[],
+    )
+    assert run.closed and run.output == b""
     for data in (
-        b"HEAD / HTTP/1.1\r\nhost: example.com\r\ncontent-length: 5\r\n\r\n",
         b"HEAD / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
         b"GET / HTTP/1.1\r\nhost: example.com\r\n\r\n"
         b"HEAD / HTTP/1.1\r\nhost: example.com\r\ncontent-length: 0\r\n"
