@@ -47,9 +47,10 @@ from __future__ import annotations
 import struct
 from collections import deque
 from dataclasses import replace
+from typing import TYPE_CHECKING, cast
 
 from h2.config import H2Configuration
-from h2.connection import ConnectionInputs, ConnectionState, H2Connection
+from h2.connection import ConnectionInputs, ConnectionState, H2Connection, _decode_headers
 from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated as H2ConnectionTerminated
 from h2.events import DataReceived as H2DataReceived
@@ -74,13 +75,22 @@ from h2.exceptions import (
 )
 from h2.frame_buffer import FrameBuffer
 from h2.settings import ChangedSetting, SettingCodes, Settings
-from h2.stream import StreamInputs
+from h2.stream import H2Stream, StreamInputs, StreamState
 from hpack import Decoder, Encoder, HeaderTuple
 from hpack.exceptions import HPACKError
+from hpack.struct import Header
 from hpack.table import HeaderTable
-from hyperframe.exceptions import HyperframeError, InvalidDataError, InvalidFrameError
+from hyperframe.exceptions import (
+    HyperframeError,
+    InvalidDataError,
+    InvalidFrameError,
+    InvalidPaddingError,
+)
 from hyperframe.flags import Flags
 from hyperframe.frame import ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame
+
+if TYPE_CHECKING:
+    from h2._typing import Buffer
 
 from ..config import Config
 from ..events import (
@@ -139,6 +149,21 @@ class _CompressionError(ProtocolError):
     """A header block that does not decode: RFC 9113 §4.3 wants COMPRESSION_ERROR."""
 
     error_code = ErrorCodes.COMPRESSION_ERROR
+
+
+def _compression_error(exc: ProtocolError) -> ProtocolError:
+    """h2 reports an undecodable header block as PROTOCOL_ERROR; RFC 9113 §4.3 says
+    COMPRESSION_ERROR. (An oversized list stays a DoS error.) ``exc`` itself otherwise."""
+    if not isinstance(exc, DenialOfServiceError) and isinstance(
+        exc.__cause__, HPACKError | IndexError | TypeError | UnicodeDecodeError
+    ):
+        return _CompressionError(str(exc))
+    return exc
+
+
+def _is_malformed(exc: ProtocolError) -> bool:
+    """Whether h2 raised ``exc`` for a header block that makes one request malformed."""
+    return type(exc) is ProtocolError and str(exc).startswith(_MALFORMED_MESSAGES)
 
 
 def _new_flags(valid: set[str]) -> Flags:
@@ -266,6 +291,8 @@ class _FrameBuffer(FrameBuffer):
 _FRAME_HEADER = struct.Struct(">IBI")
 _DATA, _HEADERS, _CONTINUATION = 0x0, 0x1, 0x9
 _END_STREAM, _END_HEADERS = 0x1, 0x4
+#: HEADERS flags the request fast path looks at: END_HEADERS, PADDED, PRIORITY.
+_FAST_HEADERS_MASK = 0x4 | 0x8 | 0x20
 #: Header blocks remembered per connection and direction (see _CountingTable).
 _HPACK_CACHE_SIZE = 64
 
@@ -374,6 +401,14 @@ class _H2Connection(H2Connection):
         #: What HPACK may decode of one header block before the connection fails (set by
         #: H2Protocol); blocks between SETTINGS_MAX_HEADER_LIST_SIZE and this get 431.
         self.max_decoded_block = self.decoder.max_header_list_size
+        #: Whether ``_receive_request`` may take requests' HEADERS frames: only when h2
+        #: would hand the decoded list over untouched (no inbound header validation,
+        #: normalisation or decoding), as H2Protocol configures it.
+        self.fast_requests = not (
+            config.validate_inbound_headers
+            or config.normalize_inbound_headers
+            or config.header_encoding
+        )
 
     def _local_settings_acked(self) -> dict[SettingCodes | int, ChangedSetting]:
         changes = super()._local_settings_acked()
@@ -462,35 +497,158 @@ class _H2Connection(H2Connection):
         if size:
             out += data
 
+    def receive_data(self, data: Buffer) -> list[H2Event]:
+        """h2's ``receive_data``, with the same errors and the same connection
+        termination, where a request's HEADERS frame (the frame every request starts
+        with) takes ``_receive_request``'s short way and every other frame h2's."""
+        events: list[H2Event] = []
+        buffer = self.incoming_buffer
+        assert isinstance(buffer, _FrameBuffer)
+        buffer.add_data(data)
+        buffer.max_frame_size = self.max_inbound_frame_size
+        fast = self.fast_requests
+        try:
+            while True:
+                if fast and self._receive_request(buffer, events):
+                    continue
+                try:
+                    frame = next(buffer)
+                except StopIteration:
+                    break
+                events.extend(self._receive_frame(frame))
+        except InvalidPaddingError as exc:
+            self._terminate_connection(ErrorCodes.PROTOCOL_ERROR)
+            raise ProtocolError("Received frame with invalid padding.") from exc
+        except ProtocolError as exc:
+            self._terminate_connection(exc.error_code)
+            raise
+        return events
+
+    def _receive_request(self, buffer: _FrameBuffer, events: list[H2Event]) -> bool:
+        """Take the next frame if it is a whole HEADERS frame that opens a new client
+        stream with a complete header block (END_HEADERS, no PADDED, no PRIORITY) on an
+        open server connection under the stream limit; return whether it did.
+
+        It makes the state changes and events h2's reader, ``_receive_headers_frame``
+        and ``H2Stream.receive_headers`` make for that frame (RFC 9113 §5.1: idle to
+        open, to half-closed (remote) with END_STREAM), without the frame object, the
+        generic dispatch and the per-input state-machine lookups. Anything else, and
+        every case in which h2 would refuse the frame before decoding it, is left to
+        h2 (``False``); errors found after decoding are raised or turned into stream
+        errors exactly as ``_receive_headers_frame`` does.
+        """
+        data = buffer._data
+        if len(data) < 9 or data[3] != _HEADERS:
+            return False
+        flags = data[4]
+        if flags & _FAST_HEADERS_MASK != _END_HEADERS:
+            return False
+        length = data[0] << 16 | data[1] << 8 | data[2]
+        end = 9 + length
+        stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+        if (
+            len(data) < end
+            or length > buffer.max_frame_size  # h2: FrameTooLargeError
+            or length > buffer.max_header_block  # _FrameBuffer: DenialOfServiceError
+            or buffer._headers_buffer  # h2: a HEADERS inside another header block
+            or buffer._block_size
+            or not stream_id & 1  # h2: not a client stream id
+            or stream_id <= self.highest_inbound_stream_id  # h2: StreamIDTooLowError
+            or stream_id in self.streams
+            or self.state_machine.state is not ConnectionState.SERVER_OPEN
+            # h2: TooManyStreamsError. (The count also drops closed streams from
+            # ``streams``, as h2's check does for every new stream.)
+            or self.open_inbound_streams >= self.local_settings.max_concurrent_streams
+        ):
+            return False
+        block = bytes(data[9:end])
+        del data[:end]
+        try:
+            headers = cast("list[Header]", _decode_headers(self.decoder, block))
+        except ProtocolError as exc:
+            converted = _compression_error(exc)
+            if converted is not exc:
+                raise converted from exc
+            raise
+        # h2's _begin_new_stream, its debug logging aside (SERVER_OPEN stays SERVER_OPEN
+        # on RECV_HEADERS, so the connection state machine has nothing to do).
+        stream = H2Stream(
+            stream_id,
+            config=self.config,
+            inbound_window_size=self.local_settings.initial_window_size,
+            outbound_window_size=self.remote_settings.initial_window_size,
+        )
+        stream.max_outbound_frame_size = self.max_outbound_frame_size
+        self.streams[stream_id] = stream
+        self.highest_inbound_stream_id = stream_id
+        end_stream = bool(flags & _END_STREAM)
+        if headers and headers[0][0] == b":status":
+            # Maybe an informational response (which h2 refuses from a client): h2's
+            # own stream code decides, with the same errors.
+            try:
+                frames, stream_events = stream.receive_headers(headers, end_stream, None)
+            except ProtocolError as exc:
+                if not _is_malformed(exc):
+                    raise
+                frames, stream_events = self._malformed_request(stream)
+            self._prepare_for_sending(frames)
+            events += stream_events
+            return True
+        # H2Stream.receive_headers: idle -> open on HEADERS (request_received), then
+        # -> half-closed (remote) on END_STREAM (stream_half_closed), RFC 9113 §5.1.
+        machine = stream.state_machine
+        machine.client = False
+        machine.headers_received = True
+        request = H2RequestReceived(stream_id=stream_id)
+        ended: H2StreamEnded | None = None
+        if end_stream:
+            machine.state = StreamState.HALF_CLOSED_REMOTE
+            ended = request.stream_ended = H2StreamEnded(stream_id=stream_id)
+        else:
+            machine.state = StreamState.OPEN
+        try:
+            stream._initialize_content_length(headers)
+        except ProtocolError as exc:
+            if not _is_malformed(exc):  # pragma: no cover - h2 raises only those
+                raise
+            frames, stream_events = self._malformed_request(stream)
+            self._prepare_for_sending(frames)
+            events += stream_events
+            return True
+        # With inbound validation and normalisation off and no header encoding, h2's
+        # _process_received_headers is list(headers): the decoder's list is fresh.
+        request.headers = headers
+        events.append(request)
+        if ended is not None:
+            events.append(ended)
+        return True
+
     def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[H2Event]]:
         try:
             return super()._receive_headers_frame(frame)
         except ProtocolError as exc:
             # h2 reports an undecodable header block as PROTOCOL_ERROR; RFC 9113 §4.3
             # says COMPRESSION_ERROR. (An oversized list stays a DoS error.)
-            cause = exc.__cause__
-            if not isinstance(exc, DenialOfServiceError) and isinstance(
-                cause, HPACKError | IndexError | TypeError | UnicodeDecodeError
-            ):
-                raise _CompressionError(str(exc)) from exc
+            converted = _compression_error(exc)
+            if converted is not exc:
+                raise converted from exc
             stream = self.streams.get(frame.stream_id)
-            if (
-                type(exc) is ProtocolError
-                and stream is not None
-                and str(exc).startswith(_MALFORMED_MESSAGES)
-            ):
-                # RFC 9113 §8.1.1: a bad content-length, or trailers without END_STREAM
-                # (§8.1), make the *request* malformed: a stream error. h2 raises after
-                # decoding the block (HPACK state stays in step) and opening the stream,
-                # so only that stream is reset and the connection carries on.
-                frames: list[Frame] = stream.reset_stream(ErrorCodes.PROTOCOL_ERROR)
-                event = H2StreamReset(
-                    stream_id=frame.stream_id,
-                    error_code=ErrorCodes.PROTOCOL_ERROR,
-                    remote_reset=False,
-                )
-                return frames, [event]
+            if stream is not None and _is_malformed(exc):
+                return self._malformed_request(stream)
             raise
+
+    def _malformed_request(self, stream: H2Stream) -> tuple[list[Frame], list[H2Event]]:
+        """RFC 9113 §8.1.1: a bad content-length, or trailers without END_STREAM
+        (§8.1), make the *request* malformed: a stream error. h2 raises after decoding
+        the block (HPACK state stays in step) and opening the stream, so only that
+        stream is reset and the connection carries on."""
+        frames: list[Frame] = stream.reset_stream(ErrorCodes.PROTOCOL_ERROR)
+        event = H2StreamReset(
+            stream_id=stream.stream_id,
+            error_code=ErrorCodes.PROTOCOL_ERROR,
+            remote_reset=False,
+        )
+        return frames, [event]
 
     def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Frame], list[H2Event]]:
         try:
