@@ -75,6 +75,7 @@ from h2.exceptions import (
 )
 from h2.frame_buffer import FrameBuffer
 from h2.settings import ChangedSetting, SettingCodes, Settings
+from h2.stream import STREAM_OPEN as _STREAM_OPEN
 from h2.stream import H2Stream, StreamInputs, StreamState
 from hpack import Decoder, Encoder, HeaderTuple
 from hpack.exceptions import HPACKError
@@ -375,6 +376,19 @@ class _CachingDecoder(Decoder):
         return headers
 
 
+class _FastRequest(H2Event):
+    """What ``_H2Connection._receive_request`` reports for a request's HEADERS frame in
+    place of h2's RequestReceived (and StreamEnded when ``stream_ended``): the same
+    facts in one object instead of two dataclass events."""
+
+    __slots__ = ("headers", "stream_ended", "stream_id")
+
+    def __init__(self, stream_id: int, headers: list[Header], stream_ended: bool) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
+        self.stream_ended = stream_ended
+
+
 class _H2Connection(H2Connection):
     """h2's connection with four behaviours brought in line with RFC 9113, and the size
     of its outgoing buffer (``pending_output``), which h2 does not expose.
@@ -556,9 +570,8 @@ class _H2Connection(H2Connection):
             or stream_id <= self.highest_inbound_stream_id  # h2: StreamIDTooLowError
             or stream_id in self.streams
             or self.state_machine.state is not ConnectionState.SERVER_OPEN
-            # h2: TooManyStreamsError. (The count also drops closed streams from
-            # ``streams``, as h2's check does for every new stream.)
-            or self.open_inbound_streams >= self.local_settings.max_concurrent_streams
+            # h2: TooManyStreamsError.
+            or self._open_client_streams() >= self.local_settings.max_concurrent_streams
         ):
             return False
         block = bytes(data[9:end])
@@ -599,13 +612,7 @@ class _H2Connection(H2Connection):
         machine = stream.state_machine
         machine.client = False
         machine.headers_received = True
-        request = H2RequestReceived(stream_id=stream_id)
-        ended: H2StreamEnded | None = None
-        if end_stream:
-            machine.state = StreamState.HALF_CLOSED_REMOTE
-            ended = request.stream_ended = H2StreamEnded(stream_id=stream_id)
-        else:
-            machine.state = StreamState.OPEN
+        machine.state = StreamState.HALF_CLOSED_REMOTE if end_stream else StreamState.OPEN
         try:
             stream._initialize_content_length(headers)
         except ProtocolError as exc:
@@ -617,11 +624,32 @@ class _H2Connection(H2Connection):
             return True
         # With inbound validation and normalisation off and no header encoding, h2's
         # _process_received_headers is list(headers): the decoder's list is fresh.
-        request.headers = headers
-        events.append(request)
-        if ended is not None:
-            events.append(ended)
+        # One record stands for h2's RequestReceived and, with END_STREAM, StreamEnded.
+        events.append(_FastRequest(stream_id, headers, end_stream))
         return True
+
+    def _open_client_streams(self) -> int:
+        """h2's ``open_inbound_streams`` on a server (``_open_streams(1)``): the client
+        streams open or half-closed; closed streams leave ``streams`` for
+        ``_closed_streams`` on the way, as they do on every count h2 makes. Reads each
+        stream's state once instead of through two properties."""
+        count = 0
+        closed: list[int] | None = None
+        for stream_id, stream in self.streams.items():
+            state = stream.state_machine.state
+            if _STREAM_OPEN[state] and stream_id & 1:
+                count += 1
+            elif state is StreamState.CLOSED:
+                if closed is None:
+                    closed = [stream_id]
+                else:
+                    closed.append(stream_id)
+        if closed is not None:
+            streams = self.streams
+            gone = self._closed_streams
+            for stream_id in closed:
+                gone[stream_id] = streams.pop(stream_id).closed_by
+        return count
 
     def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[H2Event]]:
         try:
@@ -899,7 +927,6 @@ class H2Protocol:
 
     def _handle_h2_events(self, h2_events: list[H2Event]) -> None:
         streams = self._streams
-        events = self._events
         flush_all = False
         touched: list[int] | None = None
         for ev in h2_events:
@@ -921,18 +948,16 @@ class H2Protocol:
                 self._on_data(ev)
             elif cls is H2RequestReceived:
                 assert isinstance(ev, H2RequestReceived)
-                self._on_request(ev)
+                self._on_request(ev.stream_id, ev.headers, ev.stream_ended is not None)
+            elif cls is _FastRequest:
+                assert isinstance(ev, _FastRequest)
+                ended = ev.stream_ended
+                self._on_request(ev.stream_id, ev.headers, ended)
+                if ended and not self._closed:
+                    self._on_stream_ended(ev.stream_id)
             elif cls is H2StreamEnded:
                 assert isinstance(ev, H2StreamEnded)
-                stream = streams.get(ev.stream_id)
-                if stream is not None and not stream.reset:
-                    stream.remote_ended = True
-                    trailers = stream.request_trailers
-                    stream.request_trailers = None
-                    if not stream.done:
-                        events.append(BodyEnded(stream.stream_id, trailers or []))
-                    else:
-                        self._maybe_remove(stream)  # the end of a lingering body
+                self._on_stream_ended(ev.stream_id)
             elif cls is H2WindowUpdated:
                 assert isinstance(ev, H2WindowUpdated)
                 if self._control_flood():
@@ -996,14 +1021,24 @@ class H2Protocol:
                         self._writable(stream)
                     self._after_send(stream)
 
-    def _on_request(self, ev: H2RequestReceived) -> None:
-        stream_id = ev.stream_id
+    def _on_stream_ended(self, stream_id: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None and not stream.reset:
+            stream.remote_ended = True
+            trailers = stream.request_trailers
+            stream.request_trailers = None
+            if not stream.done:
+                self._events.append(BodyEnded(stream_id, trailers or []))
+            else:
+                self._maybe_remove(stream)  # the end of a lingering body
+
+    def _on_request(self, stream_id: int, raw: list[Header], ended: bool) -> None:
+        """A request's header section on a new stream (``ended``: with END_STREAM)."""
         if self._draining:
             # RFC 9113 §6.8: streams opened after our GOAWAY (or the peer's) are not
             # processed; REFUSED_STREAM tells the client it may retry them elsewhere.
             self._h2_reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        raw = ev.headers
         try:
             # A client repeating a request sends the same fields (the same all-indexed
             # HPACK block): its checks and split are reused; the header list is copied.
@@ -1016,7 +1051,7 @@ class H2Protocol:
                 # RFC 9113 §10.5.1: a larger header section than we accept gets 431 (RFC
                 # 6585 §5); the stream never reaches the app and the connection carries on.
                 self._conn.send_headers(stream_id, [(b":status", b"431")], end_stream=True)
-                if ev.stream_ended is None:
+                if not ended:
                     # §8.1: the response is complete; the request body is not wanted.
                     self._h2_reset(stream_id, ErrorCodes.NO_ERROR)
                 return
@@ -1029,7 +1064,7 @@ class H2Protocol:
                     self._parsed[key] = parsed
             method, path, scheme, authority, protocol, headers, length = parsed
             headers = headers.copy()  # the app's own list, never the cached one
-            if length and ev.stream_ended is not None:
+            if length and ended:
                 # §8.1.1: content-length says a body follows, END_STREAM says none does.
                 raise Malformed("content-length without DATA")
             request = RequestReceived(
