@@ -1269,3 +1269,40 @@ def test_a_repeated_request_gets_its_own_header_list_and_its_own_checks() -> Non
     assert not of_type(server_events, RequestReceived)
     (reset,) = of_type(client_events, h2e.StreamReset)
     assert (reset.stream_id, reset.error_code) == (stream_id, ErrorCodes.PROTOCOL_ERROR)
+
+
+def test_requests_after_the_first_take_the_fast_path_and_are_served_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first request opens the connection through h2 (idle to open); the later ones,
+    # whole HEADERS frames on new streams, skip h2's frame reader. Either way the app
+    # sees the same request, body end and response. (That both ways agree frame for
+    # frame is the differential fuzz target's job.)
+    frames_read: list[str] = []
+    receive_frame = http2_module._H2Connection._receive_frame
+
+    def counting(self: Any, frame: Frame) -> Any:
+        frames_read.append(type(frame).__name__)
+        return receive_frame(self, frame)
+
+    monkeypatch.setattr(http2_module._H2Connection, "_receive_frame", counting)
+    pair = Pair()
+    frames_read.clear()
+    post = post_headers([(b"content-length", b"2")])
+    for headers, end_stream in [(GET, True), (GET, True), (post, False), (GET, True)]:
+        stream_id = pair.request(headers, end_stream=end_stream)
+        if not end_stream:
+            pair.body(stream_id, b"hi", end_stream=True)
+        events = pair.take()[0]
+        (request,) = of_type(events, RequestReceived)
+        assert (request.stream_id, request.method) == (stream_id, headers[0][1])
+        assert of_type(events, BodyEnded) == [BodyEnded(stream_id, [])]
+        pair.server.send_response(stream_id, 200, [(b"content-length", b"2")])
+        pair.server.send_data(stream_id, b"ok", end_stream=True)
+        pair.server.stream_done(stream_id, pair.now)
+        pair.pump()
+        client_events = pair.take()[1]
+        assert of_type(client_events, h2e.StreamEnded)[0].stream_id == stream_id
+    # Only the first HEADERS (and the POST's DATA and the client's acks) went through h2.
+    assert frames_read.count("_ReceivedHeadersFrame") == 1
+    assert frames_read.count("_ReceivedDataFrame") == 1
