@@ -36,7 +36,11 @@ Rules of this module:
 * The hot path skips h2's generic layers, never its rules: response HEADERS and DATA are
   framed here with the same stream and connection state changes and flow-control
   accounting h2 makes (``send_head``, ``send_data_frame``); received HEADERS and DATA are
-  read with the same checks and errors as h2's reader. An HPACK block is reused only
+  read with the same checks and errors as h2's reader. A request's HEADERS frame on a
+  new stream (``_receive_request``) is taken without frame objects or h2's dispatch, with
+  the stream state, events and errors h2 would give it; it declines every frame h2 would
+  refuse before decoding, and the differential fuzz target (tests/fuzz) holds it to
+  h2's answers frame for frame. An HPACK block is reused only
   while the table it was coded against is unchanged (RFC 7541 §2.3.2); a request's
   checked and split fields only for an identical field list, and the app always gets
   its own header list.
