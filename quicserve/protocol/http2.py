@@ -80,7 +80,13 @@ from h2.exceptions import (
 from h2.frame_buffer import FrameBuffer
 from h2.settings import ChangedSetting, SettingCodes, Settings
 from h2.stream import STREAM_OPEN as _STREAM_OPEN
-from h2.stream import H2Stream, StreamInputs, StreamState
+from h2.stream import (
+    H2Stream,
+    H2StreamStateMachine,
+    StreamClosedBy,
+    StreamInputs,
+    StreamState,
+)
 from hpack import Decoder, Encoder, HeaderTuple
 from hpack.exceptions import HPACKError
 from hpack.struct import Header
@@ -380,6 +386,36 @@ class _CachingDecoder(Decoder):
         return headers
 
 
+#: Stream states in which h2's SEND_DATA and SEND_HEADERS keep the state (RFC 9113 §5.1:
+#: the sending side of the stream is open), indexed by state.
+_CAN_SEND = [False] * len(StreamState)
+_CAN_SEND[StreamState.OPEN] = _CAN_SEND[StreamState.HALF_CLOSED_REMOTE] = True
+
+
+def _send_headers(machine: H2StreamStateMachine) -> None:
+    """h2's SEND_HEADERS input: a server's first head on an open or half-closed (remote)
+    stream only marks the head sent (h2's response_sent); anything else (trailers, a
+    stream that cannot send) goes through h2's state machine."""
+    if _CAN_SEND[machine.state] and machine.client is False and not machine.headers_sent:
+        machine.headers_sent = True
+    else:
+        machine.process_input(StreamInputs.SEND_HEADERS)
+
+
+def _send_end_stream(machine: H2StreamStateMachine) -> None:
+    """h2's SEND_END_STREAM input: open -> half-closed (local), half-closed (remote) ->
+    closed (closed by SEND_END_STREAM), set directly in those two states (RFC 9113 §5.1);
+    in any other, h2's state machine decides (and refuses)."""
+    state = machine.state
+    if state is StreamState.HALF_CLOSED_REMOTE:
+        machine.state = StreamState.CLOSED
+        machine.stream_closed_by = StreamClosedBy.SEND_END_STREAM
+    elif state is StreamState.OPEN:
+        machine.state = StreamState.HALF_CLOSED_LOCAL
+    else:
+        machine.process_input(StreamInputs.SEND_END_STREAM)
+
+
 class _FastRequest(H2Event):
     """What ``_H2Connection._receive_request`` reports for a request's HEADERS frame in
     place of h2's RequestReceived (and StreamEnded when ``stream_ended``): the same
@@ -453,15 +489,17 @@ class _H2Connection(H2Connection):
         if self.state_machine.state is not ConnectionState.SERVER_OPEN:
             # SERVER_OPEN stays SERVER_OPEN on SEND_HEADERS; any other state decides.
             self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
-        stream.state_machine.process_input(
-            StreamInputs.SEND_HEADERS if final else StreamInputs.SEND_INFORMATIONAL_HEADERS
-        )
+        machine = stream.state_machine
+        if final:
+            _send_headers(machine)
+        else:
+            machine.process_input(StreamInputs.SEND_INFORMATIONAL_HEADERS)
         encoder = self.encoder
         assert isinstance(encoder, _CachingEncoder)
         encoded = encoder.encode_block(block)
         flags = _END_HEADERS
         if end_stream:
-            stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+            _send_end_stream(machine)
             flags |= _END_STREAM
         out = self._data_to_send
         size = len(encoded)
@@ -503,10 +541,12 @@ class _H2Connection(H2Connection):
             raise FrameTooLargeError(f"cannot send a {size}-byte frame")
         if self.state_machine.state is not ConnectionState.SERVER_OPEN:
             self.state_machine.process_input(ConnectionInputs.SEND_DATA)  # as above
-        stream.state_machine.process_input(StreamInputs.SEND_DATA)
+        machine = stream.state_machine
+        if not _CAN_SEND[machine.state]:
+            machine.process_input(StreamInputs.SEND_DATA)  # h2 decides (and refuses)
         flags = 0
         if end_stream:
-            stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+            _send_end_stream(machine)
             flags = _END_STREAM
         stream.outbound_flow_control_window -= size
         self.outbound_flow_control_window -= size
