@@ -302,6 +302,7 @@ class _FrameBuffer(FrameBuffer):
 _FRAME_HEADER = struct.Struct(">IBI")
 _DATA, _HEADERS, _CONTINUATION = 0x0, 0x1, 0x9
 _END_STREAM, _END_HEADERS = 0x1, 0x4
+_INITIAL_WINDOW_SIZE = SettingCodes.INITIAL_WINDOW_SIZE
 #: HEADERS flags the request fast path looks at: END_HEADERS, PADDED, PRIORITY.
 _FAST_HEADERS_MASK = 0x4 | 0x8 | 0x20
 #: Header blocks remembered per connection and direction (see _CountingTable).
@@ -632,8 +633,10 @@ class _H2Connection(H2Connection):
         stream = H2Stream(
             stream_id,
             config=self.config,
-            inbound_window_size=self.local_settings.initial_window_size,
-            outbound_window_size=self.remote_settings.initial_window_size,
+            # The windows in force, read as Settings.__getitem__ reads them (this
+            # setting always has a value), without its two Python-level calls.
+            inbound_window_size=self.local_settings._settings[_INITIAL_WINDOW_SIZE][0],
+            outbound_window_size=self.remote_settings._settings[_INITIAL_WINDOW_SIZE][0],
         )
         stream.max_outbound_frame_size = self.max_outbound_frame_size
         self.streams[stream_id] = stream
