@@ -37,13 +37,13 @@ Rules of this module:
   framed here with the same stream and connection state changes and flow-control
   accounting h2 makes (``send_head``, ``send_data_frame``); received HEADERS and DATA are
   read with the same checks and errors as h2's reader. A request's HEADERS frame on a
-  new stream (``_receive_request``) is taken without frame objects or h2's dispatch, with
-  the stream state, events and errors h2 would give it; it declines every frame h2 would
-  refuse before decoding, and the differential fuzz target (tests/fuzz) holds it to
-  h2's answers frame for frame. An HPACK block is reused only
-  while the table it was coded against is unchanged (RFC 7541 §2.3.2); a request's
-  checked and split fields only for an identical field list, and the app always gets
-  its own header list.
+  new stream and a WINDOW_UPDATE (``_receive_request``, ``_receive_window_update``) are
+  taken without frame objects or h2's dispatch, with the state, events and errors h2
+  would give them; they decline every frame h2 would refuse before decoding, and the
+  differential fuzz target (tests/fuzz) holds them to h2's answers frame for frame. An
+  HPACK block is reused only while the table it was coded against is unchanged (RFC 7541
+  §2.3.2); a request's checked and split fields only for an identical field list, and
+  the app always gets its own header list.
 """
 
 from __future__ import annotations
@@ -303,6 +303,9 @@ _FRAME_HEADER = struct.Struct(">IBI")
 _DATA, _HEADERS, _CONTINUATION = 0x0, 0x1, 0x9
 _END_STREAM, _END_HEADERS = 0x1, 0x4
 _INITIAL_WINDOW_SIZE = SettingCodes.INITIAL_WINDOW_SIZE
+_WINDOW_UPDATE = 0x8
+#: RFC 9113 §6.9.1: the largest flow-control window (and WINDOW_UPDATE increment).
+_MAX_WINDOW = 2**31 - 1
 #: HEADERS flags the request fast path looks at: END_HEADERS, PADDED, PRIORITY.
 _FAST_HEADERS_MASK = 0x4 | 0x8 | 0x20
 #: Header blocks remembered per connection and direction (see _CountingTable).
@@ -456,10 +459,11 @@ class _H2Connection(H2Connection):
         #: What HPACK may decode of one header block before the connection fails (set by
         #: H2Protocol); blocks between SETTINGS_MAX_HEADER_LIST_SIZE and this get 431.
         self.max_decoded_block = self.decoder.max_header_list_size
-        #: Whether ``_receive_request`` may take requests' HEADERS frames: only when h2
-        #: would hand the decoded list over untouched (no inbound header validation,
-        #: normalisation or decoding), as H2Protocol configures it.
-        self.fast_requests = not (
+        #: Whether ``receive_data`` takes requests' HEADERS frames and WINDOW_UPDATEs
+        #: the short way: only when h2 would hand a decoded header list over untouched
+        #: (no inbound header validation, normalisation or decoding), as H2Protocol
+        #: configures it. (Off, h2 reads every frame: the differential fuzz target.)
+        self.fast_frames = not (
             config.validate_inbound_headers
             or config.normalize_inbound_headers
             or config.header_encoding
@@ -559,17 +563,22 @@ class _H2Connection(H2Connection):
     def receive_data(self, data: Buffer) -> list[H2Event]:
         """h2's ``receive_data``, with the same errors and the same connection
         termination, where a request's HEADERS frame (the frame every request starts
-        with) takes ``_receive_request``'s short way and every other frame h2's."""
+        with) and a WINDOW_UPDATE take a short way (``_receive_request``,
+        ``_receive_window_update``) and every other frame h2's."""
         events: list[H2Event] = []
         buffer = self.incoming_buffer
         assert isinstance(buffer, _FrameBuffer)
         buffer.add_data(data)
         buffer.max_frame_size = self.max_inbound_frame_size
-        fast = self.fast_requests
+        fast = self.fast_frames
         try:
             while True:
-                if fast and self._receive_request(buffer, events):
-                    continue
+                if fast and len(buffer._data) >= 9:
+                    kind = buffer._data[3]
+                    if kind == _HEADERS and self._receive_request(buffer, events):
+                        continue
+                    if kind == _WINDOW_UPDATE and self._receive_window_update(buffer, events):
+                        continue
                 try:
                     frame = next(buffer)
                 except StopIteration:
@@ -597,8 +606,6 @@ class _H2Connection(H2Connection):
         errors exactly as ``_receive_headers_frame`` does.
         """
         data = buffer._data
-        if len(data) < 9 or data[3] != _HEADERS:
-            return False
         flags = data[4]
         if flags & _FAST_HEADERS_MASK != _END_HEADERS:
             return False
@@ -673,6 +680,46 @@ class _H2Connection(H2Connection):
         # _process_received_headers is list(headers): the decoder's list is fresh.
         # One record stands for h2's RequestReceived and, with END_STREAM, StreamEnded.
         events.append(_FastRequest(stream_id, headers, end_stream))
+        return True
+
+    def _receive_window_update(self, buffer: _FrameBuffer, events: list[H2Event]) -> bool:
+        """Take the next frame if it is a whole WINDOW_UPDATE (RFC 9113 §6.9) with a valid
+        increment, for the connection or for a stream open in either direction, that
+        keeps the window within 2^31-1; return whether it did. The window grows and
+        h2's WindowUpdated event is reported as h2's ``_receive_window_update_frame``
+        does; every other case (a bad length or increment, an overflow, a closed or
+        unknown stream, a header block in progress) is left to h2 and its errors."""
+        data = buffer._data
+        if (
+            len(data) < 13
+            or data[0]
+            or data[1]
+            or data[2] != 4
+            or buffer._headers_buffer  # h2: a frame inside a header block
+            or self.state_machine.state is not ConnectionState.SERVER_OPEN
+        ):
+            return False
+        increment = int.from_bytes(data[9:13], "big")
+        if not 1 <= increment <= _MAX_WINDOW:  # hyperframe: InvalidDataError
+            return False
+        stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+        if stream_id:
+            stream = self.streams.get(stream_id)
+            # Open or half-closed: h2's window_updated, the state unchanged.
+            if stream is None or not _STREAM_OPEN[stream.state_machine.state]:
+                return False
+            window = stream.outbound_flow_control_window + increment
+            if window > _MAX_WINDOW:  # h2: a stream FLOW_CONTROL_ERROR
+                return False
+            del data[:13]
+            stream.outbound_flow_control_window = window
+        else:
+            window = self.outbound_flow_control_window + increment
+            if window > _MAX_WINDOW:  # h2: a connection FLOW_CONTROL_ERROR
+                return False
+            del data[:13]
+            self.outbound_flow_control_window = window
+        events.append(H2WindowUpdated(stream_id=stream_id, delta=increment))
         return True
 
     def _open_client_streams(self) -> int:

@@ -7,8 +7,9 @@ with random flags, padding, stream ids and a few raw edits of lengths and types,
 random points. ``test_http2_client_ops``: a real h2 client does random valid things
 (requests, bodies, resets, window updates, settings, pings, GOAWAY), so the server's
 output must satisfy that client in full. ``test_http2_request_fast_path_matches_h2``
-(differential): the same frames go to a server whose requests' HEADERS frames take the
-fast path and to one where h2 reads every frame; events, bytes and h2 state must agree.
+(differential): the same frames go to a server whose requests' HEADERS frames and
+WINDOW_UPDATEs take the fast path and to one where h2 reads every frame; events, bytes and
+h2 state must agree.
 
 The app answers every request (sometimes at once, sometimes after the body), with bodies
 big enough to meet flow control, acknowledges body bytes, and is done with a stream when
@@ -656,7 +657,7 @@ def _record(
     """Drive one server through ``pieces`` with the request fast path on or off; after
     each piece, the events it produced, the bytes it wrote and h2's state."""
     proto = H2Protocol(config, T0)
-    proto._conn.fast_requests = fast
+    proto._conn.fast_frames = fast
     app = App(proto, respond_early=respond_early, body_size=body_size)
     seen: list[Any] = []
     next_event = proto.next_event
@@ -710,6 +711,19 @@ _GET = list(_REQUEST)
 _POST = [(b":method", b"POST"), *_REQUEST[1:]]
 
 
+def _window_updates(*updates: tuple[int, int]) -> list[bytes]:
+    """A GET on stream 1 (answered and closed), a POST left open on stream 3, then one
+    read per ``(stream id, increment)`` WINDOW_UPDATE. The client's windows start at
+    65,535 (RFC 9113 §6.9.2)."""
+    return [
+        *_requests((1, 0x5, _GET), (3, 0x4, _POST)),
+        *(_raw(0x8, 0, sid, struct.pack(">I", increment)) for sid, increment in updates),
+    ]
+
+
+_TO_LIMIT = 2**31 - 1 - 65_535
+
+
 @fuzz_settings(250)
 # Requests past the first (which opens the connection h2's way) that the fast path takes
 # or refuses: a bad and a conflicting content-length (stream errors), a :status field
@@ -735,6 +749,52 @@ _POST = [(b":method", b"POST"), *_REQUEST[1:]]
     respond_early=False,
     body_size=0,
 )
+@example(  # a stream window up to 2^31-1, then past it: a stream error (§6.9.1)
+    pieces=_window_updates((0, 1000), (3, 1000), (3, _TO_LIMIT - 1000), (3, 1), (1, 5)),
+    config="default",
+    respond_early=False,
+    body_size=10,
+)
+@example(  # the connection window (less stream 1's 10 bytes) to 2^31-1, then past it
+    pieces=_window_updates((0, _TO_LIMIT + 10), (3, 7), (0, 1)),
+    config="default",
+    respond_early=False,
+    body_size=10,
+)
+@example(  # an increment of 0, or with the reserved bit: PROTOCOL_ERROR (§6.9)
+    pieces=_window_updates((3, 0)),
+    config="default",
+    respond_early=False,
+    body_size=10,
+)
+@example(
+    pieces=_window_updates((0, 2**31 + 5)),
+    config="default",
+    respond_early=False,
+    body_size=10,
+)
+@example(  # a stream never opened
+    pieces=_window_updates((9, 5)),
+    config="default",
+    respond_early=False,
+    body_size=10,
+)
+@example(  # inside a header block (HEADERS without END_HEADERS): PROTOCOL_ERROR
+    pieces=[
+        *_requests((1, 0x5, _GET)),
+        _raw(0x1, 0x1, 3, Encoder().encode(_GET)),
+        _raw(0x8, 0, 0, struct.pack(">I", 9)),
+    ],
+    config="default",
+    respond_early=True,
+    body_size=0,
+)
+@example(  # a bad length
+    pieces=[*_requests((1, 0x5, _GET)), _raw(0x8, 0, 0, b"\x00\x00\x00\x01\x00")],
+    config="default",
+    respond_early=True,
+    body_size=0,
+)
 @example(
     pieces=_requests((1, 0x5, _GET), (3, 0x5, _GET), (3, 0x5, _GET)),
     config="default",
@@ -756,10 +816,11 @@ _POST = [(b":method", b"POST"), *_REQUEST[1:]]
 def test_http2_request_fast_path_matches_h2(
     pieces: list[bytes], config: str, respond_early: bool, body_size: int
 ) -> None:
-    """The HEADERS fast path (``_H2Connection._receive_request``) must accept exactly
-    what h2 accepts and refuse the rest the same way: the same frames fed to a server
-    with it and to one without it give the same events, the same bytes on the wire
-    (errors and GOAWAY codes included) and the same h2 stream and HPACK state."""
+    """The fast paths (``_H2Connection._receive_request``, ``_receive_window_update``)
+    must accept exactly what h2 accepts and refuse the rest the same way: the same
+    frames fed to a server with them and to one without them give the same events, the
+    same bytes on the wire (errors and GOAWAY codes included) and the same h2 stream and
+    HPACK state."""
     kwargs: dict[str, Any] = {"respond_early": respond_early, "body_size": body_size}
     fast = _record(pieces, CONFIGS[config], fast=True, **kwargs)
     slow = _record(pieces, CONFIGS[config], fast=False, **kwargs)
