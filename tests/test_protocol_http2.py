@@ -17,6 +17,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
+from h2.stream import H2StreamStateMachine, StreamClosedBy, StreamInputs, StreamState
 from hpack import Decoder
 from hyperframe.frame import (
     DataFrame,
@@ -1269,3 +1270,106 @@ def test_a_repeated_request_gets_its_own_header_list_and_its_own_checks() -> Non
     assert not of_type(server_events, RequestReceived)
     (reset,) = of_type(client_events, h2e.StreamReset)
     assert (reset.stream_id, reset.error_code) == (stream_id, ErrorCodes.PROTOCOL_ERROR)
+
+
+def test_requests_after_the_first_take_the_fast_path_and_are_served_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first request opens the connection through h2 (idle to open); the later ones,
+    # whole HEADERS frames on new streams, skip h2's frame reader. Either way the app
+    # sees the same request, body end and response. (That both ways agree frame for
+    # frame is the differential fuzz target's job.)
+    frames_read: list[str] = []
+    receive_frame = http2_module._H2Connection._receive_frame
+
+    def counting(self: Any, frame: Frame) -> Any:
+        frames_read.append(type(frame).__name__)
+        return receive_frame(self, frame)
+
+    monkeypatch.setattr(http2_module._H2Connection, "_receive_frame", counting)
+    pair = Pair()
+    frames_read.clear()
+    post = post_headers([(b"content-length", b"2")])
+    for headers, end_stream in [(GET, True), (GET, True), (post, False), (GET, True)]:
+        stream_id = pair.request(headers, end_stream=end_stream)
+        if not end_stream:
+            pair.body(stream_id, b"hi", end_stream=True)
+        events = pair.take()[0]
+        (request,) = of_type(events, RequestReceived)
+        assert (request.stream_id, request.method) == (stream_id, headers[0][1])
+        assert of_type(events, BodyEnded) == [BodyEnded(stream_id, [])]
+        pair.server.send_response(stream_id, 200, [(b"content-length", b"2")])
+        pair.server.send_data(stream_id, b"ok", end_stream=True)
+        pair.server.stream_done(stream_id, pair.now)
+        pair.pump()
+        client_events = pair.take()[1]
+        assert of_type(client_events, h2e.StreamEnded)[0].stream_id == stream_id
+    # Only the first HEADERS (and the POST's DATA and the client's acks) went through h2.
+    assert frames_read.count("_ReceivedHeadersFrame") == 1
+    assert frames_read.count("_ReceivedDataFrame") == 1
+
+
+def _machine_outcome(machine: Any, step: Any) -> tuple[Any, ...]:
+    try:
+        step(machine)
+        error = None
+    except Exception as exc:  # the same refusal either way
+        error = type(exc)
+    return (
+        machine.state,
+        machine.stream_closed_by,
+        machine.headers_sent,
+        machine.trailers_sent,
+        error,
+    )
+
+
+@pytest.mark.parametrize("state", list(StreamState))
+@pytest.mark.parametrize("client", [None, False, True])
+@pytest.mark.parametrize("headers_sent", [None, True])
+def test_send_side_state_shortcuts_match_h2s_state_machine(
+    state: StreamState, client: bool | None, headers_sent: bool | None
+) -> None:
+    # send_head and send_data_frame set the stream state directly where h2's transition
+    # is fixed; from every state, the result (or the refusal) must be h2's own.
+    def machine() -> H2StreamStateMachine:
+        m = H2StreamStateMachine(1)
+        m.state, m.client, m.headers_sent = state, client, headers_sent
+        return m
+
+    def shortcut_data(m: H2StreamStateMachine) -> None:
+        if not http2_module._CAN_SEND[m.state]:
+            m.process_input(StreamInputs.SEND_DATA)
+
+    pairs = [
+        (http2_module._send_headers, lambda m: m.process_input(StreamInputs.SEND_HEADERS)),
+        (http2_module._send_end_stream, lambda m: m.process_input(StreamInputs.SEND_END_STREAM)),
+        (shortcut_data, lambda m: m.process_input(StreamInputs.SEND_DATA)),
+    ]
+    for fast, slow in pairs:
+        assert _machine_outcome(machine(), fast) == _machine_outcome(machine(), slow)
+
+
+def test_send_head_takes_the_shortcut_only_for_a_first_final_head() -> None:
+    pair = Pair()
+    stream_id = pair.request()
+    pair.take()
+    machine = pair.server._conn.streams[stream_id].state_machine
+    assert (machine.state, machine.headers_sent) == (StreamState.HALF_CLOSED_REMOTE, None)
+    pair.server.send_informational(stream_id, 103, [(b"link", b"</a>")])
+    pair.server.send_response(stream_id, 200, [], end_stream=False)
+    assert machine.headers_sent and not machine.trailers_sent
+    pair.server.send_trailers(stream_id, [(b"x-t", b"1")])
+    assert machine.trailers_sent
+    assert (machine.state, machine.stream_closed_by) == (
+        StreamState.CLOSED,
+        StreamClosedBy.SEND_END_STREAM,
+    )
+    pair.pump()
+    _, client_events = pair.take()
+    assert [type(e) for e in client_events if not isinstance(e, h2e.WindowUpdated)] == [
+        h2e.InformationalResponseReceived,
+        h2e.ResponseReceived,
+        h2e.TrailersReceived,
+        h2e.StreamEnded,
+    ]

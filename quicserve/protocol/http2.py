@@ -36,10 +36,14 @@ Rules of this module:
 * The hot path skips h2's generic layers, never its rules: response HEADERS and DATA are
   framed here with the same stream and connection state changes and flow-control
   accounting h2 makes (``send_head``, ``send_data_frame``); received HEADERS and DATA are
-  read with the same checks and errors as h2's reader. An HPACK block is reused only
-  while the table it was coded against is unchanged (RFC 7541 §2.3.2); a request's
-  checked and split fields only for an identical field list, and the app always gets
-  its own header list.
+  read with the same checks and errors as h2's reader. A request's HEADERS frame on a
+  new stream and a WINDOW_UPDATE (``_receive_request``, ``_receive_window_update``) are
+  taken without frame objects or h2's dispatch, with the state, events and errors h2
+  would give them; they decline every frame h2 would refuse before decoding, and the
+  differential fuzz target (tests/fuzz) holds them to h2's answers frame for frame. An
+  HPACK block is reused only while the table it was coded against is unchanged (RFC 7541
+  §2.3.2); a request's checked and split fields only for an identical field list, and
+  the app always gets its own header list.
 """
 
 from __future__ import annotations
@@ -47,9 +51,10 @@ from __future__ import annotations
 import struct
 from collections import deque
 from dataclasses import replace
+from typing import TYPE_CHECKING, cast
 
 from h2.config import H2Configuration
-from h2.connection import ConnectionInputs, ConnectionState, H2Connection
+from h2.connection import ConnectionInputs, ConnectionState, H2Connection, _decode_headers
 from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated as H2ConnectionTerminated
 from h2.events import DataReceived as H2DataReceived
@@ -74,13 +79,29 @@ from h2.exceptions import (
 )
 from h2.frame_buffer import FrameBuffer
 from h2.settings import ChangedSetting, SettingCodes, Settings
-from h2.stream import StreamInputs
+from h2.stream import STREAM_OPEN as _STREAM_OPEN
+from h2.stream import (
+    H2Stream,
+    H2StreamStateMachine,
+    StreamClosedBy,
+    StreamInputs,
+    StreamState,
+)
 from hpack import Decoder, Encoder, HeaderTuple
 from hpack.exceptions import HPACKError
+from hpack.struct import Header
 from hpack.table import HeaderTable
-from hyperframe.exceptions import HyperframeError, InvalidDataError, InvalidFrameError
+from hyperframe.exceptions import (
+    HyperframeError,
+    InvalidDataError,
+    InvalidFrameError,
+    InvalidPaddingError,
+)
 from hyperframe.flags import Flags
 from hyperframe.frame import ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame
+
+if TYPE_CHECKING:
+    from h2._typing import Buffer
 
 from ..config import Config
 from ..events import (
@@ -139,6 +160,21 @@ class _CompressionError(ProtocolError):
     """A header block that does not decode: RFC 9113 §4.3 wants COMPRESSION_ERROR."""
 
     error_code = ErrorCodes.COMPRESSION_ERROR
+
+
+def _compression_error(exc: ProtocolError) -> ProtocolError:
+    """h2 reports an undecodable header block as PROTOCOL_ERROR; RFC 9113 §4.3 says
+    COMPRESSION_ERROR. (An oversized list stays a DoS error.) ``exc`` itself otherwise."""
+    if not isinstance(exc, DenialOfServiceError) and isinstance(
+        exc.__cause__, HPACKError | IndexError | TypeError | UnicodeDecodeError
+    ):
+        return _CompressionError(str(exc))
+    return exc
+
+
+def _is_malformed(exc: ProtocolError) -> bool:
+    """Whether h2 raised ``exc`` for a header block that makes one request malformed."""
+    return type(exc) is ProtocolError and str(exc).startswith(_MALFORMED_MESSAGES)
 
 
 def _new_flags(valid: set[str]) -> Flags:
@@ -266,6 +302,12 @@ class _FrameBuffer(FrameBuffer):
 _FRAME_HEADER = struct.Struct(">IBI")
 _DATA, _HEADERS, _CONTINUATION = 0x0, 0x1, 0x9
 _END_STREAM, _END_HEADERS = 0x1, 0x4
+_INITIAL_WINDOW_SIZE = SettingCodes.INITIAL_WINDOW_SIZE
+_WINDOW_UPDATE = 0x8
+#: RFC 9113 §6.9.1: the largest flow-control window (and WINDOW_UPDATE increment).
+_MAX_WINDOW = 2**31 - 1
+#: HEADERS flags the request fast path looks at: END_HEADERS, PADDED, PRIORITY.
+_FAST_HEADERS_MASK = 0x4 | 0x8 | 0x20
 #: Header blocks remembered per connection and direction (see _CountingTable).
 _HPACK_CACHE_SIZE = 64
 
@@ -348,6 +390,49 @@ class _CachingDecoder(Decoder):
         return headers
 
 
+#: Stream states in which h2's SEND_DATA and SEND_HEADERS keep the state (RFC 9113 §5.1:
+#: the sending side of the stream is open), indexed by state.
+_CAN_SEND = [False] * len(StreamState)
+_CAN_SEND[StreamState.OPEN] = _CAN_SEND[StreamState.HALF_CLOSED_REMOTE] = True
+
+
+def _send_headers(machine: H2StreamStateMachine) -> None:
+    """h2's SEND_HEADERS input: a server's first head on an open or half-closed (remote)
+    stream only marks the head sent (h2's response_sent); anything else (trailers, a
+    stream that cannot send) goes through h2's state machine."""
+    if _CAN_SEND[machine.state] and machine.client is False and not machine.headers_sent:
+        machine.headers_sent = True
+    else:
+        machine.process_input(StreamInputs.SEND_HEADERS)
+
+
+def _send_end_stream(machine: H2StreamStateMachine) -> None:
+    """h2's SEND_END_STREAM input: open -> half-closed (local), half-closed (remote) ->
+    closed (closed by SEND_END_STREAM), set directly in those two states (RFC 9113 §5.1);
+    in any other, h2's state machine decides (and refuses)."""
+    state = machine.state
+    if state is StreamState.HALF_CLOSED_REMOTE:
+        machine.state = StreamState.CLOSED
+        machine.stream_closed_by = StreamClosedBy.SEND_END_STREAM
+    elif state is StreamState.OPEN:
+        machine.state = StreamState.HALF_CLOSED_LOCAL
+    else:
+        machine.process_input(StreamInputs.SEND_END_STREAM)
+
+
+class _FastRequest(H2Event):
+    """What ``_H2Connection._receive_request`` reports for a request's HEADERS frame in
+    place of h2's RequestReceived (and StreamEnded when ``stream_ended``): the same
+    facts in one object instead of two dataclass events."""
+
+    __slots__ = ("headers", "stream_ended", "stream_id")
+
+    def __init__(self, stream_id: int, headers: list[Header], stream_ended: bool) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
+        self.stream_ended = stream_ended
+
+
 class _H2Connection(H2Connection):
     """h2's connection with four behaviours brought in line with RFC 9113, and the size
     of its outgoing buffer (``pending_output``), which h2 does not expose.
@@ -374,6 +459,15 @@ class _H2Connection(H2Connection):
         #: What HPACK may decode of one header block before the connection fails (set by
         #: H2Protocol); blocks between SETTINGS_MAX_HEADER_LIST_SIZE and this get 431.
         self.max_decoded_block = self.decoder.max_header_list_size
+        #: Whether ``receive_data`` takes requests' HEADERS frames and WINDOW_UPDATEs
+        #: the short way: only when h2 would hand a decoded header list over untouched
+        #: (no inbound header validation, normalisation or decoding), as H2Protocol
+        #: configures it. (Off, h2 reads every frame: the differential fuzz target.)
+        self.fast_frames = not (
+            config.validate_inbound_headers
+            or config.normalize_inbound_headers
+            or config.header_encoding
+        )
 
     def _local_settings_acked(self) -> dict[SettingCodes | int, ChangedSetting]:
         changes = super()._local_settings_acked()
@@ -400,15 +494,17 @@ class _H2Connection(H2Connection):
         if self.state_machine.state is not ConnectionState.SERVER_OPEN:
             # SERVER_OPEN stays SERVER_OPEN on SEND_HEADERS; any other state decides.
             self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
-        stream.state_machine.process_input(
-            StreamInputs.SEND_HEADERS if final else StreamInputs.SEND_INFORMATIONAL_HEADERS
-        )
+        machine = stream.state_machine
+        if final:
+            _send_headers(machine)
+        else:
+            machine.process_input(StreamInputs.SEND_INFORMATIONAL_HEADERS)
         encoder = self.encoder
         assert isinstance(encoder, _CachingEncoder)
         encoded = encoder.encode_block(block)
         flags = _END_HEADERS
         if end_stream:
-            stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+            _send_end_stream(machine)
             flags |= _END_STREAM
         out = self._data_to_send
         size = len(encoded)
@@ -450,10 +546,12 @@ class _H2Connection(H2Connection):
             raise FrameTooLargeError(f"cannot send a {size}-byte frame")
         if self.state_machine.state is not ConnectionState.SERVER_OPEN:
             self.state_machine.process_input(ConnectionInputs.SEND_DATA)  # as above
-        stream.state_machine.process_input(StreamInputs.SEND_DATA)
+        machine = stream.state_machine
+        if not _CAN_SEND[machine.state]:
+            machine.process_input(StreamInputs.SEND_DATA)  # h2 decides (and refuses)
         flags = 0
         if end_stream:
-            stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+            _send_end_stream(machine)
             flags = _END_STREAM
         stream.outbound_flow_control_window -= size
         self.outbound_flow_control_window -= size
@@ -462,35 +560,217 @@ class _H2Connection(H2Connection):
         if size:
             out += data
 
+    def receive_data(self, data: Buffer) -> list[H2Event]:
+        """h2's ``receive_data``, with the same errors and the same connection
+        termination, where a request's HEADERS frame (the frame every request starts
+        with) and a WINDOW_UPDATE take a short way (``_receive_request``,
+        ``_receive_window_update``) and every other frame h2's."""
+        events: list[H2Event] = []
+        buffer = self.incoming_buffer
+        assert isinstance(buffer, _FrameBuffer)
+        buffer.add_data(data)
+        buffer.max_frame_size = self.max_inbound_frame_size
+        fast = self.fast_frames
+        try:
+            while True:
+                if fast and len(buffer._data) >= 9:
+                    kind = buffer._data[3]
+                    if kind == _HEADERS and self._receive_request(buffer, events):
+                        continue
+                    if kind == _WINDOW_UPDATE and self._receive_window_update(buffer, events):
+                        continue
+                try:
+                    frame = next(buffer)
+                except StopIteration:
+                    break
+                events.extend(self._receive_frame(frame))
+        except InvalidPaddingError as exc:
+            self._terminate_connection(ErrorCodes.PROTOCOL_ERROR)
+            raise ProtocolError("Received frame with invalid padding.") from exc
+        except ProtocolError as exc:
+            self._terminate_connection(exc.error_code)
+            raise
+        return events
+
+    def _receive_request(self, buffer: _FrameBuffer, events: list[H2Event]) -> bool:
+        """Take the next frame if it is a whole HEADERS frame that opens a new client
+        stream with a complete header block (END_HEADERS, no PADDED, no PRIORITY) on an
+        open server connection under the stream limit; return whether it did.
+
+        It makes the state changes and events h2's reader, ``_receive_headers_frame``
+        and ``H2Stream.receive_headers`` make for that frame (RFC 9113 §5.1: idle to
+        open, to half-closed (remote) with END_STREAM), without the frame object, the
+        generic dispatch and the per-input state-machine lookups. Anything else, and
+        every case in which h2 would refuse the frame before decoding it, is left to
+        h2 (``False``); errors found after decoding are raised or turned into stream
+        errors exactly as ``_receive_headers_frame`` does.
+        """
+        data = buffer._data
+        flags = data[4]
+        if flags & _FAST_HEADERS_MASK != _END_HEADERS:
+            return False
+        length = data[0] << 16 | data[1] << 8 | data[2]
+        end = 9 + length
+        stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+        if (
+            len(data) < end
+            or length > buffer.max_frame_size  # h2: FrameTooLargeError
+            or length > buffer.max_header_block  # _FrameBuffer: DenialOfServiceError
+            or buffer._headers_buffer  # h2: a HEADERS inside another header block
+            or buffer._block_size
+            or not stream_id & 1  # h2: not a client stream id
+            or stream_id <= self.highest_inbound_stream_id  # h2: StreamIDTooLowError
+            or stream_id in self.streams
+            or self.state_machine.state is not ConnectionState.SERVER_OPEN
+            # h2: TooManyStreamsError.
+            or self._open_client_streams() >= self.local_settings.max_concurrent_streams
+        ):
+            return False
+        block = bytes(data[9:end])
+        del data[:end]
+        try:
+            headers = cast("list[Header]", _decode_headers(self.decoder, block))
+        except ProtocolError as exc:
+            converted = _compression_error(exc)
+            if converted is not exc:
+                raise converted from exc
+            raise
+        # h2's _begin_new_stream, its debug logging aside (SERVER_OPEN stays SERVER_OPEN
+        # on RECV_HEADERS, so the connection state machine has nothing to do).
+        stream = H2Stream(
+            stream_id,
+            config=self.config,
+            # The windows in force, read as Settings.__getitem__ reads them (this
+            # setting always has a value), without its two Python-level calls.
+            inbound_window_size=self.local_settings._settings[_INITIAL_WINDOW_SIZE][0],
+            outbound_window_size=self.remote_settings._settings[_INITIAL_WINDOW_SIZE][0],
+        )
+        stream.max_outbound_frame_size = self.max_outbound_frame_size
+        self.streams[stream_id] = stream
+        self.highest_inbound_stream_id = stream_id
+        end_stream = bool(flags & _END_STREAM)
+        if headers and headers[0][0] == b":status":
+            # Maybe an informational response (which h2 refuses from a client): h2's
+            # own stream code decides, with the same errors.
+            try:
+                frames, stream_events = stream.receive_headers(headers, end_stream, None)
+            except ProtocolError as exc:
+                if not _is_malformed(exc):
+                    raise
+                frames, stream_events = self._malformed_request(stream)
+            self._prepare_for_sending(frames)
+            events += stream_events
+            return True
+        # H2Stream.receive_headers: idle -> open on HEADERS (request_received), then
+        # -> half-closed (remote) on END_STREAM (stream_half_closed), RFC 9113 §5.1.
+        machine = stream.state_machine
+        machine.client = False
+        machine.headers_received = True
+        machine.state = StreamState.HALF_CLOSED_REMOTE if end_stream else StreamState.OPEN
+        try:
+            stream._initialize_content_length(headers)
+        except ProtocolError as exc:
+            if not _is_malformed(exc):  # pragma: no cover - h2 raises only those
+                raise
+            frames, stream_events = self._malformed_request(stream)
+            self._prepare_for_sending(frames)
+            events += stream_events
+            return True
+        # With inbound validation and normalisation off and no header encoding, h2's
+        # _process_received_headers is list(headers): the decoder's list is fresh.
+        # One record stands for h2's RequestReceived and, with END_STREAM, StreamEnded.
+        events.append(_FastRequest(stream_id, headers, end_stream))
+        return True
+
+    def _receive_window_update(self, buffer: _FrameBuffer, events: list[H2Event]) -> bool:
+        """Take the next frame if it is a whole WINDOW_UPDATE (RFC 9113 §6.9) with a valid
+        increment, for the connection or for a stream open in either direction, that
+        keeps the window within 2^31-1; return whether it did. The window grows and
+        h2's WindowUpdated event is reported as h2's ``_receive_window_update_frame``
+        does; every other case (a bad length or increment, an overflow, a closed or
+        unknown stream, a header block in progress) is left to h2 and its errors."""
+        data = buffer._data
+        if (
+            len(data) < 13
+            or data[0]
+            or data[1]
+            or data[2] != 4
+            or buffer._headers_buffer  # h2: a frame inside a header block
+            or self.state_machine.state is not ConnectionState.SERVER_OPEN
+        ):
+            return False
+        increment = int.from_bytes(data[9:13], "big")
+        if not 1 <= increment <= _MAX_WINDOW:  # hyperframe: InvalidDataError
+            return False
+        stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+        if stream_id:
+            stream = self.streams.get(stream_id)
+            # Open or half-closed: h2's window_updated, the state unchanged.
+            if stream is None or not _STREAM_OPEN[stream.state_machine.state]:
+                return False
+            window = stream.outbound_flow_control_window + increment
+            if window > _MAX_WINDOW:  # h2: a stream FLOW_CONTROL_ERROR
+                return False
+            del data[:13]
+            stream.outbound_flow_control_window = window
+        else:
+            window = self.outbound_flow_control_window + increment
+            if window > _MAX_WINDOW:  # h2: a connection FLOW_CONTROL_ERROR
+                return False
+            del data[:13]
+            self.outbound_flow_control_window = window
+        events.append(H2WindowUpdated(stream_id=stream_id, delta=increment))
+        return True
+
+    def _open_client_streams(self) -> int:
+        """h2's ``open_inbound_streams`` on a server (``_open_streams(1)``): the client
+        streams open or half-closed; closed streams leave ``streams`` for
+        ``_closed_streams`` on the way, as they do on every count h2 makes. Reads each
+        stream's state once instead of through two properties."""
+        count = 0
+        closed: list[int] | None = None
+        for stream_id, stream in self.streams.items():
+            state = stream.state_machine.state
+            if _STREAM_OPEN[state] and stream_id & 1:
+                count += 1
+            elif state is StreamState.CLOSED:
+                if closed is None:
+                    closed = [stream_id]
+                else:
+                    closed.append(stream_id)
+        if closed is not None:
+            streams = self.streams
+            gone = self._closed_streams
+            for stream_id in closed:
+                gone[stream_id] = streams.pop(stream_id).closed_by
+        return count
+
     def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[H2Event]]:
         try:
             return super()._receive_headers_frame(frame)
         except ProtocolError as exc:
             # h2 reports an undecodable header block as PROTOCOL_ERROR; RFC 9113 §4.3
             # says COMPRESSION_ERROR. (An oversized list stays a DoS error.)
-            cause = exc.__cause__
-            if not isinstance(exc, DenialOfServiceError) and isinstance(
-                cause, HPACKError | IndexError | TypeError | UnicodeDecodeError
-            ):
-                raise _CompressionError(str(exc)) from exc
+            converted = _compression_error(exc)
+            if converted is not exc:
+                raise converted from exc
             stream = self.streams.get(frame.stream_id)
-            if (
-                type(exc) is ProtocolError
-                and stream is not None
-                and str(exc).startswith(_MALFORMED_MESSAGES)
-            ):
-                # RFC 9113 §8.1.1: a bad content-length, or trailers without END_STREAM
-                # (§8.1), make the *request* malformed: a stream error. h2 raises after
-                # decoding the block (HPACK state stays in step) and opening the stream,
-                # so only that stream is reset and the connection carries on.
-                frames: list[Frame] = stream.reset_stream(ErrorCodes.PROTOCOL_ERROR)
-                event = H2StreamReset(
-                    stream_id=frame.stream_id,
-                    error_code=ErrorCodes.PROTOCOL_ERROR,
-                    remote_reset=False,
-                )
-                return frames, [event]
+            if stream is not None and _is_malformed(exc):
+                return self._malformed_request(stream)
             raise
+
+    def _malformed_request(self, stream: H2Stream) -> tuple[list[Frame], list[H2Event]]:
+        """RFC 9113 §8.1.1: a bad content-length, or trailers without END_STREAM
+        (§8.1), make the *request* malformed: a stream error. h2 raises after decoding
+        the block (HPACK state stays in step) and opening the stream, so only that
+        stream is reset and the connection carries on."""
+        frames: list[Frame] = stream.reset_stream(ErrorCodes.PROTOCOL_ERROR)
+        event = H2StreamReset(
+            stream_id=stream.stream_id,
+            error_code=ErrorCodes.PROTOCOL_ERROR,
+            remote_reset=False,
+        )
+        return frames, [event]
 
     def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Frame], list[H2Event]]:
         try:
@@ -743,7 +1023,6 @@ class H2Protocol:
 
     def _handle_h2_events(self, h2_events: list[H2Event]) -> None:
         streams = self._streams
-        events = self._events
         flush_all = False
         touched: list[int] | None = None
         for ev in h2_events:
@@ -765,18 +1044,16 @@ class H2Protocol:
                 self._on_data(ev)
             elif cls is H2RequestReceived:
                 assert isinstance(ev, H2RequestReceived)
-                self._on_request(ev)
+                self._on_request(ev.stream_id, ev.headers, ev.stream_ended is not None)
+            elif cls is _FastRequest:
+                assert isinstance(ev, _FastRequest)
+                ended = ev.stream_ended
+                self._on_request(ev.stream_id, ev.headers, ended)
+                if ended and not self._closed:
+                    self._on_stream_ended(ev.stream_id)
             elif cls is H2StreamEnded:
                 assert isinstance(ev, H2StreamEnded)
-                stream = streams.get(ev.stream_id)
-                if stream is not None and not stream.reset:
-                    stream.remote_ended = True
-                    trailers = stream.request_trailers
-                    stream.request_trailers = None
-                    if not stream.done:
-                        events.append(BodyEnded(stream.stream_id, trailers or []))
-                    else:
-                        self._maybe_remove(stream)  # the end of a lingering body
+                self._on_stream_ended(ev.stream_id)
             elif cls is H2WindowUpdated:
                 assert isinstance(ev, H2WindowUpdated)
                 if self._control_flood():
@@ -840,14 +1117,24 @@ class H2Protocol:
                         self._writable(stream)
                     self._after_send(stream)
 
-    def _on_request(self, ev: H2RequestReceived) -> None:
-        stream_id = ev.stream_id
+    def _on_stream_ended(self, stream_id: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None and not stream.reset:
+            stream.remote_ended = True
+            trailers = stream.request_trailers
+            stream.request_trailers = None
+            if not stream.done:
+                self._events.append(BodyEnded(stream_id, trailers or []))
+            else:
+                self._maybe_remove(stream)  # the end of a lingering body
+
+    def _on_request(self, stream_id: int, raw: list[Header], ended: bool) -> None:
+        """A request's header section on a new stream (``ended``: with END_STREAM)."""
         if self._draining:
             # RFC 9113 §6.8: streams opened after our GOAWAY (or the peer's) are not
             # processed; REFUSED_STREAM tells the client it may retry them elsewhere.
             self._h2_reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        raw = ev.headers
         try:
             # A client repeating a request sends the same fields (the same all-indexed
             # HPACK block): its checks and split are reused; the header list is copied.
@@ -860,7 +1147,7 @@ class H2Protocol:
                 # RFC 9113 §10.5.1: a larger header section than we accept gets 431 (RFC
                 # 6585 §5); the stream never reaches the app and the connection carries on.
                 self._conn.send_headers(stream_id, [(b":status", b"431")], end_stream=True)
-                if ev.stream_ended is None:
+                if not ended:
                     # §8.1: the response is complete; the request body is not wanted.
                     self._h2_reset(stream_id, ErrorCodes.NO_ERROR)
                 return
@@ -873,7 +1160,7 @@ class H2Protocol:
                     self._parsed[key] = parsed
             method, path, scheme, authority, protocol, headers, length = parsed
             headers = headers.copy()  # the app's own list, never the cached one
-            if length and ev.stream_ended is not None:
+            if length and ended:
                 # §8.1.1: content-length says a body follows, END_STREAM says none does.
                 raise Malformed("content-length without DATA")
             request = RequestReceived(

@@ -1,12 +1,15 @@
 """Fuzzing quicserve/protocol/http2.py (H2Protocol) with frames built from strategies.
 
-Two targets. ``test_http2_frames``: after a valid client preface, frames built with
+Three targets. ``test_http2_frames``: after a valid client preface, frames built with
 hyperframe (HEADERS and CONTINUATION carrying HPACK blocks from hpack's encoder, DATA,
 SETTINGS, WINDOW_UPDATE, RST_STREAM, PRIORITY, PING, GOAWAY, PUSH_PROMISE, unknown types)
 with random flags, padding, stream ids and a few raw edits of lengths and types, cut at
 random points. ``test_http2_client_ops``: a real h2 client does random valid things
 (requests, bodies, resets, window updates, settings, pings, GOAWAY), so the server's
-output must satisfy that client in full.
+output must satisfy that client in full. ``test_http2_request_fast_path_matches_h2``
+(differential): the same frames go to a server whose requests' HEADERS frames and
+WINDOW_UPDATEs take the fast path and to one where h2 reads every frame; events, bytes and
+h2 state must agree.
 
 The app answers every request (sometimes at once, sometimes after the body), with bodies
 big enough to meet flow control, acknowledges body bytes, and is done with a stream when
@@ -611,3 +614,216 @@ def test_http2_client_ops(
     for sid in run.started:
         assert sid in run.ended or run.closed, f"stream {sid} never ended"
     stat(f"answered: {min(len(answered), 3)}")
+
+
+# -- the request fast path against h2's own reader ----------------------------------------
+
+
+def _h2_state(proto: H2Protocol) -> tuple[Any, ...]:
+    """What h2 knows of the connection and its streams, for comparing two runs."""
+    conn = proto._conn
+    streams = {
+        sid: (
+            s.state_machine.state,
+            s.state_machine.client,
+            s.state_machine.headers_received,
+            s.state_machine.trailers_received,
+            s.closed_by,
+            s._expected_content_length,
+            s._actual_content_length,
+            s.inbound_flow_control_window,
+            s.outbound_flow_control_window,
+            s.max_outbound_frame_size,
+        )
+        for sid, s in conn.streams.items()
+    }
+    return (
+        conn.state_machine.state,
+        conn.highest_inbound_stream_id,
+        conn.inbound_flow_control_window,
+        conn.outbound_flow_control_window,
+        dict(conn._closed_streams),
+        streams,
+        list(conn.decoder.header_table.dynamic_entries),
+        conn.decoder.header_table.maxsize,
+        bytes(conn.incoming_buffer._data),
+        len(conn.incoming_buffer._headers_buffer),
+    )
+
+
+def _record(
+    pieces: list[bytes], config: Config, *, fast: bool, respond_early: bool, body_size: int
+) -> list[tuple[Any, ...]]:
+    """Drive one server through ``pieces`` with the request fast path on or off; after
+    each piece, the events it produced, the bytes it wrote and h2's state."""
+    proto = H2Protocol(config, T0)
+    proto._conn.fast_frames = fast
+    app = App(proto, respond_early=respond_early, body_size=body_size)
+    seen: list[Any] = []
+    next_event = proto.next_event
+
+    def recording() -> Any:
+        event = next_event()
+        if event is not None:
+            seen.append(event)
+        return event
+
+    proto.next_event = recording  # type: ignore[method-assign]
+    app.pump()
+    steps: list[tuple[Any, ...]] = []
+    for piece in pieces:
+        if app.run.closed:
+            break
+        proto.receive_data(piece, T0)
+        app.pump()
+        steps.append((list(seen), app.run.output[-1], _h2_state(proto), proto.closed))
+        seen.clear()
+    return steps
+
+
+@st.composite
+def request_streams(draw: st.DrawFn) -> list[bytes]:
+    """Like ``frame_streams`` with requests in the majority (the fast path's frames, and
+    the near misses the strategies make of them), so a connection gets past its first
+    request (which opens it the slow way) more often than random frames let it."""
+    client = Client()
+    frames = [PREFACE + SettingsFrame(0).serialize()]
+    for _ in range(draw(st.integers(2, 16))):
+        if draw(st.integers(0, 4)):
+            frames.append(b"".join(f.serialize() for f in draw(headers_frames(client))))
+        else:
+            frames.append(draw(wire_frames(client)))
+    if draw(st.integers(0, 3)) == 0:
+        return draw(splits(b"".join(frames)))
+    return frames
+
+
+def _requests(*blocks: tuple[int, int, list[tuple[bytes, bytes]]]) -> list[bytes]:
+    """A preface, then one read per ``(stream id, flags, header list)`` HEADERS frame."""
+    encoder = Encoder()
+    pieces = [PREFACE + SettingsFrame(0).serialize()]
+    for stream_id, flags, headers in blocks:
+        pieces.append(_raw(0x1, flags, stream_id, encoder.encode(headers)))
+    return pieces
+
+
+_GET = list(_REQUEST)
+_POST = [(b":method", b"POST"), *_REQUEST[1:]]
+
+
+def _window_updates(*updates: tuple[int, int]) -> list[bytes]:
+    """A GET on stream 1 (answered and closed), a POST left open on stream 3, then one
+    read per ``(stream id, increment)`` WINDOW_UPDATE. The client's windows start at
+    65,535 (RFC 9113 §6.9.2)."""
+    return [
+        *_requests((1, 0x5, _GET), (3, 0x4, _POST)),
+        *(_raw(0x8, 0, sid, struct.pack(">I", increment)) for sid, increment in updates),
+    ]
+
+
+_TO_LIMIT = 2**31 - 1 - 65_535
+
+
+@fuzz_settings(250)
+# Requests past the first (which opens the connection h2's way) that the fast path takes
+# or refuses: a bad and a conflicting content-length (stream errors), a :status field
+# first (h2 refuses an informational "request"), a body announced and END_STREAM set,
+# an old stream id, an even one, more streams than the tight config allows.
+@example(
+    pieces=_requests(
+        (1, 0x5, _GET),
+        (3, 0x5, [*_GET, (b"content-length", b"x")]),
+        (5, 0x4, [*_POST, (b"content-length", b"1"), (b"content-length", b"2")]),
+        (7, 0x5, [(b":status", b"200"), *_GET]),
+        (9, 0x5, [*_POST, (b"content-length", b"3")]),
+        (11, 0x4, _POST),
+        (13, 0x5, [(b":status", b"103"), *_GET]),
+    ),
+    config="default",
+    respond_early=True,
+    body_size=10,
+)
+@example(
+    pieces=_requests((1, 0x5, _GET), (3, 0x4, _POST), (5, 0x4, _POST), (7, 0x4, _POST)),
+    config="tight",
+    respond_early=False,
+    body_size=0,
+)
+@example(  # a stream window up to 2^31-1, then past it: a stream error (§6.9.1)
+    pieces=_window_updates((0, 1000), (3, 1000), (3, _TO_LIMIT - 1000), (3, 1), (1, 5)),
+    config="default",
+    respond_early=False,
+    body_size=10,
+)
+@example(  # the connection window (less stream 1's 10 bytes) to 2^31-1, then past it
+    pieces=_window_updates((0, _TO_LIMIT + 10), (3, 7), (0, 1)),
+    config="default",
+    respond_early=False,
+    body_size=10,
+)
+@example(  # an increment of 0, or with the reserved bit: PROTOCOL_ERROR (§6.9)
+    pieces=_window_updates((3, 0)),
+    config="default",
+    respond_early=False,
+    body_size=10,
+)
+@example(
+    pieces=_window_updates((0, 2**31 + 5)),
+    config="default",
+    respond_early=False,
+    body_size=10,
+)
+@example(  # a stream never opened
+    pieces=_window_updates((9, 5)),
+    config="default",
+    respond_early=False,
+    body_size=10,
+)
+@example(  # inside a header block (HEADERS without END_HEADERS): PROTOCOL_ERROR
+    pieces=[
+        *_requests((1, 0x5, _GET)),
+        _raw(0x1, 0x1, 3, Encoder().encode(_GET)),
+        _raw(0x8, 0, 0, struct.pack(">I", 9)),
+    ],
+    config="default",
+    respond_early=True,
+    body_size=0,
+)
+@example(  # a bad length
+    pieces=[*_requests((1, 0x5, _GET)), _raw(0x8, 0, 0, b"\x00\x00\x00\x01\x00")],
+    config="default",
+    respond_early=True,
+    body_size=0,
+)
+@example(
+    pieces=_requests((1, 0x5, _GET), (3, 0x5, _GET), (3, 0x5, _GET)),
+    config="default",
+    respond_early=True,
+    body_size=0,
+)
+@example(
+    pieces=_requests((1, 0x5, _GET), (3, 0x5, _GET), (4, 0x5, _GET), (5, 0x5, _GET)),
+    config="default",
+    respond_early=True,
+    body_size=0,
+)
+@given(
+    pieces=st.one_of(request_streams(), frame_streams()),
+    config=configs,
+    respond_early=st.booleans(),
+    body_size=st.sampled_from([0, 10]),
+)
+def test_http2_request_fast_path_matches_h2(
+    pieces: list[bytes], config: str, respond_early: bool, body_size: int
+) -> None:
+    """The fast paths (``_H2Connection._receive_request``, ``_receive_window_update``)
+    must accept exactly what h2 accepts and refuse the rest the same way: the same
+    frames fed to a server with them and to one without them give the same events, the
+    same bytes on the wire (errors and GOAWAY codes included) and the same h2 stream and
+    HPACK state."""
+    kwargs: dict[str, Any] = {"respond_early": respond_early, "body_size": body_size}
+    fast = _record(pieces, CONFIGS[config], fast=True, **kwargs)
+    slow = _record(pieces, CONFIGS[config], fast=False, **kwargs)
+    assert len(fast) == len(slow)
+    for step, (got, want) in enumerate(zip(fast, slow, strict=True)):
+        assert got == want, f"piece {step} differs"
