@@ -36,11 +36,13 @@ import math
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import sniffio
 from anyio.streams.tls import TLSAttribute, TLSStream
 
 from ..addresses import peer_address
@@ -48,6 +50,7 @@ from ..connection_info import ConnectionInfo
 from ..lowlevel import Wakeup
 from ..protocol.base import ByteStreamProtocol
 from ..protocol.http1 import switching_response
+from ..transport.sockets import SendFirstSocketStream
 from .bytebase import ByteStreamBase, preface_verdict, start_protocol
 from .callback import serve_callback_connection
 
@@ -62,6 +65,12 @@ _READ_SIZE = 65536
 #: A reader whose peer keeps its socket full never waits in ``receive`` on asyncio (the
 #: bytes are there already), so it lets the other tasks run at least this often (s).
 _READ_SLICE = 0.005
+#: A writer whose socket takes every write at once (trio, :class:`SocketDriver`) yields
+#: after this many such writes in a row (16 x 64 KiB body chunks: about 1 ms).
+_SEND_BURST = 16
+#: The ``trio`` module, imported the first time a connection is served on trio (importing
+#: it costs ~0.1 s that asyncio servers need not pay).
+_trio: Any = None
 
 _current_time = time.monotonic
 
@@ -90,6 +99,7 @@ async def serve_connection(
         byte_stream: anyio.abc.ByteStream = stream
         initial = b""
         tls = None
+        raw: socket.socket | None = None
         with anyio.move_on_after(config.header_read_timeout) as scope:
             if endpoint.ssl_context is not None:
                 try:
@@ -110,12 +120,20 @@ async def serve_connection(
                 tls = endpoint.tls_info.build(tls_stream.extra(TLSAttribute.ssl_object))
                 use_h2 = alpn == "h2"
             else:
-                initial, use_h2 = await _sniff_preface(stream)
+                raw = _raw_trio_socket(stream)
+                if raw is not None:
+                    initial, use_h2 = await _sniff_preface_socket(raw)
+                else:
+                    initial, use_h2 = await _sniff_preface(stream)
         if scope.cancelled_caught:
             await _aclose(byte_stream)
             return
         info, protocol = start_protocol(context, record, client, server, tls, use_h2)
-        connection = ByteStreamDriver(context, byte_stream, info, protocol, record)
+        connection: ByteStreamDriver
+        if raw is not None:
+            connection = SocketDriver(context, byte_stream, raw, info, protocol, record)
+        else:
+            connection = ByteStreamDriver(context, byte_stream, info, protocol, record)
         context.registry.attach(record, connection)
         await connection.run(initial)
     except Exception:
@@ -141,6 +159,55 @@ async def _sniff_preface(stream: anyio.abc.SocketStream) -> tuple[bytes, bool]:
             return data, verdict
 
 
+def _raw_trio_socket(stream: anyio.abc.SocketStream) -> socket.socket | None:
+    """The connected socket under ``stream`` if it is to be served with trio's own
+    primitives (:class:`SocketDriver`): a plain TCP or Unix stream on trio; else ``None``."""
+    global _trio
+    if not isinstance(stream, SendFirstSocketStream):
+        return None
+    try:
+        if sniffio.current_async_library() != "trio":
+            return None
+    except sniffio.AsyncLibraryNotFoundError:
+        return None
+    if _trio is None:
+        import trio
+        import trio.lowlevel
+
+        _trio = trio
+    return stream.raw_socket
+
+
+async def _sniff_preface_socket(sock: socket.socket) -> tuple[bytes, bool]:
+    """:func:`_sniff_preface` on a socket served by :class:`SocketDriver`."""
+    data = b""
+    while True:
+        chunk = await _trio_recv(sock)
+        if not chunk:
+            return data, False
+        data += chunk
+        verdict = preface_verdict(data)
+        if verdict is not None:
+            return data, verdict
+
+
+async def _trio_recv(sock: socket.socket) -> bytes:
+    """What the peer sent (``b""`` at EOF or once the connection is gone), waiting with
+    trio's ``wait_readable`` only while nothing is there. No scheduler trip when bytes are
+    waiting: trio's socket ``recv`` checkpoints before and after every syscall."""
+    while True:
+        try:
+            return sock.recv(_READ_SIZE)
+        except BlockingIOError:
+            pass
+        except OSError:
+            return b""
+        try:
+            await _trio.lowlevel.wait_readable(sock)
+        except (_trio.ClosedResourceError, OSError):
+            return b""
+
+
 class ByteStreamDriver(ByteStreamBase):
     """Serves HTTP/1.1 or HTTP/2 on one connected anyio byte stream until it closes."""
 
@@ -163,6 +230,9 @@ class ByteStreamDriver(ByteStreamBase):
         self._timer_wakeup: Wakeup | None = None
         self._timer_target = math.inf
         self._flush_requested = False
+        self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
+        #: When the read loop next lets other tasks run if it has not waited by then.
+        self._read_yield_at = 0.0
 
     # -- the read loop -----------------------------------------------------------------
 
@@ -188,10 +258,19 @@ class ByteStreamDriver(ByteStreamBase):
             self._task_group = None
             await self._close_stream()
 
+    async def _receive_bytes(self) -> bytes:
+        """The next bytes from the peer; ``b""`` at EOF or once the connection is gone."""
+        try:
+            return await self._stream.receive(_READ_SIZE)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return b""
+        except OSError:
+            return b""
+
     async def _read_loop(self) -> None:
-        stream = self._stream
         record = self._record
-        yield_at = _current_time() + _READ_SLICE
+        checkpoint = self._checkpoint
+        self._read_yield_at = _current_time() + _READ_SLICE
         while True:
             if self._upgrade is not None:
                 await self._switch_to_h2c()
@@ -202,12 +281,7 @@ class ByteStreamDriver(ByteStreamBase):
                 wakeup = self._read_wakeup = self.new_wakeup()
                 await wakeup.wait()
                 continue
-            try:
-                data = await stream.receive(_READ_SIZE)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                data = b""
-            except OSError:
-                data = b""
+            data = await self._receive_bytes()
             record.bytes_in += len(data)
             self._receive(data)
             await self._write_out()
@@ -218,11 +292,11 @@ class ByteStreamDriver(ByteStreamBase):
                 # responses); while it does not read those, we read no more of it.
                 await self._wait_for_budget(0)
             now = _current_time()
-            if now >= yield_at:
+            if now >= self._read_yield_at:
                 # A flood of small frames (PINGs: ~30 us of h2 each) must not starve
                 # every other connection of this worker.
-                await anyio.lowlevel.checkpoint()
-                yield_at = now + _READ_SLICE
+                await checkpoint()
+                self._read_yield_at = now + _READ_SLICE
 
     async def _timer_loop(self) -> None:
         """Header-read and keep-alive deadlines, without a cancel scope per read.
@@ -329,7 +403,7 @@ class ByteStreamDriver(ByteStreamBase):
                 # Let the other streams of this connection that are ready run first, so
                 # their responses leave in this one write (one TLS record, one syscall)
                 # instead of one each.
-                await anyio.lowlevel.checkpoint()
+                await self._checkpoint()
             while True:
                 data = protocol.data_to_send()
                 if not data:
@@ -395,6 +469,98 @@ class ByteStreamDriver(ByteStreamBase):
                 await self._stream.aclose()
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 pass
+
+
+class SocketDriver(ByteStreamDriver):
+    """:class:`ByteStreamDriver` on a plain TCP or Unix socket on trio, with trio's own
+    primitives instead of anyio's stream layers (issue 11: trio served HTTP/1.1 at half
+    asyncio's rate; py-spy put a third of its time in those layers).
+
+    * Reading: ``sock.recv`` first; ``trio.lowlevel.wait_readable`` only when nothing is
+      there (trio's socket ``recv`` adds a checkpoint before and a scheduler trip after
+      every syscall, anyio's stream a guard and an exception translation around that).
+    * Writing: ``sock.send`` first; ``wait_writable`` only while the kernel buffer is full.
+      A write the socket takes whole does not yield, except once per ``_SEND_SLICE``, so
+      an app sending a large body to a fast reader does not starve other connections.
+    * The anyio stream stays the owner of the socket: closing it tells trio the fd is
+      closing (``notify_closing``), which wakes a task still waiting on it.
+    """
+
+    def __init__(
+        self,
+        context: ServerContext,
+        stream: anyio.abc.ByteStream,
+        sock: socket.socket,
+        info: ConnectionInfo,
+        protocol: ByteStreamProtocol,
+        record: ConnectionRecord,
+    ) -> None:
+        super().__init__(context, stream, info, protocol, record)
+        self._sock = sock
+        self._checkpoint = _trio.lowlevel.checkpoint
+        self._unyielded_sends = 0
+        self._socket_empty = False
+
+    async def _receive_bytes(self) -> bytes:
+        sock = self._sock
+        if self._socket_empty:
+            # The last read took less than it asked for: the socket is most likely
+            # empty (a client waiting for its response), so wait first instead of
+            # paying for a recv that fails (a syscall and an exception per request).
+            if not await self._wait_readable():
+                return b""
+        while True:
+            try:
+                data = sock.recv(_READ_SIZE)
+            except BlockingIOError:
+                if not await self._wait_readable():
+                    return b""
+                continue
+            except OSError:
+                return b""
+            self._socket_empty = len(data) < _READ_SIZE
+            return data
+
+    async def _wait_readable(self) -> bool:
+        """Wait until the socket is readable; ``False`` if it was closed meanwhile."""
+        try:
+            await _trio.lowlevel.wait_readable(self._sock)
+        except (_trio.ClosedResourceError, OSError):
+            return False
+        # This task just waited: its slice without a yield starts again.
+        self._read_yield_at = _current_time() + _READ_SLICE
+        return True
+
+    async def _send(self, data: bytes) -> None:
+        if self._broken:
+            return
+        sock = self._sock
+        try:
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                view = memoryview(data)[sent:]
+                while view:
+                    await _trio.lowlevel.wait_writable(sock)
+                    try:
+                        view = view[sock.send(view) :]
+                    except BlockingIOError:
+                        pass
+                self._unyielded_sends = 0
+            self._record.bytes_out += len(data)
+        except (OSError, _trio.ClosedResourceError):
+            self._on_broken()
+            return
+        if sent == len(data):
+            # Counted, not timed: the sending task (a stream runner) yields between
+            # requests where this driver cannot see it, so a per-connection clock would
+            # make nearly every small response yield once more for nothing.
+            self._unyielded_sends += 1
+            if self._unyielded_sends >= _SEND_BURST:
+                self._unyielded_sends = 0
+                await _trio.lowlevel.checkpoint()
 
 
 async def _aclose(stream: anyio.abc.AsyncResource) -> None:

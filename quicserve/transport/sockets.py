@@ -5,7 +5,7 @@ one-shot wake-up for it): a :class:`Listener`'s ``accept`` gives an
 ``anyio.abc.SocketStream`` either way.
 
 * On trio (and anything else) it is anyio's own socket stream behind
-  :class:`_SendFirstSocketStream`, whose ``send`` tries the socket once before it awaits.
+  :class:`SendFirstSocketStream`, whose ``send`` tries the socket once before it awaits.
   trio's socket ``send`` reschedules the task after every successful syscall (a checkpoint
   in ``trio._socket._SocketType._nonblocking_helper``); for an app sending 64 KiB body
   chunks that put trio at 1.3x asyncio's CPU per GiB on HTTP/1.1 downloads, and the
@@ -273,7 +273,7 @@ class Listener:
         if not self._asyncio:
             if self._anyio_listener is None:
                 self._anyio_listener = await anyio.abc.SocketListener.from_socket(self.socket)
-            return _SendFirstSocketStream(await self._anyio_listener.accept())
+            return SendFirstSocketStream(await self._anyio_listener.accept())
         loop = asyncio.get_running_loop()
         try:
             conn, _ = await loop.sock_accept(self.socket)
@@ -307,7 +307,7 @@ class Listener:
         if self._inet:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if not self._asyncio:
-            return _SendFirstSocketStream(await anyio.abc.SocketStream.from_socket(conn))
+            return SendFirstSocketStream(await anyio.abc.SocketStream.from_socket(conn))
         loop = asyncio.get_running_loop()
         transport, protocol = await loop.connect_accepted_socket(_StreamProtocol, conn)
         return _AsyncioSocketStream(transport, protocol)
@@ -458,7 +458,7 @@ class _AsyncioSocketStream(anyio.abc.SocketStream):
             self._protocol._wake_reader()
 
 
-class _SendFirstSocketStream(anyio.abc.SocketStream):
+class SendFirstSocketStream(anyio.abc.SocketStream):
     """anyio's socket stream, whose ``send`` first offers the bytes to the socket at once.
 
     What the socket takes costs one syscall and no trip through the scheduler; only the
@@ -478,6 +478,12 @@ class _SendFirstSocketStream(anyio.abc.SocketStream):
 
     @property
     def _raw_socket(self) -> Any:
+        return self._socket
+
+    @property
+    def raw_socket(self) -> socket.socket:
+        """The connected socket itself, for a driver that does its own I/O on it
+        (``connection/bytestream.py``'s ``SocketDriver``); this stream still owns it."""
         return self._socket
 
     @property
