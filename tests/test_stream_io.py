@@ -1,0 +1,207 @@
+"""How a TCP connection's bytes move, per backend: the driver each backend gets, the
+one-shot wake-ups, and the edges of trio's socket path (``SocketDriver``).
+
+trio serves plain TCP on the socket with ``trio.lowlevel`` (recv and send first, waiting for
+readiness only when the kernel says so), TLS through anyio's stream; asyncio and uvloop are
+callback-driven. Whatever the path, bytes must arrive whole and in order when the kernel
+buffer fills (a partial ``send``), when a request comes in pieces (a wait after a short
+read), and the timer task must keep polling and expiring while a request runs long.
+
+Every test runs on asyncio, uvloop and trio (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+import sniffio
+from anyio.streams.tls import TLSStream
+
+from quicserve.certs import DevCertificate
+from quicserve.connection.bytestream import ByteStreamDriver, SocketDriver
+from quicserve.connection.callback import CallbackDriver
+from quicserve.lowlevel import wakeup_factory
+
+from .helpers import client_ssl_context, running_server
+
+pytestmark = pytest.mark.anyio
+
+BIG = 16 * 1024 * 1024  # more than both loopback socket buffers hold
+
+
+async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    if path == "/big":
+        chunk = bytes(range(256)) * 256  # 64 KiB, not all one byte: order matters
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(BIG).encode())],
+            }
+        )
+        for i in range(BIG // len(chunk)):
+            more = i < BIG // len(chunk) - 1
+            await send({"type": "http.response.body", "body": chunk, "more_body": more})
+        return
+    if path == "/slow":
+        await anyio.sleep(0.7)
+    body = path.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _read_response(stream: anyio.abc.ByteStream, buffer: bytearray) -> bytes:
+    """One response with a content-length from ``stream``; what follows stays in ``buffer``."""
+    while b"\r\n\r\n" not in buffer:
+        buffer += await stream.receive()
+    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    body = bytearray(rest)
+    while len(body) < length:
+        body += await stream.receive()
+    buffer[:] = body[length:]
+    return bytes(body[:length])
+
+
+async def test_wakeup_set_before_and_after_wait(anyio_backend: object) -> None:
+    new_wakeup = wakeup_factory()
+    early = new_wakeup()
+    early.set()
+    early.set()  # idempotent
+    with anyio.fail_after(1):
+        await early.wait()  # set before wait: returns
+
+    late = new_wakeup()
+    woken: list[str] = []
+
+    async def waiter() -> None:
+        await late.wait()
+        woken.append("yes")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        assert woken == []
+        late.set()
+    assert woken == ["yes"]
+
+
+async def test_wakeup_cancelled_waiter_then_set(anyio_backend: object) -> None:
+    wakeup = wakeup_factory()()
+    with anyio.move_on_after(0.05) as scope:
+        await wakeup.wait()
+    assert scope.cancelled_caught
+    wakeup.set()  # nobody waits any more: nothing to reschedule, nothing raised
+    await anyio.sleep(0.01)
+
+
+async def test_driver_per_backend(anyio_backend: object, tls_files: DevCertificate) -> None:
+    """trio: plain TCP on the socket (SocketDriver), TLS on anyio's stream; asyncio and
+    uvloop: callback-driven, both."""
+    async with running_server(_app, tls=tls_files) as running:
+        owners: dict[str, object] = {}
+        for address in running.addresses:
+            if address.transport != "tcp":
+                continue
+            tls = address.scheme == "https"
+            stream: anyio.abc.ByteStream = await anyio.connect_tcp(address.host, address.port)
+            if tls:
+                context = client_ssl_context(tls_files)
+                stream = await TLSStream.wrap(
+                    stream, hostname="localhost", ssl_context=context, standard_compatible=False
+                )
+            async with stream:
+                await stream.send(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert await _read_response(stream, bytearray()) == b"/x"
+                records = running.server.registry.records()
+                assert len(records) == 1
+                owners[address.scheme] = records[0].owner
+            with anyio.fail_after(5):
+                while running.server.registry.records():
+                    await anyio.sleep(0.01)
+    if sniffio.current_async_library() == "trio":
+        assert type(owners["http"]) is SocketDriver
+        assert type(owners["https"]) is ByteStreamDriver
+    else:
+        assert type(owners["http"]) is CallbackDriver
+        assert type(owners["https"]) is CallbackDriver
+
+
+async def test_big_body_to_a_slow_reader_arrives_whole(anyio_backend: object) -> None:
+    """The socket fills (partial sends, waits for writability); every byte arrives, in
+    order, and the next request on the connection is served."""
+    chunk = bytes(range(256)) * 256
+    expected = hashlib.sha256(chunk * (BIG // len(chunk))).hexdigest()
+    async with running_server(_app) as running:
+        address = running.addresses[0]
+        async with await anyio.connect_tcp(address.host, address.port) as stream:
+            await stream.send(
+                b"GET /big HTTP/1.1\r\nHost: t\r\n\r\nGET /after HTTP/1.1\r\nHost: t\r\n\r\n"
+            )
+            await anyio.sleep(0.3)  # let the server fill both socket buffers
+            buffer = bytearray()
+            with anyio.fail_after(30):
+                body = await _read_response(stream, buffer)
+                assert hashlib.sha256(body).hexdigest() == expected
+                assert await _read_response(stream, buffer) == b"/after"
+
+
+async def test_request_in_pieces_and_pipelined(anyio_backend: object) -> None:
+    """A request split over several writes (short reads, then waits) and a burst of
+    pipelined ones in one write are all answered, in order."""
+    async with running_server(_app) as running:
+        address = running.addresses[0]
+        async with await anyio.connect_tcp(address.host, address.port) as stream:
+            stream.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+            )
+            buffer = bytearray()
+            with anyio.fail_after(10):
+                for piece in (b"GET /pie", b"ces HTTP/1.1\r\nHo", b"st: t\r\n", b"\r\n"):
+                    await stream.send(piece)
+                    await anyio.sleep(0.02)
+                assert await _read_response(stream, buffer) == b"/pieces"
+                await stream.send(
+                    b"".join(b"GET /p%d HTTP/1.1\r\nHost: t\r\n\r\n" % i for i in range(50))
+                )
+                for i in range(50):
+                    assert await _read_response(stream, buffer) == b"/p%d" % i
+
+
+async def test_timer_keeps_polling_through_a_long_request(anyio_backend: object) -> None:
+    """With short timeouts the timer task's deadline expires several times while the app
+    runs (no protocol deadline then); the response still goes out, the connection is
+    still served, and the keep-alive timeout then closes it."""
+    async with running_server(_app, keep_alive_timeout=0.2, header_read_timeout=0.2) as running:
+        address = running.addresses[0]
+        async with await anyio.connect_tcp(address.host, address.port) as stream:
+            buffer = bytearray()
+            with anyio.fail_after(10):
+                await stream.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert await _read_response(stream, buffer) == b"/slow"
+                await stream.send(b"GET /next HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert await _read_response(stream, buffer) == b"/next"
+                start = anyio.current_time()
+                with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                    while True:
+                        buffer += await stream.receive()
+                assert anyio.current_time() - start < 2
+                assert not buffer
