@@ -159,28 +159,33 @@ async def _sniff_preface(stream: anyio.abc.SocketStream) -> tuple[bytes, bool]:
             return data, verdict
 
 
-def _raw_trio_socket(stream: anyio.abc.SocketStream) -> socket.socket | None:
-    """The connected socket under ``stream`` if it is to be served with trio's own
-    primitives (:class:`SocketDriver`): a plain TCP or Unix stream on trio; else ``None``."""
+def _on_trio() -> bool:
+    """Whether trio runs this task (and then ``_trio`` is the imported module)."""
     global _trio
-    if not isinstance(stream, SendFirstSocketStream):
-        return None
     try:
         if sniffio.current_async_library() != "trio":
-            return None
+            return False
     except sniffio.AsyncLibraryNotFoundError:
-        return None
+        return False
     if _trio is None:
         import trio
         import trio.lowlevel
 
         _trio = trio
+    return True
+
+
+def _raw_trio_socket(stream: anyio.abc.SocketStream) -> socket.socket | None:
+    """The connected socket under ``stream`` if it is to be served with trio's own
+    primitives (:class:`SocketDriver`): a plain TCP or Unix stream on trio; else ``None``."""
+    if not isinstance(stream, SendFirstSocketStream) or not _on_trio():
+        return None
     return stream.raw_socket
 
 
 def _backend_clock() -> Callable[[], float]:
     """The running backend's clock (cancel scope deadlines are in its time)."""
-    if _trio is not None and sniffio.current_async_library() == "trio":
+    if _on_trio():
         clock: Callable[[], float] = _trio.current_time
         return clock
     return anyio.current_time
@@ -238,7 +243,10 @@ class ByteStreamDriver(ByteStreamBase):
         self._timer_wakeup: Wakeup | None = None
         self._timer_target = math.inf
         self._flush_requested = False
-        self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
+        #: The backend's own checkpoint (anyio's looks the backend up on every call).
+        self._checkpoint: Callable[[], Awaitable[None]] = (
+            _trio.lowlevel.checkpoint if _on_trio() else anyio.lowlevel.checkpoint
+        )
         #: When the read loop next lets other tasks run if it has not waited by then.
         self._read_yield_at = 0.0
 
@@ -519,7 +527,6 @@ class SocketDriver(ByteStreamDriver):
     ) -> None:
         super().__init__(context, stream, info, protocol, record)
         self._sock = sock
-        self._checkpoint = _trio.lowlevel.checkpoint
         self._unyielded_sends = 0
         self._socket_empty = False
 

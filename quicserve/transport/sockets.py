@@ -48,7 +48,6 @@ import os
 import socket
 import stat
 import struct
-import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
@@ -62,8 +61,13 @@ from ..addresses import parse_bind
 
 _HIGH_WATER = 256 * 1024
 #: A sender whose socket always has room never waits in ``send``; it still lets the other
-#: tasks run at least this often (s), as the read loop does.
-_SEND_SLICE = 0.005
+#: tasks run after this many such sends in a row (counted, not timed: the task yields
+#: between requests where the stream cannot see it, so a per-stream clock made nearly
+#: every small response yield once more for nothing).
+_SEND_BURST = 16
+#: Likewise a reader that always finds bytes waiting (a stream's user usually yields
+#: between reads anyway: the read loops do, on a clock).
+_RECEIVE_BURST = 16
 
 
 class BindError(Exception):
@@ -459,22 +463,28 @@ class _AsyncioSocketStream(anyio.abc.SocketStream):
 
 
 class SendFirstSocketStream(anyio.abc.SocketStream):
-    """anyio's socket stream, whose ``send`` first offers the bytes to the socket at once.
+    """anyio's socket stream, whose ``send`` first offers the bytes to the socket at once,
+    and whose ``receive`` first takes what the socket holds.
 
-    What the socket takes costs one syscall and no trip through the scheduler; only the
-    rest (a full socket buffer) goes through the wrapped stream's ``send``, which waits
-    until the socket is writable. Like the asyncio adapter's ``transport.write``, a send
-    the socket takes whole does not yield, except once per ``_SEND_SLICE``. Errors, a
-    closed stream and a second concurrent sender are left to the wrapped stream to
-    report, so they look as before.
+    What the socket takes (or gives) costs one syscall and no trip through the scheduler
+    (trio's socket methods checkpoint before and after every syscall); only a full socket
+    buffer, or an empty one, goes through the wrapped stream, which waits until the socket
+    is ready. Like the asyncio adapter's ``transport.write``, a send the socket takes whole
+    does not yield, except once per ``_SEND_BURST`` sends (``_RECEIVE_BURST`` receives).
+    EOF, errors, a closed stream and a second concurrent sender or receiver are left to the
+    wrapped stream to report, so they look as before. Plain TCP on trio is served on the
+    socket itself (``SocketDriver``); this stream is what anyio's TLS stream reads and
+    writes through there.
     """
 
     def __init__(self, stream: anyio.abc.SocketStream) -> None:
         self._stream = stream
         self._socket: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
         self._sending = False
+        self._receiving = False
         self._closed = False
-        self._yield_at = time.monotonic() + _SEND_SLICE
+        self._unyielded_sends = 0
+        self._unyielded_receives = 0
 
     @property
     def _raw_socket(self) -> Any:
@@ -491,7 +501,24 @@ class SendFirstSocketStream(anyio.abc.SocketStream):
         return self._stream.extra_attributes
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        return await self._stream.receive(max_bytes)
+        if self._receiving or self._closed or self._unyielded_receives >= _RECEIVE_BURST:
+            self._unyielded_receives = 0
+            return await self._stream.receive(max_bytes)
+        try:
+            data = self._socket.recv(max_bytes)
+        except OSError:
+            data = b""  # would block, or broken: the wrapped stream waits or raises
+        if not data:
+            # Nothing yet, EOF or an error: the wrapped stream waits, or raises
+            # ``EndOfStream`` / ``BrokenResourceError`` as it always did.
+            self._receiving = True
+            try:
+                return await self._stream.receive(max_bytes)
+            finally:
+                self._receiving = False
+                self._unyielded_receives = 0
+        self._unyielded_receives += 1
+        return data
 
     async def send(self, item: bytes) -> None:
         if self._sending or self._closed or not item:
@@ -511,13 +538,13 @@ class SendFirstSocketStream(anyio.abc.SocketStream):
                 # anyio's streams take any buffer (they wrap it in a memoryview): no copy.
                 rest = cast(bytes, memoryview(item)[sent:])
                 await self._stream.send(rest)
-                self._yield_at = time.monotonic() + _SEND_SLICE
+                self._unyielded_sends = 0
                 return
         finally:
             self._sending = False
-        now = time.monotonic()
-        if now >= self._yield_at:
-            self._yield_at = now + _SEND_SLICE
+        self._unyielded_sends += 1
+        if self._unyielded_sends >= _SEND_BURST:
+            self._unyielded_sends = 0
             await anyio.lowlevel.checkpoint()
 
     async def send_eof(self) -> None:
