@@ -2,9 +2,11 @@
 
 :func:`serve_connection` is where every accepted TCP connection starts. On asyncio and
 uvloop it is a plain socket, served callback-driven by ``connection/callback.py``; on trio
-an anyio stream, served by :class:`ByteStreamDriver` here. Both are one
-:class:`~quicserve.connection.bytebase.ByteStreamBase`: the same protocol choice, events
-and streams; only the I/O differs.
+an anyio stream, served by :class:`ByteStreamDriver` here: TLS through anyio's TLS stream,
+plain TCP and Unix sockets by its subclass :class:`SocketDriver` on the socket itself with
+``trio.lowlevel`` (no anyio stream layers, no scheduler trip for bytes that are already
+there). All are one :class:`~quicserve.connection.bytebase.ByteStreamBase`: the same
+protocol choice, events and streams; only the I/O differs.
 
 :class:`ByteStreamDriver` is the glue between a TCP (or TLS) byte stream, the HTTP/1.1 or
 HTTP/2 protocol object that parses it, and the streams that run the app. It owns:
@@ -71,6 +73,7 @@ _SEND_BURST = 16
 #: The ``trio`` module, imported the first time a connection is served on trio (importing
 #: it costs ~0.1 s that asyncio servers need not pay).
 _trio: Any = None
+_wait_readable: Any = None
 
 _current_time = time.monotonic
 
@@ -161,7 +164,7 @@ async def _sniff_preface(stream: anyio.abc.SocketStream) -> tuple[bytes, bool]:
 
 def _on_trio() -> bool:
     """Whether trio runs this task (and then ``_trio`` is the imported module)."""
-    global _trio
+    global _trio, _wait_readable
     try:
         if sniffio.current_async_library() != "trio":
             return False
@@ -172,6 +175,7 @@ def _on_trio() -> bool:
         import trio.lowlevel
 
         _trio = trio
+        _wait_readable = trio.lowlevel.wait_readable
     return True
 
 
@@ -216,7 +220,7 @@ async def _trio_recv(sock: socket.socket) -> bytes:
         except OSError:
             return b""
         try:
-            await _trio.lowlevel.wait_readable(sock)
+            await _wait_readable(sock)
         except (_trio.ClosedResourceError, OSError):
             return b""
 
@@ -527,38 +531,34 @@ class SocketDriver(ByteStreamDriver):
     ) -> None:
         super().__init__(context, stream, info, protocol, record)
         self._sock = sock
+        #: The descriptor, for trio's I/O manager (saves it a ``fileno()`` per wait).
+        self._fd = sock.fileno()
         self._unyielded_sends = 0
         self._socket_empty = False
 
     async def _receive_bytes(self) -> bytes:
         sock = self._sock
-        if self._socket_empty:
-            # The last read took less than it asked for: the socket is most likely
-            # empty (a client waiting for its response), so wait first instead of
-            # paying for a recv that fails (a syscall and an exception per request).
-            if not await self._wait_readable():
-                return b""
+        # The last read took less than it asked for: the socket is most likely empty (a
+        # client waiting for its response), so wait first instead of paying for a recv
+        # that fails (a syscall and an exception per request).
+        wait = self._socket_empty
         while True:
+            if wait:
+                try:
+                    await _wait_readable(self._fd)
+                except (_trio.ClosedResourceError, OSError):
+                    return b""
+                # This task just waited: its slice without a yield starts again.
+                self._read_yield_at = _current_time() + _READ_SLICE
             try:
                 data = sock.recv(_READ_SIZE)
             except BlockingIOError:
-                if not await self._wait_readable():
-                    return b""
+                wait = True
                 continue
             except OSError:
                 return b""
             self._socket_empty = len(data) < _READ_SIZE
             return data
-
-    async def _wait_readable(self) -> bool:
-        """Wait until the socket is readable; ``False`` if it was closed meanwhile."""
-        try:
-            await _trio.lowlevel.wait_readable(self._sock)
-        except (_trio.ClosedResourceError, OSError):
-            return False
-        # This task just waited: its slice without a yield starts again.
-        self._read_yield_at = _current_time() + _READ_SLICE
-        return True
 
     async def _send(self, data: bytes) -> None:
         if self._broken:
