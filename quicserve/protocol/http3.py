@@ -643,10 +643,11 @@ class H3Protocol:
     def open_session_stream(self, session_id: int, unidirectional: bool) -> int:
         """A new server-initiated WebTransport stream of the session; its id (the caller
         checked ``session_can_open``)."""
+        stream_id = self._h3.create_webtransport_stream(session_id, unidirectional)
         state = self._wt.get(session_id)
         if state is not None:
-            state.stream_opened(unidirectional)
-        return int(self._h3.create_webtransport_stream(session_id, unidirectional))
+            state.stream_opened(stream_id, unidirectional)
+        return stream_id
 
     def send_stream_data(
         self,
@@ -662,6 +663,8 @@ class H3Protocol:
                 state = self._wt.get(session_id)
                 if state is not None:
                     state.data_sent(len(data))
+                    if end_stream:
+                        state.own_streams.discard(stream_id)
             self.quic.send_stream_data(stream_id, data, end_stream)
 
     def reset_stream(self, stream_id: int) -> None:
@@ -709,9 +712,14 @@ class H3Protocol:
         self._cancelled.discard(stream_id)
         self._unacked.pop(stream_id, None)
         self._stopped.discard(stream_id)
-        if self._wt.pop(stream_id, None) is not None:
+        session = self._wt.pop(stream_id, None)
+        if session is not None:
             # The session is over: the client's streams of it that are still open are
-            # stopped with WT_SESSION_GONE (d15 §6), and no longer map to it.
+            # stopped with WT_SESSION_GONE (d15 §6), and no longer map to it; ours that
+            # are not finished are reset with it.
+            if not self._terminated:
+                for own in session.own_streams:
+                    self.quic.reset_stream(own, WT_SESSION_GONE)
             for wt_stream in [s for s, o in self._wt_streams.items() if o == stream_id]:
                 if self._terminated:
                     del self._wt_streams[wt_stream]

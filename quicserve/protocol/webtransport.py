@@ -277,6 +277,7 @@ class SessionState:
         "max_streams",
         "opened",
         "out",
+        "own_streams",
         "peer_max_data",
         "peer_max_streams",
         "received",
@@ -312,6 +313,9 @@ class SessionState:
         ]
         self.sent = 0
         self.we_opened = [0, 0]
+        #: the streams we opened whose send side is still open (reset with
+        #: WT_SESSION_GONE when the session ends, d15 §6)
+        self.own_streams: set[int] = set()
         #: the client's streams of this session still open: stream id -> receive side ended
         self.streams: dict[int, bool] = {}
         #: capsules for the CONNECT stream, written once the session is accepted
@@ -496,8 +500,9 @@ class SessionState:
     def data_sent(self, size: int) -> None:
         self.sent += size
 
-    def stream_opened(self, unidirectional: bool) -> None:
+    def stream_opened(self, stream_id: int, unidirectional: bool) -> None:
         self.we_opened[int(not unidirectional)] += 1
+        self.own_streams.add(stream_id)
 
     def blocked(self, unidirectional: bool | None) -> None:
         """We want to send (``None``) or open a stream but the client's limit stops us:

@@ -921,6 +921,19 @@ class ServerH3Connection(H3Connection):
             stream.sending_ended = True
         self._server_quic.release_stream(stream_id)
 
+    def create_webtransport_stream(self, session_id: int, is_unidirectional: bool = False) -> int:
+        """A server-initiated WebTransport stream of ``session_id``; its id. On a
+        bidirectional one, aioquic would parse what the peer sends back as HTTP/3 frames:
+        the peer's side carries no signal (it is raw session data from its first byte,
+        draft-ietf-webtrans-http3-15 §4.3), so the stream is marked as a WebTransport
+        stream of the session before anything arrives."""
+        stream_id = super().create_webtransport_stream(session_id, is_unidirectional)
+        if not is_unidirectional:
+            with self._get_or_create_stream(stream_id) as stream:
+                stream.frame_type = FrameType.WEBTRANSPORT_STREAM
+                stream.session_id = session_id
+        return stream_id
+
     def _receive_stream_data(self, event: events.StreamDataReceived) -> list[H3Event]:
         stream_id = event.stream_id
         if not self._server_quic.is_released(stream_id) and stream_id not in self._rejected:

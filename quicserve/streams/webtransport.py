@@ -87,6 +87,7 @@ class WebTransportSession(StreamBase):
         "_dialect",
         "_disconnect_delivered",
         "_max_datagrams",
+        "_own_streams",
         "_pending",
         "_queue",
         "_reply_streams",
@@ -114,6 +115,9 @@ class WebTransportSession(StreamBase):
         self._max_datagrams = max(1, host.config.ws_max_queue)
         #: client unidirectional stream -> the server stream its replies go on
         self._reply_streams: dict[int, int] = {}
+        #: streams the server opened for this session whose send side is still open (the
+        #: client's WT_MAX_STREAMS bounds them, where it has flow control)
+        self._own_streams: set[int] = set()
         self.dropped_datagrams = 0
         self._dialect: str | None = None
         self._credit_waiter: Any = None
@@ -314,44 +318,80 @@ class WebTransportSession(StreamBase):
             self._bytes_sent += len(data)
             self._extras().send_datagram(self.stream_id, data)
             await self._host.flush(self.stream_id)
+        elif msg_type == "webtransport.stream.open":
+            # (+) A stream the app opens first; its id goes back in the message.
+            if self._state != _OPEN:
+                raise ClientDisconnected("the WebTransport session is not open")
+            session_protocol = self._extras()
+            unidirectional = bool(message.get("unidirectional", False))
+            stream_id = await self._open_stream(session_protocol, unidirectional)
+            message["stream"] = stream_id
+            data = bytes(message.get("data", b""))
+            end = bool(message.get("end", False))
+            if data or end:
+                await self._write(session_protocol, stream_id, data, end)
+            else:
+                await self._host.flush(stream_id)
         elif msg_type == "webtransport.stream.send":
             if self._state != _OPEN:
                 raise ClientDisconnected("the WebTransport session is not open")
             session_protocol = self._extras()
-            stream_id = int(message["stream"])
-            if stream_id % 4 == 2:
+            asked = int(message["stream"])
+            stream_id = asked
+            if asked % 4 == 2:
                 # The client opened it unidirectionally: reply on a stream of our own.
-                reply = self._reply_streams.get(stream_id)
+                reply = self._reply_streams.get(asked)
                 if reply is None:
-                    while not session_protocol.session_can_open(self.stream_id, True):
-                        session_protocol.session_blocked(self.stream_id, True)
-                        await self._wait_for_credit()
-                    reply = session_protocol.open_session_stream(self.stream_id, True)
-                    self._reply_streams[stream_id] = reply
+                    reply = await self._open_stream(session_protocol, True)
+                    self._reply_streams[asked] = reply
                 stream_id = reply
+            elif asked & 1:
+                # A stream we opened: only this session's, and only while its send side
+                # is open (a wrong id must not write raw bytes into another stream).
+                if asked not in self._own_streams:
+                    raise RuntimeError(f"stream {asked} is not an open stream of this session")
+            elif asked == self.stream_id:
+                raise RuntimeError("the CONNECT stream is not a WebTransport stream")
             data = bytes(message.get("data", b""))
             end = bool(message.get("end", False))
-            if end and stream_id != int(message["stream"]):
+            if end and stream_id != asked:
                 # Our reply stream is finished: forget it (a long session sees many).
-                self._reply_streams.pop(int(message["stream"]), None)
-            self._bytes_sent += len(data)
-            while True:
-                # The client's WT_MAX_DATA bounds what all the session's streams carry.
-                credit = session_protocol.session_send_credit(self.stream_id)
-                if credit >= len(data):
-                    session_protocol.send_stream_data(stream_id, data, end, self.stream_id)
-                    break
-                if credit:
-                    session_protocol.send_stream_data(
-                        stream_id, data[:credit], False, self.stream_id
-                    )
-                    data = data[credit:]
-                session_protocol.session_blocked(self.stream_id, None)
-                await self._host.flush(stream_id)
-                await self._wait_for_credit()
-            await self._host.flush(stream_id)
+                self._reply_streams.pop(asked, None)
+            await self._write(session_protocol, stream_id, data, end)
         else:
             raise RuntimeError(f"unexpected ASGI message type {msg_type!r}")
+
+    async def _open_stream(
+        self, session_protocol: WebTransportProtocol, unidirectional: bool
+    ) -> int:
+        # Within the client's WT_MAX_STREAMS (d15 §5.6.2): wait for it, saying so.
+        while not session_protocol.session_can_open(self.stream_id, unidirectional):
+            session_protocol.session_blocked(self.stream_id, unidirectional)
+            await self._host.flush(self.stream_id)
+            await self._wait_for_credit()
+        stream_id = session_protocol.open_session_stream(self.stream_id, unidirectional)
+        self._own_streams.add(stream_id)
+        return stream_id
+
+    async def _write(
+        self, session_protocol: WebTransportProtocol, stream_id: int, data: bytes, end: bool
+    ) -> None:
+        self._bytes_sent += len(data)
+        if end:
+            self._own_streams.discard(stream_id)
+        while True:
+            # The client's WT_MAX_DATA bounds what all the session's streams carry.
+            credit = session_protocol.session_send_credit(self.stream_id)
+            if credit >= len(data):
+                session_protocol.send_stream_data(stream_id, data, end, self.stream_id)
+                break
+            if credit:
+                session_protocol.send_stream_data(stream_id, data[:credit], False, self.stream_id)
+                data = data[credit:]
+            session_protocol.session_blocked(self.stream_id, None)
+            await self._host.flush(stream_id)
+            await self._wait_for_credit()
+        await self._host.flush(stream_id)
 
     async def _wait_for_credit(self) -> None:
         # Until the client grants more (SessionUpdated) or the session ends.
