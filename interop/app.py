@@ -39,6 +39,8 @@ from typing import Any
 
 from clientkit.chromium import PROTO_PAGE
 
+from .cases import WT_DATAGRAM_SIZES, WT_SERVER_PROTOCOLS
+
 _BLOCK = hashlib.sha256(b"quicserve interop").digest() * 2048  # 64 KiB, never all one byte
 
 WS_PAGE = b"""<!doctype html><html><body><pre id="out">loading</pre><script>
@@ -190,6 +192,128 @@ async def _webtransport(receive: Any, send: Any) -> None:
             return
 
 
+#: The longest command line of a /wtx stream, and the largest file a command may ask for.
+WT_MAX_COMMAND = 64
+WT_MAX_FILE = 16 * 1024 * 1024
+
+
+def wt_datagram_digest(sizes: tuple[int, ...] = WT_DATAGRAM_SIZES) -> str:
+    """sha256 of the datagram payloads of wt-transfer-datagram-receive, in index order
+    (each is ``file_body(size)``)."""
+    return hashlib.sha256(b"".join(file_body(size) for size in sizes)).hexdigest()
+
+
+def wt_ack_digest(sizes: tuple[int, ...] = WT_DATAGRAM_SIZES) -> str:
+    """sha256 of the app's acknowledgements in wt-transfer-datagram-send (the sha256 hex
+    of each ``file_body(size)``, joined in index order)."""
+    acks = "".join(hashlib.sha256(file_body(size)).hexdigest() for size in sizes)
+    return hashlib.sha256(acks.encode()).hexdigest()
+
+
+class _WTStream:
+    """One client stream of a /wtx session: its command line, then what follows."""
+
+    __slots__ = ("command", "digest", "head", "length")
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.command: bytes | None = None
+        self.digest = hashlib.sha256()
+        self.length = 0
+
+
+async def _wt_transfer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``/wtx``: the wt-* cases (the QUIC interop runner's WebTransport suite).
+
+    Accepts with the client's first WT-Available-Protocols entry the app supports
+    (:data:`~interop.cases.WT_SERVER_PROTOCOLS`). Each client stream starts with a command
+    line; what the app does once the client ends it:
+
+    * ``send`` + payload: answers ``<length> <sha256 hex>`` of the payload (on the same
+      stream if bidirectional; on a unidirectional stream the server opens, if not);
+    * ``uni <size>`` / ``bidi <size>``: opens a stream of that kind, sends
+      ``file_body(size)`` on it and ends it, then answers ``<stream id> <sha256 hex>`` of
+      what it sent on the command's stream.
+
+    Datagrams: ``get <i>`` is answered with ``<i> `` + ``file_body(WT_DATAGRAM_SIZES[i])``,
+    ``put <i> <payload>`` with ``ack <i> <sha256 hex of payload>``. Held per stream: the
+    command line (at most :data:`WT_MAX_COMMAND` bytes) and a running digest; streams are
+    bounded by quicserve's ``--webtransport-max-streams``."""
+    await receive()  # webtransport.connect
+    accept: dict[str, Any] = {"type": "webtransport.accept"}
+    chosen = next((p for p in scope.get("subprotocols", ()) if p in WT_SERVER_PROTOCOLS), None)
+    if chosen is not None:
+        accept["subprotocol"] = chosen
+    await send(accept)
+    streams: dict[int, _WTStream] = {}
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "webtransport.disconnect":
+            return
+        if kind == "webtransport.datagram.receive":
+            await _wt_datagram(message["data"], send)
+            continue
+        if kind != "webtransport.stream.receive":
+            continue
+        stream_id = message["stream"]
+        if stream_id & 1:
+            continue  # the client's side of a stream the app opened: not a command
+        state = streams.get(stream_id)
+        if state is None:
+            state = streams[stream_id] = _WTStream()
+        data = message["data"]
+        if state.command is None:
+            head = state.head + data
+            line, newline, rest = head.partition(b"\n")
+            if newline:
+                state.command, state.head, data = line, b"", rest
+            elif len(head) > WT_MAX_COMMAND:
+                state.command, data = b"bad", b""
+            else:
+                state.head, data = head, b""
+        state.digest.update(data)
+        state.length += len(data)
+        if not message["end"]:
+            continue
+        del streams[stream_id]
+        answer = await _wt_command(state, send)
+        await send(
+            {"type": "webtransport.stream.send", "stream": stream_id, "data": answer, "end": True}
+        )
+
+
+async def _wt_command(state: _WTStream, send: Any) -> bytes:
+    verb, _, argument = (state.command or b"").partition(b" ")
+    if verb == b"send":
+        return f"{state.length} {state.digest.hexdigest()}".encode()
+    if verb in (b"uni", b"bidi") and argument.isdigit() and int(argument) <= WT_MAX_FILE:
+        body = file_body(int(argument))
+        opened: dict[str, Any] = {
+            "type": "webtransport.stream.open",
+            "unidirectional": verb == b"uni",
+            "data": body,
+            "end": True,
+        }
+        await send(opened)
+        return f"{opened['stream']} {hashlib.sha256(body).hexdigest()}".encode()
+    return b"error: unknown command"
+
+
+async def _wt_datagram(data: bytes, send: Any) -> None:
+    verb, _, rest = data.partition(b" ")
+    if verb == b"get":
+        index = int(rest) if rest.isdigit() else -1
+        if 0 <= index < len(WT_DATAGRAM_SIZES):
+            payload = b"%d " % index + file_body(WT_DATAGRAM_SIZES[index])
+            await send({"type": "webtransport.datagram.send", "data": payload})
+    elif verb == b"put":
+        index, _, payload = rest.partition(b" ")
+        if index.isdigit():
+            ack = b"ack %s %s" % (index, hashlib.sha256(payload).hexdigest().encode())
+            await send({"type": "webtransport.datagram.send", "data": ack})
+
+
 async def _report(token: str, method: str, receive: Any, send: Any) -> None:
     """``POST /report/<token>`` keeps what a page saw; ``GET`` returns it (404 until then)."""
     token = token[:64]
@@ -226,7 +350,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await _websocket(scope, receive, send)
         return  # any other path: refused (403)
     if scope["type"] == "webtransport":
-        await _webtransport(receive, send)
+        if scope["path"] == "/wtx":
+            await _wt_transfer(scope, receive, send)
+        else:
+            await _webtransport(receive, send)
         return
     if scope["type"] != "http":
         return
