@@ -16,9 +16,17 @@ from typing import Any
 
 import anyio
 import pytest
-from aioquic.quic.events import StreamReset
+from aioquic.quic.events import StopSendingReceived, StreamReset
 
+from clientkit.ws import open_wt_stream
 from quicserve.certs import DevCertificate
+from quicserve.protocol.webtransport import (
+    DRAFT02,
+    DRAFT07,
+    DRAFT15,
+    stream_error_from_h3,
+    stream_error_to_h3,
+)
 
 from .helpers import running_server, wait_for
 from .wtclient import (
@@ -180,3 +188,189 @@ async def test_a_finished_session_resets_the_streams_it_left_open(
                 e for e in session.h3.log if isinstance(e, StreamReset) and e.stream_id == bidi
             ]
             assert reset.error_code == WT_SESSION_GONE
+
+
+# -- stream resets and STOP_SENDING, both ways (d02 §4.3, d15 §4.4) ----------------------
+
+
+def h3_code(code: int) -> int:
+    # The mapping written from the draft's pseudocode, not imported from quicserve.
+    return 0x52E4A40FA8DB + code + code // 0x1E
+
+
+class ResetApp:
+    """Opens a uni stream (left open), records every message; a client bidi stream that
+    says ``reset <code>`` is reset with that code, ``stop <code>`` stopped with it; after
+    a STOP_SENDING the app sends on the stream again (must not raise)."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.opened = -1
+        self.errors: list[str] = []
+        self.gate: Any = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "webtransport.accept"})
+        uni: dict[str, Any] = {"type": "webtransport.stream.open", "unidirectional": True}
+        await send(uni)
+        self.opened = uni["stream"]
+        if scope["path"] == "/gate":
+            await self.gate.wait()
+        while True:
+            message = await receive()
+            self.messages.append(message)
+            kind = message["type"]
+            if kind == "webtransport.disconnect":
+                return
+            if kind == "webtransport.stream.stop_sending":
+                await send(
+                    {"type": "webtransport.stream.send", "stream": message["stream"], "data": b"x"}
+                )
+            if kind == "webtransport.stream.receive" and message["data"]:
+                verb, _, number = message["data"].partition(b" ")
+                action = {
+                    b"reset": "webtransport.stream.reset",
+                    b"stop": "webtransport.stream.stop",
+                }
+                if verb in action:
+                    try:
+                        await send(
+                            {"type": action[verb], "stream": message["stream"], "code": int(number)}
+                        )
+                    except ValueError as exc:
+                        self.errors.append(str(exc))
+
+
+def of_type(app: ResetApp, kind: str) -> list[dict[str, Any]]:
+    return [m for m in app.messages if m["type"] == kind]
+
+
+@pytest.mark.parametrize("dialect", ["draft02", "draft15"])
+async def test_resets_and_stop_sending_carry_webtransport_codes_both_ways(
+    anyio_backend: object, tls_files: DevCertificate, dialect: str
+) -> None:
+    app = ResetApp()
+    async with serve(app, tls_files) as srv:
+        async with open_wt(
+            quic_port(srv), "/reset", cafile=str(tls_files.ca_certfile), dialect=dialect
+        ) as session:
+            quic, h3 = session.quic, session.h3
+            # The client resets its unidirectional stream after some data, with code 7.
+            uni = h3.create_webtransport_stream(session.stream_id, is_unidirectional=True)
+            quic.send_stream_data(uni, b"partial")
+            await session.transmit()
+            await wait_for(lambda: of_type(app, "webtransport.stream.receive"))
+            quic.reset_stream(uni, h3_code(7))
+            await session.transmit()
+            await wait_for(lambda: of_type(app, "webtransport.stream.reset"))
+            assert of_type(app, "webtransport.stream.reset") == [
+                {"type": "webtransport.stream.reset", "stream": uni, "code": 7}
+            ]
+            # STOP_SENDING on the stream the app opened, with code 9; the app's next send
+            # on it is dropped, not an error.
+            await wait_for(lambda: app.opened >= 0)
+            quic.stop_stream(app.opened, h3_code(9))
+            await session.transmit()
+            quic._streams[app.opened].receiver.stop_pending = True  # sent again: once only
+            await session.transmit()
+            await wait_for(lambda: of_type(app, "webtransport.stream.stop_sending"))
+            await anyio.sleep(0.1)  # the repeated frame has arrived too
+            assert of_type(app, "webtransport.stream.stop_sending") == [
+                {"type": "webtransport.stream.stop_sending", "stream": app.opened, "code": 9}
+            ]
+            # A reset with an HTTP/3 code outside the WebTransport range carries none.
+            other = h3.create_webtransport_stream(session.stream_id, is_unidirectional=True)
+            quic.send_stream_data(other, b"more")
+            await session.transmit()
+            await wait_for(lambda: len(of_type(app, "webtransport.stream.receive")) == 2)
+            quic.reset_stream(other, 0x100)  # H3_NO_ERROR
+            await session.transmit()
+            await wait_for(lambda: len(of_type(app, "webtransport.stream.reset")) == 2)
+            assert of_type(app, "webtransport.stream.reset")[1]["code"] is None
+            # The app resets and stops client streams with its codes.
+            for command in (b"reset 5", b"stop 3", b"reset 300"):
+                stream = open_wt_stream(h3, session.stream_id)
+                quic.send_stream_data(stream, command)
+                await session.transmit()
+                if command == b"reset 5":
+                    reset_stream = stream
+                elif command == b"stop 3":
+                    stopped_stream = stream
+            await session.wait(
+                lambda: (
+                    any(isinstance(e, StreamReset) and e.stream_id == reset_stream for e in h3.log)
+                    and any(
+                        isinstance(e, StopSendingReceived) and e.stream_id == stopped_stream
+                        for e in h3.log
+                    )
+                )
+            )
+            codes = {
+                e.stream_id: e.error_code
+                for e in h3.log
+                if isinstance(e, StreamReset | StopSendingReceived)
+            }
+            assert codes[reset_stream] == h3_code(5) and codes[stopped_stream] == h3_code(3)
+            # 300 fits draft-15's 32-bit codes, not draft-02's 8 bits (d02 §4.3).
+            await wait_for(lambda: len(of_type(app, "webtransport.stream.receive")) == 5)
+            await anyio.sleep(0.1)
+            assert app.errors == (
+                ["a draft02 stream error code is 0 to 255"] if dialect == "draft02" else []
+            )
+            await session.send(b"", end=True)
+            await wait_for(lambda: of_type(app, "webtransport.disconnect"))
+
+
+async def test_resets_do_not_grow_the_apps_queue(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    # A client that opens a stream, writes a byte and resets it, again and again, while the
+    # app reads nothing: the stream slots stay taken until the app has the data (so the
+    # streams past the limit are refused), and each stream's reset rides on its queued data.
+    app = ResetApp()
+    app.gate = anyio.Event()
+    async with running_server(
+        app,
+        tls=tls_files,
+        quic_bind=("127.0.0.1:0",),
+        webtransport=True,
+        webtransport_max_streams=4,
+    ) as srv:
+        async with open_wt(
+            quic_port(srv), "/gate", cafile=str(tls_files.ca_certfile), dialect="draft02"
+        ) as session:
+            for _ in range(20):
+                uni = session.h3.create_webtransport_stream(
+                    session.stream_id, is_unidirectional=True
+                )
+                session.quic.send_stream_data(uni, b"z")
+                await session.transmit()
+                session.quic.reset_stream(uni, h3_code(1))
+                await session.transmit()
+            await anyio.sleep(0.3)
+            app.gate.set()
+            await wait_for(lambda: len(of_type(app, "webtransport.stream.reset")) == 4)
+            await anyio.sleep(0.2)
+            # Four streams reached the app (the limit), each as its byte then its reset.
+            receives = of_type(app, "webtransport.stream.receive")
+            assert len(receives) == 4 and len(of_type(app, "webtransport.stream.reset")) == 4
+            await session.send(b"", end=True)
+
+
+def test_stream_error_codes_map_per_dialect() -> None:
+    # d02 §4.3: 8-bit codes; d07 §4.3 / d15 §4.4: 32-bit; both skip 0x1f * N + 0x21.
+    assert stream_error_to_h3(DRAFT02, 0) == 0x52E4A40FA8DB
+    assert stream_error_to_h3(DRAFT02, 0xFF) == 0x52E4A40FA9E2
+    assert stream_error_to_h3(DRAFT15, 0xFFFFFFFF) == 0x52E5AC983162
+    with pytest.raises(ValueError):
+        stream_error_to_h3(DRAFT02, 0x100)
+    with pytest.raises(ValueError):
+        stream_error_to_h3(DRAFT15, -1)
+    for code in [*range(0, 600), 12345678, 0xFFFFFFFF]:
+        assert stream_error_from_h3(DRAFT15, h3_code(code)) == code
+    reserved = 0x1F * ((0x52E4A40FA8DB - 0x21) // 0x1F + 1) + 0x21
+    assert stream_error_from_h3(DRAFT15, reserved) is None
+    assert stream_error_from_h3(DRAFT15, 0x100) is None  # H3_NO_ERROR: no WT code
+    assert stream_error_from_h3(DRAFT02, h3_code(0x100)) is None  # beyond 8 bits
+    assert stream_error_from_h3(DRAFT07, h3_code(0x100)) == 0x100

@@ -85,6 +85,7 @@ from ..events import (
     RequestReceived,
     SessionDatagramReceived,
     SessionStreamDataReceived,
+    SessionStreamReset,
     SessionUpdated,
     StreamEvent,
     StreamReset,
@@ -110,6 +111,8 @@ from .webtransport import (
     choose_dialect,
     close_session_capsule,
     server_settings,
+    stream_error_from_h3,
+    stream_error_to_h3,
 )
 
 _STATUS = {status: str(status).encode() for status in range(100, 600)}
@@ -213,15 +216,18 @@ class H3Protocol:
             elif cls is QuicStreamReset or cls is StopSendingReceived:
                 h3.handle_event(event)
                 touched.add(event.stream_id)
-                if cls is StopSendingReceived and event.stream_id % 4 == 0:
+                wt_session = self._wt_session_of(event.stream_id) if self._wt else None
+                if cls is StopSendingReceived and event.stream_id % 4 == 0 and wt_session is None:
                     # Also before its request arrived: aioquic puts STOP_SENDING ahead of
                     # STREAM frames in a packet.
                     self._stopped.add(event.stream_id)
                 if event.stream_id in self._requests:
                     self._events.append(StreamReset(event.stream_id, event.error_code))
                     self._on_cancel(event.stream_id)
-                elif cls is QuicStreamReset and event.stream_id in self._wt_streams:
-                    self._wt_stream_reset(event.stream_id)
+                elif wt_session is not None:
+                    self._wt_stream_reset(
+                        wt_session, event.stream_id, event.error_code, cls is StopSendingReceived
+                    )
                 elif cls is QuicStreamReset and event.stream_id in self._deferred:
                     # Cancelled before it was processed: it never reaches the app.
                     del self._deferred[event.stream_id]
@@ -511,14 +517,59 @@ class H3Protocol:
             self.quic.stop_stream(stream_id, code)
             self.quic.release_stream(stream_id)
 
-    def _wt_stream_reset(self, stream_id: int) -> None:
+    def _wt_session_of(self, stream_id: int) -> int | None:
+        # The live session a WebTransport stream belongs to: a client stream still mapped,
+        # or one we opened and have not finished (at most --webtransport-max-sessions).
         session_id = self._wt_streams.get(stream_id)
-        state = self._wt.get(session_id) if session_id is not None else None
-        if state is not None:
-            state.stream_reset(stream_id)
+        if session_id is not None:
+            return session_id
+        if stream_id & 1:
+            for session_id, state in self._wt.items():
+                if stream_id in state.own_streams:
+                    return session_id
+        return None
+
+    def _wt_stream_reset(
+        self, session_id: int, stream_id: int, h3_code: int, stop_sending: bool
+    ) -> None:
+        # The client's RESET_STREAM (its side) or STOP_SENDING (ours; QUIC has reset our
+        # side already) on a session's stream: the session hears it with the WebTransport
+        # code it carries (d02 §4.3, d15 §4.4).
+        state = self._wt.get(session_id)
+        if state is None:
+            return
+        if stop_sending:
+            state.own_streams.discard(stream_id)
+        elif stream_id in state.streams:
+            state.stream_reset(stream_id, held=self._unacked.get(stream_id, 0) > 0)
             if stream_id not in state.streams:
                 self._wt_streams.pop(stream_id, None)
-            self._flush_capsules(session_id, state)  # type: ignore[arg-type]
+            self._flush_capsules(session_id, state)
+        code = stream_error_from_h3(state.dialect, h3_code)
+        self._events.append(SessionStreamReset(session_id, stream_id, code, stop_sending))
+
+    def reset_session_stream(self, session_id: int, stream_id: int, code: int) -> None:
+        """Abort our sending side of a session's stream with WebTransport error ``code``
+        (RESET_STREAM; d02 §4.3, d15 §4.4). Raises ValueError for a code outside the
+        session's dialect."""
+        state = self._wt.get(session_id)
+        if state is None or self._terminated:
+            return
+        h3_code = stream_error_to_h3(state.dialect, code)
+        state.own_streams.discard(stream_id)
+        if self.quic.can_write(stream_id):
+            self.quic.reset_stream(stream_id, h3_code)
+
+    def stop_session_stream(self, session_id: int, stream_id: int, code: int) -> None:
+        """Ask the client to stop sending on a session's stream (STOP_SENDING with
+        WebTransport error ``code``); what still arrives on it is dropped and credited."""
+        state = self._wt.get(session_id)
+        if state is None or self._terminated:
+            return
+        h3_code = stream_error_to_h3(state.dialect, code)
+        if not self.quic.is_released(stream_id):
+            self.quic.stop_stream(stream_id, h3_code)
+            self.quic.release_stream(stream_id)
 
     def _flush_capsules(self, session_id: int, state: SessionState) -> None:
         if self._can_send(session_id) and session_id not in self._responded:
@@ -658,7 +709,9 @@ class H3Protocol:
     ) -> None:
         """Data on a WebTransport stream (no HTTP/3 framing: the stream is raw); counted
         against the session's WT_MAX_DATA when ``session_id`` is given."""
-        if not self._terminated:
+        if not self._terminated and self.quic.can_write(stream_id):
+            # (Not after the client's STOP_SENDING: the app heard of it, and its later
+            # sends on the stream are dropped, as on a stopped request stream.)
             if session_id is not None:
                 state = self._wt.get(session_id)
                 if state is not None:

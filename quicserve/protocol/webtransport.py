@@ -96,6 +96,11 @@ WT_FLOW_CONTROL_ERROR = 0x045D4487
 H3_MESSAGE_ERROR = 0x10E
 H3_DATAGRAM_ERROR = 0x33
 
+#: WebTransport application error codes on streams live in this HTTP/3 range, skipping its
+#: reserved codepoints 0x1f * N + 0x21 (d02 §4.3, d07 §4.3, d15 §4.4).
+WT_APPLICATION_ERROR_FIRST = 0x52E4A40FA8DB
+WT_APPLICATION_ERROR_LAST = 0x52E5AC983162
+
 DRAFT02, DRAFT07, DRAFT14, DRAFT15 = "draft02", "draft07", "draft14", "draft15"
 #: The ``:protocol`` values that open a WebTransport session: d02-d14, then d15 §3.2.
 UPGRADE_TOKENS = frozenset({"webtransport", "webtransport-h3"})
@@ -171,6 +176,38 @@ def flow_control_enabled(dialect: str, client_settings: Mapping[int, int] | None
     return _declares_flow_control(settings) or (
         dialect == DRAFT14 and settings.get(SETTINGS_WT_MAX_SESSIONS, 0) > 1
     )
+
+
+# -- stream error codes ---------------------------------------------------------------
+
+
+def max_stream_error(dialect: str) -> int:
+    """The largest application error code a stream reset or STOP_SENDING can carry:
+    draft-02 limits them to 8 bits (d02 §4.3: 0x00-0xff), later drafts to 32 bits (d07
+    §4.3, d15 §4.4)."""
+    return 0xFF if dialect == DRAFT02 else 0xFFFFFFFF
+
+
+def stream_error_to_h3(dialect: str, code: int) -> int:
+    """The HTTP/3 error code that carries application error ``code`` (d15 §4.4,
+    ``webtransport_code_to_http_code``: the same mapping in every draft, over the
+    dialect's range). Raises ValueError outside that range."""
+    if not 0 <= code <= max_stream_error(dialect):
+        raise ValueError(f"a {dialect} stream error code is 0 to {max_stream_error(dialect)}")
+    return WT_APPLICATION_ERROR_FIRST + code + code // 0x1E
+
+
+def stream_error_from_h3(dialect: str, h3_code: int) -> int | None:
+    """The application error code an HTTP/3 error code carries, or ``None`` when it
+    carries none (outside the range, a reserved codepoint, or beyond the dialect's
+    range): d15 §4.4 ``http_code_to_webtransport_code``."""
+    if not WT_APPLICATION_ERROR_FIRST <= h3_code <= WT_APPLICATION_ERROR_LAST:
+        return None
+    if (h3_code - 0x21) % 0x1F == 0:
+        return None
+    shifted = h3_code - WT_APPLICATION_ERROR_FIRST
+    code = shifted - shifted // 0x1F
+    return code if code <= max_stream_error(dialect) else None
 
 
 # -- capsules (RFC 9297 §3.2) ---------------------------------------------------------
@@ -447,11 +484,15 @@ class SessionState:
         if ended and stream_id in self.streams:
             self.streams[stream_id] = True
 
-    def stream_reset(self, stream_id: int) -> None:
-        """The client reset one of its streams: it no longer counts as open."""
+    def stream_reset(self, stream_id: int, held: bool) -> None:
+        """The client reset one of its streams: it no longer counts as open once the app
+        has taken what it holds of it (``held``: bytes handed to the app and not yet
+        consumed). Freeing the slot at once would let a client that opens, writes one byte
+        and resets, again and again, grow the app's queue past the stream limit."""
         if self.streams.get(stream_id) is False:
             self.streams[stream_id] = True
-        self._maybe_close(stream_id)
+        if not held:
+            self._maybe_close(stream_id)
 
     def stream_consumed(self, stream_id: int, size: int, done: bool) -> None:
         """The app took ``size`` bytes of ``stream_id`` (``done``: nothing more is held for

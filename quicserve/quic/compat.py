@@ -519,6 +519,16 @@ class ServerQuicConnection(QuicConnection):
         if stream is not None and not stream.receiver.is_finished:
             super().stop_stream(stream_id, error_code)
 
+    def can_write(self, stream_id: int) -> bool:
+        """Whether our sending part of ``stream_id`` still takes data: not finished, not
+        reset (by us, or by aioquic in answer to the peer's STOP_SENDING, RFC 9000 §3.5),
+        not discarded. aioquic raises on a write to any of those."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return not self._stream_is_discarded(stream_id)
+        sender = stream.sender
+        return sender._reset_error_code is None and sender._buffer_fin is None
+
     def reset_stream(self, stream_id: int, error_code: int) -> None:
         """RESET_STREAM, unless aioquic has discarded the stream (both sides over)."""
         if not self._stream_is_discarded(stream_id):

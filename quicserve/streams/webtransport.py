@@ -56,6 +56,7 @@ from .websocket import ClientDisconnected
 logger = logging.getLogger("quicserve.error")
 
 _CONNECTING, _OPEN, _CLOSED = range(3)
+_NO_RESET = object()  # a queued stream record whose stream was not reset
 _DRAFT_HEADER = (b"sec-webtransport-http3-draft", b"draft02")
 
 
@@ -91,8 +92,10 @@ class WebTransportSession(StreamBase):
         "_pending",
         "_queue",
         "_reply_streams",
+        "_seen",
         "_session_protocol",
         "_state",
+        "_stop_reported",
         "dropped_datagrams",
     )
 
@@ -118,6 +121,12 @@ class WebTransportSession(StreamBase):
         #: streams the server opened for this session whose send side is still open (the
         #: client's WT_MAX_STREAMS bounds them, where it has flow control)
         self._own_streams: set[int] = set()
+        #: client streams the app received from and has not seen the end of (a reset is
+        #: reported only for these; bounded by the session's stream limits)
+        self._seen: set[int] = set()
+        #: streams whose STOP_SENDING the app heard of (a subset of the two sets above and
+        #: the reply streams; forgotten with them)
+        self._stop_reported: set[int] = set()
         self.dropped_datagrams = 0
         self._dialect: str | None = None
         self._credit_waiter: Any = None
@@ -167,9 +176,49 @@ class WebTransportSession(StreamBase):
             pending[1].append(data)
             pending[2] = ended
             return
-        record: list[Any] = [stream_id, [data], ended]
+        record: list[Any] = [stream_id, [data], ended, _NO_RESET]
         self._pending[stream_id] = record
         self._queue.append({"type": "webtransport.stream.receive", "_record": record})
+        self._wake()
+
+    def stream_reset(self, stream_id: int, code: int | None, stop_sending: bool) -> None:
+        """The client reset its side of ``stream_id`` or, with ``stop_sending``, asked us
+        to stop sending on it. Reported once per stream and direction, and only for
+        streams the app knows (it received from them, or opened them): a client cannot
+        grow the queue with resets of streams the app never heard of."""
+        if self._state == _CLOSED:
+            return
+        if stop_sending:
+            client_stream = next(
+                (c for c, r in self._reply_streams.items() if r == stream_id), None
+            )
+            known = (
+                client_stream is not None
+                or stream_id in self._own_streams
+                or stream_id in self._seen
+            )
+            if not known or stream_id in self._stop_reported:
+                return  # (QUIC may repeat a STOP_SENDING: reported once)
+            self._stop_reported.add(stream_id)
+            # (Still the app's to send on: its sends are dropped from now on, not refused,
+            # since one may be under way when this arrives.)
+            self._queue.append(
+                {
+                    "type": "webtransport.stream.stop_sending",
+                    "stream": stream_id if client_stream is None else client_stream,
+                    "code": code,
+                }
+            )
+            self._wake()
+            return
+        pending = self._pending.get(stream_id)
+        if pending is not None:
+            pending[3] = code  # delivered right after the data already queued
+            return
+        if stream_id not in self._seen:
+            return
+        self._seen.discard(stream_id)
+        self._queue.append({"type": "webtransport.stream.reset", "stream": stream_id, "code": code})
         self._wake()
 
     def session_updated(self) -> None:
@@ -261,13 +310,28 @@ class WebTransportSession(StreamBase):
         while True:
             if self._queue:
                 message = self._queue.popleft()
-                if message["type"] == "webtransport.stream.receive":
-                    stream_id, chunks, ended = message.pop("_record")
+                kind = message["type"]
+                if kind == "webtransport.stream.receive":
+                    stream_id, chunks, ended, reset = message.pop("_record")
                     del self._pending[stream_id]
                     data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                     self._host.ack_body(stream_id, len(data))
                     message.update(stream=stream_id, data=data, end=ended)
-                else:
+                    if reset is not _NO_RESET:
+                        self._queue.appendleft(
+                            {
+                                "type": "webtransport.stream.reset",
+                                "stream": stream_id,
+                                "code": reset,
+                            }
+                        )
+                    elif not ended:
+                        self._seen.add(stream_id)
+                    if ended or reset is not _NO_RESET:
+                        self._seen.discard(stream_id)
+                        if stream_id & 2:  # unidirectional: nothing of it is ours
+                            self._stop_reported.discard(stream_id)
+                elif kind == "webtransport.datagram.receive":
                     self._datagrams -= 1
                 return message
             if self._state == _CLOSED:
@@ -358,6 +422,29 @@ class WebTransportSession(StreamBase):
                 # Our reply stream is finished: forget it (a long session sees many).
                 self._reply_streams.pop(asked, None)
             await self._write(session_protocol, stream_id, data, end)
+        elif msg_type in ("webtransport.stream.reset", "webtransport.stream.stop"):
+            # (+) Abort our sending side (RESET_STREAM) or ask the client to stop
+            # (STOP_SENDING), with a WebTransport application error code.
+            if self._state != _OPEN:
+                raise ClientDisconnected("the WebTransport session is not open")
+            session_protocol = self._extras()
+            asked = int(message["stream"])
+            code = int(message.get("code", 0))
+            if asked == self.stream_id:
+                raise RuntimeError("the CONNECT stream is not a WebTransport stream")
+            if msg_type == "webtransport.stream.reset":
+                target = self._reply_streams.pop(asked, None) if asked % 4 == 2 else asked
+                if asked & 1 and asked not in self._own_streams:
+                    raise RuntimeError(f"stream {asked} is not an open stream of this session")
+                if target is not None:
+                    session_protocol.reset_session_stream(self.stream_id, target, code)
+                    self._own_streams.discard(target)
+            else:
+                if asked % 4 == 3:
+                    raise RuntimeError("a server unidirectional stream has no receiving side")
+                session_protocol.stop_session_stream(self.stream_id, asked, code)
+                self._seen.discard(asked)
+            await self._host.flush(self.stream_id)
         else:
             raise RuntimeError(f"unexpected ASGI message type {msg_type!r}")
 
@@ -379,6 +466,7 @@ class WebTransportSession(StreamBase):
         self._bytes_sent += len(data)
         if end:
             self._own_streams.discard(stream_id)
+            self._stop_reported.discard(stream_id)
         while True:
             # The client's WT_MAX_DATA bounds what all the session's streams carry.
             credit = session_protocol.session_send_credit(self.stream_id)
