@@ -30,6 +30,7 @@ from quicserve.protocol.webtransport import (
 
 from .helpers import running_server, wait_for
 from .wtclient import (
+    CLOSE_SESSION,
     MAX_STREAMS_BIDI,
     WT_INITIAL_MAX_STREAMS_BIDI,
     WT_SESSION_GONE,
@@ -374,3 +375,106 @@ def test_stream_error_codes_map_per_dialect() -> None:
     assert stream_error_from_h3(DRAFT15, 0x100) is None  # H3_NO_ERROR: no WT code
     assert stream_error_from_h3(DRAFT02, h3_code(0x100)) is None  # beyond 8 bits
     assert stream_error_from_h3(DRAFT07, h3_code(0x100)) == 0x100
+
+
+# -- WT_DRAIN_SESSION on graceful shutdown (d07 §4.6, d15 §4.7) -------------------------
+
+DRAIN_SESSION = 0x78AE
+
+
+class DrainApp:
+    """Records ``webtransport.drain``; keeps serving after it (echoes a stream's end as
+    ``bye``) and closes the session itself once a client stream said ``last``;
+    ``/ignore``: never closes (the graceful timeout ends it)."""
+
+    def __init__(self) -> None:
+        self.drains: list[dict[str, Any]] = []
+        self.after_drain: list[bytes] = []
+        self.finished = anyio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await receive()
+            await send({"type": "webtransport.accept"})
+            while True:
+                message = await receive()
+                if message["type"] == "webtransport.disconnect":
+                    return
+                if message["type"] == "webtransport.drain":
+                    self.drains.append(message)
+                elif message["type"] == "webtransport.stream.receive" and self.drains:
+                    self.after_drain.append(message["data"])
+                    if message["data"] == b"last" and scope["path"] != "/ignore":
+                        await send({"type": "webtransport.close", "code": 0, "reason": "drained"})
+                        return
+        finally:
+            self.finished.set()
+
+
+@pytest.mark.parametrize("dialect", ["draft02", "draft15"])
+async def test_graceful_shutdown_drains_sessions_and_lets_them_finish(
+    anyio_backend: object, tls_files: DevCertificate, dialect: str
+) -> None:
+    app = DrainApp()
+    async with serve(app, tls_files) as srv:
+        async with open_wt(
+            quic_port(srv), "/drain", cafile=str(tls_files.ca_certfile), dialect=dialect
+        ) as session:
+            srv.server.shutdown()
+            await wait_for(lambda: app.drains)
+            assert app.drains == [{"type": "webtransport.drain", "by": "server"}]
+            if dialect == "draft15":
+                await session.wait(lambda: DRAIN_SESSION in dict(session.capsules()))
+            # The session still works after the drain, until the app ends it.
+            stream = session.h3.create_webtransport_stream(
+                session.stream_id, is_unidirectional=True
+            )
+            session.quic.send_stream_data(stream, b"last", end_stream=True)
+            await session.transmit()
+            with anyio.fail_after(5):
+                await app.finished.wait()
+            assert app.after_drain == [b"last"]
+            if dialect == "draft15":
+                await session.wait(lambda: CLOSE_SESSION in dict(session.capsules()))
+                # Exactly one drain, before the close.
+                kinds = [kind for kind, _ in session.capsules()]
+                assert kinds.count(DRAIN_SESSION) == 1
+                assert kinds.index(DRAIN_SESSION) < kinds.index(CLOSE_SESSION)
+
+
+async def test_a_session_that_ignores_the_drain_ends_at_the_graceful_timeout(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    app = DrainApp()
+    with anyio.fail_after(8):
+        async with running_server(
+            app,
+            tls=tls_files,
+            quic_bind=("127.0.0.1:0",),
+            webtransport=True,
+            graceful_timeout=0.5,
+        ) as srv:
+            async with open_wt(
+                quic_port(srv), "/ignore", cafile=str(tls_files.ca_certfile), dialect="safari"
+            ):
+                srv.server.shutdown()
+                await wait_for(lambda: app.drains)
+                with anyio.fail_after(5):
+                    await app.finished.wait()
+    assert app.drains == [{"type": "webtransport.drain", "by": "server"}]
+
+
+async def test_the_clients_drain_is_reported(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    app = DrainApp()
+    async with serve(app, tls_files) as srv:
+        async with open_wt(
+            quic_port(srv), "/drain", cafile=str(tls_files.ca_certfile), dialect="draft15"
+        ) as session:
+            await session.send_capsule(DRAIN_SESSION, b"")
+            await session.send_capsule(DRAIN_SESSION, b"")  # reported once
+            await wait_for(lambda: app.drains)
+            await anyio.sleep(0.1)
+            assert app.drains == [{"type": "webtransport.drain", "by": "client"}]
+            await session.send(b"", end=True)

@@ -51,7 +51,13 @@ Rules:
   its session aborted (the CONNECT stream reset with the error code the draft names), and
   WT_MAX_DATA / WT_MAX_STREAMS follow what the app received. A peer's WT_CLOSE_SESSION
   ends our side of the CONNECT stream at once (d15 §6) and is reported as
-  ``SessionUpdated``, as is new send credit.
+  ``SessionUpdated``, as is new send credit. A client's RESET_STREAM or STOP_SENDING on a
+  session's stream is reported as ``SessionStreamReset`` with the WebTransport code the
+  HTTP/3 code carries (8-bit for draft-02, d02 §4.3; 32-bit later, d15 §4.4); writes after
+  a STOP_SENDING are dropped. Streams we opened and left unfinished are reset with
+  WT_SESSION_GONE when their session ends (d15 §6). Graceful shutdown sends
+  WT_DRAIN_SESSION to sessions with capsules (``drain_session``; d15 §4.7) besides the
+  GOAWAY.
 """
 
 from __future__ import annotations
@@ -606,6 +612,19 @@ class H3Protocol:
         if state is not None:
             state.blocked(unidirectional)
             self._flush_capsules(session_id, state)
+
+    def drain_session(self, session_id: int) -> None:
+        """Graceful shutdown: tell the client with WT_DRAIN_SESSION (d07 §4.6, d15 §4.7);
+        a draft-02 client has only the connection's GOAWAY (``shutdown``), which Chromium
+        reports to the page as ``WebTransport.draining``."""
+        state = self._wt.get(session_id)
+        if state is not None and state.drain():
+            self._flush_capsules(session_id, state)
+
+    def session_draining(self, session_id: int) -> bool:
+        """The client sent WT_DRAIN_SESSION."""
+        state = self._wt.get(session_id)
+        return state is not None and state.draining
 
     def close_session(self, session_id: int, code: int, reason: str) -> None:
         """End the session: WT_CLOSE_SESSION with ``code`` and ``reason`` where the dialect

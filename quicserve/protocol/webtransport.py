@@ -59,6 +59,12 @@ Rules:
   H3_DATAGRAM_ERROR (d15 §5.6.2).
 * WT_CLOSE_SESSION carries a 32-bit code and a UTF-8 message of at most 1024 bytes (d15 §6);
   after it nothing more may come on the CONNECT stream (else H3_MESSAGE_ERROR).
+  WT_DRAIN_SESSION is sent once (``drain``).
+* Stream error codes map into the HTTP/3 range WebTransport reserves, skipping HTTP/3's
+  reserved codepoints: 0-255 for draft-02 (d02 §4.3), 32 bits from draft-07 on (d07 §4.3,
+  d15 §4.4); a code the range does not carry is reported as none.
+* A client stream that is reset keeps its slot until the app has taken what it holds of
+  it (``stream_reset(held=...)``).
 """
 
 from __future__ import annotations
@@ -308,6 +314,7 @@ class SessionState:
         "closed",
         "consumed",
         "dialect",
+        "drain_sent",
         "draining",
         "flow_control",
         "max_data",
@@ -359,6 +366,7 @@ class SessionState:
         self.out = bytearray()
         self.close: Closed | None = None
         self.draining = False
+        self.drain_sent = False
         self._buffer = bytearray()
         self._skip = 0
         self._blocked_sent: dict[int, int] = {}
@@ -559,6 +567,15 @@ class SessionState:
         if self._blocked_sent.get(kind) != limit:
             self._blocked_sent[kind] = limit
             self._queue(kind, limit)
+
+    def drain(self) -> bool:
+        """We are going away (graceful shutdown): WT_DRAIN_SESSION (d07 §4.6, d15 §4.7),
+        once, where the dialect has capsules. True when one was queued."""
+        if not self.capsules or self.drain_sent:
+            return False
+        self.drain_sent = True
+        self.out += encode_capsule(CAPSULE_DRAIN_SESSION, b"")
+        return True
 
     def take_output(self) -> bytes:
         """Capsules to write on the CONNECT stream now (none before the session is

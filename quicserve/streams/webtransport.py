@@ -17,23 +17,31 @@ keep working; the additions are marked (+):
   ``"draft02"``, ``"draft07"``, ``"draft14"`` (draft-13/14) or ``"draft15"``;
   ``subprotocols`` are the client's ``WT-Available-Protocols`` (draft-13 on, §3.3).
 * receive: ``webtransport.connect``; ``webtransport.datagram.receive {data}``;
-  ``webtransport.stream.receive {stream, data, end(+)}``; ``webtransport.disconnect
-  {code, reason} (+)`` once the session is over (``code``/``reason`` from the client's
-  WT_CLOSE_SESSION, else 0 and ""); a later ``receive`` raises
-  :class:`ClientDisconnected`, so an app that loops on ``receive`` without knowing
-  ``disconnect`` still ends.
+  ``webtransport.stream.receive {stream, data, end(+)}``; ``webtransport.stream.reset
+  {stream, code} (+)`` and ``webtransport.stream.stop_sending {stream, code} (+)`` (the
+  client's RESET_STREAM / STOP_SENDING, with the WebTransport code the HTTP/3 code carries,
+  or None); ``webtransport.drain {by} (+)`` (graceful shutdown, or the client's
+  WT_DRAIN_SESSION); ``webtransport.disconnect {code, reason} (+)`` once the session is
+  over (``code``/``reason`` from the client's WT_CLOSE_SESSION, else 0 and ""); a later
+  ``receive`` raises :class:`ClientDisconnected`, so an app that loops on ``receive``
+  without knowing ``disconnect`` still ends.
 * send: ``webtransport.accept {headers(+), subprotocol(+)}`` (``subprotocol`` becomes
   ``WT-Protocol``); ``webtransport.close {code(+), reason(+)}`` (before accept: 403;
   after: WT_CLOSE_SESSION with them where the dialect has capsules, then FIN);
-  ``webtransport.datagram.send {data}``; ``webtransport.stream.send {stream, data,
-  end(+)}``. On a bidirectional stream the data goes back on that stream; on a stream the
-  client opened unidirectionally, the reply goes on one server-opened unidirectional
-  stream per client stream.
+  ``webtransport.datagram.send {data}``; ``webtransport.stream.open {unidirectional, data,
+  end} (+)`` (the new stream's id is put in the message as ``stream``);
+  ``webtransport.stream.send {stream, data, end(+)}``; ``webtransport.stream.reset
+  {stream, code} (+)``, ``webtransport.stream.stop {stream, code} (+)``. On a
+  bidirectional stream, or one the app opened, the data goes on that stream; on a stream
+  the client opened unidirectionally, the reply goes on one server-opened unidirectional
+  stream per client stream. Sends after the client's STOP_SENDING are dropped.
 
 Limits: stream data is acknowledged into QUIC flow control, and into the session's
 WT_MAX_DATA, only as the app receives it; at most ``ws_max_queue`` datagrams wait for the
 app (more are dropped: datagrams are unreliable by definition). ``stream.send`` waits while
-the client's WT_MAX_DATA or WT_MAX_STREAMS holds it back.
+the client's WT_MAX_DATA or WT_MAX_STREAMS holds it back, as ``stream.open`` waits for
+WT_MAX_STREAMS. Reset and STOP_SENDING messages come once per stream and direction, only
+for streams the app knows. docs/webtransport-asgi.md is the full message specification.
 """
 
 from __future__ import annotations
@@ -87,6 +95,7 @@ class WebTransportSession(StreamBase):
         "_datagrams",
         "_dialect",
         "_disconnect_delivered",
+        "_drain_delivered",
         "_max_datagrams",
         "_own_streams",
         "_pending",
@@ -111,6 +120,7 @@ class WebTransportSession(StreamBase):
         self._state = _CONNECTING
         self._connect_delivered = False
         self._disconnect_delivered = False
+        self._drain_delivered = False
         self._queue: deque[Message] = deque()
         #: stream id -> [stream id, chunks, ended] of its message still in the queue
         self._pending: dict[int, list[Any]] = {}
@@ -149,10 +159,19 @@ class WebTransportSession(StreamBase):
         self._finish()
 
     def server_shutdown(self) -> None:
-        """Graceful shutdown: end the session (the app sees ``webtransport.disconnect``)."""
+        """Graceful shutdown: the client gets WT_DRAIN_SESSION (draft-07 on; a draft-02
+        client has the connection's GOAWAY) and the app ``webtransport.drain``; the
+        session goes on until either ends it or the graceful timeout does."""
         if self._state == _OPEN:
-            self._host.protocol.send_data(self.stream_id, b"", True)
-            self._finish()
+            if self._session_protocol is not None:
+                self._session_protocol.drain_session(self.stream_id)
+            self._drain("server")
+
+    def _drain(self, by: str) -> None:
+        if not self._drain_delivered and self._state != _CLOSED:
+            self._drain_delivered = True
+            self._queue.append({"type": "webtransport.drain", "by": by})
+            self._wake()
 
     def datagram_received(self, data: bytes) -> None:
         if self._state == _CLOSED:
@@ -224,8 +243,11 @@ class WebTransportSession(StreamBase):
     def session_updated(self) -> None:
         """The client sent new credit, WT_CLOSE_SESSION or WT_DRAIN_SESSION."""
         session_protocol = self._session_protocol
-        if session_protocol is not None and session_protocol.session_closed_by_peer(self.stream_id):
-            self._finish()
+        if session_protocol is not None:
+            if session_protocol.session_closed_by_peer(self.stream_id):
+                self._finish()
+            elif self._state == _OPEN and session_protocol.session_draining(self.stream_id):
+                self._drain("client")
         self._wake_sender()
 
     def _wake_sender(self) -> None:
