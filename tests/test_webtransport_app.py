@@ -319,6 +319,20 @@ async def test_resets_and_stop_sending_carry_webtransport_codes_both_ways(
             assert app.errors == (
                 ["a draft02 stream error code is 0 to 255"] if dialect == "draft02" else []
             )
+            # STOP_SENDING on a client bidirectional stream the app has read to its end
+            # (its reply side is still open) reaches the app too.
+            quiet = open_wt_stream(h3, session.stream_id)
+            quic.send_stream_data(quiet, b"hello", end_stream=True)
+            await session.transmit()
+            await wait_for(lambda: len(of_type(app, "webtransport.stream.receive")) == 6)
+            quic.stop_stream(quiet, h3_code(4))
+            await session.transmit()
+            await wait_for(lambda: len(of_type(app, "webtransport.stream.stop_sending")) == 2)
+            assert of_type(app, "webtransport.stream.stop_sending")[1] == {
+                "type": "webtransport.stream.stop_sending",
+                "stream": quiet,
+                "code": 4,
+            }
             await session.send(b"", end=True)
             await wait_for(lambda: of_type(app, "webtransport.disconnect"))
 
@@ -477,4 +491,56 @@ async def test_the_clients_drain_is_reported(
             await wait_for(lambda: app.drains)
             await anyio.sleep(0.1)
             assert app.drains == [{"type": "webtransport.drain", "by": "client"}]
+            await session.send(b"", end=True)
+
+
+class EchoEnd:
+    """Echoes each client stream once it ends (``echo `` + its bytes, then the end)."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "webtransport.accept"})
+        buffers: dict[int, bytes] = {}
+        while True:
+            message = await receive()
+            if message["type"] == "webtransport.disconnect":
+                return
+            if message["type"] == "webtransport.stream.receive":
+                stream = message["stream"]
+                buffers[stream] = buffers.get(stream, b"") + message["data"]
+                if message["end"]:
+                    data = b"echo " + buffers.pop(stream)
+                    await send(
+                        {
+                            "type": "webtransport.stream.send",
+                            "stream": stream,
+                            "data": data,
+                            "end": True,
+                        }
+                    )
+
+
+async def test_finished_bidirectional_streams_leave_nothing_behind(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    # Each bidirectional stream of a long session is forgotten once both sides are done,
+    # by quicserve and by aioquic's HTTP/3 layer (which never sees our raw FIN itself).
+    async with serve(EchoEnd(), tls_files) as srv:
+        async with open_wt(
+            quic_port(srv), "/echo", cafile=str(tls_files.ca_certfile), dialect="draft02"
+        ) as session:
+            streams = []
+            for index in range(30):
+                stream = open_wt_stream(session.h3, session.stream_id)
+                session.quic.send_stream_data(stream, b"%d" % index, end_stream=True)
+                streams.append(stream)
+            await session.transmit()
+            await session.wait(
+                lambda: all(session.wt_streams.get(s, (b"", False))[1] for s in streams)
+            )
+            assert session.wt_streams[streams[7]] == (b"echo 7", True)
+            [driver] = srv.server._quic_listeners[0].drivers.values()
+            protocol = driver.protocol
+            await wait_for(lambda: not any(s in protocol._h3._stream for s in streams))
+            assert not any(s in protocol._wt_streams for s in streams)
             await session.send(b"", end=True)

@@ -523,6 +523,10 @@ class H3Protocol:
             self.quic.stop_stream(stream_id, code)
             self.quic.release_stream(stream_id)
 
+    def _wt_replying(self, stream_id: int) -> bool:
+        # A bidirectional stream whose sending side (ours) is still open.
+        return stream_id & 2 == 0 and self.quic.can_write(stream_id)
+
     def _wt_session_of(self, stream_id: int) -> int | None:
         # The live session a WebTransport stream belongs to: a client stream still mapped,
         # or one we opened and have not finished (at most --webtransport-max-sessions).
@@ -546,9 +550,10 @@ class H3Protocol:
             return
         if stop_sending:
             state.own_streams.discard(stream_id)
+            self._wt_sending_done(stream_id)  # aioquic reset our side (RFC 9000 §3.5)
         elif stream_id in state.streams:
             state.stream_reset(stream_id, held=self._unacked.get(stream_id, 0) > 0)
-            if stream_id not in state.streams:
+            if stream_id not in state.streams and not self._wt_replying(stream_id):
                 self._wt_streams.pop(stream_id, None)
             self._flush_capsules(session_id, state)
         code = stream_error_from_h3(state.dialect, h3_code)
@@ -565,6 +570,18 @@ class H3Protocol:
         state.own_streams.discard(stream_id)
         if self.quic.can_write(stream_id):
             self.quic.reset_stream(stream_id, h3_code)
+        self._wt_sending_done(stream_id)
+
+    def _wt_sending_done(self, stream_id: int) -> None:
+        # Our side of a WebTransport stream ended: aioquic's HTTP/3 layer forgets the
+        # stream once the client's side is over too, and a client stream that is over on
+        # both sides no longer maps to its session (until then it does, so a STOP_SENDING
+        # still reaches the app).
+        self._h3.sending_done(stream_id)
+        session_id = self._wt_streams.get(stream_id)
+        state = self._wt.get(session_id) if session_id is not None else None
+        if state is None or stream_id not in state.streams:
+            self._wt_streams.pop(stream_id, None)
 
     def stop_session_stream(self, session_id: int, stream_id: int, code: int) -> None:
         """Ask the client to stop sending on a session's stream (STOP_SENDING with
@@ -738,6 +755,8 @@ class H3Protocol:
                     if end_stream:
                         state.own_streams.discard(stream_id)
             self.quic.send_stream_data(stream_id, data, end_stream)
+            if end_stream:
+                self._wt_sending_done(stream_id)
 
     def reset_stream(self, stream_id: int) -> None:
         """Abort the response (the app failed after starting it). After a complete
@@ -770,7 +789,7 @@ class H3Protocol:
                 self._wt_streams.pop(stream_id, None)
                 return
             state.stream_consumed(stream_id, amount, unacked == 0)
-            if stream_id not in state.streams:
+            if stream_id not in state.streams and not self._wt_replying(stream_id):
                 self._wt_streams.pop(stream_id, None)
             self._flush_capsules(session_id, state)
 
@@ -792,11 +811,15 @@ class H3Protocol:
             if not self._terminated:
                 for own in session.own_streams:
                     self.quic.reset_stream(own, WT_SESSION_GONE)
+                    self._h3.drop_webtransport_stream(own)
             for wt_stream in [s for s, o in self._wt_streams.items() if o == stream_id]:
                 if self._terminated:
                     del self._wt_streams[wt_stream]
                 else:
+                    if self._wt_replying(wt_stream):
+                        self.quic.reset_stream(wt_stream, WT_SESSION_GONE)
                     self._drop_stream(wt_stream, WT_SESSION_GONE)
+                    self._h3.drop_webtransport_stream(wt_stream)
         if body_ended is False and not self._terminated:
             # RFC 9114 §4.1.1: the response is complete; the rest of the request body
             # is not wanted.

@@ -914,6 +914,22 @@ class ServerH3Connection(H3Connection):
             super()._receive_stream_reset(stream_id)
         self._stream.pop(stream_id, None)
 
+    def sending_done(self, stream_id: int) -> None:
+        """Our side of a WebTransport stream is over (FIN or reset, written raw on QUIC,
+        which aioquic's HTTP/3 layer never sees): the stream is forgotten here once the
+        peer's side is over too, as aioquic does for a request. Without this every
+        bidirectional WebTransport stream stays in aioquic's table for good."""
+        stream = self._stream.get(stream_id)
+        if stream is not None:
+            stream.sending_ended = True
+            if stream.is_ended():
+                del self._stream[stream_id]
+
+    def drop_webtransport_stream(self, stream_id: int) -> None:
+        """Forget a WebTransport stream whose session is over (it carries no field
+        sections, so unlike ``forget`` no QPACK Stream Cancellation is sent)."""
+        self._stream.pop(stream_id, None)
+
     def send_goaway(self, first_refused: int) -> None:
         """Send a GOAWAY frame (RFC 9114 §5.2) on our control stream: requests from stream
         ``first_refused`` on will not be processed. aioquic has no public call for it (its

@@ -97,6 +97,7 @@ class WebTransportSession(StreamBase):
         "_disconnect_delivered",
         "_drain_delivered",
         "_max_datagrams",
+        "_max_stop_reported",
         "_own_streams",
         "_pending",
         "_queue",
@@ -134,9 +135,10 @@ class WebTransportSession(StreamBase):
         #: client streams the app received from and has not seen the end of (a reset is
         #: reported only for these; bounded by the session's stream limits)
         self._seen: set[int] = set()
-        #: streams whose STOP_SENDING the app heard of (a subset of the two sets above and
-        #: the reply streams; forgotten with them)
-        self._stop_reported: set[int] = set()
+        #: streams whose STOP_SENDING the app heard of, newest last: only to report a
+        #: repeated STOP_SENDING once, so the oldest are forgotten past a bound
+        self._stop_reported: dict[int, None] = {}
+        self._max_stop_reported = 4 * max(1, host.config.webtransport_max_streams)
         self.dropped_datagrams = 0
         self._dialect: str | None = None
         self._credit_waiter: Any = None
@@ -211,14 +213,20 @@ class WebTransportSession(StreamBase):
             client_stream = next(
                 (c for c, r in self._reply_streams.items() if r == stream_id), None
             )
+            # The app knows the stream: it opened it, or it is a client bidirectional one
+            # (the protocol reports those only while their data is the app's or its reply
+            # is open).
             known = (
                 client_stream is not None
                 or stream_id in self._own_streams
                 or stream_id in self._seen
+                or stream_id % 4 == 0
             )
             if not known or stream_id in self._stop_reported:
                 return  # (QUIC may repeat a STOP_SENDING: reported once)
-            self._stop_reported.add(stream_id)
+            self._stop_reported[stream_id] = None
+            if len(self._stop_reported) > self._max_stop_reported:
+                del self._stop_reported[next(iter(self._stop_reported))]
             # (Still the app's to send on: its sends are dropped from now on, not refused,
             # since one may be under way when this arrives.)
             self._queue.append(
@@ -351,8 +359,6 @@ class WebTransportSession(StreamBase):
                         self._seen.add(stream_id)
                     if ended or reset is not _NO_RESET:
                         self._seen.discard(stream_id)
-                        if stream_id & 2:  # unidirectional: nothing of it is ours
-                            self._stop_reported.discard(stream_id)
                 elif kind == "webtransport.datagram.receive":
                     self._datagrams -= 1
                 return message
@@ -488,7 +494,7 @@ class WebTransportSession(StreamBase):
         self._bytes_sent += len(data)
         if end:
             self._own_streams.discard(stream_id)
-            self._stop_reported.discard(stream_id)
+            self._stop_reported.pop(stream_id, None)
         while True:
             # The client's WT_MAX_DATA bounds what all the session's streams carry.
             credit = session_protocol.session_send_credit(self.stream_id)
