@@ -31,7 +31,7 @@ import h2.connection
 import h2.events
 import h2.settings
 import h11
-from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.connection import H3_ALPN, FrameType, H3Connection
 from aioquic.h3.events import (
     DatagramReceived,
     DataReceived,
@@ -494,6 +494,19 @@ class _H3Tunnel(Tunnel):
                     if h3_event.stream_ended:
                         self._end()
                         self.response_seen.set()
+
+
+def open_wt_stream(h3: H3Connection, session_id: int, unidirectional: bool = False) -> int:
+    """A client WebTransport stream of ``session_id``; its id. aioquic's client would
+    parse the server's bytes on a bidirectional one as HTTP/3 frames, so its H3 stream is
+    marked as raw WebTransport data of the session (draft-ietf-webtrans-http3 §4.3: only
+    the opener sends the signal)."""
+    stream_id = h3.create_webtransport_stream(session_id, is_unidirectional=unidirectional)
+    if not unidirectional:
+        with h3._get_or_create_stream(stream_id) as stream:
+            stream.frame_type = FrameType.WEBTRANSPORT_STREAM
+            stream.session_id = session_id
+    return stream_id
 
 
 @asynccontextmanager

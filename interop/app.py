@@ -21,6 +21,10 @@ came back, never from the absence of errors:
   whether a datagram and a bidirectional stream came back echoed (``webtransport`` scope).
 - ``GET /wspage``: an HTML page that runs that script in the browser's own WebSocket
   (``wss:`` or ``ws:`` to the page's origin) and writes what it saw into the DOM.
+- WebTransport ``/wtx``: the wt-* cases (the QUIC interop runner's WebTransport suite):
+  commands on the client's streams and datagrams, answered with sha256 evidence; the app
+  opens streams itself for the server-to-client cases (:func:`_wt_transfer`).
+  ``GET /wtxpage?case=<case>&wt=<QUIC port>`` runs one of them in a browser.
 - ``?report=<token>`` on any of these pages: once the page shows its result, it POSTs
   ``page:<http_version the page came over> <result>`` to ``/report/<token>``, and
   ``GET /report/<token>`` returns it: how a browser with no ``--dump-dom`` (Firefox)
@@ -38,6 +42,13 @@ from functools import lru_cache
 from typing import Any
 
 from clientkit.chromium import PROTO_PAGE
+
+from .cases import (
+    WT_CLIENT_PROTOCOLS,
+    WT_DATAGRAM_SIZES,
+    WT_SERVER_PROTOCOLS,
+    WT_TRANSFER_SIZES,
+)
 
 _BLOCK = hashlib.sha256(b"quicserve interop").digest() * 2048  # 64 KiB, never all one byte
 
@@ -108,6 +119,128 @@ go().catch(error => 'error:' + error).then(text => { show(text); done = true; })
 // As on /wspage: a pending fetch holds --dump-dom's virtual time until the session ends.
 (async () => { for (let i = 0; i < 500 && !done; i++) await fetch('/?hold=' + i); })();
 </script></body></html>"""
+
+#: The wt-* cases in a browser: ``/wtxpage?case=<case>&wt=<QUIC port>`` runs one case on a
+#: session to ``/wtx`` (the files it sends are fetched from ``/files/<size>``) and shows
+#: its evidence, which the adapter checks against ``file_sha256`` (interop/clients/
+#: wt_page.py says the formats).
+WTX_PAGE = b"""<!doctype html><html><body><pre id="out">loading</pre><script>
+const SIZES = [%(sizes)s];
+const DATAGRAMS = %(datagrams)d;
+const PROTOCOLS = [%(protocols)s];
+const show = text => { document.getElementById('out').textContent = text; };
+const enc = text => new TextEncoder().encode(text);
+const dec = bytes => new TextDecoder().decode(bytes);
+const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
+const hex = async bytes => Array.from(new Uint8Array(await crypto.subtle.digest('SHA-256', bytes)))
+  .map(b => b.toString(16).padStart(2, '0')).join('');
+const fileBytes = async size =>
+  new Uint8Array(await (await fetch('/files/' + size, {cache: 'no-store'})).arrayBuffer());
+function join(chunks) {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const c of chunks) { out.set(c, at); at += c.length; }
+  return out;
+}
+async function readAll(readable) {
+  const reader = readable.getReader(), chunks = [];
+  while (true) {
+    const {value, done} = await reader.read();
+    if (done) return join(chunks);
+    chunks.push(value);
+  }
+}
+async function control(wt, line) {
+  const stream = await wt.createBidirectionalStream();
+  const writer = stream.writable.getWriter();
+  await writer.write(enc(line + '\\n'));
+  await writer.close();
+  return dec(await readAll(stream.readable));
+}
+async function streams(wt, kind, send) {
+  const out = [];
+  const unis = wt.incomingUnidirectionalStreams.getReader();
+  const bidis = wt.incomingBidirectionalStreams.getReader();
+  for (const size of SIZES) {
+    if (send) {
+      const body = await fileBytes(size);
+      let writable, readable;
+      if (kind === 'uni') writable = await wt.createUnidirectionalStream();
+      else ({writable, readable} = await wt.createBidirectionalStream());
+      const writer = writable.getWriter();
+      await writer.write(join([enc('send\\n'), body]));
+      await writer.close();
+      if (kind === 'uni') readable = (await unis.read()).value;
+      out.push(size + '=' + dec(await readAll(readable)).replace(' ', ':'));
+    } else {
+      const [opened, digest] = (await control(wt, kind + ' ' + size)).split(' ');
+      let readable;
+      if (kind === 'uni') readable = (await unis.read()).value;
+      else {
+        const stream = (await bidis.read()).value;
+        stream.writable.close().catch(() => {});
+        readable = stream.readable;
+      }
+      const got = await hex(await readAll(readable));
+      out.push(size + '=' + (got === digest ? got : 'server said ' + digest + ', got ' + got));
+    }
+  }
+  return 'files:' + out.join(',');
+}
+async function datagrams(wt, send) {
+  const got = new Map();
+  const writer = wt.datagrams.writable.getWriter();
+  (async () => {
+    const reader = wt.datagrams.readable.getReader();
+    while (true) {
+      const {value, done} = await reader.read();
+      if (done) return;
+      let bytes = value;
+      if (send) bytes = bytes.slice(4);  // 'ack '
+      const space = bytes.indexOf(32);
+      got.set(parseInt(dec(bytes.slice(0, space))), bytes.slice(space + 1));
+    }
+  })().catch(() => {});
+  const base = send ? await fileBytes(600 + 2 * (DATAGRAMS - 1)) : null;
+  for (let round = 0; round < 30 && got.size < DATAGRAMS; round++) {
+    for (let i = 0; i < DATAGRAMS; i++) {
+      if (got.has(i)) continue;
+      if (send) writer.write(join([enc('put ' + i + ' '), base.slice(0, 600 + 2 * i)]));
+      else writer.write(enc('get ' + i));
+    }
+    for (let wait = 0; wait < 10 && got.size < DATAGRAMS; wait++) await sleep(50);
+  }
+  const ordered = [];
+  for (let i = 0; i < DATAGRAMS; i++) ordered.push(got.get(i) || new Uint8Array(0));
+  return (send ? 'acks:' : 'datagrams:') + got.size + ':' + await hex(join(ordered));
+}
+let done = false;
+async function go() {
+  const params = new URLSearchParams(location.search);
+  const kase = params.get('case');
+  const url = 'https://localhost:' + params.get('wt') + '/wtx';
+  const wt = kase === 'wt-handshake' ? new WebTransport(url, {protocols: PROTOCOLS})
+    : new WebTransport(url);
+  await wt.ready;
+  let result;
+  if (kase === 'wt-handshake') result = 'protocol:' + wt.protocol;
+  else if (kase.startsWith('wt-transfer-datagram')) {
+    result = await datagrams(wt, kase.endsWith('-send'));
+  } else {
+    const kind = kase.includes('-unidirectional-') ? 'uni' : 'bidi';
+    result = await streams(wt, kind, kase.endsWith('-send'));
+  }
+  wt.close();
+  return result;
+}
+go().catch(error => 'error:' + error).then(text => { show(text); done = true; });
+// As on /wspage: a pending fetch holds --dump-dom's virtual time until the case ends.
+(async () => { for (let i = 0; i < 3000 && !done; i++) await fetch('/?hold=' + i); })();
+</script></body></html>""" % {
+    b"sizes": ", ".join(map(str, WT_TRANSFER_SIZES)).encode(),
+    b"datagrams": len(WT_DATAGRAM_SIZES),
+    b"protocols": ", ".join(f"'{p}'" for p in WT_CLIENT_PROTOCOLS).encode(),
+}
 
 MAX_FILE = 200 * 1024 * 1024
 
@@ -190,6 +323,128 @@ async def _webtransport(receive: Any, send: Any) -> None:
             return
 
 
+#: The longest command line of a /wtx stream, and the largest file a command may ask for.
+WT_MAX_COMMAND = 64
+WT_MAX_FILE = 16 * 1024 * 1024
+
+
+def wt_datagram_digest(sizes: tuple[int, ...] = WT_DATAGRAM_SIZES) -> str:
+    """sha256 of the datagram payloads of wt-transfer-datagram-receive, in index order
+    (each is ``file_body(size)``)."""
+    return hashlib.sha256(b"".join(file_body(size) for size in sizes)).hexdigest()
+
+
+def wt_ack_digest(sizes: tuple[int, ...] = WT_DATAGRAM_SIZES) -> str:
+    """sha256 of the app's acknowledgements in wt-transfer-datagram-send (the sha256 hex
+    of each ``file_body(size)``, joined in index order)."""
+    acks = "".join(hashlib.sha256(file_body(size)).hexdigest() for size in sizes)
+    return hashlib.sha256(acks.encode()).hexdigest()
+
+
+class _WTStream:
+    """One client stream of a /wtx session: its command line, then what follows."""
+
+    __slots__ = ("command", "digest", "head", "length")
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.command: bytes | None = None
+        self.digest = hashlib.sha256()
+        self.length = 0
+
+
+async def _wt_transfer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``/wtx``: the wt-* cases (the QUIC interop runner's WebTransport suite).
+
+    Accepts with the client's first WT-Available-Protocols entry the app supports
+    (:data:`~interop.cases.WT_SERVER_PROTOCOLS`). Each client stream starts with a command
+    line; what the app does once the client ends it:
+
+    * ``send`` + payload: answers ``<length> <sha256 hex>`` of the payload (on the same
+      stream if bidirectional; on a unidirectional stream the server opens, if not);
+    * ``uni <size>`` / ``bidi <size>``: opens a stream of that kind, sends
+      ``file_body(size)`` on it and ends it, then answers ``<stream id> <sha256 hex>`` of
+      what it sent on the command's stream.
+
+    Datagrams: ``get <i>`` is answered with ``<i> `` + ``file_body(WT_DATAGRAM_SIZES[i])``,
+    ``put <i> <payload>`` with ``ack <i> <sha256 hex of payload>``. Held per stream: the
+    command line (at most :data:`WT_MAX_COMMAND` bytes) and a running digest; streams are
+    bounded by quicserve's ``--webtransport-max-streams``."""
+    await receive()  # webtransport.connect
+    accept: dict[str, Any] = {"type": "webtransport.accept"}
+    chosen = next((p for p in scope.get("subprotocols", ()) if p in WT_SERVER_PROTOCOLS), None)
+    if chosen is not None:
+        accept["subprotocol"] = chosen
+    await send(accept)
+    streams: dict[int, _WTStream] = {}
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "webtransport.disconnect":
+            return
+        if kind == "webtransport.datagram.receive":
+            await _wt_datagram(message["data"], send)
+            continue
+        if kind != "webtransport.stream.receive":
+            continue
+        stream_id = message["stream"]
+        if stream_id & 1:
+            continue  # the client's side of a stream the app opened: not a command
+        state = streams.get(stream_id)
+        if state is None:
+            state = streams[stream_id] = _WTStream()
+        data = message["data"]
+        if state.command is None:
+            head = state.head + data
+            line, newline, rest = head.partition(b"\n")
+            if newline:
+                state.command, state.head, data = line, b"", rest
+            elif len(head) > WT_MAX_COMMAND:
+                state.command, data = b"bad", b""
+            else:
+                state.head, data = head, b""
+        state.digest.update(data)
+        state.length += len(data)
+        if not message["end"]:
+            continue
+        del streams[stream_id]
+        answer = await _wt_command(state, send)
+        await send(
+            {"type": "webtransport.stream.send", "stream": stream_id, "data": answer, "end": True}
+        )
+
+
+async def _wt_command(state: _WTStream, send: Any) -> bytes:
+    verb, _, argument = (state.command or b"").partition(b" ")
+    if verb == b"send":
+        return f"{state.length} {state.digest.hexdigest()}".encode()
+    if verb in (b"uni", b"bidi") and argument.isdigit() and int(argument) <= WT_MAX_FILE:
+        body = file_body(int(argument))
+        opened: dict[str, Any] = {
+            "type": "webtransport.stream.open",
+            "unidirectional": verb == b"uni",
+            "data": body,
+            "end": True,
+        }
+        await send(opened)
+        return f"{opened['stream']} {hashlib.sha256(body).hexdigest()}".encode()
+    return b"error: unknown command"
+
+
+async def _wt_datagram(data: bytes, send: Any) -> None:
+    verb, _, rest = data.partition(b" ")
+    if verb == b"get":
+        index = int(rest) if rest.isdigit() else -1
+        if 0 <= index < len(WT_DATAGRAM_SIZES):
+            payload = b"%d " % index + file_body(WT_DATAGRAM_SIZES[index])
+            await send({"type": "webtransport.datagram.send", "data": payload})
+    elif verb == b"put":
+        index, _, payload = rest.partition(b" ")
+        if index.isdigit():
+            ack = b"ack %s %s" % (index, hashlib.sha256(payload).hexdigest().encode())
+            await send({"type": "webtransport.datagram.send", "data": ack})
+
+
 async def _report(token: str, method: str, receive: Any, send: Any) -> None:
     """``POST /report/<token>`` keeps what a page saw; ``GET`` returns it (404 until then)."""
     token = token[:64]
@@ -226,7 +481,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await _websocket(scope, receive, send)
         return  # any other path: refused (403)
     if scope["type"] == "webtransport":
-        await _webtransport(receive, send)
+        if scope["path"] == "/wtx":
+            await _wt_transfer(scope, receive, send)
+        else:
+            await _webtransport(receive, send)
         return
     if scope["type"] != "http":
         return
@@ -284,7 +542,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         early = (b"early-data", b"1") in [tuple(h) for h in scope["headers"]]
         await _respond(send, 200, b"1" if early else b"0")
         return
-    pages = {"/page": PROTO_PAGE, "/wspage": WS_PAGE, "/wtpage": WT_PAGE}
+    pages = {"/page": PROTO_PAGE, "/wspage": WS_PAGE, "/wtpage": WT_PAGE, "/wtxpage": WTX_PAGE}
     if path in pages:
         page = pages[path]
         if b"report=" in scope["query_string"]:

@@ -55,6 +55,27 @@ WS_TEXT = "héllo, interop ✓"
 WS_BINARY = bytes(range(256)) * 4
 WS_CLOSE_CODE = 4321
 
+# The wt-* cases mirror the QUIC interop runner's WebTransport suite (handshake, then
+# transfer-{unidirectional,bidirectional,datagram}-{receive,send}: "receive" is server to
+# client, "send" client to server) on the app's /wtx session (interop/app.py says its
+# small protocol). Stream files are /files/<size> content; datagrams carry its prefixes.
+WT_TRANSFER_SIZES = (100 * 1024, 500 * 1024, 250 * 1024, 1024 * 1024, 2 * 1024 * 1024)
+WT_DATAGRAM_SIZES = tuple(600 + 2 * i for i in range(200))
+#: What a client offers in WT-Available-Protocols, and what the app supports: the client's
+#: first that the app supports (quicserve-interop) must be chosen.
+WT_CLIENT_PROTOCOLS = ("x-unknown", "quicserve-interop", "interop-b")
+WT_SERVER_PROTOCOLS = ("interop-b", "quicserve-interop")
+WT_PROTOCOL_WANT = "quicserve-interop"
+WT_CASES = (
+    "wt-handshake",
+    "wt-transfer-unidirectional-receive",
+    "wt-transfer-unidirectional-send",
+    "wt-transfer-bidirectional-receive",
+    "wt-transfer-bidirectional-send",
+    "wt-transfer-datagram-receive",
+    "wt-transfer-datagram-send",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Case:
@@ -100,6 +121,14 @@ CASES: dict[str, Case] = {
         Case("ws-h2", "WebSocket over HTTP/2 (RFC 8441): echo text+binary, close code"),
         Case("ws-h3", "WebSocket over HTTP/3 (RFC 9220): echo text+binary, close code"),
         Case("webtransport", "WebTransport (draft-02) over h3: datagram and bidi stream echoed"),
+        # The QUIC interop runner's WebTransport suite (see WT_CASES above).
+        Case("wt-handshake", "WT session; WT-Protocol is the client's first the app supports"),
+        Case("wt-transfer-unidirectional-receive", "5 files on server-opened uni streams, sha256"),
+        Case("wt-transfer-unidirectional-send", "5 files on client uni streams, server's sha256"),
+        Case("wt-transfer-bidirectional-receive", "5 files on server-opened bidi streams, sha256"),
+        Case("wt-transfer-bidirectional-send", "5 files on client bidi streams, server's sha256"),
+        Case("wt-transfer-datagram-receive", "200 datagrams server to client, each checked"),
+        Case("wt-transfer-datagram-send", "200 datagrams client to server, each acknowledged"),
     ]
 }
 

@@ -126,6 +126,19 @@ class SessionUpdated:
     session_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class SessionStreamReset:
+    """HTTP/3 only: the client abandoned a direction of WebTransport stream ``stream_id``
+    of session ``session_id``: its sending side (RESET_STREAM) or, with
+    ``stop_sending``, ours (STOP_SENDING). ``code`` is the WebTransport application error
+    code the HTTP/3 error code carried, or ``None`` when it carried none."""
+
+    session_id: int
+    stream_id: int
+    code: int | None
+    stop_sending: bool = False
+
+
 StreamEvent = (
     RequestReceived
     | BodyReceived
@@ -137,4 +150,5 @@ StreamEvent = (
     | SessionDatagramReceived
     | SessionStreamDataReceived
     | SessionUpdated
+    | SessionStreamReset
 )

@@ -14,6 +14,7 @@ says. Chromium trusts the test certificate through ``--ignore-certificate-errors
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,10 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from clientkit import chromium
+from clientkit import chromium, wtpage
 from quicserve.certs import DevCertificate, spki_sha256_base64
 
-from .helpers import running_server
+from .helpers import running_server, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.client("chromium"), pytest.mark.timeout(120)]
 
@@ -234,49 +235,24 @@ async def test_websocket_over_http3_then_more_http3(
     assert app.versions[0] == ("/", "3")
 
 
-WT_PAGE = b"""<!doctype html><html><body><pre id="out">loading</pre><script>
-const show = text => { document.getElementById('out').textContent = text; };
-const encode = text => new TextEncoder().encode(text);
-const decode = bytes => new TextDecoder().decode(bytes);
-async function go() {
-  const wt = new WebTransport('https://' + location.host + '/wt');
-  await wt.ready;
-  // A datagram may be lost (it is UDP): send until its echo arrives.
-  const reader = wt.datagrams.readable.getReader();
-  const writer = wt.datagrams.writable.getWriter();
-  let datagram = null;
-  for (let i = 0; i < 20 && datagram === null; i++) {
-    await writer.write(encode('datagram from chromium'));
-    const result = await Promise.race([
-      reader.read(), new Promise(resolve => setTimeout(() => resolve(null), 250))]);
-    if (result !== null) datagram = decode(result.value);
-  }
-  const stream = await wt.createBidirectionalStream();
-  const streamWriter = stream.writable.getWriter();
-  await streamWriter.write(encode('stream from chromium'));
-  await streamWriter.close();
-  let echoed = '';
-  const streamReader = stream.readable.getReader();
-  while (true) {
-    const {value, done} = await streamReader.read();
-    if (done) break;
-    echoed += decode(value);
-  }
-  wt.close();
-  return 'datagram:' + datagram + ' stream:' + echoed;
-}
+WT_PAGE = (
+    b"<!doctype html><html><body><script>"
+    + wtpage.WT_SCRIPT.encode()
+    + b"""
 // Virtual time (--dump-dom) does not wait for WebTransport: report to the server instead.
-go().catch(error => 'error:' + error).then(
-  text => fetch('/report', {method: 'POST', body: text}));
+webtransportBothWays('https://' + location.host + '/wt', 'chromium')
+  .catch(error => ({error: String(error)}))
+  .then(out => fetch('/report', {method: 'POST', body: JSON.stringify(out)}));
 </script></body></html>"""
+)
 
 
 class WebTransportPageApp:
-    """Serves WT_PAGE at / and a WebTransport echo at /wt (the aioquic example's shape)."""
+    """Serves WT_PAGE at / and the both-ways session of clientkit/wtpage.py at /wt."""
 
     def __init__(self) -> None:
         self.sessions: list[dict[str, Any]] = []
-        self.ended = 0
+        self.seen: list[dict[str, Any]] = []
         self.report = ""
         self.reported = anyio.Event()
 
@@ -298,31 +274,15 @@ class WebTransportPageApp:
             return
         assert scope["type"] == "webtransport"
         self.sessions.append(scope)
-        assert (await receive())["type"] == "webtransport.connect"
-        await send({"type": "webtransport.accept"})
-        while True:
-            message = await receive()
-            if message["type"] == "webtransport.datagram.receive":
-                echo = b"echo " + message["data"]
-                await send({"type": "webtransport.datagram.send", "data": echo})
-            elif message["type"] == "webtransport.stream.receive":
-                await send(
-                    {
-                        "type": "webtransport.stream.send",
-                        "stream": message["stream"],
-                        "data": b"echo " + message["data"] if message["data"] else b"",
-                        "end": message["end"],
-                    }
-                )
-            elif message["type"] == "webtransport.disconnect":
-                self.ended += 1
-                return
+        self.seen.append(await wtpage.serve_session(receive, send))
 
 
 async def test_webtransport_page(
     anyio_backend: object, tls_files: DevCertificate, tmp_path: Path
 ) -> None:
-    """A WebTransport session from Chromium: a datagram and a bidirectional stream echo."""
+    """A WebTransport session from Chromium with a datagram, a bidirectional and a
+    unidirectional stream in each direction (clientkit/wtpage.py): the page's own and
+    those the app opens and sends first."""
     app = WebTransportPageApp()
     async with running_server(
         app, tls=tls_files, quic_bind=("127.0.0.1:0",), webtransport=True
@@ -335,7 +295,9 @@ async def test_webtransport_page(
             tmp_path,
             chromium.force_quic(port),
         )
-    assert app.report == "datagram:echo datagram from chromium stream:echo stream from chromium"
+        await wait_for(lambda: len(app.seen) == 1)
+    assert json.loads(app.report) == wtpage.expected("chromium"), (app.report, app.seen)
+    assert app.seen[0]["answer"] == "answer from chromium"
     assert [s["path"] for s in app.sessions] == ["/wt"]
     assert app.sessions[0]["http_version"] == "3"
     # Chromium still speaks draft-02 when a server offers every dialect.

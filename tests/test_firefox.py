@@ -13,8 +13,9 @@ What Firefox 153 ESR does, as the tests pin it:
   HTTP/3 is up: Firefox has no WebSockets over HTTP/3 (RFC 9220) yet;
 * ``ws://`` from a plain page is HTTP/1.1;
 * WebTransport goes to QUIC on the URL's port (not through ``alt-svc``) and speaks
-  draft-02 (``sec-webtransport-http3-draft02: 1``): a datagram, a bidirectional stream
-  and a unidirectional stream (answered on one the server opens) echo.
+  draft-02 (``sec-webtransport-http3-draft02: 1``): a datagram, a bidirectional and a
+  unidirectional stream in each direction, the page's and those the app opens and sends
+  first (``clientkit/wtpage.py``, the same session as Chromium's).
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from clientkit import firefox
+from clientkit import firefox, wtpage
 from quicserve.certs import DevCertificate
 
-from .helpers import running_server
+from .helpers import running_server, wait_for
 
 pytestmark = [
     pytest.mark.anyio,
@@ -40,7 +41,10 @@ pytestmark = [
 
 #: The HTTPS page: fetches until HTTP/3, a WebSocket before and after, then WebTransport
 #: on the QUIC port given in the query string; reports one JSON object to /report.
-HTTPS_PAGE = b"""<!doctype html><html><body><script>
+HTTPS_PAGE = (
+    b"<!doctype html><html><body><script>"
+    + wtpage.WT_SCRIPT.encode()
+    + b"""
 const encode = text => new TextEncoder().encode(text);
 const decode = bytes => new TextDecoder().decode(bytes);
 const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
@@ -64,32 +68,6 @@ async function readAll(readable) {
     text += decode(value);
   }
 }
-async function webtransport(port) {
-  const wt = new WebTransport('https://localhost:' + port + '/wt');
-  await wt.ready;
-  const out = {};
-  const reader = wt.datagrams.readable.getReader();
-  const writer = wt.datagrams.writable.getWriter();
-  out.datagram = null;  // UDP: send until the echo arrives
-  for (let i = 0; i < 20 && out.datagram === null; i++) {
-    await writer.write(encode('datagram from firefox'));
-    const result = await Promise.race([reader.read(), sleep(250).then(() => null)]);
-    if (result !== null) out.datagram = decode(result.value);
-  }
-  const bidi = await wt.createBidirectionalStream();
-  const bidiWriter = bidi.writable.getWriter();
-  await bidiWriter.write(encode('bidi from firefox'));
-  await bidiWriter.close();
-  out.bidi = await readAll(bidi.readable);
-  const uni = await wt.createUnidirectionalStream();
-  const uniWriter = uni.getWriter();
-  await uniWriter.write(encode('uni from firefox'));
-  await uniWriter.close();
-  const incoming = wt.incomingUnidirectionalStreams.getReader();
-  out.uni = await readAll((await incoming.read()).value);
-  wt.close();
-  return out;
-}
 async function go() {
   const out = {first: await proto(0)};
   out.ws_before = await echo('wss://' + location.host + '/echo');
@@ -98,13 +76,15 @@ async function go() {
     if (await proto(i) === '3') out.fetches_to_h3 = i; else await sleep(50);
   }
   out.ws_after = await echo('wss://' + location.host + '/echo');
-  try { out.wt = await webtransport(location.search.slice(1)); }
+  const wtUrl = 'https://localhost:' + location.search.slice(1) + '/wt';
+  try { out.wt = await webtransportBothWays(wtUrl, 'firefox'); }
   catch (error) { out.wt = 'error: ' + error; }
   return out;
 }
 go().catch(error => ({error: String(error)})).then(
   out => fetch('/report', {method: 'POST', body: JSON.stringify(out)}));
 </script></body></html>"""
+)
 
 #: The plain page: one WebSocket on ws:// (HTTP/1.1).
 PLAIN_PAGE = b"""<!doctype html><html><body><script>
@@ -118,13 +98,15 @@ ws.onclose = event => fetch('/report', {method: 'POST', body: result + ' close:'
 
 
 class FirefoxApp:
-    """Serves a page at /, ``http_version`` at /proto, echoes WebSocket messages and
-    WebTransport datagrams and streams, and keeps every scope it saw and the report."""
+    """Serves a page at /, ``http_version`` at /proto, echoes WebSocket messages, plays
+    the server's part of clientkit/wtpage.py's WebTransport session, and keeps every scope
+    it saw and the report."""
 
     def __init__(self, page: bytes) -> None:
         self.page = page
         self.seen: list[tuple[str, str, str]] = []  # (type, path, http_version)
         self.webtransport_headers: list[dict[bytes, bytes]] = []
+        self.webtransport_seen: list[dict[str, Any]] = []
         self.report = ""
         self.reported = anyio.Event()
 
@@ -176,20 +158,7 @@ class FirefoxApp:
             await send({"type": "websocket.send", "text": text})
 
     async def _webtransport(self, receive: Any, send: Any) -> None:
-        assert (await receive())["type"] == "webtransport.connect"
-        await send({"type": "webtransport.accept"})
-        while True:
-            message = await receive()
-            if message["type"] == "webtransport.datagram.receive":
-                await send(
-                    {"type": "webtransport.datagram.send", "data": b"echo " + message["data"]}
-                )
-            elif message["type"] == "webtransport.stream.receive":
-                data = b"echo " + message["data"] if message["data"] else b""
-                reply = {"stream": message["stream"], "data": data, "end": message["end"]}
-                await send({"type": "webtransport.stream.send", **reply})
-            elif message["type"] == "webtransport.disconnect":
-                return
+        self.webtransport_seen.append(await wtpage.serve_session(receive, send))
 
 
 async def make_profile(tmp_path: Path, tls: DevCertificate) -> Path:
@@ -202,7 +171,8 @@ async def test_firefox_h2_alt_svc_h3_websocket_and_webtransport(
     anyio_backend: object, tls_files: DevCertificate, tmp_path: Path
 ) -> None:
     """One page: HTTP/2, then HTTP/3 through alt-svc, a WebSocket over HTTP/2 before and
-    after, and a WebTransport session (datagram, bidirectional, unidirectional)."""
+    after, and a WebTransport session (datagram, bidirectional, unidirectional: both
+    ways)."""
     profile = await make_profile(tmp_path, tls_files)
     app = FirefoxApp(HTTPS_PAGE)
     # The page's HTTP/2 connection must outlive the script's pauses, or a WebSocket could
@@ -212,6 +182,7 @@ async def test_firefox_h2_alt_svc_h3_websocket_and_webtransport(
         quic_port = next(a.port for a in srv.addresses if a.transport == "udp")
         url = f"https://localhost:{srv.port('https')}/?{quic_port}"
         await firefox.run_until(app.reported, url, profile)
+        await wait_for(lambda: len(app.webtransport_seen) == 1)
     report = json.loads(app.report)
     seen = (report, app.seen)
     assert app.seen[0] == ("http", "/", "2"), seen
@@ -220,11 +191,8 @@ async def test_firefox_h2_alt_svc_h3_websocket_and_webtransport(
     assert report["ws_before"] == "hello from firefox over HTTP/2 close:1000", seen
     assert report["ws_after"] == "hello from firefox over HTTP/2 close:1000", seen
     assert [s for s in app.seen if s[0] == "websocket"] == [("websocket", "/echo", "2")] * 2
-    assert report["wt"] == {
-        "datagram": "echo datagram from firefox",
-        "bidi": "echo bidi from firefox",
-        "uni": "echo uni from firefox",
-    }, seen
+    assert report["wt"] == wtpage.expected("firefox"), seen
+    assert app.webtransport_seen[0]["answer"] == "answer from firefox"
     assert [s for s in app.seen if s[0] == "webtransport"] == [("webtransport", "/wt", "3")]
     assert app.webtransport_headers[0].get(b"sec-webtransport-http3-draft02") == b"1"
 

@@ -23,6 +23,7 @@ from ..cases import (
     ONE_WAY_DELAY,
     TRANSFER_SIZES,
     UPLOAD_SIZE,
+    WT_CASES,
     Result,
     Server,
     fail,
@@ -33,8 +34,6 @@ from ..cases import (
 NAME = "aioquic"
 UNSUPPORTED = {
     "*": "HTTP/3-only client (aioquic has no HTTP/1.1 or HTTP/2)",
-    "webtransport": "adapter not built: aioquic's WebTransport client is driven in"
-    " tests/test_webtransport.py, not here",
 }
 CASES = {
     "handshake",
@@ -60,6 +59,8 @@ CASES = {
     "addressrebinding",
     "connectionmigration",
     "ws-h3",
+    "webtransport",
+    *WT_CASES,
 }
 
 
@@ -98,6 +99,10 @@ def run(case: str, server: Server) -> Result:
         kw.setdefault("timeout", 60.0)
         return h3_fetch(port, requests or [H3Request("/proto")], cafile=server.ca_certfile, **kw)
 
+    if case in WT_CASES or case == "webtransport":
+        from . import wt_session
+
+        return wt_session.run(case, server)
     if case == "ws-h3":
         from . import ws_tunnel
 

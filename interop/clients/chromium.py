@@ -12,10 +12,11 @@ import tempfile
 
 from clientkit import chromium, missing
 
-from ..cases import Result, Server, fail, passed
+from ..cases import WT_CASES, Result, Server, fail, passed
+from . import wt_page
 
 NAME = "chromium"
-CASES = {"http3", "altsvc", "ws-h1", "ws-h2", "ws-h3", "webtransport"}
+CASES = {"http3", "altsvc", "ws-h1", "ws-h2", "ws-h3", "webtransport", *WT_CASES}
 UNSUPPORTED = "only page loads are driven in chromium"
 WS_WANT = "proto:{} text:ok binary:ok close:4321"
 
@@ -57,6 +58,11 @@ def run(case: str, server: Server) -> Result:
         return passed(f"server saw /proto as {seen[0]} then {seen[-1]} after {len(seen)} fetches")
     if case in ("ws-h1", "ws-h2", "ws-h3"):
         return _websocket(case, server)
+    if case in WT_CASES:
+        port = server.h3_port
+        url = f"https://localhost:{port}{wt_page.path(case, port)}"
+        shown = chromium.shown(_dump_dom(url, server, chromium.force_quic(port))) or ""
+        return wt_page.check(case, shown, "Chromium")
     if case == "webtransport":
         port = server.h3_port
         shown = chromium.shown(

@@ -24,12 +24,15 @@ from pathlib import Path
 
 from clientkit import firefox, missing
 
-from ..cases import Result, Server, fail, passed
+from ..cases import WT_CASES, Result, Server, fail, passed
+from . import wt_page
 
 NAME = "firefox"
-CASES = {"http3", "altsvc", "ws-h1", "ws-h2", "webtransport"}
+CASES = {"http3", "altsvc", "ws-h1", "ws-h2", "webtransport", *WT_CASES} - {"wt-handshake"}
 UNSUPPORTED = {
     "ws-h3": "Firefox 153 has no WebSockets over HTTP/3 (RFC 9220): wss stays on HTTP/2",
+    "wt-handshake": "Firefox 153 has no WebTransport `protocols` option (wt.protocol is"
+    " undefined): it cannot negotiate a protocol",
     "*": "only page loads are driven in firefox",
 }
 WS_WANT = "proto:{} text:ok binary:ok close:4321"
@@ -102,6 +105,11 @@ def run(case: str, server: Server) -> Result:
             f"page's WebSocket: server said HTTP/{version}, text and 1024-byte binary echoed"
             " byte for byte, onclose code 4321 (the server's)"
         )
+    if case in WT_CASES:
+        # The page over TLS (HTTP/2); the session on the QUIC port (no alt-svc for WT).
+        path = wt_page.path(case, server.h3_port)
+        _, shown = _shown(f"https://localhost:{server.https_port}{path}", server)
+        return wt_page.check(case, shown, "Firefox")
     if case == "webtransport":
         url = f"https://localhost:{server.https_port}/wtpage?wt={server.h3_port}"
         _, shown = _shown(url, server)

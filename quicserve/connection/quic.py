@@ -41,6 +41,7 @@ from ..events import (
     RequestReceived,
     SessionDatagramReceived,
     SessionStreamDataReceived,
+    SessionStreamReset,
     SessionUpdated,
 )
 from ..protocol.base import DatagramProtocol
@@ -443,6 +444,10 @@ class QuicDriver(ConnectionDriver):
             session = self._streams.get(event.session_id)
             if isinstance(session, WebTransportSession):
                 session.session_updated()
+        elif isinstance(event, SessionStreamReset):
+            session = self._streams.get(event.session_id)
+            if isinstance(session, WebTransportSession):
+                session.stream_reset(event.stream_id, event.code, event.stop_sending)
 
     def _launch(self, stream: AnyStream) -> None:
         # The stream is registered (its body events are not lost); its task starts

@@ -125,6 +125,19 @@ class WebTransportProtocol(StreamProtocol, Protocol):
     def close_session(self, session_id: int, code: int, reason: str) -> None:
         """End the session with WT_CLOSE_SESSION (where the dialect has it) and FIN."""
 
+    def drain_session(self, session_id: int) -> None:
+        """We are going away: WT_DRAIN_SESSION where the dialect has it."""
+
+    def session_draining(self, session_id: int) -> bool:
+        """Whether the client sent WT_DRAIN_SESSION."""
+
+    def reset_session_stream(self, session_id: int, stream_id: int, code: int) -> None:
+        """RESET_STREAM on our side of a session's stream, with WebTransport error
+        ``code`` (ValueError outside the dialect's range)."""
+
+    def stop_session_stream(self, session_id: int, stream_id: int, code: int) -> None:
+        """STOP_SENDING on a session's stream, with WebTransport error ``code``."""
+
 
 @runtime_checkable
 class PushProtocol(StreamProtocol, Protocol):

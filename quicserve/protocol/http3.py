@@ -51,7 +51,13 @@ Rules:
   its session aborted (the CONNECT stream reset with the error code the draft names), and
   WT_MAX_DATA / WT_MAX_STREAMS follow what the app received. A peer's WT_CLOSE_SESSION
   ends our side of the CONNECT stream at once (d15 §6) and is reported as
-  ``SessionUpdated``, as is new send credit.
+  ``SessionUpdated``, as is new send credit. A client's RESET_STREAM or STOP_SENDING on a
+  session's stream is reported as ``SessionStreamReset`` with the WebTransport code the
+  HTTP/3 code carries (8-bit for draft-02, d02 §4.3; 32-bit later, d15 §4.4); writes after
+  a STOP_SENDING are dropped. Streams we opened and left unfinished are reset with
+  WT_SESSION_GONE when their session ends (d15 §6). Graceful shutdown sends
+  WT_DRAIN_SESSION to sessions with capsules (``drain_session``; d15 §4.7) besides the
+  GOAWAY.
 """
 
 from __future__ import annotations
@@ -85,6 +91,7 @@ from ..events import (
     RequestReceived,
     SessionDatagramReceived,
     SessionStreamDataReceived,
+    SessionStreamReset,
     SessionUpdated,
     StreamEvent,
     StreamReset,
@@ -110,6 +117,8 @@ from .webtransport import (
     choose_dialect,
     close_session_capsule,
     server_settings,
+    stream_error_from_h3,
+    stream_error_to_h3,
 )
 
 _STATUS = {status: str(status).encode() for status in range(100, 600)}
@@ -213,15 +222,18 @@ class H3Protocol:
             elif cls is QuicStreamReset or cls is StopSendingReceived:
                 h3.handle_event(event)
                 touched.add(event.stream_id)
-                if cls is StopSendingReceived and event.stream_id % 4 == 0:
+                wt_session = self._wt_session_of(event.stream_id) if self._wt else None
+                if cls is StopSendingReceived and event.stream_id % 4 == 0 and wt_session is None:
                     # Also before its request arrived: aioquic puts STOP_SENDING ahead of
                     # STREAM frames in a packet.
                     self._stopped.add(event.stream_id)
                 if event.stream_id in self._requests:
                     self._events.append(StreamReset(event.stream_id, event.error_code))
                     self._on_cancel(event.stream_id)
-                elif cls is QuicStreamReset and event.stream_id in self._wt_streams:
-                    self._wt_stream_reset(event.stream_id)
+                elif wt_session is not None:
+                    self._wt_stream_reset(
+                        wt_session, event.stream_id, event.error_code, cls is StopSendingReceived
+                    )
                 elif cls is QuicStreamReset and event.stream_id in self._deferred:
                     # Cancelled before it was processed: it never reaches the app.
                     del self._deferred[event.stream_id]
@@ -511,14 +523,76 @@ class H3Protocol:
             self.quic.stop_stream(stream_id, code)
             self.quic.release_stream(stream_id)
 
-    def _wt_stream_reset(self, stream_id: int) -> None:
+    def _wt_replying(self, stream_id: int) -> bool:
+        # A bidirectional stream whose sending side (ours) is still open.
+        return stream_id & 2 == 0 and self.quic.can_write(stream_id)
+
+    def _wt_session_of(self, stream_id: int) -> int | None:
+        # The live session a WebTransport stream belongs to: a client stream still mapped,
+        # or one we opened and have not finished (at most --webtransport-max-sessions).
+        session_id = self._wt_streams.get(stream_id)
+        if session_id is not None:
+            return session_id
+        if stream_id & 1:
+            for session_id, state in self._wt.items():
+                if stream_id in state.own_streams:
+                    return session_id
+        return None
+
+    def _wt_stream_reset(
+        self, session_id: int, stream_id: int, h3_code: int, stop_sending: bool
+    ) -> None:
+        # The client's RESET_STREAM (its side) or STOP_SENDING (ours; QUIC has reset our
+        # side already) on a session's stream: the session hears it with the WebTransport
+        # code it carries (d02 §4.3, d15 §4.4).
+        state = self._wt.get(session_id)
+        if state is None:
+            return
+        if stop_sending:
+            state.own_streams.discard(stream_id)
+            self._wt_sending_done(stream_id)  # aioquic reset our side (RFC 9000 §3.5)
+        elif stream_id in state.streams:
+            state.stream_reset(stream_id, held=self._unacked.get(stream_id, 0) > 0)
+            if stream_id not in state.streams and not self._wt_replying(stream_id):
+                self._wt_streams.pop(stream_id, None)
+            self._flush_capsules(session_id, state)
+        code = stream_error_from_h3(state.dialect, h3_code)
+        self._events.append(SessionStreamReset(session_id, stream_id, code, stop_sending))
+
+    def reset_session_stream(self, session_id: int, stream_id: int, code: int) -> None:
+        """Abort our sending side of a session's stream with WebTransport error ``code``
+        (RESET_STREAM; d02 §4.3, d15 §4.4). Raises ValueError for a code outside the
+        session's dialect."""
+        state = self._wt.get(session_id)
+        if state is None or self._terminated:
+            return
+        h3_code = stream_error_to_h3(state.dialect, code)
+        state.own_streams.discard(stream_id)
+        if self.quic.can_write(stream_id):
+            self.quic.reset_stream(stream_id, h3_code)
+        self._wt_sending_done(stream_id)
+
+    def _wt_sending_done(self, stream_id: int) -> None:
+        # Our side of a WebTransport stream ended: aioquic's HTTP/3 layer forgets the
+        # stream once the client's side is over too, and a client stream that is over on
+        # both sides no longer maps to its session (until then it does, so a STOP_SENDING
+        # still reaches the app).
+        self._h3.sending_done(stream_id)
         session_id = self._wt_streams.get(stream_id)
         state = self._wt.get(session_id) if session_id is not None else None
-        if state is not None:
-            state.stream_reset(stream_id)
-            if stream_id not in state.streams:
-                self._wt_streams.pop(stream_id, None)
-            self._flush_capsules(session_id, state)  # type: ignore[arg-type]
+        if state is None or stream_id not in state.streams:
+            self._wt_streams.pop(stream_id, None)
+
+    def stop_session_stream(self, session_id: int, stream_id: int, code: int) -> None:
+        """Ask the client to stop sending on a session's stream (STOP_SENDING with
+        WebTransport error ``code``); what still arrives on it is dropped and credited."""
+        state = self._wt.get(session_id)
+        if state is None or self._terminated:
+            return
+        h3_code = stream_error_to_h3(state.dialect, code)
+        if not self.quic.is_released(stream_id):
+            self.quic.stop_stream(stream_id, h3_code)
+            self.quic.release_stream(stream_id)
 
     def _flush_capsules(self, session_id: int, state: SessionState) -> None:
         if self._can_send(session_id) and session_id not in self._responded:
@@ -555,6 +629,19 @@ class H3Protocol:
         if state is not None:
             state.blocked(unidirectional)
             self._flush_capsules(session_id, state)
+
+    def drain_session(self, session_id: int) -> None:
+        """Graceful shutdown: tell the client with WT_DRAIN_SESSION (d07 §4.6, d15 §4.7);
+        a draft-02 client has only the connection's GOAWAY (``shutdown``), which Chromium
+        reports to the page as ``WebTransport.draining``."""
+        state = self._wt.get(session_id)
+        if state is not None and state.drain():
+            self._flush_capsules(session_id, state)
+
+    def session_draining(self, session_id: int) -> bool:
+        """The client sent WT_DRAIN_SESSION."""
+        state = self._wt.get(session_id)
+        return state is not None and state.draining
 
     def close_session(self, session_id: int, code: int, reason: str) -> None:
         """End the session: WT_CLOSE_SESSION with ``code`` and ``reason`` where the dialect
@@ -643,10 +730,11 @@ class H3Protocol:
     def open_session_stream(self, session_id: int, unidirectional: bool) -> int:
         """A new server-initiated WebTransport stream of the session; its id (the caller
         checked ``session_can_open``)."""
+        stream_id = self._h3.create_webtransport_stream(session_id, unidirectional)
         state = self._wt.get(session_id)
         if state is not None:
-            state.stream_opened(unidirectional)
-        return int(self._h3.create_webtransport_stream(session_id, unidirectional))
+            state.stream_opened(stream_id, unidirectional)
+        return stream_id
 
     def send_stream_data(
         self,
@@ -657,12 +745,18 @@ class H3Protocol:
     ) -> None:
         """Data on a WebTransport stream (no HTTP/3 framing: the stream is raw); counted
         against the session's WT_MAX_DATA when ``session_id`` is given."""
-        if not self._terminated:
+        if not self._terminated and self.quic.can_write(stream_id):
+            # (Not after the client's STOP_SENDING: the app heard of it, and its later
+            # sends on the stream are dropped, as on a stopped request stream.)
             if session_id is not None:
                 state = self._wt.get(session_id)
                 if state is not None:
                     state.data_sent(len(data))
+                    if end_stream:
+                        state.own_streams.discard(stream_id)
             self.quic.send_stream_data(stream_id, data, end_stream)
+            if end_stream:
+                self._wt_sending_done(stream_id)
 
     def reset_stream(self, stream_id: int) -> None:
         """Abort the response (the app failed after starting it). After a complete
@@ -695,7 +789,7 @@ class H3Protocol:
                 self._wt_streams.pop(stream_id, None)
                 return
             state.stream_consumed(stream_id, amount, unacked == 0)
-            if stream_id not in state.streams:
+            if stream_id not in state.streams and not self._wt_replying(stream_id):
                 self._wt_streams.pop(stream_id, None)
             self._flush_capsules(session_id, state)
 
@@ -709,14 +803,23 @@ class H3Protocol:
         self._cancelled.discard(stream_id)
         self._unacked.pop(stream_id, None)
         self._stopped.discard(stream_id)
-        if self._wt.pop(stream_id, None) is not None:
+        session = self._wt.pop(stream_id, None)
+        if session is not None:
             # The session is over: the client's streams of it that are still open are
-            # stopped with WT_SESSION_GONE (d15 §6), and no longer map to it.
+            # stopped with WT_SESSION_GONE (d15 §6), and no longer map to it; ours that
+            # are not finished are reset with it.
+            if not self._terminated:
+                for own in session.own_streams:
+                    self.quic.reset_stream(own, WT_SESSION_GONE)
+                    self._h3.drop_webtransport_stream(own)
             for wt_stream in [s for s, o in self._wt_streams.items() if o == stream_id]:
                 if self._terminated:
                     del self._wt_streams[wt_stream]
                 else:
+                    if self._wt_replying(wt_stream):
+                        self.quic.reset_stream(wt_stream, WT_SESSION_GONE)
                     self._drop_stream(wt_stream, WT_SESSION_GONE)
+                    self._h3.drop_webtransport_stream(wt_stream)
         if body_ended is False and not self._terminated:
             # RFC 9114 §4.1.1: the response is complete; the rest of the request body
             # is not wanted.

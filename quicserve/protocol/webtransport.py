@@ -59,6 +59,12 @@ Rules:
   H3_DATAGRAM_ERROR (d15 §5.6.2).
 * WT_CLOSE_SESSION carries a 32-bit code and a UTF-8 message of at most 1024 bytes (d15 §6);
   after it nothing more may come on the CONNECT stream (else H3_MESSAGE_ERROR).
+  WT_DRAIN_SESSION is sent once (``drain``).
+* Stream error codes map into the HTTP/3 range WebTransport reserves, skipping HTTP/3's
+  reserved codepoints: 0-255 for draft-02 (d02 §4.3), 32 bits from draft-07 on (d07 §4.3,
+  d15 §4.4); a code the range does not carry is reported as none.
+* A client stream that is reset keeps its slot until the app has taken what it holds of
+  it (``stream_reset(held=...)``).
 """
 
 from __future__ import annotations
@@ -95,6 +101,11 @@ WT_SESSION_GONE = 0x170D7B68
 WT_FLOW_CONTROL_ERROR = 0x045D4487
 H3_MESSAGE_ERROR = 0x10E
 H3_DATAGRAM_ERROR = 0x33
+
+#: WebTransport application error codes on streams live in this HTTP/3 range, skipping its
+#: reserved codepoints 0x1f * N + 0x21 (d02 §4.3, d07 §4.3, d15 §4.4).
+WT_APPLICATION_ERROR_FIRST = 0x52E4A40FA8DB
+WT_APPLICATION_ERROR_LAST = 0x52E5AC983162
 
 DRAFT02, DRAFT07, DRAFT14, DRAFT15 = "draft02", "draft07", "draft14", "draft15"
 #: The ``:protocol`` values that open a WebTransport session: d02-d14, then d15 §3.2.
@@ -171,6 +182,38 @@ def flow_control_enabled(dialect: str, client_settings: Mapping[int, int] | None
     return _declares_flow_control(settings) or (
         dialect == DRAFT14 and settings.get(SETTINGS_WT_MAX_SESSIONS, 0) > 1
     )
+
+
+# -- stream error codes ---------------------------------------------------------------
+
+
+def max_stream_error(dialect: str) -> int:
+    """The largest application error code a stream reset or STOP_SENDING can carry:
+    draft-02 limits them to 8 bits (d02 §4.3: 0x00-0xff), later drafts to 32 bits (d07
+    §4.3, d15 §4.4)."""
+    return 0xFF if dialect == DRAFT02 else 0xFFFFFFFF
+
+
+def stream_error_to_h3(dialect: str, code: int) -> int:
+    """The HTTP/3 error code that carries application error ``code`` (d15 §4.4,
+    ``webtransport_code_to_http_code``: the same mapping in every draft, over the
+    dialect's range). Raises ValueError outside that range."""
+    if not 0 <= code <= max_stream_error(dialect):
+        raise ValueError(f"a {dialect} stream error code is 0 to {max_stream_error(dialect)}")
+    return WT_APPLICATION_ERROR_FIRST + code + code // 0x1E
+
+
+def stream_error_from_h3(dialect: str, h3_code: int) -> int | None:
+    """The application error code an HTTP/3 error code carries, or ``None`` when it
+    carries none (outside the range, a reserved codepoint, or beyond the dialect's
+    range): d15 §4.4 ``http_code_to_webtransport_code``."""
+    if not WT_APPLICATION_ERROR_FIRST <= h3_code <= WT_APPLICATION_ERROR_LAST:
+        return None
+    if (h3_code - 0x21) % 0x1F == 0:
+        return None
+    shifted = h3_code - WT_APPLICATION_ERROR_FIRST
+    code = shifted - shifted // 0x1F
+    return code if code <= max_stream_error(dialect) else None
 
 
 # -- capsules (RFC 9297 §3.2) ---------------------------------------------------------
@@ -271,12 +314,14 @@ class SessionState:
         "closed",
         "consumed",
         "dialect",
+        "drain_sent",
         "draining",
         "flow_control",
         "max_data",
         "max_streams",
         "opened",
         "out",
+        "own_streams",
         "peer_max_data",
         "peer_max_streams",
         "received",
@@ -312,12 +357,16 @@ class SessionState:
         ]
         self.sent = 0
         self.we_opened = [0, 0]
+        #: the streams we opened whose send side is still open (reset with
+        #: WT_SESSION_GONE when the session ends, d15 §6)
+        self.own_streams: set[int] = set()
         #: the client's streams of this session still open: stream id -> receive side ended
         self.streams: dict[int, bool] = {}
         #: capsules for the CONNECT stream, written once the session is accepted
         self.out = bytearray()
         self.close: Closed | None = None
         self.draining = False
+        self.drain_sent = False
         self._buffer = bytearray()
         self._skip = 0
         self._blocked_sent: dict[int, int] = {}
@@ -443,11 +492,15 @@ class SessionState:
         if ended and stream_id in self.streams:
             self.streams[stream_id] = True
 
-    def stream_reset(self, stream_id: int) -> None:
-        """The client reset one of its streams: it no longer counts as open."""
+    def stream_reset(self, stream_id: int, held: bool) -> None:
+        """The client reset one of its streams: it no longer counts as open once the app
+        has taken what it holds of it (``held``: bytes handed to the app and not yet
+        consumed). Freeing the slot at once would let a client that opens, writes one byte
+        and resets, again and again, grow the app's queue past the stream limit."""
         if self.streams.get(stream_id) is False:
             self.streams[stream_id] = True
-        self._maybe_close(stream_id)
+        if not held:
+            self._maybe_close(stream_id)
 
     def stream_consumed(self, stream_id: int, size: int, done: bool) -> None:
         """The app took ``size`` bytes of ``stream_id`` (``done``: nothing more is held for
@@ -496,8 +549,9 @@ class SessionState:
     def data_sent(self, size: int) -> None:
         self.sent += size
 
-    def stream_opened(self, unidirectional: bool) -> None:
+    def stream_opened(self, stream_id: int, unidirectional: bool) -> None:
         self.we_opened[int(not unidirectional)] += 1
+        self.own_streams.add(stream_id)
 
     def blocked(self, unidirectional: bool | None) -> None:
         """We want to send (``None``) or open a stream but the client's limit stops us:
@@ -513,6 +567,15 @@ class SessionState:
         if self._blocked_sent.get(kind) != limit:
             self._blocked_sent[kind] = limit
             self._queue(kind, limit)
+
+    def drain(self) -> bool:
+        """We are going away (graceful shutdown): WT_DRAIN_SESSION (d07 §4.6, d15 §4.7),
+        once, where the dialect has capsules. True when one was queued."""
+        if not self.capsules or self.drain_sent:
+            return False
+        self.drain_sent = True
+        self.out += encode_capsule(CAPSULE_DRAIN_SESSION, b"")
+        return True
 
     def take_output(self) -> bytes:
         """Capsules to write on the CONNECT stream now (none before the session is

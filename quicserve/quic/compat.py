@@ -519,6 +519,16 @@ class ServerQuicConnection(QuicConnection):
         if stream is not None and not stream.receiver.is_finished:
             super().stop_stream(stream_id, error_code)
 
+    def can_write(self, stream_id: int) -> bool:
+        """Whether our sending part of ``stream_id`` still takes data: not finished, not
+        reset (by us, or by aioquic in answer to the peer's STOP_SENDING, RFC 9000 §3.5),
+        not discarded. aioquic raises on a write to any of those."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return not self._stream_is_discarded(stream_id)
+        sender = stream.sender
+        return sender._reset_error_code is None and sender._buffer_fin is None
+
     def reset_stream(self, stream_id: int, error_code: int) -> None:
         """RESET_STREAM, unless aioquic has discarded the stream (both sides over)."""
         if not self._stream_is_discarded(stream_id):
@@ -904,6 +914,22 @@ class ServerH3Connection(H3Connection):
             super()._receive_stream_reset(stream_id)
         self._stream.pop(stream_id, None)
 
+    def sending_done(self, stream_id: int) -> None:
+        """Our side of a WebTransport stream is over (FIN or reset, written raw on QUIC,
+        which aioquic's HTTP/3 layer never sees): the stream is forgotten here once the
+        peer's side is over too, as aioquic does for a request. Without this every
+        bidirectional WebTransport stream stays in aioquic's table for good."""
+        stream = self._stream.get(stream_id)
+        if stream is not None:
+            stream.sending_ended = True
+            if stream.is_ended():
+                del self._stream[stream_id]
+
+    def drop_webtransport_stream(self, stream_id: int) -> None:
+        """Forget a WebTransport stream whose session is over (it carries no field
+        sections, so unlike ``forget`` no QPACK Stream Cancellation is sent)."""
+        self._stream.pop(stream_id, None)
+
     def send_goaway(self, first_refused: int) -> None:
         """Send a GOAWAY frame (RFC 9114 §5.2) on our control stream: requests from stream
         ``first_refused`` on will not be processed. aioquic has no public call for it (its
@@ -920,6 +946,19 @@ class ServerH3Connection(H3Connection):
         if stream is not None:
             stream.sending_ended = True
         self._server_quic.release_stream(stream_id)
+
+    def create_webtransport_stream(self, session_id: int, is_unidirectional: bool = False) -> int:
+        """A server-initiated WebTransport stream of ``session_id``; its id. On a
+        bidirectional one, aioquic would parse what the peer sends back as HTTP/3 frames:
+        the peer's side carries no signal (it is raw session data from its first byte,
+        draft-ietf-webtrans-http3-15 §4.3), so the stream is marked as a WebTransport
+        stream of the session before anything arrives."""
+        stream_id = super().create_webtransport_stream(session_id, is_unidirectional)
+        if not is_unidirectional:
+            with self._get_or_create_stream(stream_id) as stream:
+                stream.frame_type = FrameType.WEBTRANSPORT_STREAM
+                stream.session_id = session_id
+        return stream_id
 
     def _receive_stream_data(self, event: events.StreamDataReceived) -> list[H3Event]:
         stream_id = event.stream_id
