@@ -1,14 +1,33 @@
 """The example app: ``quicserve examples.hello:app``.
 
 A plain ASGI 3 app with no framework, so it shows exactly what the server hands over:
-``/`` greets and reports the protocol the request came in on, ``/echo`` streams the
-request body back, ``/stream`` sends a chunked response, ``/trailers`` sends trailers when
-the client accepts them.
+``/`` greets and reports the protocol the request came in on (to a browser, as a page
+whose script asks ``/protocol`` until the browser has moved to HTTP/3 through alt-svc),
+``/echo`` streams the request body back, ``/stream`` sends a chunked response,
+``/trailers`` sends trailers when the client accepts them.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+#: What a browser gets at ``/``: the protocol of the page, then of each later request.
+PAGE = b"""<!doctype html><html><head><meta charset="utf-8"><title>quicserve</title></head>
+<body><h1>Hello from quicserve</h1>
+<p>This page came over <b>HTTP/{version}</b>.</p><p id="now"></p>
+<script>
+(async () => {
+  const now = document.getElementById('now');
+  for (let i = 0; i < 40; i++) {
+    const version = await (await fetch('/protocol', {cache: 'no-store'})).text();
+    now.textContent = 'Requests from this page now go over HTTP/' + version + '.';
+    if (version === '3') return;
+    await new Promise(resolve => setTimeout(resolve, 250));
+  }
+  now.textContent += ' (No HTTP/3: see "HTTP/3 in a browser" in certs/README.md.)';
+})();
+</script></body></html>
+"""
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -57,6 +76,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         )
         await send({"type": "http.response.body", "body": b"body with trailers\n"})
         await send({"type": "http.response.trailers", "headers": [(b"x-checksum", b"42")]})
+    elif path == "/protocol":
+        await _respond(send, 200, scope["http_version"].encode(), b"text/plain")
+    elif path == "/" and b"text/html" in dict(scope["headers"]).get(b"accept", b""):
+        page = PAGE.replace(b"{version}", scope["http_version"].encode())
+        await _respond(send, 200, page, b"text/html; charset=utf-8")
     else:
         text = (
             f"Hello from quicserve over HTTP/{scope['http_version']} "

@@ -665,6 +665,46 @@ def test_development_default_makes_and_reuses_a_ca(
     assert curl_dev(ca, "--http2") == ("hello", "2")
 
 
+@pytest.mark.client("firefox-esr", "certutil", "chromium")
+@pytest.mark.timeout(120)
+def test_readme_browser_path_reaches_http3(
+    spawn: Spawn, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The README's path, literally: ``quicserve examples.hello:app``, then ``quicserve certs
+    browser firefox`` and ``... chromium`` (headless here). Firefox loads the page over
+    HTTP/2 and its script's requests move to HTTP/3 through alt-svc; Chromium's page itself
+    comes over HTTP/3. Evidence: the server's own access log. The client side is under
+    test, so this runs the server's default backend only."""
+    if not dev_port_free():
+        pytest.skip(f"127.0.0.1:{DEV_PORT} is in use on this machine")
+    server = spawn("examples.hello:app")
+    deadline = time.monotonic() + 15
+    while "Listening on" not in server.stderr and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.ports("https") == {"https": DEV_PORT}, server.stderr
+    browser_env = {**env, "HOME": str(tmp_path / "home")}
+
+    def browse(kind: str, evidence: str) -> None:
+        command = quicserve_command("certs", "browser", kind, "--headless")
+        browser = subprocess.Popen(
+            command, env=browser_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while evidence not in server.stderr and time.monotonic() < deadline:
+                assert browser.poll() is None, f"quicserve certs browser {kind} exited"
+                time.sleep(0.1)
+        finally:
+            browser.send_signal(signal.SIGTERM)  # it stops its browser too
+            out, _ = browser.communicate(timeout=20)
+        assert evidence in server.stderr, server.stderr[-2000:]
+        assert f"https://localhost:{DEV_PORT}/" in out.decode()  # the command it ran
+
+    browse("firefox", '"GET /protocol HTTP/3" 200')
+    assert '"GET / HTTP/2" 200' in server.stderr  # Firefox: the page over HTTP/2 first
+    browse("chromium", '"GET / HTTP/3" 200')
+
+
 def test_certs_command_prints_trust_instructions(env: dict[str, str], tmp_path: Path) -> None:
     data_dir = tmp_path / "certs-here"
     result = run_cli(env, "certs", "--data-dir", str(data_dir))
