@@ -539,12 +539,14 @@ class CallbackDriver(ByteStreamBase):
         self._record.bytes_out += len(data)
 
     def _write_now(self) -> None:
-        if self._broken or self._conn.lost:
+        connection = self._conn
+        if self._broken or connection.lost:
             return
         protocol = self.protocol
         data = protocol.data_to_send()
         if data:
-            self._write(data)
+            connection.write(data)
+            self._record.bytes_out += len(data)
         if self._budget_waiters and not self._over_budget(-1):
             self._release_budget_waiters()
         if protocol.closed:
@@ -553,12 +555,16 @@ class CallbackDriver(ByteStreamBase):
     async def flush(self, stream_id: int) -> None:
         """As :meth:`ByteStreamBase.flush`, with the common case (the write went out, the
         stream and the connection are within their budgets) free of further awaits."""
-        if self._batch_writes:
-            self._request_flush()
-        elif self._defer_tunnel_write():
-            return
-        else:
+        if not self._batch_writes:
+            # HTTP/1.1: nothing is held per stream (``buffered_amount`` is 0), and the
+            # budget is the transport's high-water mark.
+            if self._defer_tunnel_write():
+                return
             self._write_now()
+            if self._conn.write_paused:
+                await self._wait_for_budget(stream_id)
+            return
+        self._request_flush()
         if self.protocol.buffered_amount(stream_id) > self._buffer_limit:
             # Waits for the stream's flow control (HTTP/2), then for the budget.
             await ConnectionDriver.flush(self, stream_id)

@@ -196,7 +196,7 @@ class HttptoolsH1Protocol(HTTP1Connection):
         self._left = 0
         self._body_unacked = 0
         self._pipelined = 0
-        self._closed = False
+        self._closed = self.closed = False
         self._upgrading = False
         self._tunnel = False
         #: Tunnel bytes queued and not yet taken by ``data_to_send`` (see ``pending``).
@@ -690,7 +690,8 @@ class HttptoolsH1Protocol(HTTP1Connection):
             self._pipelined = 0
             self._head_deadline_armed = False
             self._deadline = now + self._config.keep_alive_timeout
-            self._parse(now)
+            if self._buf:
+                self._parse(now)
 
     def data_to_send(self) -> bytes:
         """Bytes to write, clearing the buffer."""

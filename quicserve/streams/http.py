@@ -156,10 +156,17 @@ class HTTPStream(StreamBase):
         """The ASGI ``http`` scope for this request."""
         request = self.request
         info = self._info
-        config = self._host.config
-        root_path = config.root_path
-        path, raw_path, query = split_target(request.raw_path, root_path)
-        extensions = self._host.extensions_for(info).copy()
+        host = self._host
+        root_path = host.config.root_path
+        # split_target, inline: this runs for every request.
+        raw_path, _, query = request.raw_path.partition(b"?")
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path)
+        if root_path:
+            path = root_path + path
+            raw_path = root_path.encode("latin-1") + raw_path
+        extensions = host.extensions_for(info).copy()
         if info.capabilities.trailers and _accepts_trailers(request.headers):
             extensions["http.response.trailers"] = {}
         headers = request.headers
@@ -318,7 +325,7 @@ class HTTPStream(StreamBase):
             if not isinstance(status, int) or not 200 <= status <= 599:
                 raise RuntimeError(f"invalid response status {status!r}")
             self._pending_status = status
-            self._pending_headers = self._response_headers(message.get("headers", ()))
+            self._pending_headers = response_headers(message.get("headers", ()), self._info)
             self._trailers_expected = bool(message.get("trailers", False))
             self._response_state = _HEAD_PENDING
         elif msg_type == "http.response.trailers":
