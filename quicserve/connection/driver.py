@@ -63,6 +63,7 @@ class Runnable(Protocol):
     def run(self) -> Awaitable[None]:
         """The app call (or its rest), awaited by the runner."""
 
+
 # Protocol timers only need a monotonic clock, and every sleep is relative; calling
 # anyio.current_time() looks the backend up on each call (6% of an HTTP/1.1 request).
 _current_time = time.monotonic
