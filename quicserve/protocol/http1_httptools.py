@@ -125,6 +125,16 @@ _LINES_KEPT = 512
 _LINE_VALUE_KEPT = 256
 
 
+#: Response heads already framed (see ``_response_head``), by status, fields and the
+#: request's HTTP/1.0, HEAD and keep-alive flags: the head and the framing it set.
+#: Emptied when full; heads longer than ``_HEAD_KEPT`` are not kept.
+_HEADS: dict[
+    tuple[int, tuple[tuple[bytes, bytes], ...], bool, bool, bool], tuple[bytes, int, int, bool]
+] = {}
+_HEADS_KEPT = 256
+_HEAD_KEPT = 1024
+
+
 def _field_lines(headers: Headers) -> list[bytes]:
     """``name: value`` lines of response fields; refuses what h11 refuses."""
     lines = []
@@ -541,6 +551,24 @@ class HttptoolsH1Protocol(HTTP1Connection):
             self._end_response()
 
     def _response_head(self, status: int, headers: Headers) -> bytes:
+        # An app answers with the same few heads (its fields, the date of this second):
+        # a head already framed for the same fields and request is reused.
+        key = (status, tuple(headers), self._http10, self._head_request, self._keep_alive)
+        try:
+            known = _HEADS.get(key)
+        except TypeError:  # a field that is not a (bytes, bytes) tuple: frame it as is
+            return self._frame_head(status, headers)
+        if known is not None:
+            head, self._framing, self._left, self._keep_alive = known
+            return head
+        head = self._frame_head(status, headers)
+        if len(head) <= _HEAD_KEPT:
+            if len(_HEADS) >= _HEADS_KEPT:
+                _HEADS.clear()
+            _HEADS[key] = (head, self._framing, self._left, self._keep_alive)
+        return head
+
+    def _frame_head(self, status: int, headers: Headers) -> bytes:
         length: bytes | None = None
         chunked = False
         connection: list[bytes] | None = None

@@ -460,14 +460,11 @@ def response_headers(raw: Any, info: ConnectionInfo) -> Headers:
     set one) and ``alt-svc`` (when the connection advertises HTTP/3)."""
     # Fields a protocol may not send (Connection on HTTP/2 and HTTP/3) are dropped by
     # that protocol module, which knows its own rules.
-    headers: Headers = []
-    has_date = False
-    for name, value in raw:
-        name = bytes(name).lower()
+    headers: Headers = [(bytes(name).lower(), bytes(value)) for name, value in raw]
+    for name, _ in headers:
         if name == b"date":
-            has_date = True
-        headers.append((name, bytes(value)))
-    if not has_date:
+            break
+    else:
         headers.append((b"date", _date.get()))
     if info.alt_svc is not None:
         headers.append((b"alt-svc", info.alt_svc))
