@@ -23,9 +23,18 @@ through the same ``ConnectionDriver``; only the I/O differs.
   handle, moved only when the deadline comes earlier; a late one is found when it fires.
 * TLS is asyncio's SSL transport (``transport/callback.py``); the handshake is bounded by
   ``header_read_timeout``; ALPN picks HTTP/2, the cleartext preface likewise.
+* Requests (HTTP/1.1): a request parsed while the connection's runner is idle begins in
+  the callback that read it, once every event of those bytes is dispatched, as the
+  runner's task (``asyncio.current_task()`` is the runner), until its first real wait; a
+  request that never waits is answered there, without waking the runner (``_begin``).
+  One that waits is handed to the runner, which awaits the rest of it.
 
 Rules: no task of its own per connection but the one holding its task group; nothing here
-blocks; every callback catches what it raises (a bug closes this connection only).
+blocks; every callback catches what it raises (a bug closes this connection only). A
+request begun in a callback sees one task from start to end, the runner's (anyio cancel
+scopes and task groups work across the hand-off); it runs in its own copy of the context
+the runner started with, so a context variable it sets does not reach the next request.
+Never nested: a request begun while another runs in a callback (pipelining) is queued.
 """
 
 from __future__ import annotations
