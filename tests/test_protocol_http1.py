@@ -370,3 +370,25 @@ def test_request_lines_outside_rfc_9112_get_400(make: HTTP1Factory, line: bytes)
     p.receive_data(line + b"\r\nHost: x\r\n\r\n", 0.0)
     assert p.data_to_send().startswith(b"HTTP/1.1 400 ")
     assert events(p) == [ConnectionClosed()]
+
+
+def test_httptools_request_event_is_the_dataclass_one() -> None:
+    """The httptools engine makes its RequestReceived without the frozen dataclass's
+    __init__ (per request, it is the costlier part): the same object, field for field."""
+    pytest.importorskip("httptools")
+    from quicserve.events import RequestReceived
+    from quicserve.protocol.http1_httptools import _request_received
+
+    headers = [(b"host", b"x"), (b"expect", b"100-continue")]
+    made = _request_received(3, b"PUT", b"/a?b", headers, b"x", True, False)
+    assert made == RequestReceived(
+        stream_id=3,
+        method=b"PUT",
+        raw_path=b"/a?b",
+        headers=headers,
+        authority=b"x",
+        expect_continue=True,
+    )
+    assert made.headers is headers
+    made = _request_received(4, b"GET", b"/", [], None, False, True)
+    assert made == RequestReceived(4, b"GET", b"/", [], websocket_upgrade=True)

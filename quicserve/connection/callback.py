@@ -265,7 +265,7 @@ class CallbackDriver(ByteStreamBase):
         finally:
             self._task_group = None
             self._cancel_timer()
-            connection.sink = None
+            connection.detach()
             if self._info.tls is not None and (
                 self._broken or connection.write_buffer_size() > self._budget
             ):

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from dataclasses import fields as dataclass_fields
 from http import HTTPStatus
 
 from httptools import HttpParserError, HttpParserInvalidMethodError, HttpParserUpgrade
@@ -152,6 +153,61 @@ def _field_lines(headers: Headers) -> list[bytes]:
                 cache[field] = line
         lines.append(line)
     return lines
+
+
+#: The slots of the frozen :class:`RequestReceived`, set directly by ``_request_received``
+#: (a new field in events.py fails here, at import, until it is set there too).
+_new = object.__new__
+(
+    _set_stream_id,
+    _set_method,
+    _set_raw_path,
+    _set_headers,
+    _set_scheme,
+    _set_authority,
+    _set_protocol,
+    _set_early_data,
+    _set_expect_continue,
+    _set_websocket_upgrade,
+) = (getattr(RequestReceived, field.name).__set__ for field in dataclass_fields(RequestReceived))
+assert [field.name for field in dataclass_fields(RequestReceived)] == [
+    "stream_id",
+    "method",
+    "raw_path",
+    "headers",
+    "scheme",
+    "authority",
+    "protocol",
+    "early_data",
+    "expect_continue",
+    "websocket_upgrade",
+]
+
+
+def _request_received(
+    stream_id: int,
+    method: bytes,
+    raw_path: bytes,
+    headers: Headers,
+    authority: bytes | None,
+    expect_continue: bool,
+    websocket_upgrade: bool,
+) -> RequestReceived:
+    """``RequestReceived(...)`` of an HTTP/1.1 request, made for every request: the frozen
+    dataclass's ``__init__`` sets each of its ten fields through ``object.__setattr__``
+    (1.3 us); setting the slots directly makes the same object in 0.55 us."""
+    request: RequestReceived = _new(RequestReceived)
+    _set_stream_id(request, stream_id)
+    _set_method(request, method)
+    _set_raw_path(request, raw_path)
+    _set_headers(request, headers)
+    _set_scheme(request, None)
+    _set_authority(request, authority)
+    _set_protocol(request, None)
+    _set_early_data(request, False)
+    _set_expect_continue(request, expect_continue)
+    _set_websocket_upgrade(request, websocket_upgrade)
+    return request
 
 
 def _parse_trailers(section: bytes) -> Headers | None:
@@ -413,15 +469,14 @@ class HttptoolsH1Protocol(HTTP1Connection):
         if request_head.chunked:
             # h11 hands the app this value lower-cased; so do we.
             fields = [(n, v.lower() if n == b"transfer-encoding" else v) for n, v in fields]
-        request = RequestReceived(
-            stream_id=self._stream_id,
-            method=method,
-            raw_path=request_head.target,
-            headers=fields,
-            scheme=None,
-            authority=request_head.authority,
-            expect_continue=request_head.expect_continue,
-            websocket_upgrade=request_head.websocket,
+        request = _request_received(
+            self._stream_id,
+            method,
+            request_head.target,
+            fields,
+            request_head.authority,
+            request_head.expect_continue,
+            request_head.websocket,
         )
         if request_head.h2c_settings is not None:
             self._events.append(H2CUpgrade(request, request_head.h2c_settings, self._buf))
