@@ -438,3 +438,25 @@ def test_a_large_body_piece_is_handed_out_apart_not_copied(
     p.send_data(2, b"ok", end_stream=True)
     small = p.data_to_send()
     assert small.endswith(b"\r\n\r\nok") and not p.split_output
+
+
+def test_httptools_request_event_is_the_dataclass_one() -> None:
+    """The httptools engine makes its RequestReceived without the frozen dataclass's
+    __init__ (per request, it is the costlier part): the same object, field for field."""
+    pytest.importorskip("httptools")
+    from quicserve.events import RequestReceived
+    from quicserve.protocol.http1_httptools import _request_received
+
+    headers = [(b"host", b"x"), (b"expect", b"100-continue")]
+    made = _request_received(3, b"PUT", b"/a?b", headers, b"x", True, False)
+    assert made == RequestReceived(
+        stream_id=3,
+        method=b"PUT",
+        raw_path=b"/a?b",
+        headers=headers,
+        authority=b"x",
+        expect_continue=True,
+    )
+    assert made.headers is headers
+    made = _request_received(4, b"GET", b"/", [], None, False, True)
+    assert made == RequestReceived(4, b"GET", b"/", [], websocket_upgrade=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
@@ -46,12 +46,23 @@ from ..streams.websocket import WebSocketStream, is_websocket_request
 from ..streams.webtransport import WebTransportSession, is_webtransport_request
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from ..registry import ConnectionRecord
     from .context import ServerContext
 
 logger = logging.getLogger("quicserve.error")
 
 AnyStream = HTTPStream | WebSocketStream | WebTransportSession
+
+
+class Runnable(Protocol):
+    """What a stream runner takes from the queue: a stream, or (``connection/callback.py``)
+    the rest of an app call that began outside the runner."""
+
+    def run(self) -> Awaitable[None]:
+        """The app call (or its rest), awaited by the runner."""
+
 
 # Protocol timers only need a monotonic clock, and every sleep is relative; calling
 # anyio.current_time() looks the backend up on each call (6% of an HTTP/1.1 request).
@@ -93,7 +104,7 @@ class ConnectionDriver:
         self._broken = False
         self._closing = False
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._queue: deque[AnyStream] = deque()
+        self._queue: deque[Runnable] = deque()
         self._idle_runners: list[Wakeup] = []
         self._runners = 0
         self._max_runners = 1_000_000 if info.capabilities.multiplexed else 1
@@ -282,17 +293,21 @@ class ConnectionDriver:
 
     async def stream_finished(self, stream_id: int) -> None:
         """A stream's app call is over: release it and let the protocol move on."""
+        self._release_stream(stream_id)
+        await self._write_out()
+        self._poke_reader()
+
+    def _release_stream(self, stream_id: int) -> None:
+        """The I/O-free part of :meth:`stream_finished`: forget the stream, tell the
+        protocol, and dispatch what that produced (the next pipelined request)."""
         stream = self._streams.pop(stream_id, None)
         if stream is not None:
             self._status_counts[stream.status] += 1
         self._writable.pop(stream_id, None)
         if self._budget_reset:
             self._budget_reset.discard(stream_id)
-        protocol = self.protocol
-        protocol.stream_done(stream_id, _current_time())
+        self.protocol.stream_done(stream_id, _current_time())
         self._dispatch()
-        await self._write_out()
-        self._poke_reader()
 
     def push(self, parent: RequestReceived, path: bytes, headers: Headers) -> None:
         """Promise and serve a pushed resource (only HTTP/2 offers push)."""

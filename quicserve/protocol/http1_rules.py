@@ -235,15 +235,16 @@ class HTTP1Connection:
         if self._active is not None and not self._response_done:
             self._events.append(StreamReset(self._active))
 
+    #: True once the connection must be closed after flushing. A plain attribute, set
+    #: with ``_closed`` by ``_close``, not a property: the driver reads it several times
+    #: per request.
+    closed: bool = False
+
     def _close(self) -> None:
         if not self._closed:
             self._closed = True
+            self.closed = True
             self._events.append(ConnectionClosed())
-
-    @property
-    def closed(self) -> bool:
-        """True once the connection must be closed after flushing."""
-        return self._closed
 
     @property
     def open_streams(self) -> int:
@@ -318,6 +319,18 @@ FORBIDDEN_TRAILERS = frozenset(
         b"trailer",
         b"transfer-encoding",
         b"upgrade",
+    )
+)
+#: The fields :func:`inspect_request` reads.
+_INSPECTED = frozenset(
+    (
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"expect",
+        b"upgrade",
+        b"http2-settings",
     )
 )
 #: h11 takes at most 20 digits of Content-Length; so does every engine.
@@ -418,6 +431,8 @@ def inspect_request(
     head_size = len(method) + len(target) + REQUEST_LINE_SIZE
     for name, value in headers:
         head_size += len(name) + len(value) + FIELD_LINE_OVERHEAD
+        if name not in _INSPECTED:
+            continue  # most fields (one set lookup instead of seven comparisons)
         if name == b"host":
             host = value
             hosts += 1

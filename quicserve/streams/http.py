@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import unquote
@@ -101,7 +100,8 @@ class HTTPStream(StreamBase):
     ) -> None:
         # Not super(): on Python 3.11 that builds a super object per request (~0.1 us).
         StreamBase.__init__(self, app, host, info, request, state)
-        self._body: deque[bytes] = deque()
+        # A list, not a deque: made for every request, and taken whole by receive().
+        self._body: list[bytes] = []
         self._body_bytes = 0
         self._body_ended = False
         self._disconnected = False
@@ -164,10 +164,17 @@ class HTTPStream(StreamBase):
         """The ASGI ``http`` scope for this request."""
         request = self.request
         info = self._info
-        config = self._host.config
-        root_path = config.root_path
-        path, raw_path, query = split_target(request.raw_path, root_path)
-        extensions = self._host.extensions_for(info).copy()
+        host = self._host
+        root_path = host.config.root_path
+        # split_target, inline: this runs for every request.
+        raw_path, _, query = request.raw_path.partition(b"?")
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path)
+        if root_path:
+            path = root_path + path
+            raw_path = root_path.encode("latin-1") + raw_path
+        extensions = host.extensions_for(info).copy()
         if info.capabilities.trailers and _accepts_trailers(request.headers):
             extensions["http.response.trailers"] = {}
         headers = request.headers
@@ -274,7 +281,7 @@ class HTTPStream(StreamBase):
         while True:
             if self._body:
                 body = self._body
-                data = body.popleft() if len(body) == 1 else b"".join(body)
+                data = body[0] if len(body) == 1 else b"".join(body)
                 body.clear()
                 self._host.ack_body(self.stream_id, len(data))
                 if self._body_ended:
@@ -328,7 +335,7 @@ class HTTPStream(StreamBase):
             if not isinstance(status, int) or not 200 <= status <= 599:
                 raise RuntimeError(f"invalid response status {status!r}")
             self._pending_status = status
-            self._pending_headers = self._response_headers(message.get("headers", ()))
+            self._pending_headers = response_headers(message.get("headers", ()), self._info)
             self._trailers_expected = bool(message.get("trailers", False))
             self._response_state = _HEAD_PENDING
         elif msg_type == "http.response.trailers":
@@ -463,14 +470,11 @@ def response_headers(raw: Any, info: ConnectionInfo) -> Headers:
     set one) and ``alt-svc`` (when the connection advertises HTTP/3)."""
     # Fields a protocol may not send (Connection on HTTP/2 and HTTP/3) are dropped by
     # that protocol module, which knows its own rules.
-    headers: Headers = []
-    has_date = False
-    for name, value in raw:
-        name = bytes(name).lower()
+    headers: Headers = [(bytes(name).lower(), bytes(value)) for name, value in raw]
+    for name, _ in headers:
         if name == b"date":
-            has_date = True
-        headers.append((name, bytes(value)))
-    if not has_date:
+            break
+    else:
         headers.append((b"date", _date.get()))
     if info.alt_svc is not None:
         headers.append((b"alt-svc", info.alt_svc))
