@@ -195,6 +195,9 @@ class WsprotoFramer:
                     len(data) if cls is BytesMessage or data.isascii() else len(data.encode())
                 )
                 if self._fragment_size > self._max_size:
+                    # The message fails: nothing of it is kept (held() is 0 from here).
+                    self._fragments.clear()
+                    self._fragment_size = 0
                     events.append(Failed(1009, f"message larger than {self._max_size} bytes"))
                     return events, False
                 if not event.message_finished:
