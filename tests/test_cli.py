@@ -642,6 +642,7 @@ def curl_dev(ca: Path, *args: str) -> tuple[str, str]:
 
 
 @pytest.mark.client("curl")
+@pytest.mark.xdist_group("port-8443")  # the development default's fixed port: one at a time
 def test_development_default_makes_and_reuses_a_ca(
     spawn: Spawn, backend: str, env: dict[str, str]
 ) -> None:
@@ -667,6 +668,7 @@ def test_development_default_makes_and_reuses_a_ca(
 
 @pytest.mark.client("firefox-esr", "certutil", "chromium")
 @pytest.mark.timeout(120)
+@pytest.mark.xdist_group("port-8443")  # the development default's fixed port: one at a time
 def test_readme_browser_path_reaches_http3(
     spawn: Spawn, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -12,6 +12,7 @@ Every test runs on asyncio, uvloop and trio (see conftest.py).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import socket
 from typing import Any
@@ -205,3 +206,33 @@ async def test_timer_keeps_polling_through_a_long_request(anyio_backend: object)
                         buffer += await stream.receive()
                 assert anyio.current_time() - start < 2
                 assert not buffer
+
+
+def test_a_write_limit_on_a_connection_reset_before_its_driver_is_ignored() -> None:
+    """uvloop raises on a closed handle: a peer that resets a connection before its driver
+    starts must not make the driver's set_write_limit log a traceback (seen under load in
+    test_cli's hang-up test)."""
+    uvloop = pytest.importorskip("uvloop")
+    from quicserve.transport.callback import CallbackConnection
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        made: asyncio.Future[CallbackConnection] = loop.create_future()
+
+        def factory() -> CallbackConnection:
+            connection = CallbackConnection()
+            made.set_result(connection)
+            return connection
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        connection = await made
+        assert connection.transport is not None
+        connection.transport.abort()
+        await asyncio.sleep(0.01)
+        connection.set_write_limit(65536)  # no RuntimeError
+        writer.close()
+        server.close()
+
+    uvloop.run(main())

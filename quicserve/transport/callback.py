@@ -172,8 +172,13 @@ class CallbackConnection(asyncio.Protocol):
 
     def set_write_limit(self, high: int) -> None:
         """``pause_writing`` past ``high`` bytes held, ``resume_writing`` below a quarter."""
-        assert self.transport is not None
-        self.transport.set_write_buffer_limits(high=high, low=high // 4)
+        transport = self.transport
+        assert transport is not None
+        if self.lost or transport.is_closing():
+            # The peer reset it before the driver started (uvloop raises on a closed
+            # handle); nothing will be written.
+            return
+        transport.set_write_buffer_limits(high=high, low=high // 4)
 
     def pause_reading(self) -> None:
         """Stop reading from the socket (idempotent)."""
