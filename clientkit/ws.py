@@ -359,10 +359,13 @@ class _UDPSocket:
 
     async def send(self, data: bytes) -> None:
         try:
-            self._sock.send(data)
-        except BlockingIOError:
-            await anyio.wait_writable(self._sock)
-            self._sock.send(data)
+            try:
+                self._sock.send(data)
+            except BlockingIOError:
+                await anyio.wait_writable(self._sock)
+                self._sock.send(data)
+        except ConnectionRefusedError:
+            pass  # the server has shut down: the datagram is lost, as UDP may lose it
         await anyio.lowlevel.checkpoint()
 
     async def receive(self) -> bytes:
@@ -376,7 +379,12 @@ class _UDPSocket:
         return self
 
     async def __anext__(self) -> bytes:
-        return await self.receive()
+        try:
+            return await self.receive()
+        except ConnectionRefusedError:
+            # The server's port is closed (an ICMP port unreachable came back on this
+            # connected socket): it has shut down, nothing more will arrive.
+            raise StopAsyncIteration from None
 
     async def aclose(self) -> None:
         self._sock.close()
