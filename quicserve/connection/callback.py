@@ -23,32 +23,24 @@ through the same ``ConnectionDriver``; only the I/O differs.
   handle, moved only when the deadline comes earlier; a late one is found when it fires.
 * TLS is asyncio's SSL transport (``transport/callback.py``); the handshake is bounded by
   ``header_read_timeout``; ALPN picks HTTP/2, the cleartext preface likewise.
-* Requests (HTTP/1.1): a request parsed while the connection's runner is idle begins in
-  the callback that read it, once every event of those bytes is dispatched, as the
-  runner's task (``asyncio.current_task()`` is the runner), until its first real wait; a
-  request that never waits is answered there, without waking the runner (``_begin``).
-  One that waits is handed to the runner, which awaits the rest of it.
+* Requests run on the connection's stream runner (``driver.py``), as on trio. Beginning an
+  HTTP/1.1 request inside the read callback that parsed it (as Python 3.12's eager tasks
+  would) was tried in issue 11: fewer instructions in-process, but 1.06-1.11x the server
+  CPU per request under wrk on plaintext and 1.16-1.29x over TLS, so it was taken out.
 
 Rules: no task of its own per connection but the one holding its task group; nothing here
-blocks; every callback catches what it raises (a bug closes this connection only). A
-request begun in a callback sees one task from start to end, the runner's (anyio cancel
-scopes and task groups work across the hand-off); it runs in its own copy of the context
-the runner started with, so a context variable it sets does not reach the next request.
-Never nested: a request begun while another runs in a callback (pipelining) is queued.
+blocks; every callback catches what it raises (a bug closes this connection only).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import math
 import socket
 import time
-import types
 from collections import deque
-from collections.abc import Awaitable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -57,10 +49,9 @@ from ..connection_info import ConnectionInfo
 from ..lowlevel import Wakeup
 from ..protocol.base import ByteStreamProtocol
 from ..protocol.http1 import switching_response
-from ..streams.http import HTTPStream
 from ..transport.callback import CallbackConnection, open_callback_connection
 from .bytebase import ByteStreamBase, preface_verdict, start_protocol
-from .driver import AnyStream, ConnectionDriver
+from .driver import ConnectionDriver
 
 if TYPE_CHECKING:
     from ..registry import ConnectionRecord
@@ -74,62 +65,6 @@ _current_time = time.monotonic
 #: record's worth, as anyio's TLS stream returns them.
 _READ_SIZE = 65536
 _TLS_READ_SIZE = 16384
-#: The registry of asyncio's current task (C functions of the standard library, which
-#: uvloop's tasks use too): an app call begun in a loop callback runs as its runner's.
-_enter_task = asyncio.tasks._enter_task
-_leave_task = asyncio.tasks._leave_task
-
-
-@types.coroutine
-def _drive(
-    context: contextvars.Context, coro: Coroutine[Any, Any, None], yielded: Any
-) -> Generator[Any, Any, None]:
-    """The rest of ``coro``, which already ran (in ``context``) up to yielding ``yielded``
-    to its task: awaited by the runner, it hands the runner's task what ``coro`` yields and
-    ``coro`` what the task sends or throws, each step in ``context``, as the task would
-    if it had run ``coro`` from the start."""
-    run = context.run
-    while True:
-        try:
-            sent = yield yielded
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:  # a cancellation: the app call sees it
-            try:
-                yielded = run(coro.throw, exc)
-            except StopIteration:
-                return
-        else:
-            try:
-                yielded = run(coro.send, sent)
-            except StopIteration:
-                return
-
-
-class _Rest:
-    """The runner's queue item for an app call begun in a loop callback: what is left of
-    it (``_drive``), or the exception it raised there, raised in the runner."""
-
-    __slots__ = ("_context", "_coro", "_error", "_yielded")
-
-    def __init__(
-        self,
-        context: contextvars.Context,
-        coro: Coroutine[Any, Any, None],
-        yielded: Any,
-        error: BaseException | None = None,
-    ) -> None:
-        self._context = context
-        self._coro = coro
-        self._yielded = yielded
-        self._error = error
-
-    def run(self) -> Awaitable[None]:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-        return _drive(self._context, self._coro, self._yielded)
 
 
 async def serve_callback_connection(
@@ -230,14 +165,6 @@ class CallbackDriver(ByteStreamBase):
         self._budget_paused = False
         self._slice = _READ_SIZE if info.tls is None else _TLS_READ_SIZE
         self._set_write_limit()
-        #: HTTP/1.1: the stream runner's task, and a copy of its context as it started
-        #: (each app call begun in a loop callback runs in a copy of that copy).
-        self._runner_task: asyncio.Task[Any] | None = None
-        self._runner_context: contextvars.Context | None = None
-        #: A request to begin at once, in the loop callback that parsed it (``_begin``).
-        self._eager: HTTPStream | None = None
-        self._in_eager = False
-        self._loop = connection.loop
 
     def _set_write_limit(self) -> None:
         self._conn.set_write_limit(self._read_budget if self._batch_writes else self._budget)
@@ -347,8 +274,6 @@ class CallbackDriver(ByteStreamBase):
                 self._budget_paused = True
                 self._conn.pause_reading()
             self._arm_timer()
-        if self._eager is not None:
-            self._begin()
 
     def _feed_slices(self, data: bytes) -> None:
         # A transport hands over all it read (TLS: decrypted) at once, 256 KiB and more:
@@ -431,82 +356,6 @@ class CallbackDriver(ByteStreamBase):
         if self._stash or not self._conn.reading:
             self._resume_reading()
         self._arm_timer()
-
-    # -- HTTP/1.1 requests begun in the loop callback ------------------------------------
-
-    def _launch(self, stream: AnyStream) -> None:
-        """HTTP/1.1: a request parsed while the runner is idle is begun by ``_feed`` once
-        every event of the bytes it read is dispatched (``_begin``); anything else is
-        queued for the runner, as on every connection."""
-        if (
-            type(stream) is HTTPStream
-            and self._eager is None
-            and not self._in_eager
-            and self._max_runners == 1
-            and self._idle_runners
-            and self._runner_task is not None
-            # Not over TLS: there the read callback runs inside the SSL transport's own
-            # read loop, and answering from it cost 1.29x (asyncio) and 1.16x (uvloop)
-            # the CPU per request of answering from the runner (bench h1tls, one run).
-            and self._info.tls is None
-        ):
-            self._eager = stream
-            return
-        ConnectionDriver._launch(self, stream)
-
-    async def _runner(self) -> None:
-        task = asyncio.current_task()
-        self._runner_task = task
-        self._runner_context = contextvars.copy_context()
-        try:
-            await ConnectionDriver._runner(self)
-        finally:
-            if self._runner_task is task:
-                self._runner_task = None
-
-    def _begin(self) -> None:
-        """Run the app call of ``self._eager`` here, as the idle runner's task, until its
-        first real wait, as Python 3.12's eager tasks do: a request that never waits
-        (most do not) is answered without the runner being woken, which was a future, a
-        loop callback and a task step per request (issue 11). If it waits, the runner
-        is woken to await the rest (``_Rest``), so the app sees one task throughout:
-        ``asyncio.current_task()``, anyio's cancel scopes and cancellation work as in the
-        runner. Each such call runs in its own copy of the runner's starting context."""
-        stream = self._eager
-        self._eager = None
-        assert stream is not None
-        task = self._runner_task
-        loop = self._loop
-        if task is None or task.done() or task.cancelling() or not self._idle_runners:
-            ConnectionDriver._launch(self, stream)
-            return
-        try:
-            _enter_task(loop, task)
-        except RuntimeError:
-            # Not in a loop callback (the first bytes are fed from the connection's
-            # task): the runner runs it.
-            ConnectionDriver._launch(self, stream)
-            return
-        assert self._runner_context is not None
-        context = self._runner_context.copy()
-        coro = stream.run()
-        self._in_eager = True
-        try:
-            yielded = context.run(coro.send, None)
-        except StopIteration:
-            return
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:
-            rest = _Rest(context, coro, None, exc)
-        else:
-            rest = _Rest(context, coro, yielded)
-        finally:
-            self._in_eager = False
-            _leave_task(loop, task)
-        self._queue.append(rest)
-        if self._idle_runners:
-            self._idle_runners.pop().set()
 
     # -- timers ------------------------------------------------------------------------
 
