@@ -134,6 +134,16 @@ async def serve_callback_connection(
             connection.abort()
         else:
             sock.close()
+    except BaseException:
+        # Cancelled (the server is stopping) during the handshake, the preface or the
+        # driver: no transport may outlive the loop (uvloop cannot close a loop that still
+        # holds one: seen as EBUSY when a browser connected just as a test's server stopped).
+        if connection is not None:
+            if not connection.lost:
+                connection.abort()
+        else:
+            sock.close()
+        raise
     finally:
         context.registry.remove(record)
 
@@ -164,6 +174,9 @@ class CallbackDriver(ByteStreamBase):
         #: HTTP/2: reading stopped because the peer does not read what it asked for.
         self._budget_paused = False
         self._slice = _READ_SIZE if info.tls is None else _TLS_READ_SIZE
+        #: Graceful shutdown reached this connection: a TLS close does not wait for the
+        #: peer's close_notify then.
+        self._server_stopping = False
         self._set_write_limit()
 
     def _set_write_limit(self) -> None:
@@ -194,16 +207,26 @@ class CallbackDriver(ByteStreamBase):
             self._cancel_timer()
             connection.detach()
             if self._info.tls is not None and (
-                self._broken or connection.write_buffer_size() > self._budget
+                self._broken
+                or connection.write_buffer_size() > self._budget
+                or (self._server_stopping and not connection.write_buffer_size())
             ):
                 # A TLS close waits for the peer's close_notify while it reads (and
                 # decrypts) whatever the peer sends, for up to 30 s: a peer that does not
                 # read what it is owed (more than the budget: sends wait before that, so
                 # an orderly close holds less) but floods us (PINGs) would have us decrypt
-                # its flood all that time. Nothing more reaches it anyway: drop it.
+                # its flood all that time. Nothing more reaches it anyway: drop it. Nor
+                # when the server is stopping and all was handed to the socket: the loop
+                # ends with it, and uvloop cannot close a loop that still holds a
+                # transport (EBUSY).
                 connection.abort()
             else:
                 connection.close()
+
+    def shutdown(self) -> None:
+        """Graceful shutdown reached this connection (see ``ByteStreamBase.shutdown``)."""
+        self._server_stopping = True
+        super().shutdown()
 
     # -- ByteSink: what the connection calls -------------------------------------------
 
