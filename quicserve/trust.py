@@ -230,11 +230,11 @@ def browser_command(
     from urllib.parse import urlsplit
 
     names = FIREFOXES if kind == "firefox" else CHROMIUMS
-    program = next((shutil.which(n) for n in names if shutil.which(n)), None)
+    program = next(filter(None, map(shutil.which, names)), None)
     if program is None:
         raise LookupError(f"no {kind} on PATH (looked for {', '.join(names)})")
     if kind == "firefox":
-        _firefox_profile(profile, cert.ca_certfile)
+        new_firefox_profile(profile, cert.ca_certfile)
         return [
             program,
             *(["--headless"] if headless else []),
@@ -266,7 +266,10 @@ def browser_command(
     ]
 
 
-def _firefox_profile(profile: Path, ca: Path) -> None:
+def new_firefox_profile(profile: Path, ca: Path) -> Path:
+    """Make ``profile`` a fresh Firefox profile that trusts ``ca`` for servers, with the
+    HTTP/3 pref set and no first-run questions (``clientkit/firefox.py`` adds the test
+    prefs on top). Raises ``LookupError`` when ``certutil`` cannot do its part."""
     profile.mkdir(parents=True, exist_ok=True)
     store = Store(profile, "the new Firefox profile", firefox=True)
     database = f"sql:{profile}"
@@ -280,6 +283,7 @@ def _firefox_profile(profile: Path, ca: Path) -> None:
     with (profile / "user.js").open("a", encoding="utf-8") as prefs:
         prefs.write('user_pref("browser.shell.checkDefaultBrowser", false);\n')
         prefs.write('user_pref("browser.startup.homepage_override.mstone", "ignore");\n')
+    return profile
 
 
 def run_browser(kind: str, url: str, cert: DevCertificate, *, headless: bool = False) -> int:

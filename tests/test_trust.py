@@ -57,9 +57,15 @@ go();
 </script></body></html>"""
 
 
-def certs_cli(home: Path, data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HOME": str(home)}
+def certs_argv(home: Path, data: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    """``quicserve certs --data-dir DATA ARGS`` and its environment, with ``HOME`` at
+    ``home``."""
     command = [sys.executable, "-m", "quicserve", "certs", "--data-dir", str(data), *args]
+    return command, {**os.environ, "HOME": str(home)}
+
+
+def certs_cli(home: Path, data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command, env = certs_argv(home, data, *args)
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
 
 
@@ -170,8 +176,7 @@ async def test_chromium_trusts_the_ca_through_pki_nssdb(
 async def run_cli_until(reported: anyio.Event, home: Path, data: Path, *args: str) -> None:
     """``quicserve certs ...`` until the page reports; then SIGTERM to it, which must stop
     its browser too (it waits for the browser)."""
-    env = {**os.environ, "HOME": str(home)}
-    command = [sys.executable, "-m", "quicserve", "certs", "--data-dir", str(data), *args]
+    command, env = certs_argv(home, data, *args)
     async with await anyio.open_process(command, env=env) as cli:
         try:
             with anyio.fail_after(60):
