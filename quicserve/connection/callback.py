@@ -430,13 +430,12 @@ class CallbackDriver(ByteStreamBase):
         protocol = self.protocol
         data = protocol.data_to_send()
         if data:
-            connection.write(data)
+            connection.write(data)  # self._write inlined: this is the per-request path
             self._record.bytes_out += len(data)
             # HTTP/1.1 hands a large body piece apart from the head before it (no copy
             # to join them): write the rest.
             while protocol.split_output and (data := protocol.data_to_send()):
-                connection.write(data)
-                self._record.bytes_out += len(data)
+                self._write(data)
         if self._budget_waiters and not self._over_budget(-1):
             self._release_budget_waiters()
         if protocol.closed:
