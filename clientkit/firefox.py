@@ -1,14 +1,13 @@
 """Headless Firefox (Debian ``firefox-esr``): a throwaway profile that trusts a CA, and a run.
 
 Firefox has no SPKI-pin flag as Chromium has: it trusts what the profile's NSS database
-(``cert9.db``) trusts, so :func:`make_profile` makes a fresh profile the way ``quicserve
-certs browser firefox`` does (``quicserve.trust.new_firefox_profile``: the CA imported with
-NSS's ``certutil``, Debian ``libnss3-tools``) and adds the preferences a test needs:
+(``cert9.db``) trusts, so :func:`make_profile` makes a fresh profile, imports the CA with
+NSS's ``certutil`` (Debian ``libnss3-tools``) and writes the preferences a test needs:
 
-* ``network.http.http3.disable_when_third_party_roots_found`` false (set there). Firefox
-  does not use HTTP/3 at all while a root it did not ship is trusted (a locally installed
-  CA is such a root): without this every request stays on HTTP/2, however the server
-  advertises HTTP/3. This is also what a person needs for local HTTP/3 in Firefox.
+* ``network.http.http3.disable_when_third_party_roots_found`` false. Firefox does not use
+  HTTP/3 at all while a root it did not ship is trusted (a locally installed CA is such a
+  root): without this every request stays on HTTP/2, however the server advertises
+  HTTP/3. This is also what a person needs for local HTTP/3 in Firefox.
 * no first-run pages, update checks or telemetry, so the only traffic is the test's.
 
 Firefox moves to HTTP/3 through ``alt-svc`` only; there is no "force QUIC to this origin"
@@ -26,13 +25,12 @@ from pathlib import Path
 
 import anyio
 
-from quicserve.trust import new_firefox_profile
-
 #: The program (Debian package ``firefox-esr``).
 PROGRAM = "firefox-esr"
 
 #: Preferences for every test profile (``user.js`` lines).
 PREFS: dict[str, bool | int | str] = {
+    "network.http.http3.disable_when_third_party_roots_found": False,
     "network.http.http3.enable": True,
     "browser.shell.checkDefaultBrowser": False,
     "browser.startup.homepage_override.mstone": "ignore",
@@ -60,12 +58,33 @@ def make_profile(
     """A new Firefox profile in ``directory`` that trusts ``ca_certfile`` for servers.
 
     Blocking (runs ``certutil``): call it from a worker thread in async code, or before
-    the loop starts. Raises ``LookupError`` if ``certutil`` refuses."""
-    new_firefox_profile(directory, ca_certfile)
+    the loop starts. Raises ``subprocess.CalledProcessError`` if ``certutil`` refuses."""
+    directory.mkdir(parents=True, exist_ok=True)
+    database = f"sql:{directory}"
+    subprocess.run(
+        ["certutil", "-N", "--empty-password", "-d", database],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            "certutil",
+            "-A",
+            "-d",
+            database,
+            "-n",
+            "quicserve test CA",
+            "-t",
+            "C,,",
+            "-i",
+            str(ca_certfile),
+        ],
+        check=True,
+        capture_output=True,
+    )
     prefs = {**PREFS, **(extra or {})}
     lines = [f'user_pref("{name}", {_pref_value(value)});' for name, value in prefs.items()]
-    with (directory / "user.js").open("a", encoding="utf-8") as user_js:
-        user_js.write("\n".join(lines) + "\n")
+    (directory / "user.js").write_text("\n".join(lines) + "\n")
     return directory
 
 

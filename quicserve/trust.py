@@ -268,8 +268,9 @@ def browser_command(
 
 def new_firefox_profile(profile: Path, ca: Path) -> Path:
     """Make ``profile`` a fresh Firefox profile that trusts ``ca`` for servers, with the
-    HTTP/3 pref set and no first-run questions (``clientkit/firefox.py`` adds the test
-    prefs on top). Raises ``LookupError`` when ``certutil`` cannot do its part."""
+    HTTP/3 pref set and no first-run questions. Raises ``LookupError`` when ``certutil``
+    cannot do its part. (``clientkit/firefox.py`` does the same for the tests on its own:
+    the client kit imports nothing of quicserve, ``tests/test_layers.py``.)"""
     profile.mkdir(parents=True, exist_ok=True)
     store = Store(profile, "the new Firefox profile", firefox=True)
     database = f"sql:{profile}"
