@@ -269,9 +269,62 @@ def _drop_privileges(
     if config.quic_qlog_dir is not None and os.path.isdir(config.quic_qlog_dir):
         if os.stat(config.quic_qlog_dir).st_uid == os.geteuid():
             identity.chown(config.quic_qlog_dir)
+    _import_what_serving_needs(config)
     drop_privileges(identity)
     logger.info("Running as uid %d, gid %d", os.getuid(), os.getgid())
     return config, tls, unix_paths
+
+
+def _import_what_serving_needs(config: Config) -> None:
+    """Import quicserve's modules and the event loop's while still root.
+
+    Python and its packages may live where only root can read (a pyenv or a virtualenv
+    under /root): once the process has become ``--user``, a module imported lazily at the
+    first request would fail to load. The app's own imports are the app's to make
+    readable; these are ours. Optional modules that are not installed are skipped."""
+    import importlib
+    import pkgutil
+    import warnings
+
+    backend = "trio" if config.backend == "trio" else "asyncio"
+    # Whole packages whose modules load others lazily: anyio (its API, the backend),
+    # aioquic and cryptography (the first QUIC handshake loads the OpenSSL backend) ...
+    packages = [
+        "quicserve",
+        "anyio",
+        "aioquic",
+        "cryptography.hazmat.backends",
+        "cryptography.hazmat.primitives",
+        "cryptography.x509",
+        "h2",
+        "hpack",
+        "hyperframe",
+        "h11",
+        "httptools",
+        "wsproto",
+        "websockets",
+        "pylsqpack",
+    ]
+    skipped = ("anyio._backends.", "anyio.pytest_plugin", "websockets.legacy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        importlib.import_module(f"anyio._backends._{backend}")  # trio, asyncio with it
+        if config.backend == "uvloop":
+            importlib.import_module("uvloop")
+        for package in packages:
+            try:
+                module = importlib.import_module(package)
+            except ImportError:
+                continue  # an optional package that is not installed
+            for info in pkgutil.walk_packages(getattr(module, "__path__", []), f"{package}."):
+                if (
+                    info.name.endswith(".__main__")
+                    or info.name.startswith(skipped)
+                    or "test" in info.name
+                ):
+                    continue
+                with contextlib.suppress(Exception):
+                    importlib.import_module(info.name)
 
 
 def _bind_now(config: Config, identity: Identity) -> tuple[Config, list[str]]:
