@@ -36,7 +36,11 @@ Signals:
 * A worker that dies is started again in its slot (after a pause if it died within a
   second of starting); one that reaches ``--max-requests`` (+ jitter) asks to be replaced
   like a SIGHUP would replace it. A worker that fails before it was ever ready during
-  start-up stops everything with its error, printed once.
+  start-up stops everything with its error, printed once; so does one whose app cannot
+  boot (exit status 3) at any later start, a respawn included, instead of being started
+  again in a loop (a SIGHUP replacement that fails keeps the old worker instead).
+* ``--user``/``--group``: the supervisor stays root and each worker drops after reading
+  its certificates; the forwarding directory and ``unix:`` socket files are the user's.
 """
 
 from __future__ import annotations

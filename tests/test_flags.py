@@ -56,6 +56,7 @@ NOBODY = pwd.getpwnam("nobody")
 ENV_FILE = """\
 # settings for the app
 export GREETING=hello-env
+QUICSERVE_LIMIT_CONCURRENCY=2
 QUOTED="a \\"b\\" # not a comment"  # a comment
 SINGLE='$NOT_EXPANDED'
 """
@@ -179,8 +180,7 @@ def test_one_process_all_flags(
         str(tls_files.keyfile),
         "--lifespan",
         "off",
-        "--limit-concurrency",
-        "2",
+        # --limit-concurrency 2 comes from the env file (QUICSERVE_LIMIT_CONCURRENCY).
         "--header",
         "X-Frame-Options: DENY",
         "--header",
@@ -422,6 +422,7 @@ def test_env_file_subset(tmp_path: Path) -> None:
     )
     assert parse_env_file(str(path)) == {
         "GREETING": "hello-env",
+        "QUICSERVE_LIMIT_CONCURRENCY": "2",
         "QUOTED": 'a "b" # not a comment',
         "SINGLE": "$NOT_EXPANDED",
         "EMPTY": "",
