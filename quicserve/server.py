@@ -147,6 +147,7 @@ class Server:
             worker=self.worker,
             default_headers=default_response_headers(config),
         )
+        context.default_names = frozenset([name for name, _ in context.default_headers] + [b"date"])
         # Certificate problems surface here, before anything is bound.
         tls = self.tls if self.tls is not None else build_server_tls(config)
         tcp_endpoints = await self._open_tcp_endpoints(tls)

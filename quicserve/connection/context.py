@@ -64,6 +64,8 @@ class ServerContext:
     #: Response fields every response gets unless the app set the same name:
     #: ``--header`` and ``server`` (see :func:`default_response_headers`).
     default_headers: tuple[tuple[bytes, bytes], ...] = ()
+    #: Their names and ``date``, which an app's own field of that name replaces.
+    default_names: frozenset[bytes] = frozenset()
     #: Requests (any stream type) in flight in this process, counted only with
     #: ``--limit-concurrency`` (``ConnectionDriver._start_stream``).
     in_flight: int = 0

@@ -258,6 +258,7 @@ class QuicDriver(ConnectionDriver):
             },
             default_headers=context.default_headers,
             date_header=context.config.date_header,
+            default_names=context.default_names,
         )
         super().__init__(context, info, protocol, record)
         self.listener = listener

@@ -502,12 +502,23 @@ def response_headers(raw: Any, info: ConnectionInfo) -> Headers:
     headers: Headers = [(bytes(name).lower(), bytes(value)) for name, value in raw]
     defaults = info.default_headers
     if defaults:
-        present = {name for name, _ in headers}
-        for pair in defaults:
-            if pair[0] not in present:
-                headers.append(pair)
-        if info.date_header and b"date" not in present:
-            headers.append((b"date", _date.get()))
+        # One pass, no set: an app rarely sets a name the server would add.
+        names = info.default_names
+        seen: list[bytes] | None = None
+        for name, _ in headers:
+            if name in names:
+                if seen is None:
+                    seen = [name]
+                else:
+                    seen.append(name)
+        if seen is None:
+            headers += defaults
+            if info.date_header:
+                headers.append((b"date", _date.get()))
+        else:
+            headers += [pair for pair in defaults if pair[0] not in seen]
+            if info.date_header and b"date" not in seen:
+                headers.append((b"date", _date.get()))
     elif info.date_header:
         for name, _ in headers:
             if name == b"date":
