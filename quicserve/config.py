@@ -363,8 +363,9 @@ class Config:
         default=(),
         metadata=_opt(
             "a default response header NAME:VALUE, sent unless the app sets the same name "
-            "(repeatable)",
+            "(repeatable; in the environment one per line, as values may hold commas)",
             metavar="NAME:VALUE",
+            split="lines",
         ),
     )
     env_file: str | None = field(
@@ -681,6 +682,11 @@ def coerce(name: str, value: Any, source: str) -> Any:
         items = value if isinstance(value, list) else [value]
         if not all(isinstance(item, str) for item in items):
             raise ConfigError(f"{where}: expected strings, got {value!r}")
+        if f.metadata.get("split") == "lines":
+            # Items that may hold commas (header values): whole array items, or lines.
+            return tuple(
+                line.strip() for item in items for line in item.splitlines() if line.strip()
+            )
         return tuple(part.strip() for item in items for part in item.split(",") if part.strip())
     if type_name.startswith(("int", "float")):
         number_type: type[int] | type[float] = int if type_name.startswith("int") else float

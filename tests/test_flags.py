@@ -31,7 +31,7 @@ import pytest
 
 from clientkit.h3 import H3Request, H3Response
 from quicserve.certs import DevCertificate
-from quicserve.config import ConfigError, parse_header
+from quicserve.config import ConfigError, parse_header, resolve
 from quicserve.daemon import (
     EXIT_BOOT_FAILURE,
     EXIT_ERROR,
@@ -441,7 +441,14 @@ def test_env_file_subset(tmp_path: Path) -> None:
         assert needle in str(caught.value)
 
 
-def test_header_values() -> None:
+def test_header_values(tmp_path: Path) -> None:
+    # Values may hold commas: TOML array items and environment lines are taken whole.
+    toml = tmp_path / "q.toml"
+    toml.write_text('header = ["Cache-Control: no-cache, no-store", "X-A: 1"]\n')
+    wanted = ("Cache-Control: no-cache, no-store", "X-A: 1")
+    assert resolve({"app": "a:b", "config": str(toml)}, {}).header == wanted
+    environ = {"QUICSERVE_HEADER": "Cache-Control: no-cache, no-store\nX-A: 1"}
+    assert resolve({"app": "a:b"}, environ).header == wanted
     assert parse_header("X-Frame-Options:  DENY ") == (b"x-frame-options", b"DENY")
     assert parse_header("x-empty:") == (b"x-empty", b"")
     for bad in ["no-colon", ":authority: x", "a b: c", "x: a\nb", "x: a\0", "Content-Length: 1"]:
