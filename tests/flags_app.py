@@ -6,7 +6,8 @@
 * ``/hold``: prints :data:`HOLD_MARKER` on stderr, then waits until the file named by
   ``FLAGS_APP_RELEASE`` exists (polled, at most 60 s): requests in flight the test ends.
 * ``/app-headers``: a response that sets ``server``, ``x-team`` and ``date`` itself.
-* WebSocket: accepted, says "hi", closes.
+* WebSocket: accepted, says "hi", closes. WebTransport: accepted, held until the client
+  leaves.
 
 When the file named by ``FLAGS_APP_BREAK`` exists, importing this module fails: a worker
 started after that (a respawn) cannot boot.
@@ -52,6 +53,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "websocket.accept"})
         await send({"type": "websocket.send", "text": "hi"})
         await send({"type": "websocket.close", "code": 1000})
+        return
+    if scope["type"] == "webtransport":
+        await receive()
+        await send({"type": "webtransport.accept"})
+        await receive()  # until the client leaves
         return
     if scope["type"] != "http":
         return

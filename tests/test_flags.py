@@ -26,9 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
+from clientkit import ws
 from clientkit.h3 import H3Request, H3Response
 from quicserve.certs import DevCertificate
 from quicserve.config import ConfigError, parse_header, resolve
@@ -181,6 +183,7 @@ def test_one_process_all_flags(
         "--lifespan",
         "off",
         # --limit-concurrency 2 comes from the env file (QUICSERVE_LIMIT_CONCURRENCY).
+        "--webtransport",
         "--header",
         "X-Frame-Options: DENY",
         "--header",
@@ -260,6 +263,9 @@ def test_one_process_all_flags(
         assert (response.status_code, response.http_version) == (503, "HTTP/2")
         check_defaults(header_map(response.headers.raw))
         assert h3_get(clients, "/").status == 503
+        # WebSockets over HTTP/2 (RFC 8441) and HTTP/3 (RFC 9220), and a WebTransport
+        # session, count as requests too.
+        assert tunnels(tls, udp, tls_files) == (503, 503, 503)
         assert server.stderr.count(HOLD_MARKER) == 2
         # Once the held requests finish, requests are served again.
         release.touch()
@@ -268,12 +274,31 @@ def test_one_process_all_flags(
         assert h1.get(f"http://127.0.0.1:{plain}/").status_code == 200
         assert h2.get(f"https://localhost:{tls}/").status_code == 200
         assert h3_get(clients, "/").status == 200
+        assert tunnels(tls, udp, tls_files) == (200, 200, 200)
 
-    assert server.stderr.count("(--limit-concurrency)") == 4
+    assert server.stderr.count("(--limit-concurrency)") == 7
     server.proc.send_signal(signal.SIGTERM)
     assert server.wait_exit(20) == 0, server.stderr
     assert not pid_file.exists()  # removed on a clean exit
     assert "Traceback" not in server.stderr
+
+
+def tunnels(tls: int, udp: int, certs: DevCertificate) -> tuple[int, int, int]:
+    """The statuses of a WebSocket over HTTP/2 and over HTTP/3 and of a WebTransport
+    session (200: accepted)."""
+
+    async def statuses() -> tuple[int, int, int]:
+        async with ws.open_h2(tls, "/ws", tls=client_ssl_context(certs)) as tunnel:
+            over_h2 = tunnel.status
+        async with ws.open_h3(udp, "/ws", cafile=str(certs.ca_certfile)) as tunnel:
+            over_h3 = tunnel.status
+        async with ws.open_h3(
+            udp, "/wt", cafile=str(certs.ca_certfile), protocol=b"webtransport", webtransport=True
+        ) as tunnel:
+            session = tunnel.status
+        return over_h2, over_h3, session
+
+    return anyio.run(statuses)
 
 
 async def _hold(clients: H3Clients) -> H3Response:
