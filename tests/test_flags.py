@@ -382,9 +382,15 @@ def test_four_workers_as_nobody_then_a_worker_that_cannot_boot_stops_all(
         assert answer["greeting"] == "hello-env"  # the supervisor's environment
     assert len({answer["pid"] for answer in answers}) >= 2
 
-    # A worker dies and its replacement cannot boot (the app no longer imports): the
-    # supervisor stops everything with exit status 3 instead of restarting it in a loop.
+    # The app no longer imports. A SIGHUP replacement that cannot boot keeps the old
+    # worker, which goes on serving ...
     broken.touch()
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for(r"New worker 0 \(pid \d+\) exited with code 3 before it was ready; keeping")
+    with httpx.Client(timeout=15) as h1:
+        assert h1.get(f"http://127.0.0.1:{privileged_port}/id").json()["pid"] in workers
+    # ... but a worker that dies and whose replacement cannot boot stops everything with
+    # exit status 3, instead of being restarted in a loop.
     os.kill(slots[0], signal.SIGKILL)
     assert server.wait_exit(30) == EXIT_BOOT_FAILURE, server.stderr
     errors = [line for line in server.stderr.splitlines() if line.startswith("quicserve: error:")]
