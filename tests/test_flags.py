@@ -32,6 +32,7 @@ import pytest
 
 from clientkit import ws
 from clientkit.h3 import H3Request, H3Response
+from quicserve.api import make_config
 from quicserve.certs import DevCertificate
 from quicserve.config import ConfigError, parse_header, resolve
 from quicserve.daemon import (
@@ -485,6 +486,12 @@ def test_header_values(tmp_path: Path) -> None:
     for bad in ["no-colon", ":authority: x", "a b: c", "x: a\nb", "x: a\0", "Content-Length: 1"]:
         with pytest.raises(ValueError):
             parse_header(bad)
+
+
+def test_the_api_refuses_what_acts_before_the_import() -> None:
+    for name in ("user", "group", "env_file"):
+        with pytest.raises(ConfigError, match=f"{name} needs the command line"):
+            make_config(**{name: "x"})
 
 
 def test_stale_pid_file_is_replaced(tmp_path: Path) -> None:
