@@ -1,0 +1,199 @@
+"""``--quic-secrets-file`` through the real command line: workers, two servers, rotation.
+
+The servers are real ``python -m quicserve`` subprocesses (``spawn`` from ``test_cli.py``)
+running ``tests/worker_apps.py``, whose answers name the process that served them and
+whether the request arrived as 0-RTT early data. Clients are aioquic's (``clientkit``).
+
+* Four workers on one key ring: 12 fresh connections, each resuming its own ticket with
+  0-RTT, are all accepted whichever worker they reach (without a shared ring about one in
+  four is: the issue's reference, 3 of 12).
+* Two single-process servers (one on asyncio with Retry always, one on trio) sharing the
+  file: a ticket of one resumes on the other with 0-RTT. Rotation with
+  ``quicserve secrets new`` and SIGHUP: old tickets keep working, new tickets carry the
+  new key's id; a bad file on SIGHUP is logged and the old ring kept; a key deleted from
+  the file no longer resumes anything.
+
+The sans-IO side (the file, sealing, the strike register, Retry and resets under a
+rotating ring) is ``tests/test_secrets.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aioquic.tls import SessionTicket
+
+from clientkit.h3 import H3Request, H3Result, h3_fetch_async
+from quicserve.certs import DevCertificate
+from quicserve.quic.keyring import KeyRing
+from quicserve.secretsfile import read_key_file
+
+from . import test_cli
+from .test_cli import CLIServer, Spawn, quicserve_command
+
+backend = test_cli.backend
+env = test_cli.env
+spawn = test_cli.spawn
+
+APP = "tests.worker_apps:app"
+UDP = r"Listening on https://127\.0\.0\.1:(\d+) \(UDP\)"
+
+
+def start(
+    spawn: Spawn, tls: DevCertificate, backend: str, ring: Path, *extra: str
+) -> tuple[CLIServer, int]:
+    server = spawn(
+        APP,
+        "--backend",
+        backend,
+        "--quic-bind",
+        "127.0.0.1:0",
+        "--certfile",
+        str(tls.certfile),
+        "--keyfile",
+        str(tls.keyfile),
+        "--lifespan",
+        "off",
+        "--no-access-log",
+        "--quic-0rtt",
+        "--quic-secrets-file",
+        str(ring),
+        *extra,
+    )
+    return server, int(server.wait_for(UDP, timeout=30)[1])
+
+
+def secrets_new(ring: Path, *extra: str, env: dict[str, str]) -> None:
+    subprocess.run(
+        quicserve_command("secrets", "new", str(ring), *extra),
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def fetch_all(
+    port: int, tls: DevCertificate, tickets: list[SessionTicket | None], requests: int = 1
+) -> list[H3Result]:
+    """One connection per ticket (None: a fresh one), all at once, each ``requests`` GET
+    /pid in turn. With 0-RTT the first answer can come before the server has the client's
+    Finished, and so before the new ticket: a second request waits for a new ticket."""
+
+    async def run() -> list[H3Result]:
+        return list(
+            await asyncio.gather(
+                *(
+                    h3_fetch_async(
+                        port,
+                        [H3Request("/pid")] * requests,
+                        cafile=str(tls.ca_certfile),
+                        session_ticket=t,
+                    )
+                    for t in tickets
+                )
+            )
+        )
+
+    return asyncio.run(run())
+
+
+def answer(result: H3Result) -> dict[str, Any]:
+    response = result.responses[0]
+    assert all(r.status == 200 for r in result.responses), result.responses
+    body: dict[str, Any] = json.loads(response.body)
+    return body
+
+
+def key_id(ticket: SessionTicket | None) -> bytes:
+    assert ticket is not None
+    return ticket.ticket[1:5]
+
+
+def test_four_workers_resume_every_ticket_with_0rtt(
+    spawn: Spawn, backend: str, tls_files: DevCertificate, tmp_path: Path, env: dict[str, str]
+) -> None:
+    ring = tmp_path / "ring"
+    secrets_new(ring, env=env)
+    server, port = start(spawn, tls_files, backend, ring, "--workers", "4")
+    server.wait_for(r"All 4 workers ready", timeout=30)
+    first = fetch_all(port, tls_files, [None] * 12)
+    issuers = [answer(r)["pid"] for r in first]
+    tickets = [r.session_ticket for r in first]
+    assert all(t is not None and t.max_early_data_size is not None for t in tickets)
+    again = fetch_all(port, tls_files, list(tickets))
+    assert [r.resumed for r in again] == [True] * 12
+    assert [r.early_data_accepted for r in again] == [True] * 12
+    assert [answer(r)["early"] for r in again] == [True] * 12  # served as 0-RTT requests
+    served = [answer(r)["pid"] for r in again]
+    # New connections land on workers by a hash of their random first CID, so about 3 in
+    # 4 resumed on a worker that did not issue their ticket (all 12 on their issuer: odds
+    # of (1/4)^12).
+    assert sum(a != b for a, b in zip(issuers, served, strict=True)) >= 1
+    assert "Traceback" not in server.stderr, server.stderr
+
+
+@pytest.mark.parametrize("backends", [("asyncio", "trio")], ids=["asyncio+trio"])
+def test_two_servers_share_tickets_and_rotate(
+    spawn: Spawn,
+    backends: tuple[str, str],
+    tls_files: DevCertificate,
+    tmp_path: Path,
+    env: dict[str, str],
+) -> None:
+    ring = tmp_path / "ring"
+    secrets_new(ring, env=env)
+    (key_a,) = read_key_file(str(ring))
+    one, port_one = start(spawn, tls_files, backends[0], ring, "--quic-retry", "always")
+    two, port_two = start(spawn, tls_files, backends[1], ring)
+    first = fetch_all(port_one, tls_files, [None] * 3)
+    assert all(r.retry_seen for r in first)  # Retry tokens minted and checked with the ring
+    issued = [r.session_ticket for r in first]
+    assert {key_id(t) for t in issued} == {KeyRing([key_a]).current.key_id}
+
+    # 1. A ticket of server one resumes on server two with 0-RTT.
+    (moved,) = fetch_all(port_two, tls_files, [issued[0]], requests=2)
+    assert moved.resumed and moved.early_data_accepted
+    assert answer(moved)["early"] and answer(moved)["pid"] == two.proc.pid
+    from_two = moved.session_ticket
+
+    # 2. Rotation: a new key first, SIGHUP both. Old tickets still resume; new ones
+    #    carry the new key.
+    secrets_new(ring, env=env)
+    key_b, _ = read_key_file(str(ring))
+    for server in (one, two):
+        server.signal(signal.SIGHUP)
+        server.wait_for(
+            r"Reloaded 2 key\(s\) from .* \(current key id " + KeyRing([key_b]).current.key_id.hex()
+        )
+    (old_ticket,) = fetch_all(port_two, tls_files, [issued[1]], requests=2)
+    assert old_ticket.resumed and old_ticket.early_data_accepted
+    assert key_id(old_ticket.session_ticket) == KeyRing([key_b]).current.key_id
+    (fresh,) = fetch_all(port_one, tls_files, [None])  # Retry under the new key
+    assert fresh.retry_seen and key_id(fresh.session_ticket) == KeyRing([key_b]).current.key_id
+
+    # 3. A bad file on SIGHUP: logged, the old ring kept, still serving and resuming.
+    good = ring.read_text()
+    ring.write_text("not base64!\n")
+    two.signal(signal.SIGHUP)
+    two.wait_for(r"ERROR .*Reload: --quic-secrets-file .*line 1: not base64.*keeping the 2 key")
+    (kept,) = fetch_all(port_two, tls_files, [issued[2]])
+    assert kept.resumed and kept.early_data_accepted
+
+    # 4. The old key deleted: its tickets no longer resume (a full handshake, still served).
+    ring.write_text(good.replace(good.splitlines()[-1], ""))
+    assert read_key_file(str(ring)) == [key_b]
+    two.signal(signal.SIGHUP)
+    two.wait_for(r"Reloaded 1 key\(s\)")
+    (retired,) = fetch_all(port_two, tls_files, [from_two])
+    assert not retired.resumed and not retired.early_data_accepted
+    assert answer(retired)["pid"] == two.proc.pid
+    for server in (one, two):
+        assert "Traceback" not in server.stderr, server.stderr
+        assert server.proc.poll() is None  # SIGHUP never killed it
