@@ -83,6 +83,19 @@ def test_read_file_errors_are_one_line_naming_the_file(tmp_path: Path) -> None:
         read_key_file(str(huge))
 
 
+def test_a_file_others_can_read_is_loaded_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "ring"
+    path.write_text(line(A))
+    path.chmod(0o600)
+    assert read_key_file(str(path)) == [A] and not caplog.records
+    path.chmod(0o644)
+    assert read_key_file(str(path)) == [A]
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and "mode 644" in record.getMessage()
+
+
 def test_new_key_creates_0600_prepends_and_keeps_k(tmp_path: Path) -> None:
     path = tmp_path / "ring"
     first = new_key(str(path))

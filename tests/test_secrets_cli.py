@@ -6,7 +6,8 @@ whether the request arrived as 0-RTT early data. Clients are aioquic's (``client
 
 * Four workers on one key ring: 12 fresh connections, each resuming its own ticket with
   0-RTT, are all accepted whichever worker they reach (without a shared ring about one in
-  four is: the issue's reference, 3 of 12).
+  four is: the issue's reference, 3 of 12); after a rotation and SIGHUP to the supervisor
+  the new workers resume the old workers' tickets and issue tickets under the new key.
 * Two single-process servers (one on asyncio with Retry always, one on trio) sharing the
   file: a ticket of one resumes on the other with 0-RTT. Rotation with
   ``quicserve secrets new`` and SIGHUP: old tickets keep working, new tickets carry the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -36,6 +38,7 @@ from quicserve.secretsfile import read_key_file
 
 from . import test_cli
 from .test_cli import CLIServer, Spawn, quicserve_command
+from .test_workers import wait_until
 
 backend = test_cli.backend
 env = test_cli.env
@@ -127,7 +130,7 @@ def test_four_workers_resume_every_ticket_with_0rtt(
     issuers = [answer(r)["pid"] for r in first]
     tickets = [r.session_ticket for r in first]
     assert all(t is not None and t.max_early_data_size is not None for t in tickets)
-    again = fetch_all(port, tls_files, list(tickets))
+    again = fetch_all(port, tls_files, list(tickets), requests=2)
     assert [r.resumed for r in again] == [True] * 12
     assert [r.early_data_accepted for r in again] == [True] * 12
     assert [answer(r)["early"] for r in again] == [True] * 12  # served as 0-RTT requests
@@ -136,6 +139,19 @@ def test_four_workers_resume_every_ticket_with_0rtt(
     # 4 resumed on a worker that did not issue their ticket (all 12 on their issuer: odds
     # of (1/4)^12).
     assert sum(a != b for a, b in zip(issuers, served, strict=True)) >= 1
+
+    # Rotation with the supervisor: SIGHUP replaces the workers, each reads the new ring.
+    # The tickets the old workers issued (key A) resume on the new ones with 0-RTT, and
+    # the new workers' tickets carry key B.
+    secrets_new(ring, env=env)
+    new_id = KeyRing(read_key_file(str(ring))).current.key_id
+    server.signal(signal.SIGHUP)
+    wait_until(lambda: len(re.findall(r"replaced: pid", server.stderr)) >= 4, 40)
+    assert len(re.findall(r"Loaded 2 key\(s\) .*" + new_id.hex(), server.stderr)) == 4
+    rotated = fetch_all(port, tls_files, [r.session_ticket for r in again], requests=2)
+    assert [r.early_data_accepted for r in rotated] == [True] * 12
+    assert {key_id(r.session_ticket) for r in rotated} == {new_id}
+    assert not {answer(r)["pid"] for r in rotated} & set(issuers + served)
     assert "Traceback" not in server.stderr, server.stderr
 
 
@@ -197,3 +213,37 @@ def test_two_servers_share_tickets_and_rotate(
     for server in (one, two):
         assert "Traceback" not in server.stderr, server.stderr
         assert server.proc.poll() is None  # SIGHUP never killed it
+
+
+def test_a_bad_file_at_start_is_one_line_and_exit_1(
+    tls_files: DevCertificate, tmp_path: Path, env: dict[str, str]
+) -> None:
+    bad = tmp_path / "ring"
+    bad.write_text("# a comment\nQUJD\n")
+    for workers in ("1", "2"):  # the process itself, or the supervisor before any worker
+        done = subprocess.run(
+            quicserve_command(
+                APP,
+                "--workers",
+                workers,
+                "--quic-bind",
+                "127.0.0.1:0",
+                "--certfile",
+                str(tls_files.certfile),
+                "--keyfile",
+                str(tls_files.keyfile),
+                "--quic-secrets-file",
+                str(bad),
+                "--log-level",
+                "warning",
+            ),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 1
+        assert done.stderr.splitlines() == [
+            f"quicserve: error: --quic-secrets-file {bad}: line 2: a key of 3 bytes, at least "
+            "32 needed"
+        ], done.stderr

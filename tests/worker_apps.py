@@ -2,8 +2,8 @@
 
 ``/pid`` answers ``{"pid": ..., "client": [host, port], "early": ...}`` (``early``: the
 request came in 0-RTT, the ``early-data: 1`` header RFC 8470 has the server add);
-``/slow`` does the same after ``SLOW_SECONDS`` (a request in flight across a reload). Sleeping uses anyio, so the app
-runs on asyncio, uvloop and trio.
+``/slow`` does the same after ``SLOW_SECONDS`` (a request in flight across a reload).
+Sleeping uses anyio, so the app runs on asyncio, uvloop and trio.
 """
 
 from __future__ import annotations
