@@ -264,6 +264,8 @@ def test_strike_register_is_bounded_and_never_forgets_silently() -> None:
     # Expired entries leave on their own; the register empties with time.
     assert register.first_use(b"late", expiry_ms=5000, now_ms=4000)
     assert len(register) == 1
+    # --quic-session-tickets 0: nothing remembered, so nothing resumes.
+    assert not StrikeRegister(0).first_use(b"t", expiry_ms=1000, now_ms=0)
 
 
 # -- Retry and stateless reset under a shared, rotating ring ------------------------------

@@ -9,10 +9,11 @@ whether the request arrived as 0-RTT early data. Clients are aioquic's (``client
   four is: the issue's reference, 3 of 12); after a rotation and SIGHUP to the supervisor
   the new workers resume the old workers' tickets and issue tickets under the new key.
 * Two single-process servers (one on asyncio with Retry always, one on trio) sharing the
-  file: a ticket of one resumes on the other with 0-RTT. Rotation with
-  ``quicserve secrets new`` and SIGHUP: old tickets keep working, new tickets carry the
-  new key's id; a bad file on SIGHUP is logged and the old ring kept; a key deleted from
-  the file no longer resumes anything.
+  file: a ticket of one resumes on the other with 0-RTT, and one resets the other's
+  connections with the token the client holds (after a rotation too: one reset per key).
+  Rotation with ``quicserve secrets new`` and SIGHUP: old tickets keep working, new
+  tickets carry the new key's id; a bad file on SIGHUP is logged and the old ring kept; a
+  key deleted from the file no longer resumes anything.
 
 The sans-IO side (the file, sealing, the strike register, Retry and resets under a
 rotating ring) is ``tests/test_secrets.py``.
@@ -21,17 +22,21 @@ rotating ring) is ``tests/test_secrets.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
 import signal
+import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aioquic.tls import SessionTicket
 
-from clientkit.h3 import H3Request, H3Result, h3_fetch_async
+from clientkit.h3 import H3Client, H3Request, H3Result, h3_fetch_async
 from quicserve.certs import DevCertificate
 from quicserve.quic.keyring import KeyRing
 from quicserve.secretsfile import read_key_file
@@ -82,12 +87,38 @@ def secrets_new(ring: Path, *extra: str, env: dict[str, str]) -> None:
     )
 
 
+def reset_token_of(client: H3Client) -> tuple[bytes, bytes]:
+    """The server CID a client sends to, and the reset token the server gave with it."""
+    peer = client._quic._peer_cid
+    assert peer.stateless_reset_token is not None
+    return peer.cid, peer.stateless_reset_token
+
+
+def resets_for(port: int, cid: bytes, size: int = 60) -> list[bytes]:
+    """Send a 1-RTT-looking packet for ``cid`` (a connection this server does not know) and
+    collect the stateless resets that come back."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        sock.sendto(bytes([0x41]) + cid + os.urandom(size - 1 - len(cid)), ("127.0.0.1", port))
+        answers = [sock.recv(2048)]
+        sock.settimeout(0.3)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                answers.append(sock.recv(2048))
+    return answers
+
+
 def fetch_all(
-    port: int, tls: DevCertificate, tickets: list[SessionTicket | None], requests: int = 1
+    port: int,
+    tls: DevCertificate,
+    tickets: list[SessionTicket | None],
+    requests: int = 1,
+    after_first: Callable[[H3Client], Any] | None = None,
 ) -> list[H3Result]:
     """One connection per ticket (None: a fresh one), all at once, each ``requests`` GET
-    /pid in turn. With 0-RTT the first answer can come before the server has the client's
-    Finished, and so before the new ticket: a second request waits for a new ticket."""
+    /pid in turn (``after_first``: clientkit's hook). With 0-RTT the first answer can come
+    before the server has the client's Finished, and so before the new ticket: a second
+    request waits for a new ticket."""
 
     async def run() -> list[H3Result]:
         return list(
@@ -98,6 +129,7 @@ def fetch_all(
                         [H3Request("/pid")] * requests,
                         cafile=str(tls.ca_certfile),
                         session_ticket=t,
+                        after_first=after_first,
                     )
                     for t in tickets
                 )
@@ -168,10 +200,15 @@ def test_two_servers_share_tickets_and_rotate(
     (key_a,) = read_key_file(str(ring))
     one, port_one = start(spawn, tls_files, backends[0], ring, "--quic-retry", "always")
     two, port_two = start(spawn, tls_files, backends[1], ring)
-    first = fetch_all(port_one, tls_files, [None] * 3)
+    first = fetch_all(port_one, tls_files, [None] * 3, after_first=reset_token_of)
     assert all(r.retry_seen for r in first)  # Retry tokens minted and checked with the ring
     issued = [r.session_ticket for r in first]
     assert {key_id(t) for t in issued} == {KeyRing([key_a]).current.key_id}
+    # Server two resets a connection of server one (as after a failover): the reset ends
+    # in the token server one gave the client with that CID.
+    cid, token = first[0].hook_result
+    (reset,) = resets_for(port_two, cid)
+    assert reset[-16:] == token and 21 <= len(reset) < 60
 
     # 1. A ticket of server one resumes on server two with 0-RTT.
     (moved,) = fetch_all(port_two, tls_files, [issued[0]], requests=2)
@@ -193,6 +230,10 @@ def test_two_servers_share_tickets_and_rotate(
     assert key_id(old_ticket.session_ticket) == KeyRing([key_b]).current.key_id
     (fresh,) = fetch_all(port_one, tls_files, [None])  # Retry under the new key
     assert fresh.retry_seen and key_id(fresh.session_ticket) == KeyRing([key_b]).current.key_id
+    # A CID issued under key A before the rotation still gets its reset: one per key.
+    cid, token = first[1].hook_result
+    resets = resets_for(port_one, cid)
+    assert len(resets) == 2 and resets[1][-16:] == token
 
     # 3. A bad file on SIGHUP: logged, the old ring kept, still serving and resuming.
     good = ring.read_text()
