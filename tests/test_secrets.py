@@ -10,10 +10,12 @@ rotation with SIGHUP) is ``tests/test_secrets_cli.py``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aioquic.h3.connection import H3_ALPN
@@ -27,7 +29,7 @@ from quicserve.config import Config
 from quicserve.quic.compat import ServerQuicConnection
 from quicserve.quic.endpoint import EndpointCore, Reply
 from quicserve.quic.keyring import MAX_KEYS, KeyRing, KeyRingError, encode_key, parse_key_file
-from quicserve.quic.tickets import SealedTickets, StrikeRegister
+from quicserve.quic.tickets import SealedTickets, SessionTicketStore, StrikeRegister
 from quicserve.quic.tokens import TokenAuthority
 from quicserve.secretsfile import SecretsFileError, new_key, read_key_file
 from quicserve.tls import quic_configuration
@@ -139,14 +141,20 @@ def _pump(client: QuicConnection, server: QuicConnection, now: float) -> float:
 class Resumption:
     """A client handshake against a server that seals tickets with ``ring``."""
 
-    def __init__(self, tls: DevCertificate, tickets: SealedTickets) -> None:
+    def __init__(
+        self,
+        tls: DevCertificate,
+        tickets: SealedTickets | SessionTicketStore,
+        allow_early_data: bool = True,
+    ) -> None:
         self.tls = tls
         self.tickets = tickets
+        self.allow_early_data = allow_early_data
 
     def connect(
         self, ticket: SessionTicket | None = None
     ) -> tuple[QuicConnection, list[SessionTicket]]:
-        config = Config(quic_0rtt=True)
+        config = Config(quic_0rtt=self.allow_early_data)
         configuration = QuicConfiguration(
             is_client=True, alpn_protocols=H3_ALPN, server_name="localhost"
         )
@@ -155,18 +163,26 @@ class Resumption:
         received: list[SessionTicket] = []
         client = QuicConnection(configuration=configuration, session_ticket_handler=received.append)
         client.connect(SERVER, now=0.0)
+        tickets = self.tickets
+        hooks: dict[str, Any] = (
+            {"session_ticket_fetcher": tickets.pop, "session_ticket_handler": tickets.add}
+            if isinstance(tickets, SessionTicketStore)
+            else {
+                "session_ticket_fetcher": tickets.fetch,
+                "session_ticket_handler": tickets.issued,
+                "ticket_sealer": tickets.seal,
+            }
+        )
         server_configuration = quic_configuration(config)
         server_configuration.load_cert_chain(str(self.tls.certfile), str(self.tls.keyfile))
         server = ServerQuicConnection(
             configuration=server_configuration,
             original_destination_connection_id=client._peer_cid.cid,  # its first DCID
-            session_ticket_fetcher=self.tickets.fetch,
-            session_ticket_handler=self.tickets.issued,
-            ticket_sealer=self.tickets.seal,
+            **hooks,
             cid_factory=lambda: (os.urandom(8), os.urandom(16)),
             stream_window=config.quic_stream_window_size,
             max_streams=config.quic_max_streams,
-            allow_early_data=True,
+            allow_early_data=self.allow_early_data,
         )
         if ticket is not None:  # 0-RTT data with the first flight
             client.send_stream_data(0, b"early", end_stream=False)
@@ -198,6 +214,33 @@ def test_sealed_ticket_resumes_with_0rtt_under_a_rotated_ring(tls_files: DevCert
     dropped = Resumption(tls_files, SealedTickets(KeyRing([B]), 100))
     client, _ = dropped.connect(ticket)
     assert not client.tls.session_resumed
+
+
+@pytest.mark.parametrize("sealed", [True, False], ids=["sealed", "in-memory"])
+def test_0rtt_only_where_the_server_and_the_ticket_allow_it(
+    tls_files: DevCertificate, sealed: bool
+) -> None:
+    # One server whose --quic-0rtt is switched between connections (an in-memory ticket
+    # resumes only where it was issued; a sealed one would resume on any server).
+    server = Resumption(
+        tls_files,
+        SealedTickets(KeyRing([A]), 100) if sealed else SessionTicketStore(100),
+        allow_early_data=False,
+    )
+    # A ticket issued without --quic-0rtt carries no permission; a client that sends early
+    # data with it anyway resumes, but its early data is rejected, even where 0-RTT is on.
+    _, (ticket,) = server.connect()
+    assert ticket.max_early_data_size is None
+    forged = dataclasses.replace(ticket, max_early_data_size=0xFFFFFFFF)  # the client lies
+    server.allow_early_data = True
+    client, _ = server.connect(forged)
+    assert client.tls.session_resumed and not client.tls.early_data_accepted
+    # A ticket with permission, presented once --quic-0rtt is off: no early data either.
+    _, (ticket,) = server.connect()
+    assert ticket.max_early_data_size is not None
+    server.allow_early_data = False
+    client, _ = server.connect(ticket)
+    assert client.tls.session_resumed and not client.tls.early_data_accepted
 
 
 def _ticket(
