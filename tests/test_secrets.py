@@ -27,12 +27,15 @@ from aioquic.tls import SessionTicket
 from quicserve.certs import DevCertificate
 from quicserve.config import Config
 from quicserve.quic.compat import ServerQuicConnection
-from quicserve.quic.endpoint import EndpointCore, Reply
+from quicserve.quic.endpoint import Accept, EndpointCore, Reply
 from quicserve.quic.keyring import MAX_KEYS, KeyRing, KeyRingError, encode_key, parse_key_file
 from quicserve.quic.tickets import SealedTickets, SessionTicketStore, StrikeRegister
 from quicserve.quic.tokens import TokenAuthority
 from quicserve.secretsfile import SecretsFileError, new_key, read_key_file
 from quicserve.tls import quic_configuration
+
+from .test_quic_endpoint import CLIENT as END_CLIENT
+from .test_quic_endpoint import make_client, retry_exchange
 
 CLIENT = ("127.0.0.1", 40000)
 SERVER = ("127.0.0.1", 4433)
@@ -368,3 +371,28 @@ def test_resets_cover_every_key_bounded_by_amplification() -> None:
     )
     decision = core.classify(short_packet(cid, 1200), CLIENT, 0.0)
     assert isinstance(decision, Reply) and len(decision.more) == 1
+
+
+def test_retry_from_one_machine_is_accepted_on_another_whatever_its_uptime() -> None:
+    # Two machines share the ring; their monotonic clocks (``now``) started at different
+    # boots, their wall clocks (``token_clock``) agree within NTP skew.
+    wall = [1_765_000_000.0]
+
+    def machine(monotonic_base: float) -> tuple[EndpointCore, float]:
+        core = EndpointCore(
+            supported_versions=[V1],
+            retry="always",
+            tokens=TokenAuthority(ring=KeyRing([A])),
+            token_clock=lambda: wall[0],
+        )
+        return core, monotonic_base
+
+    (a, a_now), (b, b_now) = machine(5.0), machine(900_000.0)
+    first_dcid, retry_scid, second = retry_exchange(a, make_client(), a_now)
+    wall[0] += 0.05
+    assert b.classify(second, END_CLIENT, b_now) == Accept(
+        original_dcid=first_dcid, retry_scid=retry_scid, dcid=retry_scid, version=V1
+    )
+    wall[0] += 30  # past the 10 s lifetime on the shared wall clock: INVALID_TOKEN close
+    decision = b.classify(second, END_CLIENT, b_now)
+    assert isinstance(decision, Reply) and decision.reason == "invalid token"
