@@ -45,7 +45,6 @@ from . import test_cli
 from .test_cli import CLIServer, Spawn, quicserve_command
 from .test_workers import wait_until
 
-backend = test_cli.backend
 env = test_cli.env
 spawn = test_cli.spawn
 
@@ -151,6 +150,8 @@ def key_id(ticket: SessionTicket | None) -> bytes:
     return ticket.ticket[1:5]
 
 
+# asyncio and trio (uvloop runs the same code as asyncio here; 10 s saved of the budget).
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_four_workers_resume_every_ticket_with_0rtt(
     spawn: Spawn, backend: str, tls_files: DevCertificate, tmp_path: Path, env: dict[str, str]
 ) -> None:
