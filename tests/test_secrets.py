@@ -68,6 +68,8 @@ def test_parse_keys_comments_and_blank_lines() -> None:
         (line(A) + line(A), "line 2: the same key as line 1"),
         ("".join(line(os.urandom(32)) for _ in range(MAX_KEYS + 1)), "9 keys, at most 8"),
     ],
+    # Named: the random keys in the texts would give each xdist worker other test ids.
+    ids=["empty", "comments", "garbage", "short", "urlsafe", "unpadded", "twice", "nine"],
 )
 def test_parse_refuses_bad_files_with_the_line(text: str, message: str) -> None:
     with pytest.raises(KeyRingError, match=message):
