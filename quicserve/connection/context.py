@@ -14,6 +14,7 @@ from ..config import parse_header
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..quic.keyring import KeyRing
     from ..quic.lb import CidLayout
     from ..registry import ConnectionRegistry
     from ..types import ASGIApp
@@ -61,6 +62,9 @@ class ServerContext:
     alt_svc: bytes | None = None
     #: This process's link to its supervisor, when it is one of ``--workers``.
     worker: WorkerHooks | None = None
+    #: The ``--quic-secrets-file`` key ring (tickets, Retry, resets), replaced in place
+    #: on reload; None without the file.
+    key_ring: KeyRing | None = None
     #: Response fields every response gets unless the app set the same name:
     #: ``--header`` and ``server`` (see :func:`default_response_headers`).
     default_headers: tuple[tuple[bytes, bytes], ...] = ()
