@@ -156,6 +156,7 @@ def check_app_wins(headers: dict[str, str]) -> None:
 
 
 @needs_root
+@pytest.mark.client("ss")
 def test_one_process_all_flags(
     spawn: Spawn,
     backend: str,
@@ -317,6 +318,7 @@ def supervised_backend(request: pytest.FixtureRequest) -> str:
 
 
 @needs_root
+@pytest.mark.client("ss")
 def test_four_workers_as_nobody_then_a_worker_that_cannot_boot_stops_all(
     spawn: Spawn,
     supervised_backend: str,
