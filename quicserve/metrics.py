@@ -345,10 +345,13 @@ class _Round:
 class FleetEndpoint:
     """The supervisor's ``--metrics-bind`` listener: one endpoint for every worker.
 
-    It runs in the supervisor's ``selectors`` loop: the supervisor registers nothing for
-    it but calls :meth:`snapshot_received`, :meth:`worker_gone` and :meth:`tick`, and
-    calls the ``data`` of the selector keys this endpoint registers (a method taking
-    the event mask). Every socket is non-blocking; every wait has a deadline."""
+    It runs in the supervisor's ``selectors`` loop: it registers its own sockets there
+    (each key's ``data`` is a method taking the event mask, which the supervisor calls),
+    and the supervisor calls :meth:`snapshot_received`, :meth:`worker_gone` and
+    :meth:`tick`. Every socket is non-blocking; every wait has a deadline; a round of
+    snapshots serves every scrape that was waiting when it began, and the scrapes that
+    arrive meanwhile get the next round (so a scrape never shows numbers older than its
+    request)."""
 
     def __init__(
         self,

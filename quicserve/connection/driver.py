@@ -57,6 +57,8 @@ logger = logging.getLogger("quicserve.error")
 AnyStream = HTTPStream | WebSocketStream | WebTransportSession
 #: What ``--metrics-bind``'s RequestStats call each stream type.
 _KIND = {HTTPStream: HTTP, WebSocketStream: WEBSOCKET, WebTransportSession: WEBTRANSPORT}
+#: Shared by every connection without --metrics-bind (never written: nothing is timed).
+_NOT_TIMED: dict[int, Started] = {}
 
 
 class Runnable(Protocol):
@@ -106,7 +108,7 @@ class ConnectionDriver:
         self._status_counts = context.registry.status_counts
         #: Only with --metrics-bind: when each open stream started (see stats.py).
         self._stats = context.registry.request_stats
-        self._started: dict[int, Started] = {}
+        self._started: dict[int, Started] = {} if self._stats is not None else _NOT_TIMED
         self._broken = False
         self._closing = False
         self._task_group: anyio.abc.TaskGroup | None = None
