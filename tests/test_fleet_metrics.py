@@ -251,7 +251,8 @@ def test_one_endpoint_adds_up_over_workers(
     tls_files: DevCertificate,
     h3_clients: list[H3Clients],
 ) -> None:
-    server, tcp, udp, url = start(spawn, backend, tls_files, workers)
+    # Every QUIC connection proves its address with a Retry first (counted both ways).
+    server, tcp, udp, url = start(spawn, backend, tls_files, workers, "--quic-retry", "always")
     h3 = H3Clients(udp, tls_files)
     h3_clients.append(h3)
     expected, pids = load(tcp, udp, tls_files, h3)
@@ -275,6 +276,8 @@ def test_one_endpoint_adds_up_over_workers(
         == 1
     )
     assert samples["quicserve_quic_handshakes_total"] == 8
+    assert samples["quicserve_quic_retry_sent_total"] == 8
+    assert samples["quicserve_quic_retry_validated_total"] == 8
     assert all(v == 0 for k, v in samples.items() if k.startswith("http_server_active_requests"))
     if workers == 1:
         assert len(pids) == 1
