@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import selectors
 import signal
 import socket
 import time
@@ -28,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
+from quicserve import metrics
 from quicserve.certs import DevCertificate
 from quicserve.stats import (
     HTTP,
@@ -148,6 +150,61 @@ def test_snapshot_survives_the_link_and_drops_malformed_series() -> None:
     bad = {"c": {"x": "1", "y": 2, 3: 4}, "g": [], "h": {"z": ["a"], "w": [1, 2.5]}}
     assert Snapshot.from_json(bad) == Snapshot(counters={"y": 2}, histograms={"w": [1, 2.5]})
     assert Snapshot.from_json("nonsense") == Snapshot()
+
+
+class FakeWorker:
+    """What FleetEndpoint sees of a worker: ``ready`` and the messages sent to it."""
+
+    def __init__(self) -> None:
+        self.ready = True
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, **message: Any) -> None:
+        self.sent.append(message)
+
+
+def test_a_round_ends_when_the_last_worker_answers_or_exits() -> None:
+    """The supervisor's endpoint driven by hand, as its selectors loop would: a scrape asks
+    both workers; one answers, the other exits instead; the scrape gets both workers'
+    counts (the gone one's from its earlier answer) at once, without waiting for 1 s."""
+    selector = selectors.DefaultSelector()
+    answering, exiting = FakeWorker(), FakeWorker()
+    endpoint = metrics.FleetEndpoint("127.0.0.1:0", selector, lambda: [answering, exiting])
+
+    def step() -> None:
+        for key, events in selector.select(0.05):
+            key.data(events)
+        endpoint.tick()
+
+    try:
+        endpoint.snapshot_received(exiting, {"snapshot": 0, "metrics": _counter("r", 4).to_json()})
+        client = socket.create_connection(endpoint.address, timeout=5)
+        client.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+        for _ in range(100):
+            if answering.sent:
+                break
+            step()
+        assert answering.sent == exiting.sent == [{"scrape": 1}]
+        began = time.monotonic()
+        endpoint.snapshot_received(
+            answering, {"snapshot": 1, "metrics": _counter("r", 3).to_json()}
+        )
+        endpoint.worker_gone(exiting)  # the round ends here: nobody left to wait for
+        client.setblocking(False)
+        answer = b""
+        while b"r 7" not in answer and time.monotonic() - began < 2:
+            step()
+            with contextlib.suppress(BlockingIOError):
+                answer += client.recv(65536)
+        client.close()
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+        parsed = families(answer.split(b"\r\n\r\n", 1)[1].decode())
+        assert parsed["r"].samples[0].value == 7
+        assert parsed["quicserve_metrics_stale_workers"].samples[0].value == 0
+        assert time.monotonic() - began < metrics.WORKER_TIMEOUT
+    finally:
+        endpoint.close()
+        selector.close()
 
 
 # -- the real command ----------------------------------------------------------------------

@@ -99,11 +99,19 @@ async def test_handshake_failures_and_other_paths(
     assert parse(text)['quicserve_handshake_failures_total{transport="tcp"}'] == 1
 
 
-def test_worker_restart_hook() -> None:
-    before = metrics._process_counters["worker_restarts"]
-    metrics.count_worker_restart()
-    assert metrics._process_counters["worker_restarts"] == before + 1
-    metrics._process_counters["worker_restarts"] = before
+def test_worker_restart_and_unresponsive_hooks() -> None:
+    # The supervisor's events, exported by the supervisor's endpoint.
+    saved = dict(metrics._process_counters)
+    try:
+        metrics.count_worker_restart()
+        metrics.count_worker_unresponsive()
+        metrics.count_worker_unresponsive()
+        assert metrics._process_counters == {
+            "worker_restarts": saved["worker_restarts"] + 1,
+            "worker_unresponsive": saved["worker_unresponsive"] + 2,
+        }
+    finally:
+        metrics._process_counters.update(saved)
 
 
 def test_cli_metrics_bind(spawn: cli.Spawn, backend: str) -> None:
