@@ -109,6 +109,7 @@ def draw(report_json: Mapping[str, Any], path: Path) -> Path | None:
         return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
     meta = report_json.get("meta", {})
     todo = panels(report_json["summaries"], meta.get("bulk_protocols", []))
@@ -136,7 +137,7 @@ def draw(report_json: Mapping[str, Any], path: Path) -> Path | None:
                 ax.set_axis_off()
                 continue
             _draw_panel(ax, panel, colours)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[n]) for n in names]
+    handles = [Rectangle((0, 0), 1, 1, color=colours[n]) for n in names]
     fig.legend(
         handles,
         names,

@@ -439,9 +439,9 @@ async def _wt_datagram(data: bytes, send: Any) -> None:
             payload = b"%d " % index + file_body(WT_DATAGRAM_SIZES[index])
             await send({"type": "webtransport.datagram.send", "data": payload})
     elif verb == b"put":
-        index, _, payload = rest.partition(b" ")
-        if index.isdigit():
-            ack = b"ack %s %s" % (index, hashlib.sha256(payload).hexdigest().encode())
+        label, _, payload = rest.partition(b" ")
+        if label.isdigit():
+            ack = b"ack %s %s" % (label, hashlib.sha256(payload).hexdigest().encode())
             await send({"type": "webtransport.datagram.send", "data": ack})
 
 
@@ -535,8 +535,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     if path == "/client":
         client = list(scope.get("client") or ("", 0))
-        body = json.dumps({"client": client, "http_version": scope["http_version"]})
-        await _respond(send, 200, body.encode(), b"application/json")
+        seen = json.dumps({"client": client, "http_version": scope["http_version"]})
+        await _respond(send, 200, seen.encode(), b"application/json")
         return
     if path == "/early":
         early = (b"early-data", b"1") in [tuple(h) for h in scope["headers"]]

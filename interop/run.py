@@ -207,7 +207,7 @@ def run_backend(
                     reason = getattr(client, "UNSUPPORTED", "this client cannot run this case")
                     if isinstance(reason, dict):
                         reason = reason.get(case_name, reason["*"])
-                    cells[case_name][client.NAME] = Cell("na", reason)
+                    cells[case_name][client.NAME] = Cell("na", str(reason))
                     continue
                 server = servers.get(case.profile)
                 if server is None or not server.alive():

@@ -9,6 +9,7 @@ line and the DOM reading are :mod:`clientkit.chromium`'s, shared with the tests.
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 
 from clientkit import chromium, missing
 
@@ -32,7 +33,7 @@ def supports(case: str) -> bool:
 def _dump_dom(url: str, server: Server, *flags: str) -> str:
     from quicserve.certs import spki_sha256_base64
 
-    spki = spki_sha256_base64(server.certfile)
+    spki = spki_sha256_base64(Path(server.certfile))
     with tempfile.TemporaryDirectory(dir=server.workdir or None) as profile:
         return chromium.dump_dom(url, spki, profile, *flags, timeout=120)
 

@@ -103,7 +103,8 @@ def run(case: str, server: Server) -> Result:
     if case in ("h1-get", "h2-get"):
         version, want = (V.V1_1, "1.1") if case == "h1-get" else (V.V2_0, "2")
         r = requests.get(f"https://localhost:{server.https_port}/proto", http_version=version, **kw)
-        client_says = {V.V1_1: "1.1", V.V2_0: "2"}.get(r.http_version, str(r.http_version))
+        names = {int(V.V1_1): "1.1", int(V.V2_0): "2"}
+        client_says = names.get(r.http_version, str(r.http_version))
         if r.text != want or client_says != want:
             return fail(f"server saw {r.text!r}, client says {r.http_version}")
         return passed(f"server saw {r.text!r}, curl says HTTP/{client_says}")

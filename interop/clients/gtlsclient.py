@@ -289,10 +289,10 @@ def run(case: str, server: Server) -> Result:
             if server.h3_port6 is None:
                 return fail("no IPv6 loopback on this machine")
             _run(server, ["/client"], host="::1", port=server.h3_port6, download=d)
-            body = (d / "client").read_text()
-            if '"::1"' not in body or '"3"' not in body:
-                return fail(f"server saw {body[:80]}")
-            return passed(f"over ::1, server saw {body[:60]}")
+            seen = (d / "client").read_text()
+            if '"::1"' not in seen or '"3"' not in seen:
+                return fail(f"server saw {seen[:80]}")
+            return passed(f"over ::1, server saw {seen[:60]}")
         if case in ("resumption", "zerortt"):
             state = ["--session-file", str(d / "session"), "--tp-file", str(d / "tp")]
             first = _run(server, ["/proto"], *state, download=d)

@@ -43,7 +43,7 @@ _PINS: dict[str, dict[str, Any]] = {
 
 def available() -> str | None:
     try:
-        import niquests  # noqa: F401
+        import niquests  # type: ignore[import-not-found]  # noqa: F401
         import qh3  # noqa: F401
     except ImportError:
         return "pip install niquests (it brings qh3, and urllib3-future, which shadows urllib3)"

@@ -30,7 +30,15 @@ upgrade should touch only this file.
 5. **0-RTT requests.** STREAM frames that arrive in 0-RTT packets are noted, so HTTP/3
    can flag requests received as early data (RFC 8470).
 6. **0-RTT permission.** aioquic's server puts 0-RTT permission in every session ticket;
-   without ``--quic-0rtt`` ours carry none.
+   without ``--quic-0rtt`` ours carry none. And aioquic's server accepts early data from
+   any ClientHello that asks for it with a ticket it resumes, whatever the ticket or the
+   server allows (``tls.Context._server_handle_hello``); a client could send 0-RTT with a
+   ticket that never permitted it, and with ``--quic-secrets-file`` a ticket issued by a
+   server with ``--quic-0rtt`` could bring 0-RTT to one without it. So the resumed ticket
+   is noted, and when TLS installs the 0-RTT key (before it writes EncryptedExtensions)
+   the key is refused and ``early_data_accepted`` cleared unless this server has
+   ``--quic-0rtt`` and the ticket carries a ``max_early_data_size``: the client learns
+   that early data was rejected and sends it again in 1-RTT (RFC 8446 §4.2.10).
 7. **Send-side accounting.** ``buffered(stream_id)`` says how many response bytes aioquic
    holds for a stream (unsent or unacknowledged), for the app's ``send()`` to wait on.
 8. **Malformed requests are stream errors** (:class:`ServerH3Connection`), not the
@@ -61,6 +69,17 @@ upgrade should touch only this file.
     flag to aioquic's own function, which raises the very ``MessageError`` it always did.
     So what is accepted or refused, and the error, stay aioquic's; upstream could do the
     same scan. It is installed when this module is imported.
+
+13. **Sealed session tickets** (``--quic-secrets-file``). aioquic's server makes a ticket's
+    label 64 random bytes and pushes its NewSessionTicket onto the wire *before* it tells
+    ``session_ticket_handler`` about the ticket (``tls.Context._server_handle_finished``),
+    so a label the handler chooses never reaches the client. With ``ticket_sealer`` the
+    connection's TLS context becomes a :class:`_SealingContext`, whose
+    ``_new_session_ticket`` attribute is a property: when aioquic stores the new
+    NewSessionTicket (just before pushing it) the property builds the SessionTicket with
+    aioquic's own ``_build_session_ticket`` (the resumption secret from the key schedule,
+    which the push does not change) and puts the sealed label into the message. Upstream
+    could let the handler return the label.
 
 Also here: the one place a :class:`QuicConfiguration` is built from :class:`Config`.
 """
@@ -111,6 +130,7 @@ from .qpack_guard import (
 )
 
 CidFactory = Callable[[], tuple[bytes, bytes]]
+TicketSealer = Callable[[tls.SessionTicket], bytes]
 
 # RFC 9000 §19.10: type (1 byte) + stream id + maximum, both up to 8-byte varints.
 _MAX_STREAM_DATA_CAPACITY = 1 + 8 + 8
@@ -321,6 +341,24 @@ class ChunkedStreamReceiver(QuicStreamReceiver):
         return data
 
 
+class _SealingContext(tls.Context):
+    """aioquic's TLS context whose NewSessionTicket carries a sealed label (13.)."""
+
+    _ticket_sealer: TicketSealer | None = None
+
+    @property
+    def _new_session_ticket(self) -> tls.NewSessionTicket | None:
+        ticket: tls.NewSessionTicket | None = self.__dict__.get("_sealed_new_ticket")
+        return ticket
+
+    @_new_session_ticket.setter
+    def _new_session_ticket(self, message: tls.NewSessionTicket | None) -> None:
+        if message is not None and self._ticket_sealer is not None:
+            ticket = self._build_session_ticket(message, self.handshake_extensions)
+            message.ticket = self._ticket_sealer(ticket)
+        self.__dict__["_sealed_new_ticket"] = message
+
+
 class ServerQuicConnection(QuicConnection):
     """aioquic's connection with quicserve's CIDs, credit policy and 0-RTT marking."""
 
@@ -332,10 +370,22 @@ class ServerQuicConnection(QuicConnection):
         max_streams: int,
         allow_early_data: bool,
         max_fragments: int = 4096,
+        ticket_sealer: TicketSealer | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._allow_early_data = allow_early_data
+        self._ticket_sealer = ticket_sealer
+        # 6. the ticket TLS resumes, to check its 0-RTT permission.
+        self._resumed_ticket: tls.SessionTicket | None = None
+        fetcher = self._session_ticket_fetcher
+        if fetcher is not None:
+
+            def fetch(label: bytes) -> tls.SessionTicket | None:
+                self._resumed_ticket = ticket = fetcher(label)
+                return ticket
+
+            self._session_ticket_fetcher = fetch
         self._cid_factory = cid_factory
         # Concurrent request streams the peer may open (initial_max_streams_bidi).
         self._local_max_streams_bidi.value = self._local_max_streams_bidi.sent = max_streams
@@ -370,6 +420,29 @@ class ServerQuicConnection(QuicConnection):
             # aioquic's server lets every session ticket carry 0-RTT permission. Without
             # --quic-0rtt our tickets carry none, so clients resume in 1-RTT only.
             self.tls._max_early_data = None
+        if self._ticket_sealer is not None:
+            # 13. the label on the wire is the sealed ticket.
+            self.tls.__class__ = _SealingContext
+            self.tls._ticket_sealer = self._ticket_sealer  # type: ignore[attr-defined]
+
+    def _update_traffic_key(
+        self,
+        direction: tls.Direction,
+        epoch: tls.Epoch,
+        cipher_suite: tls.CipherSuite,
+        secret: bytes,
+    ) -> None:
+        if epoch == tls.Epoch.ZERO_RTT and direction == tls.Direction.DECRYPT:
+            ticket = self._resumed_ticket
+            if not (
+                self._allow_early_data
+                and ticket is not None
+                and ticket.max_early_data_size is not None
+            ):
+                # 6. early data this server or this ticket does not allow: rejected.
+                self.tls.early_data_accepted = False
+                return
+        super()._update_traffic_key(direction, epoch, cipher_suite, secret)
 
     # -- 1. connection ids --------------------------------------------------------------
 

@@ -16,7 +16,10 @@ handshake, ``forget`` when a connection is gone. Every CID the server issues com
 
 Rules (RFC 9000 unless noted):
 
-* Sans-IO: no sockets, no tasks, no clock; ``now`` is an argument (seconds, monotonic).
+* Sans-IO: no sockets, no tasks, no clock of its own; ``now`` is an argument (seconds,
+  monotonic). Retry tokens expire on ``token_clock`` (the caller passes ``time.time``),
+  because a token minted on one machine may be checked on another (``--quic-secrets-file``)
+  and monotonic clocks differ between machines; without it they use ``now``.
   ``classify`` never raises: anything that does not parse is dropped.
 * The version-independent long header (RFC 8999 §5.1) is read first, because an unknown
   version may lay out everything after the connection IDs differently, and may use CIDs
@@ -58,7 +61,12 @@ Rules (RFC 9000 unless noted):
   (§10.3.3, so two endpoints cannot loop), at least 21 bytes (§10.3: shorter packets are
   never valid), one byte shorter for packets of 43 bytes or less (§10.3). At most
   ``stateless_reset_rate`` per second (a token bucket, burst = rate), since the trigger
-  may come from a spoofed address (§10.3.3 suggests a limit).
+  may come from a spoofed address (§10.3.3 suggests a limit). With a key ring of several
+  keys (``--quic-secrets-file`` after a rotation) the CID may have been issued under any of
+  them, so one reset per key is sent, current key first (``Reply.more``), each its own
+  datagram with its own size and random bytes, each taking a token from the bucket, and
+  all of them together at most 3 times the trigger (the §8 anti-amplification factor for
+  an address we have not validated): at most ``MAX_KEYS`` small datagrams.
 * CIDs come from ``cid_generator`` (default: ``cid_length`` random bytes). A multi-worker
   server will pass a generator that encodes the worker id (QUIC-LB plaintext CIDs) so every
   datagram of a connection, including the Initial that answers a Retry, reaches its
@@ -111,6 +119,8 @@ MAX_CID_LENGTH = 20
 MIN_RESET_SIZE = 21
 #: RFC 9000 §10.3: answer packets of this size or less with a reset one byte shorter.
 _SMALL_TRIGGER = 43
+#: RFC 9000 §8: at most three times the bytes received from an unvalidated address.
+_RESET_AMPLIFICATION = 3
 #: Largest reset we send; bigger triggers get a random length in [43, min(this, trigger - 1)].
 _MAX_RESET_SIZE = 64
 
@@ -158,6 +168,8 @@ class Reply:
 
     datagram: bytes
     reason: str
+    #: Further datagrams to send after ``datagram`` (stateless resets under older keys).
+    more: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +288,7 @@ class EndpointCore:
         max_unvalidated_per_address: int | None = None,
         max_handshakes: int | None = None,
         cid_generator: Callable[[], bytes] | None = None,
+        token_clock: Callable[[], float] | None = None,
     ) -> None:
         if not supported_versions:
             raise ValueError("supported_versions must not be empty")
@@ -304,6 +317,7 @@ class EndpointCore:
         self.max_handshakes = max_handshakes
         self.tokens = tokens if tokens is not None else TokenAuthority()
         self._cid_generator: Callable[[], bytes] = cid_generator or (lambda: os.urandom(cid_length))
+        self._token_clock = token_clock
         self._reset_bucket = _TokenBucket.per_second(stateless_reset_rate)
         self._close_bucket = _TokenBucket.per_second(close_rate)
 
@@ -499,7 +513,9 @@ class EndpointCore:
         original_dcid: bytes | None = None
         if token:
             # RFC 9000 §8.1.3: a server MUST attempt to validate a token it receives.
-            original_dcid = self.tokens.validate_retry_token(token, addr, dcid, now)
+            original_dcid = self.tokens.validate_retry_token(
+                token, addr, dcid, self._token_clock() if self._token_clock else now
+            )
             if original_dcid is None and self.tokens.is_retry_token(token):
                 # §8.1.2: an invalid Retry token; the client will not accept a second
                 # Retry, so close with INVALID_TOKEN rather than let it time out.
@@ -533,7 +549,9 @@ class EndpointCore:
         # Retry's Source CID, and the integrity tag (RFC 9001 §5.8, RFC 9369 §3.3.3 for
         # version 2) is keyed per version by encode_quic_retry.
         retry_scid = self._fresh_cid()
-        token = self.tokens.create_retry_token(addr, dcid, retry_scid, now)
+        token = self.tokens.create_retry_token(
+            addr, dcid, retry_scid, self._token_clock() if self._token_clock else now
+        )
         self._counters["retry_sent"] += 1
         return Reply(
             encode_quic_retry(
@@ -574,15 +592,21 @@ class EndpointCore:
         if size is None:
             # §10.3.3: a reset must be smaller than its trigger and at least 21 bytes.
             return Drop("too small for reset")
-        if not self._reset_bucket.take(now):
+        resets: list[bytes] = []
+        budget = _RESET_AMPLIFICATION * len(data)
+        for token in self.tokens.stateless_reset_tokens(dcid):
+            if size is None or size > budget or not self._reset_bucket.take(now):
+                break
+            budget -= size
+            unpredictable = bytearray(os.urandom(size - RESET_TOKEN_SIZE))
+            # §10.3: "Fixed Bits (2) = 1": a short header (0) with the fixed bit set (1).
+            unpredictable[0] = (unpredictable[0] & 0x3F) | _FIXED_BIT
+            resets.append(bytes(unpredictable) + token)
+            size = self._reset_size(len(data))
+        if not resets:
             return Drop("reset rate limited")
-        unpredictable = bytearray(os.urandom(size - RESET_TOKEN_SIZE))
-        # §10.3: "Fixed Bits (2) = 1": a short header (0) with the fixed bit set (1).
-        unpredictable[0] = (unpredictable[0] & 0x3F) | _FIXED_BIT
-        self._counters["resets_sent"] += 1
-        return Reply(
-            bytes(unpredictable) + self.tokens.stateless_reset_token(dcid), "stateless reset"
-        )
+        self._counters["resets_sent"] += len(resets)
+        return Reply(resets[0], "stateless reset", tuple(resets[1:]))
 
     @staticmethod
     def _reset_size(trigger: int) -> int | None:
