@@ -4,11 +4,11 @@ The aggregation is plain data (``quicserve.stats``) and is tested without socket
 real command then runs with ``--workers 1`` (one process serves the endpoint) and
 ``--workers 4`` (the supervisor asks every worker and sums), on asyncio and trio: HTTP/1.1,
 HTTP/2 and HTTP/3 requests spread over the workers must add up exactly, per protocol, in
-the request counters and in the OpenTelemetry-named histogram; a SIGKILLed worker and a
-removed one (SIGTTOU) must not make a counter go backwards. Every scrape is read by the
-Prometheus project's own parser. The supervisor's listener keeps the single-process
-bounds (8 KiB heads, 4 scrapes, 5 s to send a head) and does not wait for a worker that
-does not answer (SIGSTOP) for more than a second.
+the request counters and in the OpenTelemetry-named histogram; a SIGKILLed worker, a
+reload of every worker (SIGHUP) and a removed one (SIGTTOU) must not make a counter go
+backwards. Every scrape is read by the Prometheus project's own parser. The supervisor's
+listener keeps the single-process bounds (8 KiB heads, 4 scrapes, 5 s to send a head)
+and does not wait for a worker that does not answer (SIGSTOP) for more than a second.
 """
 
 from __future__ import annotations
@@ -351,6 +351,13 @@ def test_one_endpoint_adds_up_over_workers(
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: scrape(url)["quicserve_worker_restarts_total"] == 1, 15)
     wait_until(lambda: len(set(slot_pids(server).values()) - server_pids) == 1, 30)
+    samples = scrape(url)
+    assert by_version(samples) == expected
+    assert samples["quicserve_workers"] == 4
+
+    # Every worker replaced (SIGHUP): each old one drains, sends its final numbers, exits.
+    server.signal(signal.SIGHUP)
+    wait_until(lambda: server.stderr.count("finished draining") == 4, 60)
     samples = scrape(url)
     assert by_version(samples) == expected
     assert samples["quicserve_workers"] == 4
