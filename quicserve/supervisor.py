@@ -38,6 +38,10 @@ Signals:
   second of starting); one that reaches ``--max-requests`` (+ jitter) asks to be replaced
   like a SIGHUP would replace it. A worker that fails before it was ever ready during
   start-up stops everything with its error, printed once.
+
+Metrics: with ``--metrics-bind`` the supervisor serves the one endpoint for all workers
+(:class:`quicserve.metrics.FleetEndpoint`, non-blocking sockets in this loop), asking the
+workers for their numbers over their links on each scrape.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from typing import Any
 
 from .addresses import parse_unix_mode
 from .config import Config, config_fields
+from .metrics import FleetEndpoint, count_worker_restart
 from .quic.lb import MAX_SLOTS, CidLayout, RoutingTable, cbpf_program
 from .secretsfile import read_key_file
 from .transport.sockets import attach_cbpf, open_stream_socket
@@ -81,6 +86,7 @@ _SUPERVISOR_FIELDS = {
     "max_requests_jitter",
     "unix_socket_mode",
     "quic_worker_routing",
+    "metrics_bind",
 }
 #: How long a new worker may take to report ready.
 _START_TIMEOUT = 60.0
@@ -161,6 +167,7 @@ class Supervisor:
         self.selector = selectors.DefaultSelector()
         self.signals: list[int] = []
         self._wakeup: tuple[int, int] | None = None
+        self.metrics: FleetEndpoint | None = None
 
     # -- main loop ----------------------------------------------------------------------
 
@@ -191,12 +198,17 @@ class Supervisor:
             self._cleanup()
 
     def _step(self) -> None:
-        for key, _ in self.selector.select(0.25):
+        timeout = 0.25 if self.metrics is None else self.metrics.timeout(0.25)
+        for key, events in self.selector.select(timeout):
             if key.data is None:
                 with contextlib.suppress(OSError):
                     os.read(key.fd, 4096)
-            else:
+            elif isinstance(key.data, Worker):
                 self._read_link(key.data)
+            else:
+                key.data(events)  # the metrics endpoint's sockets
+        if self.metrics is not None:
+            self.metrics.tick()
         while self.signals:
             self._on_signal(self.signals.pop(0))
         self._reap()
@@ -253,6 +265,9 @@ class Supervisor:
                 group.sockets.append(open_udp_socket(group.bind, reuse_port=True))
             if config.quic_worker_routing != "forward":
                 group.routing = "kernel"
+        if config.metrics_bind is not None:
+            self.metrics = FleetEndpoint(config.metrics_bind, self.selector, self._live)
+            logger.info("Metrics on %s", self.metrics.url())
 
     def _apply_table(self, *, broadcast: bool = True) -> None:
         """Attach the BPF program for the current slots and tell the workers."""
@@ -326,6 +341,7 @@ class Supervisor:
             forward_dir=self.forward_dir,
             predecessor=predecessor.path if predecessor is not None else None,
             max_requests=limit,
+            metrics=self.metrics is not None,
         )
         parent.setblocking(False)
         self.selector.register(parent, selectors.EVENT_READ, worker)
@@ -350,6 +366,8 @@ class Supervisor:
                 continue
             if message.get("ready"):
                 self._on_ready(worker)
+            if self.metrics is not None and ("snapshot" in message or "final" in message):
+                self.metrics.snapshot_received(worker, message)
             if "error" in message:
                 worker.error = str(message["error"])
             if message.get("recycle") and worker.slot not in self.reload_queue:
@@ -394,9 +412,14 @@ class Supervisor:
     def _reap(self) -> None:
         for worker in [w for w in self._live() if w.proc.poll() is not None]:
             worker.exit_code = worker.proc.returncode
+            for _ in range(64):  # a last error message, its final numbers
+                if worker.control.fileno() < 0:
+                    break
+                self._read_link(worker)
             if worker.control.fileno() >= 0:
-                self._read_link(worker)  # a last error message
                 self._unregister(worker)
+            if self.metrics is not None:
+                self.metrics.worker_gone(worker)
             self._on_exit(worker)
 
     def _on_exit(self, worker: Worker) -> None:
@@ -440,6 +463,7 @@ class Supervisor:
             worker.proc.pid,
             code,
         )
+        count_worker_restart()
         self.owners[slot] = None
         replacement = self.pending.pop(slot, None)
         if replacement is not None:
@@ -569,6 +593,8 @@ class Supervisor:
         for worker in [w for w in self.owners if w is not None] + self.draining:
             if worker.control.fileno() >= 0:
                 worker.control.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.selector.close()
         for _, sock in self.tcp:
             sock.close()

@@ -33,6 +33,7 @@ FLOORS: list[tuple[str, list[str]]] = [
             "accesslog",
             "config",
             "registry",
+            "stats",
             "certs",
             "tls",
         ],

@@ -41,6 +41,7 @@ from ..events import (
 )
 from ..lowlevel import Wakeup, wakeup_factory
 from ..protocol.base import PushProtocol, ServerProtocol, WebTransportProtocol
+from ..stats import HTTP, WEBSOCKET, WEBTRANSPORT, Started
 from ..streams.http import HTTPStream, connection_extensions
 from ..streams.websocket import WebSocketStream, is_websocket_request
 from ..streams.webtransport import WebTransportSession, is_webtransport_request
@@ -54,6 +55,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("quicserve.error")
 
 AnyStream = HTTPStream | WebSocketStream | WebTransportSession
+#: What ``--metrics-bind``'s RequestStats call each stream type.
+_KIND = {HTTPStream: HTTP, WebSocketStream: WEBSOCKET, WebTransportSession: WEBTRANSPORT}
+#: Shared by every connection without --metrics-bind (never written: nothing is timed).
+_NOT_TIMED: dict[int, Started] = {}
 
 
 class Runnable(Protocol):
@@ -101,6 +106,9 @@ class ConnectionDriver:
         #: Streams reset while sends waited on the budget: those sends stop waiting.
         self._budget_reset: set[int] = set()
         self._status_counts = context.registry.status_counts
+        #: Only with --metrics-bind: when each open stream started (see stats.py).
+        self._stats = context.registry.request_stats
+        self._started: dict[int, Started] = {} if self._stats is not None else _NOT_TIMED
         self._broken = False
         self._closing = False
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -188,6 +196,10 @@ class ConnectionDriver:
         stream = kind(self.context.app, self, self._info, request, self.context.lifespan_state)
         self._streams[request.stream_id] = stream
         self._record.requests += 1
+        if self._stats is not None:
+            self._started[request.stream_id] = self._stats.start(
+                _KIND[kind], self._info.http_version, request.method
+            )
         self._launch(stream)
 
     def _launch(self, stream: AnyStream) -> None:
@@ -303,6 +315,10 @@ class ConnectionDriver:
         stream = self._streams.pop(stream_id, None)
         if stream is not None:
             self._status_counts[stream.status] += 1
+            if self._stats is not None:
+                started = self._started.pop(stream_id, None)
+                if started is not None:
+                    self._stats.finish(started, stream.status)
         self._writable.pop(stream_id, None)
         if self._budget_reset:
             self._budget_reset.discard(stream_id)
