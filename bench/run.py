@@ -336,6 +336,8 @@ def run_trial(
             return fail(f"load failed{died}: {exc}")
         if server.exit_code() is not None:
             return fail(f"server exited with status {server.exit_code()} during the trial")
+        if server.scrape_failures:
+            return fail(f"/metrics scrapes failed: {'; '.join(server.scrape_failures)}")
 
         cpu_s = cpu_after - cpu_before
         trial.ok = True

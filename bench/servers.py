@@ -30,7 +30,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,8 +140,9 @@ def _quicserve_wsproto(python: str, listen: Listen) -> list[str]:
 
 
 def _quicserve_metrics(python: str, listen: Listen) -> list[str]:
-    # The same server with the Prometheus listener on: counting is always on, so this row
-    # shows what the listener itself costs (nothing on the request path is expected).
+    # The same server with the Prometheus listener on: the always-on counters plus what
+    # only --metrics-bind turns on (a histogram bisect per request) and the listener; the
+    # harness scrapes it every second during the trial (ServerProcess).
     metrics = f"{listen.host}:{free_port(listen.host)}"
     return [*_quicserve(python, listen), "--metrics-bind", metrics]
 
@@ -331,6 +334,18 @@ VARIANTS: tuple[ServerVariant, ...] = (
     ServerVariant(
         "hypercorn-2w", "hypercorn-2w", _ALL_BACKENDS, _ALL_PROTOCOLS, _workers(_hypercorn, 2)
     ),
+    # Four workers without and with --metrics-bind (the supervisor serves one endpoint for
+    # all, scraped every second): what fleet metrics cost (bench/README.md "Fleet metrics").
+    ServerVariant(
+        "quicserve-4w", "quicserve-4w", _ALL_BACKENDS, _ALL_PROTOCOLS, _workers(_quicserve, 4)
+    ),
+    ServerVariant(
+        "quicserve-4w-metrics",
+        "quicserve-4w-metrics",
+        _ALL_BACKENDS,
+        _ALL_PROTOCOLS,
+        _workers(_quicserve_metrics, 4),
+    ),
     # Uvicorn: asyncio.Protocol only (no trio), no HTTP/2 and no HTTP/3. Its WebSockets
     # (HTTP/1.1 only) come from the `websockets` package here, from wsproto in the row below.
     ServerVariant(
@@ -484,6 +499,11 @@ class ServerProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._descendants: dict[int, int] = {}  # pid -> start time, as seen while running
+        #: With --metrics-bind: /metrics is fetched every second while the server runs.
+        self.scrapes = 0
+        self.scrape_failures: list[str] = []
+        self._scraping = threading.Event()
+        self._scraper: threading.Thread | None = None
 
     @property
     def pid(self) -> int:
@@ -512,6 +532,19 @@ class ServerProcess:
             start_new_session=True,
         )
 
+    def _scrape(self, url: str) -> None:
+        """Fetch ``url`` every second (as Prometheus would) until :meth:`stop`."""
+        while not self._scraping.wait(1.0):
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    body = response.read()
+                if b"# TYPE quicserve_connections_open gauge" not in body:
+                    raise ValueError("not quicserve's metrics")
+                self.scrapes += 1
+            except (OSError, ValueError) as exc:
+                if self.exit_code() is None and len(self.scrape_failures) < 10:
+                    self.scrape_failures.append(str(exc))
+
     def exit_code(self) -> int | None:
         """The exit status if the server has exited, else None."""
         return None if self._proc is None else self._proc.poll()
@@ -525,9 +558,15 @@ class ServerProcess:
                 return f"exited with status {code} before accepting connections"
             try:
                 with socket.create_connection((host, port), timeout=0.25):
-                    return None
+                    pass
             except OSError:
                 time.sleep(0.05)
+                continue
+            if "--metrics-bind" in self.argv and self._scraper is None:
+                url = f"http://{self.argv[self.argv.index('--metrics-bind') + 1]}/metrics"
+                self._scraper = threading.Thread(target=self._scrape, args=(url,), daemon=True)
+                self._scraper.start()
+            return None
         return f"port {port} did not accept connections within {timeout_s:.0f} s"
 
     def _tree(self) -> list[int]:
@@ -579,6 +618,9 @@ class ServerProcess:
         if self._proc is None:
             return None
         note: str | None = None
+        self._scraping.set()
+        if self._scraper is not None:
+            self._scraper.join(10)
         self._tree()  # record descendants before the root goes away
         deadline = time.monotonic() + STOP_GRACE_S
         if self._proc.poll() is None:

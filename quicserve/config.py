@@ -830,9 +830,6 @@ def check(config: Config) -> None:
         raise ConfigError("--user and --group cannot be combined with --reload")
     if config.reload and config.workers > 1:
         raise ConfigError("--reload cannot be combined with --workers above 1")
-    if config.metrics_bind is not None and config.workers > 1:
-        # Each worker would bind the same port; a supervisor-level endpoint is not built.
-        raise ConfigError("--metrics-bind cannot be combined with --workers above 1 yet")
     if config.metrics_bind is not None:
         try:
             parse_bind(config.metrics_bind, "127.0.0.1")

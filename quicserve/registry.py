@@ -12,7 +12,8 @@ Rules (DESIGN.md invariant 4):
 * Counters for metrics are plain ints bumped where the event already happens: per
   connection at ``remove`` (its requests and bytes join the per-protocol totals), per
   response one list index (``status_counts[status]``). No locks, nothing allocated per
-  request; ``quicserve.metrics`` reads them when scraped.
+  request; ``quicserve.metrics`` reads them when scraped. Per-request durations are kept
+  only with ``--metrics-bind`` (``request_stats``; ``None`` otherwise).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
+
+from .stats import RequestStats
 
 
 class Drainable(Protocol):
@@ -83,6 +86,8 @@ class ConnectionRegistry:
         self.status_counts = [0] * 600
         #: Handshakes that failed, by transport ("tcp": TLS, "udp": QUIC).
         self.handshake_failures = {"tcp": 0, "udp": 0}
+        #: Request and session durations, kept only when something exports them.
+        self.request_stats: RequestStats | None = None
 
     async def acquire_slot(self) -> None:
         """Wait until fewer than ``max_connections`` are open (call before accepting)."""

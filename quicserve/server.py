@@ -36,6 +36,7 @@ from .metrics import MetricsEndpoint
 from .quic.keyring import KeyRing
 from .registry import ConnectionRegistry
 from .secretsfile import SecretsFileError, read_key_file
+from .stats import RequestStats
 from .tls import ServerTLS, build_server_tls
 from .transport.tcp import TCPEndpoint, accept_loop, open_tcp_endpoints
 from .transport.udp import open_udp_socket
@@ -90,6 +91,8 @@ class Server:
 
     def __post_init__(self) -> None:
         self.registry = ConnectionRegistry(self.config.max_connections)
+        if self.config.metrics_bind is not None or (self.worker and self.worker.metrics):
+            self.registry.request_stats = RequestStats()
         # --interface and middleware such as --proxy-headers, for every way in.
         self.app = prepare_app(self.app, self.config)
 

@@ -42,6 +42,10 @@ Signals:
   again in a loop (a SIGHUP replacement that fails keeps the old worker instead).
 * ``--user``/``--group``: the supervisor stays root and each worker drops after reading
   its certificates; the forwarding directory and ``unix:`` socket files are the user's.
+
+Metrics: with ``--metrics-bind`` the supervisor serves the one endpoint for all workers
+(:class:`quicserve.metrics.FleetEndpoint`, non-blocking sockets in this loop), asking the
+workers for their numbers over their links on each scrape.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ from .daemon import (
     resolve_identity,
     write_pid_file,
 )
+from .metrics import FleetEndpoint, count_worker_restart
 from .quic.lb import MAX_SLOTS, CidLayout, RoutingTable, cbpf_program
 from .secretsfile import read_key_file
 from .transport.sockets import attach_cbpf, open_stream_socket
@@ -94,6 +99,7 @@ _SUPERVISOR_FIELDS = {
     "quic_worker_routing",
     "env_file",  # loaded once, here: workers inherit the environment
     "pid_file",  # the supervisor's PID
+    "metrics_bind",
 }
 #: How long a new worker may take to report ready.
 _START_TIMEOUT = 60.0
@@ -183,6 +189,7 @@ class Supervisor:
         self.selector = selectors.DefaultSelector()
         self.signals: list[int] = []
         self._wakeup: tuple[int, int] | None = None
+        self.metrics: FleetEndpoint | None = None
 
     # -- main loop ----------------------------------------------------------------------
 
@@ -218,12 +225,17 @@ class Supervisor:
             self._cleanup()
 
     def _step(self) -> None:
-        for key, _ in self.selector.select(0.25):
+        timeout = 0.25 if self.metrics is None else self.metrics.timeout(0.25)
+        for key, events in self.selector.select(timeout):
             if key.data is None:
                 with contextlib.suppress(OSError):
                     os.read(key.fd, 4096)
-            else:
+            elif isinstance(key.data, Worker):
                 self._read_link(key.data)
+            else:
+                key.data(events)  # the metrics endpoint's sockets
+        if self.metrics is not None:
+            self.metrics.tick()
         while self.signals:
             self._on_signal(self.signals.pop(0))
         self._reap()
@@ -280,6 +292,9 @@ class Supervisor:
                 group.sockets.append(open_udp_socket(group.bind, reuse_port=True))
             if config.quic_worker_routing != "forward":
                 group.routing = "kernel"
+        if config.metrics_bind is not None:
+            self.metrics = FleetEndpoint(config.metrics_bind, self.selector, self._live)
+            logger.info("Metrics on %s", self.metrics.url())
 
     def _apply_table(self, *, broadcast: bool = True) -> None:
         """Attach the BPF program for the current slots and tell the workers."""
@@ -353,6 +368,7 @@ class Supervisor:
             forward_dir=self.forward_dir,
             predecessor=predecessor.path if predecessor is not None else None,
             max_requests=limit,
+            metrics=self.metrics is not None,
         )
         parent.setblocking(False)
         self.selector.register(parent, selectors.EVENT_READ, worker)
@@ -377,6 +393,8 @@ class Supervisor:
                 continue
             if message.get("ready"):
                 self._on_ready(worker)
+            if self.metrics is not None and ("snapshot" in message or "final" in message):
+                self.metrics.snapshot_received(worker, message)
             if "error" in message:
                 worker.error = str(message["error"])
             if message.get("recycle") and worker.slot not in self.reload_queue:
@@ -424,9 +442,14 @@ class Supervisor:
     def _reap(self) -> None:
         for worker in [w for w in self._live() if w.proc.poll() is not None]:
             worker.exit_code = worker.proc.returncode
+            for _ in range(64):  # a last error message, its final numbers
+                if worker.control.fileno() < 0:
+                    break
+                self._read_link(worker)
             if worker.control.fileno() >= 0:
-                self._read_link(worker)  # a last error message
                 self._unregister(worker)
+            if self.metrics is not None:
+                self.metrics.worker_gone(worker)
             self._on_exit(worker)
 
     def _on_exit(self, worker: Worker) -> None:
@@ -475,6 +498,7 @@ class Supervisor:
             worker.proc.pid,
             code,
         )
+        count_worker_restart()
         self.owners[slot] = None
         replacement = self.pending.pop(slot, None)
         if replacement is not None:
@@ -604,6 +628,8 @@ class Supervisor:
         for worker in [w for w in self.owners if w is not None] + self.draining:
             if worker.control.fileno() >= 0:
                 worker.control.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.selector.close()
         for _, sock in self.tcp:
             sock.close()

@@ -10,12 +10,15 @@ pair to the supervisor. Over it, one JSON object per line:
   it travels here, never on a command line or in the environment), ``server_id``,
   the routing ``table`` (``slots``, ``active``), ``routing`` per ``--quic-bind``
   (``"kernel"``: a BPF program routes; ``"forward"``: we route ourselves), the
-  ``forward_dir``, our ``predecessor`` (below) and ``max_requests``;
+  ``forward_dir``, our ``predecessor`` (below), ``max_requests`` and ``metrics`` (the
+  supervisor serves ``--metrics-bind``: keep request durations);
 * later: ``{"table": ...}`` (workers added or removed), ``{"predecessor": null}`` (it has
   exited), ``{"handover": true}`` (our successor is ready: stop reading the UDP sockets
-  and drain);
+  and drain), ``{"scrape": N}`` (answer ``{"snapshot": N, "metrics": ...}``, see
+  :mod:`quicserve.metrics`);
 * worker -> supervisor: ``{"ready": true}`` once listening, ``{"recycle": true}`` after
-  ``max_requests``, ``{"error": "..."}`` when it cannot start (the supervisor prints it).
+  ``max_requests``, ``{"error": "..."}`` when it cannot start (the supervisor prints it),
+  and with ``metrics``, ``{"final": ...}``: our last numbers, once the server stopped.
 
 An end of file from the supervisor means it is gone: the worker shuts down gracefully.
 
@@ -49,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
+from .metrics import collect
 from .quic.lb import CidLayout, RoutingTable, route
 
 if TYPE_CHECKING:
@@ -60,6 +64,9 @@ class Server(Protocol):
     """What a worker's link does to the server it runs beside (``quicserve.server.Server``)."""
 
     registry: ConnectionRegistry
+
+    def quic_stats(self) -> dict[str, int]:
+        """Counters summed over the QUIC endpoints (for metrics)."""
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown."""
@@ -118,6 +125,7 @@ class WorkerLink:
         #: The forwarding path of the worker starting to replace us, until it took over.
         self.successor: str | None = None
         self.max_requests: int = init["max_requests"]
+        self.metrics: bool = bool(init.get("metrics"))
         self.endpoints: list[RoutedEndpoint] = []
         self.routers: list[DatagramRouter] = []
         self.forward_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -165,12 +173,17 @@ class WorkerLink:
 
     async def serve(self, server: Server) -> None:
         """Control messages, forwarded datagrams and the request count, until cancelled."""
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._forwarded)
-            if self.max_requests:
-                tg.start_soon(self._count_requests, server)
-            await self._control(server)
-            tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._forwarded)
+                if self.max_requests:
+                    tg.start_soon(self._count_requests, server)
+                await self._control(server)
+                tg.cancel_scope.cancel()
+        finally:
+            if self.metrics:
+                # Cancelled once the server has stopped: every connection is counted.
+                self.send(final=collect(server).to_json())
 
     async def _control(self, server: Server) -> None:
         buffer = b""
@@ -199,6 +212,8 @@ class WorkerLink:
             self.predecessor = message["predecessor"]
         if "successor" in message:
             self.successor = message["successor"]
+        if "scrape" in message:
+            self.send(snapshot=message["scrape"], metrics=collect(server).to_json())
         if message.get("handover"):
             logger.info("Worker %d handing over to its successor; draining", self.slot)
             server.handover()

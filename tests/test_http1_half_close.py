@@ -10,6 +10,7 @@ driver, trio the stream driver).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anyio
@@ -122,3 +123,39 @@ async def test_websocket_upgrade_then_fin_ends_the_tunnel(
             while not seen:
                 await anyio.sleep(0.01)
     assert seen == ["websocket.disconnect"]
+
+
+async def test_fin_after_a_refused_websocket_is_a_plain_close(
+    anyio_backend: object, h1_engine: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The app refuses the upgrade (403); the client reads that answer, then half-closes.
+    # There is no tunnel: the FIN must end the connection quietly (it reached the refused
+    # stream's framer, which does not exist, and failed the connection with an
+    # AssertionError logged as "Unexpected error on connection").
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close"})
+            # Still running when the FIN arrives. A sleep, because nothing can be awaited:
+            # the server neither closes nor tells the app before the app call ends.
+            await anyio.sleep(0.5)
+
+    upgrade = (
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    async with running_server(app, http1_engine=h1_engine) as srv:
+        async with await anyio.connect_tcp("127.0.0.1", srv.port()) as stream:
+            await stream.send(upgrade)
+            reply = b""
+            with anyio.fail_after(5):
+                while b"\r\n\r\n" not in reply:
+                    reply += await stream.receive()
+            assert reply.startswith(b"HTTP/1.1 403 "), reply
+            await stream.send_eof()
+            with anyio.fail_after(5):
+                try:
+                    while True:
+                        await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    pass
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -34,6 +34,7 @@ FLOORS: list[tuple[str, list[str]]] = [
             "config",
             "daemon",
             "registry",
+            "stats",
             "certs",
             "tls",
         ],

@@ -8,10 +8,9 @@ flag works end to end, and its mistakes are one-line errors.
 
 from __future__ import annotations
 
-import re
-
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from quicserve import metrics
 from quicserve.certs import DevCertificate
@@ -25,18 +24,15 @@ env = cli.env
 spawn = cli.spawn
 backend = cli.backend
 
-SAMPLE = re.compile(r"^([a-z_][a-z0-9_]*)(\{[^}]*\})? (\d+)$")
 
-
-def parse(text: str) -> dict[str, int]:
-    """``{"name{labels}": value}``; checks every line is a comment or a sample."""
-    samples: dict[str, int] = {}
-    for line in text.splitlines():
-        if line.startswith("# HELP ") or line.startswith("# TYPE "):
-            continue
-        match = SAMPLE.match(line)
-        assert match, f"not exposition format: {line!r}"
-        samples[match[1] + (match[2] or "")] = int(match[3])
+def parse(text: str) -> dict[str, float]:
+    """``{"name{labels}": value}``, read by the Prometheus project's own parser (which
+    raises on anything that is not the text exposition format)."""
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            text_labels = ",".join(f'{k}="{v}"' for k, v in sample.labels.items())
+            samples[sample.name + (f"{{{text_labels}}}" if text_labels else "")] = sample.value
     return samples
 
 
@@ -103,11 +99,19 @@ async def test_handshake_failures_and_other_paths(
     assert parse(text)['quicserve_handshake_failures_total{transport="tcp"}'] == 1
 
 
-def test_worker_restart_hook() -> None:
-    before = metrics._process_counters["worker_restarts"]
-    metrics.count_worker_restart()
-    assert metrics._process_counters["worker_restarts"] == before + 1
-    metrics._process_counters["worker_restarts"] = before
+def test_worker_restart_and_unresponsive_hooks() -> None:
+    # The supervisor's events, exported by the supervisor's endpoint.
+    saved = dict(metrics._process_counters)
+    try:
+        metrics.count_worker_restart()
+        metrics.count_worker_unresponsive()
+        metrics.count_worker_unresponsive()
+        assert metrics._process_counters == {
+            "worker_restarts": saved["worker_restarts"] + 1,
+            "worker_unresponsive": saved["worker_unresponsive"] + 2,
+        }
+    finally:
+        metrics._process_counters.update(saved)
 
 
 def test_cli_metrics_bind(spawn: cli.Spawn, backend: str) -> None:

@@ -41,6 +41,7 @@ from ..events import (
 )
 from ..lowlevel import Wakeup, wakeup_factory
 from ..protocol.base import PushProtocol, ServerProtocol, WebTransportProtocol
+from ..stats import HTTP, WEBSOCKET, WEBTRANSPORT, Started
 from ..streams.http import HTTPStream, RefusedStream, connection_extensions
 from ..streams.websocket import WebSocketStream, is_websocket_request
 from ..streams.webtransport import WebTransportSession, is_webtransport_request
@@ -54,6 +55,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("quicserve.error")
 
 AnyStream = HTTPStream | WebSocketStream | WebTransportSession
+#: What ``--metrics-bind``'s RequestStats call each stream type.
+_KIND = {HTTPStream: HTTP, WebSocketStream: WEBSOCKET, WebTransportSession: WEBTRANSPORT}
+#: Shared by every connection without --metrics-bind (never written: nothing is timed).
+_NOT_TIMED: dict[int, Started] = {}
 
 
 class Runnable(Protocol):
@@ -101,6 +106,9 @@ class ConnectionDriver:
         #: Streams reset while sends waited on the budget: those sends stop waiting.
         self._budget_reset: set[int] = set()
         self._status_counts = context.registry.status_counts
+        #: Only with --metrics-bind: when each open stream started (see stats.py).
+        self._stats = context.registry.request_stats
+        self._started: dict[int, Started] = {} if self._stats is not None else _NOT_TIMED
         self._broken = False
         self._closing = False
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -187,17 +195,23 @@ class ConnectionDriver:
                 # Only HTTP/3 carries WebTransport here; elsewhere it is an unknown
                 # :protocol (501), as it is with --webtransport off.
                 kind = WebTransportSession
+        make = kind
         if self._concurrency_limit:
             # Counted from here to _release_stream, which every stream type reaches
-            # from its run() (its finally), whatever the app did.
+            # from its run() (its finally), whatever the app did. A refused request is
+            # still counted in the metrics as what it asked to be (kind).
             context = self.context
             if context.in_flight >= self._concurrency_limit:
-                kind = RefusedStream
+                make = RefusedStream
             else:
                 context.in_flight += 1
-        stream = kind(self.context.app, self, self._info, request, self.context.lifespan_state)
+        stream = make(self.context.app, self, self._info, request, self.context.lifespan_state)
         self._streams[request.stream_id] = stream
         self._record.requests += 1
+        if self._stats is not None:
+            self._started[request.stream_id] = self._stats.start(
+                _KIND[kind], self._info.http_version, request.method
+            )
         self._launch(stream)
 
     def _launch(self, stream: AnyStream) -> None:
@@ -315,6 +329,10 @@ class ConnectionDriver:
             self._status_counts[stream.status] += 1
             if self._concurrency_limit and type(stream) is not RefusedStream:
                 self.context.in_flight -= 1
+            if self._stats is not None:
+                started = self._started.pop(stream_id, None)
+                if started is not None:
+                    self._stats.finish(started, stream.status)
         self._writable.pop(stream_id, None)
         if self._budget_reset:
             self._budget_reset.discard(stream_id)

@@ -134,7 +134,15 @@ class QuicListener:
         self.stats = self.udp.stats
         # Connections that ended before their handshake completed; requests on a new path
         # (the ASGI client changed), and 0-RTT requests.
-        self.stats.update(handshake_failures=0, migrations=0, early_data_requests=0)
+        self.stats.update(
+            handshake_failures=0,
+            migrations=0,
+            early_data_requests=0,
+            handshakes=0,
+            resumed=0,
+            early_data_accepted=0,
+            retry_validated=0,
+        )
 
     @property
     def address(self) -> tuple[str, int]:
@@ -232,6 +240,8 @@ class QuicListener:
             core.register_cid(cid, key)
         # Per-address accounting only for addresses Retry validated (a spoofed Initial
         # must not use up someone else's allowance), or for all without Retry.
+        if decision.retry_scid is not None:
+            self.stats["retry_validated"] += 1
         validated = decision.retry_scid is not None or self.config.quic_retry == "never"
         core.handshake_started(key, peer_address(addr) if validated else None)
         self._task_group.start_soon(driver.run)
@@ -387,6 +397,10 @@ class QuicDriver(ConnectionDriver):
         if protocol.handshake_complete and not self.handshake_reported:
             self.handshake_reported = True
             core.handshake_done(self.key)
+            stats = self.listener.stats
+            stats["handshakes"] += 1
+            stats["resumed"] += protocol.session_resumed
+            stats["early_data_accepted"] += protocol.early_data_accepted
         self._in_input = True
         try:
             self._dispatch()

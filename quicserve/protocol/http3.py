@@ -170,6 +170,9 @@ class H3Protocol:
         self._goaway_sent = False
         self._terminated = False
         self.handshake_complete = False
+        #: From the handshake (for metrics): resumed with a ticket; 0-RTT accepted.
+        self.session_resumed = False
+        self.early_data_accepted = False
         self.issued_cids: list[bytes] = []
         self.retired_cids: list[bytes] = []
 
@@ -219,6 +222,8 @@ class H3Protocol:
                 self.retired_cids.append(event.connection_id)
             elif cls is HandshakeCompleted:
                 self.handshake_complete = True
+                self.session_resumed = event.session_resumed
+                self.early_data_accepted = event.early_data_accepted
             elif cls is QuicStreamReset or cls is StopSendingReceived:
                 h3.handle_event(event)
                 touched.add(event.stream_id)

@@ -204,7 +204,10 @@ class WebSocketStream(StreamBase):
     def _process(self) -> None:
         """Feed queued peer bytes to the framer while the app's queue has room."""
         framer = self._framer
-        assert framer is not None
+        if framer is None:
+            # Refused (an HTTP answer instead of the switch): there is no tunnel, so the
+            # peer's end (a FIN after reading the refusal) has nothing to frame.
+            return
         inbox = self._inbox
         host = self._host
         queue = self._queue
