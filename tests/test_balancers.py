@@ -25,6 +25,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ spawn = test_cli.spawn
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.worker_apps:app"
 TWO_BACKENDS = [pytest.param("asyncio"), pytest.param("trio")]
+AWS_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer"
 SECRETS_SKIP = pytest.mark.skip(reason="needs --quic-secrets-file (fleet-secrets)")
 
 ID_A = bytes.fromhex("2d6575a16fa08ea4")  # given to A as AWS_LBC_QUIC_SERVER_ID (base64)
@@ -439,10 +441,14 @@ def test_the_kubernetes_recipe_names_one_port_for_tcp_and_udp() -> None:
     assert container_ports == {("https", "TCP", 8443), ("quic", "UDP", 8443)}
     args = container["args"]
     assert args[args.index("--quic-bind") + 1] == "0.0.0.0:8443"
-    # The AWS controller injects the server ID into the containers the annotation names.
-    annotations = service["metadata"]["annotations"]
-    names = annotations["service.beta.kubernetes.io/aws-load-balancer-quic-enabled-containers"]
+    # The AWS controller injects the server ID into the containers the pod annotation
+    # names; the Service's QUIC port makes the TCP+UDP listener a TCP_QUIC one.
+    names = pod["metadata"]["annotations"][f"{AWS_ANNOTATION}-quic-enabled-containers"]
     assert container["name"] in [name.strip() for name in names.split(",")]
+    annotations = service["metadata"]["annotations"]
+    assert annotations[f"{AWS_ANNOTATION}-quic-enabled-ports"] == "443"
+    assert annotations[f"{AWS_ANNOTATION}-enable-tcp-udp-listener"] == "true"
+    assert annotations[f"{AWS_ANNOTATION}-disable-nlb-sg"] == "true"
     # Health checks over HTTP on the TCP port; drain longer than the balancer's delay.
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["port"] == "https"
@@ -461,3 +467,22 @@ def _all_flags() -> list[str]:
     from quicserve.cli import build_parser
 
     return [flag for action in build_parser()._actions for flag in action.option_strings]
+
+
+@pytest.mark.client("nginx")
+def test_the_nginx_recipe_passes_nginx_t(tmp_path: Path) -> None:
+    recipe = (ROOT / "docs" / "nginx-quicserve.conf").read_text()
+    assert "hash $remote_addr consistent;" in recipe  # the client IP, not IP and port
+    module = Path("/usr/lib/nginx/modules/ngx_stream_module.so")  # Debian: a dynamic module
+    prefix = f"load_module {module};\n" if module.exists() else ""
+    config = tmp_path / "nginx.conf"
+    config.write_text(prefix + recipe)
+    directives = f"pid {tmp_path}/nginx.pid; error_log stderr;"
+    result = subprocess.run(
+        ["nginx", "-t", "-c", str(config), "-p", str(tmp_path), "-g", directives],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
