@@ -1,4 +1,4 @@
-"""The command line: ``quicserve APP [options]`` and ``quicserve certs``.
+"""The command line: ``quicserve APP [options]``, ``quicserve certs`` and ``quicserve secrets``.
 
 The parser is built from :class:`~quicserve.config.Config`'s fields, so each flag maps 1:1
 to a field (``--keep-alive-timeout`` -> ``keep_alive_timeout``) and its help is the
@@ -160,6 +160,45 @@ def certs_command(argv: Sequence[str]) -> int:
     return 1 if any(line.startswith("failed") for line in lines) else 0
 
 
+def secrets_command(argv: Sequence[str]) -> int:
+    """``quicserve secrets new FILE [--keep K]``: rotate a ``--quic-secrets-file``."""
+    from .quic.keyring import MAX_KEYS
+    from .secretsfile import DEFAULT_KEEP, SecretsFileError, new_key
+
+    parser = argparse.ArgumentParser(
+        prog="quicserve secrets",
+        description=(
+            "Manage the key ring of --quic-secrets-file (session tickets, Retry and "
+            "stateless reset tokens shared by every worker and machine)."
+        ),
+    )
+    sub = parser.add_subparsers(dest="action", metavar="{new}", required=True)
+    new = sub.add_parser(
+        "new",
+        help=(
+            "put a fresh random key first (creating FILE with mode 0600 if missing, "
+            "replacing it atomically), keep at most K keys; then copy FILE to every "
+            "machine and send SIGHUP to every quicserve"
+        ),
+    )
+    new.add_argument("file", metavar="FILE")
+    new.add_argument(
+        "--keep",
+        type=int,
+        default=DEFAULT_KEEP,
+        metavar="K",
+        help=f"keys kept, the new one included (1 to {MAX_KEYS}, default {DEFAULT_KEEP})",
+    )
+    args = parser.parse_args(argv)
+    try:
+        keys = new_key(args.file, args.keep)
+    except SecretsFileError as exc:
+        print(f"quicserve secrets: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: new current key first, {len(keys)} key(s)")
+    return 0
+
+
 def _pop_worker_fd(args: list[str]) -> int | None:
     """Remove the supervisor's hidden ``--worker-fd N`` from ``args`` and return N."""
     if "--worker-fd" not in args:
@@ -177,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args and args[0] == "certs":
             return certs_command(args[1:])
+        if args and args[0] == "secrets":
+            return secrets_command(args[1:])
         worker_fd = _pop_worker_fd(args)
         if worker_fd is not None:
             from .worker import WorkerLink

@@ -246,7 +246,20 @@ class Config:
         ),
     )
     quic_session_tickets: int = field(
-        default=10_000, metadata=_opt("TLS session tickets kept in memory for resumption")
+        default=10_000,
+        metadata=_opt(
+            "TLS session tickets kept in memory for resumption (with --quic-secrets-file: "
+            "used tickets remembered against 0-RTT replay)"
+        ),
+    )
+    quic_secrets_file: str | None = field(
+        default=None,
+        metadata=_opt(
+            "key ring shared by workers and machines for session tickets, Retry and stateless "
+            "reset tokens: one base64 key (>= 32 bytes) per line, the first is current "
+            "('quicserve secrets new PATH'); re-read on SIGHUP",
+            metavar="PATH",
+        ),
     )
     quic_max_crypto_buffer: int = field(
         default=16 * 1024,

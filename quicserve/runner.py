@@ -137,9 +137,17 @@ async def _run_server(server: Server) -> None:
     async with anyio.create_task_group() as tg:
 
         async def watch_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with anyio.open_signal_receiver(
+                signal.SIGINT, signal.SIGTERM, signal.SIGHUP
+            ) as signals:
                 count = 0
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        # Reload in place (the secrets file); never the default action,
+                        # which would kill the process.
+                        logger.info("Received SIGHUP: reloading")
+                        server.reload()
+                        continue
                     count += 1
                     if count == 1:
                         logger.info(

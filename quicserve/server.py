@@ -31,7 +31,9 @@ from .connection.bytestream import serve_connection
 from .connection.context import ServerContext
 from .connection.quic import QuicListener
 from .metrics import MetricsEndpoint
+from .quic.keyring import KeyRing
 from .registry import ConnectionRegistry
+from .secretsfile import SecretsFileError, read_key_file
 from .tls import ServerTLS, build_server_tls
 from .transport.tcp import TCPEndpoint, accept_loop, open_tcp_endpoints
 from .transport.udp import open_udp_socket
@@ -76,6 +78,8 @@ class Server:
     #: The --metrics-bind listener, once bound.
     metrics: MetricsEndpoint | None = field(default=None, init=False)
     _stopped: anyio.Event | None = field(default=None, init=False)
+    #: The --quic-secrets-file ring, once loaded (shared by every QUIC listener).
+    key_ring: KeyRing | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.registry = ConnectionRegistry(self.config.max_connections)
@@ -99,6 +103,28 @@ class Server:
         if self._stopped is None:
             self._stopped = anyio.Event()
         await self._stopped.wait()
+
+    def reload(self) -> None:
+        """SIGHUP: read what may have changed on disk again (the secrets file); a bad
+        file is logged and the old state kept."""
+        self.reload_secrets()
+
+    def reload_secrets(self) -> None:
+        """Re-read ``--quic-secrets-file`` into the ring every listener shares."""
+        path = self.config.quic_secrets_file
+        if path is None or self.key_ring is None:
+            return
+        try:
+            self.key_ring.replace(read_key_file(path))
+        except SecretsFileError as exc:
+            logger.error("Reload: %s; keeping the %d key(s) loaded before", exc, len(self.key_ring))
+            return
+        logger.info(
+            "Reloaded %d key(s) from %s (current key id %s)",
+            len(self.key_ring),
+            path,
+            self.key_ring.current.key_id.hex(),
+        )
 
     def handover(self) -> None:
         """A worker's successor has taken over its sockets: stop reading them (datagrams
@@ -130,10 +156,22 @@ class Server:
         self._shutdown_requested = anyio.Event()
         if self._shutdown_early:
             self._shutdown_requested.set()
+        # Certificate and secrets-file problems surface here, before anything is bound.
+        if config.quic_secrets_file is not None:
+            self.key_ring = KeyRing(read_key_file(config.quic_secrets_file))
+            logger.info(
+                "Loaded %d key(s) from %s (current key id %s)",
+                len(self.key_ring),
+                config.quic_secrets_file,
+                self.key_ring.current.key_id.hex(),
+            )
         context = ServerContext(
-            config=config, app=self.app, registry=self.registry, worker=self.worker
+            config=config,
+            app=self.app,
+            registry=self.registry,
+            worker=self.worker,
+            key_ring=self.key_ring,
         )
-        # Certificate problems surface here, before anything is bound.
         tls = build_server_tls(config)
         tcp_endpoints = await self._open_tcp_endpoints(tls)
         udp_sockets = []

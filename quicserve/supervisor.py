@@ -28,9 +28,10 @@ Signals:
 * SIGTERM, SIGINT: every worker is asked to stop gracefully (SIGTERM); a second signal
   kills them. Exit status 0.
 * SIGHUP: replace the workers one by one with fresh processes (new code, new
-  certificates). The new worker of a slot starts on the same sockets, reports ready, then
-  the old one is told to hand over: it stops reading the UDP socket and drains, and the
-  new worker forwards it the datagrams of its connections. Nothing is dropped.
+  certificates, the ``--quic-secrets-file`` read again by each). The new worker of a slot
+  starts on the same sockets, reports ready, then the old one is told to hand over: it
+  stops reading the UDP socket and drains, and the new worker forwards it the datagrams
+  of its connections. Nothing is dropped.
 * SIGTTIN / SIGTTOU: one more slot (a new socket joins the group) / one slot less (the
   highest: it stops taking new connections, drains, and its socket is closed last).
 * A worker that dies is started again in its slot (after a pause if it died within a
@@ -62,6 +63,7 @@ from typing import Any
 from .addresses import parse_unix_mode
 from .config import Config, config_fields
 from .quic.lb import MAX_SLOTS, CidLayout, RoutingTable, cbpf_program
+from .secretsfile import read_key_file
 from .transport.sockets import attach_cbpf, open_stream_socket
 from .transport.udp import open_udp_socket
 from .worker import slot_path, worker_path
@@ -165,6 +167,10 @@ class Supervisor:
     def run(self) -> int:
         """Start the workers and supervise them; returns the exit status."""
         try:
+            if self.config.quic_secrets_file is not None:
+                # Each worker reads the file itself (and again when replaced); a bad file
+                # is one error line before any worker starts.
+                read_key_file(self.config.quic_secrets_file)
             self._open_sockets()
             self.forward_dir = tempfile.mkdtemp(prefix="quicserve-")
             self._install_signals()

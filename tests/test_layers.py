@@ -43,7 +43,7 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("streams", ["streams/"]),
     ("connection", ["connection/"]),
     ("apps", ["app", "wsgi", "proxy"]),
-    ("server", ["worker", "metrics", "server"]),
+    ("server", ["worker", "metrics", "server", "secretsfile"]),
     ("processes", ["supervisor", "reload"]),
     ("runner", ["runner"]),
     ("entry points", ["api", "cli", "trust"]),

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..quic.keyring import KeyRing
     from ..quic.lb import CidLayout
     from ..registry import ConnectionRegistry
     from ..types import ASGIApp
@@ -59,3 +60,6 @@ class ServerContext:
     alt_svc: bytes | None = None
     #: This process's link to its supervisor, when it is one of ``--workers``.
     worker: WorkerHooks | None = None
+    #: The ``--quic-secrets-file`` key ring (tickets, Retry, resets), replaced in place
+    #: on reload; None without the file.
+    key_ring: KeyRing | None = None

@@ -49,7 +49,7 @@ from ..protocol.http3 import H3Protocol
 from ..quic.compat import ServerQuicConnection
 from ..quic.endpoint import Accept, EndpointCore, Reply, Route
 from ..quic.lb import CidLayout
-from ..quic.tickets import SessionTicketStore
+from ..quic.tickets import SealedTickets, SessionTicketStore
 from ..quic.tokens import TokenAuthority
 from ..streams.webtransport import WebTransportSession
 from ..transport.udp import UDPEndpoint
@@ -77,7 +77,9 @@ class QuicListener:
         self.config = config
         # Workers (and a machine behind a QUIC-LB load balancer) issue CIDs that name them
         # (quic/lb.py); workers also share the token secret, so a Retry token or a
-        # stateless reset made by one worker is good in every other.
+        # stateless reset made by one worker is good in every other. With
+        # --quic-secrets-file every process of every machine shares the key ring instead,
+        # and session tickets are sealed with it (any process resumes them).
         worker = context.worker
         layout: CidLayout | None = None
         slot = 0
@@ -86,6 +88,9 @@ class QuicListener:
             layout, slot, tokens = worker.layout, worker.slot, TokenAuthority(worker.secret)
         elif config.quic_lb_server_id:
             layout = CidLayout.from_hex(config.quic_lb_server_id)
+        ring = context.key_ring
+        if ring is not None:
+            tokens = TokenAuthority(ring=ring)
         cid_length = layout.cid_length if layout is not None else 8
         self.core = EndpointCore(
             supported_versions=list(configuration.supported_versions),
@@ -103,7 +108,22 @@ class QuicListener:
         self.configuration = replace(configuration, connection_id_length=cid_length)
         #: With workers: sends datagrams that belong to another worker there.
         self.router: DatagramDiverter | None = None
-        self.tickets = SessionTicketStore(config.quic_session_tickets)
+        #: Tickets in memory, or sealed with the shared ring (``tickets.py``).
+        self.tickets: SessionTicketStore | SealedTickets = (
+            SessionTicketStore(config.quic_session_tickets)
+            if ring is None
+            else SealedTickets(ring, config.quic_session_tickets)
+        )
+        tickets = self.tickets
+        self._ticket_hooks: dict[str, Any] = (
+            {"session_ticket_fetcher": tickets.pop, "session_ticket_handler": tickets.add}
+            if isinstance(tickets, SessionTicketStore)
+            else {
+                "session_ticket_fetcher": tickets.fetch,
+                "session_ticket_handler": tickets.issued,
+                "ticket_sealer": tickets.seal,
+            }
+        )
         self.drivers: dict[Hashable, QuicDriver] = {}
         self.udp = UDPEndpoint(sock, self.drivers, self._on_datagram)
         self._ids = itertools.count(1)
@@ -175,6 +195,8 @@ class QuicListener:
             self._accept(decision, data, addr, now)
         elif type(decision) is Reply:
             self.udp.sendto(decision.datagram, addr)
+            for datagram in decision.more:
+                self.udp.sendto(datagram, addr)
 
     def _accept(self, decision: Accept, data: bytes, addr: Any, now: float) -> None:
         if self._closing or self._task_group is None:
@@ -187,8 +209,7 @@ class QuicListener:
             configuration=self.configuration,
             original_destination_connection_id=decision.original_dcid,
             retry_source_connection_id=decision.retry_scid,
-            session_ticket_fetcher=self.tickets.pop,
-            session_ticket_handler=self.tickets.add,
+            **self._ticket_hooks,
             cid_factory=self.core.new_connection_id,
             stream_window=self.config.quic_stream_window_size,
             max_streams=self.config.quic_max_streams,

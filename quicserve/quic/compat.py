@@ -62,6 +62,17 @@ upgrade should touch only this file.
     So what is accepted or refused, and the error, stay aioquic's; upstream could do the
     same scan. It is installed when this module is imported.
 
+13. **Sealed session tickets** (``--quic-secrets-file``). aioquic's server makes a ticket's
+    label 64 random bytes and pushes its NewSessionTicket onto the wire *before* it tells
+    ``session_ticket_handler`` about the ticket (``tls.Context._server_handle_finished``),
+    so a label the handler chooses never reaches the client. With ``ticket_sealer`` the
+    connection's TLS context becomes a :class:`_SealingContext`, whose
+    ``_new_session_ticket`` attribute is a property: when aioquic stores the new
+    NewSessionTicket (just before pushing it) the property builds the SessionTicket with
+    aioquic's own ``_build_session_ticket`` (the resumption secret from the key schedule,
+    which the push does not change) and puts the sealed label into the message. Upstream
+    could let the handler return the label.
+
 Also here: the one place a :class:`QuicConfiguration` is built from :class:`Config`.
 """
 
@@ -111,6 +122,7 @@ from .qpack_guard import (
 )
 
 CidFactory = Callable[[], tuple[bytes, bytes]]
+TicketSealer = Callable[[tls.SessionTicket], bytes]
 
 # RFC 9000 §19.10: type (1 byte) + stream id + maximum, both up to 8-byte varints.
 _MAX_STREAM_DATA_CAPACITY = 1 + 8 + 8
@@ -321,6 +333,24 @@ class ChunkedStreamReceiver(QuicStreamReceiver):
         return data
 
 
+class _SealingContext(tls.Context):
+    """aioquic's TLS context whose NewSessionTicket carries a sealed label (13.)."""
+
+    _ticket_sealer: TicketSealer | None = None
+
+    @property
+    def _new_session_ticket(self) -> tls.NewSessionTicket | None:
+        ticket: tls.NewSessionTicket | None = self.__dict__.get("_sealed_new_ticket")
+        return ticket
+
+    @_new_session_ticket.setter
+    def _new_session_ticket(self, message: tls.NewSessionTicket | None) -> None:
+        if message is not None and self._ticket_sealer is not None:
+            ticket = self._build_session_ticket(message, self.handshake_extensions)
+            message.ticket = self._ticket_sealer(ticket)
+        self.__dict__["_sealed_new_ticket"] = message
+
+
 class ServerQuicConnection(QuicConnection):
     """aioquic's connection with quicserve's CIDs, credit policy and 0-RTT marking."""
 
@@ -332,10 +362,12 @@ class ServerQuicConnection(QuicConnection):
         max_streams: int,
         allow_early_data: bool,
         max_fragments: int = 4096,
+        ticket_sealer: TicketSealer | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._allow_early_data = allow_early_data
+        self._ticket_sealer = ticket_sealer
         self._cid_factory = cid_factory
         # Concurrent request streams the peer may open (initial_max_streams_bidi).
         self._local_max_streams_bidi.value = self._local_max_streams_bidi.sent = max_streams
@@ -370,6 +402,10 @@ class ServerQuicConnection(QuicConnection):
             # aioquic's server lets every session ticket carry 0-RTT permission. Without
             # --quic-0rtt our tickets carry none, so clients resume in 1-RTT only.
             self.tls._max_early_data = None
+        if self._ticket_sealer is not None:
+            # 13. the label on the wire is the sealed ticket.
+            self.tls.__class__ = _SealingContext
+            self.tls._ticket_sealer = self._ticket_sealer  # type: ignore[attr-defined]
 
     # -- 1. connection ids --------------------------------------------------------------
 

@@ -58,7 +58,12 @@ Rules (RFC 9000 unless noted):
   (§10.3.3, so two endpoints cannot loop), at least 21 bytes (§10.3: shorter packets are
   never valid), one byte shorter for packets of 43 bytes or less (§10.3). At most
   ``stateless_reset_rate`` per second (a token bucket, burst = rate), since the trigger
-  may come from a spoofed address (§10.3.3 suggests a limit).
+  may come from a spoofed address (§10.3.3 suggests a limit). With a key ring of several
+  keys (``--quic-secrets-file`` after a rotation) the CID may have been issued under any of
+  them, so one reset per key is sent, current key first (``Reply.more``), each its own
+  datagram with its own size and random bytes, each taking a token from the bucket, and
+  all of them together at most 3 times the trigger (the §8 anti-amplification factor for
+  an address we have not validated): at most ``MAX_KEYS`` small datagrams.
 * CIDs come from ``cid_generator`` (default: ``cid_length`` random bytes). A multi-worker
   server will pass a generator that encodes the worker id (QUIC-LB plaintext CIDs) so every
   datagram of a connection, including the Initial that answers a Retry, reaches its
@@ -111,6 +116,8 @@ MAX_CID_LENGTH = 20
 MIN_RESET_SIZE = 21
 #: RFC 9000 §10.3: answer packets of this size or less with a reset one byte shorter.
 _SMALL_TRIGGER = 43
+#: RFC 9000 §8: at most three times the bytes received from an unvalidated address.
+_RESET_AMPLIFICATION = 3
 #: Largest reset we send; bigger triggers get a random length in [43, min(this, trigger - 1)].
 _MAX_RESET_SIZE = 64
 
@@ -158,6 +165,8 @@ class Reply:
 
     datagram: bytes
     reason: str
+    #: Further datagrams to send after ``datagram`` (stateless resets under older keys).
+    more: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -574,15 +583,21 @@ class EndpointCore:
         if size is None:
             # §10.3.3: a reset must be smaller than its trigger and at least 21 bytes.
             return Drop("too small for reset")
-        if not self._reset_bucket.take(now):
+        resets: list[bytes] = []
+        budget = _RESET_AMPLIFICATION * len(data)
+        for token in self.tokens.stateless_reset_tokens(dcid):
+            if size is None or size > budget or not self._reset_bucket.take(now):
+                break
+            budget -= size
+            unpredictable = bytearray(os.urandom(size - RESET_TOKEN_SIZE))
+            # §10.3: "Fixed Bits (2) = 1": a short header (0) with the fixed bit set (1).
+            unpredictable[0] = (unpredictable[0] & 0x3F) | _FIXED_BIT
+            resets.append(bytes(unpredictable) + token)
+            size = self._reset_size(len(data))
+        if not resets:
             return Drop("reset rate limited")
-        unpredictable = bytearray(os.urandom(size - RESET_TOKEN_SIZE))
-        # §10.3: "Fixed Bits (2) = 1": a short header (0) with the fixed bit set (1).
-        unpredictable[0] = (unpredictable[0] & 0x3F) | _FIXED_BIT
-        self._counters["resets_sent"] += 1
-        return Reply(
-            bytes(unpredictable) + self.tokens.stateless_reset_token(dcid), "stateless reset"
-        )
+        self._counters["resets_sent"] += len(resets)
+        return Reply(resets[0], "stateless reset", tuple(resets[1:]))
 
     @staticmethod
     def _reset_size(trigger: int) -> int | None:

@@ -1,14 +1,25 @@
 """Stateless secrets of a QUIC endpoint: Retry tokens and stateless reset tokens.
 
-Both are derived from one secret with HMAC-SHA256, so the endpoint keeps no per-peer state
+Both are derived from a secret with HMAC-SHA256, so the endpoint keeps no per-peer state
 for them: a Retry token carries everything needed to check it, and the reset token of a
 connection ID can be recomputed after the connection (or the whole process) is gone.
 
 Rules:
 
-* The secret is 32 random bytes per process unless one is given. Workers that must accept
-  each other's tokens, or a server that must reset connections of its previous incarnation,
-  share a secret; nothing else is needed to make tokens portable.
+* The secrets are a :class:`~quicserve.quic.keyring.KeyRing`: 32 random bytes per process
+  (one key) unless a secret or a ring is given. Workers that must accept each other's
+  tokens, or a server that must reset connections of its previous incarnation, share a
+  secret (the supervisor's), and machines share one with ``--quic-secrets-file``; nothing
+  else is needed to make tokens portable.
+* Rotation: Retry tokens are minted with the ring's current key and accepted under any key
+  of the ring (the token carries no key id: at most ``MAX_KEYS`` MACs to try, and a
+  Retry token lives seconds). A reset token is fixed when its CID is issued, under the key
+  current then, and the client compares a reset against that token only (RFC 9000
+  §10.3.1), so after a rotation the CIDs of older connections need older keys:
+  :meth:`TokenAuthority.stateless_reset_tokens` gives the token under every key of the
+  ring, current first, and the endpoint sends one reset per key (bounded, see
+  ``endpoint.py``). A key that does not rotate would avoid that, but then no key could
+  ever be retired after a leak; with the ring, deleting a key's line retires its tokens.
 * Every MAC is domain-separated (``b"retry"``, ``b"reset"``) so one output can never be
   replayed as the other.
 * Retry tokens bind the client address *and port* (RFC 9000 §8.1.4: a Retry is answered at
@@ -30,6 +41,8 @@ import hmac
 import ipaddress
 import os
 import struct
+
+from .keyring import KeyRing
 
 __all__ = [
     "RESET_TOKEN_SIZE",
@@ -58,22 +71,36 @@ def _encode_address(addr: tuple[str, int]) -> bytes:
 
 
 class TokenAuthority:
-    """HMAC-SHA256 keyed with a random per-process secret (32 bytes, os.urandom) unless given."""
+    """HMAC-SHA256 keyed with a ring: one random per-process secret (32 bytes, os.urandom)
+    unless a ``secret`` or a shared ``ring`` is given."""
 
-    __slots__ = ("_secret", "retry_token_lifetime")
+    __slots__ = ("retry_token_lifetime", "ring")
 
-    def __init__(self, secret: bytes | None = None, retry_token_lifetime: float = 10.0) -> None:
-        if secret is None:
-            secret = os.urandom(32)
-        if len(secret) < 16:
-            raise ValueError("the token secret must be at least 16 bytes")
+    def __init__(
+        self,
+        secret: bytes | None = None,
+        retry_token_lifetime: float = 10.0,
+        *,
+        ring: KeyRing | None = None,
+    ) -> None:
+        if ring is None:
+            if secret is None:
+                secret = os.urandom(32)
+            if len(secret) < 16:
+                raise ValueError("the token secret must be at least 16 bytes")
+            ring = KeyRing([secret], min_key_bytes=16)
         if retry_token_lifetime <= 0:
             raise ValueError("retry_token_lifetime must be positive")
-        self._secret = bytes(secret)
+        #: Shared with the listener's ticket sealer; replaced in place on rotation.
+        self.ring = ring
         self.retry_token_lifetime = retry_token_lifetime
 
+    @staticmethod
+    def _mac_with(secret: bytes, *parts: bytes) -> bytes:
+        return hmac.new(secret, b"".join(parts), hashlib.sha256).digest()[:_MAC_SIZE]
+
     def _mac(self, *parts: bytes) -> bytes:
-        return hmac.new(self._secret, b"".join(parts), hashlib.sha256).digest()[:_MAC_SIZE]
+        return self._mac_with(self.ring.current.secret, *parts)
 
     # -- Retry tokens (RFC 9000 §8.1.2) -------------------------------------------------
 
@@ -132,19 +159,24 @@ class TokenAuthority:
     ) -> bytes | None:
         """The original Destination CID if ``token`` is a valid Retry token, else ``None``.
 
-        Valid means: our layout, an authentic MAC for this address (host and port), not
-        expired, and ``dcid`` (the Initial's Destination CID) equal to the Retry's Source CID,
-        which is where a client must send after a Retry (RFC 9000 §17.2.5.2, §7.3).
+        Valid means: our layout, an authentic MAC (under any key of the ring) for this
+        address (host and port), not expired, and ``dcid`` (the Initial's Destination CID)
+        equal to the Retry's Source CID, which is where a client must send after a Retry
+        (RFC 9000 §17.2.5.2, §7.3).
         """
         parts = self._split(token)
         if parts is None:
             return None
         body, expiry_ms, original_dcid, retry_scid, mac = parts
         try:
-            expected = self._mac(b"retry", _encode_address(addr), body)
+            address = _encode_address(addr)
         except (TypeError, ValueError, IndexError):
             return None
-        if not hmac.compare_digest(mac, expected):
+        # Any key of the ring: a token minted just before a rotation stays good.
+        if not any(
+            hmac.compare_digest(mac, self._mac_with(key.secret, b"retry", address, body))
+            for key in self.ring.keys
+        ):
             return None
         if not hmac.compare_digest(retry_scid, dcid):
             return None
@@ -161,3 +193,8 @@ class TokenAuthority:
         the loss of connection state; the key must never be disclosed.
         """
         return self._mac(b"reset", cid)
+
+    def stateless_reset_tokens(self, cid: bytes) -> list[bytes]:
+        """The reset token of ``cid`` under every key of the ring, current first: the CID
+        may have been issued before a rotation (see the module docstring)."""
+        return [self._mac_with(key.secret, b"reset", cid) for key in self.ring.keys]
