@@ -29,7 +29,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -51,7 +51,6 @@ ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.worker_apps:app"
 TWO_BACKENDS = [pytest.param("asyncio"), pytest.param("trio")]
 AWS_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer"
-SECRETS_SKIP = pytest.mark.skip(reason="needs --quic-secrets-file (fleet-secrets)")
 
 ID_A = bytes.fromhex("2d6575a16fa08ea4")  # given to A as AWS_LBC_QUIC_SERVER_ID (base64)
 ID_B = bytes.fromhex("11223344556677a8")  # given to B as --quic-lb-server-id (hex)
@@ -314,7 +313,6 @@ def secrets_file(tmp_path: Path) -> str:
     return str(path)
 
 
-@SECRETS_SKIP
 def test_resumption_0rtt_and_stateless_reset_across_machines(
     spawn: Spawn,
     backend: str,
@@ -388,7 +386,6 @@ async def _reset_by_the_other_machine(
         return client, closed_after
 
 
-@SECRETS_SKIP
 def test_a_retry_token_from_one_machine_is_accepted_by_the_other(
     spawn: Spawn,
     backend: str,
@@ -457,6 +454,12 @@ def test_the_kubernetes_recipe_names_one_port_for_tcp_and_udp() -> None:
     graceful = float(args[args.index("--graceful-timeout") + 1])
     grace = pod["spec"]["terminationGracePeriodSeconds"]
     assert grace > pre_stop["sleep"]["seconds"] + graceful
+    # One key ring for every pod, read from the mounted Secret.
+    ring = PurePosixPath(args[args.index("--quic-secrets-file") + 1])
+    mounts = {m["name"]: PurePosixPath(m["mountPath"]) for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    (mount,) = [name for name, path in mounts.items() if ring.parent == path]
+    assert volumes[mount]["secret"]["secretName"] == "quicserve-quic-secrets"
     # Every flag in the recipe is a real quicserve flag.
     flags = {arg for arg in args if arg.startswith("--")}
     assert flags <= set(_all_flags()), flags - set(_all_flags())
