@@ -99,8 +99,9 @@ class H3Client(QuicConnectionProtocol):
             )
             quic._close_end()
             self._process_events()
-            for stream_id in list(self.waiters):
-                self._done(stream_id)
+            for waiter in self.waiters.values():  # requests in flight fail, as on a close
+                if not waiter.done():
+                    waiter.set_exception(ConnectionError("stateless reset"))
             return
         super().datagram_received(data, addr)
 
