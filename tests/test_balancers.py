@@ -283,7 +283,7 @@ def test_a_connection_keeps_its_machine_through_migration(
     fleet_cleanup.append(router)
     clients = H3Clients(router.port, tls_files)
     fleet_cleanup.append(clients)
-    # Connections hashed by the router, then some steered to each machine; 2 of every 4
+    # Connections hashed by the router, then some steered to each machine; half of them
     # move to a new port and a new CID halfway (clientkit.h3.migrate).
     sessions = clients.run(clients.load(6, 2, migrating=3))
     for target in (a, b):
@@ -295,7 +295,7 @@ def test_a_connection_keeps_its_machine_through_migration(
     router.steer_new(None)
     used = check_sessions(sessions, migrating=0)  # one PID per connection, migrated or not
     assert {owner((a, b), pid) for pid in used} == {a, b}
-    # Every packet after the first Initials went by server ID; nothing failed over.
+    # Both machines' CIDs were routed by their server ID; nothing failed over.
     assert router.decisions[("by-id", a.server_id)] > 0
     assert router.decisions[("by-id", b.server_id)] > 0
     assert not any(reason == "failover" for reason, _ in router.decisions)
