@@ -10,10 +10,12 @@ rotation with SIGHUP) is ``tests/test_secrets_cli.py``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aioquic.h3.connection import H3_ALPN
@@ -25,12 +27,15 @@ from aioquic.tls import SessionTicket
 from quicserve.certs import DevCertificate
 from quicserve.config import Config
 from quicserve.quic.compat import ServerQuicConnection
-from quicserve.quic.endpoint import EndpointCore, Reply
+from quicserve.quic.endpoint import Accept, EndpointCore, Reply
 from quicserve.quic.keyring import MAX_KEYS, KeyRing, KeyRingError, encode_key, parse_key_file
-from quicserve.quic.tickets import SealedTickets, StrikeRegister
+from quicserve.quic.tickets import SealedTickets, SessionTicketStore, StrikeRegister
 from quicserve.quic.tokens import TokenAuthority
 from quicserve.secretsfile import SecretsFileError, new_key, read_key_file
 from quicserve.tls import quic_configuration
+
+from .test_quic_endpoint import CLIENT as END_CLIENT
+from .test_quic_endpoint import make_client, retry_exchange
 
 CLIENT = ("127.0.0.1", 40000)
 SERVER = ("127.0.0.1", 4433)
@@ -83,6 +88,19 @@ def test_read_file_errors_are_one_line_naming_the_file(tmp_path: Path) -> None:
         read_key_file(str(huge))
 
 
+def test_a_file_others_can_read_is_loaded_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "ring"
+    path.write_text(line(A))
+    path.chmod(0o600)
+    assert read_key_file(str(path)) == [A] and not caplog.records
+    path.chmod(0o644)
+    assert read_key_file(str(path)) == [A]
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and "mode 644" in record.getMessage()
+
+
 def test_new_key_creates_0600_prepends_and_keeps_k(tmp_path: Path) -> None:
     path = tmp_path / "ring"
     first = new_key(str(path))
@@ -126,14 +144,20 @@ def _pump(client: QuicConnection, server: QuicConnection, now: float) -> float:
 class Resumption:
     """A client handshake against a server that seals tickets with ``ring``."""
 
-    def __init__(self, tls: DevCertificate, tickets: SealedTickets) -> None:
+    def __init__(
+        self,
+        tls: DevCertificate,
+        tickets: SealedTickets | SessionTicketStore,
+        allow_early_data: bool = True,
+    ) -> None:
         self.tls = tls
         self.tickets = tickets
+        self.allow_early_data = allow_early_data
 
     def connect(
         self, ticket: SessionTicket | None = None
     ) -> tuple[QuicConnection, list[SessionTicket]]:
-        config = Config(quic_0rtt=True)
+        config = Config(quic_0rtt=self.allow_early_data)
         configuration = QuicConfiguration(
             is_client=True, alpn_protocols=H3_ALPN, server_name="localhost"
         )
@@ -142,18 +166,26 @@ class Resumption:
         received: list[SessionTicket] = []
         client = QuicConnection(configuration=configuration, session_ticket_handler=received.append)
         client.connect(SERVER, now=0.0)
+        tickets = self.tickets
+        hooks: dict[str, Any] = (
+            {"session_ticket_fetcher": tickets.pop, "session_ticket_handler": tickets.add}
+            if isinstance(tickets, SessionTicketStore)
+            else {
+                "session_ticket_fetcher": tickets.fetch,
+                "session_ticket_handler": tickets.issued,
+                "ticket_sealer": tickets.seal,
+            }
+        )
         server_configuration = quic_configuration(config)
         server_configuration.load_cert_chain(str(self.tls.certfile), str(self.tls.keyfile))
         server = ServerQuicConnection(
             configuration=server_configuration,
             original_destination_connection_id=client._peer_cid.cid,  # its first DCID
-            session_ticket_fetcher=self.tickets.fetch,
-            session_ticket_handler=self.tickets.issued,
-            ticket_sealer=self.tickets.seal,
+            **hooks,
             cid_factory=lambda: (os.urandom(8), os.urandom(16)),
             stream_window=config.quic_stream_window_size,
             max_streams=config.quic_max_streams,
-            allow_early_data=True,
+            allow_early_data=self.allow_early_data,
         )
         if ticket is not None:  # 0-RTT data with the first flight
             client.send_stream_data(0, b"early", end_stream=False)
@@ -185,6 +217,33 @@ def test_sealed_ticket_resumes_with_0rtt_under_a_rotated_ring(tls_files: DevCert
     dropped = Resumption(tls_files, SealedTickets(KeyRing([B]), 100))
     client, _ = dropped.connect(ticket)
     assert not client.tls.session_resumed
+
+
+@pytest.mark.parametrize("sealed", [True, False], ids=["sealed", "in-memory"])
+def test_0rtt_only_where_the_server_and_the_ticket_allow_it(
+    tls_files: DevCertificate, sealed: bool
+) -> None:
+    # One server whose --quic-0rtt is switched between connections (an in-memory ticket
+    # resumes only where it was issued; a sealed one would resume on any server).
+    server = Resumption(
+        tls_files,
+        SealedTickets(KeyRing([A]), 100) if sealed else SessionTicketStore(100),
+        allow_early_data=False,
+    )
+    # A ticket issued without --quic-0rtt carries no permission; a client that sends early
+    # data with it anyway resumes, but its early data is rejected, even where 0-RTT is on.
+    _, (ticket,) = server.connect()
+    assert ticket.max_early_data_size is None
+    forged = dataclasses.replace(ticket, max_early_data_size=0xFFFFFFFF)  # the client lies
+    server.allow_early_data = True
+    client, _ = server.connect(forged)
+    assert client.tls.session_resumed and not client.tls.early_data_accepted
+    # A ticket with permission, presented once --quic-0rtt is off: no early data either.
+    _, (ticket,) = server.connect()
+    assert ticket.max_early_data_size is not None
+    server.allow_early_data = False
+    client, _ = server.connect(ticket)
+    assert client.tls.session_resumed and not client.tls.early_data_accepted
 
 
 def _ticket(
@@ -251,6 +310,8 @@ def test_strike_register_is_bounded_and_never_forgets_silently() -> None:
     # Expired entries leave on their own; the register empties with time.
     assert register.first_use(b"late", expiry_ms=5000, now_ms=4000)
     assert len(register) == 1
+    # --quic-session-tickets 0: nothing remembered, so nothing resumes.
+    assert not StrikeRegister(0).first_use(b"t", expiry_ms=1000, now_ms=0)
 
 
 # -- Retry and stateless reset under a shared, rotating ring ------------------------------
@@ -310,3 +371,28 @@ def test_resets_cover_every_key_bounded_by_amplification() -> None:
     )
     decision = core.classify(short_packet(cid, 1200), CLIENT, 0.0)
     assert isinstance(decision, Reply) and len(decision.more) == 1
+
+
+def test_retry_from_one_machine_is_accepted_on_another_whatever_its_uptime() -> None:
+    # Two machines share the ring; their monotonic clocks (``now``) started at different
+    # boots, their wall clocks (``token_clock``) agree within NTP skew.
+    wall = [1_765_000_000.0]
+
+    def machine(monotonic_base: float) -> tuple[EndpointCore, float]:
+        core = EndpointCore(
+            supported_versions=[V1],
+            retry="always",
+            tokens=TokenAuthority(ring=KeyRing([A])),
+            token_clock=lambda: wall[0],
+        )
+        return core, monotonic_base
+
+    (a, a_now), (b, b_now) = machine(5.0), machine(900_000.0)
+    first_dcid, retry_scid, second = retry_exchange(a, make_client(), a_now)
+    wall[0] += 0.05
+    assert b.classify(second, END_CLIENT, b_now) == Accept(
+        original_dcid=first_dcid, retry_scid=retry_scid, dcid=retry_scid, version=V1
+    )
+    wall[0] += 30  # past the 10 s lifetime on the shared wall clock: INVALID_TOKEN close
+    decision = b.classify(second, END_CLIENT, b_now)
+    assert isinstance(decision, Reply) and decision.reason == "invalid token"

@@ -1,8 +1,9 @@
 """An ASGI app for tests/test_workers.py: every response says which worker process served it.
 
-``/pid`` answers ``{"pid": ..., "client": [host, port]}``; ``/slow`` does the same after
-``SLOW_SECONDS`` (a request in flight across a reload). Sleeping uses anyio, so the app
-runs on asyncio, uvloop and trio.
+``/pid`` answers ``{"pid": ..., "client": [host, port], "early": ...}`` (``early``: the
+request came in 0-RTT, the ``early-data: 1`` header RFC 8470 has the server add);
+``/slow`` does the same after ``SLOW_SECONDS`` (a request in flight across a reload).
+Sleeping uses anyio, so the app runs on asyncio, uvloop and trio.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     if scope["path"] == "/slow":
         await anyio.sleep(SLOW_SECONDS)
-    body = json.dumps({"pid": os.getpid(), "client": scope.get("client")}).encode()
+    early = (b"early-data", b"1") in scope["headers"]
+    body = json.dumps({"pid": os.getpid(), "client": scope.get("client"), "early": early}).encode()
     await send(
         {
             "type": "http.response.start",

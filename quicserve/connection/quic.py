@@ -102,6 +102,8 @@ class QuicListener:
             cid_length=cid_length,
             cid_generator=layout.generator(slot) if layout is not None else None,
             tokens=tokens,
+            # Retry tokens cross machines (--quic-secrets-file): expiry on the wall clock.
+            token_clock=time.time,
         )
         # One configuration (one certificate load) for every listener; each gets its copy
         # with this machine's CID length.

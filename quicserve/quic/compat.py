@@ -30,7 +30,15 @@ upgrade should touch only this file.
 5. **0-RTT requests.** STREAM frames that arrive in 0-RTT packets are noted, so HTTP/3
    can flag requests received as early data (RFC 8470).
 6. **0-RTT permission.** aioquic's server puts 0-RTT permission in every session ticket;
-   without ``--quic-0rtt`` ours carry none.
+   without ``--quic-0rtt`` ours carry none. And aioquic's server accepts early data from
+   any ClientHello that asks for it with a ticket it resumes, whatever the ticket or the
+   server allows (``tls.Context._server_handle_hello``); a client could send 0-RTT with a
+   ticket that never permitted it, and with ``--quic-secrets-file`` a ticket issued by a
+   server with ``--quic-0rtt`` could bring 0-RTT to one without it. So the resumed ticket
+   is noted, and when TLS installs the 0-RTT key (before it writes EncryptedExtensions)
+   the key is refused and ``early_data_accepted`` cleared unless this server has
+   ``--quic-0rtt`` and the ticket carries a ``max_early_data_size``: the client learns
+   that early data was rejected and sends it again in 1-RTT (RFC 8446 §4.2.10).
 7. **Send-side accounting.** ``buffered(stream_id)`` says how many response bytes aioquic
    holds for a stream (unsent or unacknowledged), for the app's ``send()`` to wait on.
 8. **Malformed requests are stream errors** (:class:`ServerH3Connection`), not the
@@ -368,6 +376,16 @@ class ServerQuicConnection(QuicConnection):
         super().__init__(**kwargs)
         self._allow_early_data = allow_early_data
         self._ticket_sealer = ticket_sealer
+        # 6. the ticket TLS resumes, to check its 0-RTT permission.
+        self._resumed_ticket: tls.SessionTicket | None = None
+        fetcher = self._session_ticket_fetcher
+        if fetcher is not None:
+
+            def fetch(label: bytes) -> tls.SessionTicket | None:
+                self._resumed_ticket = ticket = fetcher(label)
+                return ticket
+
+            self._session_ticket_fetcher = fetch
         self._cid_factory = cid_factory
         # Concurrent request streams the peer may open (initial_max_streams_bidi).
         self._local_max_streams_bidi.value = self._local_max_streams_bidi.sent = max_streams
@@ -406,6 +424,25 @@ class ServerQuicConnection(QuicConnection):
             # 13. the label on the wire is the sealed ticket.
             self.tls.__class__ = _SealingContext
             self.tls._ticket_sealer = self._ticket_sealer  # type: ignore[attr-defined]
+
+    def _update_traffic_key(
+        self,
+        direction: tls.Direction,
+        epoch: tls.Epoch,
+        cipher_suite: tls.CipherSuite,
+        secret: bytes,
+    ) -> None:
+        if epoch == tls.Epoch.ZERO_RTT and direction == tls.Direction.DECRYPT:
+            ticket = self._resumed_ticket
+            if not (
+                self._allow_early_data
+                and ticket is not None
+                and ticket.max_early_data_size is not None
+            ):
+                # 6. early data this server or this ticket does not allow: rejected.
+                self.tls.early_data_accepted = False
+                return
+        super()._update_traffic_key(direction, epoch, cipher_suite, secret)
 
     # -- 1. connection ids --------------------------------------------------------------
 

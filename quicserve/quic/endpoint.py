@@ -16,7 +16,10 @@ handshake, ``forget`` when a connection is gone. Every CID the server issues com
 
 Rules (RFC 9000 unless noted):
 
-* Sans-IO: no sockets, no tasks, no clock; ``now`` is an argument (seconds, monotonic).
+* Sans-IO: no sockets, no tasks, no clock of its own; ``now`` is an argument (seconds,
+  monotonic). Retry tokens expire on ``token_clock`` (the caller passes ``time.time``),
+  because a token minted on one machine may be checked on another (``--quic-secrets-file``)
+  and monotonic clocks differ between machines; without it they use ``now``.
   ``classify`` never raises: anything that does not parse is dropped.
 * The version-independent long header (RFC 8999 §5.1) is read first, because an unknown
   version may lay out everything after the connection IDs differently, and may use CIDs
@@ -285,6 +288,7 @@ class EndpointCore:
         max_unvalidated_per_address: int | None = None,
         max_handshakes: int | None = None,
         cid_generator: Callable[[], bytes] | None = None,
+        token_clock: Callable[[], float] | None = None,
     ) -> None:
         if not supported_versions:
             raise ValueError("supported_versions must not be empty")
@@ -313,6 +317,7 @@ class EndpointCore:
         self.max_handshakes = max_handshakes
         self.tokens = tokens if tokens is not None else TokenAuthority()
         self._cid_generator: Callable[[], bytes] = cid_generator or (lambda: os.urandom(cid_length))
+        self._token_clock = token_clock
         self._reset_bucket = _TokenBucket.per_second(stateless_reset_rate)
         self._close_bucket = _TokenBucket.per_second(close_rate)
 
@@ -508,7 +513,9 @@ class EndpointCore:
         original_dcid: bytes | None = None
         if token:
             # RFC 9000 §8.1.3: a server MUST attempt to validate a token it receives.
-            original_dcid = self.tokens.validate_retry_token(token, addr, dcid, now)
+            original_dcid = self.tokens.validate_retry_token(
+                token, addr, dcid, self._token_clock() if self._token_clock else now
+            )
             if original_dcid is None and self.tokens.is_retry_token(token):
                 # §8.1.2: an invalid Retry token; the client will not accept a second
                 # Retry, so close with INVALID_TOKEN rather than let it time out.
@@ -542,7 +549,9 @@ class EndpointCore:
         # Retry's Source CID, and the integrity tag (RFC 9001 §5.8, RFC 9369 §3.3.3 for
         # version 2) is keyed per version by encode_quic_retry.
         retry_scid = self._fresh_cid()
-        token = self.tokens.create_retry_token(addr, dcid, retry_scid, now)
+        token = self.tokens.create_retry_token(
+            addr, dcid, retry_scid, self._token_clock() if self._token_clock else now
+        )
         self._counters["retry_sent"] += 1
         return Reply(
             encode_quic_retry(

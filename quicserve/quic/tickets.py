@@ -30,7 +30,10 @@ Rules:
   tickets get a full handshake. Across processes and machines a ticket can resume once in
   each (each has its own register): that replay window is documented in the README
   ("Shared secrets across workers and machines") and is why 0-RTT requests are limited
-  to safe methods (others get 425, RFC 8470).
+  to safe methods (others get 425, RFC 8470). A process that restarts starts with an
+  empty register. aioquic asks for the ticket before it checks the PSK binder, so a
+  ClientHello that copies a ticket label (sent in clear) with a bad binder uses the ticket
+  up: the real client then gets a full handshake, never someone else's session.
 * AES-GCM nonces are random (96 bits): rotate the key well before 2^32 tickets
   (NIST SP 800-38D §8.3).
 """
@@ -60,7 +63,7 @@ _HEADER_SIZE = 1 + KEY_ID_SIZE
 # cipher suite, age_add, not_valid_before (ms), lifetime (s), has max_early_data, its value
 _FIXED = struct.Struct("!HIQIBI")
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-#: Longer labels are not ours (a sealed ticket is about 130 bytes); no AEAD work for them.
+#: Longer labels are not ours (a sealed ticket is 99 to 115 bytes); no AEAD work for them.
 _MAX_SEALED = 1024
 
 
@@ -99,8 +102,8 @@ class StrikeRegister:
     __slots__ = ("_capacity", "_expiries", "_floor_ms", "_seen")
 
     def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
+        #: 0 (or less) remembers nothing and so accepts nothing: no resumption, as with an
+        #: in-memory store of no tickets.
         self._capacity = capacity
         self._seen: set[bytes] = set()
         self._expiries: list[tuple[int, bytes]] = []  # a heap: (expiry ms, digest)
@@ -109,6 +112,8 @@ class StrikeRegister:
 
     def first_use(self, label: bytes, expiry_ms: int, now_ms: int) -> bool:
         """Record a use of ``label``; False if it was used before (or may have been)."""
+        if self._capacity < 1:
+            return False
         expiries = self._expiries
         while expiries and expiries[0][0] < now_ms:  # expired: aioquic refuses them anyway
             self._seen.discard(heapq.heappop(expiries)[1])

@@ -26,7 +26,9 @@ Rules:
   once, so the port should not change), the client's original Destination CID and the
   Retry's Source CID (§7.3, §17.2.5.2), and expire after ``retry_token_lifetime`` seconds
   (§8.1.4: Retry tokens are only accepted for a short time). Expiry is on the caller's clock
-  (``now``), so issuer and validator must share one (``time.monotonic`` is system-wide).
+  (``now``), so issuer and validator must share one: the endpoint passes wall-clock time,
+  which machines share through NTP (a skew well under ``retry_token_lifetime`` is fine),
+  where monotonic clocks start at each machine's boot.
 * Retry tokens start with a format byte, so a server can tell one of its Retry tokens
   (invalid: close with INVALID_TOKEN) from a foreign token such as one from NEW_TOKEN
   (ignore it and proceed as if there were none), as RFC 9000 §8.1.1 and §8.1.3 require.
