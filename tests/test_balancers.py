@@ -362,7 +362,7 @@ def test_resumption_0rtt_and_stateless_reset_across_machines(
     router.steer_new(a.server_id)
     client, closed_after = loop.run_until_complete(_reset_by_the_other_machine(router, a, cafile))
     assert client.stateless_reset_at is not None
-    assert closed_after < 3.0, closed_after  # the idle timeout would be 30 s
+    assert closed_after < 5.0, closed_after  # the idle timeout would be 30 s
     assert router.decisions[("failover", b.server_id)] > 0
     assert "Traceback" not in b.server.stderr
 
