@@ -6,7 +6,8 @@ its own event loop there, and the server under test keeps running on whichever b
 it uses. Besides responses (1xx, headers, body, trailers, resets) it reports what the
 QUIC connection learned: resumption, early data, version, Retry, cipher suite, key
 phases, and a hook that can act while the first response arrives or once it is done
-(key update, NAT rebinding, :func:`migrate`).
+(key update, NAT rebinding, :func:`migrate`). :class:`H3Client` also recognises a
+stateless reset (RFC 9000 §10.3.1), which aioquic's client does not.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import HandshakeCompleted, QuicEvent, StreamReset
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StreamReset
+from aioquic.quic.packet import QuicErrorCode
 from aioquic.tls import CipherSuite, Epoch, SessionTicket
 
 from .net import dual_stack_udp_socket
@@ -82,6 +84,36 @@ class H3Client(QuicConnectionProtocol):
         #: called once, when the next DATA arrives (then cleared)
         self.on_data: Callable[[], None] | None = None
         self.handshakes = 0
+        #: monotonic time a stateless reset from the server ended the connection
+        self.stateless_reset_at: float | None = None
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if isinstance(data, bytes) and self._is_stateless_reset(data):
+            # RFC 9000 §10.3.1: the connection ends at once, without sending anything more
+            # (draining). aioquic's client would drop the datagram and wait for the idle
+            # timeout, so the end is made here from its own close events.
+            self.stateless_reset_at = time.monotonic()
+            quic = self._quic
+            quic._close_event = ConnectionTerminated(
+                error_code=QuicErrorCode.NO_ERROR, frame_type=None, reason_phrase="stateless reset"
+            )
+            quic._close_end()
+            self._process_events()
+            for waiter in self.waiters.values():  # requests in flight fail, as on a close
+                if not waiter.done():
+                    waiter.set_exception(ConnectionError("stateless reset"))
+            return
+        super().datagram_received(data, addr)
+
+    def _is_stateless_reset(self, data: bytes) -> bool:
+        """RFC 9000 §10.3.1: a short-header-looking datagram of at least 21 bytes ending in
+        the stateless reset token of one of the server's connection IDs we have."""
+        if len(data) < 21 or data[0] & 0x80 or not data[0] & 0x40:
+            return False
+        quic = self._quic
+        tokens = {cid.stateless_reset_token for cid in (quic._peer_cid, *quic._peer_cid_available)}
+        tokens.discard(b"")
+        return data[-16:] in tokens
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, HandshakeCompleted):

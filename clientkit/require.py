@@ -44,6 +44,8 @@ CLIENTS: dict[str, Client] = {
     # The second real browser; certutil (libnss3-tools) makes its profile trust the test CA.
     "firefox-esr": Client("program", "apt-get install firefox-esr libnss3-tools"),
     "certutil": Client("program", "apt-get install libnss3-tools"),
+    # Checks the nginx recipe of docs/balancers.md offline (nginx -t).
+    "nginx": Client("program", "apt-get install nginx-light libnginx-mod-stream"),
     "curl_cffi": Client("module", "pip install curl_cffi"),
     "websockets": Client("module", "pip install websockets"),
     "uvloop": Client("module", "pip install uvloop"),

@@ -7,6 +7,8 @@ one-line :class:`~quicserve.config.ConfigError`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -55,6 +57,27 @@ def parse_server_id(value: str) -> bytes:
         return bytes.fromhex(value)
     except ValueError:
         raise ValueError(f"--quic-lb-server-id {value!r} is not hex") from None
+
+
+#: The variable the AWS Load Balancer Controller sets in a pod behind a QUIC listener.
+AWS_SERVER_ID_VARIABLE = "AWS_LBC_QUIC_SERVER_ID"
+#: Bytes in an AWS NLB QUIC server ID (its API: "0x" and 16 hex digits).
+AWS_SERVER_ID_BYTES = 8
+
+
+def parse_aws_server_id(value: str) -> bytes:
+    """``AWS_LBC_QUIC_SERVER_ID`` (standard base64 of exactly 8 bytes) as bytes."""
+    where = f"{AWS_SERVER_ID_VARIABLE}={value!r}"
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{where} is not base64") from None
+    if len(raw) != AWS_SERVER_ID_BYTES:
+        raise ValueError(
+            f"{where} decodes to {len(raw)} bytes; an AWS QUIC server ID is "
+            f"{AWS_SERVER_ID_BYTES} bytes"
+        )
+    return raw
 
 
 def parse_trusted(spec: str) -> TrustedPeers:

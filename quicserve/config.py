@@ -32,7 +32,9 @@ from typing import Any, Literal
 
 from .accesslog import compile_format
 from .addresses import (
+    AWS_SERVER_ID_VARIABLE,
     MAX_WORKER_SLOTS,
+    parse_aws_server_id,
     parse_bind,
     parse_server_id,
     parse_trusted,
@@ -160,7 +162,8 @@ class Config:
         default="",
         metadata=_opt(
             "QUIC-LB server ID of this machine in hex (up to 12 bytes), put in every connection "
-            "ID so a QUIC-LB load balancer in front of several machines can route by it",
+            "ID so a QUIC-LB load balancer in front of several machines can route by it "
+            "(default: AWS_LBC_QUIC_SERVER_ID, base64 of 8 bytes, if set)",
             metavar="HEX",
         ),
     )
@@ -738,12 +741,19 @@ def read_config_file(path: str) -> dict[str, Any]:
     return values
 
 
-def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+def read_environment(environ: Mapping[str, str], *, aws: bool = True) -> dict[str, Any]:
     """The settings given as ``QUICSERVE_<FIELD>`` variables (and FORWARDED_ALLOW_IPS,
-    which Uvicorn and Gunicorn read too, below its QUICSERVE_ name)."""
+    which Uvicorn and Gunicorn read too, below its QUICSERVE_ name; and, if ``aws``,
+    AWS_LBC_QUIC_SERVER_ID below QUICSERVE_QUIC_LB_SERVER_ID: the server ID the AWS Load
+    Balancer Controller gives a pod, base64, read only when nothing above sets one)."""
     values: dict[str, Any] = {}
     if "FORWARDED_ALLOW_IPS" in environ:
         values["forwarded_allow_ips"] = environ["FORWARDED_ALLOW_IPS"]
+    if aws and AWS_SERVER_ID_VARIABLE in environ:
+        try:
+            values["quic_lb_server_id"] = parse_aws_server_id(environ[AWS_SERVER_ID_VARIABLE]).hex()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     for name in _settable():
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is not None:
@@ -754,7 +764,10 @@ def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
 def resolve(command_line: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
     """Layer the settings: ``command_line`` (fields a person gave) > environment > the
     ``config`` file (named on the command line or in ``QUICSERVE_CONFIG``) > defaults."""
-    env = read_environment(os.environ if environ is None else environ)
+    env = read_environment(
+        os.environ if environ is None else environ,
+        aws="quic_lb_server_id" not in command_line,
+    )
     path = command_line.get("config") or env.get("config")
     values: dict[str, Any] = read_config_file(path) if path else {}
     values.update(env)

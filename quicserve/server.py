@@ -282,6 +282,12 @@ class Server:
                     )
                 for address in self.addresses:
                     logger.info("Listening on %s (%s)", address.url(), address.transport.upper())
+                if quic_listeners and context.config.quic_lb_server_id:
+                    logger.info(
+                        "QUIC-LB server ID %s (%d-byte connection IDs)",
+                        context.config.quic_lb_server_id.lower(),
+                        quic_listeners[0].configuration.connection_id_length,
+                    )
                 if self.metrics is not None:
                     acceptors.start_soon(self.metrics.serve)
                     logger.info("Metrics on %s", self.metrics.url())

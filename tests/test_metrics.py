@@ -74,7 +74,9 @@ async def test_counts_every_protocol(anyio_backend: object, tls_files: DevCertif
     assert after['quicserve_connections_total{protocol="h3"}'] == 1
     # httpx may still hold its keep-alive connection: open now or closed, counted once.
     assert after['quicserve_connections_total{protocol="http/1.1"}'] == 1
-    assert after['quicserve_received_bytes_total{protocol="http/1.1"}'] > 1000
+    # Three bodies of 1000 bytes and their heads, the first one included (it is read
+    # before the protocol is known, while the server tells HTTP/1.1 from HTTP/2).
+    assert after['quicserve_received_bytes_total{protocol="http/1.1"}'] > 3000
     assert after['quicserve_sent_bytes_total{protocol="h3"}'] > 0
     assert after["quicserve_quic_datagrams_received_total"] > 0
     assert after['quicserve_handshake_failures_total{transport="tcp"}'] == 0

@@ -264,6 +264,8 @@ class ByteStreamDriver(ByteStreamBase):
                 tg.start_soon(self._timer_loop)
                 await self._write_out()
                 if initial_data:
+                    # Read while telling HTTP/1.1 from HTTP/2: counted like every read.
+                    self._record.bytes_in += len(initial_data)
                     self._receive(initial_data)
                     await self._write_out()
                 with anyio.CancelScope() as self._reader_scope:

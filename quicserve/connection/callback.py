@@ -191,6 +191,8 @@ class CallbackDriver(ByteStreamBase):
                 done = self._done = self.new_wakeup()
                 self._write_now()
                 if initial_data:
+                    # Read while telling HTTP/1.1 from HTTP/2: counted like every read.
+                    self._record.bytes_in += len(initial_data)
                     self._feed(initial_data)
                 if not self._reading_done:
                     connection.attach(self)
