@@ -51,6 +51,8 @@ CLIENTS: dict[str, Client] = {
     "uvloop": Client("module", "pip install uvloop"),
     # The fast HTTP/1.1 engine (quicserve[fast]); the tests run on it and on h11.
     "httptools": Client("module", "pip install httptools"),
+    # ss reads a listening socket's backlog (--backlog reaching listen()).
+    "ss": Client("program", "apt-get install iproute2"),
 }
 
 

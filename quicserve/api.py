@@ -39,6 +39,11 @@ def make_config(config: Config | None = None, **options: Any) -> Config:
     check(result)
     if result.reload:
         raise ConfigError("reload needs the command line (quicserve APP --reload)")
+    for name in ("user", "group", "env_file"):
+        # These act before the app is imported; here the caller has imported it already.
+        if getattr(result, name) is not None:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{name} needs the command line (quicserve APP {flag} ...)")
     return apply_dev_defaults(result)
 
 

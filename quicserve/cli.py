@@ -13,17 +13,29 @@ line to :mod:`quicserve.reload`, which runs it again in a child process.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import logging
 import logging.config
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .app import AppLoadError, LifespanFailure, load_app
 from .config import Config, ConfigError, config_fields, resolve
+from .daemon import (
+    EXIT_BOOT_FAILURE,
+    EXIT_ERROR,
+    Identity,
+    check_pid_file,
+    drop_privileges,
+    load_env_file,
+    resolve_identity,
+)
 from .runner import DEV_BIND, UsageError, apply_dev_defaults, configure_logging, run
-from .tls import TLSConfigError
+from .tls import ServerTLS, TLSConfigError, build_server_tls
 from .transport.tcp import BindError
 from .version import __version__
 
@@ -210,9 +222,11 @@ def _pop_worker_fd(args: list[str]) -> int | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``quicserve`` command."""
+    """Entry point of the ``quicserve`` command; returns the exit status (see
+    :mod:`quicserve.daemon`: 0, 1, 2 from argparse, 3 when the app cannot boot)."""
     args = list(sys.argv[1:] if argv is None else argv)
     worker: WorkerLink | None = None
+    unix_paths: list[str] = []
     try:
         if args and args[0] == "certs":
             return certs_command(args[1:])
@@ -225,49 +239,190 @@ def main(argv: Sequence[str] | None = None) -> int:
             worker = WorkerLink.from_fd(worker_fd)
         config = config_from_args(args, dict(os.environ))
         configure_logging(config)
+        if config.env_file is not None and worker is None:
+            # Before the app is imported; workers inherit the environment. QUICSERVE_*
+            # variables in the file count as environment settings.
+            load_env_file(config.env_file)
+            config = config_from_args(args, dict(os.environ))
+            configure_logging(config)
         if config.reload:
             from .reload import run_with_reload
 
             return run_with_reload(args, config)
+        identity = resolve_identity(config.user, config.group)
+        if config.pid_file is not None and worker is None:
+            check_pid_file(config.pid_file)
         config = apply_dev_defaults(config)
         if config.workers > 1 and worker is None:
             from .supervisor import Supervisor
 
             return Supervisor(config).run()
+        tls = None
+        if identity is not None:
+            config, tls, unix_paths = _drop_privileges(config, identity, worker)
         app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
-        run(app, config, worker)
-    except (
-        UsageError,
-        ConfigError,
-        AppLoadError,
-        TLSConfigError,
-        BindError,
-        LifespanFailure,
-    ) as exc:
-        prefix = "lifespan startup failed: " if isinstance(exc, LifespanFailure) else ""
-        return _fail(f"{prefix}{exc}", worker)
+        run(app, config, worker, tls)
+    except (UsageError, ConfigError, TLSConfigError, BindError) as exc:
+        return _fail(str(exc), worker, EXIT_ERROR)
+    except AppLoadError as exc:
+        return _fail(str(exc), worker, EXIT_BOOT_FAILURE)
+    except LifespanFailure as exc:
+        return _fail(f"lifespan startup failed: {exc}", worker, EXIT_BOOT_FAILURE)
     except KeyboardInterrupt:
         return 0
     except Exception as exc:
         from .certs import CertificateError
         from .supervisor import SupervisorError
 
-        if isinstance(exc, (CertificateError, SupervisorError)):
-            return _fail(str(exc), worker)
+        if isinstance(exc, CertificateError):
+            return _fail(str(exc), worker, EXIT_ERROR)
+        if isinstance(exc, SupervisorError):
+            return _fail(str(exc), worker, exc.status)
         raise
     finally:
         if worker is not None:
             worker.close()
+        for path in unix_paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
     return 0
 
 
-def _fail(message: str, worker: WorkerLink | None) -> int:
+def _drop_privileges(
+    config: Config, identity: Identity, worker: WorkerLink | None
+) -> tuple[Config, ServerTLS, list[str]]:
+    """``--user``/``--group``: do as root what needs root, then become ``identity``.
+
+    A single process binds its sockets here (port 443) and serves them as ``fd://N``; a
+    worker got them from its supervisor. Both read the certificates (often readable by
+    root only) and make the qlog directory theirs before the app is imported. Returns the
+    config to serve, the loaded TLS and the Unix socket paths to remove on exit."""
+    unix_paths: list[str] = []
+    if worker is None:
+        config, unix_paths = _bind_now(config, identity)
+    else:
+        # The supervisor made the forwarding directory ours; the link's socket in it was
+        # bound as root, and the other workers (no longer root) must be able to send to it.
+        from .worker import worker_path
+
+        identity.chown(worker_path(worker.forward_dir, worker.slot, worker.generation))
+    tls = build_server_tls(config)
+    if config.quic_qlog_dir is not None and os.path.isdir(config.quic_qlog_dir):
+        if os.stat(config.quic_qlog_dir).st_uid == os.geteuid():
+            identity.chown(config.quic_qlog_dir)
+    _import_what_serving_needs(config)
+    drop_privileges(identity)
+    logger.info("Running as uid %d, gid %d", os.getuid(), os.getgid())
+    return config, tls, unix_paths
+
+
+def _import_what_serving_needs(config: Config) -> None:
+    """Import quicserve's modules and the event loop's while still root.
+
+    Python and its packages may live where only root can read (a pyenv or a virtualenv
+    under /root): once the process has become ``--user``, a module imported lazily at the
+    first request would fail to load. The app's own imports are the app's to make
+    readable; these are ours. Optional modules that are not installed are skipped."""
+    import importlib
+    import pkgutil
+    import warnings
+
+    backend = "trio" if config.backend == "trio" else "asyncio"
+    # Whole packages whose modules load others lazily: anyio (its API, the backend),
+    # aioquic and cryptography (the first QUIC handshake loads the OpenSSL backend) ...
+    packages = [
+        "quicserve",
+        "anyio",
+        "aioquic",
+        "cryptography.hazmat.backends",
+        "cryptography.hazmat.primitives",
+        "cryptography.x509",
+        "h2",
+        "hpack",
+        "hyperframe",
+        "h11",
+        "httptools",
+        "wsproto",
+        "websockets",
+        "pylsqpack",
+    ]
+    skipped = ("anyio._backends.", "anyio.pytest_plugin", "websockets.legacy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        importlib.import_module(f"anyio._backends._{backend}")  # trio, asyncio with it
+        if config.backend == "uvloop":
+            importlib.import_module("uvloop")
+        for package in packages:
+            try:
+                module = importlib.import_module(package)
+            except ImportError:
+                continue  # an optional package that is not installed
+            for info in pkgutil.walk_packages(getattr(module, "__path__", []), f"{package}."):
+                if (
+                    info.name.endswith(".__main__")
+                    or info.name.startswith(skipped)
+                    or "test" in info.name
+                ):
+                    continue
+                with contextlib.suppress(Exception):
+                    importlib.import_module(info.name)
+
+
+def _bind_now(config: Config, identity: Identity) -> tuple[Config, list[str]]:
+    """Open every ``--bind``, ``--insecure-bind`` and ``--quic-bind`` socket now, as root,
+    and name them ``fd://N`` for the server (as the supervisor does for its workers)."""
+    from .addresses import parse_unix_mode
+    from .transport.sockets import open_stream_socket
+    from .transport.udp import open_udp_socket
+
+    mode = parse_unix_mode(config.unix_socket_mode)
+    unix_paths: list[str] = []
+    opened: list[socket.socket] = []
+    try:
+        streams: dict[str, tuple[str, ...]] = {}
+        for name in ("bind", "insecure_bind"):
+            binds = []
+            for bind in getattr(config, name):
+                sock = open_stream_socket(bind, unix_mode=mode, backlog=config.backlog)
+                opened.append(sock)
+                if bind.startswith("unix:"):
+                    path = bind[len("unix:") :]
+                    unix_paths.append(path)
+                    identity.chown(path)
+                binds.append(f"fd://{sock.fileno()}")
+            streams[name] = tuple(binds)
+        datagrams = []
+        for bind in config.quic_bind:
+            udp = open_udp_socket(bind)
+            opened.append(udp)
+            datagrams.append(f"fd://{udp.fileno()}")
+    except BaseException:
+        for sock in opened:
+            sock.close()
+        for path in unix_paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise
+    for sock in opened:
+        sock.detach()  # the server adopts the descriptor
+    return (
+        dataclasses.replace(
+            config,
+            bind=streams["bind"],
+            insecure_bind=streams["insecure_bind"],
+            quic_bind=tuple(datagrams),
+        ),
+        unix_paths,
+    )
+
+
+def _fail(message: str, worker: WorkerLink | None, status: int) -> int:
     # A worker reports to its supervisor, which prints the error once for all workers.
     if worker is not None:
         worker.send(error=message)
     else:
         print(f"quicserve: error: {message}", file=sys.stderr)
-    return 1
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -115,6 +115,13 @@ class Config:
             metavar="MODE",
         ),
     )
+    backlog: int = field(
+        default=2048,
+        metadata=_opt(
+            "listen() backlog of the TCP and 'unix:' sockets quicserve opens: connections "
+            "the kernel queues before they are accepted (capped by net.core.somaxconn)"
+        ),
+    )
     alt_svc: str | None = field(
         default=None,
         metadata=_opt(
@@ -359,6 +366,57 @@ class Config:
         ),
     )
 
+    # -- operations ---------------------------------------------------------------------
+    server_header: bool = field(
+        default=True,
+        metadata=_opt("send 'server: quicserve' unless the app sets a server header"),
+    )
+    date_header: bool = field(
+        default=True,
+        metadata=_opt("send a 'date' header (RFC 9110 §6.6.1) unless the app sets one"),
+    )
+    header: tuple[str, ...] = field(
+        default=(),
+        metadata=_opt(
+            "a default response header NAME:VALUE, sent unless the app sets the same name "
+            "(repeatable; in the environment one per line, as values may hold commas)",
+            metavar="NAME:VALUE",
+            split="lines",
+        ),
+    )
+    env_file: str | None = field(
+        default=None,
+        metadata=_opt(
+            "load KEY=VALUE lines (comments, 'export ', quotes) into the environment before "
+            "the app is imported; variables already set win",
+            metavar="PATH",
+        ),
+    )
+    user: str | None = field(
+        default=None,
+        metadata=_opt(
+            "after binding the sockets and reading the certificates, run as this user "
+            "(name or uid; needs root)",
+            metavar="USER",
+        ),
+    )
+    group: str | None = field(
+        default=None,
+        metadata=_opt(
+            "with or without --user: run as this group (name or gid; default: the user's); "
+            "supplementary groups are dropped",
+            metavar="GROUP",
+        ),
+    )
+    pid_file: str | None = field(
+        default=None,
+        metadata=_opt(
+            "write the PID of this process (the supervisor with --workers) here once it "
+            "serves, and remove it on exit; refused if it names a live process",
+            metavar="PATH",
+        ),
+    )
+
     # -- the app interface --------------------------------------------------------------
     interface: Interface = field(
         default="auto",
@@ -431,6 +489,13 @@ class Config:
     )
 
     # -- limits -------------------------------------------------------------------------
+    limit_concurrency: int = field(
+        default=0,
+        metadata=_opt(
+            "requests (HTTP requests, WebSockets, WebTransport sessions) in flight at once "
+            "per process; more get 503 without calling the app; 0 = no limit"
+        ),
+    )
     max_connections: int = field(
         default=10_000, metadata=_opt("open connections at most; more wait to be accepted")
     )
@@ -558,6 +623,50 @@ class Config:
         return self.certfile is not None
 
 
+#: RFC 9110 §5.6.2: the characters of a token (a field name).
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+_FRAMING_FIELDS = frozenset(
+    {
+        "connection",
+        "content-length",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+
+def parse_header(value: str) -> tuple[bytes, bytes]:
+    """``NAME:VALUE`` (``--header``) as a lower-case name and a value; raises ValueError.
+
+    The name is a token (RFC 9110 §5.1), lower-cased as HTTP/2 and HTTP/3 require (RFC 9113
+    §8.2.1, RFC 9114 §4.2); the value loses its surrounding whitespace and may hold no CR,
+    LF or NUL (RFC 9110 §5.5), which would split or end the field."""
+    name, colon, rest = value.partition(":")
+    if not colon:
+        raise ValueError("expected NAME:VALUE")
+    name = name.strip()
+    if not name or not all(c in _TCHAR for c in name.encode("latin-1", "replace")):
+        raise ValueError(f"{name!r} is not a valid header name")
+    if name.lower() in _FRAMING_FIELDS:
+        # The protocol modules own framing and connection-specific fields (RFC 9110 §7.6.1,
+        # RFC 9113 §8.2.2): a default one would contradict each response's real framing.
+        raise ValueError(f"{name.lower()!r} is set by the server, per response")
+    rest = rest.strip(" \t")
+    if any(c in rest for c in "\r\n\0"):
+        raise ValueError("the value may not contain CR, LF or NUL")
+    try:
+        raw = rest.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError("the value must be Latin-1 text") from None
+    return name.lower().encode("ascii"), raw
+
+
 def config_fields() -> list[Any]:
     """The dataclass fields of :class:`Config`, in declaration order."""
     return list(fields(Config))
@@ -589,6 +698,11 @@ def coerce(name: str, value: Any, source: str) -> Any:
         items = value if isinstance(value, list) else [value]
         if not all(isinstance(item, str) for item in items):
             raise ConfigError(f"{where}: expected strings, got {value!r}")
+        if f.metadata.get("split") == "lines":
+            # Items that may hold commas (header values): whole array items, or lines.
+            return tuple(
+                line.strip() for item in items for line in item.splitlines() if line.strip()
+            )
         return tuple(part.strip() for item in items for part in item.split(",") if part.strip())
     if type_name.startswith(("int", "float")):
         number_type: type[int] | type[float] = int if type_name.startswith("int") else float
@@ -703,7 +817,14 @@ def check(config: Config) -> None:
         raise ConfigError("--quic-max-handshakes-per-address must not be negative")
     if config.quic_max_ack_frames_per_packet < 1:
         raise ConfigError("--quic-max-ack-frames-per-packet must be at least 1")
-    for name in ("max_requests", "max_requests_jitter", "quic_max_cancelled_requests"):
+    if config.backlog < 1:
+        raise ConfigError("--backlog must be at least 1")
+    for name in (
+        "max_requests",
+        "max_requests_jitter",
+        "quic_max_cancelled_requests",
+        "limit_concurrency",
+    ):
         if getattr(config, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
     if config.workers > MAX_WORKER_SLOTS // 2:
@@ -713,6 +834,13 @@ def check(config: Config) -> None:
         parse_server_id(config.quic_lb_server_id)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    for value in config.header:
+        try:
+            parse_header(value)
+        except ValueError as exc:
+            raise ConfigError(f"--header {value!r}: {exc}") from None
+    if config.reload and (config.user is not None or config.group is not None):
+        raise ConfigError("--user and --group cannot be combined with --reload")
     if config.reload and config.workers > 1:
         raise ConfigError("--reload cannot be combined with --workers above 1")
     if config.metrics_bind is not None:

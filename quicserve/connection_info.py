@@ -38,6 +38,12 @@ class ConnectionInfo:
     tls: dict[str, Any] | None = None
     #: The value of the ``alt-svc`` header to add to responses, or ``None``.
     alt_svc: bytes | None = None
+    #: Response fields added unless the app set the same name (``--header``, ``server``).
+    default_headers: tuple[tuple[bytes, bytes], ...] = ()
+    #: Whether responses get a ``date`` field unless the app set one (``--date-header``).
+    date_header: bool = True
+    #: The names of ``default_headers``, and ``date``: what the app may set instead.
+    default_names: frozenset[bytes] = frozenset()
 
     def with_protocol(self, http_version: str, capabilities: Capabilities) -> ConnectionInfo:
         """The same connection after ALPN or an upgrade chose its protocol."""

@@ -21,6 +21,7 @@ import anyio
 from .config import Config, ConfigError
 from .server import Server
 from .streams.wsengine import EngineUnavailable, engine_name
+from .tls import ServerTLS
 from .transport.sockets import systemd_binds
 from .types import ASGIApp
 
@@ -175,9 +176,12 @@ async def _run_server(server: Server) -> None:
         tg.cancel_scope.cancel()
 
 
-def run(app: ASGIApp, config: Config, worker: WorkerLink | None = None) -> None:
-    """Serve ``app`` with ``config`` on the configured backend until SIGINT/SIGTERM."""
-    server = Server(app, config, worker)
+def run(
+    app: ASGIApp, config: Config, worker: WorkerLink | None = None, tls: ServerTLS | None = None
+) -> None:
+    """Serve ``app`` with ``config`` on the configured backend until SIGINT/SIGTERM
+    (``tls``: certificates already loaded, before ``--user`` dropped root)."""
+    server = Server(app, config, worker, tls)
     backend = "trio" if config.backend == "trio" else "asyncio"
     options: dict[str, Any] = {}
     if config.backend == "uvloop":

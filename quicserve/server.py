@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -28,8 +29,9 @@ from .addresses import parse_unix_mode
 from .app import Lifespan, prepare_app
 from .config import Config
 from .connection.bytestream import serve_connection
-from .connection.context import ServerContext
+from .connection.context import ServerContext, default_response_headers
 from .connection.quic import QuicListener
+from .daemon import remove_pid_file, write_pid_file
 from .metrics import MetricsEndpoint
 from .quic.keyring import KeyRing
 from .registry import ConnectionRegistry
@@ -71,6 +73,9 @@ class Server:
     config: Config
     #: Set in a worker process started by the supervisor (``--workers``).
     worker: WorkerLink | None = None
+    #: Certificates loaded before the process gave up root (``--user``); else loaded
+    #: by :meth:`serve`.
+    tls: ServerTLS | None = None
     registry: ConnectionRegistry = field(init=False)
     addresses: list[BoundAddress] = field(default_factory=list, init=False)
     _shutdown_requested: anyio.Event | None = field(default=None, init=False)
@@ -81,6 +86,8 @@ class Server:
     _stopped: anyio.Event | None = field(default=None, init=False)
     #: The --quic-secrets-file ring, once loaded (shared by every QUIC listener).
     key_ring: KeyRing | None = field(default=None, init=False)
+    #: The ``--pid-file`` this server wrote, removed when it stops.
+    _pid_file: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.registry = ConnectionRegistry(self.config.max_connections)
@@ -152,6 +159,9 @@ class Server:
         try:
             await self._serve(task_status)
         finally:
+            if self._pid_file is not None:
+                remove_pid_file(self._pid_file, os.getpid())
+                self._pid_file = None
             self._stopped.set()
 
     async def _serve(self, task_status: anyio.abc.TaskStatus[list[BoundAddress]]) -> None:
@@ -174,8 +184,10 @@ class Server:
             registry=self.registry,
             worker=self.worker,
             key_ring=self.key_ring,
+            default_headers=default_response_headers(config),
         )
-        tls = build_server_tls(config)
+        context.default_names = frozenset([name for name, _ in context.default_headers] + [b"date"])
+        tls = self.tls if self.tls is not None else build_server_tls(config)
         tcp_endpoints = await self._open_tcp_endpoints(tls)
         udp_sockets = []
         try:
@@ -223,9 +235,15 @@ class Server:
         mode = parse_unix_mode(config.unix_socket_mode)
         try:
             for bind in config.bind:
-                endpoints.extend(open_tcp_endpoints(bind, ssl_context, tls_info, unix_mode=mode))
+                endpoints.extend(
+                    open_tcp_endpoints(
+                        bind, ssl_context, tls_info, unix_mode=mode, backlog=config.backlog
+                    )
+                )
             for bind in config.insecure_bind:
-                endpoints.extend(open_tcp_endpoints(bind, None, None, unix_mode=mode))
+                endpoints.extend(
+                    open_tcp_endpoints(bind, None, None, unix_mode=mode, backlog=config.backlog)
+                )
         except BaseException:
             for endpoint in endpoints:
                 await endpoint.listener.aclose()
@@ -273,6 +291,11 @@ class Server:
                 if self.metrics is not None:
                     acceptors.start_soon(self.metrics.serve)
                     logger.info("Metrics on %s", self.metrics.url())
+                pid_file = self.config.pid_file
+                if pid_file is not None and self.worker is None:
+                    # Once it serves: a pid file is how a service manager learns it is up.
+                    write_pid_file(pid_file, os.getpid())
+                    self._pid_file = pid_file
                 task_status.started(list(self.addresses))
                 await self._shutdown_requested.wait()
                 acceptors.cancel_scope.cancel()

@@ -37,7 +37,11 @@ Signals:
 * A worker that dies is started again in its slot (after a pause if it died within a
   second of starting); one that reaches ``--max-requests`` (+ jitter) asks to be replaced
   like a SIGHUP would replace it. A worker that fails before it was ever ready during
-  start-up stops everything with its error, printed once.
+  start-up stops everything with its error, printed once; so does one whose app cannot
+  boot (exit status 3) at any later start, a respawn included, instead of being started
+  again in a loop (a SIGHUP replacement that fails keeps the old worker instead).
+* ``--user``/``--group``: the supervisor stays root and each worker drops after reading
+  its certificates; the forwarding directory and ``unix:`` socket files are the user's.
 
 Metrics: with ``--metrics-bind`` the supervisor serves the one endpoint for all workers
 (:class:`quicserve.metrics.FleetEndpoint`, non-blocking sockets in this loop), asking the
@@ -66,6 +70,13 @@ from typing import Any
 
 from .addresses import parse_unix_mode
 from .config import Config, config_fields
+from .daemon import (
+    EXIT_BOOT_FAILURE,
+    EXIT_ERROR,
+    remove_pid_file,
+    resolve_identity,
+    write_pid_file,
+)
 from .metrics import FleetEndpoint, count_worker_restart
 from .quic.lb import MAX_SLOTS, CidLayout, RoutingTable, cbpf_program
 from .secretsfile import read_key_file
@@ -86,6 +97,8 @@ _SUPERVISOR_FIELDS = {
     "max_requests_jitter",
     "unix_socket_mode",
     "quic_worker_routing",
+    "env_file",  # loaded once, here: workers inherit the environment
+    "pid_file",  # the supervisor's PID
     "metrics_bind",
 }
 #: How long a new worker may take to report ready.
@@ -101,7 +114,12 @@ _SIGNALS = (
 
 
 class SupervisorError(Exception):
-    """The workers cannot be started (printed as one line)."""
+    """The workers cannot be started (printed as one line); ``status`` is the exit status
+    (:data:`~quicserve.daemon.EXIT_BOOT_FAILURE` when a worker's app cannot boot)."""
+
+    def __init__(self, message: str, status: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(eq=False)
@@ -148,6 +166,10 @@ class Supervisor:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        #: ``--user``/``--group``: the workers become it; the supervisor stays root, to
+        #: open sockets for SIGTTIN and start workers that read root-only certificates.
+        self.identity = resolve_identity(config.user, config.group)
+        self.pid_file_written = False
         self.layout = CidLayout.from_hex(config.quic_lb_server_id)
         self.secret = os.urandom(32)
         self.forward_dir = ""
@@ -180,6 +202,11 @@ class Supervisor:
                 read_key_file(self.config.quic_secrets_file)
             self._open_sockets()
             self.forward_dir = tempfile.mkdtemp(prefix="quicserve-")
+            if self.identity is not None:
+                # Workers bind, unlink and send to sockets here after they dropped root.
+                self.identity.chown(self.forward_dir)
+                for path in self.unix_paths:
+                    self.identity.chown(path)
             self._install_signals()
             self.owners = [None] * self.config.workers
             self._apply_table(broadcast=False)
@@ -250,7 +277,7 @@ class Supervisor:
         mode = parse_unix_mode(config.unix_socket_mode)
         for flag, binds in (("--bind", config.bind), ("--insecure-bind", config.insecure_bind)):
             for bind in binds:
-                sock = open_stream_socket(bind, unix_mode=mode)
+                sock = open_stream_socket(bind, unix_mode=mode, backlog=config.backlog)
                 if bind.startswith("unix:"):
                     self.unix_paths.append(bind[len("unix:") :])
                 self.tcp.append((flag, sock))
@@ -395,6 +422,9 @@ class Supervisor:
         if not self.started and all(w is not None and w.ready for w in self.owners):
             self.started = True
             logger.info("All %d workers ready", len(self.owners))
+            if self.config.pid_file is not None:
+                write_pid_file(self.config.pid_file, os.getpid())
+                self.pid_file_written = True
 
     def _point_slot(self, worker: Worker) -> None:
         link = slot_path(self.forward_dir, worker.slot)
@@ -449,11 +479,16 @@ class Supervisor:
             return
         if self.owners[slot] is not worker:
             return
-        if not self.started:
+        if not self.started or (code == EXIT_BOOT_FAILURE and not worker.ready):
+            # At start, or ever after (a respawned worker whose app no longer imports):
+            # starting it again would fail the same way, so stop instead of looping.
             message = worker.error or f"worker {slot} exited with code {code} while starting"
+            if self.started:
+                message = f"worker {slot} cannot start, stopping: {message}"
             self._stop(signal.SIGTERM)
             self._wait_stopped()
-            raise SupervisorError(message)
+            status = EXIT_BOOT_FAILURE if code == EXIT_BOOT_FAILURE else EXIT_ERROR
+            raise SupervisorError(message, status)
         if slot == self.retiring:
             self._remove_slot(slot)
             return
@@ -606,6 +641,8 @@ class Supervisor:
                 os.unlink(path)
         if self.forward_dir:
             shutil.rmtree(self.forward_dir, ignore_errors=True)
+        if self.pid_file_written and self.config.pid_file is not None:
+            remove_pid_file(self.config.pid_file, os.getpid())
         logger.info("Supervisor stopped")
 
 

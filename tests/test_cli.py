@@ -373,7 +373,7 @@ def test_error_lifespan_startup_failed(env: dict[str, str], backend: str) -> Non
         "--insecure-bind",
         "127.0.0.1:0",
     )
-    assert_one_line_error(result, "lifespan", STARTUP_FAILED_MESSAGE)
+    assert_one_line_error(result, "lifespan", STARTUP_FAILED_MESSAGE, exit_code=3)
     assert "Listening on" not in result.stderr  # nothing listens before startup is done
 
 
@@ -387,7 +387,7 @@ def test_error_lifespan_startup_failed_in_auto_mode(env: dict[str, str], backend
         "--insecure-bind",
         "127.0.0.1:0",
     )
-    assert_one_line_error(result, "lifespan", STARTUP_FAILED_MESSAGE)
+    assert_one_line_error(result, "lifespan", STARTUP_FAILED_MESSAGE, exit_code=3)
 
 
 def test_error_lifespan_raises_with_lifespan_on(env: dict[str, str], backend: str) -> None:
@@ -401,11 +401,14 @@ def test_error_lifespan_raises_with_lifespan_on(env: dict[str, str], backend: st
         "--insecure-bind",
         "127.0.0.1:0",
     )
-    assert_one_line_error(result, "lifespan", "RuntimeError", "lifespan is not supported here")
+    assert_one_line_error(
+        result, "lifespan", "RuntimeError", "lifespan is not supported here", exit_code=3
+    )
     assert "Listening on" not in result.stderr
 
 
 # Failures found before the event loop starts: the backend plays no part, so one run each.
+# An app that cannot be loaded exits 3 (not worth restarting), a bad setting 1.
 LOAD_ERRORS = [
     pytest.param(["no_such_module_xyz:app"], ["no_such_module_xyz", "not found"], id="no-module"),
     pytest.param(["tests.cli_apps:no_such_app"], ["tests.cli_apps", "no_such_app"], id="no-attr"),
@@ -427,17 +430,23 @@ LOAD_ERRORS = [
     pytest.param([APP, "--graceful-timeout", "0"], ["--graceful-timeout"], id="zero-timeout"),
     pytest.param([APP, "--max-connections", "0"], ["--max-connections"], id="zero-limit"),
 ]
+SETTING_ERRORS = {"zero-timeout", "zero-limit"}
 
 
 @pytest.mark.parametrize(("args", "needles"), LOAD_ERRORS)
 def test_error_before_serving(
-    env: dict[str, str], tmp_path: Path, args: list[str], needles: list[str]
+    env: dict[str, str],
+    tmp_path: Path,
+    args: list[str],
+    needles: list[str],
+    request: pytest.FixtureRequest,
 ) -> None:
     (tmp_path / "broken_app.py").write_text('raise RuntimeError("config file missing")\n')
     (tmp_path / "needs_dep_app.py").write_text("import not_installed_dep_xyz\n")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
     result = run_cli(env, *argv, "--insecure-bind", "127.0.0.1:0")
-    assert_one_line_error(result, *needles)
+    case = request.node.callspec.id
+    assert_one_line_error(result, *needles, exit_code=1 if case in SETTING_ERRORS else 3)
     assert "Listening on" not in result.stderr
 
 

@@ -32,6 +32,7 @@ FLOORS: list[tuple[str, list[str]]] = [
             "addresses",
             "accesslog",
             "config",
+            "daemon",
             "registry",
             "stats",
             "certs",

@@ -26,6 +26,7 @@ _TEST = re.compile(r"`(tests/[\w/]+\.py)::(\w+)`")
 #: Config fields that bound something a peer controls; each must be in the document.
 LIMIT_FIELDS = {
     "max_connections",
+    "limit_concurrency",
     "max_header_bytes",
     "max_request_body_size",
     "header_read_timeout",

@@ -301,11 +301,12 @@ def test_kill_reload_and_scale(
 
 
 def test_a_worker_that_cannot_start_is_one_error_line(env: dict[str, str]) -> None:
-    # Each worker fails the same way; the supervisor prints the error once and exits 1.
+    # Each worker fails the same way; the supervisor prints the error once and exits 3
+    # (the app cannot boot: not worth restarting).
     result = test_cli.run_cli(
         env, "no_such_module_xyz:app", "--workers", "3", "--insecure-bind", "127.0.0.1:0"
     )
-    test_cli.assert_one_line_error(result, "no_such_module_xyz", "not found")
+    test_cli.assert_one_line_error(result, "no_such_module_xyz", "not found", exit_code=3)
     assert "Traceback" not in result.stderr
 
 

@@ -74,6 +74,9 @@ def start_protocol(
         capabilities=HTTP1_CAPABILITIES,
         tls=tls,
         alt_svc=context.alt_svc if tls is not None else None,
+        default_headers=context.default_headers,
+        date_header=context.config.date_header,
+        default_names=context.default_names,
     )
     if use_h2:
         from ..protocol.http2 import H2Protocol

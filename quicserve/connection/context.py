@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..config import parse_header
+
 if TYPE_CHECKING:
     from ..config import Config
     from ..quic.keyring import KeyRing
@@ -63,3 +65,24 @@ class ServerContext:
     #: The ``--quic-secrets-file`` key ring (tickets, Retry, resets), replaced in place
     #: on reload; None without the file.
     key_ring: KeyRing | None = None
+    #: Response fields every response gets unless the app set the same name:
+    #: ``--header`` and ``server`` (see :func:`default_response_headers`).
+    default_headers: tuple[tuple[bytes, bytes], ...] = ()
+    #: Their names and ``date``, which an app's own field of that name replaces.
+    default_names: frozenset[bytes] = frozenset()
+    #: Requests (any stream type) in flight in this process, counted only with
+    #: ``--limit-concurrency`` (``ConnectionDriver._start_stream``).
+    in_flight: int = 0
+
+
+def default_response_headers(config: Config) -> tuple[tuple[bytes, bytes], ...]:
+    """``--header`` fields, then ``server: quicserve`` (``--server-header``) unless a
+    ``--header`` names ``server`` itself; the first ``--header`` of a name wins."""
+    headers: list[tuple[bytes, bytes]] = []
+    for value in config.header:
+        name, raw = parse_header(value)
+        if all(name != known for known, _ in headers):
+            headers.append((name, raw))
+    if config.server_header and all(name != b"server" for name, _ in headers):
+        headers.append((b"server", b"quicserve"))
+    return tuple(headers)

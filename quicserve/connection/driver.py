@@ -42,7 +42,7 @@ from ..events import (
 from ..lowlevel import Wakeup, wakeup_factory
 from ..protocol.base import PushProtocol, ServerProtocol, WebTransportProtocol
 from ..stats import HTTP, WEBSOCKET, WEBTRANSPORT, Started
-from ..streams.http import HTTPStream, connection_extensions
+from ..streams.http import HTTPStream, RefusedStream, connection_extensions
 from ..streams.websocket import WebSocketStream, is_websocket_request
 from ..streams.webtransport import WebTransportSession, is_webtransport_request
 
@@ -116,6 +116,8 @@ class ConnectionDriver:
         self._idle_runners: list[Wakeup] = []
         self._runners = 0
         self._max_runners = 1_000_000 if info.capabilities.multiplexed else 1
+        #: ``--limit-concurrency`` (0: none); the count is ``context.in_flight``.
+        self._concurrency_limit = context.config.limit_concurrency
 
     def extensions_for(self, info: ConnectionInfo) -> dict[str, Any]:
         """The base ASGI extensions for ``info``, built once and kept with the connection
@@ -193,7 +195,17 @@ class ConnectionDriver:
                 # Only HTTP/3 carries WebTransport here; elsewhere it is an unknown
                 # :protocol (501), as it is with --webtransport off.
                 kind = WebTransportSession
-        stream = kind(self.context.app, self, self._info, request, self.context.lifespan_state)
+        make = kind
+        if self._concurrency_limit:
+            # Counted from here to _release_stream, which every stream type reaches
+            # from its run() (its finally), whatever the app did. A refused request is
+            # still counted in the metrics as what it asked to be (kind).
+            context = self.context
+            if context.in_flight >= self._concurrency_limit:
+                make = RefusedStream
+            else:
+                context.in_flight += 1
+        stream = make(self.context.app, self, self._info, request, self.context.lifespan_state)
         self._streams[request.stream_id] = stream
         self._record.requests += 1
         if self._stats is not None:
@@ -315,6 +327,8 @@ class ConnectionDriver:
         stream = self._streams.pop(stream_id, None)
         if stream is not None:
             self._status_counts[stream.status] += 1
+            if self._concurrency_limit and type(stream) is not RefusedStream:
+                self.context.in_flight -= 1
             if self._stats is not None:
                 started = self._started.pop(stream_id, None)
                 if started is not None:

@@ -289,6 +289,9 @@ class QuicDriver(ConnectionDriver):
                 "tls_version": 0x0304,
                 "cipher_suite": None,
             },
+            default_headers=context.default_headers,
+            date_header=context.config.date_header,
+            default_names=context.default_names,
         )
         super().__init__(context, info, protocol, record)
         self.listener = listener

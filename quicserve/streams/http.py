@@ -46,6 +46,7 @@ _ERROR_BODIES = {
     413: b"Content Too Large\n",
     425: b"Too Early\n",
     501: b"Not Implemented: unsupported :protocol\n",
+    503: b"Service Unavailable\n",
 }
 # RFC 9110 §9.2.1: methods whose replay is harmless, served from 0-RTT (RFC 8470 §3).
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
@@ -251,7 +252,7 @@ class HTTPStream(StreamBase):
         self._host.protocol.reset_stream(self.stream_id)
         await self._host.flush(self.stream_id)
 
-    async def _send_error(self, status: int) -> None:
+    async def _send_error(self, status: int, *extra: tuple[bytes, bytes]) -> None:
         """Answer with a plain-text error instead of (or after failing to start) the app's
         response; a body we refused to read means the stream cannot be kept."""
         body = _ERROR_BODIES.get(status, b"Error\n")
@@ -259,6 +260,7 @@ class HTTPStream(StreamBase):
             [
                 (b"content-type", b"text/plain; charset=utf-8"),
                 (b"content-length", b"%d" % len(body)),
+                *extra,
             ]
         )
         self._response_state = _COMPLETE
@@ -421,6 +423,32 @@ class HTTPStream(StreamBase):
         return response_headers(raw, self._info)
 
 
+class RefusedStream(HTTPStream):
+    """A request over ``--limit-concurrency``: 503 without calling the app (whatever the
+    request was: plain, WebSocket or WebTransport), and its body is discarded as it comes.
+
+    ``connection: close`` ends an HTTP/1.1 connection after the 503 (RFC 9110 §7.6.1), so
+    a client does not queue more requests behind it; HTTP/2 and HTTP/3 drop that field
+    (RFC 9113 §8.2.2, RFC 9114 §4.2) and keep the connection, as only the stream failed."""
+
+    __slots__ = ()
+
+    def body_received(self, data: bytes) -> None:
+        self._host.ack_body(self.stream_id, len(data))
+
+    async def run(self) -> None:
+        logged = access_logger.isEnabledFor(logging.INFO)
+        started = time.perf_counter() if logged else 0.0
+        try:
+            if not self._disconnected:
+                await self._send_error(503, (b"connection", b"close"))
+        finally:
+            self._disconnected = True
+            await self._host.stream_finished(self.stream_id)
+            if logged:
+                self._log_access(time.perf_counter() - started, " (--limit-concurrency)")
+
+
 def split_target(target: bytes, root_path: str) -> tuple[str, bytes, bytes]:
     """``(path, raw_path, query_string)`` for the ASGI scope from a request target."""
     raw_path, _, query = target.partition(b"?")
@@ -466,16 +494,37 @@ def upgrade_scope(
 
 
 def response_headers(raw: Any, info: ConnectionInfo) -> Headers:
-    """The app's response headers as lower-case byte pairs, plus ``date`` (unless the app
-    set one) and ``alt-svc`` (when the connection advertises HTTP/3)."""
+    """The app's response headers as lower-case byte pairs, plus the server's defaults
+    (``--header``, ``server``) and ``date`` (``--date-header``) for each name the app did
+    not set, and ``alt-svc`` (when the connection advertises HTTP/3)."""
     # Fields a protocol may not send (Connection on HTTP/2 and HTTP/3) are dropped by
     # that protocol module, which knows its own rules.
     headers: Headers = [(bytes(name).lower(), bytes(value)) for name, value in raw]
-    for name, _ in headers:
-        if name == b"date":
-            break
-    else:
-        headers.append((b"date", _date.get()))
+    defaults = info.default_headers
+    if defaults:
+        # One pass, no set: an app rarely sets a name the server would add.
+        names = info.default_names
+        seen: list[bytes] | None = None
+        for name, _ in headers:
+            if name in names:
+                if seen is None:
+                    seen = [name]
+                else:
+                    seen.append(name)
+        if seen is None:
+            headers += defaults
+            if info.date_header:
+                headers.append((b"date", _date.get()))
+        else:
+            headers += [pair for pair in defaults if pair[0] not in seen]
+            if info.date_header and b"date" not in seen:
+                headers.append((b"date", _date.get()))
+    elif info.date_header:
+        for name, _ in headers:
+            if name == b"date":
+                break
+        else:
+            headers.append((b"date", _date.get()))
     if info.alt_svc is not None:
         headers.append((b"alt-svc", info.alt_svc))
     return headers

@@ -60,6 +60,8 @@ import sniffio
 from ..addresses import parse_bind
 
 _HIGH_WATER = 256 * 1024
+#: The listen() backlog when none is given (``Config.backlog``, Uvicorn's default too).
+DEFAULT_BACKLOG = 2048
 #: A sender whose socket always has room never waits in ``send``; it still lets the other
 #: tasks run after this many such sends in a row (counted, not timed: the task yields
 #: between requests where the stream cannot see it, so a per-stream clock made nearly
@@ -78,7 +80,9 @@ class BindError(Exception):
 SYSTEMD_FIRST_FD = 3
 
 
-def inherited_socket(bind: str, kind: socket.SocketKind) -> socket.socket:
+def inherited_socket(
+    bind: str, kind: socket.SocketKind, *, backlog: int = DEFAULT_BACKLOG
+) -> socket.socket:
     """The socket inherited as ``fd://N``, checked to be of ``kind`` (stream or datagram)."""
     number = bind[len("fd://") :]
     if not number.isdigit():
@@ -98,7 +102,7 @@ def inherited_socket(bind: str, kind: socket.SocketKind) -> socket.socket:
     sock = socket.socket(fileno=fd)
     if kind == socket.SOCK_STREAM and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         try:
-            sock.listen(1024)
+            sock.listen(backlog)
         except OSError as exc:
             sock.detach()
             reason = (exc.strerror or str(exc)).lower()
@@ -143,7 +147,9 @@ def systemd_binds(unset: bool = True) -> tuple[list[str], list[str]]:
     return streams, datagrams
 
 
-def create_unix_socket(path: str, mode: int | None = None, *, backlog: int = 1024) -> socket.socket:
+def create_unix_socket(
+    path: str, mode: int | None = None, *, backlog: int = DEFAULT_BACKLOG
+) -> socket.socket:
     """A listening stream socket on the Unix ``path`` (see the module docstring)."""
     where = f"unix:{path}"
     if not path:
@@ -178,22 +184,28 @@ def create_unix_socket(path: str, mode: int | None = None, *, backlog: int = 102
 
 
 def open_stream_socket(
-    bind: str, *, unix_mode: int | None = None, reuse_port: bool = False
+    bind: str,
+    *,
+    unix_mode: int | None = None,
+    reuse_port: bool = False,
+    backlog: int = DEFAULT_BACKLOG,
 ) -> socket.socket:
-    """A listening stream socket for ``bind`` (``HOST:PORT``, ``unix:/path``, ``fd://N``)."""
+    """A listening stream socket for ``bind`` (``HOST:PORT``, ``unix:/path``, ``fd://N``);
+    ``backlog`` (``--backlog``) is its listen() queue (an inherited socket that already
+    listens keeps the one it was given)."""
     if bind.startswith("fd://"):
-        return inherited_socket(bind, socket.SOCK_STREAM)
+        return inherited_socket(bind, socket.SOCK_STREAM, backlog=backlog)
     if bind.startswith("unix:"):
-        return create_unix_socket(bind[len("unix:") :], unix_mode)
+        return create_unix_socket(bind[len("unix:") :], unix_mode, backlog=backlog)
     try:
         host, port = parse_bind(bind)
     except ValueError as exc:
         raise BindError(str(exc)) from None
-    return create_listening_socket(host, port, reuse_port=reuse_port)
+    return create_listening_socket(host, port, reuse_port=reuse_port, backlog=backlog)
 
 
 def create_listening_socket(
-    host: str, port: int, *, backlog: int = 1024, reuse_port: bool = False
+    host: str, port: int, *, backlog: int = DEFAULT_BACKLOG, reuse_port: bool = False
 ) -> socket.socket:
     """A bound, listening, non-blocking TCP socket (IPv6 sockets are IPv6-only)."""
     try:

@@ -26,7 +26,7 @@ import anyio
 import anyio.abc
 
 from ..tls import TLSInfoBuilder
-from .sockets import BindError, Listener, open_stream_socket
+from .sockets import DEFAULT_BACKLOG, BindError, Listener, open_stream_socket
 
 __all__ = ["BindError", "TCPEndpoint", "accept_loop", "open_tcp_endpoints"]
 
@@ -60,10 +60,11 @@ def open_tcp_endpoints(
     tls_info: TLSInfoBuilder | None,
     *,
     unix_mode: int | None = None,
+    backlog: int = DEFAULT_BACKLOG,
 ) -> list[TCPEndpoint]:
-    """Listen on ``bind`` (``HOST:PORT``, ``unix:/path`` or ``fd://N``); raises
-    :class:`BindError` with a clear reason."""
-    sock = open_stream_socket(bind, unix_mode=unix_mode)
+    """Listen on ``bind`` (``HOST:PORT``, ``unix:/path`` or ``fd://N``) with a listen()
+    queue of ``backlog``; raises :class:`BindError` with a clear reason."""
+    sock = open_stream_socket(bind, unix_mode=unix_mode, backlog=backlog)
     unlink = bind[len("unix:") :] if bind.startswith("unix:") else None
     return [TCPEndpoint(Listener(sock, unlink_path=unlink), ssl_context, tls_info)]
 
