@@ -11,8 +11,9 @@ Rules:
   most 8 KiB read within 5 s, at most 4 scrapes at once, ``Connection: close``. It never
   serves the app and is not affected by the app's limits.
 * Counters describe this process. Worker restarts happen in the supervisor: it calls
-  :func:`count_worker_restart`, exported as ``quicserve_worker_restarts_total`` by the
-  process that holds the counter. (With several workers each worker has its own listener
+  :func:`count_worker_restart` and :func:`count_worker_unresponsive`, exported as
+  ``quicserve_worker_restarts_total`` and ``quicserve_worker_unresponsive_total`` by the
+  process that holds the counters. (With several workers each worker has its own listener
   and counters; aggregating them is the supervisor's job.)
 """
 
@@ -49,12 +50,18 @@ _READ_TIMEOUT = 5.0
 _CONCURRENT_SCRAPES = 4
 
 #: Process-wide counters fed from outside the server (the worker supervisor).
-_process_counters = {"worker_restarts": 0}
+_process_counters = {"worker_restarts": 0, "worker_unresponsive": 0}
 
 
 def count_worker_restart() -> None:
     """The supervisor restarted a worker (exported as ``quicserve_worker_restarts_total``)."""
     _process_counters["worker_restarts"] += 1
+
+
+def count_worker_unresponsive() -> None:
+    """The supervisor replaced a worker that did not answer its ping within
+    ``--worker-healthcheck-timeout`` (``quicserve_worker_unresponsive_total``)."""
+    _process_counters["worker_unresponsive"] += 1
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -172,6 +179,12 @@ def render(server: StatsSource) -> str:
         "counter",
         "Worker processes restarted by the supervisor.",
         [("", _process_counters["worker_restarts"])],
+    )
+    add(
+        "quicserve_worker_unresponsive_total",
+        "counter",
+        "Workers replaced because their event loop stopped answering the supervisor.",
+        [("", _process_counters["worker_unresponsive"])],
     )
     return "\n".join(lines) + "\n"
 

@@ -137,9 +137,17 @@ async def _run_server(server: Server) -> None:
     async with anyio.create_task_group() as tg:
 
         async def watch_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            # SIGHUP reloads in place (systemd's ExecReload=kill -HUP $MAINPID; a worker's
+            # own PID); without a receiver its default action would kill the process.
+            with anyio.open_signal_receiver(
+                signal.SIGINT, signal.SIGTERM, signal.SIGHUP
+            ) as signals:
                 count = 0
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        logger.info("Received SIGHUP: reloading in place")
+                        server.reload()
+                        continue
                     count += 1
                     if count == 1:
                         logger.info(
@@ -168,7 +176,8 @@ async def _run_server(server: Server) -> None:
 
 
 def run(app: ASGIApp, config: Config, worker: WorkerLink | None = None) -> None:
-    """Serve ``app`` with ``config`` on the configured backend until SIGINT/SIGTERM."""
+    """Serve ``app`` with ``config`` on the configured backend until SIGINT/SIGTERM
+    (SIGHUP: :meth:`Server.reload`)."""
     server = Server(app, config, worker)
     backend = "trio" if config.backend == "trio" else "asyncio"
     options: dict[str, Any] = {}

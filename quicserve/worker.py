@@ -13,9 +13,11 @@ pair to the supervisor. Over it, one JSON object per line:
   ``forward_dir``, our ``predecessor`` (below) and ``max_requests``;
 * later: ``{"table": ...}`` (workers added or removed), ``{"predecessor": null}`` (it has
   exited), ``{"handover": true}`` (our successor is ready: stop reading the UDP sockets
-  and drain);
+  and drain), ``{"ping": true}`` (liveness: answered from this event loop, so a wedged
+  loop does not answer);
 * worker -> supervisor: ``{"ready": true}`` once listening, ``{"recycle": true}`` after
-  ``max_requests``, ``{"error": "..."}`` when it cannot start (the supervisor prints it).
+  ``max_requests``, ``{"error": "..."}`` when it cannot start (the supervisor prints it),
+  ``{"pong": true}``.
 
 An end of file from the supervisor means it is gone: the worker shuts down gracefully.
 
@@ -199,6 +201,8 @@ class WorkerLink:
             self.predecessor = message["predecessor"]
         if "successor" in message:
             self.successor = message["successor"]
+        if message.get("ping"):
+            self.send(pong=True)
         if message.get("handover"):
             logger.info("Worker %d handing over to its successor; draining", self.slot)
             server.handover()

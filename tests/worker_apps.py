@@ -2,18 +2,22 @@
 
 ``/pid`` answers ``{"pid": ..., "client": [host, port]}``; ``/slow`` does the same after
 ``SLOW_SECONDS`` (a request in flight across a reload). Sleeping uses anyio, so the app
-runs on asyncio, uvloop and trio.
+runs on asyncio, uvloop and trio. ``/block`` is the bad app a liveness check is for: it
+wedges the worker's event loop with ``time.sleep`` for ``BLOCK_SECONDS`` (bounded, so a
+test that fails leaves nothing running for long) and never answers in time.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import anyio
 
 SLOW_SECONDS = 1.5
+BLOCK_SECONDS = 30.0
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -22,6 +26,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     if scope["path"] == "/slow":
         await anyio.sleep(SLOW_SECONDS)
+    elif scope["path"] == "/block":
+        time.sleep(BLOCK_SECONDS)  # blocks the whole event loop, on purpose
     body = json.dumps({"pid": os.getpid(), "client": scope.get("client")}).encode()
     await send(
         {
