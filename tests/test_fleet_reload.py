@@ -33,9 +33,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from clientkit.h3 import H3Client
+from quicserve import metrics
 from quicserve.certs import DevCertificate, make_test_certificates
 from quicserve.cli import config_from_args
 from quicserve.config import Config, ConfigError
+from quicserve.server import Server
 from quicserve.supervisor import ping_interval
 from quicserve.tls import TLSConfigError, build_server_tls, reload_server_tls
 
@@ -306,6 +308,13 @@ def test_reload_server_tls_refuses_a_bad_key_and_leaves_the_current_one(
     right = dataclasses.replace(quic_only, certfile=str(certs.b.certfile))
     assert reload_server_tls(right, quic_current).quic is not None
 
+    # --ca-certs (client certificates) is read again too.
+    with_ca = dataclasses.replace(config, ca_certs=str(certs.live.ca_certfile))
+    with_ca_tls = build_server_tls(with_ca)
+    certs.live.ca_certfile.unlink()
+    with pytest.raises(TLSConfigError, match="cannot load CA certificates"):
+        reload_server_tls(with_ca, with_ca_tls)
+
 
 @pytest.mark.parametrize("value", ["-1", "nan", "inf"])
 def test_worker_healthcheck_timeout_must_be_seconds_or_zero(value: str) -> None:
@@ -313,3 +322,13 @@ def test_worker_healthcheck_timeout_must_be_seconds_or_zero(value: str) -> None:
         config_from_args(["app:app", "--worker-healthcheck-timeout", value], {})
     assert config_from_args(["app:app"], {}).worker_healthcheck_timeout == 30
     assert ping_interval(30) == 5 and ping_interval(2) == 0.5 and ping_interval(0.1) == 0.25
+
+
+def test_unresponsive_workers_are_counted_for_the_metrics() -> None:
+    before = metrics._process_counters["worker_unresponsive"]
+    try:
+        metrics.count_worker_unresponsive()
+        text = metrics.render(Server(worker_apps.app, Config()))
+        assert f"quicserve_worker_unresponsive_total {before + 1}" in text.splitlines()
+    finally:
+        metrics._process_counters["worker_unresponsive"] = before
