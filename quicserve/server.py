@@ -128,7 +128,7 @@ class Server:
     def _reload_certificate(self) -> None:
         current, certfile = self._tls, self.config.certfile
         if current is None or certfile is None or (not current.ssl_context and not current.quic):
-            logger.info("Reload: no certificate to reload")
+            logger.info("Reload: no certificate in use (yet), nothing to reload")
             return
         try:
             tls = reload_server_tls(self.config, current)

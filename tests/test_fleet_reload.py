@@ -1,6 +1,7 @@
 """Certificates reloaded in place (SIGHUP) and worker liveness (``--worker-healthcheck-timeout``).
 
-The real command runs as a subprocess on asyncio, uvloop and trio (``test_cli.backend``).
+The real command runs as a subprocess on asyncio, uvloop and trio (``test_cli.backend``;
+the ``--workers 4`` test on asyncio and trio).
 Two throwaway certificates, A and B, each from its own CA (so their keys differ), are
 copied in turn to the paths the server was started with; clients trust both CAs and
 compare the SHA-256 of the certificate the server showed with the files'. HTTP/2 goes
@@ -199,6 +200,9 @@ def test_sighup_reloads_the_certificate_in_a_single_process(
     assert server.wait_exit(15) == 0, server.stderr
 
 
+# The workers' own code is the same on every backend and uvloop runs the reload above;
+# asyncio and trio keep the suite's time for this one.
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_worker_reloads_in_place_and_a_wedged_worker_is_replaced(
     spawn: Spawn, backend: str, certs: CertFiles, h3_clients: list[H3Clients]
 ) -> None:
