@@ -149,6 +149,14 @@ class Config:
             "add a random 0..N to each worker's --max-requests so they do not all restart at once"
         ),
     )
+    worker_healthcheck_timeout: float = field(
+        default=30.0,
+        metadata=_opt(
+            "with --workers above 1: replace a worker whose event loop has not answered the "
+            "supervisor's ping for this many seconds (a blocking or CPU-bound app); 0 = never",
+            metavar="SECONDS",
+        ),
+    )
     quic_worker_routing: Literal["auto", "cbpf", "forward"] = field(
         default="auto",
         metadata=_opt(
@@ -827,6 +835,8 @@ def check(config: Config) -> None:
     ):
         if getattr(config, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+    if not 0 <= config.worker_healthcheck_timeout < float("inf"):  # NaN fails this too
+        raise ConfigError("--worker-healthcheck-timeout must be 0 (off) or a number of seconds")
     if config.workers > MAX_WORKER_SLOTS // 2:
         raise ConfigError(f"--workers must be at most {MAX_WORKER_SLOTS // 2}")
     try:

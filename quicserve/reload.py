@@ -16,7 +16,9 @@ Rules:
   child. Changes that come within :data:`SETTLE` seconds of each other (an editor saving
   several files) are one restart.
 * The child runs in its own process group, so a terminal's Ctrl-C reaches only the parent,
-  which forwards SIGINT/SIGTERM to the child once, waits for it, and exits 0.
+  which forwards SIGINT/SIGTERM to the child once, waits for it, and exits 0. SIGHUP (the
+  terminal closed) stops the child with SIGTERM the same way: the child itself would take
+  a SIGHUP as "reload the certificate" and outlive its terminal.
 * A child that exits by itself (a syntax error in the app, a port in use) is reported and
   started again at the next change; the parent keeps watching.
 """
@@ -130,7 +132,7 @@ class Reloader:
         """Watch and restart until SIGINT/SIGTERM; returns the exit code."""
         previous = {
             signum: signal.signal(signum, self._on_signal)
-            for signum in (signal.SIGINT, signal.SIGTERM)
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         }
         try:
             logger.info(
@@ -159,7 +161,8 @@ class Reloader:
                         "Reloader: server exited with code %d; waiting for changes",
                         self.child.returncode,
                     )
-            self._stop_child(self._signal or signal.SIGTERM)
+            forward = self._signal if self._signal != signal.SIGHUP else None
+            self._stop_child(forward or signal.SIGTERM)
             logger.info("Reloader stopped")
             return 0
         finally:

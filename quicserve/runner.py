@@ -138,15 +138,15 @@ async def _run_server(server: Server) -> None:
     async with anyio.create_task_group() as tg:
 
         async def watch_signals() -> None:
+            # SIGHUP reloads in place (systemd's ExecReload=kill -HUP $MAINPID; a worker's
+            # own PID); without a receiver its default action would kill the process.
             with anyio.open_signal_receiver(
                 signal.SIGINT, signal.SIGTERM, signal.SIGHUP
             ) as signals:
                 count = 0
                 async for signum in signals:
                     if signum == signal.SIGHUP:
-                        # Reload in place (the secrets file); never the default action,
-                        # which would kill the process.
-                        logger.info("Received SIGHUP: reloading")
+                        logger.info("Received SIGHUP: reloading in place")
                         server.reload()
                         continue
                     count += 1
@@ -180,7 +180,8 @@ def run(
     app: ASGIApp, config: Config, worker: WorkerLink | None = None, tls: ServerTLS | None = None
 ) -> None:
     """Serve ``app`` with ``config`` on the configured backend until SIGINT/SIGTERM
-    (``tls``: certificates already loaded, before ``--user`` dropped root)."""
+    (SIGHUP: :meth:`Server.reload`; ``tls``: certificates already loaded, before
+    ``--user`` dropped root)."""
     server = Server(app, config, worker, tls)
     backend = "trio" if config.backend == "trio" else "asyncio"
     options: dict[str, Any] = {}

@@ -8,7 +8,8 @@ Order of events:
 3. ``task_status.started`` reports the bound addresses, so tests and embedders can
    ``await tg.start(server.serve)`` and learn the ports;
 4. connections are served until :meth:`Server.shutdown` is called (the CLI calls it on
-   SIGINT/SIGTERM);
+   SIGINT/SIGTERM); :meth:`Server.reload` (SIGHUP) reloads the certificate meanwhile, for
+   new connections only;
 5. shutdown: stop accepting, ask every registered connection to close gracefully (GOAWAY
    on HTTP/2, close idle keep-alives), wait up to ``graceful_timeout`` for in-flight
    requests, then cancel what is left; finally lifespan shutdown.
@@ -37,7 +38,13 @@ from .quic.keyring import KeyRing
 from .registry import ConnectionRegistry
 from .secretsfile import SecretsFileError, read_key_file
 from .stats import RequestStats
-from .tls import ServerTLS, build_server_tls
+from .tls import (
+    ServerTLS,
+    TLSConfigError,
+    build_server_tls,
+    describe_certificate,
+    reload_server_tls,
+)
 from .transport.tcp import TCPEndpoint, accept_loop, open_tcp_endpoints
 from .transport.udp import open_udp_socket
 from .types import ASGIApp
@@ -88,6 +95,9 @@ class Server:
     key_ring: KeyRing | None = field(default=None, init=False)
     #: The ``--pid-file`` this server wrote, removed when it stops.
     _pid_file: str | None = field(default=None, init=False)
+    #: What TLS the endpoints use now (replaced by :meth:`reload`), and the TCP endpoints.
+    _tls: ServerTLS | None = field(default=None, init=False)
+    _tcp_endpoints: list[TCPEndpoint] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self.registry = ConnectionRegistry(self.config.max_connections)
@@ -114,11 +124,6 @@ class Server:
             self._stopped = anyio.Event()
         await self._stopped.wait()
 
-    def reload(self) -> None:
-        """SIGHUP: read what may have changed on disk again (the secrets file); a bad
-        file is logged and the old state kept."""
-        self.reload_secrets()
-
     def reload_secrets(self) -> None:
         """Re-read ``--quic-secrets-file`` into the ring every listener shares."""
         path = self.config.quic_secrets_file
@@ -142,6 +147,34 @@ class Server:
         for endpoint in self._quic_listeners:
             endpoint.stop_reading()
         self.shutdown()
+
+    def reload(self) -> None:
+        """Reload what can change in place (SIGHUP to a single process or to a worker).
+
+        Each part re-reads its files for NEW connections, logs one line, and on a problem
+        logs one error and keeps what it had: the server never stops for a bad file, and
+        open connections are never touched. One line per part below."""
+        self._reload_certificate()
+        self.reload_secrets()
+
+    def _reload_certificate(self) -> None:
+        current, certfile = self._tls, self.config.certfile
+        if current is None or certfile is None or (not current.ssl_context and not current.quic):
+            logger.info("Reload: no certificate in use (yet), nothing to reload")
+            return
+        try:
+            tls = reload_server_tls(self.config, current)
+        except TLSConfigError as exc:
+            logger.error("Certificate reload failed, still using the old one: %s", exc)
+            return
+        for endpoint in self._tcp_endpoints:
+            if endpoint.ssl_context is not None:
+                endpoint.ssl_context, endpoint.tls_info = tls.ssl_context, tls.tls_info
+        if tls.quic is not None:
+            for listener in self._quic_listeners:
+                listener.use_certificate(tls.quic)
+        self._tls = tls
+        logger.info("Certificate reloaded for new connections: %s", describe_certificate(certfile))
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown (safe to call more than once, from any task)."""
@@ -189,6 +222,7 @@ class Server:
         context.default_names = frozenset([name for name, _ in context.default_headers] + [b"date"])
         tls = self.tls if self.tls is not None else build_server_tls(config)
         tcp_endpoints = await self._open_tcp_endpoints(tls)
+        self._tls, self._tcp_endpoints = tls, tcp_endpoints
         udp_sockets = []
         try:
             for bind in config.quic_bind:

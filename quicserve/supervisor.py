@@ -46,6 +46,16 @@ Signals:
 Metrics: with ``--metrics-bind`` the supervisor serves the one endpoint for all workers
 (:class:`quicserve.metrics.FleetEndpoint`, non-blocking sockets in this loop), asking the
 workers for their numbers over their links on each scrape.
+
+Liveness: every ready worker is pinged over its link when it has been quiet for
+:func:`ping_interval` (a quarter of ``--worker-healthcheck-timeout``, 0.25 to 5 s). The
+worker answers from its event loop, so a loop wedged by a blocking or CPU-bound app does
+not. One that has not answered ``--worker-healthcheck-timeout`` seconds after a ping is
+logged (one warning: slot, pid, how long it was silent), counted
+(:func:`quicserve.metrics.count_worker_unresponsive`) and replaced the SIGHUP way, ahead of
+any other replacement: its successor starts in its slot, then it is told to hand over and
+is killed ``--graceful-timeout`` later if it is still there (a wedged loop cannot drain). A
+replacement that fails to start leaves it in place, to be caught by the next ping.
 """
 
 from __future__ import annotations
@@ -77,7 +87,7 @@ from .daemon import (
     resolve_identity,
     write_pid_file,
 )
-from .metrics import FleetEndpoint, count_worker_restart
+from .metrics import FleetEndpoint, count_worker_restart, count_worker_unresponsive
 from .quic.lb import MAX_SLOTS, CidLayout, RoutingTable, cbpf_program
 from .secretsfile import read_key_file
 from .transport.sockets import attach_cbpf, open_stream_socket
@@ -100,9 +110,12 @@ _SUPERVISOR_FIELDS = {
     "env_file",  # loaded once, here: workers inherit the environment
     "pid_file",  # the supervisor's PID
     "metrics_bind",
+    "worker_healthcheck_timeout",
 }
 #: How long a new worker may take to report ready.
 _START_TIMEOUT = 60.0
+#: A draining worker's own --graceful-timeout runs first: it gets this much more to exit.
+_DRAIN_MARGIN = 10.0
 _SIGNALS = (
     signal.SIGTERM,
     signal.SIGINT,
@@ -138,6 +151,11 @@ class Worker:
     exit_code: int | None = None
     #: For a draining worker: when to kill it if it is still there.
     kill_at: float | None = None
+    #: Liveness: when it last said anything; when the ping it has not answered yet went.
+    heard: float = field(default_factory=time.monotonic)
+    ping_sent: float | None = None
+    #: It stopped answering pings and is being replaced.
+    unresponsive: bool = False
 
     def send(self, **message: Any) -> None:
         """A message to the worker; a worker that is gone is reaped by the loop."""
@@ -255,6 +273,7 @@ class Supervisor:
         for worker in self.draining:
             if worker.kill_at is not None and now > worker.kill_at:
                 worker.signal(signal.SIGKILL)
+        self._check_liveness(now)
         for slot, worker in list(self.pending.items()):
             if not worker.ready and now - worker.started > _START_TIMEOUT:
                 logger.error(
@@ -384,6 +403,8 @@ class Supervisor:
         if not chunk:
             self._unregister(worker)
             return
+        # Anything it says (a pong or any other message) shows its event loop runs.
+        worker.heard, worker.ping_sent = time.monotonic(), None
         worker.buffer += chunk
         *lines, worker.buffer = worker.buffer.split(b"\n")
         for line in lines:
@@ -410,8 +431,10 @@ class Supervisor:
             self.owners[slot] = worker
             self._point_slot(worker)
             if old is not None and old.exit_code is None:
+                # A wedged worker reads this only if its loop comes back; no margin for it.
                 old.send(handover=True)
-                old.kill_at = time.monotonic() + self.config.graceful_timeout + 10
+                margin = 0.0 if old.unresponsive else _DRAIN_MARGIN
+                old.kill_at = time.monotonic() + self.config.graceful_timeout + margin
                 self.draining.append(old)
             logger.info(
                 "Worker %d replaced: pid %d serves, the old one drains", slot, worker.proc.pid
@@ -456,7 +479,14 @@ class Supervisor:
         slot, code = worker.slot, worker.exit_code
         if worker in self.draining:
             self.draining.remove(worker)
-            logger.info("Old worker %d (pid %d) finished draining", slot, worker.proc.pid)
+            if code == -signal.SIGKILL:
+                logger.warning(
+                    "Old worker %d (pid %d) killed: it did not finish draining in time",
+                    slot,
+                    worker.proc.pid,
+                )
+            else:
+                logger.info("Old worker %d (pid %d) finished draining", slot, worker.proc.pid)
             owner = self.owners[slot] if slot < len(self.owners) else None
             if owner is not None:
                 owner.send(predecessor=None)
@@ -468,6 +498,10 @@ class Supervisor:
             owner = self.owners[slot] if slot < len(self.owners) else None
             if owner is not None:
                 owner.send(successor=None)
+                if owner.unresponsive:
+                    # Give the next ping a chance to find it again, and to replace it then.
+                    owner.unresponsive, owner.ping_sent = False, None
+                    owner.heard = time.monotonic()
             logger.error(
                 "New worker %d (pid %d) exited with code %s before it was ready; keeping "
                 "the old one%s",
@@ -510,6 +544,45 @@ class Supervisor:
             return
         delay = 1.0 if time.monotonic() - worker.started < 1.0 else 0.0
         self.respawn_at[slot] = time.monotonic() + delay
+
+    def _check_liveness(self, now: float) -> None:
+        """Ping quiet ready workers; replace one that let a ping go unanswered too long."""
+        timeout = self.config.worker_healthcheck_timeout
+        if not timeout:
+            return
+        interval = ping_interval(timeout)
+        for worker in self.owners:
+            if worker is None or not worker.ready or worker.unresponsive:
+                continue
+            if worker.exit_code is not None or worker.control.fileno() < 0:
+                continue  # exited: the reaper replaces it
+            if worker.ping_sent is None:
+                if now - worker.heard >= interval:
+                    worker.ping_sent = now
+                    worker.send(ping=True)
+            elif now - worker.ping_sent > timeout:
+                self._on_unresponsive(worker, now - worker.heard)
+
+    def _on_unresponsive(self, worker: Worker, silent: float) -> None:
+        worker.unresponsive = True
+        count_worker_unresponsive()
+        slot = worker.slot
+        logger.warning(
+            "Worker %d (pid %d) has not answered for %.1f s (--worker-healthcheck-timeout "
+            "%g): replacing it",
+            slot,
+            worker.proc.pid,
+            silent,
+            self.config.worker_healthcheck_timeout,
+        )
+        if slot == self.retiring:
+            worker.signal(signal.SIGKILL)  # it was leaving anyway and cannot drain
+            return
+        if slot in self.pending:
+            return  # its successor is already starting
+        if slot in self.reload_queue:
+            self.reload_queue.remove(slot)
+        self.reload_queue.appendleft(slot)  # before any SIGHUP replacement still queued
 
     def _advance_reload(self) -> None:
         if self.pending or not self.reload_queue or not self.started:
@@ -644,6 +717,12 @@ class Supervisor:
         if self.pid_file_written and self.config.pid_file is not None:
             remove_pid_file(self.config.pid_file, os.getpid())
         logger.info("Supervisor stopped")
+
+
+def ping_interval(timeout: float) -> float:
+    """How long a worker may be quiet before it is pinged: a quarter of the health-check
+    timeout, between 0.25 s (the supervisor loop's tick) and 5 s."""
+    return min(5.0, max(0.25, timeout / 4))
 
 
 def _bind_of(sock: socket.socket) -> str:

@@ -9,20 +9,27 @@ Rules:
   opened once.
 * ``SSLKEYLOGFILE`` (or ``--ssl-keylog-file``) is honoured, for debugging with Wireshark.
 * A certificate problem becomes :class:`TLSConfigError` with a message a person can act
-  on; the CLI prints it as one line.
+  on; the CLI prints it as one line. A key that does not belong to the certificate is such
+  a problem for QUIC too (aioquic would only fail at the first handshake).
+* :func:`reload_server_tls` (SIGHUP) reads the certificate, key and CA certificates again
+  into *new* objects; the ones open connections hold are never changed, and a problem
+  leaves the current :class:`ServerTLS` in use.
 * :class:`TLSInfoBuilder` builds the ASGI ``tls`` extension from a finished handshake.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.logger import QuicFileLogger
 from aioquic.quic.packet import QuicProtocolVersion
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .config import Config
 
@@ -103,6 +110,39 @@ def load_quic_certificate(configuration: Any, config: Config) -> None:
         ) from None
     except OSError as exc:
         raise TLSConfigError(f"cannot read certificate {certfile!r}: {_why(exc)}") from None
+    _check_quic_key(configuration, certfile, config.keyfile)
+
+
+def _check_quic_key(configuration: Any, certfile: str, keyfile: str | None) -> None:
+    """The private key must be the certificate's (OpenSSL checks this for TCP; aioquic does
+    not, and a mismatch would only show as failed handshakes)."""
+    key = configuration.private_key
+    if key is None:
+        raise TLSConfigError(f"no private key for {certfile!r} (--keyfile)")
+    if _spki(key.public_key()) != _spki(configuration.certificate.public_key()):
+        raise TLSConfigError(
+            f"the key {keyfile or certfile!r} does not belong to the certificate {certfile!r}"
+        )
+
+
+def _spki(public_key: Any) -> bytes:
+    return bytes(public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+
+
+def describe_certificate(certfile: str) -> str:
+    """``subject, notAfter, SHA-256 fingerprint`` of the first certificate in ``certfile``,
+    for the log (the file's name if it cannot be read)."""
+    try:
+        with open(certfile, "rb") as file:
+            leaf = x509.load_pem_x509_certificates(file.read())[0]
+    except (OSError, ValueError, IndexError):
+        return certfile
+    digest = hashlib.sha256(leaf.public_bytes(Encoding.DER)).hexdigest().upper()
+    fingerprint = ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+    return (
+        f"subject {leaf.subject.rfc4514_string()}, "
+        f"notAfter {leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC, SHA-256 {fingerprint}"
+    )
 
 
 def _why(exc: BaseException) -> str:
@@ -138,8 +178,6 @@ class TLSInfoBuilder:
 
 
 def _subject_name(der: bytes) -> str | None:
-    from cryptography import x509
-
     try:
         return x509.load_der_x509_certificate(der).subject.rfc4514_string()
     except ValueError:
@@ -214,4 +252,21 @@ def build_server_tls(config: Config) -> ServerTLS:
         ssl_context = create_ssl_context(config)
         tls_info = TLSInfoBuilder(ssl_context, read_server_cert_pem(config))
     quic = build_quic_configuration(config) if config.quic_bind else None
+    return ServerTLS(ssl_context, tls_info, quic)
+
+
+def reload_server_tls(config: Config, current: ServerTLS) -> ServerTLS:
+    """The certificate, key and ``--ca-certs`` read again (SIGHUP), for the endpoints
+    ``current`` serves: a new ``SSLContext`` and a copy of the QUIC configuration with the
+    new certificate (its qlog and key-log settings kept, the key-log file not opened
+    again). Raises :class:`TLSConfigError` and changes nothing if they cannot be used."""
+    ssl_context = tls_info = None
+    if current.ssl_context is not None:
+        ssl_context = create_ssl_context(config)
+        tls_info = TLSInfoBuilder(ssl_context, read_server_cert_pem(config))
+    quic = None
+    if current.quic is not None:
+        # A fresh certificate slot: aioquic keeps a key it does not find in the new files.
+        quic = replace(current.quic, certificate=None, certificate_chain=[], private_key=None)
+        load_quic_certificate(quic, config)
     return ServerTLS(ssl_context, tls_info, quic)

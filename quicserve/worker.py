@@ -15,10 +15,12 @@ pair to the supervisor. Over it, one JSON object per line:
 * later: ``{"table": ...}`` (workers added or removed), ``{"predecessor": null}`` (it has
   exited), ``{"handover": true}`` (our successor is ready: stop reading the UDP sockets
   and drain), ``{"scrape": N}`` (answer ``{"snapshot": N, "metrics": ...}``, see
-  :mod:`quicserve.metrics`);
+  :mod:`quicserve.metrics`), ``{"ping": true}`` (liveness: answered from this event loop,
+  so a wedged loop does not answer);
 * worker -> supervisor: ``{"ready": true}`` once listening, ``{"recycle": true}`` after
   ``max_requests``, ``{"error": "..."}`` when it cannot start (the supervisor prints it),
-  and with ``metrics``, ``{"final": ...}``: our last numbers, once the server stopped.
+  ``{"pong": true}``, and with ``metrics``, ``{"final": ...}``: our last numbers, once the
+  server stopped.
 
 An end of file from the supervisor means it is gone: the worker shuts down gracefully.
 
@@ -214,6 +216,8 @@ class WorkerLink:
             self.successor = message["successor"]
         if "scrape" in message:
             self.send(snapshot=message["scrape"], metrics=collect(server).to_json())
+        if message.get("ping"):
+            self.send(pong=True)
         if message.get("handover"):
             logger.info("Worker %d handing over to its successor; draining", self.slot)
             server.handover()

@@ -673,6 +673,12 @@ def test_development_default_makes_and_reuses_a_ca(
     assert "Created a development CA" not in again.stderr
     assert str(ca) in again.stderr
     assert curl_dev(ca, "--http2") == ("hello", "2")
+    # SIGHUP reads the same development files again (they are still good): it neither
+    # stops the server nor makes a new CA.
+    again.signal(signal.SIGHUP)
+    again.wait_for("Certificate reloaded for new connections: subject")
+    assert curl_dev(ca, "--http2") == ("hello", "2")
+    assert ca.read_bytes() == ca_bytes and again.proc.poll() is None
 
 
 @pytest.mark.client("firefox-esr", "certutil", "chromium")

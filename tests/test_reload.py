@@ -109,7 +109,7 @@ def test_reload_restarts_on_change(spawn: cli.Spawn, backend: str, tmp_path: Pat
 
     # A broken app: the child fails, the reloader keeps watching.
     touch(app_file, "this is not python\n")
-    server.wait_for("server exited with code 1; waiting for changes")
+    server.wait_for("server exited with code 3; waiting for changes")
     touch(app_file, APP_SOURCE.format(version="v3"))
     wait_for_body(server, port, "v3")
 
@@ -149,3 +149,27 @@ def test_reload_forwards_sigint_once(spawn: cli.Spawn, backend: str, tmp_path: P
     assert "Received SIGINT: shutting down gracefully" in stderr
     assert "Received SIGINT again" not in stderr  # forwarded once, not a forced stop
     assert "Server stopped" in stderr
+
+
+def test_sighup_stops_the_reloader_and_its_child(spawn: cli.Spawn, tmp_path: Path) -> None:
+    # A closed terminal sends SIGHUP to the reloader; its child, in its own process group,
+    # would take SIGHUP as "reload the certificate" and outlive the terminal.
+    (tmp_path / "reload_app.py").write_text(APP_SOURCE.format(version="v1"))
+    port = cli.free_port()
+    server = spawn(
+        "reload_app:app",
+        "--reload",
+        "--app-dir",
+        str(tmp_path),
+        "--insecure-bind",
+        f"127.0.0.1:{port}",
+        "--lifespan",
+        "off",
+    )
+    wait_for_body(server, port, "v1")
+    server.signal(signal.SIGHUP)
+    assert server.wait_exit(15) == 0, server.stderr
+    assert "Received SIGTERM: shutting down gracefully" in server.stderr
+    assert "Reloader stopped" in server.stderr
+    with pytest.raises(httpx.TransportError):
+        get(port)  # the child went with it

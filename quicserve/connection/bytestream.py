@@ -97,19 +97,21 @@ async def serve_connection(
         context.registry.release_slot()
         await _aclose(stream)
         return
-    record = context.registry.add("tcp", "tls" if endpoint.ssl_context else "tcp", client, server)
+    # Read once: a certificate reload (Server.reload) swaps both for later connections.
+    ssl_context, tls_info = endpoint.ssl_context, endpoint.tls_info
+    record = context.registry.add("tcp", "tls" if ssl_context else "tcp", client, server)
     try:
         byte_stream: anyio.abc.ByteStream = stream
         initial = b""
         tls = None
         raw: socket.socket | None = None
         with anyio.move_on_after(config.header_read_timeout) as scope:
-            if endpoint.ssl_context is not None:
+            if ssl_context is not None:
                 try:
                     tls_stream = await TLSStream.wrap(
                         stream,
                         server_side=True,
-                        ssl_context=endpoint.ssl_context,
+                        ssl_context=ssl_context,
                         standard_compatible=False,
                     )
                 except (ssl.SSLError, OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
@@ -119,8 +121,8 @@ async def serve_connection(
                     return
                 byte_stream = tls_stream
                 alpn = tls_stream.extra(TLSAttribute.alpn_protocol, None)
-                assert endpoint.tls_info is not None
-                tls = endpoint.tls_info.build(tls_stream.extra(TLSAttribute.ssl_object))
+                assert tls_info is not None
+                tls = tls_info.build(tls_stream.extra(TLSAttribute.ssl_object))
                 use_h2 = alpn == "h2"
             else:
                 raw = _raw_trio_socket(stream)

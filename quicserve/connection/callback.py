@@ -80,7 +80,9 @@ async def serve_callback_connection(
         context.registry.release_slot()
         sock.close()
         return
-    record = context.registry.add("tcp", "tls" if endpoint.ssl_context else "tcp", client, server)
+    # Read once: a certificate reload (Server.reload) swaps both for later connections.
+    ssl_context, tls_info = endpoint.ssl_context, endpoint.tls_info
+    record = context.registry.add("tcp", "tls" if ssl_context else "tcp", client, server)
     connection: CallbackConnection | None = None
     try:
         initial = b""
@@ -89,22 +91,22 @@ async def serve_callback_connection(
         with anyio.move_on_after(config.header_read_timeout) as scope:
             try:
                 connection = await open_callback_connection(
-                    sock, endpoint.ssl_context, config.header_read_timeout
+                    sock, ssl_context, config.header_read_timeout
                 )
             except Exception as exc:
                 # A failed handshake, or a peer that reset while its transport was being
                 # made (uvloop may report that as other than OSError): drop it quietly.
-                if endpoint.ssl_context is not None:
+                if ssl_context is not None:
                     logger.debug("TLS handshake with %s failed: %s", client, exc)
                     context.registry.handshake_failures["tcp"] += 1
                 else:
                     logger.debug("Connection from %s lost before serving: %r", client, exc)
                 return
-            if endpoint.ssl_context is not None:
+            if ssl_context is not None:
                 ssl_object = connection.extra("ssl_object")
-                assert endpoint.tls_info is not None and ssl_object is not None
+                assert tls_info is not None and ssl_object is not None
                 use_h2 = ssl_object.selected_alpn_protocol() == "h2"
-                tls = endpoint.tls_info.build(ssl_object)
+                tls = tls_info.build(ssl_object)
             else:
                 while True:
                     chunk = await connection.receive_early()

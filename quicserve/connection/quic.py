@@ -167,6 +167,12 @@ class QuicListener:
             self.router = self.context.worker.attach(self)
         await self.udp.serve(task_group)
 
+    def use_certificate(self, configuration: QuicConfiguration) -> None:
+        """Give connections accepted from now on ``configuration`` (a reloaded certificate);
+        open connections keep the configuration they were made with."""
+        cid_length = self.configuration.connection_id_length
+        self.configuration = replace(configuration, connection_id_length=cid_length)
+
     def stop_reading(self) -> None:
         """Stop reading the UDP socket (a worker handing its socket to its successor);
         sending, timers and datagrams forwarded to us go on."""
