@@ -122,6 +122,10 @@ _QUIC = {
         "quicserve_quic_0rtt_accepted_total",
         "QUIC handshakes whose 0-RTT data was accepted.",
     ),
+    "early_data_rejected": (
+        "quicserve_quic_0rtt_rejected_total",
+        "QUIC handshakes whose client offered 0-RTT that was refused (sent again in 1-RTT).",
+    ),
     "retry_sent": ("quicserve_quic_retry_sent_total", "QUIC Retry packets sent."),
     "retry_validated": (
         "quicserve_quic_retry_validated_total",

@@ -127,6 +127,8 @@ async def test_resumption_without_0rtt_by_default(
         second = await fetch(port, [H3Request("/")], tls_files, session_ticket=first.session_ticket)
         assert second.resumed and not second.early_data_accepted
         assert second.responses[0].body == b"hello"
+        # Our tickets carry no 0-RTT permission here, so aioquic's client offers none.
+        assert srv.server.quic_stats()["early_data_rejected"] == 0
 
 
 async def test_resumption_and_0rtt(anyio_backend: object, tls_files: DevCertificate) -> None:
@@ -143,6 +145,8 @@ async def test_resumption_and_0rtt(anyio_backend: object, tls_files: DevCertific
             concurrent=True,
         )
         assert second.resumed and second.early_data_accepted
+        stats = srv.server.quic_stats()
+        assert (stats["early_data_accepted"], stats["early_data_rejected"]) == (1, 0)
         scope, post = second.responses
         headers = dict(tuple(h) for h in __import__("json").loads(scope.body)["headers"])
         assert headers.get("early-data") == "1"  # RFC 8470 §5.1
@@ -151,6 +155,8 @@ async def test_resumption_and_0rtt(anyio_backend: object, tls_files: DevCertific
         replay = await fetch(port, [H3Request("/")], tls_files, session_ticket=first.session_ticket)
         assert not replay.early_data_accepted
         assert replay.responses[0].status == 200
+        stats = srv.server.quic_stats()
+        assert (stats["early_data_accepted"], stats["early_data_rejected"]) == (1, 1)
 
 
 async def test_retry_and_quic_v2(anyio_backend: object, tls_files: DevCertificate) -> None:

@@ -141,6 +141,7 @@ class QuicListener:
             handshakes=0,
             resumed=0,
             early_data_accepted=0,
+            early_data_rejected=0,
             retry_validated=0,
         )
 
@@ -407,6 +408,7 @@ class QuicDriver(ConnectionDriver):
             stats["handshakes"] += 1
             stats["resumed"] += protocol.session_resumed
             stats["early_data_accepted"] += protocol.early_data_accepted
+            stats["early_data_rejected"] += protocol.early_data_rejected
         self._in_input = True
         try:
             self._dispatch()

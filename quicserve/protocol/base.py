@@ -217,9 +217,11 @@ class DatagramProtocol(ServerProtocol, Protocol):
     retired_cids: list[bytes]
     #: The QUIC handshake has completed.
     handshake_complete: bool
-    #: Once it has: it resumed a session ticket; its 0-RTT data was accepted.
+    #: Once it has: it resumed a session ticket; its 0-RTT data was accepted; the client
+    #: offered 0-RTT and it was refused.
     session_resumed: bool
     early_data_accepted: bool
+    early_data_rejected: bool
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
         """Feed one UDP datagram from ``addr`` (a socket address)."""

@@ -173,6 +173,8 @@ class H3Protocol:
         #: From the handshake (for metrics): resumed with a ticket; 0-RTT accepted.
         self.session_resumed = False
         self.early_data_accepted = False
+        #: The client offered 0-RTT and it was refused (it sends it again in 1-RTT).
+        self.early_data_rejected = False
         self.issued_cids: list[bytes] = []
         self.retired_cids: list[bytes] = []
 
@@ -224,6 +226,9 @@ class H3Protocol:
                 self.handshake_complete = True
                 self.session_resumed = event.session_resumed
                 self.early_data_accepted = event.early_data_accepted
+                self.early_data_rejected = (
+                    not event.early_data_accepted and self.quic.early_data_offered
+                )
             elif cls is QuicStreamReset or cls is StopSendingReceived:
                 h3.handle_event(event)
                 touched.add(event.stream_id)

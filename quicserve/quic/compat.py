@@ -81,6 +81,14 @@ upgrade should touch only this file.
     which the push does not change) and puts the sealed label into the message. Upstream
     could let the handler return the label.
 
+14. **0-RTT offered.** aioquic reports whether early data was accepted, not whether the
+    client offered it, so a rejected 0-RTT attempt (no ``--quic-0rtt``, a ticket already
+    used, from an unknown key) is invisible. Every server connection's TLS context is a
+    :class:`_ServerContext`, which reads the ClientHello's ``early_data`` extension
+    (RFC 8446 §4.2.10) once more before aioquic parses it: ``early_data_offered``. One
+    extra parse per handshake, a few µs next to its key exchange. Upstream could keep
+    the parsed ClientHello.
+
 Also here: the one place a :class:`QuicConfiguration` is built from :class:`Config`.
 """
 
@@ -341,7 +349,24 @@ class ChunkedStreamReceiver(QuicStreamReceiver):
         return data
 
 
-class _SealingContext(tls.Context):
+class _ServerContext(tls.Context):
+    """aioquic's TLS context that notes whether the ClientHello offered 0-RTT (14.)."""
+
+    early_data_offered = False
+
+    def _server_handle_hello(
+        self, input_buf: Buffer, initial_buf: Buffer, handshake_buf: Buffer
+    ) -> None:
+        start = input_buf.tell()
+        try:
+            self.early_data_offered = tls.pull_client_hello(input_buf).early_data
+        except Exception:
+            pass  # aioquic's own parse, next, raises the right alert
+        input_buf.seek(start)
+        super()._server_handle_hello(input_buf, initial_buf, handshake_buf)
+
+
+class _SealingContext(_ServerContext):
     """aioquic's TLS context whose NewSessionTicket carries a sealed label (13.)."""
 
     _ticket_sealer: TicketSealer | None = None
@@ -424,6 +449,13 @@ class ServerQuicConnection(QuicConnection):
             # 13. the label on the wire is the sealed ticket.
             self.tls.__class__ = _SealingContext
             self.tls._ticket_sealer = self._ticket_sealer  # type: ignore[attr-defined]
+        else:
+            self.tls.__class__ = _ServerContext  # 14.
+
+    @property
+    def early_data_offered(self) -> bool:
+        """The client's ClientHello asked for 0-RTT (14.), accepted or not."""
+        return bool(getattr(self.tls, "early_data_offered", False))
 
     def _update_traffic_key(
         self,
