@@ -53,6 +53,7 @@ from ..lowlevel import Wakeup
 from ..protocol.base import ByteStreamProtocol
 from ..protocol.http1 import switching_response
 from ..transport.sockets import SendFirstSocketStream
+from ..transport.trioedge import EdgeHub, edge_hub
 from .bytebase import ByteStreamBase, preface_verdict, start_protocol
 from .callback import serve_callback_connection
 
@@ -535,6 +536,11 @@ class SocketDriver(ByteStreamDriver):
         self._fd = sock.fileno()
         self._unyielded_sends = 0
         self._socket_empty = False
+        #: Read readiness from the worker's edge-triggered set (one ``epoll_ctl`` per
+        #: connection instead of one per wait), or trio's ``wait_readable`` without it.
+        hub = edge_hub()
+        self._hub: EdgeHub | None = hub if hub is not None and hub.register(self._fd) else None
+        self._wait_readable = self._hub.wait_readable if self._hub is not None else _wait_readable
 
     async def _receive_bytes(self) -> bytes:
         sock = self._sock
@@ -545,7 +551,7 @@ class SocketDriver(ByteStreamDriver):
         while True:
             if wait:
                 try:
-                    await _wait_readable(self._fd)
+                    await self._wait_readable(self._fd)
                 except (_trio.ClosedResourceError, OSError):
                     return b""
                 # This task just waited: its slice without a yield starts again.
@@ -559,6 +565,13 @@ class SocketDriver(ByteStreamDriver):
                 return b""
             self._socket_empty = len(data) < _READ_SIZE
             return data
+
+    async def _close_stream(self) -> None:
+        # Out of the edge-triggered set before the descriptor is closed (its number is
+        # reused by the next connection).
+        if self._hub is not None:
+            self._hub.unregister(self._fd)
+        await super()._close_stream()
 
     async def _send(self, data: bytes) -> None:
         if self._broken:
