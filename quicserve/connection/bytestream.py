@@ -38,7 +38,7 @@ import math
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -56,6 +56,7 @@ from ..transport.sockets import SendFirstSocketStream
 from ..transport.trioedge import EdgeHub, edge_hub
 from .bytebase import ByteStreamBase, preface_verdict, start_protocol
 from .callback import serve_callback_connection
+from .driver import AnyStream
 
 if TYPE_CHECKING:
     from ..registry import ConnectionRecord
@@ -541,6 +542,21 @@ class SocketDriver(ByteStreamDriver):
         hub = edge_hub()
         self._hub: EdgeHub | None = hub if hub is not None and hub.register(self._fd) else None
         self._wait_readable = self._hub.wait_readable if self._hub is not None else _wait_readable
+        # HTTP/1.1 requests run in the task that read them (see ``_serve_loop``).
+        #: The task reading the socket now (``None``: nobody; the next free task takes it).
+        self._leader: Any = None
+        #: The task running a request now (one at a time: HTTP/1.1 is sequential).
+        self._inline_task: Any = None
+        #: The connection's task (``run``) and its reader scope, and the one helper task
+        #: (made the first time a request waits) and its scope.
+        self._main_task: Any = None
+        self._helper_task: Any = None
+        self._helper_scope: anyio.CancelScope | None = None
+        self._helper_started = False
+        #: Tasks with nothing to do (neither reading nor running a request).
+        self._followers: list[Wakeup] = []
+        #: Nobody reads any more (end of stream, closed, broken): the loops end.
+        self._read_over = False
 
     async def _receive_bytes(self) -> bytes:
         sock = self._sock
@@ -565,6 +581,152 @@ class SocketDriver(ByteStreamDriver):
                 return b""
             self._socket_empty = len(data) < _READ_SIZE
             return data
+
+    # -- HTTP/1.1 requests in the reading task -------------------------------------------
+
+    def _inline(self) -> bool:
+        """Whether requests run in the task that read them: HTTP/1.1 (not after an h2c
+        switch) on the edge hub (whose waits this driver can interrupt)."""
+        return self._hub is not None and not self._batch_writes
+
+    def _launch(self, stream: AnyStream) -> None:
+        if not self._inline():
+            super()._launch(stream)
+            return
+        # The task that dispatched it (the reader, or the one finishing the request
+        # before it: pipelining) runs it at the top of its ``_serve_loop``.
+        self._queue.append(stream)
+
+    async def _read_loop(self) -> None:
+        if not self._inline():
+            await super()._read_loop()
+            return
+        self._main_task = _trio.lowlevel.current_task()
+        await self._serve_loop()
+
+    async def _helper_loop(self) -> None:
+        try:
+            with anyio.CancelScope() as self._helper_scope:
+                self._helper_task = _trio.lowlevel.current_task()
+                if self.protocol.closed or self._broken or self._read_over:
+                    return  # the scope was not there to cancel
+                await self._serve_loop()
+        finally:
+            self._helper_task = None
+            self._helper_scope = None
+
+    async def _serve_loop(self) -> None:
+        """The HTTP/1.1 read loop, run by the connection's task and, once a request has
+        had to wait, by one helper task: whichever task is free reads (the leader); a task
+        that reads a request runs it itself, so a request that never waits costs no task
+        switch (on trio the hand-off from the reader to a stream runner was a scheduler
+        pass per request: issue 11). If the request waits (the app awaits anything that
+        parks: body, a timer, I/O), the other task takes over reading before it parks,
+        so request bodies, the peer's end and disconnects are seen as before.
+
+        Every exit path of the inherited read loop is kept: end of stream, the protocol
+        closing, the peer gone, the h2c switch (after it the leader reads HTTP/2 as
+        :meth:`ByteStreamDriver._read_loop` does, with stream runners)."""
+        me = _trio.lowlevel.current_task()
+        record = self._record
+        queue = self._queue
+        checkpoint = self._checkpoint
+        self._read_yield_at = _current_time() + _READ_SLICE
+        try:
+            while True:
+                if queue and self._inline_task is None:
+                    self._inline_task = me
+                    try:
+                        while queue:
+                            await _RunInline(queue.popleft().run(), self._hand_off)
+                    finally:
+                        self._inline_task = None
+                    await self._write_out()
+                    now = _current_time()
+                    if now >= self._read_yield_at:
+                        # A pipelined flood must not starve the other connections.
+                        await checkpoint()
+                        self._read_yield_at = now + _READ_SLICE
+                    continue
+                protocol = self.protocol
+                if protocol.closed or self._broken or self._read_over or self._closing:
+                    return
+                leader = self._leader
+                if leader is not None and leader is not me:
+                    wakeup = self.new_wakeup()
+                    self._followers.append(wakeup)
+                    await wakeup.wait()
+                    continue
+                self._leader = me
+                if self._upgrade is not None:
+                    await self._switch_to_h2c()
+                    await ByteStreamDriver._read_loop(self)
+                    return
+                if not protocol.wants_read():
+                    wakeup = self._read_wakeup = self.new_wakeup()
+                    await wakeup.wait()
+                    continue
+                data = await self._receive_bytes()
+                record.bytes_in += len(data)
+                self._receive(data)
+                if not data:
+                    self._read_over = True
+                if queue:
+                    # Free the reading role while this task runs the request.
+                    self._leader = None
+                    continue
+                await self._write_out()
+                now = _current_time()
+                if now >= self._read_yield_at:
+                    await checkpoint()
+                    self._read_yield_at = now + _READ_SLICE
+        finally:
+            if self._leader is me:
+                self._leader = None
+            if self._inline_task is None:
+                # This task is done reading for good: so is the other one.
+                self._read_over = True
+                self._wake_followers()
+
+    def _hand_off(self) -> None:
+        """A request running in its reading task is about to wait: a free task (the
+        helper, made the first time) takes over reading."""
+        if self._leader is not None or self._read_over or self._task_group is None:
+            return
+        if self._followers:
+            self._followers.pop().set()
+        elif not self._helper_started and not self._closing:
+            self._helper_started = True
+            self._task_group.start_soon(self._helper_loop)
+
+    def _wake_followers(self) -> None:
+        followers = self._followers
+        while followers:
+            followers.pop().set()
+
+    def _stop_runners(self) -> None:
+        super()._stop_runners()
+        self._wake_followers()
+
+    def _reader_scope_cancel(self) -> None:
+        # Reading stops; a task running a request is not cancelled (its request goes on,
+        # as on a stream runner, and its loop ends after it).
+        if not self._inline():
+            # HTTP/2 after an h2c switch: either task may be the one reading it.
+            if self._helper_scope is not None:
+                self._helper_scope.cancel()
+            super()._reader_scope_cancel()
+            return
+        inline = self._inline_task
+        if self._reader_scope is not None and (inline is None or inline is not self._main_task):
+            self._reader_scope.cancel()
+        helper = self._helper_scope
+        if helper is not None and (inline is None or inline is not self._helper_task):
+            helper.cancel()
+        if self._read_wakeup is not None:
+            self._read_wakeup.set()
+            self._read_wakeup = None
+        self._wake_followers()
 
     async def _close_stream(self) -> None:
         # Out of the edge-triggered set before the descriptor is closed (its number is
@@ -603,6 +765,44 @@ class SocketDriver(ByteStreamDriver):
             if self._unyielded_sends >= _SEND_BURST:
                 self._unyielded_sends = 0
                 await _trio.lowlevel.checkpoint()
+
+
+class _RunInline:
+    """Awaits a coroutine in the awaiting task, calling ``on_block`` once, just before the
+    coroutine first gives control back to trio (to park, or at a checkpoint). A request
+    that completes without ever doing so never calls it."""
+
+    __slots__ = ("_awaitable", "_on_block")
+
+    def __init__(self, awaitable: Awaitable[None], on_block: Callable[[], None]) -> None:
+        self._awaitable = awaitable
+        self._on_block = on_block
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro = self._awaitable.__await__()
+        try:
+            trap = coro.send(None)
+        except StopIteration:
+            return
+        self._on_block()
+        # From here on, plain delegation (what ``await`` does, written out: the coroutine
+        # has started already, so ``yield from`` cannot take over).
+        while True:
+            try:
+                value = yield trap
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # trio throws nothing in, but keep await's rules
+                try:
+                    trap = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    trap = coro.send(value)
+                except StopIteration:
+                    return
 
 
 async def _aclose(stream: anyio.abc.AsyncResource) -> None:
