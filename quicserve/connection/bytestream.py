@@ -621,7 +621,8 @@ class SocketDriver(ByteStreamDriver):
         that reads a request runs it itself, so a request that never waits costs no task
         switch (on trio the hand-off from the reader to a stream runner was a scheduler
         pass per request: issue 11). If the request waits (the app awaits anything that
-        parks: body, a timer, I/O), the other task takes over reading before it parks,
+        parks: body, a timer, I/O), the other task takes over reading before it parks
+        (``_hand_off``, called between the request's first step and the rest, ``_Resume``),
         so request bodies, the peer's end and disconnects are seen as before.
 
         Every exit path of the inherited read loop is kept: end of stream, the protocol
@@ -638,7 +639,14 @@ class SocketDriver(ByteStreamDriver):
                     self._inline_task = me
                     try:
                         while queue:
-                            await _RunInline(queue.popleft().run(), self._hand_off)
+                            # The request's first step, here: most never yield.
+                            step = queue.popleft().run().__await__()
+                            try:
+                                trap = step.send(None)
+                            except StopIteration:
+                                continue
+                            self._hand_off()
+                            await _Resume(step, trap)
                     finally:
                         self._inline_task = None
                     await self._write_out()
@@ -767,40 +775,34 @@ class SocketDriver(ByteStreamDriver):
                 await _trio.lowlevel.checkpoint()
 
 
-class _RunInline:
-    """Awaits a coroutine in the awaiting task, calling ``on_block`` once, just before the
-    coroutine first gives control back to trio (to park, or at a checkpoint). A request
-    that completes without ever doing so never calls it."""
+class _Resume:
+    """Awaits the rest of a coroutine that was started by hand (its first ``send`` made
+    outside, which gave ``trap``): what ``await`` does, written out, since ``yield from``
+    cannot take over a coroutine that has started."""
 
-    __slots__ = ("_awaitable", "_on_block")
+    __slots__ = ("_step", "_trap")
 
-    def __init__(self, awaitable: Awaitable[None], on_block: Callable[[], None]) -> None:
-        self._awaitable = awaitable
-        self._on_block = on_block
+    def __init__(self, step: Generator[Any, Any, None], trap: Any) -> None:
+        self._step = step
+        self._trap = trap
 
     def __await__(self) -> Generator[Any, Any, None]:
-        coro = self._awaitable.__await__()
-        try:
-            trap = coro.send(None)
-        except StopIteration:
-            return
-        self._on_block()
-        # From here on, plain delegation (what ``await`` does, written out: the coroutine
-        # has started already, so ``yield from`` cannot take over).
+        step = self._step
+        trap = self._trap
         while True:
             try:
                 value = yield trap
             except GeneratorExit:
-                coro.close()
+                step.close()
                 raise
             except BaseException as exc:  # trio throws nothing in, but keep await's rules
                 try:
-                    trap = coro.throw(exc)
+                    trap = step.throw(exc)
                 except StopIteration:
                     return
             else:
                 try:
-                    trap = coro.send(value)
+                    trap = step.send(value)
                 except StopIteration:
                     return
 
