@@ -70,8 +70,11 @@ _READ_SIZE = 65536
 #: bytes are there already), so it lets the other tasks run at least this often (s).
 _READ_SLICE = 0.005
 #: A writer whose socket takes every write at once (trio, :class:`SocketDriver`) yields
-#: after this many such writes in a row (16 x 64 KiB body chunks: about 1 ms).
-_SEND_BURST = 16
+#: after this many bytes so written in a row (16 x 64 KiB body chunks: about 1 ms).
+#: Bytes, not writes: small HTTP/1.1 responses run in the reading task, which yields on
+#: its own clock (``_READ_SLICE``); a yield every 16 of them made every 16th request hand
+#: reading to the helper task for nothing.
+_SEND_BURST = 16 * 65536
 #: The ``trio`` module, imported the first time a connection is served on trio (importing
 #: it costs ~0.1 s that asyncio servers need not pay).
 _trio: Any = None
@@ -516,7 +519,7 @@ class SocketDriver(ByteStreamDriver):
       there (trio's socket ``recv`` adds a checkpoint before and a scheduler trip after
       every syscall, anyio's stream a guard and an exception translation around that).
     * Writing: ``sock.send`` first; ``wait_writable`` only while the kernel buffer is full.
-      A write the socket takes whole does not yield, except once per ``_SEND_SLICE``, so
+      A write the socket takes whole does not yield, except once per ``_SEND_BURST``, so
       an app sending a large body to a fast reader does not starve other connections.
     * The anyio stream stays the owner of the socket: closing it tells trio the fd is
       closing (``notify_closing``), which wakes a task still waiting on it.
@@ -535,7 +538,7 @@ class SocketDriver(ByteStreamDriver):
         self._sock = sock
         #: The descriptor, for trio's I/O manager (saves it a ``fileno()`` per wait).
         self._fd = sock.fileno()
-        self._unyielded_sends = 0
+        self._unyielded_bytes = 0
         self._socket_empty = False
         #: Read readiness from the worker's edge-triggered set (one ``epoll_ctl`` per
         #: connection instead of one per wait), or trio's ``wait_readable`` without it.
@@ -760,7 +763,7 @@ class SocketDriver(ByteStreamDriver):
                         view = view[sock.send(view) :]
                     except BlockingIOError:
                         pass
-                self._unyielded_sends = 0
+                self._unyielded_bytes = 0
             self._record.bytes_out += len(data)
         except (OSError, _trio.ClosedResourceError):
             self._on_broken()
@@ -769,9 +772,9 @@ class SocketDriver(ByteStreamDriver):
             # Counted, not timed: the sending task (a stream runner) yields between
             # requests where this driver cannot see it, so a per-connection clock would
             # make nearly every small response yield once more for nothing.
-            self._unyielded_sends += 1
-            if self._unyielded_sends >= _SEND_BURST:
-                self._unyielded_sends = 0
+            self._unyielded_bytes += sent
+            if self._unyielded_bytes >= _SEND_BURST:
+                self._unyielded_bytes = 0
                 await _trio.lowlevel.checkpoint()
 
 
