@@ -592,6 +592,15 @@ class SocketDriver(ByteStreamDriver):
         switch) on the edge hub (whose waits this driver can interrupt)."""
         return self._hub is not None and not self._batch_writes
 
+    async def flush(self, stream_id: int) -> None:
+        """As :meth:`ByteStreamBase.flush`; on HTTP/1.1 only the write: nothing is held
+        per stream there (``buffered_amount`` is 0) and a second writer already waits
+        for the first (so ``_over_budget`` is false), as ``CallbackDriver.flush`` has it."""
+        if self._batch_writes:
+            await super().flush(stream_id)
+        elif not self._defer_tunnel_write():
+            await self._write_out()
+
     def _launch(self, stream: AnyStream) -> None:
         if not self._inline():
             super()._launch(stream)
