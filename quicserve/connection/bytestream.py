@@ -21,7 +21,8 @@ HTTP/2 protocol object that parses it, and the streams that run the app. It owns
   not reading (bytes framed but not written, plus the write in progress); HTTP/2 also
   stops reading from such a peer, so the frames it makes us answer (PING and SETTINGS
   ACKs, responses) cannot pile up either;
-* one task per request (or pushed request) in the connection's task group;
+* the stream runners, tasks in the connection's task group that run the requests (on
+  HTTP/1.1, :class:`SocketDriver` runs each in the task that read it instead);
 * the switch from HTTP/1.1 to HTTP/2 on ``Upgrade: h2c``.
 
 It never parses HTTP itself, and never opens sockets: the TCP endpoint
@@ -521,6 +522,11 @@ class SocketDriver(ByteStreamDriver):
     * Writing: ``sock.send`` first; ``wait_writable`` only while the kernel buffer is full.
       A write the socket takes whole does not yield, except once per ``_SEND_BURST``, so
       an app sending a large body to a fast reader does not starve other connections.
+    * Read readiness comes from the worker's edge-triggered epoll set
+      (``transport/trioedge.py``): one ``epoll_ctl`` per connection, where trio's own
+      ``wait_readable`` re-arms the socket with one per wait (11 % of an HTTP/1.1 worker).
+    * HTTP/1.1 requests run in the task that read them (``_serve_loop``): no hand-off to a
+      stream runner unless the request waits, and then reading moves, not the request.
     * The anyio stream stays the owner of the socket: closing it tells trio the fd is
       closing (``notify_closing``), which wakes a task still waiting on it.
     """
