@@ -57,8 +57,14 @@ async def test_edge_hub_waits_keeps_edges_and_forgets_cancelled_waits() -> None:
         with trio.move_on_after(0.05) as scope:
             await hub.wait_readable(fd)
         assert scope.cancelled_caught
-        # Bytes arrive while someone waits: the wait returns.
+        # Bytes arrive while someone waits: the wait returns. (A second waiter is refused.)
         async with trio.open_nursery() as nursery:
+
+            async def second_waiter() -> None:
+                with pytest.raises(trio.BusyResourceError):
+                    await hub.wait_readable(fd)
+
+            nursery.start_soon(second_waiter)
 
             async def send_later() -> None:
                 await trio.sleep(0.01)

@@ -91,6 +91,8 @@ class EdgeHub:
             return
         lowlevel = _trio.lowlevel
         waiters = self._waiters
+        if fd in waiters:
+            raise _trio.BusyResourceError("another task is already waiting for this socket")
         waiters[fd] = lowlevel.current_task()
 
         def abort(_: object) -> trio.lowlevel.Abort:
