@@ -595,7 +595,8 @@ class SocketDriver(ByteStreamDriver):
 
     def _inline(self) -> bool:
         """Whether requests run in the task that read them: HTTP/1.1 (not after an h2c
-        switch) on the edge hub (whose waits this driver can interrupt)."""
+        switch) where the edge hub serves (Linux); elsewhere the stream runner stays, as
+        the path measured and tested there."""
         return self._hub is not None and not self._batch_writes
 
     async def flush(self, stream_id: int) -> None:
