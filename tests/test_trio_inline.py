@@ -9,7 +9,8 @@ the task that read them.
   step of a stream-runner task or of the helper task (counted with a trio instrument); a
   request that waits (a late body, a sleep, a peer that leaves) hands reading to the helper
   first, so its body, the peer's end and ``http.disconnect`` still reach it; pipelined
-  requests of both kinds keep their order.
+  requests of both kinds keep their order. Without the hub (no ``select.epoll``) requests
+  keep their stream runner.
 """
 
 from __future__ import annotations
@@ -222,3 +223,30 @@ async def test_requests_run_in_the_reading_task_and_hand_off_when_they_wait() ->
         with anyio.fail_after(5):
             await _disconnected["event"].wait()
         assert _seen == ["http.disconnect"]
+
+
+async def test_without_the_hub_requests_keep_their_stream_runner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Where there is no select.epoll (edge_hub() is None) the driver waits with trio's
+    # own wait_readable and runs requests on its stream runner, as before the hub.
+    from quicserve.connection import bytestream
+
+    monkeypatch.setattr(bytestream, "edge_hub", lambda: None)
+    steps = _Steps()
+    async with running_server(_app) as srv:
+        async with await anyio.connect_tcp("127.0.0.1", srv.port()) as stream:
+            buffer = bytearray()
+            trio.lowlevel.add_instrument(steps)
+            try:
+                for i in range(5):
+                    await stream.send(_HEAD % (b"r%d" % i, 1) + b"x")
+                    assert await _response(stream, buffer) == b"/r%d x" % i
+                await stream.send(_HEAD % (b"late", 6) + b"abc")
+                await anyio.sleep(0.02)
+                await stream.send(b"def")
+                assert await _response(stream, buffer) == b"/late abcdef"
+            finally:
+                trio.lowlevel.remove_instrument(steps)
+    assert steps.of("._runner") >= 6, steps.counts
+    assert steps.of("._helper_loop") == 0, steps.counts
