@@ -21,7 +21,8 @@ HTTP/2 protocol object that parses it, and the streams that run the app. It owns
   not reading (bytes framed but not written, plus the write in progress); HTTP/2 also
   stops reading from such a peer, so the frames it makes us answer (PING and SETTINGS
   ACKs, responses) cannot pile up either;
-* one task per request (or pushed request) in the connection's task group;
+* the stream runners, tasks in the connection's task group that run the requests (on
+  HTTP/1.1, :class:`SocketDriver` runs each in the task that read it instead);
 * the switch from HTTP/1.1 to HTTP/2 on ``Upgrade: h2c``.
 
 It never parses HTTP itself, and never opens sockets: the TCP endpoint
@@ -38,7 +39,7 @@ import math
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -53,8 +54,10 @@ from ..lowlevel import Wakeup
 from ..protocol.base import ByteStreamProtocol
 from ..protocol.http1 import switching_response
 from ..transport.sockets import SendFirstSocketStream
+from ..transport.trioedge import EdgeHub, edge_hub
 from .bytebase import ByteStreamBase, preface_verdict, start_protocol
 from .callback import serve_callback_connection
+from .driver import AnyStream
 
 if TYPE_CHECKING:
     from ..registry import ConnectionRecord
@@ -68,8 +71,11 @@ _READ_SIZE = 65536
 #: bytes are there already), so it lets the other tasks run at least this often (s).
 _READ_SLICE = 0.005
 #: A writer whose socket takes every write at once (trio, :class:`SocketDriver`) yields
-#: after this many such writes in a row (16 x 64 KiB body chunks: about 1 ms).
-_SEND_BURST = 16
+#: after this many bytes so written in a row (16 x 64 KiB body chunks: about 1 ms).
+#: Bytes, not writes: small HTTP/1.1 responses run in the reading task, which yields on
+#: its own clock (``_READ_SLICE``); a yield every 16 of them made every 16th request hand
+#: reading to the helper task for nothing.
+_SEND_BURST = 16 * 65536
 #: The ``trio`` module, imported the first time a connection is served on trio (importing
 #: it costs ~0.1 s that asyncio servers need not pay).
 _trio: Any = None
@@ -518,8 +524,13 @@ class SocketDriver(ByteStreamDriver):
       there (trio's socket ``recv`` adds a checkpoint before and a scheduler trip after
       every syscall, anyio's stream a guard and an exception translation around that).
     * Writing: ``sock.send`` first; ``wait_writable`` only while the kernel buffer is full.
-      A write the socket takes whole does not yield, except once per ``_SEND_SLICE``, so
+      A write the socket takes whole does not yield, except once per ``_SEND_BURST``, so
       an app sending a large body to a fast reader does not starve other connections.
+    * Read readiness comes from the worker's edge-triggered epoll set
+      (``transport/trioedge.py``): one ``epoll_ctl`` per connection, where trio's own
+      ``wait_readable`` re-arms the socket with one per wait (11 % of an HTTP/1.1 worker).
+    * HTTP/1.1 requests run in the task that read them (``_serve_loop``): no hand-off to a
+      stream runner unless the request waits, and then reading moves, not the request.
     * The anyio stream stays the owner of the socket: closing it tells trio the fd is
       closing (``notify_closing``), which wakes a task still waiting on it.
     """
@@ -537,8 +548,28 @@ class SocketDriver(ByteStreamDriver):
         self._sock = sock
         #: The descriptor, for trio's I/O manager (saves it a ``fileno()`` per wait).
         self._fd = sock.fileno()
-        self._unyielded_sends = 0
+        self._unyielded_bytes = 0
         self._socket_empty = False
+        #: Read readiness from the worker's edge-triggered set (one ``epoll_ctl`` per
+        #: connection instead of one per wait), or trio's ``wait_readable`` without it.
+        hub = edge_hub()
+        self._hub: EdgeHub | None = hub if hub is not None and hub.register(self._fd) else None
+        self._wait_readable = self._hub.wait_readable if self._hub is not None else _wait_readable
+        # HTTP/1.1 requests run in the task that read them (see ``_serve_loop``).
+        #: The task reading the socket now (``None``: nobody; the next free task takes it).
+        self._leader: Any = None
+        #: The task running a request now (one at a time: HTTP/1.1 is sequential).
+        self._inline_task: Any = None
+        #: The connection's task (``run``) and its reader scope, and the one helper task
+        #: (made the first time a request waits) and its scope.
+        self._main_task: Any = None
+        self._helper_task: Any = None
+        self._helper_scope: anyio.CancelScope | None = None
+        self._helper_started = False
+        #: Tasks with nothing to do (neither reading nor running a request).
+        self._followers: list[Wakeup] = []
+        #: Nobody reads any more (end of stream, closed, broken): the loops end.
+        self._read_over = False
 
     async def _receive_bytes(self) -> bytes:
         sock = self._sock
@@ -549,7 +580,7 @@ class SocketDriver(ByteStreamDriver):
         while True:
             if wait:
                 try:
-                    await _wait_readable(self._fd)
+                    await self._wait_readable(self._fd)
                 except (_trio.ClosedResourceError, OSError):
                     return b""
                 # This task just waited: its slice without a yield starts again.
@@ -563,6 +594,177 @@ class SocketDriver(ByteStreamDriver):
                 return b""
             self._socket_empty = len(data) < _READ_SIZE
             return data
+
+    # -- HTTP/1.1 requests in the reading task -------------------------------------------
+
+    def _inline(self) -> bool:
+        """Whether requests run in the task that read them: HTTP/1.1 (not after an h2c
+        switch) where the edge hub serves (Linux); elsewhere the stream runner stays, as
+        the path measured and tested there."""
+        return self._hub is not None and not self._batch_writes
+
+    async def flush(self, stream_id: int) -> None:
+        """As :meth:`ByteStreamBase.flush`; on HTTP/1.1 only the write: nothing is held
+        per stream there (``buffered_amount`` is 0) and a second writer already waits
+        for the first (so ``_over_budget`` is false), as ``CallbackDriver.flush`` has it."""
+        if self._batch_writes:
+            await super().flush(stream_id)
+        elif not self._defer_tunnel_write():
+            await self._write_out()
+
+    def _launch(self, stream: AnyStream) -> None:
+        if not self._inline():
+            super()._launch(stream)
+            return
+        # The task that dispatched it (the reader, or the one finishing the request
+        # before it: pipelining) runs it at the top of its ``_serve_loop``.
+        self._queue.append(stream)
+
+    async def _read_loop(self) -> None:
+        if not self._inline():
+            await super()._read_loop()
+            return
+        self._main_task = _trio.lowlevel.current_task()
+        await self._serve_loop()
+
+    async def _helper_loop(self) -> None:
+        try:
+            with anyio.CancelScope() as self._helper_scope:
+                self._helper_task = _trio.lowlevel.current_task()
+                if self.protocol.closed or self._broken or self._read_over:
+                    return  # the scope was not there to cancel
+                await self._serve_loop()
+        finally:
+            self._helper_task = None
+            self._helper_scope = None
+
+    async def _serve_loop(self) -> None:
+        """The HTTP/1.1 read loop, run by the connection's task and, once a request has
+        had to wait, by one helper task: whichever task is free reads (the leader); a task
+        that reads a request runs it itself, so a request that never waits costs no task
+        switch (on trio the hand-off from the reader to a stream runner was a scheduler
+        pass per request: issue 11). If the request waits (the app awaits anything that
+        parks: body, a timer, I/O), the other task takes over reading before it parks
+        (``_hand_off``, called between the request's first step and the rest, ``_Resume``),
+        so request bodies, the peer's end and disconnects are seen as before.
+
+        Every exit path of the inherited read loop is kept: end of stream, the protocol
+        closing, the peer gone, the h2c switch (after it the leader reads HTTP/2 as
+        :meth:`ByteStreamDriver._read_loop` does, with stream runners)."""
+        me = _trio.lowlevel.current_task()
+        record = self._record
+        queue = self._queue
+        checkpoint = self._checkpoint
+        self._read_yield_at = _current_time() + _READ_SLICE
+        try:
+            while True:
+                if queue and self._inline_task is None:
+                    self._inline_task = me
+                    try:
+                        while queue:
+                            # The request's first step, here: most never yield.
+                            step = queue.popleft().run().__await__()
+                            try:
+                                trap = step.send(None)
+                            except StopIteration:
+                                continue
+                            self._hand_off()
+                            await _Resume(step, trap)
+                    finally:
+                        self._inline_task = None
+                    await self._write_out()
+                    now = _current_time()
+                    if now >= self._read_yield_at:
+                        # A pipelined flood must not starve the other connections.
+                        await checkpoint()
+                        self._read_yield_at = now + _READ_SLICE
+                    continue
+                protocol = self.protocol
+                if protocol.closed or self._broken or self._read_over or self._closing:
+                    return
+                leader = self._leader
+                if leader is not None and leader is not me:
+                    wakeup = self.new_wakeup()
+                    self._followers.append(wakeup)
+                    await wakeup.wait()
+                    continue
+                self._leader = me
+                if self._upgrade is not None:
+                    await self._switch_to_h2c()
+                    await ByteStreamDriver._read_loop(self)
+                    return
+                if not protocol.wants_read():
+                    wakeup = self._read_wakeup = self.new_wakeup()
+                    await wakeup.wait()
+                    continue
+                data = await self._receive_bytes()
+                record.bytes_in += len(data)
+                self._receive(data)
+                if not data:
+                    self._read_over = True
+                if queue:
+                    # Free the reading role while this task runs the request.
+                    self._leader = None
+                    continue
+                await self._write_out()
+                now = _current_time()
+                if now >= self._read_yield_at:
+                    await checkpoint()
+                    self._read_yield_at = now + _READ_SLICE
+        finally:
+            if self._leader is me:
+                self._leader = None
+            if self._inline_task is None:
+                # This task is done reading for good: so is the other one.
+                self._read_over = True
+                self._wake_followers()
+
+    def _hand_off(self) -> None:
+        """A request running in its reading task is about to wait: a free task (the
+        helper, made the first time) takes over reading."""
+        if self._leader is not None or self._read_over or self._task_group is None:
+            return
+        if self._followers:
+            self._followers.pop().set()
+        elif not self._helper_started and not self._closing:
+            self._helper_started = True
+            self._task_group.start_soon(self._helper_loop)
+
+    def _wake_followers(self) -> None:
+        followers = self._followers
+        while followers:
+            followers.pop().set()
+
+    def _stop_runners(self) -> None:
+        super()._stop_runners()
+        self._wake_followers()
+
+    def _reader_scope_cancel(self) -> None:
+        # Reading stops; a task running a request is not cancelled (its request goes on,
+        # as on a stream runner, and its loop ends after it).
+        if not self._inline():
+            # HTTP/2 after an h2c switch: either task may be the one reading it.
+            if self._helper_scope is not None:
+                self._helper_scope.cancel()
+            super()._reader_scope_cancel()
+            return
+        inline = self._inline_task
+        if self._reader_scope is not None and (inline is None or inline is not self._main_task):
+            self._reader_scope.cancel()
+        helper = self._helper_scope
+        if helper is not None and (inline is None or inline is not self._helper_task):
+            helper.cancel()
+        if self._read_wakeup is not None:
+            self._read_wakeup.set()
+            self._read_wakeup = None
+        self._wake_followers()
+
+    async def _close_stream(self) -> None:
+        # Out of the edge-triggered set before the descriptor is closed (its number is
+        # reused by the next connection).
+        if self._hub is not None:
+            self._hub.unregister(self._fd)
+        await super()._close_stream()
 
     async def _send(self, data: bytes) -> None:
         if self._broken:
@@ -581,7 +783,7 @@ class SocketDriver(ByteStreamDriver):
                         view = view[sock.send(view) :]
                     except BlockingIOError:
                         pass
-                self._unyielded_sends = 0
+                self._unyielded_bytes = 0
             self._record.bytes_out += len(data)
         except (OSError, _trio.ClosedResourceError):
             self._on_broken()
@@ -590,10 +792,42 @@ class SocketDriver(ByteStreamDriver):
             # Counted, not timed: the sending task (a stream runner) yields between
             # requests where this driver cannot see it, so a per-connection clock would
             # make nearly every small response yield once more for nothing.
-            self._unyielded_sends += 1
-            if self._unyielded_sends >= _SEND_BURST:
-                self._unyielded_sends = 0
+            self._unyielded_bytes += sent
+            if self._unyielded_bytes >= _SEND_BURST:
+                self._unyielded_bytes = 0
                 await _trio.lowlevel.checkpoint()
+
+
+class _Resume:
+    """Awaits the rest of a coroutine that was started by hand (its first ``send`` made
+    outside, which gave ``trap``): what ``await`` does, written out, since ``yield from``
+    cannot take over a coroutine that has started."""
+
+    __slots__ = ("_step", "_trap")
+
+    def __init__(self, step: Generator[Any, Any, None], trap: Any) -> None:
+        self._step = step
+        self._trap = trap
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        step = self._step
+        trap = self._trap
+        while True:
+            try:
+                value = yield trap
+            except GeneratorExit:
+                step.close()
+                raise
+            except BaseException as exc:  # trio throws nothing in, but keep await's rules
+                try:
+                    trap = step.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    trap = step.send(value)
+                except StopIteration:
+                    return
 
 
 async def _aclose(stream: anyio.abc.AsyncResource) -> None:

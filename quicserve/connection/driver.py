@@ -9,8 +9,10 @@ through. Its two subclasses add the I/O: :class:`~quicserve.connection.bytestrea
 
 Rules:
 
-* One task per request (or pushed request) in the connection's task group; HTTP/1.1 runs
-  one at a time, multiplexed protocols as many as the protocol's limits allow.
+* Requests (and pushed requests) run on the connection's stream runners, tasks in its task
+  group; HTTP/1.1 runs one at a time, multiplexed protocols as many as the protocol's
+  limits allow. (On trio, HTTP/1.1 over a plain socket runs each request in the task that
+  read it instead: ``bytestream.py`` ``SocketDriver._serve_loop``.)
 * ``flush`` never lets one stream or one connection hold more than its write budget for a
   peer that is not reading: sends wait (``Config.write_buffer_size`` per stream,
   ``Config.connection_write_buffer_size`` per connection).
