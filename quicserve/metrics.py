@@ -253,13 +253,10 @@ def _listening_socket(bind: str) -> socket.socket:
 # -- the listener of a single process ----------------------------------------------------
 
 
-class MetricsEndpoint:
-    """The ``--metrics-bind`` listener of one :class:`~quicserve.server.Server`."""
+class _Bound:
+    """What both listeners say about the socket they listen on."""
 
-    def __init__(self, bind: str, server: StatsSource) -> None:
-        self._socket = _listening_socket(bind)
-        self._server = server
-        self._limit = anyio.Semaphore(_CONCURRENT_SCRAPES)
+    _socket: socket.socket
 
     @property
     def address(self) -> tuple[str, int]:
@@ -270,6 +267,15 @@ class MetricsEndpoint:
     def url(self) -> str:
         """Where the metrics are, for the log."""
         return _url(self.address)
+
+
+class MetricsEndpoint(_Bound):
+    """The ``--metrics-bind`` listener of one :class:`~quicserve.server.Server`."""
+
+    def __init__(self, bind: str, server: StatsSource) -> None:
+        self._socket = _listening_socket(bind)
+        self._server = server
+        self._limit = anyio.Semaphore(_CONCURRENT_SCRAPES)
 
     def close(self) -> None:
         """Stop listening."""
@@ -346,7 +352,7 @@ class _Round:
     waiting: set[FleetWorker] = field(default_factory=set)
 
 
-class FleetEndpoint:
+class FleetEndpoint(_Bound):
     """The supervisor's ``--metrics-bind`` listener: one endpoint for every worker.
 
     It runs in the supervisor's ``selectors`` loop: it registers its own sockets there
@@ -377,16 +383,6 @@ class FleetEndpoint:
         self.timeouts = 0
         self._closed = False
         self._accept(True)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound (host, port)."""
-        name = self._socket.getsockname()
-        return (str(name[0]), int(name[1]))
-
-    def url(self) -> str:
-        """Where the metrics are, for the log."""
-        return _url(self.address)
 
     def _accept(self, on: bool) -> None:
         if on and not self._accepting:

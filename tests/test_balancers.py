@@ -41,7 +41,7 @@ from quicserve.config import ConfigError, resolve
 
 from . import test_cli
 from .quiclb_router import QuicLbRouter, parse
-from .test_cli import CLIServer, Spawn
+from .test_cli import CLIServer, Spawn, app_args
 from .test_workers import H3Clients, alive, check_sessions, slot_pids, wait_until
 
 env = test_cli.env
@@ -216,19 +216,7 @@ def start_machine(
     extra_env = {"AWS_LBC_QUIC_SERVER_ID": base64.b64encode(server_id).decode()} if aws else {}
     server = spawn(
         APP,
-        "--backend",
-        backend,
-        "--workers",
-        str(workers),
-        "--quic-bind",
-        "127.0.0.1:0",
-        "--certfile",
-        str(tls.certfile),
-        "--keyfile",
-        str(tls.keyfile),
-        "--lifespan",
-        "off",
-        "--no-access-log",
+        *app_args(backend, tls, workers=workers),
         *id_args,
         *extra,
         extra_env=extra_env,

@@ -79,6 +79,16 @@ def env(tmp_path: Path) -> dict[str, str]:
     return values
 
 
+def app_args(backend: str, tls: DevCertificate, *, workers: int = 1) -> list[str]:
+    """The flags most multi-process tests start with: the backend, ``--workers``, QUIC on a
+    free port, the certificate, no lifespan and no access log (their lines are noise)."""
+    return [
+        *("--backend", backend, "--workers", str(workers), "--quic-bind", "127.0.0.1:0"),
+        *("--certfile", str(tls.certfile), "--keyfile", str(tls.keyfile)),
+        *("--lifespan", "off", "--no-access-log"),
+    ]
+
+
 def quicserve_command(*args: str) -> list[str]:
     """The command line that runs quicserve with ``args``."""
     return [sys.executable, "-m", "quicserve", *args]

@@ -44,7 +44,7 @@ from quicserve.stats import (
 
 from . import test_cli
 from .helpers import client_ssl_context
-from .test_cli import CLIServer, Spawn
+from .test_cli import CLIServer, Spawn, app_args
 from .test_workers import APP, H3Clients, h3_clients, slot_pids, wait_until
 
 env = test_cli.env
@@ -248,23 +248,8 @@ def start(
     """The test app on TLS TCP and QUIC with --metrics-bind: (server, tcp, udp, url)."""
     server = spawn(
         APP,
-        "--backend",
-        backend,
-        "--workers",
-        str(workers),
-        "--bind",
-        "127.0.0.1:0",
-        "--quic-bind",
-        "127.0.0.1:0",
-        "--certfile",
-        str(tls.certfile),
-        "--keyfile",
-        str(tls.keyfile),
-        "--metrics-bind",
-        "127.0.0.1:0",
-        "--lifespan",
-        "off",
-        "--no-access-log",
+        *app_args(backend, tls, workers=workers),
+        *("--bind", "127.0.0.1:0", "--metrics-bind", "127.0.0.1:0"),
         *extra,
     )
     if workers > 1:

@@ -42,7 +42,7 @@ from quicserve.quic.keyring import KeyRing
 from quicserve.secretsfile import read_key_file
 
 from . import test_cli
-from .test_cli import CLIServer, Spawn, quicserve_command
+from .test_cli import CLIServer, Spawn, app_args, quicserve_command
 from .test_workers import wait_until
 
 env = test_cli.env
@@ -57,17 +57,7 @@ def start(
 ) -> tuple[CLIServer, int]:
     server = spawn(
         APP,
-        "--backend",
-        backend,
-        "--quic-bind",
-        "127.0.0.1:0",
-        "--certfile",
-        str(tls.certfile),
-        "--keyfile",
-        str(tls.keyfile),
-        "--lifespan",
-        "off",
-        "--no-access-log",
+        *app_args(backend, tls),
         "--quic-0rtt",
         "--quic-secrets-file",
         str(ring),

@@ -32,7 +32,7 @@ from quicserve.certs import DevCertificate
 
 from . import test_cli
 from .helpers import client_ssl_context
-from .test_cli import CLIServer, Spawn
+from .test_cli import CLIServer, Spawn, app_args
 
 backend = test_cli.backend
 env = test_cli.env
@@ -124,23 +124,7 @@ def start_workers(
     spawn: Spawn, backend: str, tls: DevCertificate, count: int, *extra: str
 ) -> tuple[CLIServer, int, int, dict[int, int]]:
     """``quicserve --workers count``: (server, TCP port, UDP port, {slot: pid})."""
-    server = spawn(
-        APP,
-        "--backend",
-        backend,
-        "--workers",
-        str(count),
-        "--quic-bind",
-        "127.0.0.1:0",
-        "--certfile",
-        str(tls.certfile),
-        "--keyfile",
-        str(tls.keyfile),
-        "--lifespan",
-        "off",
-        "--no-access-log",
-        *extra,
-    )
+    server = spawn(APP, *app_args(backend, tls, workers=count), *extra)
     server.wait_for(r"All \d+ workers ready", timeout=30)
     udp = int(server.wait_for(r"Listening on https://127\.0\.0\.1:(\d+) \(UDP\)")[1])
     tcp = int(server.wait_for(r"Listening on https://127\.0\.0\.1:(\d+) \(TCP\)")[1])
