@@ -38,6 +38,7 @@ from quicserve.protocol.webtransport import (
 )
 
 from .helpers import running_server, wait_for
+from .test_metrics import scrape
 from .wtclient import (
     CLOSE_SESSION,
     DATA_BLOCKED,
@@ -494,3 +495,35 @@ def test_receive_limits_and_credit_follow_consumption() -> None:
     old.stream_consumed(2, 1, True)  # the app took one: room for one more
     old.stream_data(18, 1, True)
     old.stream_data(0, 1, False)  # bidirectional streams are counted apart
+
+
+async def test_sessions_are_counted_for_the_metrics(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    # --metrics-bind: WebTransport sessions have their own families (not the request
+    # histogram), active while open and counted with their duration once ended.
+    app = DialectApp()
+    async with serve(app, tls_files, metrics_bind="127.0.0.1:0") as srv:
+        assert srv.server.metrics is not None
+        url = srv.server.metrics.url()
+        active = 'quicserve_webtransport_sessions_active{network_protocol_version="3"}'
+        for finished, dialect in enumerate(("draft02", "draft15"), start=1):
+            async with open_wt(
+                quic_port(srv), "/wt", cafile=str(tls_files.ca_certfile), dialect=dialect
+            ) as session:
+                assert await session.send_datagram(b"m") == b"echo m"
+                during = await scrape(url)
+                await session.send(b"", end=True)
+                await wait_for(lambda n=finished: app.finished == n)
+            assert during[active] == 1
+        after = await scrape(url)
+    ended = {k: v for k, v in after.items() if k.startswith("quicserve_webtransport_sessions_")}
+    assert ended == {
+        'quicserve_webtransport_sessions_active{network_protocol_version="3"}': 0,
+        'quicserve_webtransport_sessions_total{network_protocol_version="3",'
+        'http_response_status_code="200"}': 2,
+    }
+    duration = "quicserve_webtransport_session_duration_seconds_count"
+    assert after[f'{duration}{{network_protocol_version="3",http_response_status_code="200"}}'] == 2
+    # Sessions are not requests: the HTTP/3 request histogram has none of them.
+    assert not any(k.startswith("http_server_request_duration_seconds") for k in after)
