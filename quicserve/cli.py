@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import logging.config
 import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -249,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .reload import run_with_reload
 
             return run_with_reload(args, config)
+        # SIGHUP means "reload" (the runner's receiver, the supervisor's handler); until
+        # those are installed (importing the app, starting the loop) its default action
+        # would kill the process, so a reload sent at start-up would stop the service.
+        signal.signal(signal.SIGHUP, _hup_while_starting)
         identity = resolve_identity(config.user, config.group)
         if config.pid_file is not None and worker is None:
             check_pid_file(config.pid_file)
@@ -414,6 +419,10 @@ def _bind_now(config: Config, identity: Identity) -> tuple[Config, list[str]]:
         ),
         unix_paths,
     )
+
+
+def _hup_while_starting(signum: int, frame: object) -> None:
+    logger.warning("Received SIGHUP while starting: nothing loaded yet to reload; ignored")
 
 
 def _fail(message: str, worker: WorkerLink | None, status: int) -> int:

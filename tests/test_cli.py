@@ -954,3 +954,28 @@ def test_oversized_http2_frame_is_refused_at_its_header(spawn: Spawn, backend: s
     assert goaway_error(answer) == FRAME_SIZE_ERROR, answer
     assert took < 1.0, f"the connection stayed open {took:.1f}s after a fatal frame"
     assert server.proc.poll() is None
+
+
+def test_sighup_while_the_app_imports_does_not_stop_the_server(
+    spawn: Spawn, backend: str, tmp_path: Path
+) -> None:
+    # systemd's ExecReload may fire while the service is still starting: a SIGHUP then
+    # must not kill it (its default action) before the reload handler exists.
+    (tmp_path / "slow_import.py").write_text(
+        "import sys, time\n"
+        "print('importing the app', file=sys.stderr, flush=True)\n"
+        "time.sleep(1)\n"
+        "from tests.cli_apps import app\n"
+    )
+    server = spawn(
+        "slow_import:app",
+        *("--app-dir", str(tmp_path), "--backend", backend, "--insecure-bind", "127.0.0.1:0"),
+    )
+    server.wait_for("importing the app")
+    server.proc.send_signal(signal.SIGHUP)
+    port = int(server.wait_for(r"Listening on http://127\.0\.0\.1:(\d+) \(TCP\)")[1])
+    assert "Received SIGHUP while starting" in server.stderr
+    assert httpx.get(local_url(port)).status_code == 200
+    server.proc.send_signal(signal.SIGHUP)  # now the runner's: a reload, still serving
+    server.wait_for("Received SIGHUP: reloading in place")
+    assert httpx.get(local_url(port)).status_code == 200
