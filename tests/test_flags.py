@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import random
 import re
 import signal
 import socket
@@ -69,8 +70,12 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="--user needs root")
 
 @pytest.fixture
 def privileged_port() -> int:
-    """A free loopback TCP port below 1024 (only root may bind it)."""
-    for port in range(700, 1000):
+    """A free loopback TCP port below 1024 (only root may bind it). The tests that take
+    one run in one xdist group, and the port is drawn at random: two workers probing the
+    same first free port at once both found 700 free, and the second server failed."""
+    ports = list(range(600, 1000))
+    random.shuffle(ports)
+    for port in ports:
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
@@ -157,6 +162,7 @@ def check_app_wins(headers: dict[str, str]) -> None:
 
 @needs_root
 @pytest.mark.client("ss")
+@pytest.mark.xdist_group("privileged-port")
 def test_one_process_all_flags(
     spawn: Spawn,
     backend: str,
@@ -319,6 +325,7 @@ def supervised_backend(request: pytest.FixtureRequest) -> str:
 
 @needs_root
 @pytest.mark.client("ss")
+@pytest.mark.xdist_group("privileged-port")
 def test_four_workers_as_nobody_then_a_worker_that_cannot_boot_stops_all(
     spawn: Spawn,
     supervised_backend: str,
