@@ -15,7 +15,6 @@ import datetime
 import os
 import stat
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aioquic.h3.connection import H3_ALPN
@@ -168,16 +167,7 @@ class Resumption:
         received: list[SessionTicket] = []
         client = QuicConnection(configuration=configuration, session_ticket_handler=received.append)
         client.connect(SERVER, now=0.0)
-        tickets = self.tickets
-        hooks: dict[str, Any] = (
-            {"session_ticket_fetcher": tickets.pop, "session_ticket_handler": tickets.add}
-            if isinstance(tickets, SessionTicketStore)
-            else {
-                "session_ticket_fetcher": tickets.fetch,
-                "session_ticket_handler": tickets.issued,
-                "ticket_sealer": tickets.seal,
-            }
-        )
+        hooks = self.tickets.hooks()
         server_configuration = quic_configuration(config)
         server_configuration.load_cert_chain(str(self.tls.certfile), str(self.tls.keyfile))
         server = ServerQuicConnection(

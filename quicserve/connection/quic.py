@@ -116,16 +116,7 @@ class QuicListener:
             if ring is None
             else SealedTickets(ring, config.quic_session_tickets)
         )
-        tickets = self.tickets
-        self._ticket_hooks: dict[str, Any] = (
-            {"session_ticket_fetcher": tickets.pop, "session_ticket_handler": tickets.add}
-            if isinstance(tickets, SessionTicketStore)
-            else {
-                "session_ticket_fetcher": tickets.fetch,
-                "session_ticket_handler": tickets.issued,
-                "ticket_sealer": tickets.seal,
-            }
-        )
+        self._ticket_hooks = self.tickets.hooks()
         self.drivers: dict[Hashable, QuicDriver] = {}
         self.udp = UDPEndpoint(sock, self.drivers, self._on_datagram)
         self._ids = itertools.count(1)

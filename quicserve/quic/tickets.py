@@ -47,6 +47,7 @@ import os
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from aioquic.tls import CipherSuite, SessionTicket, utcnow
 from cryptography.exceptions import InvalidTag
@@ -87,6 +88,10 @@ class SessionTicketStore:
     def pop(self, label: bytes) -> SessionTicket | None:
         """The ticket a client presents, removed so it cannot be used twice."""
         return self._tickets.pop(label, None)
+
+    def hooks(self) -> dict[str, Any]:
+        """The keyword arguments that plug this store into a server connection."""
+        return {"session_ticket_fetcher": self.pop, "session_ticket_handler": self.add}
 
     def __len__(self) -> int:
         return len(self._tickets)
@@ -205,6 +210,15 @@ class SealedTickets:
     def issued(self, ticket: SessionTicket) -> None:
         """aioquic's ``session_ticket_handler``: nothing to keep, the client holds it all.
         (aioquic sends tickets only when a handler is set.)"""
+
+    def hooks(self) -> dict[str, Any]:
+        """The keyword arguments that plug these tickets into a server connection
+        (``ticket_sealer``: :class:`~quicserve.quic.compat.ServerQuicConnection`)."""
+        return {
+            "session_ticket_fetcher": self.fetch,
+            "session_ticket_handler": self.issued,
+            "ticket_sealer": self.seal,
+        }
 
 
 def _unpack(plain: bytes, label: bytes) -> SessionTicket | None:
