@@ -47,7 +47,7 @@ from quicserve.daemon import (
 from . import test_cli, test_workers
 from .flags_app import HOLD_MARKER
 from .helpers import client_ssl_context
-from .test_cli import Spawn
+from .test_cli import Spawn, app_args
 from .test_workers import H3Clients
 
 backend = test_cli.backend
@@ -341,19 +341,7 @@ def test_four_workers_as_nobody_then_a_worker_that_cannot_boot_stops_all(
     pid_file = tmp_path / "quicserve.pid"  # the supervisor stays root: any directory
     server = spawn(
         APP,
-        "--backend",
-        supervised_backend,
-        "--workers",
-        "4",
-        "--quic-bind",
-        "127.0.0.1:0",
-        "--certfile",
-        str(tls_files.certfile),
-        "--keyfile",
-        str(tls_files.keyfile),
-        "--lifespan",
-        "off",
-        "--no-access-log",
+        *app_args(supervised_backend, tls_files, workers=4),
         "--insecure-bind",
         f"127.0.0.1:{privileged_port}",
         "--quic-worker-routing",
