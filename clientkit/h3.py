@@ -99,9 +99,7 @@ class H3Client(QuicConnectionProtocol):
             )
             quic._close_end()
             self._process_events()
-            for waiter in self.waiters.values():  # requests in flight fail, as on a close
-                if not waiter.done():
-                    waiter.set_exception(ConnectionError("stateless reset"))
+            self._fail_waiters(ConnectionError("stateless reset"))
             return
         super().datagram_received(data, addr)
 
@@ -121,6 +119,12 @@ class H3Client(QuicConnectionProtocol):
         if isinstance(event, StreamReset) and event.stream_id in self.responses:
             self.responses[event.stream_id].reset = event.error_code
             self._done(event.stream_id)
+        if isinstance(event, ConnectionTerminated):
+            # Requests still waiting will never be answered: fail them now, as a real
+            # client does (a closed connection was a 30 s wait_for timeout, naming nothing).
+            self._fail_waiters(
+                ConnectionError(f"connection closed: {event.error_code:#x} {event.reason_phrase}")
+            )
         for h3_event in self.h3.handle_event(event):
             self._h3_event(h3_event)
 
@@ -145,6 +149,12 @@ class H3Client(QuicConnectionProtocol):
                 hook()
         if getattr(event, "stream_ended", False):
             self._done(stream_id)
+
+    def _fail_waiters(self, error: Exception) -> None:
+        """Requests in flight end with ``error`` (the connection is gone)."""
+        for waiter in self.waiters.values():
+            if not waiter.done():
+                waiter.set_exception(error)
 
     def _done(self, stream_id: int) -> None:
         response = self.responses.get(stream_id)
