@@ -24,7 +24,7 @@ import sniffio
 from anyio.streams.tls import TLSStream
 
 from quicserve.certs import DevCertificate
-from quicserve.connection.bytestream import ByteStreamDriver, SocketDriver
+from quicserve.connection.bytestream import SocketDriver, TLSSocketDriver
 from quicserve.connection.callback import CallbackDriver
 from quicserve.lowlevel import wakeup_factory
 
@@ -115,8 +115,8 @@ async def test_wakeup_cancelled_waiter_then_set(anyio_backend: object) -> None:
 
 
 async def test_driver_per_backend(anyio_backend: object, tls_files: DevCertificate) -> None:
-    """trio: plain TCP on the socket (SocketDriver), TLS on anyio's stream; asyncio and
-    uvloop: callback-driven, both."""
+    """trio: plain TCP on the socket (SocketDriver), TLS too (TLSSocketDriver: an
+    SSLObject over memory buffers); asyncio and uvloop: callback-driven, both."""
     async with running_server(_app, tls=tls_files) as running:
         owners: dict[str, object] = {}
         for address in running.addresses:
@@ -140,7 +140,7 @@ async def test_driver_per_backend(anyio_backend: object, tls_files: DevCertifica
                     await anyio.sleep(0.01)
     if sniffio.current_async_library() == "trio":
         assert type(owners["http"]) is SocketDriver
-        assert type(owners["https"]) is ByteStreamDriver
+        assert type(owners["https"]) is TLSSocketDriver
     else:
         assert type(owners["http"]) is CallbackDriver
         assert type(owners["https"]) is CallbackDriver

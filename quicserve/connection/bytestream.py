@@ -2,11 +2,12 @@
 
 :func:`serve_connection` is where every accepted TCP connection starts. On asyncio and
 uvloop it is a plain socket, served callback-driven by ``connection/callback.py``; on trio
-an anyio stream, served by :class:`ByteStreamDriver` here: TLS through anyio's TLS stream,
-plain TCP and Unix sockets by its subclass :class:`SocketDriver` on the socket itself with
+an anyio socket stream, served on its socket by :class:`SocketDriver` (plain TCP and Unix)
+or :class:`TLSSocketDriver` (TLS: an ``ssl.SSLObject`` over memory buffers) with
 ``trio.lowlevel`` (no anyio stream layers, no scheduler trip for bytes that are already
-there). All are one :class:`~quicserve.connection.bytebase.ByteStreamBase`: the same
-protocol choice, events and streams; only the I/O differs.
+there). Both are a :class:`ByteStreamDriver`, which is one
+:class:`~quicserve.connection.bytebase.ByteStreamBase`: the same protocol choice, events
+and streams as the callback driver; only the I/O differs.
 
 :class:`ByteStreamDriver` is the glue between a TCP (or TLS) byte stream, the HTTP/1.1 or
 HTTP/2 protocol object that parses it, and the streams that run the app. It owns:
@@ -46,7 +47,6 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import sniffio
-from anyio.streams.tls import TLSAttribute, TLSStream
 
 from ..addresses import peer_address
 from ..connection_info import ConnectionInfo
@@ -107,44 +107,34 @@ async def serve_connection(
     ssl_context, tls_info = endpoint.ssl_context, endpoint.tls_info
     record = context.registry.add("tcp", "tls" if ssl_context else "tcp", client, server)
     try:
-        byte_stream: anyio.abc.ByteStream = stream
+        # trio's accepted streams (transport/sockets.py) are served on the socket itself.
+        raw = _raw_trio_socket(stream)
         initial = b""
         tls = None
-        raw: socket.socket | None = None
+        tls_state: _TLSState | None = None
         with anyio.move_on_after(config.header_read_timeout) as scope:
             if ssl_context is not None:
                 try:
-                    tls_stream = await TLSStream.wrap(
-                        stream,
-                        server_side=True,
-                        ssl_context=ssl_context,
-                        standard_compatible=False,
-                    )
-                except (ssl.SSLError, OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+                    tls_state = await _tls_handshake_socket(raw, ssl_context)
+                except (ssl.SSLError, OSError, _trio.ClosedResourceError) as exc:
                     logger.debug("TLS handshake with %s failed: %s", client, exc)
                     context.registry.handshake_failures["tcp"] += 1
                     await _aclose(stream)
                     return
-                byte_stream = tls_stream
-                alpn = tls_stream.extra(TLSAttribute.alpn_protocol, None)
                 assert tls_info is not None
-                tls = tls_info.build(tls_stream.extra(TLSAttribute.ssl_object))
-                use_h2 = alpn == "h2"
+                tls = tls_info.build(tls_state.sslobj)
+                use_h2 = tls_state.sslobj.selected_alpn_protocol() == "h2"
             else:
-                raw = _raw_trio_socket(stream)
-                if raw is not None:
-                    initial, use_h2 = await _sniff_preface_socket(raw)
-                else:
-                    initial, use_h2 = await _sniff_preface(stream)
+                initial, use_h2 = await _sniff_preface_socket(raw)
         if scope.cancelled_caught:
-            await _aclose(byte_stream)
+            await _aclose(stream)
             return
         info, protocol = start_protocol(context, record, client, server, tls, use_h2)
-        connection: ByteStreamDriver
-        if raw is not None:
-            connection = SocketDriver(context, byte_stream, raw, info, protocol, record)
+        connection: SocketDriver
+        if tls_state is not None:
+            connection = TLSSocketDriver(context, stream, raw, info, protocol, record, tls_state)
         else:
-            connection = ByteStreamDriver(context, byte_stream, info, protocol, record)
+            connection = SocketDriver(context, stream, raw, info, protocol, record)
         context.registry.attach(record, connection)
         await connection.run(initial)
     except Exception:
@@ -154,20 +144,6 @@ async def serve_connection(
         await _aclose(stream)
     finally:
         context.registry.remove(record)
-
-
-async def _sniff_preface(stream: anyio.abc.SocketStream) -> tuple[bytes, bool]:
-    """Read until the first bytes tell HTTP/2 prior knowledge from HTTP/1.1."""
-    data = b""
-    while True:
-        try:
-            chunk = await stream.receive(65536)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-            return data, False
-        data += chunk
-        verdict = preface_verdict(data)
-        if verdict is not None:
-            return data, verdict
 
 
 def _on_trio() -> bool:
@@ -187,11 +163,11 @@ def _on_trio() -> bool:
     return True
 
 
-def _raw_trio_socket(stream: anyio.abc.SocketStream) -> socket.socket | None:
-    """The connected socket under ``stream`` if it is to be served with trio's own
-    primitives (:class:`SocketDriver`): a plain TCP or Unix stream on trio; else ``None``."""
+def _raw_trio_socket(stream: anyio.abc.SocketStream) -> socket.socket:
+    """The connected socket under a stream trio's listeners made (``SendFirstSocketStream``),
+    served with trio's own primitives (:class:`SocketDriver`, :class:`TLSSocketDriver`)."""
     if not isinstance(stream, SendFirstSocketStream) or not _on_trio():
-        return None
+        raise TypeError(f"not a trio socket stream: {stream!r}")
     return stream.raw_socket
 
 
@@ -231,6 +207,50 @@ async def _trio_recv(sock: socket.socket) -> bytes:
             await _wait_readable(sock)
         except (_trio.ClosedResourceError, OSError):
             return b""
+
+
+async def _trio_send_all(sock: socket.socket, data: bytes) -> None:
+    """Write all of ``data``, waiting with trio only while the socket is full."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view) :]
+        except BlockingIOError:
+            await _trio.lowlevel.wait_writable(sock)
+
+
+class _TLSState:
+    """A server-side TLS session over two memory buffers (:class:`TLSSocketDriver`)."""
+
+    __slots__ = ("incoming", "outgoing", "sslobj")
+
+    def __init__(self, ssl_context: ssl.SSLContext) -> None:
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.sslobj = ssl_context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+
+
+async def _tls_handshake_socket(sock: socket.socket, ssl_context: ssl.SSLContext) -> _TLSState:
+    """The server's TLS handshake on a socket served by :class:`TLSSocketDriver`; what
+    the client sent after its Finished stays in ``incoming`` for the driver. Raises
+    ``ssl.SSLError`` for a failed handshake, ``ConnectionError`` if the peer left."""
+    state = _TLSState(ssl_context)
+    while True:
+        try:
+            state.sslobj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pending = state.outgoing.read()
+            if pending:
+                await _trio_send_all(sock, pending)
+            data = await _trio_recv(sock)
+            if not data:
+                raise ConnectionError("the peer closed during the TLS handshake") from None
+            state.incoming.write(data)
+    pending = state.outgoing.read()  # the server's Finished, session tickets
+    if pending:
+        await _trio_send_all(sock, pending)
+    return state
 
 
 class ByteStreamDriver(ByteStreamBase):
@@ -769,6 +789,12 @@ class SocketDriver(ByteStreamDriver):
     async def _send(self, data: bytes) -> None:
         if self._broken:
             return
+        if await self._write_socket(data):
+            self._record.bytes_out += len(data)
+
+    async def _write_socket(self, data: bytes) -> bool:
+        """Write all of ``data`` to the socket; False (and the connection broken) if the
+        peer is gone."""
         sock = self._sock
         try:
             try:
@@ -784,18 +810,120 @@ class SocketDriver(ByteStreamDriver):
                     except BlockingIOError:
                         pass
                 self._unyielded_bytes = 0
-            self._record.bytes_out += len(data)
+                return True
         except (OSError, _trio.ClosedResourceError):
             self._on_broken()
+            return False
+        # Counted, not timed: the sending task (a stream runner) yields between requests
+        # where this driver cannot see it, so a per-connection clock would make nearly
+        # every small response yield once more for nothing.
+        self._unyielded_bytes += sent
+        if self._unyielded_bytes >= _SEND_BURST:
+            self._unyielded_bytes = 0
+            await _trio.lowlevel.checkpoint()
+        return True
+
+
+class TLSSocketDriver(SocketDriver):
+    """:class:`SocketDriver` with TLS: the socket's bytes go through an ``ssl.SSLObject``
+    over two memory buffers here, as asyncio's SSL protocol does inside its event loop,
+    instead of through anyio's ``TLSStream`` (issue 11: trio served HTTP/1.1 over TLS at
+    0.57x asyncio; py-spy put half of its time under ``TLSStream``, its socket stream and
+    their exception handling, and every request went through a stream runner).
+
+    * Reading: whole TLS records already in ``incoming`` are decrypted first (one
+      ``read`` per record, and no ``SSLWantReadError`` when the buffer ends on a record
+      boundary); only then is the socket read (:meth:`SocketDriver._receive_bytes`: the
+      edge hub, one ``recv``). A ``close_notify`` or the socket's end is the stream's end.
+    * Writing: ``write`` encrypts into ``outgoing``, which one writer at a time empties to
+      the socket (:meth:`_drain_outgoing`), so records leave in the order they were made
+      even when a read produced some (TLS 1.3 KeyUpdate).
+    * HTTP/1.1 requests run in the reading task, as on plain TCP; HTTP/2 keeps its stream
+      runners. No ``close_notify`` is sent at the end (anyio's ``standard_compatible=False``
+      did not either); a peer that leaves without one has simply ended the stream.
+    """
+
+    def __init__(
+        self,
+        context: ServerContext,
+        stream: anyio.abc.ByteStream,
+        sock: socket.socket,
+        info: ConnectionInfo,
+        protocol: ByteStreamProtocol,
+        record: ConnectionRecord,
+        tls: _TLSState,
+    ) -> None:
+        super().__init__(context, stream, sock, info, protocol, record)
+        self._incoming = tls.incoming
+        self._outgoing = tls.outgoing
+        self._sslobj = tls.sslobj
+        self._draining = False
+
+    async def _receive_bytes(self) -> bytes:
+        incoming = self._incoming
+        sslobj = self._sslobj
+        while True:
+            if incoming.pending or sslobj.pending():
+                try:
+                    data = sslobj.read(_READ_SIZE)
+                except ssl.SSLWantReadError:
+                    pass  # a record is not complete yet
+                except ssl.SSLError:
+                    return b""  # bad record, or the peer's TLS ended it: the stream ends
+                else:
+                    if data and incoming.pending:
+                        data = self._more_records(data)
+                    if self._outgoing.pending:
+                        await self._drain_outgoing()
+                    return data  # b"": the peer's close_notify
+            raw = await SocketDriver._receive_bytes(self)
+            if not raw:
+                return b""
+            incoming.write(raw)
+
+    def _more_records(self, data: bytes) -> bytes:
+        """``data`` and the records after it in ``incoming``, up to ``_READ_SIZE`` bytes:
+        one parser call for a burst of records (a peer's 1-byte records cost one call each
+        otherwise, and a 64 KiB upload four)."""
+        incoming = self._incoming
+        sslobj = self._sslobj
+        parts = [data]
+        total = len(data)
+        while incoming.pending and total < _READ_SIZE:
+            try:
+                more = sslobj.read(_READ_SIZE - total)
+            except ssl.SSLError:
+                break  # incomplete (the next read waits for it) or bad (the next read says)
+            if not more:
+                break  # close_notify: the next read returns b"" again
+            parts.append(more)
+            total += len(more)
+        return b"".join(parts)
+
+    async def _send(self, data: bytes) -> None:
+        if self._broken:
             return
-        if sent == len(data):
-            # Counted, not timed: the sending task (a stream runner) yields between
-            # requests where this driver cannot see it, so a per-connection clock would
-            # make nearly every small response yield once more for nothing.
-            self._unyielded_bytes += sent
-            if self._unyielded_bytes >= _SEND_BURST:
-                self._unyielded_bytes = 0
-                await _trio.lowlevel.checkpoint()
+        try:
+            self._sslobj.write(data)
+        except ssl.SSLError:
+            self._on_broken()
+            return
+        await self._drain_outgoing()
+        if not self._broken:
+            self._record.bytes_out += len(data)
+
+    async def _drain_outgoing(self) -> None:
+        """Write the encrypted records to the socket; one task at a time (another one
+        already doing it takes the new records too)."""
+        if self._draining:
+            return
+        self._draining = True
+        outgoing = self._outgoing
+        try:
+            while outgoing.pending and not self._broken:
+                await self._write_socket(outgoing.read())
+        finally:
+            self._draining = False
 
 
 class _Resume:

@@ -62,7 +62,7 @@ logger = logging.getLogger("quicserve.error")
 
 _current_time = time.monotonic
 #: Bytes fed to the protocol at a time: the stream driver's read size, and on TLS one
-#: record's worth, as anyio's TLS stream returns them.
+#: record's worth.
 _READ_SIZE = 65536
 _TLS_READ_SIZE = 16384
 

@@ -484,9 +484,10 @@ class SendFirstSocketStream(anyio.abc.SocketStream):
     is ready. Like the asyncio adapter's ``transport.write``, a send the socket takes whole
     does not yield, except once per ``_SEND_BURST`` sends (``_RECEIVE_BURST`` receives).
     EOF, errors, a closed stream and a second concurrent sender or receiver are left to the
-    wrapped stream to report, so they look as before. Plain TCP on trio is served on the
-    socket itself (``SocketDriver``); this stream is what anyio's TLS stream reads and
-    writes through there.
+    wrapped stream to report, so they look as before. TCP connections on trio are served
+    on the socket itself (``SocketDriver``, ``TLSSocketDriver``); this stream owns the
+    socket (closing it tells trio the descriptor is closing) and serves whoever reads
+    through anyio (the metrics listener).
     """
 
     def __init__(self, stream: anyio.abc.SocketStream) -> None:
