@@ -33,13 +33,20 @@ ATTACK_SECONDS = 2.0
 CHUNK = b"u" * 65536
 
 
-async def _h1_uploads(target: Target, connections: int) -> int:
-    """``connections`` POSTs of 1 GiB to /stall, written as fast as TCP takes them."""
+async def h1_uploads(target: Target, connections: int, tls: bool = False) -> int:
+    """``connections`` POSTs of 1 GiB to /stall (over TLS: ``tls``), written as fast as
+    TCP takes them; the bytes TCP took."""
     sent = 0
+    context = target.client_context(["http/1.1"]) if tls else None
 
     async def one() -> None:
         nonlocal sent
-        _, writer = await asyncio.open_connection("127.0.0.1", target.http)
+        if context is None:
+            _, writer = await asyncio.open_connection("127.0.0.1", target.http)
+        else:
+            _, writer = await asyncio.open_connection(
+                "127.0.0.1", target.https, ssl=context, server_hostname="localhost"
+            )
         writer.write(b"POST /stall?10 HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n")
         deadline = time.monotonic() + ATTACK_SECONDS
         try:
@@ -122,8 +129,12 @@ async def _h3_uploads(target: Target, streams: int) -> int:
             stream_id = quic.get_next_available_stream_id()
             h3.send_headers(
                 stream_id,
-                [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"x"),
-                 (b":path", b"/stall?10")],
+                [
+                    (b":method", b"POST"),
+                    (b":scheme", b"https"),
+                    (b":authority", b"x"),
+                    (b":path", b"/stall?10"),
+                ],
             )
             ids.append(stream_id)
         sent = 0
@@ -145,7 +156,7 @@ def test_unread_uploads_are_held_back_by_flow_control(
     spawn: Spawn, backend: str, tls_files: DevCertificate
 ) -> None:
     with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
-        h1_sent = asyncio.run(_h1_uploads(target, 50))
+        h1_sent = asyncio.run(h1_uploads(target, 50))
         h2_sent = asyncio.run(_h2_uploads(target, 100))
         h3_max_data = asyncio.run(_h3_uploads(target, 100))
     prober.check()

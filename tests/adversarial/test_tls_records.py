@@ -15,51 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 
 from quicserve.certs import DevCertificate
 
 from ..test_cli import Spawn
 from .harness import MAX_RSS_GROWTH_MIB, Prober, Target, serve
+from .test_request_bodies import h1_uploads
 
-ATTACK_SECONDS = 2.0
 CONNECTIONS = 20
-CHUNK = b"u" * 65536
-
-
-async def _tls_uploads(target: Target, connections: int) -> int:
-    """``connections`` POSTs of 1 GiB to /stall over TLS, written as fast as TCP takes."""
-    sent = 0
-    context = target.client_context(["http/1.1"])
-
-    async def one() -> None:
-        nonlocal sent
-        _, writer = await asyncio.open_connection(
-            "127.0.0.1", target.https, ssl=context, server_hostname="localhost"
-        )
-        writer.write(b"POST /stall?10 HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n")
-        deadline = time.monotonic() + ATTACK_SECONDS
-        try:
-            while time.monotonic() < deadline:
-                writer.write(CHUNK)
-                try:
-                    async with asyncio.timeout(deadline - time.monotonic()):
-                        await writer.drain()
-                except TimeoutError:
-                    break
-                sent += len(CHUNK)
-        finally:
-            writer.transport.abort()
-
-    await asyncio.gather(*(one() for _ in range(connections)))
-    return sent
 
 
 def test_unread_tls_uploads_are_held_back(
     spawn: Spawn, backend: str, tls_files: DevCertificate
 ) -> None:
     with serve(spawn, backend, tls_files) as target, Prober(target) as prober:
-        sent = asyncio.run(_tls_uploads(target, CONNECTIONS))
+        sent = asyncio.run(h1_uploads(target, CONNECTIONS, tls=True))
     prober.check()
     # Each connection got the server's read-ahead and the sockets' buffers, nowhere near
     # the 1 GiB it offered (on plain TCP the same attack stops at a few MiB too).
