@@ -53,6 +53,8 @@ CLIENTS: dict[str, Client] = {
     "httptools": Client("module", "pip install httptools"),
     # ss reads a listening socket's backlog (--backlog reaching listen()).
     "ss": Client("program", "apt-get install iproute2"),
+    # openssl s_client drives a TLS 1.3 KeyUpdate (Python's ssl module cannot).
+    "openssl": Client("program", "apt-get install openssl"),
 }
 
 

@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import select
 import socket
+import ssl
+import subprocess
+import time
 from typing import Any
 
 import anyio
@@ -144,6 +149,99 @@ async def test_driver_per_backend(anyio_backend: object, tls_files: DevCertifica
     else:
         assert type(owners["http"]) is CallbackDriver
         assert type(owners["https"]) is CallbackDriver
+
+
+def _tls_https_port(running: Any) -> int:
+    return next(a.port for a in running.addresses if a.transport == "tcp" and a.scheme == "https")
+
+
+def _close_notify_seen(port: int, tls: DevCertificate) -> tuple[bytes, bool]:
+    """A ``Connection: close`` request over TLS; the response, and whether the server's
+    end came with a TLS close_notify (a ragged end raises with ragged EOFs not suppressed)."""
+    context = client_ssl_context(tls)
+    context.set_alpn_protocols(["http/1.1"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False) as sock,
+    ):
+        sock.sendall(b"GET /bye HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        response = b""
+        try:
+            while chunk := sock.recv(65536):
+                response += chunk
+        except ssl.SSLEOFError:
+            return response, False
+    return response, True
+
+
+async def test_tls_connection_ends_with_close_notify(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    """RFC 8446 §6.1: the server's TLS closure alert before the socket closes, so a client
+    can tell the end of a close-delimited response from a truncation (every backend)."""
+    async with running_server(_app, tls=tls_files) as running:
+        port = _tls_https_port(running)
+        response, clean = await anyio.to_thread.run_sync(_close_notify_seen, port, tls_files)
+    assert response.startswith(b"HTTP/1.1 200 ") and response.endswith(b"\r\n\r\n/bye")
+    assert clean, "the server closed without a TLS close_notify"
+
+
+def _openssl_key_update(port: int, tls: DevCertificate) -> str:
+    """openssl s_client: TLS 1.3, a KeyUpdate that asks the server to update its keys too
+    (the ``K`` command), then a request on the new keys; everything it printed."""
+    argv = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost"]
+    argv += ["-tls1_3", "-alpn", "http/1.1", "-CAfile", str(tls.ca_certfile)]
+    process = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    output = b""
+    try:
+        process.stdin.write(b"K\n")
+        process.stdin.flush()
+        time.sleep(0.5)
+        request = b"GET /after-update HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        process.stdin.write(request)
+        process.stdin.flush()
+        # stdin stays open until the server has answered and closed (s_client quits at
+        # the end of its input); then it exits by itself.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([process.stdout], [], [], 0.2)
+            if ready:
+                chunk = os.read(process.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                output += chunk
+                if b"closed" in output or b"unexpected eof" in output:
+                    break
+    finally:
+        process.stdin.close()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+    return output.decode("latin-1")
+
+
+@pytest.mark.client("openssl")
+async def test_tls13_key_update_requested_by_the_client(
+    anyio_backend: object, tls_files: DevCertificate
+) -> None:
+    """A client's KeyUpdate with update_requested makes the server send its own KeyUpdate
+    from the read path (trio: ``TLSSocketDriver`` writes what a read produced); the
+    request after it is answered on the new keys, and the connection ends cleanly."""
+    async with running_server(_app, tls=tls_files) as running:
+        port = _tls_https_port(running)
+        output = await anyio.to_thread.run_sync(_openssl_key_update, port, tls_files)
+    assert "KEYUPDATE" in output, output
+    assert "HTTP/1.1 200 OK" in output and "/after-update" in output, output
+    assert "closed" in output and "unexpected eof" not in output, output
 
 
 async def test_big_body_to_a_slow_reader_arrives_whole(anyio_backend: object) -> None:

@@ -839,8 +839,8 @@ class TLSSocketDriver(SocketDriver):
       the socket (:meth:`_drain_outgoing`), so records leave in the order they were made
       even when a read produced some (TLS 1.3 KeyUpdate).
     * HTTP/1.1 requests run in the reading task, as on plain TCP; HTTP/2 keeps its stream
-      runners. No ``close_notify`` is sent at the end (anyio's ``standard_compatible=False``
-      did not either); a peer that leaves without one has simply ended the stream.
+      runners. A ``close_notify`` goes out before the socket closes (unless the peer is
+      gone); a peer that leaves without one has simply ended the stream.
     """
 
     def __init__(
@@ -899,6 +899,27 @@ class TLSSocketDriver(SocketDriver):
             parts.append(more)
             total += len(more)
         return b"".join(parts)
+
+    async def _close_stream(self) -> None:
+        if not self._broken:
+            self._send_close_notify()
+        await super()._close_stream()
+
+    def _send_close_notify(self) -> None:
+        """The TLS closure alert before the socket closes (RFC 8446 §6.1; asyncio's SSL
+        transport sends it too): a client reading a response delimited by the connection's
+        end can tell the end from a truncation. Best effort, without waiting: the socket
+        takes a few dozen bytes, or the peer is gone and the close follows anyway."""
+        try:
+            self._sslobj.unwrap()  # writes close_notify, then wants the peer's
+        except ssl.SSLError:
+            pass
+        data = self._outgoing.read()
+        if data:
+            try:
+                self._sock.send(data)
+            except OSError:
+                pass
 
     async def _send(self, data: bytes) -> None:
         if self._broken:
