@@ -254,7 +254,9 @@ async def _tls_handshake_socket(sock: socket.socket, ssl_context: ssl.SSLContext
 
 
 class ByteStreamDriver(ByteStreamBase):
-    """Serves HTTP/1.1 or HTTP/2 on one connected anyio byte stream until it closes."""
+    """Serves HTTP/1.1 or HTTP/2 on one connected anyio byte stream until it closes: the
+    loops, timers and write path; :class:`SocketDriver` and :class:`TLSSocketDriver` do
+    the reads and writes."""
 
     def __init__(
         self,
@@ -309,13 +311,9 @@ class ByteStreamDriver(ByteStreamBase):
             await self._close_stream()
 
     async def _receive_bytes(self) -> bytes:
-        """The next bytes from the peer; ``b""`` at EOF or once the connection is gone."""
-        try:
-            return await self._stream.receive(_READ_SIZE)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return b""
-        except OSError:
-            return b""
+        """The next bytes from the peer; ``b""`` at EOF or once the connection is gone
+        (the subclasses read their socket)."""
+        raise NotImplementedError
 
     async def _read_loop(self) -> None:
         record = self._record
@@ -505,18 +503,9 @@ class ByteStreamDriver(ByteStreamBase):
         )
 
     async def _send(self, data: bytes) -> None:
-        if self._broken:
-            return
-        try:
-            await self._stream.send(data)
-            self._record.bytes_out += len(data)
-        except (
-            anyio.BrokenResourceError,
-            anyio.ClosedResourceError,
-            anyio.EndOfStream,  # anyio's TLS stream, when the peer closed under us
-            OSError,
-        ):
-            self._on_broken()
+        """Write ``data`` whole, or mark the connection broken (the subclasses write their
+        socket)."""
+        raise NotImplementedError
 
     def _on_broken(self) -> None:
         # The peer is gone: every stream sees a disconnect, nobody waits for credit.
