@@ -309,6 +309,25 @@ def secrets_file(tmp_path: Path) -> str:
     return str(path)
 
 
+def ring_fleet(
+    spawn: Spawn,
+    backend: str,
+    tls: DevCertificate,
+    tmp_path: Path,
+    cleanup: list[Any],
+    *extra: str,
+) -> tuple[Machine, Machine, QuicLbRouter, asyncio.AbstractEventLoop]:
+    """A and B sharing one key ring (plus ``extra``) behind a router, and an event loop
+    for the test's clients; the router and the loop go into ``cleanup``."""
+    secrets = secrets_file(tmp_path)
+    a, b = machines(spawn, backend, tls, "--quic-secrets-file", secrets, *extra)
+    router = router_for(a, b)
+    cleanup.append(router)
+    loop = asyncio.new_event_loop()
+    cleanup.append(loop)
+    return a, b, router, loop
+
+
 def test_resumption_0rtt_and_stateless_reset_across_machines(
     spawn: Spawn,
     backend: str,
@@ -316,13 +335,10 @@ def test_resumption_0rtt_and_stateless_reset_across_machines(
     tmp_path: Path,
     fleet_cleanup: list[Any],
 ) -> None:
-    secrets = secrets_file(tmp_path)
-    a, b = machines(spawn, backend, tls_files, "--quic-secrets-file", secrets, "--quic-0rtt")
-    router = router_for(a, b)
-    fleet_cleanup.append(router)
+    a, b, router, loop = ring_fleet(
+        spawn, backend, tls_files, tmp_path, fleet_cleanup, "--quic-0rtt"
+    )
     cafile = str(tls_files.ca_certfile)
-    loop = asyncio.new_event_loop()
-    fleet_cleanup.append(loop)
 
     # b. A ticket issued by one machine resumes, with a 0-RTT request, on the other.
     for issuer, other in ((a, b), (b, a)):
@@ -389,15 +405,10 @@ def test_a_retry_token_from_one_machine_is_accepted_by_the_other(
     tmp_path: Path,
     fleet_cleanup: list[Any],
 ) -> None:
-    secrets = secrets_file(tmp_path)
-    a, b = machines(
-        spawn, backend, tls_files, "--quic-secrets-file", secrets, "--quic-retry", "always"
+    a, b, router, loop = ring_fleet(
+        spawn, backend, tls_files, tmp_path, fleet_cleanup, "--quic-retry", "always"
     )
-    router = router_for(a, b)
-    fleet_cleanup.append(router)
     cafile = str(tls_files.ca_certfile)
-    loop = asyncio.new_event_loop()
-    fleet_cleanup.append(loop)
     for issuer, other in ((a, b), (b, a)):
         router.steer_new(issuer.server_id)  # the first Initial: a Retry from the issuer
         router.steer_tokens(other.server_id)  # the Initial with its token: the other one

@@ -82,7 +82,11 @@ def wait_for_body(server: cli.CLIServer, port: int, body: str, timeout: float = 
     pytest.fail(f"expected {body!r}, last saw {seen!r}; stderr:\n{server.stderr}")
 
 
-def test_reload_restarts_on_change(spawn: cli.Spawn, backend: str, tmp_path: Path) -> None:
+def start_reloader(
+    spawn: cli.Spawn, tmp_path: Path, *extra: str
+) -> tuple[cli.CLIServer, int, Path]:
+    """``quicserve --reload`` on an app file written in ``tmp_path`` (answering "v1"),
+    on a free plain port, lifespan off, plus ``extra``; the server, its port, the file."""
     app_file = tmp_path / "reload_app.py"
     app_file.write_text(APP_SOURCE.format(version="v1"))
     port = cli.free_port()
@@ -91,14 +95,18 @@ def test_reload_restarts_on_change(spawn: cli.Spawn, backend: str, tmp_path: Pat
         "--reload",
         "--app-dir",
         str(tmp_path),
-        "--reload-include",
-        "*.txt",
-        "--backend",
-        backend,
+        *extra,
         "--insecure-bind",
         f"127.0.0.1:{port}",
         "--lifespan",
         "off",
+    )
+    return server, port, app_file
+
+
+def test_reload_restarts_on_change(spawn: cli.Spawn, backend: str, tmp_path: Path) -> None:
+    server, port, app_file = start_reloader(
+        spawn, tmp_path, "--reload-include", "*.txt", "--backend", backend
     )
     server.wait_for("Reloader .* watching")
     wait_for_body(server, port, "v1")
@@ -127,21 +135,7 @@ def test_reload_restarts_on_change(spawn: cli.Spawn, backend: str, tmp_path: Pat
 
 
 def test_reload_forwards_sigint_once(spawn: cli.Spawn, backend: str, tmp_path: Path) -> None:
-    app_file = tmp_path / "reload_app.py"
-    app_file.write_text(APP_SOURCE.format(version="v1"))
-    port = cli.free_port()
-    server = spawn(
-        "reload_app:app",
-        "--reload",
-        "--app-dir",
-        str(tmp_path),
-        "--backend",
-        backend,
-        "--insecure-bind",
-        f"127.0.0.1:{port}",
-        "--lifespan",
-        "off",
-    )
+    server, port, _ = start_reloader(spawn, tmp_path, "--backend", backend)
     wait_for_body(server, port, "v1")
     server.signal(signal.SIGINT)
     assert server.wait_exit(15) == 0, server.stderr
@@ -154,18 +148,7 @@ def test_reload_forwards_sigint_once(spawn: cli.Spawn, backend: str, tmp_path: P
 def test_sighup_stops_the_reloader_and_its_child(spawn: cli.Spawn, tmp_path: Path) -> None:
     # A closed terminal sends SIGHUP to the reloader; its child, in its own process group,
     # would take SIGHUP as "reload the certificate" and outlive the terminal.
-    (tmp_path / "reload_app.py").write_text(APP_SOURCE.format(version="v1"))
-    port = cli.free_port()
-    server = spawn(
-        "reload_app:app",
-        "--reload",
-        "--app-dir",
-        str(tmp_path),
-        "--insecure-bind",
-        f"127.0.0.1:{port}",
-        "--lifespan",
-        "off",
-    )
+    server, port, _ = start_reloader(spawn, tmp_path)
     wait_for_body(server, port, "v1")
     server.signal(signal.SIGHUP)
     assert server.wait_exit(15) == 0, server.stderr

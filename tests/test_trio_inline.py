@@ -26,6 +26,7 @@ import trio.lowlevel
 
 from quicserve.transport.trioedge import EdgeHub, edge_hub
 
+from .apps import read_body, respond
 from .helpers import running_server
 
 pytestmark = pytest.mark.anyio
@@ -141,12 +142,7 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
     path = scope["path"]
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     if path == "/wait":
         message = await receive()
         _seen.append(message["type"])
@@ -154,15 +150,7 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     if path == "/sleep":
         await anyio.sleep(0.001)
-    answer = b"%s %s" % (path.encode(), body)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-length", b"%d" % len(answer))],
-        }
-    )
-    await send({"type": "http.response.body", "body": answer})
+    await respond(send, 200, b"%s %s" % (path.encode(), body))
 
 
 _seen: list[str] = []
