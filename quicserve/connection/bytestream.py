@@ -53,7 +53,6 @@ from ..connection_info import ConnectionInfo
 from ..lowlevel import Wakeup
 from ..protocol.base import ByteStreamProtocol
 from ..protocol.http1 import switching_response
-from ..transport.sockets import SendFirstSocketStream
 from ..transport.trioedge import EdgeHub, edge_hub
 from .bytebase import ByteStreamBase, preface_verdict, start_protocol
 from .callback import serve_callback_connection
@@ -164,11 +163,12 @@ def _on_trio() -> bool:
 
 
 def _raw_trio_socket(stream: anyio.abc.SocketStream) -> socket.socket:
-    """The connected socket under a stream trio's listeners made (``SendFirstSocketStream``),
-    served with trio's own primitives (:class:`SocketDriver`, :class:`TLSSocketDriver`)."""
-    if not isinstance(stream, SendFirstSocketStream) or not _on_trio():
+    """The connected socket under a stream trio's listeners made, served with trio's own
+    primitives (:class:`SocketDriver`, :class:`TLSSocketDriver`); the stream still owns it."""
+    if not _on_trio():
         raise TypeError(f"not a trio socket stream: {stream!r}")
-    return stream.raw_socket
+    sock: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    return sock
 
 
 def _backend_clock() -> Callable[[], float]:

@@ -4,12 +4,10 @@ This is where the event loop in use matters for sockets (``lowlevel.py`` picks t
 one-shot wake-up for it): a :class:`Listener`'s ``accept`` gives an
 ``anyio.abc.SocketStream`` either way.
 
-* On trio (and anything else) it is anyio's own socket stream behind
-  :class:`SendFirstSocketStream`, whose ``send`` tries the socket once before it awaits.
-  trio's socket ``send`` reschedules the task after every successful syscall (a checkpoint
-  in ``trio._socket._SocketType._nonblocking_helper``); for an app sending 64 KiB body
-  chunks that put trio at 1.3x asyncio's CPU per GiB on HTTP/1.1 downloads, and the
-  sync-first send brings it to 1.0-1.05x (py-spy and wrk, issue 11).
+* On trio (and anything else) it is anyio's own socket stream. HTTP connections are served
+  on its socket with trio's own primitives (``connection/bytestream.py`` ``SocketDriver``
+  and ``TLSSocketDriver``); the stream owns the socket (closing it tells trio the
+  descriptor is closing) and is what the metrics listener reads and writes.
 * On asyncio and uvloop it is :class:`_AsyncioSocketStream`, a thin asyncio ``Protocol``
   adapter (the metrics listener's; HTTP connections there are accepted as plain sockets,
   :meth:`Listener.accept_socket`, and served callback-driven: ``transport/callback.py``).
@@ -50,7 +48,7 @@ import stat
 import struct
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -62,14 +60,6 @@ from ..addresses import parse_bind
 _HIGH_WATER = 256 * 1024
 #: The listen() backlog when none is given (``Config.backlog``, Uvicorn's default too).
 DEFAULT_BACKLOG = 2048
-#: A sender whose socket always has room never waits in ``send``; it still lets the other
-#: tasks run after this many such sends in a row (counted, not timed: the task yields
-#: between requests where the stream cannot see it, so a per-stream clock made nearly
-#: every small response yield once more for nothing).
-_SEND_BURST = 16
-#: Likewise a reader that always finds bytes waiting (a stream's user usually yields
-#: between reads anyway: the read loops do, on a clock).
-_RECEIVE_BURST = 16
 
 
 class BindError(Exception):
@@ -289,7 +279,7 @@ class Listener:
         if not self._asyncio:
             if self._anyio_listener is None:
                 self._anyio_listener = await anyio.abc.SocketListener.from_socket(self.socket)
-            return SendFirstSocketStream(await self._anyio_listener.accept())
+            return await self._anyio_listener.accept()
         loop = asyncio.get_running_loop()
         try:
             conn, _ = await loop.sock_accept(self.socket)
@@ -323,7 +313,7 @@ class Listener:
         if self._inet:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if not self._asyncio:
-            return SendFirstSocketStream(await anyio.abc.SocketStream.from_socket(conn))
+            return await anyio.abc.SocketStream.from_socket(conn)
         loop = asyncio.get_running_loop()
         transport, protocol = await loop.connect_accepted_socket(_StreamProtocol, conn)
         return _AsyncioSocketStream(transport, protocol)
@@ -472,100 +462,6 @@ class _AsyncioSocketStream(anyio.abc.SocketStream):
             self._closed = True
             self._transport.close()
             self._protocol._wake_reader()
-
-
-class SendFirstSocketStream(anyio.abc.SocketStream):
-    """anyio's socket stream, whose ``send`` first offers the bytes to the socket at once,
-    and whose ``receive`` first takes what the socket holds.
-
-    What the socket takes (or gives) costs one syscall and no trip through the scheduler
-    (trio's socket methods checkpoint before and after every syscall); only a full socket
-    buffer, or an empty one, goes through the wrapped stream, which waits until the socket
-    is ready. Like the asyncio adapter's ``transport.write``, a send the socket takes whole
-    does not yield, except once per ``_SEND_BURST`` sends (``_RECEIVE_BURST`` receives).
-    EOF, errors, a closed stream and a second concurrent sender or receiver are left to the
-    wrapped stream to report, so they look as before. TCP connections on trio are served
-    on the socket itself (``SocketDriver``, ``TLSSocketDriver``); this stream owns the
-    socket (closing it tells trio the descriptor is closing) and serves whoever reads
-    through anyio (the metrics listener).
-    """
-
-    def __init__(self, stream: anyio.abc.SocketStream) -> None:
-        self._stream = stream
-        self._socket: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        self._sending = False
-        self._receiving = False
-        self._closed = False
-        self._unyielded_sends = 0
-        self._unyielded_receives = 0
-
-    @property
-    def _raw_socket(self) -> Any:
-        return self._socket
-
-    @property
-    def raw_socket(self) -> socket.socket:
-        """The connected socket itself, for a driver that does its own I/O on it
-        (``connection/bytestream.py``'s ``SocketDriver``); this stream still owns it."""
-        return self._socket
-
-    @property
-    def extra_attributes(self) -> Any:
-        return self._stream.extra_attributes
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        if self._receiving or self._closed or self._unyielded_receives >= _RECEIVE_BURST:
-            self._unyielded_receives = 0
-            return await self._stream.receive(max_bytes)
-        try:
-            data = self._socket.recv(max_bytes)
-        except OSError:
-            data = b""  # would block, or broken: the wrapped stream waits or raises
-        if not data:
-            # Nothing yet, EOF or an error: the wrapped stream waits, or raises
-            # ``EndOfStream`` / ``BrokenResourceError`` as it always did.
-            self._receiving = True
-            try:
-                return await self._stream.receive(max_bytes)
-            finally:
-                self._receiving = False
-                self._unyielded_receives = 0
-        self._unyielded_receives += 1
-        return data
-
-    async def send(self, item: bytes) -> None:
-        if self._sending or self._closed or not item:
-            await self._stream.send(item)
-            return
-        # Until the whole item is out, a concurrent sender must not write around it (it goes
-        # to the wrapped stream, which refuses a second sender as before).
-        self._sending = True
-        try:
-            try:
-                sent = self._socket.send(item)
-            except OSError:
-                # Would block, interrupted, or broken: the wrapped stream waits, retries or
-                # raises anyio's error for it.
-                sent = 0
-            if sent < len(item):
-                # anyio's streams take any buffer (they wrap it in a memoryview): no copy.
-                rest = cast(bytes, memoryview(item)[sent:])
-                await self._stream.send(rest)
-                self._unyielded_sends = 0
-                return
-        finally:
-            self._sending = False
-        self._unyielded_sends += 1
-        if self._unyielded_sends >= _SEND_BURST:
-            self._unyielded_sends = 0
-            await anyio.lowlevel.checkpoint()
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        self._closed = True
-        await self._stream.aclose()
 
 
 #: setsockopt(SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF) from asm-generic/socket.h.
