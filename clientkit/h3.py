@@ -73,6 +73,16 @@ class H3Result:
     hook_result: Any = None  # what after_first returned (awaited if it was awaitable)
 
 
+class ConnectionClosed(ConnectionError):
+    """The connection ended while a request waited for its response; ``error_code`` is
+    the code the server closed with (``H3_NO_ERROR``, 0x100: a graceful close, such as a
+    draining server's after its GOAWAY)."""
+
+    def __init__(self, error_code: int, reason: str) -> None:
+        super().__init__(f"connection closed: {error_code:#x} {reason}")
+        self.error_code = error_code
+
+
 class H3Client(QuicConnectionProtocol):
     """aioquic's connection protocol with an H3 connection and one response per stream."""
 
@@ -122,9 +132,7 @@ class H3Client(QuicConnectionProtocol):
         if isinstance(event, ConnectionTerminated):
             # Requests still waiting will never be answered: fail them now, as a real
             # client does (a closed connection was a 30 s wait_for timeout, naming nothing).
-            self._fail_waiters(
-                ConnectionError(f"connection closed: {event.error_code:#x} {event.reason_phrase}")
-            )
+            self._fail_waiters(ConnectionClosed(event.error_code, event.reason_phrase))
         for h3_event in self.h3.handle_event(event):
             self._h3_event(h3_event)
 
