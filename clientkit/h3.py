@@ -16,7 +16,8 @@ import asyncio
 import inspect
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StreamReset
 from aioquic.quic.packet import QuicErrorCode
 from aioquic.tls import CipherSuite, Epoch, SessionTicket
@@ -225,6 +227,32 @@ def _key_phase(client: H3Client) -> int:
     return int(client._quic._cryptos[Epoch.ONE_RTT].key_phase)
 
 
+@asynccontextmanager
+async def connect_from(
+    ipv4: str, port: int, cafile: str | None = None, *, host: str = "127.0.0.1"
+) -> AsyncIterator[H3Client]:
+    """An :class:`H3Client` connected to ``host:port`` from the local IPv4 address ``ipv4``
+    (aioquic's ``connect`` always binds every address): a balancer that hashes the client
+    address sees a client of its own per ``127.0.0.N``."""
+    loop = asyncio.get_running_loop()
+    connection = QuicConnection(configuration=client_configuration(cafile))
+    sock = dual_stack_udp_socket(ipv4)
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: H3Client(connection), sock=sock
+    )
+    assert isinstance(protocol, H3Client)
+    try:
+        protocol.connect(("::ffff:" + host, port, 0, 0))
+        await protocol.wait_connected()
+        yield protocol
+    finally:
+        protocol.close()
+        await protocol.wait_closed()
+        transport.close()
+        if protocol._transport is not None:  # the migrated-to socket, if any
+            protocol._transport.close()
+
+
 async def h3_fetch_async(
     port: int,
     requests: list[H3Request],
@@ -316,8 +344,9 @@ class _Forward(asyncio.DatagramProtocol):
         self.client.datagram_received(data, addr)
 
 
-async def migrate(client: QuicConnectionProtocol) -> dict[str, Any]:
-    """Actively migrate ``client`` (RFC 9000 §9.2): new peer connection ID, new local port.
+async def migrate(client: QuicConnectionProtocol, ipv4: str | None = None) -> dict[str, Any]:
+    """Actively migrate ``client`` (RFC 9000 §9.2): new peer connection ID, new local port
+    (on the local IPv4 address ``ipv4`` if given, a move to another address).
 
     The asyncio client sends through ``client._transport``; a new UDP socket (dual-stack,
     like the one aioquic's ``connect`` made, as the peer address is IPv4-mapped) replaces
@@ -329,7 +358,7 @@ async def migrate(client: QuicConnectionProtocol) -> dict[str, Any]:
     quic = client._quic
     old_cid = quic._peer_cid.cid.hex()
     quic.change_connection_id()  # RFC 9000 §9.5: a new CID on the new path
-    sock = dual_stack_udp_socket()
+    sock = dual_stack_udp_socket(ipv4)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(lambda: _Forward(client), sock=sock)
     old_transport = client._transport

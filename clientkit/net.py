@@ -15,13 +15,18 @@ def ipv6_loopback() -> bool:
         return False
 
 
-def dual_stack_udp_socket() -> socket.socket:
-    """A UDP socket bound to a fresh port on every address, IPv4 (mapped) and IPv6.
+def dual_stack_udp_socket(ipv4: str | None = None) -> socket.socket:
+    """A UDP socket bound to a fresh port on every address, IPv4 (mapped) and IPv6, or on
+    the one IPv4 address ``ipv4`` (mapped; e.g. ``127.0.0.7``, to send from it).
 
     aioquic's ``connect`` makes this kind of socket, so the peer address it keeps is
     IPv4-mapped; a socket that replaces it (connection migration) must be the same kind.
     """
     sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    sock.bind(("::", 0, 0, 0))
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::ffff:" + ipv4 if ipv4 else "::", 0, 0, 0))
+    except OSError:
+        sock.close()
+        raise
     return sock

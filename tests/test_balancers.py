@@ -40,6 +40,7 @@ from quicserve.certs import DevCertificate
 from quicserve.config import ConfigError, resolve
 
 from . import test_cli
+from .helpers import client_ssl_context
 from .quiclb_router import QuicLbRouter, parse
 from .test_cli import CLIServer, Spawn, app_args
 from .test_workers import H3Clients, alive, check_sessions, slot_pids, wait_until
@@ -461,6 +462,10 @@ def test_the_kubernetes_recipe_names_one_port_for_tcp_and_udp() -> None:
     graceful = float(args[args.index("--graceful-timeout") + 1])
     grace = pod["spec"]["terminationGracePeriodSeconds"]
     assert grace > pre_stop["sleep"]["seconds"] + graceful
+    # alt-svc names the Service's UDP port: what a browser reaches, not the container's.
+    (udp_port,) = [p["port"] for p in service["spec"]["ports"] if p["protocol"] == "UDP"]
+    alt_svc = args[args.index("--alt-svc") + 1]
+    assert re.fullmatch(rf'h3=":{udp_port}"; ma=\d+', alt_svc), alt_svc
     # One key ring for every pod, read from the mounted Secret.
     ring = PurePosixPath(args[args.index("--quic-secrets-file") + 1])
     mounts = {m["name"]: PurePosixPath(m["mountPath"]) for m in container["volumeMounts"]}
@@ -496,3 +501,163 @@ def test_the_nginx_recipe_passes_nginx_t(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
+
+
+# -- the nginx recipe with live traffic -------------------------------------------------------
+
+
+def free_tcp_and_udp_port() -> int:
+    """A loopback port free for both TCP and UDP right now (nginx listens on both)."""
+    for _ in range(50):
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no port free for both TCP and UDP")
+
+
+class Nginx:
+    """nginx in the foreground on ``config`` (its own prefix, pid file and stderr log),
+    stopped by its PID."""
+
+    def __init__(self, config: str, prefix: Path, port: int) -> None:
+        path = prefix / "nginx.conf"
+        module = Path("/usr/lib/nginx/modules/ngx_stream_module.so")  # Debian: dynamic
+        path.write_text((f"load_module {module};\n" if module.exists() else "") + config)
+        directives = f"daemon off; pid {prefix}/nginx.pid; error_log stderr notice;"
+        self.log = prefix / "nginx.log"
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(
+                ["nginx", "-c", str(path), "-p", str(prefix), "-g", directives],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+
+        def serving() -> bool:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                return False
+            return True
+
+        wait_until(serving, 10)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def nginx_recipe(port: int, a: Machine, b: Machine) -> str:
+    """docs/nginx-quicserve.conf with loopback addresses: nginx on ``port``, A and B as the
+    two upstream machines (the recipe's 10.0.0.11 and 10.0.0.12, UDP upstream first, then
+    TCP: on a test machine, port 0 gives each its own TCP port)."""
+    recipe = (ROOT / "docs" / "nginx-quicserve.conf").read_text()
+    replacements = [
+        ("listen 443 udp reuseport;", f"listen 127.0.0.1:{port} udp reuseport;"),
+        ("listen 443;", f"listen 127.0.0.1:{port};"),
+    ]
+    for machine, address in ((a, "10.0.0.11"), (b, "10.0.0.12")):
+        old = f"server {address}:8443;"
+        assert recipe.count(old) == 2, old
+        replacements.append((old, f"server 127.0.0.1:{machine.port};"))  # quicserve_quic
+        tcp = machine.server.port("https")
+        replacements.append((old, f"server 127.0.0.1:{tcp};"))  # quicserve_tcp
+    for old, new in replacements:
+        assert old in recipe, old
+        recipe = recipe.replace(old, new, 1)
+    return recipe
+
+
+@pytest.mark.client("nginx")
+def test_the_nginx_recipe_carries_https_and_http3_to_both_machines(
+    spawn: Spawn,
+    backend: str,
+    tls_files: DevCertificate,
+    tmp_path: Path,
+    fleet_cleanup: list[Any],
+) -> None:
+    """The recipe, run: nginx passes TLS (TCP) and QUIC (UDP) through to A and B, which
+    advertise nginx's port in alt-svc as the recipe says. Clients from different loopback
+    addresses (127.0.0.N) reach both machines, each address always the same one; a
+    connection that moves to a new port keeps its machine (the hash is of the address
+    only), and one that moves to an address hashed to the other machine is ended at once
+    by that machine's stateless reset (one key ring), not by the 30 s idle timeout."""
+    import httpx
+
+    from clientkit.h3 import connect_from, migrate
+
+    port = free_tcp_and_udp_port()
+    alt_svc = f'h3=":{port}"; ma=86400'
+    secrets = secrets_file(tmp_path)
+    a, b = machines(spawn, backend, tls_files, "--quic-secrets-file", secrets, "--alt-svc", alt_svc)
+    fleet_cleanup.append(Nginx(nginx_recipe(port, a, b), tmp_path, port))
+    cafile = str(tls_files.ca_certfile)
+
+    # HTTPS through nginx's TCP pass-through: HTTP/2 from a machine, alt-svc names nginx.
+    with httpx.Client(verify=client_ssl_context(tls_files), http2=True, timeout=10) as https:
+        response = https.get(f"https://127.0.0.1:{port}/pid")
+    assert response.status_code == 200 and response.http_version == "HTTP/2"
+    assert response.headers["alt-svc"] == alt_svc
+    assert owner((a, b), response.json()["pid"]) in (a, b)
+
+    loop = asyncio.new_event_loop()
+    fleet_cleanup.append(loop)
+
+    async def pid_from(ipv4: str) -> int:
+        async with connect_from(ipv4, port, cafile) as client:
+            return _pid((await client.request(H3Request("/pid"), "localhost")).body)
+
+    # HTTP/3 through nginx's UDP pass-through, hashed by client address.
+    machine_of: dict[str, Machine] = {}
+    for n in range(2, 60):
+        ipv4 = f"127.0.0.{n}"
+        machine_of[ipv4] = owner((a, b), loop.run_until_complete(pid_from(ipv4)))
+        if len(machine_of) >= 6 and len(set(machine_of.values())) == 2:
+            break
+    assert set(machine_of.values()) == {a, b}, "the client addresses did not spread"
+    ipv4 = next(iter(machine_of))
+    assert owner((a, b), loop.run_until_complete(pid_from(ipv4))) is machine_of[ipv4]
+    (elsewhere,) = [ip for ip, m in machine_of.items() if m is not machine_of[ipv4]][:1]
+
+    async def move_twice() -> tuple[dict[str, Any], dict[str, Any], H3Client]:
+        async with connect_from(ipv4, port, cafile) as client:
+            before = json_body(await client.request(H3Request("/pid"), "localhost"))
+            await migrate(client, ipv4)  # a new port: nginx opens a new upstream socket
+            # Once the machine has validated the new path, requests report its address.
+            for _ in range(40):
+                after = json_body(await client.request(H3Request("/pid"), "localhost"))
+                if after["client"] != before["client"]:
+                    break
+                await asyncio.sleep(0.05)
+            await migrate(client, elsewhere)  # a new address: hashed to the other machine
+            with pytest.raises(ConnectionError, match="stateless reset"):
+                await asyncio.wait_for(client.request(H3Request("/pid"), "localhost"), 5)
+            return before, after, client
+
+    before, after, client = loop.run_until_complete(move_twice())
+    assert after["pid"] == before["pid"]
+    assert owner((a, b), before["pid"]) is machine_of[ipv4]
+    # The machine saw the connection come from a new address (nginx's new upstream
+    # socket), so the connection really migrated and was kept.
+    assert after["client"] != before["client"]
+    assert client.stateless_reset_at is not None
+    for machine in (a, b):
+        assert "Traceback" not in machine.server.stderr
+
+
+def json_body(response: Any) -> dict[str, Any]:
+    import json
+
+    answer: dict[str, Any] = json.loads(response.body)
+    return answer
