@@ -11,6 +11,7 @@ request, and their ratio, per round.
 Usage (from the repository root)::
 
     python -m bench.pair trio:/path/to/tree-a asyncio:/path/to/tree-b --rounds 4
+    python -m bench.pair asyncio:. asyncio:. --b-args "--metrics-bind 127.0.0.1:0"
 
 A variant is ``BACKEND:TREE``: the backend (``asyncio``, ``uvloop``, ``trio``) and a
 directory holding the ``quicserve`` package to import (put first on ``PYTHONPATH``; the
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -42,12 +44,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _start(spec: str, port: int, cpu: str, workdir: str) -> subprocess.Popen[bytes]:
+def _start(
+    spec: str, port: int, cpu: str, workdir: str, extra: list[str]
+) -> subprocess.Popen[bytes]:
     backend, _, tree = spec.partition(":")
     env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{REPO}"}
     argv = ["taskset", "-c", cpu, sys.executable, "-m", "quicserve", "bench.app:app"]
     argv += ["--insecure-bind", f"127.0.0.1:{port}", "--backend", backend]
-    argv += ["--no-access-log", "--log-level", "warning"]
+    argv += ["--no-access-log", "--log-level", "warning", *extra]
     process = subprocess.Popen(
         argv, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -78,8 +82,8 @@ def _wrk(port: int, seconds: int, args: argparse.Namespace) -> subprocess.Popen[
 def _round(args: argparse.Namespace, port: int, workdir: str) -> tuple[float, float]:
     servers: list[subprocess.Popen[bytes]] = []
     try:
-        for i, spec in enumerate(args.a_b):
-            servers.append(_start(spec, port + i, args.server_cpu, workdir))
+        for i, (spec, extra) in enumerate(zip(args.a_b, (args.a_args, args.b_args), strict=True)):
+            servers.append(_start(spec, port + i, args.server_cpu, workdir, shlex.split(extra)))
         for warm in [_wrk(port + i, 1, args) for i in range(2)]:
             warm.communicate()
         before = [_cpu_ticks(server.pid) for server in servers]
@@ -111,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--load-cpu", default="1")
     parser.add_argument("--port", type=int, default=18950, help="first port; 2 per round")
+    parser.add_argument("--a-args", default="", help="more quicserve flags for A")
+    parser.add_argument("--b-args", default="", help="more quicserve flags for B")
     args = parser.parse_args(argv)
     ratios = []
     with tempfile.TemporaryDirectory() as workdir:
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
             a, b = _round(args, args.port + 2 * index, workdir)
             ratios.append(a / b)
             print(f"round {index + 1}: A {a:.1f} us/req  B {b:.1f} us/req  A/B {a / b:.3f}")
-    print(f"A = {args.a_b[0]}\nB = {args.a_b[1]}")
+    print(f"A = {args.a_b[0]} {args.a_args}\nB = {args.a_b[1]} {args.b_args}")
     if not all(ratios):
         raise SystemExit("a server used no CPU: it is not the one that answered")
     print(
