@@ -211,12 +211,22 @@ async def _trio_recv(sock: socket.socket) -> bytes:
 
 async def _trio_send_all(sock: socket.socket, data: bytes) -> None:
     """Write all of ``data``, waiting with trio only while the socket is full."""
-    view = memoryview(data)
+    try:
+        sent = sock.send(data)
+    except BlockingIOError:
+        sent = 0
+    if sent < len(data):
+        await _trio_send_rest(sock, memoryview(data)[sent:])
+
+
+async def _trio_send_rest(sock: socket.socket, view: memoryview) -> None:
+    """The rest of a write the socket did not take whole: it is full, so wait first."""
     while view:
+        await _trio.lowlevel.wait_writable(sock)
         try:
             view = view[sock.send(view) :]
         except BlockingIOError:
-            await _trio.lowlevel.wait_writable(sock)
+            pass
 
 
 class _TLSState:
@@ -791,13 +801,7 @@ class SocketDriver(ByteStreamDriver):
             except BlockingIOError:
                 sent = 0
             if sent < len(data):
-                view = memoryview(data)[sent:]
-                while view:
-                    await _trio.lowlevel.wait_writable(sock)
-                    try:
-                        view = view[sock.send(view) :]
-                    except BlockingIOError:
-                        pass
+                await _trio_send_rest(sock, memoryview(data)[sent:])
                 self._unyielded_bytes = 0
                 return True
         except (OSError, _trio.ClosedResourceError):
