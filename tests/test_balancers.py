@@ -422,11 +422,16 @@ def test_a_retry_token_from_one_machine_is_accepted_by_the_other(
         assert owner((a, b), _pid(result.responses[0].body)) is other
 
 
-def _pid(body: bytes) -> int:
+def _answer(body: bytes) -> dict[str, Any]:
+    """The app's JSON answer (``tests/worker_apps.py``: pid, client, early)."""
     import json
 
     answer: dict[str, Any] = json.loads(body)
-    return int(answer["pid"])
+    return answer
+
+
+def _pid(body: bytes) -> int:
+    return int(_answer(body)["pid"])
 
 
 # -- the Kubernetes recipe ------------------------------------------------------------------
@@ -632,11 +637,11 @@ def test_the_nginx_recipe_carries_https_and_http3_to_both_machines(
 
     async def move_twice() -> tuple[dict[str, Any], dict[str, Any], H3Client]:
         async with connect_from(ipv4, port, cafile) as client:
-            before = json_body(await client.request(H3Request("/pid"), "localhost"))
+            before = _answer((await client.request(H3Request("/pid"), "localhost")).body)
             await migrate(client, ipv4)  # a new port: nginx opens a new upstream socket
             # Once the machine has validated the new path, requests report its address.
             for _ in range(40):
-                after = json_body(await client.request(H3Request("/pid"), "localhost"))
+                after = _answer((await client.request(H3Request("/pid"), "localhost")).body)
                 if after["client"] != before["client"]:
                     break
                 await asyncio.sleep(0.05)
@@ -654,10 +659,3 @@ def test_the_nginx_recipe_carries_https_and_http3_to_both_machines(
     assert client.stateless_reset_at is not None
     for machine in (a, b):
         assert "Traceback" not in machine.server.stderr
-
-
-def json_body(response: Any) -> dict[str, Any]:
-    import json
-
-    answer: dict[str, Any] = json.loads(response.body)
-    return answer
